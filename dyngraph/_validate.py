@@ -1,0 +1,119 @@
+"""Input checks shared by every public function.
+
+Each check raises ``TypeError`` or ``ValueError`` that names the argument and quotes what the user
+passed, so bad input never fails deep inside torch and never yields a silent NaN.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"Tensor(shape={tuple(x.shape)}, dtype={x.dtype}, device={x.device})"
+    text = repr(x)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def check_tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}: {_describe(x)}")
+    return x
+
+
+def check_features(x, name: str = "x", *, ndim: Optional[int] = 2, min_rows: int = 1,
+                   allow_integer: bool = False) -> Tensor:
+    """Checks a float feature matrix: tensor, floating dtype, shape, all finite."""
+    check_tensor(x, name)
+    if not allow_integer and not (x.is_floating_point()):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype={x.dtype}; "
+                        f"convert with {name}.float()")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional [N, D], got shape {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got shape {tuple(x.shape)}")
+    if x.numel() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or inf values; clean them before building "
+                         f"graphs ({_describe(x)})")
+    return x
+
+
+def check_k(k, n: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}: {k!r}")
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {name}={k}")
+    if k >= n:
+        raise ValueError(f"{name} must be smaller than the number of samples N={n}, got {name}={k}")
+    return k
+
+
+def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1) -> Tensor:
+    """Checks integer labels of length ``n`` with values >= 0."""
+    if not isinstance(y, Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except Exception as exc:
+            raise TypeError(f"{name} must be a tensor of integer labels, got "
+                            f"{type(y).__name__}") from exc
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must hold integer class labels, got dtype={y.dtype}")
+    y = y.reshape(-1) if y.dim() > 1 and y.numel() == n else y
+    if y.dim() != 1 or y.numel() != n:
+        raise ValueError(f"{name} must have one label per sample (length {n}), got shape "
+                         f"{tuple(y.shape)}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"{name} must hold labels >= 0, got min({name})={int(y.min())}")
+    if min_classes > 1:
+        n_cls = int(torch.unique(y).numel())
+        if n_cls < min_classes:
+            raise ValueError(f"{name} must contain at least {min_classes} classes, got {n_cls} "
+                             f"(values {torch.unique(y).tolist()[:10]})")
+    return y.long()
+
+
+def check_same_device(**tensors: Optional[Tensor]) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, Tensor)}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on the same device, got {listing}")
+    return next(iter(devices.values())) if devices else torch.device("cpu")
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
+    return value
+
+
+def check_edge_index(edge_index, name: str = "edge_index") -> Tensor:
+    check_tensor(edge_index, name)
+    if edge_index.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(f"{name} must be an integer tensor, got dtype={edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{name} must have shape [2, E], got {tuple(edge_index.shape)}")
+    return edge_index.long()
+
+
+def check_edge_weight(edge_weight, num_edges: int, name: str = "edge_weight") -> Tensor:
+    check_tensor(edge_weight, name)
+    if not edge_weight.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype={edge_weight.dtype}")
+    if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
+        raise ValueError(f"{name} must have shape [E]=[{num_edges}], got "
+                         f"{tuple(edge_weight.shape)}")
+    if num_edges and not bool(torch.isfinite(edge_weight).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return edge_weight

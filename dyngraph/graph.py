@@ -1,0 +1,291 @@
+"""kNN graph snapshots, one PyG ``Data`` per layer, and the ordered :class:`DynamicGraph`."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import coalesce, to_undirected
+
+from ._io import PathLike, atomic_torch_save
+from ._progress import progress_bar
+from ._validate import (check_choice, check_edge_index, check_features, check_labels,
+                        check_same_device)
+from .curve import Curve
+from .knn import knn_graph
+from .metrics.modularity import _community_terms
+
+SYMMETRIZE = ("mean", "max", "add", "mutual")
+
+
+def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
+               how: str = "mean") -> Tuple[Tensor, Tensor]:
+    """Makes a directed kNN graph undirected (both directions stored, coalesced, no self-loops).
+
+    Args:
+        edge_index: ``[2, E]`` directed edges.
+        edge_weight: ``[E]`` weights.
+        num_nodes: ``N``.
+        how: ``'mean'``: ``A = (A_dir + A_dirᵀ)/2``, the reference convention (a mutual pair keeps
+            ``cos``, a one-way pair gets ``cos/2``); ``'max'``: ``max(A_dir, A_dirᵀ)`` (union);
+            ``'add'``: ``A_dir + A_dirᵀ``; ``'mutual'``: only pairs that chose each other, with
+            their mean weight.
+
+    Returns:
+        ``(edge_index, edge_weight)`` of the undirected graph.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> ei = torch.tensor([[1, 0, 0], [0, 1, 2]])   # 1→0, 0→1 (mutual), 0→2 (one-way)
+        >>> ei2, w2 = dg.symmetrize(ei, torch.tensor([0.8, 0.8, 0.6]), 3, how='mean')
+        >>> ei2.tolist(), [round(v, 2) for v in w2.tolist()]
+        ([[0, 0, 1, 2], [1, 2, 0, 0]], [0.8, 0.3, 0.8, 0.3])
+    """
+    check_choice(how, "symmetrize", SYMMETRIZE)
+    edge_index = check_edge_index(edge_index)
+    keep = edge_index[0] != edge_index[1]
+    edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+    if how == "mutual":
+        ei, w = coalesce(edge_index, edge_weight, num_nodes, reduce="add")
+        ei_t, w_t = coalesce(ei.flip(0), w, num_nodes, reduce="add")
+        key, key_t = ei[0] * num_nodes + ei[1], ei_t[0] * num_nodes + ei_t[1]
+        pos = torch.searchsorted(key_t, key).clamp_max(max(key_t.numel() - 1, 0))
+        mutual = key_t[pos] == key if key_t.numel() else torch.zeros_like(key, dtype=torch.bool)
+        return ei[:, mutual], (w[mutual] + w_t[pos[mutual]]) / 2
+    reduce = "add" if how in ("mean", "add") else "max"
+    ei, w = to_undirected(edge_index, edge_weight, num_nodes=num_nodes, reduce=reduce)
+    if how == "mean":
+        w = w / 2
+    return ei, w
+
+
+def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
+                   symmetrize: str = "mean", backend: str = "auto",
+                   chunk_size: Optional[int] = None, keep_x: bool = False,
+                   layer_name: str = "", layer_index: int = 0) -> Data:
+    """One layer's features ``[N, ...]`` → an undirected kNN graph as a PyG ``Data``.
+
+    Features with more than two dimensions are flattened to ``[N, D]``.
+
+    Returns:
+        ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+        >>> snap = dg.build_snapshot(x, torch.arange(60) % 3, k=3, layer_name='fc1')
+        >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
+        (60, 'fc1', True)
+    """
+    check_features(x, "features", ndim=None, min_rows=2)
+    if x.dim() == 1:
+        raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature axis, "
+                         f"got shape {tuple(x.shape)}")
+    x2 = x.reshape(x.shape[0], -1)
+    if y is not None:
+        y = check_labels(y, x2.shape[0], "y")
+        check_same_device(features=x2, y=y)
+    edge_index, edge_weight = knn_graph(x2, k, metric=metric, backend=backend,
+                                        chunk_size=chunk_size)
+    edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, x2.shape[0], symmetrize)
+    if metric == "cosine" and bool((edge_weight <= 0).any()):
+        warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
+                      f"cosine <= 0; modularity treats weights as given", stacklevel=2)
+    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=x2.shape[0])
+    data.layer_name = layer_name
+    data.layer_index = int(layer_index)
+    if keep_x:
+        data.x = x2
+    return data
+
+
+symmetrize_fn = symmetrize
+
+
+class DynamicGraph:
+    """An ordered sequence of kNN snapshots, one PyG ``Data`` per layer: a discrete-time dynamic
+    graph whose nodes are the samples and whose time axis is depth.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(90) % 3
+        >>> feats = {'noise': torch.randn(90, 16, generator=g),
+        ...          'separated': torch.randn(90, 16, generator=g) + 6 * torch.eye(16)[y]}
+        >>> seq = dg.DynamicGraph.from_features(feats, y=y, k=3)
+        >>> curve = seq.modularity()
+        >>> curve.layers, curve.values[1] > curve.values[0] + 0.3
+        (['noise', 'separated'], tensor(True))
+    """
+
+    def __init__(self, snapshots: Sequence[Data], meta: Optional[Dict[str, Any]] = None):
+        snapshots = list(snapshots)
+        for i, s in enumerate(snapshots):
+            if not isinstance(s, Data):
+                raise TypeError(f"snapshots[{i}] must be a torch_geometric.data.Data, got "
+                                f"{type(s).__name__}")
+            if s.edge_index is None:
+                raise ValueError(f"snapshots[{i}] has no edge_index")
+        self.snapshots: List[Data] = snapshots
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_features(cls, features: Union[Mapping[str, Tensor], "Any"],
+                      y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
+                      symmetrize: str = "mean", backend: str = "auto",
+                      chunk_size: Optional[int] = None, keep_x: bool = False,
+                      device: Optional[Union[str, torch.device]] = None,
+                      progress: bool = True) -> "DynamicGraph":
+        """Builds one snapshot per layer, layer by layer (one layer's features in memory at a time).
+
+        Args:
+            features: :class:`~dyngraph.LayerFeatures` (carries ``y``), or an ordered dict
+                ``{layer name: Tensor[N, ...]}`` plus ``y``.
+            y: ``[N]`` integer labels; taken from ``features.y`` when omitted.
+            k: Neighbours per node (3 in the reference).
+            metric: ``'cosine'`` (reference) or ``'euclidean'``.
+            symmetrize: ``'mean'`` (reference: ``(A + Aᵀ)/2``), ``'max'``, ``'add'`` or ``'mutual'``.
+            backend, chunk_size: Passed to :func:`~dyngraph.knn_graph`.
+            keep_x: Store the flattened features as ``data.x``.
+            device: Where to build the graphs (default: where the features are).
+            progress: Show a progress bar.
+
+        Returns:
+            A :class:`DynamicGraph` whose ``meta`` records k, N, metric, symmetrize and layers.
+        """
+        if not isinstance(features, Mapping) and not hasattr(features, "items"):
+            raise TypeError(f"features must be LayerFeatures or a dict {{name: Tensor[N, ...]}}, "
+                            f"got {type(features).__name__}")
+        names = list(features.keys())
+        if not names:
+            raise ValueError("features is empty: no layers to build snapshots from")
+        if y is None:
+            y = getattr(features, "y", None)
+            if y is None:
+                raise ValueError("y is required when features is a plain dict (labels define the "
+                                 "communities)")
+        meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "layers": names}
+        meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
+        snaps = []
+        for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
+            x = features[name]
+            if not isinstance(x, Tensor):
+                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
+            yy = y if isinstance(y, Tensor) else torch.as_tensor(y)
+            if device is not None:
+                x, yy = x.to(device), yy.to(device)
+            check_same_device(**{f"features[{name!r}]": x, "y": yy})
+            snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,
+                                        backend=backend, chunk_size=chunk_size, keep_x=keep_x,
+                                        layer_name=name, layer_index=i))
+        meta["n_samples"] = snaps[0].num_nodes
+        return cls(snaps, meta)
+
+    # ------------------------------------------------------------------ sequence protocol
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def __iter__(self) -> Iterator[Data]:
+        return (s for s in self.snapshots)
+
+    def __getitem__(self, item) -> Union[Data, "DynamicGraph"]:
+        if isinstance(item, slice):
+            return DynamicGraph(self.snapshots[item], self.meta)
+        if isinstance(item, str):
+            names = self.layers
+            if item not in names:
+                raise KeyError(f"no layer named {item!r}; layers are {names}")
+            return self.snapshots[names.index(item)]
+        return self.snapshots[item]
+
+    @property
+    def layers(self) -> List[str]:
+        return [str(getattr(s, "layer_name", i)) for i, s in enumerate(self.snapshots)]
+
+    def __repr__(self) -> str:
+        n = self.snapshots[0].num_nodes if self.snapshots else 0
+        keys = {k: self.meta[k] for k in ("k", "metric", "symmetrize") if k in self.meta}
+        return f"DynamicGraph(layers={len(self)}, num_nodes={n}, {keys})"
+
+    def to(self, device: Union[str, torch.device]) -> "DynamicGraph":
+        """A copy with every snapshot on ``device``."""
+        return DynamicGraph([s.to(device) for s in self.snapshots], self.meta)
+
+    def to_batch(self) -> Batch:
+        """All snapshots as one disconnected PyG ``Batch`` (``batch`` = layer index)."""
+        return Batch.from_data_list(self.snapshots)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> None:
+        """Saves atomically (a plain dict of tensors; loads with ``weights_only=True``)."""
+        state = {"format": "dyngraph.DynamicGraph/1", "meta": _plain(self.meta),
+                 "snapshots": [{k: v for k, v in s.to_dict().items()} for s in self.snapshots]}
+        atomic_torch_save(state, path)
+
+    @classmethod
+    def load(cls, path: PathLike, map_location: Optional[Union[str, torch.device]] = None
+             ) -> "DynamicGraph":
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != "dyngraph.DynamicGraph/1":
+            raise ValueError(f"{path} is not a file written by DynamicGraph.save")
+        return cls([Data.from_dict(d) for d in state["snapshots"]], state["meta"])
+
+    # ------------------------------------------------------------------ metrics
+    def _batched(self, communities: Optional[Sequence[Tensor]] = None):
+        eis, ws, comms, batch = [], [], [], []
+        offset = 0
+        for i, s in enumerate(self.snapshots):
+            c = s.y if communities is None else communities[i]
+            if c is None:
+                raise ValueError(f"snapshot {i} ({self.layers[i]!r}) has no labels y")
+            c = check_labels(c, s.num_nodes, f"labels of snapshot {i}")
+            w = s.edge_weight if s.edge_weight is not None else \
+                torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
+            eis.append(s.edge_index + offset)
+            ws.append(w.double())
+            comms.append(c)
+            batch.append(torch.full((s.num_nodes,), i, dtype=torch.long, device=c.device))
+            offset += s.num_nodes
+        comm = torch.cat(comms)
+        return (torch.cat(eis, 1), comm, torch.cat(ws), torch.cat(batch), len(self.snapshots),
+                int(comm.max()) + 1)
+
+    def class_contributions(self, resolution: float = 1.0) -> Tensor:
+        """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to the curve."""
+        ei, comm, w, batch, n_graphs, n_comm = self._batched()
+        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
+        return contrib
+
+    def modularity(self, resolution: float = 1.0, communities: Optional[Sequence[Tensor]] = None
+                   ) -> Curve:
+        """Modularity of every layer, labels as communities, in one batched scatter pass.
+
+        Args:
+            resolution: Newman's resolution ``γ``.
+            communities: Per-snapshot community tensors to use instead of ``y``.
+
+        Returns:
+            A :class:`~dyngraph.Curve` (``.values`` one per layer, ``.layers`` the names).
+        """
+        if not self.snapshots:
+            raise ValueError("this DynamicGraph has no snapshots")
+        ei, comm, w, batch, n_graphs, n_comm = self._batched(communities)
+        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
+        meta = dict(self.meta)
+        meta["resolution"] = resolution
+        return Curve(self.layers, contrib.sum(1), name="modularity", meta=meta)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Tensor):
+        return obj
+    return str(obj)
