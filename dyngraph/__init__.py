@@ -11,7 +11,9 @@ from .graph import DynamicGraph, build_snapshot, symmetrize
 from .knn import knn, knn_graph
 from .logging import log_curve, log_curves
 from .metrics.modularity import community_contributions, modularity
+from .pipeline import modularity_curve
 from .plot import plot_curves
+from . import data, models
 
 __version__ = "0.1.0"
 
@@ -31,6 +33,9 @@ __all__ = [
     "log_curve",
     "log_curves",
     "modularity",
+    "modularity_curve",
+    "data",
+    "models",
     "plot_curves",
     "symmetrize",
     "typing",

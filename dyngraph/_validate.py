@@ -25,8 +25,11 @@ def check_tensor(x, name: str) -> Tensor:
 
 
 def check_features(x, name: str = "x", *, ndim: Optional[int] = 2, min_rows: int = 1,
-                   allow_integer: bool = False) -> Tensor:
-    """Checks a float feature matrix: tensor, floating dtype, shape, all finite."""
+                   allow_integer: bool = False, check_finite: bool = True) -> Tensor:
+    """Checks a float feature matrix: tensor, floating dtype, shape, all finite.
+
+    ``check_finite=False`` leaves the O(N·D) finiteness pass to the caller (who may check an
+    O(N) reduction such as the row norms instead, then call :func:`raise_non_finite`)."""
     check_tensor(x, name)
     if not allow_integer and not (x.is_floating_point()):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype={x.dtype}; "
@@ -35,11 +38,19 @@ def check_features(x, name: str = "x", *, ndim: Optional[int] = 2, min_rows: int
         raise ValueError(f"{name} must be {ndim}-dimensional [N, D], got shape {tuple(x.shape)}")
     if x.shape[0] < min_rows:
         raise ValueError(f"{name} needs at least {min_rows} rows, got shape {tuple(x.shape)}")
-    if x.numel() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
+    if check_finite and x.numel() and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise_non_finite(x, name)
+    return x
+
+
+def raise_non_finite(x: Tensor, name: str) -> None:
+    """Raises the ``ValueError`` for NaN/inf in ``x`` (or for finite values too large to square)."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN or inf values; clean them before building "
                          f"graphs ({_describe(x)})")
-    return x
+    raise ValueError(f"{name} has values so large that their squares overflow {x.dtype} "
+                     f"(max |x| = {float(x.abs().max()):.3g}); rescale the features")
 
 
 def check_k(k, n: int, name: str = "k") -> int:
@@ -107,13 +118,14 @@ def check_edge_index(edge_index, name: str = "edge_index") -> Tensor:
     return edge_index.long()
 
 
-def check_edge_weight(edge_weight, num_edges: int, name: str = "edge_weight") -> Tensor:
+def check_edge_weight(edge_weight, num_edges: int, name: str = "edge_weight",
+                      check_finite: bool = True) -> Tensor:
     check_tensor(edge_weight, name)
     if not edge_weight.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype={edge_weight.dtype}")
     if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
         raise ValueError(f"{name} must have shape [E]=[{num_edges}], got "
                          f"{tuple(edge_weight.shape)}")
-    if num_edges and not bool(torch.isfinite(edge_weight).all()):
+    if check_finite and num_edges and not bool(torch.isfinite(edge_weight).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return edge_weight

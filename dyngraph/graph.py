@@ -79,14 +79,14 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
         (60, 'fc1', True)
     """
-    check_features(x, "features", ndim=None, min_rows=2)
+    check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # knn checks
     if x.dim() == 1:
         raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature axis, "
                          f"got shape {tuple(x.shape)}")
     x2 = x.reshape(x.shape[0], -1)
     if y is not None:
-        y = check_labels(y, x2.shape[0], "y")
         check_same_device(features=x2, y=y)
+        y = check_labels(y, x2.shape[0], "y", min_classes=2)
     edge_index, edge_weight = knn_graph(x2, k, metric=metric, backend=backend,
                                         chunk_size=chunk_size)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, x2.shape[0], symmetrize)
@@ -178,6 +178,8 @@ class DynamicGraph:
             if device is not None:
                 x, yy = x.to(device), yy.to(device)
             check_same_device(**{f"features[{name!r}]": x, "y": yy})
+            if i == 0:
+                check_labels(yy, x.shape[0], "y", min_classes=2)
             snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,
                                         backend=backend, chunk_size=chunk_size, keep_x=keep_x,
                                         layer_name=name, layer_index=i))

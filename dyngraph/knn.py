@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from . import typing as _t
-from ._validate import check_choice, check_features, check_k, check_positive_int
+from ._validate import (check_choice, check_features, check_k, check_positive_int,
+                        raise_non_finite)
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "matmul", "torch_cluster")
@@ -40,9 +41,9 @@ def default_chunk_size(n_rows: int, n_cols: int, budget: int = DEFAULT_BLOCK_ELE
     return max(1, min(n_rows, budget // max(n_cols, 1)))
 
 
-def normalize_rows(x: Tensor, name: str = "x") -> Tensor:
+def normalize_rows(x: Tensor, name: str = "x", norms: Optional[Tensor] = None) -> Tensor:
     """L2-normalises rows (eps 1e-8, the reference convention); zero rows raise ``ValueError``."""
-    norms = x.norm(dim=1, keepdim=True)
+    norms = x.norm(dim=1, keepdim=True) if norms is None else norms
     zero = norms.squeeze(1) <= COSINE_EPS
     if bool(zero.any()):
         idx = zero.nonzero().flatten()[:5].tolist()
@@ -190,15 +191,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _prepare(x: Tensor, k: int, metric: str, backend: str, chunk_size: Optional[int]) -> Tensor:
-    check_features(x, "x", min_rows=2)
+    check_features(x, "x", min_rows=2, check_finite=False)
     check_k(k, x.shape[0])
     check_choice(metric, "metric", METRICS)
     check_choice(backend, "backend", BACKENDS)
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     x = x.to(_compute_dtype(x))
+    # NaN/inf in a row make its norm NaN/inf: an O(N) check instead of a pass over N×D values.
+    norms = x.norm(dim=1, keepdim=True)
+    if not bool(torch.isfinite(norms).all()):
+        raise_non_finite(x, "x")
     if metric == "cosine":
-        x = normalize_rows(x)
+        x = normalize_rows(x, norms=norms)
     return x
 
 

@@ -26,13 +26,16 @@ def _prepare(edge_index, communities, edge_weight, num_nodes, batch
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
     edge_index = check_edge_index(edge_index)
     check_tensor(communities, "communities")
+    check_same_device(edge_index=edge_index, communities=communities, edge_weight=edge_weight,
+                      batch=batch)
     if num_nodes is None:
         num_nodes = communities.numel()
     communities = check_labels(communities, num_nodes, "communities")
     n_edges = edge_index.shape[1]
     if edge_weight is None:
         edge_weight = torch.ones(n_edges, device=edge_index.device)
-    edge_weight = check_edge_weight(edge_weight, n_edges)
+    # Finiteness is checked on the (few) results instead of on every weight: see _finish.
+    edge_weight = check_edge_weight(edge_weight, n_edges, check_finite=False)
     check_same_device(edge_index=edge_index, communities=communities, edge_weight=edge_weight,
                       batch=batch)
     if n_edges and int(edge_index.max()) >= num_nodes:
@@ -50,24 +53,30 @@ def _prepare(edge_index, communities, edge_weight, num_nodes, batch
 
 def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, batch: Tensor,
                      n_graphs: int, n_comm: int, resolution: float) -> Tuple[Tensor, Tensor]:
-    """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``."""
+    """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``.
+
+    Two scatter passes over the edges: the summed strength ``S_c`` and the inside weight
+    ``2·w_in(c)`` of every (graph, community) slot; ``2W`` is the sum of a graph's ``S_c``.
+    """
     row, col = edge_index
-    w = torch.where(row == col, 2.0 * edge_weight, edge_weight)
+    w = torch.where(row == col, 2.0 * edge_weight, edge_weight)  # self-loops count twice
     # Global community key: one slot per (graph, community) pair.
-    key = batch * n_comm + communities
+    key = communities if n_graphs == 1 else batch * n_comm + communities
+    key_row = key[row]
     size = n_graphs * n_comm
-    strength = scatter(w, row, dim=0, dim_size=communities.numel(), reduce="sum")
-    s_c = scatter(strength, key, dim=0, dim_size=size, reduce="sum")
-    inside = key[row] == key[col]
-    in_c = scatter(w[inside], key[row][inside], dim=0, dim_size=size, reduce="sum")
-    two_w = scatter(w, batch[row], dim=0, dim_size=n_graphs, reduce="sum")
-    if bool((two_w <= 0).any()):
+    s_c = scatter(w, key_row, dim=0, dim_size=size, reduce="sum").view(n_graphs, n_comm)
+    in_c = scatter(w * (key_row == key[col]), key_row, dim=0, dim_size=size,
+                   reduce="sum").view(n_graphs, n_comm)
+    two_w = s_c.sum(1)
+    if bool((two_w <= 0).any()) and bool(torch.isfinite(two_w).all()):
         bad = (two_w <= 0).nonzero().flatten().tolist()
         raise ValueError(f"modularity is undefined for graphs with no positive total edge weight "
                          f"(graphs {bad[:10]}); check edge_index/edge_weight")
-    two_w_c = two_w.repeat_interleave(n_comm)
-    contrib = in_c / two_w_c - resolution * (s_c / two_w_c) ** 2
-    return contrib.view(n_graphs, n_comm), two_w
+    frac = s_c / two_w.unsqueeze(1)
+    contrib = in_c / two_w.unsqueeze(1) - resolution * frac * frac
+    if not bool(torch.isfinite(two_w).all()):  # NaN/inf weights poison 2W: name the culprit
+        check_edge_weight(edge_weight, edge_weight.numel())
+    return contrib, two_w
 
 
 def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Tensor] = None,

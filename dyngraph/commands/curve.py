@@ -1,0 +1,59 @@
+"""``dyngraph curve``: the modularity curve of a model on a dataset, with TensorBoard logs and PNG."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from ._common import add_common, get_loaders, get_model, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("curve", help="modularity curve over depth (labels as communities)",
+                       description="Extract each layer's representations, build kNN snapshots "
+                                   "and write the modularity curve (curve.json, curve.csv, "
+                                   "curve.png, TensorBoard events).")
+    add_common(p)
+    g = p.add_argument_group("graph")
+    g.add_argument("--k", type=int, default=3, help="neighbours per sample (reference: 3)")
+    g.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    g.add_argument("--symmetrize", default="mean", choices=["mean", "max", "add", "mutual"])
+    g.add_argument("--per-class", type=int, default=50, help="samples per class in each repeat")
+    g.add_argument("--repeats", type=int, default=5, help="resamplings for mean ± std")
+    g.add_argument("--point", default="pre", choices=["pre", "post"],
+                   help="hook points: layer outputs (pre-activation) or after the activation")
+    g.add_argument("--pool", default=None, choices=["avg", "max"],
+                   help="pool feature maps instead of flattening them (reference: flatten)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..extract import default_layers, extract_features
+    from ..pipeline import modularity_curve
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train, test, num_classes = get_loaders(args)
+    model, info = get_model(args, train, test, num_classes)
+    layers = default_layers(model, point=args.point)
+    feats = extract_features(model, test, layers=layers, seed=args.seed, pool=args.pool,
+                             device=args.device, progress=not args.quiet)
+    curve = modularity_curve(feats, k=args.k, metric=args.metric, symmetrize=args.symmetrize,
+                             per_class=args.per_class, repeats=args.repeats, seed=args.seed,
+                             progress=not args.quiet)
+    label = "untrained" if args.untrained else "trained"
+    curve.meta.update({"label": label, "model": info, "point": args.point,
+                       "seconds": round(time.perf_counter() - t0, 2)})
+    curve.to_json(out / "curve.json")
+    curve.to_csv(out / "curve.csv")
+    curve.plot(out / "curve.png", label=label)
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        curve.to_tensorboard(writer)
+    print_json({"layers": curve.layers, "modularity": [round(v, 4) for v in curve.values.tolist()],
+                "std": [round(v, 4) for v in curve.std.tolist()], "test_acc": info.get("test_acc"),
+                "out": str(out)})
+    return 0

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from dyngraph.cli import main
+
+
+def test_curve_command_digits(tmp_path, capsys):
+    out = tmp_path / "digits"
+    args = ["curve", "--example", "digits", "--arch", "mlp", "--out", str(out), "--epochs", "3",
+            "--per-class", "15", "--repeats", "2", "--quiet"]
+    assert main(args) == 0
+    d = json.loads((out / "curve.json").read_text())
+    assert d["layers"] == ["net.1", "net.3", "net.5", "net.7", "net.9"]
+    assert len(d["modularity"]) == 5 and all(-0.5 < q <= 0.9 for q in d["modularity"])
+    assert d["meta"]["k"] == 3 and d["meta"]["n_samples"] == 150 and d["meta"]["repeats"] == 2
+    assert (out / "curve.png").exists() and (out / "curve.csv").exists()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpts = list(out.glob("model_*.pt"))
+    assert len(ckpts) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["modularity"] == [round(v, 4) for v in d["modularity"]]
+    # A rerun reuses the finished training run instead of repeating it.
+    assert main(args) == 0
+    d2 = json.loads((out / "curve.json").read_text())
+    assert "reused_checkpoint" in d2["meta"]["model"]
+    assert d2["modularity"] == d["modularity"]
+
+
+def test_curve_untrained_and_bad_args(tmp_path, capsys):
+    out = tmp_path / "u"
+    assert main(["curve", "--example", "digits", "--arch", "cnn", "--untrained", "--out",
+                 str(out), "--per-class", "10", "--repeats", "1", "--quiet"]) == 0
+    d = json.loads((out / "curve.json").read_text())
+    assert d["meta"]["model"]["trained"] is False and len(d["layers"]) == 6
+    assert main(["curve", "--out", str(out), "--k", "0", "--quiet"]) == 2
+    assert "k must be >= 1" in capsys.readouterr().err
+    assert main(["curve", "--out", str(out), "--model", str(tmp_path / "missing.pt")]) == 2
+    with pytest.raises(SystemExit):
+        main(["curve", "--example", "cifar", "--out", str(out)])

@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+import torch
+
+import dyngraph as dg
+from dyngraph import typing as dgt
+
+BACKENDS = ["matmul"] + (["torch_cluster"] if dgt.WITH_TORCH_CLUSTER else [])
+
+
+def brute_force(x: np.ndarray, k: int, metric: str):
+    """Independent reference: full matrix, self excluded, lexsort (value, index)."""
+    if metric == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        score = -(xn @ xn.T)
+    else:
+        score = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(score, np.inf)
+    n = x.shape[0]
+    idx = np.stack([np.lexsort((np.arange(n), score[i]))[:k] for i in range(n)])
+    vals = np.take_along_axis(score, idx, 1)
+    return (-vals if metric == "cosine" else vals), idx
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knn_matches_brute_force(backend, metric, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(200, 12, generator=g, dtype=torch.float64)
+    vals, idx = dg.knn(x, 5, metric=metric, backend=backend)
+    ref_v, ref_i = brute_force(x.numpy(), 5, metric)
+    assert np.array_equal(idx.numpy(), ref_i)
+    np.testing.assert_allclose(vals.numpy(), ref_v, atol=1e-10)
+
+
+def test_knn_matches_scipy_ckdtree():
+    from scipy.spatial import cKDTree
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    d, i = cKDTree(x.numpy()).query(x.numpy(), k=5)  # includes self at position 0
+    vals, idx = dg.knn(x, 4, metric="euclidean", backend="matmul", chunk_size=37)
+    assert np.array_equal(idx.numpy(), i[:, 1:])
+    np.testing.assert_allclose(vals.numpy(), d[:, 1:], atol=1e-12)
+
+
+def test_knn_matches_sklearn_brute_cosine():
+    from sklearn.neighbors import NearestNeighbors
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(300, 20, generator=g)
+    nn_ = NearestNeighbors(n_neighbors=4, algorithm="brute", metric="cosine").fit(x.numpy())
+    d, i = nn_.kneighbors(x.numpy())
+    vals, idx = dg.knn(x, 3, metric="cosine")
+    assert (idx.numpy() == i[:, 1:]).mean() > 0.999  # float32 near-ties may swap
+    np.testing.assert_allclose(vals.numpy(), 1 - d[:, 1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+def test_chunking_does_not_change_result(chunk):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(150, 9, generator=g)
+    base = dg.knn(x, 4, backend="matmul")
+    got = dg.knn(x, 4, backend="matmul", chunk_size=chunk)
+    assert torch.equal(base[1], got[1]) and torch.allclose(base[0], got[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_broken_by_smaller_index(backend):
+    # A 1-D integer grid: every interior point has two neighbours at distance 1.
+    x = torch.arange(10, dtype=torch.float64).unsqueeze(1)
+    vals, idx = dg.knn(x, 1, metric="euclidean", backend=backend)
+    assert idx.flatten().tolist() == [1, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    # Duplicated points: ties at the k-th boundary resolve to the smallest index.
+    x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2)
+    vals, idx = dg.knn(x, 2, metric="cosine", backend=backend)
+    assert idx[0].tolist() == [1, 2] and idx[5].tolist() == [0, 1] and idx[6].tolist()[0] == 7
+    ref_v, ref_i = brute_force(x.numpy().astype(np.float64), 2, "cosine")
+    assert np.array_equal(idx.numpy(), ref_i)
+
+
+def test_knn_graph_layout_and_weights():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 8, generator=g)
+    ei, w = dg.knn_graph(x, 3)
+    vals, idx = dg.knn(x, 3)
+    assert ei.shape == (2, 150) and w.shape == (150,)
+    assert torch.equal(ei[1], torch.arange(50).repeat_interleave(3))  # target = query
+    assert torch.equal(ei[0], idx.reshape(-1))  # source = neighbour
+    assert not bool((ei[0] == ei[1]).any())
+    assert torch.bincount(ei[1], minlength=50).eq(3).all()
+    xn = torch.nn.functional.normalize(x, dim=1)
+    assert torch.allclose(w, (xn[ei[0]] * xn[ei[1]]).sum(1), atol=1e-6)
+    _, w_e = dg.knn_graph(x, 3, metric="euclidean")
+    assert torch.equal(w_e, torch.ones(150))
+
+
+def test_auto_backend_picks_a_valid_backend_and_same_graph():
+    g = torch.Generator().manual_seed(7)
+    for d in (3, 64):
+        x = torch.randn(400, d, generator=g)
+        a = dg.knn(x, 3, backend="auto")
+        b = dg.knn(x, 3, backend="matmul")
+        assert torch.equal(a[1], b[1])
+    import importlib
+    knn_mod = importlib.import_module("dyngraph.knn")
+    if dgt.WITH_TORCH_CLUSTER:
+        assert knn_mod._AUTO_CACHE and set(knn_mod._AUTO_CACHE.values()) <= {"matmul",
+                                                                              "torch_cluster"}
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    (lambda x: (x.masked_fill(torch.zeros_like(x, dtype=torch.bool).index_fill_(0, torch.tensor([3]), True), float("nan")), 3), ValueError, "NaN"),
+    (lambda x: (x.masked_fill(torch.zeros_like(x, dtype=torch.bool).index_fill_(0, torch.tensor([1]), True), float("inf")), 3), ValueError, "inf"),
+    (lambda x: (x, 0), ValueError, "k must be >= 1"),
+    (lambda x: (x, 20), ValueError, "smaller than the number of samples"),
+    (lambda x: (x, 2.5), TypeError, "k must be an int"),
+    (lambda x: (x.long(), 3), TypeError, "floating-point"),
+    (lambda x: (x[0], 3), ValueError, "2-dimensional"),
+    (lambda x: (x.index_fill(0, torch.tensor([4]), 0.0), 3), ValueError, "zero"),
+    (lambda x: (x.numpy(), 3), TypeError, "torch.Tensor"),
+])
+def test_knn_bad_input(bad, err, match):
+    x = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    xx, k = bad(x)
+    with pytest.raises(err, match=match):
+        dg.knn_graph(xx, k)
+
+
+def test_knn_bad_options():
+    x = torch.randn(20, 5)
+    with pytest.raises(ValueError, match="metric"):
+        dg.knn(x, 3, metric="manhattan")
+    with pytest.raises(ValueError, match="backend"):
+        dg.knn(x, 3, backend="faiss")
+    with pytest.raises(ValueError, match="chunk_size"):
+        dg.knn(x, 3, chunk_size=0)
+
+
+def test_zero_vectors_fine_under_euclidean():
+    x = torch.zeros(6, 3)
+    x[3:] = 1.0
+    vals, idx = dg.knn(x, 2, metric="euclidean")
+    assert torch.isfinite(vals).all() and idx[0].tolist() == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x = torch.randn(300, 32)
+    a = dg.knn(x, 4, backend="matmul")
+    b = dg.knn(x.cuda(), 4, backend="matmul")
+    assert torch.equal(a[1], b[1].cpu())
