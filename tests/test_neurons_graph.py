@@ -220,6 +220,53 @@ def test_neuron_graph_rejects_bad_input():
         neuron_graph(m, min_weight=-1.0)
     with pytest.raises(TypeError, match="loader"):
         neuron_graph(m, loader=3)
+    with pytest.raises(ValueError, match="include_input=True or include_output=True"):
+        neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     bad = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="sequential chain"):
         neuron_graph(bad)
+
+
+class _SharedRelu(nn.Module):
+    """Like a ResNet BasicBlock: one ReLU module called twice in forward, and a skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.relu(self.fc1(x))
+        h = self.relu(self.fc2(h) + h)
+        return self.out(h)
+
+
+def test_activation_module_run_twice_asks_for_pre_activations():
+    m = _SharedRelu()
+    ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
+    dl = DataLoader(ds, batch_size=20)
+    with pytest.raises(ValueError, match="point='pre'"):
+        neuron_graph(m, "activations", dl, progress=False)
+    g = neuron_graph(m, "activations", dl, point="pre", progress=False)
+    assert g.points == {"fc1": "fc1", "fc2": "fc2"} and g.num_nodes == 12
+    # A skip that bypasses the lesioned layer (around fc2) makes lesions repeat the inputs; a
+    # skip that starts after it (fc1's output) still allows repeating at the layer.
+    from dyngraph.neurons import LesionRunner
+    runner = LesionRunner(m, dl)
+    masks = torch.ones(3, 6)
+    masks[1, :2] = 0
+    masks[2, 3:] = 0
+    x, y = ds.tensors
+    for name, mode in (("fc1", "hook"), ("fc2", "input")):
+        correct = runner.correct(name, masks)
+        assert runner._modes[name] == mode
+        for i in range(3):
+            mm = _SharedRelu()
+            mm.load_state_dict(m.state_dict())
+            with torch.no_grad():
+                drop = (masks[i] == 0).nonzero().flatten()
+                getattr(mm, name).weight[drop] = 0
+                getattr(mm, name).bias[drop] = 0
+            assert float(correct[i].sum()) == float((mm(x).argmax(1) == y).sum())

@@ -259,8 +259,17 @@ def layer_activations(model: nn.Module, loader, layers: List[NeuronLayer], *, po
         first_name = f"{_first_weight_name(model)}:input"
         spec[first_name] = "__input__"
         points["input"] = first_name
-    feats = extract_features(model, loader, layers=spec, per_class=per_class, n_samples=n_samples,
-                             seed=seed, pool=None, device=device, progress=progress)
+    try:
+        feats = extract_features(model, loader, layers=spec, per_class=per_class,
+                                 n_samples=n_samples, seed=seed, pool=None, device=device,
+                                 progress=progress)
+    except ValueError as exc:
+        if "times in one forward pass" in str(exc) and point == "post":
+            raise ValueError(f"{exc}. An activation module that runs several times per forward "
+                             f"pass (e.g. a ResNet block's shared self.relu) cannot be read per "
+                             f"layer: pass point='pre' to read the layers before their "
+                             f"nonlinearity") from exc
+        raise
     dev = torch.device(device) if device is not None else _model_device(model)
     acts: Dict[str, Tensor] = {}
     raw = None

@@ -153,7 +153,7 @@ def clusterability(model: nn.Module, n_clusters: int, n_shuffles: int = 50, seed
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
         ...                   nn.Linear(8, 2))
         >>> r = dg.clusterability(m, n_clusters=2, n_shuffles=5, progress=False)

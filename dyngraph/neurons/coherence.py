@@ -11,10 +11,12 @@ Methods:
   that activate the group's mean most. Lower entropy = more coherent.
 * ``'pixels'`` (input-feature association): the largest ``|Pearson r|`` between the group's mean
   activation and any input feature (pixel). Higher = more coherent.
-* ``'feature_vis'`` (feature visualisation): inputs optimised by gradient ascent (Adam, an L2 pull
-  towards the data mean, clamped to the data's range) to maximise the group's mean z-scored
-  activation; the score is the mean z-score reached. Higher = the neurons can be driven together,
-  i.e. they share a preferred input.
+* ``'feature_vis'`` (feature visualisation): inputs optimised by gradient ascent (Adam) to maximise
+  the group's mean z-scored pre-activation (before the nonlinearity, so that the gradient never
+  vanishes in a dead ReLU zone), on a sphere around the data mean (``x = mean + r·u/‖u‖``,
+  ``r`` = the data's RMS distance from its mean), so every group gets the same input budget; the
+  score is the mean z-score reached. Higher = the neurons can be driven together by one input,
+  i.e. they share a preferred input direction.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
-from .._validate import check_positive_int, check_tensor
+from .._validate import check_choice, check_positive_int, check_tensor
 from ._chain import _model_device, layer_activations, weight_chain
 from .groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
 from .importance import _check_alpha, _check_n_random
@@ -64,7 +66,7 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
     counts = torch.zeros(scores.shape[1], k, dtype=torch.float64, device=scores.device)
     counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=torch.float64))
     p = counts / top_k
-    return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1)
+    return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1) + 0.0  # never -0.0
 
 
 def _zscore(a: Tensor) -> tuple:
@@ -105,6 +107,8 @@ class CoherenceResult:
                                "share_coherent": self.n_coherent() / n if n else 0.0}
         for m in self.methods:
             out[f"n_coherent_{m}"] = self.n_coherent(m)
+            out[f"n_coherent_{m}_nominal"] = sum(g[f"{m}_p_value"] <= self.alpha
+                                                 for g in self.groups)
             out[f"share_coherent_{m}"] = self.n_coherent(m) / n if n else 0.0
             out[f"fisher_p_{m}"] = self.fisher_p[m]
         out.update({"n_random": self.n_random, "alpha": self.alpha})
@@ -124,10 +128,11 @@ class CoherenceResult:
 
 
 def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
-              methods: Sequence[str] = ("labels", "pixels"), n_random: int = 49, seed: int = 0,
+              methods: Sequence[str] = ("labels", "pixels"), n_random: int = 99, seed: int = 0,
               top_k: int = 20, min_size: int = 2, max_fraction: float = 0.99,
-              alpha: float = 0.05, fv_steps: int = 100, fv_lr: float = 0.05,
-              fv_l2: float = 1e-3, per_class: Optional[int] = None,
+              alpha: float = 0.05, point: str = "post", fv_steps: int = 100,
+              fv_lr: float = 0.1,
+              fv_radius: Optional[float] = None, per_class: Optional[int] = None,
               n_samples: Optional[int] = None, device=None,
               groups: Optional[Sequence[NeuronGroup]] = None,
               progress: bool = True) -> CoherenceResult:
@@ -144,8 +149,10 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
         top_k: Top-activating inputs per group for ``'labels'``.
         min_size, max_fraction: Which groups are tested.
         alpha: Benjamini–Hochberg level that flags a group as coherent.
-        fv_steps, fv_lr, fv_l2: Feature visualisation: Adam steps, learning rate, L2 pull towards
-            the data mean (per input feature).
+        point: Read activations after the nonlinearity (``'post'``) or before it (``'pre'``).
+        fv_steps, fv_lr, fv_radius: Feature visualisation: Adam steps, learning rate, and the
+            radius of the sphere around the data mean that the inputs live on (default: the RMS
+            distance of the data from its mean).
         per_class, n_samples: Class-balanced subsample of ``loader`` (default: every sample).
         device: Where to run (default: the model's device).
         groups: Groups to test instead of ``neuron_groups(data, clusters, ...)``.
@@ -157,11 +164,11 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 2)
-        >>> g = dg.neuron_graph(m)
-        >>> r = dg.coherence(m, g, torch.arange(8) % 2, DataLoader(ds, batch_size=30),
+        >>> g = dg.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.coherence(m, g, torch.arange(10) % 2, DataLoader(ds, batch_size=30),
         ...                  n_random=19, top_k=10, progress=False)
         >>> r.methods, len(r.groups)
         (['labels', 'pixels'], 2)
@@ -178,6 +185,7 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
             raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
     _check_n_random(n_random)
     alpha = _check_alpha(alpha)
+    check_choice(point, "point", ("pre", "post"))
     check_positive_int(top_k, "top_k")
     check_positive_int(fv_steps, "fv_steps")
     if groups is None:
@@ -194,7 +202,7 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
         layers.append(chain[name])
     acts, raw, y = {}, None, None
     if layers:
-        acts, raw, y, _ = layer_activations(model, loader, layers, point="post",
+        acts, raw, y, _ = layer_activations(model, loader, layers, point=point,
                                             raw_input="pixels" in methods, per_class=per_class,
                                             n_samples=n_samples, seed=seed, device=dev,
                                             progress=progress)
@@ -207,8 +215,13 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     for i, g in enumerate(groups):
         by_layer.setdefault(g.layer_index, []).append(i)
     raw_z = input_stats = None
+    pre = {}
     if "feature_vis" in methods and groups:
         input_stats = _input_stats(loader, dev)
+        # Pre-activations (the unit output) have no dead zone for the gradient.
+        pre, _, _, _ = layer_activations(model, loader, layers, point="pre",
+                                         per_class=per_class, n_samples=n_samples, seed=seed,
+                                         device=dev, progress=False)
     if raw is not None and "pixels" in methods:
         keep = raw.std(0) > 0
         raw_z = _zscore(raw[:, keep].double())[0]
@@ -229,9 +242,10 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
             g = _zscore(mean_act)[0]
             res["pixels"] = ((raw_z.T @ g) / raw_z.shape[0]).abs().amax(0).cpu()
         if "feature_vis" in methods:
-            res["feature_vis"] = _feature_vis(model, chain[name], loader, sel.float(), mu.float(),
-                                              sd.float(), input_stats, fv_steps, fv_lr, fv_l2,
-                                              seed + li, dev).cpu()
+            _, mu_pre, sd_pre = _zscore(pre[name].double())
+            res["feature_vis"] = _feature_vis(model, chain[name], sel.float(), mu_pre.float(),
+                                              sd_pre.float(), input_stats, fv_steps, fv_lr,
+                                              fv_radius, seed + li, dev).cpu()
         for m, v in res.items():
             v = v.view(len(idx), 1 + n_random)
             for j, i in enumerate(idx):
@@ -261,16 +275,19 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
                 row[f"{m}_coherent"] = bool(stats[m]["q"][i] <= alpha)
             row["coherent"] = any(row[f"{m}_coherent"] for m in methods)
             rows.append(row)
-    meta = {"seed": seed, "top_k": top_k, "n_samples": int(y.numel()) if y is not None else 0,
+    meta = {"seed": seed, "top_k": top_k, "point": point,
+            "n_samples": int(y.numel()) if y is not None else 0,
             "min_size": min_size, "max_fraction": max_fraction}
     if "feature_vis" in methods:
-        meta.update({"fv_steps": fv_steps, "fv_lr": fv_lr, "fv_l2": fv_l2})
+        meta.update({"fv_steps": fv_steps, "fv_lr": fv_lr,
+                     "fv_radius": fv_radius if fv_radius is not None else
+                     (input_stats or {}).get("radius")})
     return CoherenceResult(rows, methods, fisher, n_random, alpha, scores, rnd, meta)
 
 
 def _input_stats(loader, dev) -> Dict[str, Any]:
-    """Per-feature mean, min and max of the model's inputs over the loader, and their shape."""
-    total, lo, hi, n, shape = None, None, None, 0, None
+    """Per-feature mean of the model's inputs, their RMS distance from it, and their shape."""
+    total, total_sq, n, shape = None, None, 0, None
     for batch in loader:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, Tensor):
@@ -278,54 +295,54 @@ def _input_stats(loader, dev) -> Dict[str, Any]:
         shape = tuple(x.shape[1:])
         f = x.to(dev).flatten(1).double()
         total = f.sum(0) if total is None else total + f.sum(0)
-        lo = f.amin(0) if lo is None else torch.minimum(lo, f.amin(0))
-        hi = f.amax(0) if hi is None else torch.maximum(hi, f.amax(0))
+        total_sq = (f * f).sum(0) if total_sq is None else total_sq + (f * f).sum(0)
         n += f.shape[0]
     if n == 0:
         raise ValueError("the loader produced no samples")
-    return {"mean": (total / n).float(), "lo": lo.float(), "hi": hi.float(), "shape": shape}
+    mean = total / n
+    radius = float((total_sq / n - mean * mean).clamp_min(0).sum().sqrt())
+    return {"mean": mean.float(), "radius": radius, "shape": shape}
 
 
-def _feature_vis(model: nn.Module, layer, loader, sel: Tensor, mu: Tensor, sd: Tensor,
-                 stats: Dict[str, Any], steps: int, lr: float, l2: float, seed: int, dev
-                 ) -> Tensor:
-    """Mean z-scored activation of each row's group reached by gradient ascent on the input."""
-    shape, flat_mean, lo, hi = stats["shape"], stats["mean"], stats["lo"], stats["hi"]
+def _feature_vis(model: nn.Module, layer, sel: Tensor, mu: Tensor, sd: Tensor,
+                 stats: Dict[str, Any], steps: int, lr: float, radius: Optional[float],
+                 seed: int, dev) -> Tensor:
+    """Mean z-scored pre-activation of each row's group reached by gradient ascent on inputs
+    ``x = mean + r · u / ||u||`` (a sphere of radius ``r`` around the data mean)."""
+    shape, mean = stats["shape"], stats["mean"]
+    r = float(radius) if radius is not None else stats["radius"]
+    if not r > 0:
+        raise ValueError(f"feature visualisation needs a radius > 0, got {r!r} (constant inputs?)")
     m = sel.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
-    noise = 0.01 * torch.randn(m, flat_mean.numel(), generator=gen).to(dev)
-    x = torch.maximum(torch.minimum(flat_mean.unsqueeze(0) + noise, hi), lo)
-    x = x.detach().requires_grad_(True)
-    target = layer.act or layer.unit
+    u = torch.randn(m, mean.numel(), generator=gen).to(dev).requires_grad_(True)
+    target = layer.unit
     mods = dict(model.named_modules())
     store: Dict[str, Tensor] = {}
 
     def hook(mod, inputs, output):
         store["a"] = output
 
+    def objective(u_: Tensor) -> Tensor:
+        x = mean.unsqueeze(0) + r * u_ / u_.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        model(x.view(m, *shape))
+        a = store["a"]
+        a = a.flatten(2).mean(-1) if a.dim() > 2 else a
+        return (((a - mu) / sd) * sel).sum(1)  # [M]
+
     handle = mods[target].register_forward_hook(hook)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = torch.optim.Adam([u], lr=lr)
     was = model.training
     try:
         model.eval()
         with torch.enable_grad():
             for _ in range(steps):
-                model(x.view(m, *shape))
-                a = store["a"]
-                a = a.flatten(2).mean(-1) if a.dim() > 2 else a
-                obj = (((a - mu) / sd) * sel).sum(1)  # [M]
-                loss = -obj.sum() + l2 * ((x - flat_mean) ** 2).sum()
-                (grad,) = torch.autograd.grad(loss, x)
-                opt.zero_grad(set_to_none=True)
-                x.grad = grad
+                obj = objective(u)
+                (grad,) = torch.autograd.grad(-obj.sum(), u)
+                u.grad = grad
                 opt.step()
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         with torch.no_grad():
-            model(x.view(m, *shape))
-            a = store["a"]
-            a = a.flatten(2).mean(-1) if a.dim() > 2 else a
-            obj = (((a - mu) / sd) * sel).sum(1)
+            obj = objective(u)
     finally:
         handle.remove()
         model.train(was)

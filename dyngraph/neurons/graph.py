@@ -46,7 +46,7 @@ def spearman_matrix(x: Tensor) -> Tensor:
         >>> import torch
         >>> from dyngraph.neurons.graph import spearman_matrix
         >>> x = torch.tensor([[1., 3.], [2., 2.], [3., 1.]])
-        >>> spearman_matrix(x).tolist()
+        >>> spearman_matrix(x).round(decimals=6).tolist()
         [[1.0, -1.0], [-1.0, 1.0]]
     """
     z = _standardized_ranks(check_features(x, "x"))
@@ -164,6 +164,10 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
             dead[offsets[i]:offsets[i + 1]] = (a.amax(0) - a.amin(0)) <= 0
 
     if source == "weights":
+        if len(chosen) == 1:
+            raise ValueError(f"source='weights' joins adjacent layers, but only layer "
+                             f"{chosen[0].name!r} was chosen, so the graph has no edges; add "
+                             f"include_input=True or include_output=True, or more layers")
         for a, b in zip(pos[:-1], pos[1:]):
             if b != a + 1:
                 names = [c.name for c in chosen]

@@ -204,6 +204,9 @@ class LesionRunner:
 class ImportanceResult:
     """Lesion importance of each cluster ∩ layer group.
 
+    A group is *important* when its Benjamini–Hochberg q-value (over the groups) is ``<= alpha``;
+    ``summary()`` also counts the groups with a raw p-value ``<= alpha`` (``*_nominal``).
+
     Attributes:
         groups: One row (dict) per group: layer, cluster, size, layer_size, neurons, acc_drop,
             random_drop_mean, percentile, p_value, q_value, important, class_drop_max,
@@ -239,8 +242,11 @@ class ImportanceResult:
 
     def summary(self) -> Dict[str, Any]:
         n = len(self.groups)
+        nominal = sum(g["p_value"] <= self.alpha for g in self.groups)
+        nominal_c = sum(g["class_p_value"] <= self.alpha for g in self.groups)
         return {"n_groups": n, "n_important": self.n_important,
                 "n_important_class": self.n_important_class,
+                "n_important_nominal": nominal, "n_important_class_nominal": nominal_c,
                 "share_important": self.n_important / n if n else 0.0,
                 "share_important_class": self.n_important_class / n if n else 0.0,
                 "fisher_p": self.fisher_p, "fisher_p_class": self.fisher_p_class,
@@ -263,7 +269,7 @@ class ImportanceResult:
 
 
 def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader, *,
-                      n_random: int = 49, seed: int = 0, min_size: int = 2,
+                      n_random: int = 99, seed: int = 0, min_size: int = 2,
                       max_fraction: float = 0.99, alpha: float = 0.05, device=None,
                       max_rows: int = 8192, groups: Optional[Sequence[NeuronGroup]] = None,
                       progress: bool = True) -> ImportanceResult:
@@ -289,11 +295,11 @@ def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
-        >>> g = dg.neuron_graph(m)
-        >>> r = dg.lesion_importance(m, g, torch.arange(8) % 2, DataLoader(ds, batch_size=20),
+        >>> g = dg.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.lesion_importance(m, g, torch.arange(10) % 2, DataLoader(ds, batch_size=20),
         ...                          n_random=19, progress=False)
         >>> len(r.groups), r.groups[0]['size']
         (2, 4)

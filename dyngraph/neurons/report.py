@@ -1,9 +1,8 @@
-"""The whole neuron-level analysis in one call, its per-group report, figure and TensorBoard logs."""
+"""The whole neuron-level analysis in one call: per-group report, figure, TensorBoard logs."""
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -82,8 +81,18 @@ def plot_neuron_partition(data: Data, clusters: Tensor, path: Optional[PathLike]
         top = w.topk(min(max_edges, w.numel())).indices
         ei, w = ei[:, top], w[top]
         alpha = (w / w.max()).clamp(0.03, 1.0) * 0.6
-        segs = torch.stack([torch.stack([x[ei[0]], y[ei[0]]], 1),
-                            torch.stack([x[ei[1]], y[ei[1]]], 1)], 1).numpy()
+        # Adjacent layers: straight lines. Within a layer: an arc to the right; across several
+        # layers: an arc above, so that the line does not run through the layers in between.
+        p0 = torch.stack([x[ei[0]], y[ei[0]]], 1)
+        p1 = torch.stack([x[ei[1]], y[ei[1]]], 1)
+        span = (x[ei[1]] - x[ei[0]]).abs()
+        ctrl = (p0 + p1) / 2
+        ctrl[:, 0] += torch.where(span == 0, 0.25 + 0.3 * (p1[:, 1] - p0[:, 1]).abs(),
+                                  torch.zeros_like(span))
+        ctrl[:, 1] += torch.where(span > 1, 0.08 * span, torch.zeros_like(span))
+        t = torch.linspace(0, 1, 9).view(1, -1, 1)
+        segs = ((1 - t) ** 2 * p0.unsqueeze(1) + 2 * t * (1 - t) * ctrl.unsqueeze(1)
+                + t ** 2 * p1.unsqueeze(1)).numpy()
         same = clusters[ei[0]] == clusters[ei[1]]
         cols = [(*colours[int(clusters[a])][:3], float(al)) if s else (0.5, 0.5, 0.5, float(al))
                 for a, s, al in zip(ei[0].tolist(), same.tolist(), alpha.tolist())]
@@ -98,7 +107,7 @@ def plot_neuron_partition(data: Data, clusters: Tensor, path: Optional[PathLike]
     ax.set_xticklabels(data.layer_names, rotation=30, ha="right", fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.5, n_layers - 0.5)
-    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05 + (0.08 * (n_layers - 1) if n_layers > 2 else 0.0))
     ax.set_xlabel("layer")
     ax.set_ylabel("neurons (sorted by cluster)")
     ax.set_title(title or f"{data.source} graph, {k} clusters, {data.num_nodes} neurons")
@@ -184,7 +193,8 @@ class NeuronReport:
         g = self.graph
         return {"summary": self.summary(), "groups": self.groups(),
                 "graph": {"layers": g.layer_names, "layer_sizes": g.layer_sizes,
-                          "removed": g.removed, "norm": g.norm, "source": g.source},
+                          "removed": getattr(g, "removed", {}), "norm": getattr(g, "norm", None),
+                          "source": g.source},
                 "clusters": self.clusters.tolist(),
                 "clusterability": (self.clusterability.to_dict()
                                    if self.clusterability is not None else None),
@@ -313,6 +323,7 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else ""
     if isinstance(v, float):
+        v = v + 0.0  # no "-0"
         return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
     return str(v)
 
@@ -332,11 +343,13 @@ def _jsonable(obj):
 
 
 def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str = "weights",
-                  n_shuffles: int = 20, n_random: int = 49,
+                  n_shuffles: int = 20, n_random: int = 99,
                   methods: Sequence[str] = ("labels", "pixels"), seed: int = 0,
                   alpha: float = 0.05, min_size: int = 2, max_fraction: float = 0.99,
                   graph_kwargs: Optional[Dict[str, Any]] = None, dead_from_data: bool = False,
-                  solver: str = "auto", top_k: int = 20, checkpoint: Optional[PathLike] = None,
+                  solver: str = "auto", top_k: int = 20,
+                  coherence_kwargs: Optional[Dict[str, Any]] = None,
+                  checkpoint: Optional[PathLike] = None,
                   device=None, progress: bool = True) -> NeuronReport:
     """Neuron graph → spectral partition → shuffle test → lesion importance → coherence.
 
@@ -356,6 +369,7 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
         dead_from_data: With ``'weights'``, also remove neurons that are constant over ``loader``.
         solver: Eigensolver of the spectral partition.
         top_k: Top-activating inputs per group for the label coherence.
+        coherence_kwargs: Extra arguments of :func:`dyngraph.coherence` (``fv_steps``, ...).
         checkpoint: JSON file where the shuffle test saves its progress (resumable).
         device: Where to run.
         progress: Progress bars.
@@ -366,7 +380,7 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
         >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
         ...                   nn.Linear(8, 2))
         >>> dl = DataLoader(TensorDataset(torch.randn(60, 4), torch.arange(60) % 2), batch_size=30)
@@ -405,7 +419,7 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
             coh = coherence(model, graph, clusters, loader, methods=methods, n_random=n_random,
                             seed=seed, top_k=top_k, min_size=min_size,
                             max_fraction=max_fraction, alpha=alpha, device=device,
-                            progress=progress)
+                            progress=progress, **dict(coherence_kwargs or {}))
     meta = {"n_clusters": n_clusters, "source": source, "seed": seed, "alpha": alpha,
             "min_size": min_size, "max_fraction": max_fraction, "n_random": n_random,
             "n_shuffles": n_shuffles, "methods": list(methods), "solver": solver,

@@ -35,8 +35,8 @@ def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
     Example:
         >>> import torch
         >>> from dyngraph.neurons.stats import empirical_p
-        >>> empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()
-        0.7
+        >>> empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()   # 14 of 19 are >= 5
+        0.75
     """
     observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
     if null.dim() == 1:
