@@ -53,6 +53,15 @@ class Comparison:
             modularity, kNN purity).
         info: ``{model: dict}`` (e.g. accuracy, source) as given.
         meta: Settings and timings.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+        >>> res = dg.compare([{'l': x}, {'l': 2 * x}], measures=['cka'], progress=False)
+        >>> res.names, round(float(res.matrix('cka', 'features_0', 'features_1').values[0, 0]), 6)
+        (['features_0', 'features_1'], 1.0)
+        >>> res.table[0]['measure'], len(res.table)
+        ('cka', 3)
     """
 
     names: List[str]
@@ -181,40 +190,103 @@ class Comparison:
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
 
-    def plot(self, out_dir: PathLike, measures: Optional[Sequence[str]] = None
-             ) -> Dict[str, Path]:
-        """One heatmap PNG per (measure, pair) in ``out_dir``, plus the per-model curves."""
+    def plot_grid(self, measure: str, path: Optional[PathLike] = None):
+        """All pairs of one measure in one figure: an upper-triangular grid of heatmaps (rows and
+        columns: models) on a shared colour scale. Returns the figure."""
+        from .metrics.similarity import _LABELS
+        from .plot import _pyplot, save_figure
+        if measure not in self.matrices:
+            raise KeyError(f"measure {measure!r} was not computed; have {self.measures}")
+        plt = _pyplot()
+        names = self.names
+        m_ = len(names)
+        got = self.matrices[measure]
+        vals = torch.cat([m.values.flatten() for m in got.values()])
+        distance = measure in DISTANCES
+        vmin = 0.0 if distance else min(0.0, float(vals.min()))
+        vmax = float(vals.max()) if distance else 1.0
+        fig, axes = plt.subplots(m_, m_, figsize=(1.9 * m_ + 1.2, 1.8 * m_ + 0.8), squeeze=False,
+                                 layout="constrained")
+        im = None
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                ax = axes[i][j]
+                if (a, b) not in got:
+                    ax.axis("off")
+                    continue
+                im = ax.imshow(got[(a, b)].values.numpy(), vmin=vmin, vmax=vmax,
+                               cmap="viridis_r" if distance else "viridis", aspect="auto")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0 or (i == j):
+                    ax.set_title(b, fontsize=7)
+                if j == i or (j == i + 1 and (a, a) not in got):
+                    ax.set_ylabel(a, fontsize=7)
+        if im is not None:
+            fig.colorbar(im, ax=axes, fraction=0.02, label=_LABELS.get(measure, measure))
+        fig.suptitle(f"{_LABELS.get(measure, measure)}: layer × layer, every pair of models "
+                     f"(rows: first model's layers, top = input side)", fontsize=9)
+        if path is not None:
+            save_figure(fig, path)
+        return fig
+
+    def plot(self, out_dir: PathLike, measures: Optional[Sequence[str]] = None,
+             per_pair: Optional[bool] = None) -> Dict[str, Path]:
+        """Writes to ``out_dir``: one grid per measure (:meth:`plot_grid`), the per-model curves
+        and, with ``per_pair`` (default: when there are at most 6 model pairs), one annotated
+        heatmap per (measure, pair of different models)."""
         from .plot import close, plot_curves
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths: Dict[str, Path] = {}
-        for measure in measures or self.measures:
-            for (a, b), m in self.matrices[measure].items():
-                key = f"{measure}__{_safe(a)}__vs__{_safe(b)}"
-                p = out / f"{key}.png"
-                close(m.plot(p))
-                paths[key] = p
+        measures = list(measures or self.measures)
+        between = [(a, b) for (a, b) in next(iter(self.matrices.values())) if a != b] \
+            if self.matrices else []
+        if per_pair is None:
+            per_pair = len(between) <= 6
+        for measure in measures:
+            p = out / f"grid_{measure}.png"
+            close(self.plot_grid(measure, p))
+            paths[f"grid_{measure}"] = p
+            if per_pair:
+                for (a, b), m in self.matrices[measure].items():
+                    if a == b:
+                        continue
+                    key = f"{measure}__{_safe(a)}__vs__{_safe(b)}"
+                    p = out / f"{key}.png"
+                    close(m.plot(p))
+                    paths[key] = p
         names = sorted({k for cs in self.curves.values() for k in cs})
         for cname in names:
             curves = [(n, self.curves[n][cname]) for n in self.names if cname in self.curves[n]]
-            if not curves:
-                continue
             p = out / f"curve_{cname}.png"
             close(plot_curves([c for _, c in curves], path=p, labels=[n for n, _ in curves],
                               title=f"{cname} per model"))
             paths[f"curve_{cname}"] = p
         return paths
 
-    def to_tensorboard(self, writer, prefix: str = "dyngraph/compare") -> None:
-        """Every heatmap (figure + table) and every per-model curve."""
+    def to_tensorboard(self, writer, prefix: str = "dyngraph/compare",
+                       per_pair: bool = False) -> None:
+        """Per measure: the grid figure and every pair's values as a markdown table; per model:
+        the free curves as scalars. ``per_pair`` also logs one heatmap per pair."""
         from .logging import log_curve
-        from .metrics.similarity import log_similarity_matrix
+        from .metrics.similarity import _markdown, log_similarity_matrix
+        from .plot import close
         for measure, mats in self.matrices.items():
+            fig = self.plot_grid(measure)
+            writer.add_figure(f"{prefix}/{measure}/grid", fig)
+            close(fig)
             for (a, b), m in mats.items():
-                log_similarity_matrix(writer, m, tag=f"{prefix}/{measure}/{_safe(a)}_vs_{_safe(b)}")
+                tag = f"{prefix}/{measure}/{_safe(a)}_vs_{_safe(b)}"
+                if per_pair:
+                    log_similarity_matrix(writer, m, tag=tag)
+                else:
+                    writer.add_text(f"{tag}/values", _markdown(m))
         for n, cs in self.curves.items():
             for cname, c in cs.items():
                 log_curve(writer, c, tag=f"{prefix}/{cname}/{_safe(n)}", figure=False)
+        if callable(getattr(writer, "flush", None)):
+            writer.flush()
 
 
 def _safe(name: str) -> str:
@@ -341,6 +413,17 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
 
     Returns:
         ``{(a, b): SimilarityMatrix}`` with ``measure='cka_minibatch'``.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> b = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+        >>> loader = DataLoader(TensorDataset(torch.randn(64, 4), torch.zeros(64)), batch_size=16)
+        >>> mats = dg.stream_cka({'a': a, 'b': b}, loader, progress=False)
+        >>> sorted(mats), tuple(mats[('a', 'b')].values.shape)
+        ([('a', 'a'), ('a', 'b'), ('b', 'b')], (2, 2))
     """
     from .extract import _split_batch, _to, default_layers
     named = _named_items(dict(models) if isinstance(models, Mapping) else list(models))

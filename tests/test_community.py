@@ -37,8 +37,8 @@ def dense(edge_index, w, n):
 
 
 def sbm_graph(sizes=(30, 30, 30), p_in=0.5, p_out=0.02, seed=0):
-    G = nx.stochastic_block_model(list(sizes), [[p_in if i == j else p_out for j in range(len(sizes))]
-                                                for i in range(len(sizes))], seed=seed)
+    probs = [[p_in if i == j else p_out for j in range(len(sizes))] for i in range(len(sizes))]
+    G = nx.stochastic_block_model(list(sizes), probs, seed=seed)
     e = torch.tensor(list(G.edges())).t()
     ei = torch.cat([e, e.flip(0)], 1)
     truth = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)])

@@ -214,19 +214,28 @@ def test_minibatch_cka_single_batch_equals_full_cka():
 
 
 def test_minibatch_cka_matches_numpy_average_of_batch_hsic():
-    x, y = rand(120, 4, 33), rand(120, 6, 34)
+    x, y = rand(125, 4, 33), rand(125, 6, 34)
     y = y + x @ rand(4, 6, 35)
-    acc = MinibatchCKA()
-    hxy = hxx = hyy = 0.0
-    for s in range(0, 120, 40):
-        xb, yb = x[s:s + 40], y[s:s + 40]
-        acc.update([xb], [yb])
-        K, L = (xb @ xb.T).numpy(), (yb @ yb.T).numpy()
-        hxy += np_hsic_unbiased(K, L)
-        hxx += np_hsic_unbiased(K, K)
-        hyy += np_hsic_unbiased(L, L)
-    assert float(acc.compute()[0, 0]) == pytest.approx(hxy / math.sqrt(hxx * hyy), abs=1e-10)
-    assert acc.n_batches == 3 and acc.n_rows == 120
+    bounds = [(0, 40), (40, 100), (100, 120), (120, 125)]      # unequal batches, one of 5 rows
+    for unbiased, h in ((True, np_hsic_unbiased), (False, np_hsic_biased)):
+        acc = MinibatchCKA(unbiased=unbiased)
+        hxy = hxx = hyy = 0.0
+        for s, e in bounds:
+            xb, yb = x[s:e], y[s:e]
+            acc.update([xb], [yb])
+            K, L = (xb @ xb.T).numpy(), (yb @ yb.T).numpy()
+            hxy += h(K, L)
+            hxx += h(K, K)
+            hyy += h(L, L)
+        assert float(acc.compute()[0, 0]) == pytest.approx(hxy / math.sqrt(hxx * hyy),
+                                                           abs=1e-10)
+        assert acc.n_batches == 4 and acc.n_rows == 125
+    # float32 features: float64 centring + float32 Gram stay within 1e-6 of the float64 result
+    acc32, acc64 = MinibatchCKA(), MinibatchCKA(float64_gram=True)
+    for s, e in bounds:
+        acc32.update([x[s:e].float() + 30], [y[s:e].float()])
+        acc64.update([x[s:e] + 30], [y[s:e]])
+    assert float(acc32.compute()[0, 0]) == pytest.approx(float(acc64.compute()[0, 0]), abs=1e-6)
 
 
 def test_minibatch_cka_errors():

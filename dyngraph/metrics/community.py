@@ -143,6 +143,12 @@ def mixing_ratio(mixing: Tensor) -> Tensor:
 
     Returns:
         The ratio, same shape, float64.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> mix = torch.tensor([[0.25, 0.25], [0.25, 0.25]])   # no class structure at all
+        >>> dg.mixing_ratio(mix).tolist()
+        [[1.0, 1.0], [1.0, 1.0]]
     """
     check_tensor(mixing, "mixing")
     m = mixing.to(torch.float64)
@@ -303,6 +309,18 @@ def _relabel_by_size(memb: Tensor) -> Tensor:
     return rank[inv]
 
 
+_PACKAGES = {"leiden": ("igraph",), "louvain_igraph": ("igraph",),
+             "leidenalg": ("igraph", "leidenalg"), "louvain": ("networkx",)}
+
+
+def _require(method: str) -> None:
+    import importlib.util
+    missing = [p for p in _PACKAGES[method] if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ImportError(f"method={method!r} needs {' and '.join(missing)}: pip install "
+                          f"{' '.join(missing)} (or choose another method from {list(METHODS)})")
+
+
 def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
                        num_nodes: Optional[int] = None, method: str = DEFAULT_METHOD,
                        resolution: float = 1.0, seed: int = 0, n_iterations: int = -1) -> Tensor:
@@ -339,11 +357,12 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
     if n == 0:
         raise ValueError("detect_communities: the graph has no nodes")
     if ei.numel() and bool((w < 0).any()):
-        raise ValueError(f"detect_communities needs non-negative edge weights; {int((w < 0).sum())} "
-                         f"are negative (modularity is undefined). Clamp them, or build the graph "
+        raise ValueError(f"detect_communities needs non-negative edge weights; "
+                         f"{int((w < 0).sum())} are negative (modularity is undefined). Clamp them, or build the graph "
                          f"with metric='euclidean' (unit weights)")
     if not isinstance(resolution, (int, float)) or not resolution > 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+    _require(method)
     device = ei.device
     pairs, pw = _undirected_pairs(ei, w, n)
     edges = pairs.t().cpu().tolist()
@@ -509,7 +528,8 @@ def community_transitions(communities: Sequence[Tensor], normalize: Optional[str
 
 
 # ================================================================================== figures
-def _ordered_communities(comm: Tensor, labels: Optional[Tensor]) -> Tuple[List[int], Dict[int, int]]:
+def _ordered_communities(comm: Tensor, labels: Optional[Tensor]
+                         ) -> Tuple[List[int], Dict[int, int]]:
     """Community ids in drawing order (by majority label, then size) and each one's majority."""
     ids, counts = torch.unique(comm, return_counts=True)
     major: Dict[int, int] = {}
@@ -545,6 +565,12 @@ def plot_transitions(communities: Sequence[Tensor], labels: Optional[Tensor] = N
 
     Returns:
         The matplotlib figure.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> y = torch.arange(12) % 3
+        >>> fig = dg.plot_transitions([torch.arange(12) % 2, y, y], labels=y,
+        ...                           layers=['a', 'b', 'c'])
     """
     from ..plot import _pyplot, save_figure
     check_choice(kind, "kind", ("flow", "heatmap"))
@@ -783,8 +809,8 @@ class CommunityEvolution:
     def __repr__(self) -> str:
         f = lambda t: "[" + ", ".join(f"{v:.3f}" for v in t.tolist()[:8]) + \
             (", ..." if t.numel() > 8 else "") + "]"  # noqa: E731
-        return (f"CommunityEvolution(layers={len(self.layers)}, method={self.meta.get('method')!r}, "
-                f"nmi={f(self.nmi)}, purity={f(self.purity)}, "
+        return (f"CommunityEvolution(layers={len(self.layers)}, "
+                f"method={self.meta.get('method')!r}, nmi={f(self.nmi)}, purity={f(self.purity)}, "
                 f"n_communities={self.n_communities.tolist()[:8]})")
 
     def curves(self) -> List[Curve]:
@@ -805,8 +831,8 @@ class CommunityEvolution:
         return Curve(names, self.stability, name="community_stability_nmi", meta=dict(self.meta))
 
     def class_curves(self) -> List[Curve]:
-        return [Curve(self.layers, self.class_contributions[:, c], name=f"Q contribution of class {c}",
-                      meta={**self.meta, "class": c, "label": f"class {c}"})
+        return [Curve(self.layers, self.class_contributions[:, c],
+                      name=f"Q contribution of class {c}", meta={**self.meta, "class": c, "label": f"class {c}"})
                 for c in range(self.class_contributions.shape[1])]
 
     def to_dict(self) -> Dict[str, Any]:

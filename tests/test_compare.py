@@ -1,0 +1,236 @@
+"""dg.compare, stream_cka and the ``dyngraph compare`` command."""
+import csv
+import importlib
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dyngraph as dg
+from dyngraph.compare import Comparison, compare, stream_cka
+from dyngraph.metrics.similarity import linear_cka, similarity_matrices
+
+# the module itself (dg.compare is the function)
+compare_mod = importlib.import_module("dyngraph.compare")
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def feature_sets():
+    y = torch.arange(90) % 3
+    x = torch.randn(90, 8, generator=gen(1)) + 2 * torch.eye(8)[y]
+    a = {"l1": x, "l2": torch.tanh(x @ torch.randn(8, 40, generator=gen(2))),
+         "l3": torch.randn(90, 5, generator=gen(3))}
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen(4)))
+    b = {"m1": 3 * x @ q, "m2": torch.randn(90, 6, generator=gen(5))}
+    return a, b, y
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    m1 = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    m2 = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+    return m1, m2
+
+
+def tiny_loader(n=120, batch_size=40):
+    g = gen(7)
+    y = torch.arange(n) % 3
+    x = torch.randn(n, 6, generator=g) + torch.eye(6)[y] * 2
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def test_compare_feature_sets_matches_similarity_matrices(feature_sets, tmp_path):
+    a, b, y = feature_sets
+    measures = ["cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph",
+                "modularity_distance"]
+    res = compare({"A": a, "B": b}, measures=measures, labels=y, k=5, progress=False)
+    assert isinstance(res, Comparison) and res.names == ["A", "B"]
+    assert set(res.matrices["cka"]) == {("A", "A"), ("A", "B"), ("B", "B")}
+    ref_ab = similarity_matrices(a, b, measures=measures, labels=y, k=5)
+    ref_aa = similarity_matrices(a, measures=measures, labels=y, k=5)
+    for m in measures:
+        assert torch.allclose(res.matrix(m, "A", "B").values, ref_ab[m].values, atol=1e-12)
+        assert torch.allclose(res.matrix(m, "A", "A").values, ref_aa[m].values, atol=1e-12)
+        assert torch.allclose(res.matrix(m, "B", "A").values, ref_ab[m].values.T)
+    # B's first layer is A's first layer rotated and scaled
+    assert res.matrix("cka", "A", "B").values[0, 0] == pytest.approx(1.0)
+    assert res.matrix("modularity_distance", "A", "B").values[0, 0] == pytest.approx(0, abs=1e-6)
+    # tidy table: one row per cell
+    rows = res.table
+    n_cells = sum(m.values.numel() for mats in res.matrices.values() for m in mats.values())
+    assert len(rows) == n_cells
+    r = next(r for r in rows if r["measure"] == "cka" and r["model_a"] == "A"
+             and r["model_b"] == "B" and r["layer_a"] == "l2" and r["layer_b"] == "m1")
+    assert r["value"] == pytest.approx(linear_cka(a["l2"], b["m1"]), abs=1e-12)
+    parsed = list(csv.DictReader(io.StringIO(res.to_csv(tmp_path / "t.csv"))))
+    assert len(parsed) == n_cells and (tmp_path / "t.csv").exists()
+    # free per-model curves
+    assert torch.allclose(res.curves["A"]["modularity"].values,
+                          torch.tensor([dg.modularity(*_snap(a[l], y)) for l in a],
+                                       dtype=torch.float64), atol=1e-12)
+    assert 0 <= float(res.curves["B"]["knn_purity"].values.min())
+    # JSON round trip and summary
+    back = Comparison.from_json(_write(res, tmp_path / "r.json"))
+    assert back.names == res.names
+    assert torch.allclose(back.matrix("graph", "A", "B").values,
+                          res.matrix("graph", "A", "B").values)
+    s = res.summary()
+    assert s["cka"]["A|A"]["diagonal_mean"] == pytest.approx(1.0)
+    assert s["cka"]["A|B"]["mean_best_match"] <= 1.0 + 1e-12
+
+
+def _snap(x, y):
+    s = dg.build_snapshot(x, y, k=3)
+    return s.edge_index, y, s.edge_weight
+
+
+def _write(res, path):
+    res.to_json(path)
+    return path
+
+
+def test_compare_outputs_figures_and_tensorboard(feature_sets, tmp_path):
+    a, b, y = feature_sets
+    res = compare([a, b], measures=["cka", "mutual_knn"], names=["A", "B"], labels=y, k=5,
+                  permutations=9, progress=False)
+    p = res.matrix("cka", "A", "B").p_values
+    assert p is not None and ((p >= 0.1) & (p <= 1)).all()
+    assert float(p[0, 0]) == pytest.approx(0.1)   # 1/(9+1): the rotated copy beats every shuffle
+    paths = res.plot(tmp_path / "figs")
+    assert {"grid_cka", "grid_mutual_knn", "cka__A__vs__B", "curve_knn_purity"} <= set(paths)
+    assert all(p.stat().st_size > 1000 for p in paths.values())
+    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    with SummaryWriter(str(tmp_path / "tb")) as w:
+        res.to_tensorboard(w)
+    ev = EventAccumulator(str(tmp_path / "tb"))
+    ev.Reload()
+    assert "dyngraph/compare/cka/grid" in ev.Tags()["images"]
+
+
+def test_compare_models_does_per_model_work_once(monkeypatch):
+    m1, m2 = tiny_models()
+    loader = tiny_loader()
+    calls = []
+    real = compare_mod.summarize_layers
+
+    def counting(features, *args, **kw):
+        calls.append(kw.get("name"))
+        return real(features, *args, **kw)
+
+    monkeypatch.setattr(compare_mod, "summarize_layers", counting)
+    res = compare({"deep": m1, "shallow": m2, "deep_again": m1}, loader,
+                  measures=["cka", "knn_overlap", "graph"], k=5, per_class=20, progress=False)
+    assert sorted(calls) == ["deep", "deep_again", "shallow"]          # once per model
+    assert len(res.matrices["cka"]) == 6                               # 3 within + 3 between
+    assert res.layers["deep"] == dg.default_layers(m1)
+    assert res.meta["n_samples"] == 60
+    same = res.matrix("cka", "deep", "deep_again").values
+    assert torch.allclose(same, res.matrix("cka", "deep", "deep").values)
+    assert torch.allclose(same.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert res.matrix("knn_overlap", "deep", "deep_again").values.diagonal().min() == 1.0
+
+
+def test_stream_cka_matches_exact_and_minibatch_definition():
+    m1, m2 = tiny_models()
+    loader = tiny_loader(batch_size=120)                 # one batch: minibatch CKA = exact
+    got = stream_cka([m1, m2], loader, progress=False)
+    names = ["Sequential_0", "Sequential_1"]
+    f1 = dg.extract_features(m1, loader, progress=False)
+    f2 = dg.extract_features(m2, loader, progress=False)
+    m = got[tuple(names)]
+    assert m.measure == "cka_minibatch" and m.meta["batches"] == 1
+    for i, la in enumerate(f1.names):
+        for j, lb in enumerate(f2.names):
+            assert float(m.values[i, j]) == pytest.approx(
+                linear_cka(f1[la], f2[lb], unbiased=True), abs=1e-6)
+    # several batches (last one of 2 rows is skipped): the mean-HSIC estimator
+    small = tiny_loader(n=122, batch_size=40)
+    res = compare({"a": m1, "b": m2}, small, measures=["cka_minibatch", "cka"], progress=False)
+    mb = res.matrix("cka_minibatch", "a", "b")
+    assert mb.meta["skipped_batches"] == 1 and mb.meta["batches"] == 3
+    acc = dg.metrics.similarity.MinibatchCKA()
+    fa = dg.extract_features(m1, small, progress=False)
+    fb = dg.extract_features(m2, small, progress=False)
+    for s in range(0, 120, 40):
+        acc.update([fa[l][s:s + 40] for l in fa], [fb[l][s:s + 40] for l in fb])
+    assert torch.allclose(mb.values, acc.compute(), atol=1e-6)
+
+
+def test_compare_errors(feature_sets):
+    a, b, y = feature_sets
+    m1, _ = tiny_models()
+    with pytest.raises(ValueError, match="loader"):
+        compare([m1, m1])
+    with pytest.raises(ValueError, match="measures"):
+        compare([a, b], measures=["svcca"], labels=y)
+    with pytest.raises(ValueError, match="twice"):
+        compare([a, b], measures=["cka", "cka"], labels=y)
+    with pytest.raises(ValueError, match="unique"):
+        compare([a, b], names=["x", "x"], labels=y)
+    with pytest.raises(ValueError, match="same inputs"):
+        compare([a, {"z": torch.randn(50, 3)}], measures=["cka"])
+    with pytest.raises(ValueError, match="needs labels"):
+        compare([a, b], measures=["modularity_distance"])
+    with pytest.raises(ValueError, match="nn.Module"):
+        compare([a, b], measures=["cka_minibatch"], labels=y)
+    with pytest.raises(TypeError, match="list"):
+        compare(a["l1"])
+    with pytest.raises(TypeError, match=r"models_or_feature_sets\[1\]"):
+        compare([a, "model.pt"])
+    res = compare([a, b], measures=["cka"], labels=y, within=False, progress=False)
+    with pytest.raises(KeyError, match="not computed"):
+        res.matrix("cka", "features_0", "features_0")
+    with pytest.raises(KeyError, match="measure"):
+        res.matrix("graph", "features_0", "features_1")
+
+
+def test_compare_command_trains_compares_and_resumes(tmp_path, capsys):
+    from dyngraph.cli import main
+    out = tmp_path / "cmp"
+    argv = ["compare", "--archs", "mlp", "--seeds", "0", "1", "--include-untrained",
+            "--epochs", "2", "--per-class", "8", "--measures", "cka", "mutual_knn",
+            "--k", "5", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["names"] == ["mlp-seed0", "mlp-seed1", "mlp-untrained"]
+    assert set(report["measures"]) == {"cka", "mutual_knn"}
+    assert printed["n_samples"] == 80
+    assert report["info"]["mlp-untrained"]["trained"] is False
+    assert (out / "table.csv").exists() and (out / "figures" / "grid_cka.png").exists()
+    assert list((out / "tensorboard").glob("events.*"))
+    assert {c["measure"] for c in report["checks"]["same_architecture_seeds"]} == {"cka",
+                                                                                  "mutual_knn"}
+    assert len(list(out.glob("model_*.pt"))) == 2          # trained checkpoints cached
+    # rerun with the same settings: the report is reused, nothing is retrained
+    assert main(argv) == 0
+    assert "reused" in json.loads(capsys.readouterr().out)
+    # model files
+    torch.save(dg.models.DigitsMLP(depth=2), tmp_path / "a.pt")
+    torch.save(dg.models.DigitsMLP(depth=3), tmp_path / "b.pt")
+    assert main(["compare", "--models", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
+                 "--measures", "cka", "--per-class", "6", "--out", str(tmp_path / "files"),
+                 "--quiet"]) == 0
+    rep = json.loads((tmp_path / "files" / "report.json").read_text())
+    assert rep["names"] == ["a", "b"] and rep["layers"]["b"] == ["net.1", "net.3", "net.5",
+                                                                 "net.7"]
+    capsys.readouterr()
+    assert main(["compare", "--archs", "mlp", "--out", str(tmp_path / "one"), "--quiet"]) == 2
+    assert "two or more models" in capsys.readouterr().err
+
+
+def test_public_api_names():
+    names = ["linear_cka", "knn_overlap", "mutual_knn", "graph_similarity", "modularity_distance",
+             "class_mixing", "knn_purity", "detect_communities", "community_transitions",
+             "compare", "StreamingCKA", "MinibatchCKA", "permutation_test", "community_evolution"]
+    for n in names:
+        assert n in dg.__all__ and callable(getattr(dg, n)), n
+    assert dg.compare is compare
