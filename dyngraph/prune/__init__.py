@@ -11,6 +11,7 @@ from .cost import cost_report, count_flops, count_params, measure_latency, prune
 from .detect import (DEFAULT_THRESHOLDS, RULES, Redundancy, Removal, layer_scores,
                      layer_structure, redundant_layers)
 from .finetune import evaluate, finetune, fit
+from .study import format_table, plot_before_after, prune_study, summarize
 from .surgery import infer_example_input, make_projection, probe, prune_layers
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "cost_report", "count_flops", "count_params", "evaluate", "finetune", "fit",
     "infer_example_input", "layer_scores", "layer_structure", "least_redundant_layers",
     "linear_cka", "make_projection", "measure_latency", "probe", "prune_layers", "prune_report",
-    "random_layers", "redundant_layers",
+    "random_layers", "redundant_layers", "format_table", "plot_before_after", "prune_study",
+    "summarize",
 ]

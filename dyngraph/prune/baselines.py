@@ -170,7 +170,8 @@ def cka_layers(features, n: Optional[int] = None, threshold: float = 0.95, *,
     ``threshold``, or the ``n`` highest, under the same constraints as :func:`redundant_layers`.
 
     Args:
-        features: Per-layer representations (the same layers as the modularity curve).
+        features: Per-layer representations (the same layers as the modularity curve); may be
+            ``None`` when ``cka`` and ``curve`` are given.
         n: Remove exactly this many (highest CKA first); ``None``: all above ``threshold``.
         threshold: CKA above which a layer is redundant (threshold mode).
         model, example_input, allow_projection, min_per_stage: The structural constraints.
@@ -188,7 +189,12 @@ def cka_layers(features, n: Optional[int] = None, threshold: float = 0.95, *,
     """
     if cka is None:
         cka = adjacent_cka(features, per_class, repeats, seed)
-    names = list(features.names) if features is not None else [None] + cka.layers
+    if features is not None:
+        names = list(features.names)
+    elif curve is not None:
+        names = list(curve.layers)
+    else:
+        raise ValueError("cka_layers needs features, or a precomputed cka= with the curve=")
     if names[1:] != cka.layers:
         raise ValueError(f"cka covers layers {cka.layers}, features {names}")
     vals = torch.full((len(names),), float("nan"), dtype=torch.float64)

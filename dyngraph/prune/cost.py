@@ -174,7 +174,8 @@ def prune_report(original: nn.Module, pruned: nn.Module,
         >>> m = dg.models.resnet56()
         >>> drop = [f'layer1.{i}' for i in range(2, 9)] + [f'layer2.{i}' for i in range(3, 9)] \\
         ...        + [f'layer3.{i}' for i in range(6, 9)]
-        >>> r = dg.prune_report(m, dg.prune_layers(m, drop), torch.zeros(1, 3, 32, 32), latency=False)
+        >>> x = torch.zeros(1, 3, 32, 32)
+        >>> r = dg.prune_report(m, dg.prune_layers(m, drop), x, latency=False)
         >>> round(r['params_reduction'], 3), round(r['flops_reduction'], 3)
         (0.429, 0.602)
     """

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -453,7 +453,7 @@ def _names_from(layers) -> List[str]:
 
 def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInput] = None,
                  projection: str = "auto", expand: bool = True, inplace: bool = False,
-                 return_log: bool = False):
+                 force: bool = False, return_log: bool = False):
     """Removes layers or residual blocks by dotted name and returns the pruned model.
 
     Args:
@@ -468,6 +468,8 @@ def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInp
         expand: Remove a conv/linear together with the norm/activation/dropout modules right
             after it in the same ``nn.Sequential``; map a post-activation point to its layer.
         inplace: Edit ``model`` itself instead of a deep copy.
+        force: Allow removing the stem (first layer) or the classifier (last layer), which is
+            refused otherwise.
         return_log: Also return ``{'removed', 'replaced', 'renamed'}`` describing the edit.
 
     Returns:
@@ -475,8 +477,9 @@ def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInp
         the original), and the log when ``return_log``.
 
     Raises:
-        ValueError: Unknown or overlapping names, a layer that did not run, a weight-shared layer,
-            a shape change that no projection can bridge, or a pruned model whose forward pass
+        ValueError: Unknown or overlapping names, the stem or classifier (without ``force``), a
+            layer that did not run, a weight-shared layer, a shape change that no projection can
+            bridge, or a pruned model whose forward pass
             fails or whose output shape differs.
 
     Example:
@@ -510,6 +513,9 @@ def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInp
                 raise ValueError(f"layer {owner[b]!r} lies inside layer {owner[a]!r}; list only "
                                  f"one of them")
     for u in units:
+        if u.protected and not force:
+            raise ValueError(f"layer {u.request!r} cannot be pruned: {u.protected}; the stem and "
+                             f"the classifier are never removed (force=True overrides)")
         if u.calls > 1:
             raise ValueError(f"layer {u.request!r} ({u.module}) runs {u.calls} times in one "
                              f"forward pass (shared weights); it cannot be pruned as one layer")
