@@ -39,7 +39,7 @@ def digits_dataset(split: str = "train", test_size: float = 0.3, seed: int = 0,
         >>> import dyngraph as dg
         >>> ds = dg.data.digits_dataset('test')
         >>> len(ds), tuple(ds.tensors[0].shape[1:]), int(ds.tensors[1].max()) + 1
-        (540, (1, 8, 8), 10)
+        (539, (1, 8, 8), 10)
     """
     check_choice(split, "split", ("train", "test", "all"))
     if not 0.0 < test_size < 1.0:

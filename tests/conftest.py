@@ -4,6 +4,8 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+# The suite is many small tensor ops; one intra-op thread avoids OpenMP spin on a 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

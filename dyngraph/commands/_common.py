@@ -19,7 +19,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--example", default="digits", choices=["digits", "mnist1d"],
                      help="bundled dataset, no download: digits (scikit-learn) or mnist1d "
                           "(generated locally by the mnist1d package)")
-    src.add_argument("--arch", default="cnn", choices=["cnn", "mlp"],
+    from ..models import ARCHITECTURES
+    archs = sorted({a for per_example in ARCHITECTURES.values() for a in per_example})
+    src.add_argument("--arch", default="cnn", choices=archs,
                      help="reference architecture for --example (default: cnn)")
     src.add_argument("--model", default=None,
                      help="a model file of your own: a whole pickled nn.Module (torch.save(model)) "
@@ -52,10 +54,10 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
     if args.model:
         if not os.path.exists(args.model):
             raise FileNotFoundError(f"--model {args.model!r} does not exist")
-        try:
-            model = torch.jit.load(args.model, map_location=device)
-        except Exception:
+        try:  # a pickled nn.Module (trusted file: the user's own model)
             model = torch.load(args.model, map_location=device, weights_only=False)
+        except Exception:
+            model = torch.jit.load(args.model, map_location=device)
         if not isinstance(model, nn.Module):
             raise TypeError(f"--model {args.model!r} holds {type(model).__name__}, not an "
                             f"nn.Module (save it with torch.save(model, path))")

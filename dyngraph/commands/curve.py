@@ -34,6 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..extract import default_layers, extract_features
     from ..pipeline import modularity_curve
+    from .._validate import check_positive_int
+    # Check the cheap arguments before any training starts.
+    check_positive_int(args.k, "k")
+    check_positive_int(args.per_class, "per_class")
+    check_positive_int(args.repeats, "repeats")
+    check_positive_int(args.epochs, "epochs")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
