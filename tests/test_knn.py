@@ -149,3 +149,15 @@ def test_cuda_matches_cpu():
     a = dg.knn(x, 4, backend="matmul")
     b = dg.knn(x.cuda(), 4, backend="matmul")
     assert torch.equal(a[1], b[1].cpu())
+
+
+@pytest.mark.parametrize("rows, cols", [(None, 40), (16, 33), (150, 1), (7, None)])
+def test_column_blocks_do_not_change_result(rows, cols):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(150, 9, generator=g, dtype=torch.float64)
+    for metric in ("cosine", "euclidean"):
+        base = dg.knn(x, 4, metric=metric, backend="matmul")
+        got = dg.knn(x, 4, metric=metric, backend="matmul", chunk_size=rows, col_chunk_size=cols)
+        ref_v, ref_i = brute_force(x.numpy(), 4, metric)
+        assert torch.equal(base[1], got[1]) and np.array_equal(got[1].numpy(), ref_i)
+        np.testing.assert_allclose(got[0].numpy(), ref_v, atol=1e-10)

@@ -1,0 +1,635 @@
+"""Multi-process dyngraph on ``torch.distributed``: sharded extraction, row-sharded exact kNN,
+and modularity whose per-community sums are reduced with ``all_reduce``.
+
+Launch one process per device with ``torchrun``; the same code runs on ``gloo`` (CPU) and ``nccl``
+(GPU)::
+
+    torchrun --nproc_per_node=4 my_script.py
+
+    # my_script.py
+    import dyngraph as dg
+    rank, world = dg.init_distributed()               # nccl if CUDA is available, else gloo
+    feats = dg.distributed_extract_features(model, dataset, per_class=500, seed=0)
+    curve = dg.distributed_modularity_curve(feats, k=3)  # the same Curve on every rank
+    if rank == 0:
+        curve.to_json("curve.json")
+
+How the work is split:
+
+* **Extraction** — every rank draws the same seeded class-balanced sample, a
+  :class:`~torch.utils.data.DistributedSampler` (without its padding: duplicated samples would be
+  duplicated nodes) gives rank ``r`` the sample positions ``r, r + W, r + 2W, ...``, and
+  :func:`dyngraph.extract_features` runs on that shard (spilling to disk when asked).
+* **kNN** — rank ``r`` owns the queries of its rows. Every rank's rows are streamed to all ranks
+  in blocks with ``broadcast`` (the next block is in flight while the current one is searched),
+  and each rank merges the exact top-k of its rows against every block with the same tile kernel
+  as :func:`dyngraph.knn` (:class:`dyngraph.knn.BlockTopK`). Memory per rank: its rows, two
+  blocks, one score tile.
+* **Modularity** — each rank sums, over the graph entries it holds, the strength ``S_c`` and the
+  inside weight of every community; one ``all_reduce`` adds these ``[2, C]`` sums over ranks,
+  and every rank computes the same ``Q``.
+
+Node ids are global sample positions (the order of the single-process run), so the graph — and
+the curve — equal those of :func:`dyngraph.modularity_curve` with ``backend='matmul'`` on the
+gathered features; ties go to the smaller global id on every rank.
+
+Everything also runs without an initialised process group (one process, world size 1).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch_geometric.utils import scatter
+
+from ._progress import progress_bar
+from ._validate import check_choice, check_features, check_labels, check_positive_int
+from .curve import Curve
+from .extract import _dataset_labels, balanced_indices, extract_features
+from .features import LayerFeatures
+from .graph import SYMMETRIZE, symmetrize as _symmetrize
+from .knn import (BlockTopK, _even_blocks, check_knn_options, edges_from_knn, prepare_features)
+from .metrics.modularity import _prepare as _prepare_modularity
+
+Group = Optional[Any]
+# The module (``dyngraph.knn`` the attribute is the function): its block defaults are read at call
+# time, so a user (or a test) may change them.
+knn_mod = importlib.import_module(".knn", __package__)
+
+__all__ = [
+    "init_distributed",
+    "distributed_extract_features",
+    "distributed_knn",
+    "distributed_knn_graph",
+    "distributed_modularity",
+    "distributed_modularity_curve",
+    "shard_ids",
+]
+
+
+# ---------------------------------------------------------------------------- process group
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -> Tuple[int, int]:
+    """Initialises the default process group from ``torchrun``'s environment.
+
+    ``backend=None`` picks ``'nccl'`` when CUDA is available and ``'gloo'`` otherwise; with
+    ``nccl`` the CUDA device is set to ``LOCAL_RANK``. Already initialised: nothing changes.
+    Without ``torchrun``'s variables (a plain ``python`` run): no group is created and the
+    distributed functions run as a single process.
+
+    Returns:
+        ``(rank, world_size)``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> dg.init_distributed()  # plain python: one process
+        (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this torch build")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    check_choice(backend, "backend", ("gloo", "nccl"))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _active(group: Group) -> bool:
+    return dist.is_available() and dist.is_initialized() and \
+        dist.get_world_size(group) > 1
+
+
+def _rank_world(group: Group) -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def _comm_device(group: Group, fallback: torch.device) -> torch.device:
+    """Where collective buffers must live: the current CUDA device for nccl, else the CPU."""
+    if _active(group) and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if fallback.type != "cpu" and _active(group) else fallback
+
+
+def _global_src(src: int, group: Group) -> int:
+    return src if group is None else dist.get_global_rank(group, src)
+
+
+def _all_gather_int(values: Sequence[int], group: Group, device: torch.device) -> Tensor:
+    """``[W, len(values)]`` long tensor of every rank's ``values``."""
+    t = torch.tensor(list(values), dtype=torch.long, device=device)
+    if not _active(group):
+        return t.unsqueeze(0)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return torch.stack(out)
+
+
+def _all_gather_rows(t: Tensor, sizes: Sequence[int], group: Group, device: torch.device
+                     ) -> List[Tensor]:
+    """Every rank's ``t`` (first dimensions ``sizes[r]``, same trailing shape and dtype)."""
+    if not _active(group):
+        return [t]
+    m = max(max(sizes), 1)
+    buf = torch.zeros((m,) + tuple(t.shape[1:]), dtype=t.dtype, device=device)
+    buf[:t.shape[0]] = t.to(device)
+    out = [torch.empty_like(buf) for _ in sizes]
+    dist.all_gather(out, buf, group=group)
+    return [o[:s] for o, s in zip(out, sizes)]
+
+
+def _all_reduce(t: Tensor, group: Group, op=None) -> Tensor:
+    if _active(group):
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def shard_ids(meta: Mapping) -> Optional[Tensor]:
+    """Global row ids of a shard made by :func:`distributed_extract_features` (``None`` when
+    ``meta`` has no shard record): rank ``r`` of ``W`` holds positions ``r, r+W, r+2W, ...``."""
+    shard = meta.get("shard") if isinstance(meta, Mapping) else None
+    if not shard:
+        return None
+    return torch.arange(int(shard["rank"]), int(shard["n_global"]), int(shard["world_size"]))
+
+
+# ---------------------------------------------------------------------------- extraction
+class _ShardSampler(DistributedSampler):
+    """``DistributedSampler(shuffle=False)`` without the padding: rank ``r`` gets exactly the
+    positions ``r, r+W, ...`` (padding repeats samples, which would be duplicate graph nodes)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, DataLoader],
+                                 layers=None, *, per_class: Optional[int] = None,
+                                 n_samples: Optional[int] = None, seed: int = 0,
+                                 batch_size: Optional[int] = None, pool=None,
+                                 device: Optional[Union[str, torch.device]] = None,
+                                 spill_dir: Optional[str] = None, spill_dtype: str = "float32",
+                                 batch_fn: Optional[Callable] = None, num_workers: int = 0,
+                                 progress: bool = True, group: Group = None) -> LayerFeatures:
+    """Each rank extracts its shard of the (class-balanced) sample with
+    :func:`dyngraph.extract_features`.
+
+    Every rank draws the same seeded sample (:func:`dyngraph.balanced_indices` over the dataset's
+    labels), so the union of the shards, ordered by global id, is exactly what
+    ``extract_features(model, loader, per_class=..., seed=...)`` returns in one process.
+
+    Args:
+        model: The network (on ``device``).
+        data: A ``Dataset`` or a ``DataLoader`` (its dataset, batch size and collate function are
+            used). Balanced sampling needs labels the dataset exposes (``TensorDataset``,
+            ``.targets``, ``Subset``).
+        layers, pool, spill_dir, spill_dtype, batch_fn, progress: As in
+            :func:`dyngraph.extract_features` (progress on rank 0 only).
+        per_class, n_samples, seed: The sample, as in :func:`dyngraph.extract_features`.
+        batch_size: Default: the loader's, else 64.
+        device: Where to run the model (default: where its parameters are).
+        num_workers: DataLoader workers per rank.
+        group: Process group (default: the world).
+
+    Returns:
+        This rank's :class:`~dyngraph.LayerFeatures`: ``indices`` are dataset indices, and
+        ``meta['shard'] = {'rank', 'world_size', 'n_global'}`` (see :func:`shard_ids`).
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import TensorDataset
+        >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 3)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> f = dg.distributed_extract_features(m, ds, per_class=5, progress=False)
+        >>> f.n_samples, f.meta['shard']
+        (15, {'rank': 0, 'world_size': 1, 'n_global': 15})
+    """
+    loader = data if isinstance(data, DataLoader) else None
+    dataset = loader.dataset if loader is not None else data
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(f"data must be a map-style Dataset or a DataLoader over one, got "
+                        f"{type(data).__name__}")
+    if batch_size is None:
+        batch_size = (loader.batch_size if loader is not None else None) or 64
+    check_positive_int(batch_size, "batch_size")
+    rank, world = _rank_world(group)
+    if per_class is not None or n_samples is not None:
+        labels = _dataset_labels(dataset)
+        if labels is None:
+            raise ValueError("per_class/n_samples with distributed extraction needs a dataset "
+                             "that exposes its labels (TensorDataset, .targets, Subset) so every "
+                             "rank draws the same sample; or pass a Subset of the samples")
+        indices = balanced_indices(labels, per_class, n_samples, seed)
+        pool_ds = Subset(dataset, indices.tolist())
+    else:
+        indices = torch.arange(len(dataset))
+        pool_ds = dataset
+    n_global = len(pool_ds)
+    sampler = _ShardSampler(pool_ds, num_replicas=world, rank=rank, shuffle=False)
+    collate = loader.collate_fn if loader is not None else None
+    shard_loader = DataLoader(pool_ds, batch_size=batch_size, sampler=sampler,
+                              num_workers=num_workers, collate_fn=collate)
+    feats = extract_features(model, shard_loader, layers, pool=pool, device=device, seed=seed,
+                             spill_dir=spill_dir, spill_dtype=spill_dtype, batch_fn=batch_fn,
+                             progress=progress and rank == 0)
+    ids = torch.arange(rank, n_global, world)
+    meta = dict(feats.meta)
+    meta.update({"shard": {"rank": rank, "world_size": world, "n_global": n_global},
+                 "per_class": per_class, "seed": seed, "n_samples": n_global})
+    return LayerFeatures(dict(feats._layers), feats.y, indices[ids], meta)
+
+
+# ---------------------------------------------------------------------------- kNN
+def _check_ids(ids: Tensor, n_local: int, name: str = "global_ids") -> Tensor:
+    if not isinstance(ids, Tensor):
+        ids = torch.as_tensor(ids)
+    if ids.is_floating_point() or ids.dim() != 1 or ids.numel() != n_local:
+        raise ValueError(f"{name} must be an integer tensor [{n_local}] (one id per local row), "
+                         f"got {tuple(ids.shape)} {ids.dtype}")
+    ids = ids.long()
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise ValueError(f"{name} must be strictly increasing on each rank (sort the local rows "
+                         f"by global id)")
+    return ids
+
+
+def _stream_plan(sizes: Sequence[int], block: int) -> List[Tuple[int, int, int]]:
+    plan = []
+    for src, n in enumerate(sizes):
+        step = _even_blocks(n, block) if n else 1
+        plan += [(src, a, min(n, a + step)) for a in range(0, n, step)]
+    return plan
+
+
+def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
+                    global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
+                    col_chunk_size: Optional[int] = None, precision: str = "full",
+                    candidates: Optional[int] = None, group: Group = None
+                    ) -> Tuple[Tensor, Tensor]:
+    """Exact kNN of this rank's rows against the rows of every rank (row-sharded).
+
+    Rank ``r`` holds rows ``x`` ``[n_r, D]`` of a global ``[N, D]`` matrix. Each rank's rows are
+    broadcast to all ranks in blocks of ``col_chunk_size`` rows (one block ahead in flight), and
+    each rank merges the exact top-k of its own rows against every block with
+    :class:`dyngraph.knn.BlockTopK`, the tile kernel of :func:`dyngraph.knn`.
+
+    Args:
+        x: This rank's rows ``[n_r, D]`` (``n_r`` may differ between ranks, and be 0).
+        k: Neighbours per row, ``1 <= k < N``.
+        metric: ``'cosine'`` or ``'euclidean'``.
+        global_ids: ``[n_r]`` strictly increasing global ids of the local rows, together a
+            permutation of ``0..N-1``. Default: rank-ordered contiguous blocks (rank 0 holds
+            ``0..n_0-1``, ...). Ties go to the smaller global id.
+        chunk_size, col_chunk_size, precision, candidates: As in :func:`dyngraph.knn`
+            (``col_chunk_size`` is also the rows per broadcast block).
+        group: Process group (default: the world).
+
+    Returns:
+        ``(values, index)`` ``[n_r, k]``, best first, with global neighbour ids; the same as the
+        corresponding rows of :func:`dyngraph.knn` on the gathered matrix (matmul backend).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+        >>> v, i = dg.distributed_knn(x, 3)     # one process: same as dg.knn
+        >>> torch.equal(i, dg.knn(x, 3, backend='matmul')[1])
+        True
+    """
+    check_features(x, "x", min_rows=0, check_finite=False)
+    rank, world = _rank_world(group)
+    comm = _comm_device(group, x.device)
+    x = prepare_features(x, metric)
+    dtype_code = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+    info = _all_gather_int([x.shape[0], x.shape[1], dtype_code.get(x.dtype, -1)], group, comm).cpu()
+    sizes = info[:, 0].tolist()
+    if len(set(info[:, 1].tolist())) > 1:
+        raise ValueError(f"x must have the same number of columns on every rank, got "
+                         f"{info[:, 1].tolist()}")
+    if len(set(info[:, 2].tolist())) > 1:
+        raise ValueError("x must have the same dtype on every rank")
+    n = int(sum(sizes))
+    check_knn_options(k, n, metric, "matmul", chunk_size, col_chunk_size, precision, candidates)
+    offsets = [0]
+    for s in sizes[:-1]:
+        offsets.append(offsets[-1] + s)
+    if global_ids is None:
+        ids_all: List[Union[int, Tensor]] = list(offsets)
+        my_ids: Union[int, Tensor] = offsets[rank]
+    else:
+        local = _check_ids(global_ids, x.shape[0]).to(x.device)
+        gathered = _all_gather_rows(local, sizes, group, comm)
+        full = torch.cat(gathered)
+        if not torch.equal(full.sort().values.cpu(), torch.arange(n)):
+            raise ValueError(f"global_ids over all ranks must be a permutation of 0..{n - 1}")
+        ids_all = [g.to(x.device) for g in gathered]
+        my_ids = local
+    scale = None
+    if precision != "full" and metric == "euclidean":
+        m = x.norm(dim=1).max().reshape(1) if x.shape[0] else torch.zeros(1, dtype=x.dtype,
+                                                                         device=x.device)
+        m = _all_reduce(m.to(comm), group, dist.ReduceOp.MAX if _active(group) else None)
+        scale = 1.0 / float(m) if float(m) > 0 else 1.0
+    acc = BlockTopK(x, k, metric, query_ids=my_ids, precision=precision, candidates=candidates,
+                    chunk_size=chunk_size, scale=scale)
+    plan = _stream_plan(sizes, col_chunk_size or knn_mod.DEFAULT_COL_BLOCK)
+    x_comm = x.to(comm).contiguous() if _active(group) else x
+
+    def post(step: int):
+        src, a, b = plan[step]
+        if not _active(group):
+            return x[a:b], None
+        buf = x_comm[a:b] if src == rank else torch.empty(b - a, x.shape[1], dtype=x.dtype,
+                                                            device=comm)
+        work = dist.broadcast(buf, src=_global_src(src, group), group=group, async_op=True)
+        return buf, work
+
+    pending = post(0) if plan else None
+    for step in range(len(plan)):
+        buf, work = pending
+        if work is not None:
+            work.wait()
+        if step + 1 < len(plan):
+            pending = post(step + 1)  # the next block travels while this one is searched
+        src, a, b = plan[step]
+        keys = x[a:b] if src == rank else buf.to(x.device)
+        kid = ids_all[src]
+        kid = kid + a if isinstance(kid, int) else kid[a:b]
+        acc.update(keys, kid)
+    return acc.result()
+
+
+def distributed_knn_graph(x: Tensor, k: int, metric: str = "cosine", *,
+                          global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
+                          col_chunk_size: Optional[int] = None, precision: str = "full",
+                          candidates: Optional[int] = None, group: Group = None
+                          ) -> Tuple[Tensor, Tensor]:
+    """This rank's share of the directed kNN graph: the ``k`` in-edges of each local row.
+
+    Args:
+        x, k, metric, global_ids, chunk_size, col_chunk_size, precision, candidates, group: As in
+            :func:`distributed_knn`.
+
+    Returns:
+        ``edge_index`` ``[2, n_r·k]`` in global ids (``edge_index[1]`` the local query, as in
+        :func:`dyngraph.knn_graph`) and ``edge_weight`` ``[n_r·k]`` (cosine, or 1 for
+        Euclidean). Concatenated over ranks in rank order (with contiguous ids), they equal
+        :func:`dyngraph.knn_graph` on the gathered rows.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
+        >>> ei, w = dg.distributed_knn_graph(x, 3)
+        >>> torch.equal(ei, dg.knn_graph(x, 3, backend='matmul')[0])
+        True
+    """
+    vals, idx = distributed_knn(x, k, metric, global_ids=global_ids, chunk_size=chunk_size,
+                                col_chunk_size=col_chunk_size, precision=precision,
+                                candidates=candidates, group=group)
+    if global_ids is None:
+        rank, _ = _rank_world(group)
+        sizes = _all_gather_int([x.shape[0]], group, _comm_device(group, x.device))[:, 0].tolist()
+        start = int(sum(sizes[:rank]))
+        qid = torch.arange(start, start + x.shape[0], device=idx.device)
+    else:
+        qid = torch.as_tensor(global_ids).long().to(idx.device)
+    return edges_from_knn(vals, idx, metric, qid)
+
+
+# ---------------------------------------------------------------------------- modularity
+def _community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, n_comm: int
+                    ) -> Tensor:
+    """``[2, C]`` float64: summed strength ``S_c`` and inside weight ``2·w_in(c)`` over the given
+    stored entries (self-loops count twice, as in :func:`dyngraph.modularity`)."""
+    row, col = edge_index
+    w = torch.where(row == col, 2.0 * edge_weight, edge_weight)
+    c_row = communities[row]
+    s_c = scatter(w, c_row, dim=0, dim_size=n_comm, reduce="sum")
+    in_c = scatter(w * (c_row == communities[col]), c_row, dim=0, dim_size=n_comm, reduce="sum")
+    return torch.stack([s_c, in_c])
+
+
+def _q_from_sums(sums: Tensor, resolution: float) -> Tensor:
+    """``[..., 2, C]`` reduced sums → modularity ``[...]`` (float64)."""
+    s_c, in_c = sums[..., 0, :], sums[..., 1, :]
+    two_w = s_c.sum(-1, keepdim=True)
+    if bool((two_w <= 0).any()):
+        raise ValueError("modularity is undefined for a graph with no positive total edge "
+                         "weight; check edge_index/edge_weight")
+    if not bool(torch.isfinite(two_w).all()):
+        raise ValueError("edge_weight contains NaN or inf values (on some rank)")
+    frac = s_c / two_w
+    return (in_c / two_w - resolution * frac * frac).sum(-1)
+
+
+def distributed_modularity(edge_index: Tensor, communities: Tensor,
+                           edge_weight: Optional[Tensor] = None, num_nodes: Optional[int] = None,
+                           resolution: float = 1.0, group: Group = None) -> float:
+    """Newman modularity of a graph whose stored entries are split over ranks.
+
+    Each rank passes its share of the stored entries of an undirected graph in PyG's convention
+    (over all ranks, every undirected edge ``{i, j}`` stored as ``(i, j)`` and ``(j, i)``; the
+    shares may split a pair, and repeated entries add up as ``coalesce`` would). Each rank scatters
+    its per-community strength and inside weight; one ``all_reduce`` sums them over ranks.
+
+    Args:
+        edge_index: ``[2, E_r]`` this rank's entries, global node ids.
+        communities: ``[N]`` community of every node (the same full vector on every rank).
+        edge_weight: ``[E_r]`` weights (default 1).
+        num_nodes: ``N`` (default ``communities.numel()``).
+        resolution: Newman's ``γ``.
+        group: Process group (default: the world).
+
+    Returns:
+        ``Q`` (the same float on every rank), equal to :func:`dyngraph.modularity` on the union.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> # two triangles joined by one edge, each triangle a community (networkx: 5/14)
+        >>> src, dst = [0, 1, 2, 3, 4, 5, 2], [1, 2, 0, 4, 5, 3, 3]
+        >>> ei = torch.tensor([src + dst, dst + src])
+        >>> round(dg.distributed_modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
+        0.3571
+    """
+    ei, comm, w, _, _, n_comm = _prepare_modularity(edge_index, communities, edge_weight,
+                                                    num_nodes, None)
+    n_comm = _agree_n_comm(n_comm, group, ei.device)
+    sums = _community_sums(ei, comm, w, n_comm)
+    sums = _all_reduce(sums.to(_comm_device(group, sums.device)), group)
+    return float(_q_from_sums(sums, float(resolution)))
+
+
+def _agree_n_comm(n_comm: int, group: Group, device: torch.device) -> int:
+    if not _active(group):
+        return n_comm
+    t = torch.tensor([n_comm], dtype=torch.long, device=_comm_device(group, device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t)
+
+
+def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int,
+                   sizes: Sequence[int], group: Group, comm: torch.device
+                   ) -> Tuple[Tensor, Tensor]:
+    """This rank's share of the stored entries of the symmetrised graph.
+
+    ``'mean'``/``'add'`` are linear: each directed edge contributes ``(i, j)`` and ``(j, i)`` with
+    half (``'mean'``) or all (``'add'``) of its weight, and the shares add up over ranks to the
+    coalesced undirected graph, with no exchange. ``'max'``/``'mutual'`` need both directions of a
+    pair: the directed edges (``O(N·k)``) are gathered, symmetrised on every rank with
+    :func:`dyngraph.symmetrize`, and each rank keeps the entries whose first node it owns.
+    """
+    keep = edge_index[0] != edge_index[1]
+    edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+    if how in ("mean", "add"):
+        w = edge_weight / 2 if how == "mean" else edge_weight
+        return torch.cat([edge_index, edge_index.flip(0)], 1), torch.cat([w, w])
+    counts = _all_gather_int([edge_index.shape[1]], group, comm)[:, 0].tolist()
+    ei_all = torch.cat(_all_gather_rows(edge_index.t().contiguous(), counts, group, comm)).t()
+    w_all = torch.cat(_all_gather_rows(edge_weight, counts, group, comm))
+    ei_s, w_s = _symmetrize(ei_all.to(edge_index.device), w_all.to(edge_index.device), n, how)
+    rank, world = _rank_world(group)
+    mine = _owner_mask(ei_s[0], edge_index, rank)
+    return ei_s[:, mine], w_s[mine]
+
+
+def _owner_mask(nodes: Tensor, local_edges: Tensor, rank: int) -> Tensor:
+    local = torch.unique(local_edges[1])  # the queries of this rank's directed edges
+    pos = torch.searchsorted(local, nodes).clamp_max_(max(local.numel() - 1, 0))
+    return local[pos] == nodes if local.numel() else torch.zeros_like(nodes, dtype=torch.bool)
+
+
+def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Tensor]],
+                                 y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
+                                 symmetrize: str = "mean", per_class: Optional[int] = None,
+                                 n_samples: Optional[int] = None, repeats: int = 1,
+                                 seed: int = 0, *, global_ids: Optional[Tensor] = None,
+                                 chunk_size: Optional[int] = None,
+                                 col_chunk_size: Optional[int] = None, precision: str = "full",
+                                 candidates: Optional[int] = None, resolution: float = 1.0,
+                                 progress: bool = True, group: Group = None) -> Curve:
+    """Modularity per layer from row-sharded features: the distributed
+    :func:`dyngraph.modularity_curve`.
+
+    For every repeat and layer: :func:`distributed_knn_graph` on the sampled rows, the local share
+    of the symmetrised graph, per-community sums; the sums of all layers are reduced with one
+    ``all_reduce`` per repeat. Every rank returns the same :class:`~dyngraph.Curve`.
+
+    Args:
+        features: This rank's shard: :class:`~dyngraph.LayerFeatures` (e.g. from
+            :func:`distributed_extract_features`) or ``{layer: Tensor[n_r, ...]}`` with ``y``.
+        y: ``[n_r]`` labels of the local rows (default ``features.y``).
+        k, metric, symmetrize, per_class, n_samples, repeats, seed: As in
+            :func:`dyngraph.modularity_curve`; resampling draws the same global sample on every
+            rank.
+        global_ids: ``[n_r]`` global ids of the local rows (default: from
+            ``features.meta['shard']`` when present, else rank-ordered contiguous blocks).
+        chunk_size, col_chunk_size, precision, candidates: As in :func:`distributed_knn`.
+        resolution: Newman's ``γ``.
+        progress: Progress bar on rank 0.
+        group: Process group (default: the world).
+
+    Returns:
+        A :class:`~dyngraph.Curve` equal to ``dg.modularity_curve(gathered, backend='matmul')``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(90) % 3
+        >>> f = {'a': torch.randn(90, 8, generator=g),
+        ...      'b': torch.randn(90, 8, generator=g) + 4 * torch.eye(8)[y]}
+        >>> c = dg.distributed_modularity_curve(f, y, progress=False)   # one process here
+        >>> s = dg.modularity_curve(f, y, backend='matmul', progress=False)
+        >>> c.values.tolist() == s.values.tolist()
+        True
+    """
+    check_positive_int(repeats, "repeats")
+    check_choice(symmetrize, "symmetrize", SYMMETRIZE)
+    if isinstance(features, LayerFeatures):
+        names = features.names
+        y = features.y if y is None else y
+        meta_in = dict(features.meta)
+        if global_ids is None:
+            global_ids = shard_ids(meta_in)
+    elif isinstance(features, Mapping):
+        names = list(features)
+        meta_in = {}
+        if y is None:
+            raise ValueError("y is required when features is a plain dict")
+    else:
+        raise TypeError(f"features must be LayerFeatures or a dict, got "
+                        f"{type(features).__name__}")
+    if not names:
+        raise ValueError("features is empty: no layers")
+    n_local = features[names[0]].shape[0] if not isinstance(features, LayerFeatures) \
+        else features.n_samples
+    y = check_labels(y, n_local, "y")
+    if (per_class is None and n_samples is None) and repeats > 1:
+        raise ValueError(f"repeats={repeats} needs per_class or n_samples (each repeat resamples)")
+    rank, world = _rank_world(group)
+    comm = _comm_device(group, y.device)
+    sizes = _all_gather_int([n_local], group, comm)[:, 0].tolist()
+    n = int(sum(sizes))
+    if global_ids is None:
+        start = int(sum(sizes[:rank]))
+        ids = torch.arange(start, start + n_local)
+    else:
+        ids = _check_ids(global_ids, n_local)
+    # Every rank needs every node's label (both ends of an edge) and draws the same sample.
+    y_full = torch.full((n,), -1, dtype=torch.long)
+    g_ids = torch.cat([t.cpu() for t in _all_gather_rows(ids.to(comm), sizes, group, comm)])
+    g_y = torch.cat([t.cpu() for t in _all_gather_rows(y.to(comm), sizes, group, comm)])
+    if not torch.equal(g_ids.sort().values, torch.arange(n)):
+        raise ValueError(f"global ids over all ranks must be a permutation of 0..{n - 1}")
+    y_full[g_ids] = g_y
+    check_labels(y_full, n, "y", min_classes=2)
+    n_comm = int(y_full.max()) + 1
+    rows = []
+    n_used = n
+    for r in range(repeats):
+        if per_class is not None or n_samples is not None:
+            sample = balanced_indices(y_full, per_class, n_samples, seed + r)
+            pos = torch.searchsorted(sample, ids).clamp_max_(sample.numel() - 1)
+            local_mask = sample[pos] == ids
+            sub_ids, comm_sub = pos[local_mask], y_full[sample]
+            n_used = int(sample.numel())
+        else:
+            local_mask, sub_ids, comm_sub = None, ids, y_full
+        layer_sums = []
+        it = progress_bar(names, desc="layers", disable=not (progress and rank == 0 and
+                                                             repeats == 1))
+        for name in it:
+            x = features[name]
+            if not isinstance(x, Tensor):
+                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
+            x = x.reshape(x.shape[0], -1)
+            if local_mask is not None:
+                x = x[local_mask.to(x.device)]
+            qid = sub_ids.to(x.device)
+            ei, w = distributed_knn_graph(x, k, metric, global_ids=qid, chunk_size=chunk_size,
+                                          col_chunk_size=col_chunk_size, precision=precision,
+                                          candidates=candidates, group=group)
+            ei_s, w_s = _local_entries(ei, w, symmetrize, comm_sub.numel(), sizes, group,
+                                       _comm_device(group, x.device))
+            cs = comm_sub.to(x.device)
+            layer_sums.append(_community_sums(ei_s, cs, w_s.double(), n_comm))
+        sums = _all_reduce(torch.stack(layer_sums).to(comm), group)
+        rows.append(_q_from_sums(sums.cpu(), float(resolution)))
+    meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "n_samples": n_used,
+            "per_class": per_class, "repeats": repeats, "seed": seed, "layers": names,
+            "world_size": world, "resolution": resolution}
+    meta.update({key: v for key, v in meta_in.items() if key not in meta and key != "shard"})
+    return Curve.from_samples(names, torch.stack(rows), name="modularity", meta=meta)

@@ -1,0 +1,248 @@
+"""torch.distributed: 2 gloo processes launched by torchrun on this machine.
+
+The module launches ``torchrun --standalone --nproc_per_node=2`` on this very file once (see
+``_rank_main`` at the bottom); each rank saves what it computed, and the tests compare that with
+the single-process functions: the distributed curve must equal the single-process curve.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dyngraph as dg
+
+D = pytest.importorskip("dyngraph.distributed")
+WORLD = 2
+N_SYN, DIM_SYN, SPLIT = 157, 24, 100   # synthetic rows, split unevenly: rank 0 [0, 100)
+
+
+def _synthetic():
+    g = torch.Generator().manual_seed(11)
+    y = torch.arange(N_SYN) % 4
+    x = torch.randn(N_SYN, DIM_SYN, generator=g) + 1.2 * torch.randn(4, DIM_SYN, generator=g)[y]
+    return x, y
+
+
+def _model():
+    torch.manual_seed(0)
+    return dg.models.DigitsMLP(depth=3, width=48)
+
+
+def _split_graph():
+    """A weighted undirected graph (both directions stored) and labels."""
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    src = torch.randint(0, n, (120,), generator=g)
+    dst = torch.randint(0, n, (120,), generator=g)
+    w = torch.rand(120, generator=g, dtype=torch.float64) + 0.1
+    keep = src != dst  # no self-loops: repeated pairs add up, as in networkx below
+    src, dst, w = src[keep], dst[keep], w[keep]
+    ei = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], 1)
+    return ei, torch.cat([w, w]), torch.arange(n) % 3
+
+
+# ---------------------------------------------------------------------------- one launch
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DYNGRAPH_QUIET="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                           os.environ.get("PYTHONPATH", "")]))
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={WORLD}", str(Path(__file__).resolve()), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_every_rank_ran_with_gloo(ranks):
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world"] == WORLD and r["backend"] == "gloo" for r in ranks)
+
+
+def test_extraction_is_sharded_by_distributed_sampler(ranks):
+    ds = dg.data.digits_dataset("test")
+    single = dg.extract_features(_model(), torch.utils.data.DataLoader(ds, batch_size=32),
+                                 per_class=15, seed=0, progress=False)
+    ids = [r["ids"] for r in ranks]
+    assert torch.equal(ids[0], torch.arange(0, single.n_samples, 2))  # DistributedSampler order
+    assert torch.equal(ids[1], torch.arange(1, single.n_samples, 2))
+    order = torch.cat(ids).argsort()
+    assert torch.equal(torch.cat([r["indices"] for r in ranks])[order], single.indices)
+    assert torch.equal(torch.cat([r["y"] for r in ranks])[order], single.y)
+    for name in single.names:
+        got = torch.cat([r["features"][name] for r in ranks])[order]
+        torch.testing.assert_close(got, single[name], rtol=1e-5, atol=1e-6)
+    # The spilled (memory-mapped) shards hold the same rows.
+    for r in ranks:
+        assert r["spilled_on_disk"]
+        for name in single.names:
+            assert torch.equal(r["spilled"][name], r["features"][name])
+
+
+def _gathered(ranks):
+    order = torch.cat([r["ids"] for r in ranks]).argsort()
+    feats = {name: torch.cat([r["features"][name] for r in ranks])[order]
+             for name in ranks[0]["features"]}
+    return feats, torch.cat([r["y"] for r in ranks])[order]
+
+
+def test_distributed_curve_equals_single_process_curve(ranks):
+    feats, y = _gathered(ranks)
+    single = dg.modularity_curve(feats, y, k=3, backend="matmul", progress=False)
+    for r in ranks:
+        assert r["curve"].layers == single.layers
+        # Same graph, same sums: equal to the last bit here; 1e-12 allows another summation order.
+        assert torch.allclose(r["curve"].values, single.values, rtol=0, atol=1e-12)
+    assert torch.equal(ranks[0]["curve"].values, ranks[1]["curve"].values)
+    assert ranks[0]["curve"].meta["world_size"] == WORLD
+
+
+def test_distributed_resampled_curve_equals_single_process(ranks):
+    feats, y = _gathered(ranks)
+    single = dg.modularity_curve(feats, y, k=3, per_class=10, repeats=2, seed=1,
+                                 backend="matmul", progress=False)
+    for r in ranks:
+        assert r["curve_rep"].samples.shape == (2, len(single.layers))
+        assert torch.allclose(r["curve_rep"].samples, single.samples, rtol=0, atol=1e-12)
+        assert torch.allclose(r["curve_rep"].std, single.std, rtol=0, atol=1e-12)
+
+
+def test_distributed_curve_matches_whole_single_process_pipeline(ranks):
+    """Extraction in 2 processes + distributed curve ≈ extraction + curve in one process."""
+    ds = dg.data.digits_dataset("test")
+    single = dg.extract_features(_model(), torch.utils.data.DataLoader(ds, batch_size=32),
+                                 per_class=15, seed=0, progress=False)
+    curve = dg.modularity_curve(single, k=3, backend="matmul", progress=False)
+    assert torch.allclose(ranks[0]["curve"].values, curve.values, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("key, metric, precision", [("knn_cos", "cosine", "full"),
+                                                    ("knn_euc", "euclidean", "full"),
+                                                    ("knn_bf16", "cosine", "bf16")])
+def test_row_sharded_knn_graph_equals_knn_graph(ranks, key, metric, precision):
+    x, _ = _synthetic()
+    ei = torch.cat([r[key][0] for r in ranks], 1)
+    w = torch.cat([r[key][1] for r in ranks])
+    ref_ei, ref_w = dg.knn_graph(x, 4, metric=metric, backend="matmul", precision=precision)
+    assert torch.equal(ei, ref_ei)
+    assert torch.equal(w, ref_w)
+    # Uneven shards: rank 0 owns the queries [0, SPLIT).
+    assert ranks[0][key][0][1].max() == SPLIT - 1 and ranks[1][key][0][1].min() == SPLIT
+
+
+def test_distributed_modularity_of_a_split_graph(ranks):
+    import networkx as nx
+    ei, w, comm = _split_graph()
+    ref = dg.modularity(ei, comm, w)
+    g = nx.Graph()
+    g.add_nodes_from(range(comm.numel()))
+    half = ei.shape[1] // 2
+    for (a, b), c in zip(ei[:, :half].t().tolist(), w[:half].tolist()):
+        g.add_edge(a, b, weight=g[a][b]["weight"] + c if g.has_edge(a, b) else c)
+    parts = [set((comm == c).nonzero().flatten().tolist()) for c in range(3)]
+    nx_q = nx.community.modularity(g, parts, weight="weight")
+    for r in ranks:
+        assert abs(r["split_q"] - ref) < 1e-12
+        assert abs(r["split_q"] - nx_q) < 1e-9
+
+
+def test_mismatched_shapes_raise_on_every_rank(ranks):
+    for r in ranks:
+        assert "same number of columns" in r["mismatch_error"]
+
+
+def test_single_process_fallback_without_a_group():
+    assert dg.init_distributed() == (0, 1) if "WORLD_SIZE" not in os.environ else True
+    x, y = _synthetic()
+    v, i = dg.distributed_knn(x, 4)
+    rv, ri = dg.knn(x, 4, backend="matmul")
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    feats = {"a": x, "b": x + 0.5 * noise}
+    c = dg.distributed_modularity_curve(feats, y, progress=False)
+    s = dg.modularity_curve(feats, y, backend="matmul", progress=False)
+    assert torch.equal(c.values, s.values)
+    ei, w, comm = _split_graph()
+    assert abs(dg.distributed_modularity(ei, comm, w) - dg.modularity(ei, comm, w)) < 1e-12
+
+
+def test_permuted_global_ids_give_the_same_graph():
+    x, _ = _synthetic()
+    ids = torch.arange(0, N_SYN, 3)  # an interleaved shard, as DistributedSampler makes
+    with pytest.raises(ValueError, match="permutation"):
+        dg.distributed_knn(x[ids], 3, global_ids=ids)  # one process must hold every id
+    with pytest.raises(ValueError, match="strictly increasing"):
+        dg.distributed_knn(x, 3, global_ids=torch.arange(N_SYN).flip(0))
+    ei, w = dg.distributed_knn_graph(x, 3, global_ids=torch.arange(N_SYN))
+    assert torch.equal(ei, dg.knn_graph(x, 3, backend="matmul")[0])
+
+
+def test_distributed_bad_input():
+    x, y = _synthetic()
+    with pytest.raises(ValueError, match="k must be smaller"):
+        dg.distributed_knn(x, N_SYN)
+    with pytest.raises(TypeError, match="floating-point"):
+        dg.distributed_knn(x.long(), 3)
+    with pytest.raises(ValueError, match="precision"):
+        dg.distributed_knn(x, 3, precision="int8")
+    with pytest.raises(ValueError, match="symmetrize"):
+        dg.distributed_modularity_curve({"a": x}, y, symmetrize="min", progress=False)
+    with pytest.raises(ValueError, match="y is required"):
+        dg.distributed_modularity_curve({"a": x}, progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        dg.distributed_modularity_curve({"a": x}, y, repeats=2, progress=False)
+    bad = x.clone()
+    bad[5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        dg.distributed_knn(bad, 3)
+
+
+# ---------------------------------------------------------------------------- rank entry point
+def _rank_main(out: str) -> None:
+    import tempfile
+    torch.set_num_threads(1)
+    rank, world = dg.init_distributed()
+    res = {"rank": rank, "world": world,
+           "backend": torch.distributed.get_backend() if world > 1 else None}
+    ds = dg.data.digits_dataset("test")
+    feats = dg.distributed_extract_features(_model(), ds, per_class=15, seed=0, batch_size=32,
+                                            progress=False)
+    res["ids"] = D.shard_ids(feats.meta)
+    res["indices"], res["y"] = feats.indices, feats.y
+    res["features"] = {n: feats[n] for n in feats.names}
+    with tempfile.TemporaryDirectory() as tmp:
+        spilled = dg.distributed_extract_features(_model(), ds, per_class=15, seed=0,
+                                                  batch_size=32, spill_dir=tmp, progress=False)
+        res["spilled_on_disk"] = spilled.on_disk
+        res["spilled"] = {n: spilled[n] for n in spilled.names}
+    res["curve"] = dg.distributed_modularity_curve(feats, k=3, progress=False)
+    res["curve_rep"] = dg.distributed_modularity_curve(feats, k=3, per_class=10, repeats=2,
+                                                       seed=1, progress=False)
+    x, _ = _synthetic()
+    rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N_SYN)
+    res["knn_cos"] = dg.distributed_knn_graph(x[rows], 4)
+    res["knn_euc"] = dg.distributed_knn_graph(x[rows], 4, metric="euclidean", chunk_size=16)
+    res["knn_bf16"] = dg.distributed_knn_graph(x[rows], 4, precision="bf16", col_chunk_size=23)
+    ei, w, comm = _split_graph()
+    share = torch.arange(ei.shape[1]) % world == rank  # splits the two directions of pairs
+    res["split_q"] = dg.distributed_modularity(ei[:, share], comm, w[share])
+    try:
+        dg.distributed_knn(x[rows, :DIM_SYN - rank], 3)
+        res["mismatch_error"] = ""
+    except ValueError as exc:
+        res["mismatch_error"] = str(exc)
+    torch.save(res, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1])
