@@ -16,13 +16,6 @@ from dyngraph.metrics.collapse import (LAYER_METRICS, CollapseCallback, Collapse
 scipy_linalg = pytest.importorskip("scipy.sparse.linalg")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a shared, busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 from scipy.spatial.distance import cdist  # noqa: E402
 
 

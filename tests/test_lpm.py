@@ -12,12 +12,6 @@ from dyngraph.metrics.collapse import etf_gram, neural_collapse
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def etf_loss(K, E_H, E_W):

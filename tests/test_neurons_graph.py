@@ -9,15 +9,6 @@ import dyngraph as dg
 from dyngraph.neurons import neuron_graph, rank_average, spearman_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny problems: one BLAS thread is faster and fair to a shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _dense(data) -> np.ndarray:
     a = np.zeros((data.num_nodes, data.num_nodes))
     ei = data.edge_index.numpy()

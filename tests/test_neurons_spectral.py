@@ -9,14 +9,6 @@ from dyngraph.neurons import (clusterability, kmeans, ncut, neuron_graph, shuffl
                               spectral_embedding, spectral_partition)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _ari(a, b) -> float:
     metrics = pytest.importorskip("sklearn.metrics")
     return float(metrics.adjusted_rand_score(np.asarray(a), np.asarray(b)))

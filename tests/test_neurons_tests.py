@@ -14,14 +14,6 @@ from dyngraph.neurons import (LesionRunner, benjamini_hochberg, coherence, empir
                               neuron_groups, neuron_report, percentile_of)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------- statistics
 def test_fisher_and_bh_match_scipy():
     stats = pytest.importorskip("scipy.stats")

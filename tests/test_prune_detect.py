@@ -8,12 +8,6 @@ from dyngraph import prune
 from dyngraph.models import resnet20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _curve(values, names=None):

@@ -11,12 +11,6 @@ import dyngraph as dg
 from dyngraph import prune
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(seed=0, n=96):

@@ -15,13 +15,7 @@ torchvision = pytest.importorskip("torchvision")
 PAPER_KEEP = (2, 3, 6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared machine two threads are several times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)  # blocks per stage kept by the reference ΔQ < 0.03 rule on ResNet56
+# blocks per stage kept by the reference ΔQ < 0.03 rule on ResNet56
 
 
 def _drop_to(keep):
