@@ -3,8 +3,10 @@
 Sections, all in one run:
   * ``knn``: ``dg.knn_graph`` (cosine, k=3) against faiss-cpu ``IndexFlatIP`` (exact), pynndescent
     (approximate, with its recall@k) and the GEMM itself (the same score tiles, no top-k: the
-    physical bound), over a series of N at fixed D and of D at fixed N; scaling exponents of time
-    against N and against D (least-squares slope of log t).
+    physical bound), over a series of N at fixed D and of D at fixed N (wall time, best of
+    round-robin repeats), with wall-time scaling exponents.
+  * ``scaling``: exponents of time against N and against D (least-squares slope of log t) from
+    single-thread CPU time, which other jobs on a shared machine barely disturb.
   * ``precision``: bf16/fp16 score tiles with exact fp32 re-scoring: how often neighbours change
     against the fp32 search, for several candidate counts, on synthetic and on real features.
   * ``projection``: Johnson–Lindenstrauss projection of a trained CNN's layers on digits: Q per
@@ -233,6 +235,65 @@ def section_knn(args, store: Store) -> dict:
     return exps
 
 
+def section_scaling(args, store: Store) -> None:
+    """Scaling exponents from single-thread CPU time (``time.process_time``), which other jobs on
+    a shared machine barely disturb, unlike wall time."""
+    import faiss
+    k = args.k
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    if args.quick:
+        ns, ds, d_fixed, n_fixed = [1000, 2000, 4000], [32, 128, 512], 128, 2000
+    else:
+        ns, ds, d_fixed, n_fixed = [2000, 4000, 8000, 16000], [64, 256, 1024, 4096], 256, 4000
+    print(f"\n## Scaling exponents (one thread, CPU time, best of 2 after a warm-up; k={k})\n")
+    print("| N | D | GEMM (tiles) | dg.knn_graph | faiss exact | dg/GEMM | dg/faiss | "
+          "dg GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n, d in [(n, d_fixed) for n in ns] + [(n_fixed, d) for d in ds if d != d_fixed]:
+        x = data(n, d)
+        xn = torch.nn.functional.normalize(x, dim=1)
+        xs = x.numpy()
+
+        def run_faiss():
+            xf = xs.copy()
+            faiss.normalize_L2(xf)
+            index = faiss.IndexFlatIP(d)
+            index.add(xf)
+            index.search(xf, k + 1)
+        methods = {"gemm": lambda: tile_gemm(xn),
+                   "dg": lambda: dg.knn_graph(x, k, backend="matmul"), "faiss": run_faiss}
+        times = {name: [] for name in methods}
+        for rep in range(3):
+            for name, fn in methods.items():
+                t0 = time.process_time()
+                fn()
+                if rep:
+                    times[name].append(time.process_time() - t0)
+        row = {"N": n, "D": d, **{name: min(ts) for name, ts in times.items()}}
+        rows.append(row)
+        print(f"| {n} | {d} | {fmt(row['gemm'])} | {fmt(row['dg'])} | {fmt(row['faiss'])} | "
+              f"{ratio(row['dg'], row['gemm'])} | {ratio(row['dg'], row['faiss'])} | "
+              f"{2 * n * n * d / row['dg'] / 1e9:.0f} |", flush=True)
+    torch.set_num_threads(threads)
+    by_n = [r for r in rows if r["D"] == d_fixed]
+    by_d = [r for r in rows if r["N"] == n_fixed]
+    exps = {name: {"N": slope([r["N"] for r in by_n], [r[name] for r in by_n]),
+                   "D": slope([r["D"] for r in by_d], [r[name] for r in by_d])}
+            for name in ("dg", "faiss", "gemm")}
+    print(f"\nTime ∝ N^a at D={d_fixed} (N={ns[0]}..{ns[-1]}), ∝ D^b at N={n_fixed} "
+          f"(D={ds[0]}..{ds[-1]}); an exact search is O(N²·D), so a → 2 and b → 1 once the "
+          f"GEMM dominates\n")
+    print("| method | a (vs N) | b (vs D) |")
+    print("|---|---|---|")
+    for name, e in exps.items():
+        print(f"| {name} | {e['N']:.2f} | {e['D']:.2f} |")
+    store.data["scaling_cpu_time"] = {"rows": rows, "exponents": exps}
+    atomic_write_json(store.path, store.data)
+
+
 # ---------------------------------------------------------------------------- mixed precision
 def neighbour_changes(x: torch.Tensor, k: int, precision: str, candidates: int,
                       ref_idx: torch.Tensor) -> dict:
@@ -374,7 +435,7 @@ def main(argv=None) -> int:
     size.add_argument("--quick", action="store_true", help="a smoke run")
     size.add_argument("--full", action="store_true", help="N up to 50,000, D up to 4,096")
     p.add_argument("--k", type=int, default=3)
-    p.add_argument("--sections", default="knn,precision,projection")
+    p.add_argument("--sections", default="knn,scaling,precision,projection")
     p.add_argument("--no-nnd", dest="nnd", action="store_false", help="skip pynndescent")
     p.add_argument("--nnd-max-n", type=int, default=50000)
     p.add_argument("--epochs", type=int, default=15)
@@ -395,6 +456,8 @@ def main(argv=None) -> int:
     sections = set(args.sections.split(","))
     if "knn" in sections:
         section_knn(args, store)
+    if "scaling" in sections:
+        section_scaling(args, store)
     if sections & {"precision", "projection"}:
         feats, info = trained_cnn(args)
         if "precision" in sections:
