@@ -98,8 +98,8 @@ def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Te
     Example:
         >>> import torch, dyngraph as dg
         >>> # two triangles joined by one edge, each triangle a community
-        >>> src = [0, 1, 2, 0, 3, 4, 5, 3, 2]
-        >>> dst = [1, 2, 0, 2, 4, 5, 3, 5, 3]
+        >>> src = [0, 1, 2, 3, 4, 5, 2]
+        >>> dst = [1, 2, 0, 4, 5, 3, 3]
         >>> ei = torch.tensor([src + dst, dst + src])
         >>> round(dg.modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
