@@ -47,7 +47,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from torch_geometric.utils import scatter
 
 from ._progress import progress_bar
 from ._validate import check_choice, check_features, check_labels, check_positive_int
@@ -57,6 +56,7 @@ from .features import LayerFeatures
 from .graph import SYMMETRIZE, symmetrize as _symmetrize
 from .knn import (BlockTopK, _even_blocks, check_knn_options, edges_from_knn, prepare_features)
 from .metrics.modularity import _prepare as _prepare_modularity
+from .metrics.modularity import community_sums, terms_from_sums
 
 Group = Optional[Any]
 # The module (``dyngraph.knn`` the attribute is the function): its block defaults are read at call
@@ -413,27 +413,14 @@ def distributed_knn_graph(x: Tensor, k: int, metric: str = "cosine", *,
 # ---------------------------------------------------------------------------- modularity
 def _community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, n_comm: int
                     ) -> Tensor:
-    """``[2, C]`` float64: summed strength ``S_c`` and inside weight ``2·w_in(c)`` over the given
-    stored entries (self-loops count twice, as in :func:`dyngraph.modularity`)."""
-    row, col = edge_index
-    w = torch.where(row == col, 2.0 * edge_weight, edge_weight)
-    c_row = communities[row]
-    s_c = scatter(w, c_row, dim=0, dim_size=n_comm, reduce="sum")
-    in_c = scatter(w * (c_row == communities[col]), c_row, dim=0, dim_size=n_comm, reduce="sum")
-    return torch.stack([s_c, in_c])
+    """``[2, C]`` float64 partial sums (``S_c``, ``2·w_in(c)``) over this rank's stored entries."""
+    return torch.stack(community_sums(edge_index, communities, edge_weight, n_comm))
 
 
 def _q_from_sums(sums: Tensor, resolution: float) -> Tensor:
     """``[..., 2, C]`` reduced sums → modularity ``[...]`` (float64)."""
-    s_c, in_c = sums[..., 0, :], sums[..., 1, :]
-    two_w = s_c.sum(-1, keepdim=True)
-    if bool((two_w <= 0).any()):
-        raise ValueError("modularity is undefined for a graph with no positive total edge "
-                         "weight; check edge_index/edge_weight")
-    if not bool(torch.isfinite(two_w).all()):
-        raise ValueError("edge_weight contains NaN or inf values (on some rank)")
-    frac = s_c / two_w
-    return (in_c / two_w - resolution * frac * frac).sum(-1)
+    terms, _ = terms_from_sums(sums[..., 0, :], sums[..., 1, :], resolution)
+    return terms.sum(-1)
 
 
 def distributed_modularity(edge_index: Tensor, communities: Tensor,

@@ -51,32 +51,44 @@ def _prepare(edge_index, communities, edge_weight, num_nodes, batch
     return edge_index, communities, edge_weight.double(), batch, n_graphs, n_comm
 
 
-def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, batch: Tensor,
-                     n_graphs: int, n_comm: int, resolution: float) -> Tuple[Tensor, Tensor]:
-    """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``.
-
-    Two scatter passes over the edges: the summed strength ``S_c`` and the inside weight
-    ``2·w_in(c)`` of every (graph, community) slot; ``2W`` is the sum of a graph's ``S_c``.
-    """
+def community_sums(edge_index: Tensor, key: Tensor, edge_weight: Tensor, size: int
+                   ) -> Tuple[Tensor, Tensor]:
+    """The two scatter passes behind modularity: summed strength ``S_c`` and inside weight
+    ``2·w_in(c)`` of every community slot ``[size]``, over the stored entries given (self-loops
+    count twice). Partial sums over disjoint edge shares add up, so ranks can ``all_reduce`` them."""
     row, col = edge_index
     w = torch.where(row == col, 2.0 * edge_weight, edge_weight)  # self-loops count twice
-    # Global community key: one slot per (graph, community) pair.
-    key = communities if n_graphs == 1 else batch * n_comm + communities
     key_row = key[row]
-    size = n_graphs * n_comm
-    s_c = scatter(w, key_row, dim=0, dim_size=size, reduce="sum").view(n_graphs, n_comm)
-    in_c = scatter(w * (key_row == key[col]), key_row, dim=0, dim_size=size,
-                   reduce="sum").view(n_graphs, n_comm)
-    two_w = s_c.sum(1)
-    if bool((two_w <= 0).any()) and bool(torch.isfinite(two_w).all()):
-        bad = (two_w <= 0).nonzero().flatten().tolist()
+    s_c = scatter(w, key_row, dim=0, dim_size=size, reduce="sum")
+    in_c = scatter(w * (key_row == key[col]), key_row, dim=0, dim_size=size, reduce="sum")
+    return s_c, in_c
+
+
+def terms_from_sums(s_c: Tensor, in_c: Tensor, resolution: float,
+                    edge_weight: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """``[..., C]`` sums → per-community terms ``[..., C]`` and ``2W`` ``[...]``, with the checks
+    for NaN/inf weights and graphs with no positive total weight."""
+    two_w = s_c.sum(-1)
+    if not bool(torch.isfinite(two_w).all()):  # NaN/inf weights poison 2W: name the culprit
+        if edge_weight is not None:
+            check_edge_weight(edge_weight, edge_weight.numel())
+        raise ValueError("edge_weight contains NaN or inf values")
+    if bool((two_w <= 0).any()):
+        bad = (two_w.reshape(-1) <= 0).nonzero().flatten().tolist()
         raise ValueError(f"modularity is undefined for graphs with no positive total edge weight "
                          f"(graphs {bad[:10]}); check edge_index/edge_weight")
-    frac = s_c / two_w.unsqueeze(1)
-    contrib = in_c / two_w.unsqueeze(1) - resolution * frac * frac
-    if not bool(torch.isfinite(two_w).all()):  # NaN/inf weights poison 2W: name the culprit
-        check_edge_weight(edge_weight, edge_weight.numel())
-    return contrib, two_w
+    frac = s_c / two_w.unsqueeze(-1)
+    return in_c / two_w.unsqueeze(-1) - resolution * frac * frac, two_w
+
+
+def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, batch: Tensor,
+                     n_graphs: int, n_comm: int, resolution: float) -> Tuple[Tensor, Tensor]:
+    """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``."""
+    # Global community key: one slot per (graph, community) pair.
+    key = communities if n_graphs == 1 else batch * n_comm + communities
+    s_c, in_c = community_sums(edge_index, key, edge_weight, n_graphs * n_comm)
+    return terms_from_sums(s_c.view(n_graphs, n_comm), in_c.view(n_graphs, n_comm), resolution,
+                           edge_weight)
 
 
 def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Tensor] = None,
