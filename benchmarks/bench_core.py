@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dyngraph as dg  # noqa: E402
+from _timing import timeit  # noqa: E402
 from dyngraph import typing as dgt  # noqa: E402
 from dyngraph._io import atomic_write_json  # noqa: E402
 from dyngraph.testing import reference_modularity  # noqa: E402
@@ -35,16 +37,6 @@ from dyngraph.testing import reference_modularity  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timeit(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def data(n: int, d: int, classes: int = 10, seed: int = 0):

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dyngraph as dg  # noqa: E402
+from _timing import timeit as _timeit  # noqa: E402
 from dyngraph._io import atomic_write_json  # noqa: E402
 
 import importlib  # noqa: E402
@@ -46,15 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # ---------------------------------------------------------------------------- helpers
 def timeit(fn, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall-clock seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return _timeit(fn, repeats, warmup)
 
 
 def data(n: int, d: int, classes: int = 10, seed: int = 0) -> torch.Tensor:

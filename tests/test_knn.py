@@ -4,22 +4,9 @@ import torch
 
 import dyngraph as dg
 from dyngraph import typing as dgt
+from dyngraph.testing import reference_knn as brute_force
 
 BACKENDS = ["matmul"] + (["torch_cluster"] if dgt.WITH_TORCH_CLUSTER else [])
-
-
-def brute_force(x: np.ndarray, k: int, metric: str):
-    """Independent reference: full matrix, self excluded, lexsort (value, index)."""
-    if metric == "cosine":
-        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-        score = -(xn @ xn.T)
-    else:
-        score = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(score, np.inf)
-    n = x.shape[0]
-    idx = np.stack([np.lexsort((np.arange(n), score[i]))[:k] for i in range(n)])
-    vals = np.take_along_axis(score, idx, 1)
-    return (-vals if metric == "cosine" else vals), idx
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

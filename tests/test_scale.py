@@ -18,20 +18,8 @@ import dyngraph as dg
 
 K = importlib.import_module("dyngraph.knn")
 P = importlib.import_module("dyngraph.projection")
+from dyngraph.testing import reference_knn  # noqa: E402
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def reference_knn(x: np.ndarray, k: int, metric: str):
-    """Independent float64 reference: dense scores, self excluded, lexsort (score, index)."""
-    if metric == "cosine":
-        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-        score = -(xn @ xn.T)
-    else:
-        score = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(score, np.inf)
-    idx = np.stack([np.lexsort((np.arange(len(x)), s))[:k] for s in score])
-    vals = np.take_along_axis(score, idx, 1)
-    return (-vals if metric == "cosine" else vals), idx
 
 
 def clustered(n, d, classes=5, sep=2.0, seed=0, dtype=torch.float32):
