@@ -63,8 +63,10 @@ def check_k(k, n: int, name: str = "k") -> int:
     return k
 
 
-def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1) -> Tensor:
-    """Checks integer labels of length ``n`` with values >= 0."""
+def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1,
+                 check_min: bool = True) -> Tensor:
+    """Checks integer labels of length ``n`` with values >= 0 (``check_min=False``: the caller
+    checks the sign itself, e.g. from one ``aminmax``)."""
     if not isinstance(y, Tensor):
         try:
             y = torch.as_tensor(y)
@@ -77,7 +79,7 @@ def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1) -> Tensor:
     if y.dim() != 1 or y.numel() != n:
         raise ValueError(f"{name} must have one label per sample (length {n}), got shape "
                          f"{tuple(y.shape)}")
-    if n and int(y.min()) < 0:
+    if check_min and n and int(y.min()) < 0:
         raise ValueError(f"{name} must hold labels >= 0, got min({name})={int(y.min())}")
     if min_classes > 1:
         n_cls = int(torch.unique(y).numel())

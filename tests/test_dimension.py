@@ -42,12 +42,13 @@ def _embedded_cube(n, d, big_d=100, seed=0):
 
 
 # ------------------------------------------------------------------------ neighbour distances
-@pytest.mark.parametrize("col_blocks", [False, True])
-def test_neighbor_distances_match_brute_force(col_blocks, monkeypatch):
+@pytest.mark.parametrize("blocks", [False, True])
+def test_neighbor_distances_match_brute_force(blocks, monkeypatch):
     from scipy.spatial.distance import cdist
-    if col_blocks:  # stream the keys in column blocks, as for large N
-        monkeypatch.setattr(dim, "_ONE_BLOCK_MAX", 100)
-        monkeypatch.setattr(dim, "DEFAULT_COL_BLOCK", 96)
+    if blocks:  # the symmetric self-search over 96-row blocks, as for large N
+        import importlib
+        monkeypatch.setattr(importlib.import_module("dyngraph.knn"), "DEFAULT_TILE_ELEMENTS",
+                            96 * 96)
     x = _embedded_cube(400, 4, 30, seed=1) + 5.0  # an offset: the search centres the data
     d, idx = neighbor_distances(x, 6)
     full = cdist(x.numpy(), x.numpy())

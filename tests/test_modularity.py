@@ -132,3 +132,34 @@ def test_bad_input():
         dg.modularity(ei, comm[:5], w, num_nodes=5)
     with pytest.raises(ValueError, match=">= 0"):
         dg.modularity(ei, comm - 1, w)
+
+
+@pytest.mark.parametrize("self_loops", [False, True])
+def test_many_communities_path_matches_networkx(self_loops):
+    # C² > MIXING_SLOTS: the (strength, inside) slot path instead of the C×C mixing matrix.
+    from dyngraph.metrics.modularity import MIXING_SLOTS
+    n, n_comm = 700, 300
+    assert n_comm * n_comm > MIXING_SLOTS
+    ei, w = random_graph(n, 0.01, 5, True, self_loops=self_loops)
+    comm = torch.randint(0, n_comm, (n,), generator=torch.Generator().manual_seed(1))
+    comm[0] = n_comm - 1
+    q = dg.modularity(ei, comm, w)
+    assert abs(q - nx_modularity(ei, w, comm, n)) < 1e-6
+    # Batched: two copies with different labels, each equal to its own networkx value.
+    comm2 = comm.flip(0)
+    q2 = dg.modularity(torch.cat([ei, ei + n], 1), torch.cat([comm, comm2]), torch.cat([w, w]),
+                       batch=torch.arange(2).repeat_interleave(n))
+    assert abs(float(q2[0]) - q) < 1e-12
+    assert abs(float(q2[1]) - nx_modularity(ei, w, comm2, n)) < 1e-6
+    contrib = dg.community_contributions(ei, comm, w)
+    assert contrib.shape == (n_comm,) and abs(float(contrib.sum()) - q) < 1e-12
+
+
+def test_out_of_range_edge_index_names_the_argument():
+    ei, w = random_graph(10, 0.5, 0)
+    comm = torch.arange(10) % 2
+    for bad in (10, -1):
+        e = ei.clone()
+        e[0, 3] = bad
+        with pytest.raises(ValueError, match=r"edge_index.*num_nodes=10"):
+            dg.modularity(e, comm, w)

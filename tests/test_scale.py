@@ -59,16 +59,18 @@ def test_ties_across_column_blocks_go_to_the_smaller_index():
 
 def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
     seen = []
-    real = K._topk_block
+    real = K.BlockTopK._tile
 
-    def spy(scores, k, largest):
-        seen.append(tuple(scores.shape))
-        return real(scores, k, largest)
-    monkeypatch.setattr(K, "_topk_block", spy)
+    def spy(self, a, keys, k_low, sq_k):
+        out = real(self, a, keys, k_low, sq_k)
+        seen.append(tuple(out.shape))
+        return out
+    monkeypatch.setattr(K.BlockTopK, "_tile", spy)
     x, _ = clustered(1000, 8)
     dg.knn(x, 4, backend="matmul", chunk_size=100, col_chunk_size=128)
     assert seen and max(r * c for r, c in seen) <= 100 * 128
-    assert sum(c for r, c in seen if r == seen[0][0]) >= 1000  # all columns of a row block
+    # The self-search scores each pair once: about half of the N² scores, never fewer.
+    assert 1000 * 1000 / 2 <= sum(r * c for r, c in seen) < 0.6 * 1000 * 1000
     # Default tiles: bounded by DEFAULT_TILE_ELEMENTS whatever N (shrunk here to stay quick).
     monkeypatch.setattr(K, "DEFAULT_TILE_ELEMENTS", 1 << 14)
     monkeypatch.setattr(K, "DEFAULT_COL_BLOCK", 256)
@@ -78,6 +80,14 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
         assert idx.shape == (n, 2)
         assert max(r * c for r, c in seen) <= 1 << 14
         assert max(c for _, c in seen) <= 256
+    # A query set other than the points themselves streams row × column tiles.
+    seen.clear()
+    q = K.prepare_features(torch.randn(300, 2), "cosine")
+    keys = K.prepare_features(torch.randn(700, 2), "cosine")
+    acc = K.BlockTopK(q, 2, "cosine", exclude_self=False, chunk_size=50)
+    for c0 in range(0, 700, 256):
+        acc.update(keys[c0:c0 + 256], c0)
+    assert max(r * c for r, c in seen) <= 50 * 256 and sum(r * c for r, c in seen) == 300 * 700
 
 
 def test_even_blocks_have_no_thin_tail():

@@ -23,9 +23,9 @@ overlap, so the numbers agree with it to ~1e-12 on the same points; the differen
 dropped and counted, never inf/NaN) are listed in ``docs/intrinsic_dimension.md``.
 
 Neighbour distances (:func:`neighbor_distances`) are exact float64 distances found at float32
-speed: the core tile kernel (:class:`dyngraph.knn.BlockTopK`) ranks candidates by a float32 inner
-product that orders neighbours as the Euclidean distance does, the candidates' distances are
-recomputed from the float64 differences, and a rigorous rounding-error bound certifies, row by row,
+speed: the core tile kernel (:class:`dyngraph.knn.BlockTopK`, symmetric self-search: each score
+computed once for both of its points) ranks candidates by float32 squared distances, the
+candidates' distances are recomputed from the float64 differences, and a rigorous rounding-error bound certifies, row by row,
 that no other point can be closer; the rare rows it cannot clear are searched again in float64.
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
 from .._validate import check_choice, check_features, check_positive_int
 from ..curve import Curve
-from ..knn import (BACKENDS, DEFAULT_BLOCK_ELEMENTS, DEFAULT_COL_BLOCK, BlockTopK, _sort_rows,
-                   knn)
+from ..knn import (BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn,
+                   self_block)
 
 __all__ = [
     "ESTIMATORS",
@@ -76,11 +76,6 @@ LOCAL_METHODS = ("mle", "pr", "pca")
 COMBS = ("mle", "mean", "median")
 #: Extra candidates fetched by the float32 search beyond the ``k`` that are needed (at most).
 EXTRA_CANDIDATES = 8
-
-
-#: Up to this many points the search streams all keys as one column block (the tile stays
-#: bounded: fewer rows per tile); beyond, column blocks of ``DEFAULT_COL_BLOCK`` keys.
-_ONE_BLOCK_MAX = 1 << 16
 
 
 def _extra(k: int) -> int:
@@ -222,23 +217,20 @@ def _rows_float64(x64: Tensor, xc: Tensor, rows: Tensor, kk: int, k: int, norms:
     return d[:, :kk], cand[:, :kk], n_brute
 
 
-def _mips_candidates(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
-    """The ``kk`` best candidates of every row by the float32 inner product
-    ``S_ij = y_i·y_j − |y_j|²/2 = (|y_i|² − |y_i − y_j|²)/2`` (``y = xc / r_max``), which orders
-    the neighbours of row ``i`` exactly as the Euclidean distance does. It runs on the core tile
-    kernel :class:`dyngraph.knn.BlockTopK` (queries ``[y, 1]``, keys ``[y, −|y|²/2]``): one GEMM
-    and a top-k per tile, no element-wise distance passes."""
-    n, dim = xc.shape
-    y = xc / r_max if bool(r_max > 0) else xc
-    pad = (-(dim + 1)) % 16  # GEMM-friendly width
-    ones = torch.ones(n, 1, dtype=y.dtype, device=y.device)
-    zeros = torch.zeros(n, pad, dtype=y.dtype, device=y.device)
-    q = torch.cat([y, ones, zeros], 1).to(torch.float32)
-    keys = torch.cat([y, -0.5 * (y * y).sum(1, keepdim=True), zeros], 1).to(torch.float32)
-    acc = BlockTopK(q, kk, "cosine", exclude_self=True)  # 'cosine' = largest raw inner product
-    cols = n if n <= _ONE_BLOCK_MAX else DEFAULT_COL_BLOCK
-    for c0 in range(0, n, cols):
-        acc.update(keys[c0:c0 + cols], c0)
+def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
+    """The ``kk`` best candidates of every row by the float32 squared distance
+    ``|y_i|² + |y_j|² − 2 y_i·y_j`` (``y = xc / r_max``), ranked by the tile scores alone (no
+    exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
+    :class:`dyngraph.knn.BlockTopK`, through its symmetric self-search: each score is computed
+    once and serves both of its points (about half of the GEMM)."""
+    n = xc.shape[0]
+    y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
+    acc = BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False)
+    block = self_block(n)
+    if block < n:
+        acc.update_self(block)
+    else:
+        acc.update(y, 0)
     return acc.result()[1]
 
 
@@ -249,12 +241,13 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
     ``search='float32'`` (the default through ``'auto'``): the points are centred and scaled to
     ``y = (x − x̄)/R`` (``R`` the largest centred norm), and the core tile kernel
     :class:`dyngraph.knn.BlockTopK` keeps, per row, the ``k + 2`` (``k <= 2``) or ``k + 4``
-    candidates with the largest float32 inner product ``S_ij = y_i·y_j − |y_j|²/2``, which ranks
-    the neighbours of ``i`` exactly as ``|y_i − y_j|`` does (one GEMM per tile, no element-wise
-    distance passes). Their distances are recomputed from the float64 differences and re-sorted.
-    A float32 score is off by at most ``εᵢ = (γ_{D+1} + 3u)(|yᵢ| + 1/2)`` (``u = 2⁻²⁴``,
-    ``γ_m = mu/(1 − mu)``), so a point outside the candidates is at squared distance
-    ``≥ d²_last − 4εᵢR²``; rows whose exact ``k``-th squared distance is not below that bound are
+    candidates with the smallest float32 score ``|y_i|² + |y_j|² − 2 y_i·y_j``, through its
+    symmetric self-search (each score computed once, for both of its points: about half of the
+    GEMM). Their distances are recomputed from the float64 differences and re-sorted. A float32
+    score is off by at most ``εᵢ = (γ_{D+1} + 8u)(3|yᵢ| + 2)`` (``u = 2⁻²⁴``,
+    ``γ_m = mu/(1 − mu)``; the dot product, both squared norms, two additions and the cast), so a
+    point outside the candidates is at squared distance ``≥ d²_last − 2εᵢR²``; rows whose exact
+    ``k``-th squared distance is not below that bound are
     searched again in float64 (a Gram block, certified the same way with the float64 bound), and
     any row that still fails is brute-forced from the differences. The result is the exact
     float64 answer. Exact duplicates give distance 0.
@@ -299,7 +292,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         d, idx = _sort_rows(_direct_distances(x64, idx), idx, largest=False)
         return (d, idx, stats) if return_stats else (d, idx)
     kk = min(k + _extra(k), n - 1)
-    cand = _mips_candidates(xc, r_max, kk)
+    cand = _candidates32(xc, r_max, kk)
     # exact distances from the raw float64 differences (centring would round them)
     d, cand = _sort_rows(_direct_distances(x64, cand), cand, largest=False)
     if kk < n - 1:  # with every other point a candidate the result is exact already
@@ -307,7 +300,10 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         centring = 16 * 2.0 ** -53 * (raw + raw.max()) ** 2  # rounding of centring and scaling
         m = dim + 1
         gamma = m * _U32 / max(1.0 - m * _U32, 1e-3)
-        eps = (gamma + 3 * _U32) * 1.01 * (norms / r_max.clamp_min(1e-300) + 0.5)
+        # One tile score |y_q|² + |y_j|² − 2 y_q·y_j (|y| <= 1) is off by at most
+        # 2γ|y_q| (the dot product) + γ|y_q|² + γ (the squared norms) + 7u (two additions of
+        # terms <= 3 and <= 4) + the float32 cast of y: <= (γ + 8u)(3|y_q| + 2), with 1% slack.
+        eps = (gamma + 8 * _U32) * 1.01 * (1.5 * norms / r_max.clamp_min(1e-300) + 1.0)
         delta = 2 * eps * r_max ** 2 + centring  # one score's error, in squared distance
         bad = (d[:, k - 1] ** 2 + 2 * delta >= d[:, -1] ** 2).nonzero().flatten()
         if bad.numel():

@@ -12,56 +12,109 @@ where ``w_in(c)`` is the undirected weight inside community ``c`` and ``S_c`` it
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import scatter
 
 from .._validate import (check_edge_index, check_edge_weight, check_labels, check_same_device,
                          check_tensor)
 
 
+#: Largest ``graphs × C²`` mixing matrix that :func:`community_sums` scatters into; above it, it
+#: scatters into ``graphs × C × 2`` (strength, inside) slots with one extra compare per entry.
+MIXING_SLOTS = 1 << 16
+
+
 def _prepare(edge_index, communities, edge_weight, num_nodes, batch
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
+             ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int, int]:
     edge_index = check_edge_index(edge_index)
     check_tensor(communities, "communities")
-    check_same_device(edge_index=edge_index, communities=communities, edge_weight=edge_weight,
-                      batch=batch)
     if num_nodes is None:
         num_nodes = communities.numel()
-    communities = check_labels(communities, num_nodes, "communities")
+    communities = check_labels(communities, num_nodes, "communities", check_min=False)
     n_edges = edge_index.shape[1]
     if edge_weight is None:
-        edge_weight = torch.ones(n_edges, device=edge_index.device)
-    # Finiteness is checked on the (few) results instead of on every weight: see _finish.
+        edge_weight = torch.ones(n_edges, dtype=torch.float64, device=edge_index.device)
+    # Finiteness is checked on the (few) results instead of on every weight: see terms_from_sums.
     edge_weight = check_edge_weight(edge_weight, n_edges, check_finite=False)
     check_same_device(edge_index=edge_index, communities=communities, edge_weight=edge_weight,
                       batch=batch)
-    if n_edges and int(edge_index.max()) >= num_nodes:
-        raise ValueError(f"edge_index refers to node {int(edge_index.max())} but num_nodes="
-                         f"{num_nodes}")
+    lo, hi = communities.aminmax() if num_nodes else (torch.zeros(()), torch.full((), -1))
+    if int(lo) < 0:
+        raise ValueError(f"communities must hold labels >= 0, got min(communities)={int(lo)}")
+    n_comm = int(hi) + 1
+    if n_edges and edge_index.device.type != "cpu":  # CPU index_select reports it (see below)
+        e_lo, e_hi = edge_index.aminmax()
+        _check_node_range(int(e_lo), int(e_hi), num_nodes)
     if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
         n_graphs = 1
     else:
         batch = check_labels(batch, num_nodes, "batch")
         n_graphs = int(batch.max()) + 1 if num_nodes else 0
-    n_comm = int(communities.max()) + 1 if num_nodes else 0
     return edge_index, communities, edge_weight.double(), batch, n_graphs, n_comm
 
 
-def community_sums(edge_index: Tensor, key: Tensor, edge_weight: Tensor, size: int
-                   ) -> Tuple[Tensor, Tensor]:
-    """The two scatter passes behind modularity: summed strength ``S_c`` and inside weight
-    ``2·w_in(c)`` of every community slot ``[size]``, over the stored entries given (self-loops
-    count twice). Partial sums over disjoint edge shares add up, so ranks can ``all_reduce`` them."""
-    row, col = edge_index
-    w = torch.where(row == col, 2.0 * edge_weight, edge_weight)  # self-loops count twice
-    key_row = key[row]
-    s_c = scatter(w, key_row, dim=0, dim_size=size, reduce="sum")
-    in_c = scatter(w * (key_row == key[col]), key_row, dim=0, dim_size=size, reduce="sum")
-    return s_c, in_c
+def _check_node_range(lo: int, hi: int, num_nodes: int) -> None:
+    if lo < 0 or hi >= num_nodes:
+        raise ValueError(f"edge_index must hold node ids in [0, num_nodes={num_nodes}), got "
+                         f"values in [{lo}, {hi}]")
+
+
+def _gather(values: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    """``values[index]``; an out-of-range id raises a ``ValueError`` naming ``edge_index``."""
+    try:
+        return values.index_select(0, index)
+    except (IndexError, RuntimeError):
+        _check_node_range(int(index.min()), int(index.max()), num_nodes)
+        raise
+
+
+def community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, n_comm: int,
+                   batch: Optional[Tensor] = None, n_graphs: int = 1) -> Tuple[Tensor, Tensor]:
+    """The scatter pass behind modularity: summed strength ``S_c`` and inside weight
+    ``2·w_in(c)`` of every (graph, community) slot, flat ``[n_graphs · n_comm]``, over the stored
+    entries given (self-loops count twice). Partial sums over disjoint edge shares add up, so ranks
+    can ``all_reduce`` them.
+
+    One gather of the endpoints' labels and one ``scatter_add`` into the ``graphs × C × C`` mixing
+    matrix (rows: the source's community, so ``S_c`` is a row sum and ``2·w_in(c)`` the diagonal);
+    for very many slots, into ``graphs × C × 2`` (strength, inside) slots instead.
+    """
+    n_edges = edge_index.shape[1]
+    row, col = edge_index[0], edge_index[1]
+    w = edge_weight
+    loops = row == col  # self-loops count twice (networkx's convention)
+    if w.device.type != "cpu" or int(loops.count_nonzero()):  # (no host sync on accelerators)
+        w = w + w * loops
+    n_nodes = communities.numel()
+    if batch is None:
+        lab = _gather(communities, edge_index.reshape(-1), n_nodes)
+        src, dst = lab[:n_edges], lab[n_edges:]
+    else:
+        src = _gather(batch * n_comm + communities, row, n_nodes)
+        dst = _gather(communities, col, n_nodes)
+    size = n_graphs * n_comm
+    if size * n_comm <= MIXING_SLOTS:
+        mix = w.new_zeros(size * n_comm).scatter_add_(0, torch.add(dst, src, alpha=n_comm), w)
+        mix = mix.view(size, n_comm)
+        inside = mix.view(n_graphs, n_comm, n_comm).diagonal(dim1=1, dim2=2).reshape(size)
+        return mix.sum(1), inside
+    slot = torch.add((src % n_comm == dst) if batch is not None else (src == dst), src, alpha=2)
+    pair = w.new_zeros(2 * size).scatter_add_(0, slot, w).view(size, 2)
+    return pair.sum(1), pair[:, 1]
+
+
+def _bad_total(two_w: Tensor, edge_weight: Optional[Tensor]) -> None:
+    """Raises the error for a NaN/inf or non-positive total weight ``2W`` (``[...]``)."""
+    if not bool(torch.isfinite(two_w).all()):  # NaN/inf weights poison 2W: name the culprit
+        if edge_weight is not None:
+            check_edge_weight(edge_weight, edge_weight.numel())
+        raise ValueError("edge_weight contains NaN or inf values")
+    bad = (two_w.reshape(-1) <= 0).nonzero().flatten().tolist()
+    raise ValueError(f"modularity is undefined for graphs with no positive total edge weight "
+                     f"(graphs {bad[:10]}); check edge_index/edge_weight")
 
 
 def terms_from_sums(s_c: Tensor, in_c: Tensor, resolution: float,
@@ -69,24 +122,17 @@ def terms_from_sums(s_c: Tensor, in_c: Tensor, resolution: float,
     """``[..., C]`` sums → per-community terms ``[..., C]`` and ``2W`` ``[...]``, with the checks
     for NaN/inf weights and graphs with no positive total weight."""
     two_w = s_c.sum(-1)
-    if not bool(torch.isfinite(two_w).all()):  # NaN/inf weights poison 2W: name the culprit
-        if edge_weight is not None:
-            check_edge_weight(edge_weight, edge_weight.numel())
-        raise ValueError("edge_weight contains NaN or inf values")
-    if bool((two_w <= 0).any()):
-        bad = (two_w.reshape(-1) <= 0).nonzero().flatten().tolist()
-        raise ValueError(f"modularity is undefined for graphs with no positive total edge weight "
-                         f"(graphs {bad[:10]}); check edge_index/edge_weight")
+    if not bool(((two_w > 0) & torch.isfinite(two_w)).all()):
+        _bad_total(two_w, edge_weight)
     frac = s_c / two_w.unsqueeze(-1)
     return in_c / two_w.unsqueeze(-1) - resolution * frac * frac, two_w
 
 
-def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, batch: Tensor,
+def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor,
+                     batch: Optional[Tensor],
                      n_graphs: int, n_comm: int, resolution: float) -> Tuple[Tensor, Tensor]:
     """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``."""
-    # Global community key: one slot per (graph, community) pair.
-    key = communities if n_graphs == 1 else batch * n_comm + communities
-    s_c, in_c = community_sums(edge_index, key, edge_weight, n_graphs * n_comm)
+    s_c, in_c = community_sums(edge_index, communities, edge_weight, n_comm, batch, n_graphs)
     return terms_from_sums(s_c.view(n_graphs, n_comm), in_c.view(n_graphs, n_comm), resolution,
                            edge_weight)
 
@@ -118,9 +164,16 @@ def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Te
     """
     ei, comm, w, batch_, n_graphs, n_comm = _prepare(edge_index, communities, edge_weight,
                                                      num_nodes, batch)
-    contrib, _ = _community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
-    q = contrib.sum(1)
-    return float(q[0]) if batch is None else q
+    if batch is not None:
+        contrib, _ = _community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
+        return contrib.sum(1)
+    # One graph: Q = Σ 2w_in(c) / 2W − γ Σ S_c² / (2W)², reduced to three host scalars.
+    s_c, in_c = community_sums(ei, comm, w, n_comm)
+    two_w = s_c.sum()
+    two = float(two_w)
+    if not (math.isfinite(two) and two > 0):
+        _bad_total(two_w, edge_weight)
+    return float(in_c.sum()) / two - float(resolution) * float(s_c.dot(s_c)) / (two * two)
 
 
 def community_contributions(edge_index: Tensor, communities: Tensor,

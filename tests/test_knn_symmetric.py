@@ -1,0 +1,121 @@
+"""The symmetric self-search (each score computed once) and the prefiltered tile top-k."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+import dyngraph as dg
+from dyngraph.testing import reference_knn
+from tests.conftest import clustered
+
+K = importlib.import_module("dyngraph.knn")
+
+
+def stable_topk(scores: torch.Tensor, k: int, largest: bool):
+    """Oracle: full stable sort (ties → smaller column)."""
+    v, i = scores.sort(dim=1, descending=largest, stable=True)
+    return v[:, :k], i[:, :k]
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("shape", [(7, 2000), (300, 1031), (64, 260), (5, 9), (40, 4100)])
+def test_topk_rows_and_cols_equal_a_stable_sort(shape, largest):
+    g = torch.Generator().manual_seed(sum(shape))
+    r, c = shape
+    for k in (1, 3, 6):
+        if k >= c:
+            continue
+        s = torch.randn(r, c, generator=g, dtype=torch.float64)
+        # Integer-valued scores: many exact ties, inside and across groups.
+        ties = torch.randint(0, 12, (r, c), generator=g).double()
+        for m in (s, ties):
+            v, i = K.topk_rows(m, k, largest)
+            rv, ri = stable_topk(m, k, largest)
+            assert torch.equal(i, ri) and torch.equal(v, rv)
+            v, i = K.topk_cols(m, k, largest) if k < r else (None, None)
+            if v is not None:
+                rv, ri = stable_topk(m.T.contiguous(), k, largest)
+                assert torch.equal(i, ri) and torch.equal(v, rv)
+
+
+def test_topk_prefilter_handles_masked_scores_and_group_ties():
+    # -inf (a masked self score) and a row whose best values all tie: the group-boundary tie check
+    # must fall back to the full search.
+    s = torch.randn(50, 2048, generator=torch.Generator().manual_seed(0))
+    s[:, ::3] = 1.0  # hundreds of tied maxima in every row and column
+    s[torch.arange(50), torch.arange(50)] = -float("inf")
+    for k in (2, 5):
+        v, i = K.topk_rows(s, k, True)
+        rv, ri = stable_topk(s, k, True)
+        assert torch.equal(i, ri) and torch.equal(v, rv)
+    t = s[:, :1000].T.contiguous()  # [1000, 50]: column pass over 1,000 rows
+    v, i = K.topk_cols(t, 3, True)
+    rv, ri = stable_topk(t.T.contiguous(), 3, True)
+    assert torch.equal(i, ri)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block", [37, 64, 200])
+def test_self_search_equals_the_oracle(metric, block):
+    x, _ = clustered(60, 5, 12, 1.0, seed=3)  # 300 points: blocks 37 and 64 leave uneven tails
+    x = x.double()
+    xp = K.prepare_features(x, metric)
+    acc = K.BlockTopK(xp, 4, metric).update_self(block)
+    vals, idx = acc.result()
+    ref_v, ref_i = reference_knn(x.numpy(), 4, metric)
+    assert np.array_equal(idx.numpy(), ref_i)
+    np.testing.assert_allclose(vals.numpy(), ref_v, atol=1e-10)
+
+
+def test_self_search_breaks_ties_across_blocks_by_index():
+    base = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    x = base.repeat(50, 1)  # row i duplicates row i mod 4, in every block
+    for metric in ("cosine", "euclidean"):
+        xp = K.prepare_features(x, metric)
+        for block in (7, 16, 64):
+            _, idx = K.BlockTopK(xp, 5, metric).update_self(block).result()
+            _, ref = reference_knn(x.numpy(), 5, metric)
+            assert np.array_equal(idx.numpy(), ref), (metric, block)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_self_search_half_precision_matches_plain_half_precision(precision):
+    x, _ = clustered(100, 4, 32, 1.5, seed=1)
+    xp = K.prepare_features(x, "cosine")
+    v_sym, i_sym = K.BlockTopK(xp, 3, "cosine", precision=precision).update_self(64).result()
+    plain = K.BlockTopK(xp, 3, "cosine", precision=precision, chunk_size=64)
+    v_pl, i_pl = plain.update(xp, 0).result()
+    # Both re-score their candidates exactly: same neighbours unless rounding pushed one out of a
+    # tile's candidates, which the candidate margin makes rare.
+    assert (i_sym == i_pl).all(1).float().mean() > 0.99
+    ref_v, ref_i = reference_knn(x.numpy(), 3, "cosine")
+    assert (i_sym.numpy() == ref_i).all(1).mean() > 0.99
+
+
+def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
+    calls = []
+    real = K.BlockTopK.update_self
+
+    def spy(self, block):
+        calls.append(block)
+        return real(self, block)
+    monkeypatch.setattr(K.BlockTopK, "update_self", spy)
+    x, _ = clustered(100, 6, 8, 1.0)
+    v, i = dg.knn(x, 3, backend="matmul", chunk_size=128)
+    assert calls == [128]
+    ref_v, ref_i = reference_knn(x.numpy(), 3, "cosine")
+    assert np.array_equal(i.numpy(), ref_i)
+    # The edge weights of a pair are one score: w(i→j) == w(j→i) bitwise where both are edges.
+    ei, w = dg.knn_graph(x, 3, backend="matmul", chunk_size=128)
+    lookup = {(int(a), int(b)): float(c) for (a, b), c in zip(ei.t(), w)}
+    mutual = [(a, b) for (a, b) in lookup if (b, a) in lookup]
+    assert mutual and all(lookup[(a, b)] == lookup[(b, a)] for a, b in mutual)
+
+
+def test_update_self_rejects_shards():
+    xp = K.prepare_features(torch.randn(20, 3), "cosine")
+    with pytest.raises(ValueError, match="query_ids=0"):
+        K.BlockTopK(xp, 2, "cosine", query_ids=5).update_self(8)
+    with pytest.raises(ValueError, match="exclude_self"):
+        K.BlockTopK(xp, 2, "cosine", exclude_self=False).update_self(8)
