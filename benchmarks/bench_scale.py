@@ -64,7 +64,9 @@ def data(n: int, d: int, classes: int = 10, seed: int = 0) -> torch.Tensor:
 
 
 def tile_gemm(xn: torch.Tensor) -> None:
-    """Every score dg computes, with dg's own tiles, and nothing else."""
+    """The full ``x @ xᵀ`` (all N² scores) in the tiles of dg's row × column path, and nothing
+    else: the physical bound that issue 8 names. dg's symmetric self-search computes each score
+    once, about half of these, so dg/GEMM can fall below 1."""
     n = xn.shape[0]
     cols = K.default_col_chunk_size(n)
     rows = K._even_blocks(n, K.default_chunk_size(n, min(cols, n), K.DEFAULT_TILE_ELEMENTS))

@@ -64,10 +64,14 @@ def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
 def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
                    symmetrize: str = "mean", backend: str = "auto",
                    chunk_size: Optional[int] = None, keep_x: bool = False,
-                   layer_name: str = "", layer_index: int = 0) -> Data:
+                   layer_name: str = "", layer_index: int = 0, *,
+                   col_chunk_size: Optional[int] = None, precision: str = "full",
+                   candidates: Optional[int] = None) -> Data:
     """One layer's features ``[N, ...]`` → an undirected kNN graph as a PyG ``Data``.
 
-    Features with more than two dimensions are flattened to ``[N, D]``.
+    Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
+    ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
+    :func:`~dyngraph.knn_graph`.
 
     Returns:
         ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
@@ -88,7 +92,8 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         check_same_device(features=x2, y=y)
         y = check_labels(y, x2.shape[0], "y", min_classes=2)
     edge_index, edge_weight = knn_graph(x2, k, metric=metric, backend=backend,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size, col_chunk_size=col_chunk_size,
+                                        precision=precision, candidates=candidates)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, x2.shape[0], symmetrize)
     if metric == "cosine" and bool((edge_weight <= 0).any()):
         warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
@@ -138,7 +143,9 @@ class DynamicGraph:
                       symmetrize: str = "mean", backend: str = "auto",
                       chunk_size: Optional[int] = None, keep_x: bool = False,
                       device: Optional[Union[str, torch.device]] = None,
-                      progress: bool = True) -> "DynamicGraph":
+                      progress: bool = True, *, col_chunk_size: Optional[int] = None,
+                      precision: str = "full", candidates: Optional[int] = None
+                      ) -> "DynamicGraph":
         """Builds one snapshot per layer, layer by layer (one layer's features in memory at a time).
 
         Args:
@@ -152,6 +159,8 @@ class DynamicGraph:
             keep_x: Store the flattened features as ``data.x``.
             device: Where to build the graphs (default: where the features are).
             progress: Show a progress bar.
+            col_chunk_size, precision, candidates: Tile shape and half-precision tiles, passed to
+                :func:`~dyngraph.knn_graph` (``precision`` is recorded in ``meta``).
 
         Returns:
             A :class:`DynamicGraph` whose ``meta`` records k, N, metric, symmetrize and layers.
@@ -168,6 +177,8 @@ class DynamicGraph:
                 raise ValueError("y is required when features is a plain dict (labels define the "
                                  "communities)")
         meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "layers": names}
+        if precision != "full":
+            meta["precision"] = precision
         meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
         snaps = []
         for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
@@ -182,7 +193,9 @@ class DynamicGraph:
                 check_labels(yy, x.shape[0], "y", min_classes=2)
             snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,
                                         backend=backend, chunk_size=chunk_size, keep_x=keep_x,
-                                        layer_name=name, layer_index=i))
+                                        layer_name=name, layer_index=i,
+                                        col_chunk_size=col_chunk_size, precision=precision,
+                                        candidates=candidates))
         meta["n_samples"] = snaps[0].num_nodes
         return cls(snaps, meta)
 

@@ -231,7 +231,7 @@ def topk_cols(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Ten
     g_v, g_i = best.topk(k + 1, dim=1, largest=largest, sorted=True)
     rows = (g_i[:, :k].unsqueeze(-1) + _group_offsets(g, n_grp, scores.device)).reshape(c, -1)
     col_ids = torch.arange(c, device=scores.device).unsqueeze(1)
-    cand = scores.reshape(-1)[rows * c + col_ids]
+    cand = scores.view(-1).index_select(0, (rows * c + col_ids).view(-1)).view(c, -1)
     if main < r:
         rows = torch.cat([rows, torch.arange(main, r, device=scores.device).expand(c, -1)], 1)
         cand = torch.cat([cand, scores[main:].T], 1)

@@ -17,7 +17,8 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
                      symmetrize: str = "mean", per_class: Optional[int] = None,
                      n_samples: Optional[int] = None, repeats: int = 1, seed: int = 0,
                      backend: str = "auto", chunk_size: Optional[int] = None,
-                     progress: bool = True) -> Curve:
+                     progress: bool = True, *, col_chunk_size: Optional[int] = None,
+                     precision: str = "full", candidates: Optional[int] = None) -> Curve:
     """Modularity per layer, as mean ± std over ``repeats`` class-balanced resamplings.
 
     The reference built five graphs of N = 500 test images and averaged Q; here each repeat draws
@@ -27,6 +28,8 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
         features: :class:`LayerFeatures` or ``{name: Tensor[N, ...]}`` (then ``y`` is needed).
         y: ``[N]`` labels.
         k, metric, symmetrize, backend, chunk_size: As in :meth:`DynamicGraph.from_features`.
+        col_chunk_size, precision, candidates: kNN tile shape and half-precision tiles, as in
+            :func:`~dyngraph.knn_graph`.
         per_class, n_samples: Size of each repeat's sample; both ``None``: all samples, once.
         repeats: Number of resamplings (seeds ``seed, seed+1, ...``).
         seed: First seed.
@@ -70,9 +73,13 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
             n_used = int(idx.numel())
         seq = DynamicGraph.from_features(sub, k=k, metric=metric, symmetrize=symmetrize,
                                          backend=backend, chunk_size=chunk_size,
-                                         progress=progress and repeats == 1)
+                                         progress=progress and repeats == 1,
+                                         col_chunk_size=col_chunk_size, precision=precision,
+                                         candidates=candidates)
         rows.append(seq.modularity().values)
     meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "n_samples": n_used,
             "per_class": per_class, "repeats": repeats, "seed": seed, "layers": features.names}
+    if precision != "full":
+        meta["precision"] = precision
     meta.update({key: v for key, v in features.meta.items() if key not in meta})
     return Curve.from_samples(features.names, torch.stack(rows), name="modularity", meta=meta)

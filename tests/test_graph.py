@@ -136,3 +136,20 @@ def test_bad_input():
         dg.DynamicGraph.from_features([feats["layer0"]], y=y)
     with pytest.raises(ValueError, match="repeats"):
         dg.modularity_curve(feats, y, repeats=3)
+
+
+def test_knn_options_pass_through_to_the_snapshots():
+    from tests.conftest import clustered
+    x, y = clustered(40, 4, 24, 1.0, seed=4)
+    ei, w = dg.knn_graph(x, 3, backend="matmul", col_chunk_size=48, precision="bf16",
+                         candidates=12)
+    snap = dg.build_snapshot(x, y, k=3, backend="matmul", col_chunk_size=48, precision="bf16",
+                             candidates=12, symmetrize="add")
+    ref_ei, ref_w = dg.symmetrize(ei, w, x.shape[0], "add")
+    assert torch.equal(snap.edge_index, ref_ei) and torch.equal(snap.edge_weight, ref_w)
+    seq = dg.DynamicGraph.from_features({"a": x}, y=y, k=3, precision="bf16", progress=False)
+    assert seq.meta["precision"] == "bf16"
+    curve = dg.modularity_curve({"a": x}, y, k=3, precision="fp16", candidates=8, progress=False)
+    assert curve.meta["precision"] == "fp16"
+    with pytest.raises(ValueError, match="precision"):
+        dg.build_snapshot(x, y, precision="int8")
