@@ -48,11 +48,27 @@ class SpilledArray:
         return np.memmap(self.path, dtype=_NP_DTYPES[self.dtype], mode="r",
                          shape=(self.rows, self.dim))
 
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(_NP_DTYPES[self.dtype])
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` read from the file (not memory-mapped: the pages read do not stay
+        in this process's resident memory), as a fresh ``[stop − start, D]`` array."""
+        self.close()
+        start, stop = max(0, int(start)), min(self.rows, int(stop))
+        count = max(0, stop - start) * self.dim
+        arr = np.fromfile(self.path, dtype=self.np_dtype, count=count,
+                          offset=start * self.dim * self.np_dtype.itemsize)
+        return arr.reshape(-1, self.dim)
+
     def load(self, rows: Optional[np.ndarray] = None) -> Tensor:
         """The whole array (or selected rows) as a float32 tensor in memory."""
         mm = self.memmap()
-        arr = mm if rows is None else mm[rows]
-        return torch.from_numpy(np.asarray(arr, dtype=np.float32).copy())
+        src = mm if rows is None else mm[rows]
+        out = np.empty(src.shape, dtype=np.float32)  # one allocation, converted in place
+        out[...] = src
+        return torch.from_numpy(out)
 
     @property
     def shape(self) -> Tuple[int, int]:
@@ -101,6 +117,13 @@ class LayerFeatures(Mapping):
         self.y = check_labels(y, n, "y")
         self.indices = None if indices is None else torch.as_tensor(indices).long()
         self.meta: Dict[str, Any] = dict(meta or {})
+
+    def stored(self, name: str) -> "Union[Tensor, SpilledArray]":
+        """Layer ``name`` as stored: a tensor, or the :class:`SpilledArray` on disk (not loaded;
+        :func:`dyngraph.knn` searches it out of core)."""
+        if name not in self._layers:
+            raise KeyError(f"no layer {name!r}; layers are {list(self._layers)}")
+        return self._layers[name]
 
     # Mapping protocol
     def __getitem__(self, name: str) -> Tensor:

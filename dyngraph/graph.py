@@ -14,7 +14,7 @@ from ._progress import progress_bar
 from ._validate import (check_choice, check_edge_index, check_features, check_labels,
                         check_same_device)
 from .curve import Curve
-from .knn import knn_graph
+from .knn import is_row_source, knn_graph, row_source_info
 from .metrics.modularity import _community_terms
 
 SYMMETRIZE = ("mean", "max", "add", "mutual")
@@ -71,7 +71,9 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
 
     Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
     ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
-    :func:`~dyngraph.knn_graph`.
+    :func:`~dyngraph.knn_graph`. ``x`` may also be a spilled layer
+    (:class:`~dyngraph.features.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
+    searched out of core, on ``y``'s device (see :func:`~dyngraph.knn`).
 
     Returns:
         ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
@@ -83,26 +85,37 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
         (60, 'fc1', True)
     """
-    check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # knn checks
-    if x.dim() == 1:
-        raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature axis, "
-                         f"got shape {tuple(x.shape)}")
-    x2 = x.reshape(x.shape[0], -1)
-    if y is not None:
-        check_same_device(features=x2, y=y)
-        y = check_labels(y, x2.shape[0], "y", min_classes=2)
-    edge_index, edge_weight = knn_graph(x2, k, metric=metric, backend=backend,
-                                        chunk_size=chunk_size, col_chunk_size=col_chunk_size,
-                                        precision=precision, candidates=candidates)
-    edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, x2.shape[0], symmetrize)
+    knn_options = dict(metric=metric, backend=backend, chunk_size=chunk_size,
+                       col_chunk_size=col_chunk_size, precision=precision, candidates=candidates)
+    if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
+        if keep_x:
+            raise ValueError("keep_x=True needs the features in memory; got an out-of-core "
+                             f"{type(x).__name__} (load it first)")
+        n = row_source_info(x, "features")[0]
+        if y is not None:
+            y = check_labels(y, n, "y", min_classes=2)
+        edge_index, edge_weight = knn_graph(x, k, device=None if y is None else y.device,
+                                            **knn_options)
+    else:
+        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # knn checks
+        if x.dim() == 1:
+            raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature "
+                             f"axis, got shape {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], -1)
+        n = x.shape[0]
+        if y is not None:
+            check_same_device(features=x, y=y)
+            y = check_labels(y, n, "y", min_classes=2)
+        edge_index, edge_weight = knn_graph(x, k, **knn_options)
+    edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
     if metric == "cosine" and bool((edge_weight <= 0).any()):
         warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
                       f"cosine <= 0; modularity treats weights as given", stacklevel=2)
-    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=x2.shape[0])
+    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n)
     data.layer_name = layer_name
     data.layer_index = int(layer_index)
     if keep_x:
-        data.x = x2
+        data.x = x
     return data
 
 
@@ -144,8 +157,8 @@ class DynamicGraph:
                       chunk_size: Optional[int] = None, keep_x: bool = False,
                       device: Optional[Union[str, torch.device]] = None,
                       progress: bool = True, *, col_chunk_size: Optional[int] = None,
-                      precision: str = "full", candidates: Optional[int] = None
-                      ) -> "DynamicGraph":
+                      precision: str = "full", candidates: Optional[int] = None,
+                      out_of_core: bool = False) -> "DynamicGraph":
         """Builds one snapshot per layer, layer by layer (one layer's features in memory at a time).
 
         Args:
@@ -161,6 +174,9 @@ class DynamicGraph:
             progress: Show a progress bar.
             col_chunk_size, precision, candidates: Tile shape and half-precision tiles, passed to
                 :func:`~dyngraph.knn_graph` (``precision`` is recorded in ``meta``).
+            out_of_core: Search layers spilled to disk straight from their memory maps, two
+                blocks of rows in memory at a time, instead of loading each layer (slower: each
+                block is read once per later block; for layers that do not fit in memory).
 
         Returns:
             A :class:`DynamicGraph` whose ``meta`` records k, N, metric, symmetrize and layers.
@@ -182,13 +198,16 @@ class DynamicGraph:
         meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
         snaps = []
         for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
-            x = features[name]
-            if not isinstance(x, Tensor):
+            stored = features.stored(name) if hasattr(features, "stored") else None
+            x = stored if out_of_core and is_row_source(stored) else features[name]
+            if not isinstance(x, Tensor) and not is_row_source(x):
                 raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
             yy = y if isinstance(y, Tensor) else torch.as_tensor(y)
             if device is not None:
-                x, yy = x.to(device), yy.to(device)
-            check_same_device(**{f"features[{name!r}]": x, "y": yy})
+                yy = yy.to(device)
+                x = x.to(device) if isinstance(x, Tensor) else x
+            if isinstance(x, Tensor):
+                check_same_device(**{f"features[{name!r}]": x, "y": yy})
             if i == 0:
                 check_labels(yy, x.shape[0], "y", min_classes=2)
             snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -345,28 +346,35 @@ class BlockTopK:
         s[rows, pos] = torch.where(hit, torch.full_like(s[rows, pos], self.worst), s[rows, pos])
 
     # ------------------------------------------------------------------ the tile loops
-    def _tile(self, a: slice, keys: Tensor, k_low: Optional[Tensor], sq_k: Optional[Tensor]
-              ) -> Tensor:
-        """Scores of query rows ``a`` against ``keys``: cosine similarities or squared distances
-        (``|q|² + |k|² − 2q·k``, clamped at 0 against cancellation), in a fresh ``[rows, keys]``
-        tile."""
+    def _side(self, rows: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The half-precision copy and the squared norms of prepared rows (each ``None`` when
+        the mode does not use it)."""
+        r_s = rows * self.scale if self.scale != 1.0 else rows
+        low = r_s.to(self.low) if self.low is not None else None
+        sq = None if self.cosine else (r_s * r_s).sum(1)
+        return low, sq
+
+    def _scores(self, q: Tensor, q_low: Optional[Tensor], sq_q: Optional[Tensor], keys: Tensor,
+                k_low: Optional[Tensor], sq_k: Optional[Tensor]) -> Tensor:
+        """A fresh ``[rows, keys]`` tile: cosine similarities or squared distances
+        (``|q|² + |k|² − 2q·k``, clamped at 0 against cancellation)."""
         if self.low is not None:
-            s = self.q_low[a] @ k_low.T
+            s = q_low @ k_low.T
             if not self.cosine:
-                s = s.to(self.q.dtype)
+                s = s.to(q.dtype)
         else:
-            s = self.q[a] @ keys.T
+            s = q @ keys.T
         if not self.cosine:
-            s.mul_(-2).add_(self.sq_q[a].unsqueeze(1)).add_(sq_k.unsqueeze(0)).clamp_min_(0)
+            s.mul_(-2).add_(sq_q.unsqueeze(1)).add_(sq_k.unsqueeze(0)).clamp_min_(0)
         return s
 
     def _absorb(self, v: Tensor, i: Tensor, start: int, stop: int, keys: Tensor,
-                key_ids: KeyIds, first: bool) -> None:
+                key_ids: KeyIds, first: bool, q: Optional[Tensor] = None) -> None:
         """Merges one tile's candidates ``(v, i)`` ``[rows, ≥k]`` (``i`` local key positions) into
-        the running top-k of query rows ``start:stop``."""
+        the running top-k of query rows ``start:stop`` (``q``: those rows, for the re-scoring)."""
         gid = i + int(key_ids) if not isinstance(key_ids, Tensor) else key_ids[i]
         if self.refine:
-            v = _exact_scores(self.q[start:stop], keys, i, self.metric)
+            v = _exact_scores(self.q[start:stop] if q is None else q, keys, i, self.metric)
             if self.exclude_self:
                 v = torch.where(gid == self._qids(start, stop).unsqueeze(1),
                                 torch.full_like(v, self.worst), v)
@@ -397,14 +405,14 @@ class BlockTopK:
         nq = self.q.shape[0]
         chunk = self.chunk_size or default_chunk_size(nq, n_keys, DEFAULT_TILE_ELEMENTS)
         chunk = _even_blocks(nq, chunk)  # even row blocks: no thin tail tile
-        k_s = keys * self.scale if self.scale != 1.0 else keys
-        k_low = k_s.to(self.low) if self.low is not None else None
-        sq_k = None if self.cosine else (k_s * k_s).sum(1)
+        k_low, sq_k = self._side(keys)
         first = self.n_updates == 0
         kk = min(self.n_cand, n_keys)
         for start in range(0, nq, chunk):
             stop = min(nq, start + chunk)
-            s = self._tile(slice(start, stop), keys, k_low, sq_k)
+            a = slice(start, stop)
+            s = self._scores(self.q[a], None if self.q_low is None else self.q_low[a],
+                             None if self.sq_q is None else self.sq_q[a], keys, k_low, sq_k)
             if self.exclude_self:
                 self._mask_self(s, start, key_ids, n_keys)
             v, i = topk_rows(s, kk, self.largest)
@@ -413,7 +421,8 @@ class BlockTopK:
         self.n_updates += 1
         return self
 
-    def update_self(self, block: int) -> "BlockTopK":
+    def update_self(self, block: int, rows: Optional[Callable[[int, int], Tensor]] = None
+                    ) -> "BlockTopK":
         """Searches the queries among themselves (keys = queries, ids ``0..N−1``; needs
         ``query_ids=0`` and ``exclude_self``), computing each score once.
 
@@ -425,29 +434,40 @@ class BlockTopK:
 
         Args:
             block: Rows per block (``>= 1``).
+            rows: Out-of-core mode: ``rows(a, b)`` returns the prepared rows ``a:b`` (e.g. read
+                from a memory map and normalised), so only two blocks of rows are in memory at
+                a time; the accumulator then only needs ``query`` for its shape, dtype and
+                device (a ``[N, 0]`` tensor will do). Block ``i`` is fetched once per ``j >= i``.
 
         Returns:
             ``self``.
         """
         if isinstance(self.query_ids, Tensor) or int(self.query_ids) != 0 or not self.exclude_self:
             raise ValueError("update_self needs query_ids=0 and exclude_self=True")
-        n = self.q.shape[0]
+        n = self.vals.shape[0]
         block = _even_blocks(n, max(1, int(block)))
-        q_low = self.q_low
+
+        def side(a: int, b: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+            if rows is None:
+                return (self.q[a:b], None if self.q_low is None else self.q_low[a:b],
+                        None if self.sq_q is None else self.sq_q[a:b])
+            r = rows(a, b)
+            return (r, *self._side(r))
+
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
+            qi = side(i0, i1)
             for j0 in range(i0, n, block):
                 j1 = min(n, j0 + block)
-                keys = self.q[j0:j1]
-                s = self._tile(slice(i0, i1), keys, None if q_low is None else q_low[j0:j1],
-                               None if self.cosine else self.sq_q[j0:j1])
+                kj = qi if j0 == i0 else side(j0, j1)
+                s = self._scores(*qi, *kj)
                 if i0 == j0:
                     self._mask_self(s, i0, i0, j1 - j0)
                 v, i = topk_rows(s, min(self.n_cand, j1 - j0), self.largest)
-                self._absorb(v, i, i0, i1, keys, j0, False)
+                self._absorb(v, i, i0, i1, kj[0], j0, False, q=qi[0])
                 if j0 != i0:
                     v, i = topk_cols(s, min(self.n_cand, i1 - i0), self.largest)
-                    self._absorb(v, i, j0, j1, self.q[i0:i1], i0, False)
+                    self._absorb(v, i, j0, j1, qi[0], i0, False, q=kj[0])
                 del s
         self.n_updates += 1
         return self
@@ -608,9 +628,66 @@ def _prepare(x: Tensor, k: int, metric: str, backend: str, chunk_size: Optional[
     return prepare_features(x, metric)
 
 
-def knn(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
+def is_row_source(x) -> bool:
+    """Whether ``x`` is searched out of core by :func:`knn`: a NumPy array (a ``np.memmap``
+    included) or a :class:`dyngraph.features.SpilledArray`, rather than a tensor."""
+    return not isinstance(x, Tensor) and (isinstance(x, np.ndarray) or hasattr(x, "read_rows"))
+
+
+def row_source_info(x, name: str = "x") -> Tuple[int, int, np.dtype]:
+    """``(N, D, dtype)`` of a row source, checked: ``[N, D]``, floating point."""
+    if hasattr(x, "read_rows"):
+        shape, dtype = tuple(x.shape), np.dtype(x.np_dtype)
+    elif isinstance(x, np.ndarray):
+        shape, dtype = x.shape, x.dtype
+    else:
+        raise TypeError(f"{name} must be a Tensor, a NumPy array or a SpilledArray, got "
+                        f"{type(x).__name__}")
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be [N, D] when read out of core, got shape {shape}")
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point features, got dtype={dtype}")
+    return int(shape[0]), int(shape[1]), dtype
+
+
+def read_rows(x, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a row source (a spilled layer is read with a plain file read, not
+    mapped, so the pages it reads do not stay in the process's resident memory)."""
+    return x.read_rows(start, stop) if hasattr(x, "read_rows") else x[start:stop]
+
+
+def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
+                col_chunk_size: Optional[int], precision: str, candidates: Optional[int],
+                device: Optional[Union[str, torch.device]]) -> Tuple[Tensor, Tensor]:
+    """Out-of-core exact kNN of the rows of an array on disk (or in host memory): the symmetric
+    self-search, reading two blocks of rows at a time and preparing them on ``device``."""
+    n, _, src_dtype = row_source_info(source)
+    if n < 2:
+        raise ValueError(f"x must have at least 2 rows, got {n}")
+    check_knn_options(k, n, metric, "matmul", chunk_size, col_chunk_size, precision, candidates)
+    dev = torch.device("cpu" if device is None else device)
+    np_dtype = np.float64 if src_dtype == np.float64 else np.float32
+
+    def fetch(a: int, b: int) -> Tensor:
+        rows = np.asarray(read_rows(source, a, b))
+        block = torch.from_numpy(rows.astype(np_dtype, copy=not rows.flags.writeable))
+        return prepare_features(block.to(dev), metric, name=f"x[{a}:{b}]")
+
+    block = self_block(n, chunk_size, col_chunk_size)
+    scale = None
+    if precision != "full" and metric == "euclidean":  # fp16 range: one pass for the largest norm
+        m = max(float(fetch(a, min(n, a + block)).norm(dim=1).max()) for a in range(0, n, block))
+        scale = 1.0 / m if m > 0 else 1.0
+    dtype = torch.float64 if np_dtype == np.float64 else torch.float32
+    acc = BlockTopK(torch.empty(n, 0, dtype=dtype, device=dev), k, metric, precision=precision,
+                    candidates=candidates, scale=scale)
+    return acc.update_self(block, rows=fetch).result()
+
+
+def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: str = "auto",
         chunk_size: Optional[int] = None, *, col_chunk_size: Optional[int] = None,
-        precision: str = "full", candidates: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        precision: str = "full", candidates: Optional[int] = None,
+        device: Optional[Union[str, torch.device]] = None) -> Tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of ``x`` among the other rows.
 
     Args:
@@ -628,6 +705,13 @@ def knn(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
             half precision (tensor cores on GPU), ``candidates`` per tile re-scored exactly in the
             input precision. Matmul backend only.
         candidates: Candidates per tile for the half-precision pass (default ``max(2k, k+8)``).
+        device: Where an out-of-core ``x`` is searched (default CPU); ignored for tensors.
+
+    ``x`` may also be a NumPy array, a ``np.memmap`` or a spilled layer
+    (:class:`dyngraph.features.SpilledArray`): it is then searched out of core, two blocks of
+    rows in memory at a time (read, cast to float32 — float64 stays float64 — checked and
+    normalised block by block), with the matmul backend. Peak memory: two ``block × D`` row
+    blocks, one ``block × block`` tile and ``O(N·k)``, whatever ``N`` is.
 
     Returns:
         ``(values, index)``, both ``[N, k]``, best first: cosine similarities (descending) or
@@ -641,6 +725,13 @@ def knn(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
         >>> idx.flatten().tolist(), vals.flatten().tolist()
         ([1, 0, 1, 2], [1.0, 1.0, 2.0, 4.0])
     """
+    if is_row_source(x):
+        check_choice(backend, "backend", BACKENDS)
+        if backend == "torch_cluster":
+            raise ValueError("an out-of-core x (NumPy array or SpilledArray) needs the matmul "
+                             "backend; got backend='torch_cluster'")
+        return _stream_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates,
+                           device)
     x = _prepare(x, k, metric, backend, chunk_size, col_chunk_size, precision, candidates)
     if backend == "auto":
         backend = "matmul" if precision != "full" else _pick_backend(x, k, metric, chunk_size)
@@ -665,10 +756,11 @@ def edges_from_knn(vals: Tensor, idx: Tensor, metric: str,
     return edge_index, weight
 
 
-def knn_graph(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
-              chunk_size: Optional[int] = None, *, col_chunk_size: Optional[int] = None,
-              precision: str = "full", candidates: Optional[int] = None
-              ) -> Tuple[Tensor, Tensor]:
+def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
+              backend: str = "auto", chunk_size: Optional[int] = None, *,
+              col_chunk_size: Optional[int] = None, precision: str = "full",
+              candidates: Optional[int] = None,
+              device: Optional[Union[str, torch.device]] = None) -> Tuple[Tensor, Tensor]:
     """Directed kNN graph of the rows of ``x`` in PyG's ``source_to_target`` flow.
 
     ``edge_index[1]`` is the query node and ``edge_index[0]`` one of its ``k`` neighbours, so every
@@ -686,6 +778,8 @@ def knn_graph(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
         backend: ``'matmul'``, ``'torch_cluster'`` or ``'auto'``.
         chunk_size, col_chunk_size: Tile shape (query rows × key rows); see :func:`knn`.
         precision, candidates: Half-precision tiles with exact re-scoring; see :func:`knn`.
+        device: Where an out-of-core ``x`` (NumPy array or spilled layer) is searched; see
+            :func:`knn`.
 
     Returns:
         ``edge_index`` ``[2, N*k]`` (long) and ``edge_weight`` ``[N*k]``.
@@ -698,5 +792,6 @@ def knn_graph(x: Tensor, k: int, metric: str = "cosine", backend: str = "auto",
         (torch.Size([2, 300]), torch.Size([300]))
     """
     vals, idx = knn(x, k, metric=metric, backend=backend, chunk_size=chunk_size,
-                    col_chunk_size=col_chunk_size, precision=precision, candidates=candidates)
+                    col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
+                    device=device)
     return edges_from_knn(vals, idx, metric)
