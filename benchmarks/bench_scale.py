@@ -2,8 +2,8 @@
 
 Sections, all in one run:
   * ``knn``: ``dg.knn_graph`` (cosine, k=3) against faiss-cpu ``IndexFlatIP`` (exact), pynndescent
-    (approximate, with its recall@k) and the GEMM itself (the same score tiles, no top-k: the
-    physical bound), over a series of N at fixed D and of D at fixed N (wall time, best of
+    (approximate, with its recall@k) and the GEMM itself (all N² scores in cache-sized tiles, no
+    top-k: the physical bound; dg computes each score once, about half of them), over a series of N at fixed D and of D at fixed N (wall time, best of
     round-robin repeats), with wall-time scaling exponents.
   * ``scaling``: exponents of time against N and against D (least-squares slope of log t) from
     single-thread CPU time, which other jobs on a shared machine barely disturb.
