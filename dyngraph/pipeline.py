@@ -18,7 +18,8 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
                      n_samples: Optional[int] = None, repeats: int = 1, seed: int = 0,
                      backend: str = "auto", chunk_size: Optional[int] = None,
                      progress: bool = True, *, col_chunk_size: Optional[int] = None,
-                     precision: str = "full", candidates: Optional[int] = None) -> Curve:
+                     precision: str = "full", candidates: Optional[int] = None,
+                     null_permutations: int = 0) -> Curve:
     """Modularity per layer, as mean ± std over ``repeats`` class-balanced resamplings.
 
     The reference built five graphs of N = 500 test images and averaged Q; here each repeat draws
@@ -30,6 +31,10 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
         k, metric, symmetrize, backend, chunk_size: As in :meth:`DynamicGraph.from_features`.
         col_chunk_size, precision, candidates: kNN tile shape and half-precision tiles, as in
             :func:`~dyngraph.knn_graph`.
+        null_permutations: When > 0, also the label-permutation null of every repeat's graphs
+            (:meth:`DynamicGraph.modularity_null`, seeds ``seed + r``), pooled over repeats into
+            ``meta['null']``: per-layer ``mean`` and ``std`` of the null Q and the ``zscore``
+            ``(Q − mean) / std`` of the curve.
         per_class, n_samples: Size of each repeat's sample; both ``None``: all samples, once.
         repeats: Number of resamplings (seeds ``seed, seed+1, ...``).
         seed: First seed.
@@ -48,6 +53,9 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
         ((3, 2), True)
     """
     check_positive_int(repeats, "repeats")
+    if isinstance(null_permutations, bool) or not isinstance(null_permutations, int) or \
+            null_permutations < 0:
+        raise ValueError(f"null_permutations must be an integer >= 0, got {null_permutations!r}")
     if not isinstance(features, LayerFeatures):
         if not isinstance(features, Mapping):
             raise TypeError(f"features must be LayerFeatures or a dict, got "
@@ -63,7 +71,7 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
                                  features.indices, features.meta)
     if (per_class is None and n_samples is None) and repeats > 1:
         raise ValueError(f"repeats={repeats} needs per_class or n_samples (each repeat resamples)")
-    rows = []
+    rows, nulls = [], []
     n_used = features.n_samples
     for r in range(repeats):
         sub = features
@@ -77,9 +85,18 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
                                          col_chunk_size=col_chunk_size, precision=precision,
                                          candidates=candidates)
         rows.append(seq.modularity().values)
+        if null_permutations:
+            nulls.append(seq.modularity_null(null_permutations, seed=seed + r).samples)
     meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "n_samples": n_used,
             "per_class": per_class, "repeats": repeats, "seed": seed, "layers": features.names}
     if precision != "full":
         meta["precision"] = precision
     meta.update({key: v for key, v in features.meta.items() if key not in meta})
-    return Curve.from_samples(features.names, torch.stack(rows), name="modularity", meta=meta)
+    curve = Curve.from_samples(features.names, torch.stack(rows), name="modularity", meta=meta)
+    if nulls:
+        pooled = torch.cat(nulls)  # [repeats * P, L]
+        mean, std = pooled.mean(0), pooled.std(0)
+        curve.meta["null"] = {"mean": mean.tolist(), "std": std.tolist(),
+                              "zscore": ((curve.values - mean) / std).tolist(),
+                              "permutations": null_permutations, "seed": seed}
+    return curve

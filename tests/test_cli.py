@@ -20,6 +20,17 @@ def test_curve_command_digits(tmp_path, capsys):
     assert len(ckpts) == 1
     printed = json.loads(capsys.readouterr().out)
     assert printed["modularity"] == [round(v, 4) for v in d["modularity"]]
+    # The label-permutation chance level (100 permutations per repeat by default) and z-scores.
+    null = d["meta"]["null"]
+    assert null["permutations"] == 100 and len(null["zscore"]) == 5
+    assert all(abs(m) < 0.05 for m in null["mean"]) and printed["zscore"][-1] > 5
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"dyngraph/modularity", "dyngraph/modularity_null", "dyngraph/modularity_zscore"} <= \
+        set(tags)
+    assert [e.step for e in acc.Scalars("dyngraph/modularity_zscore")] == [0, 1, 2, 3, 4]
     # A rerun reuses the finished training run instead of repeating it.
     assert main(args) == 0
     d2 = json.loads((out / "curve.json").read_text())

@@ -22,6 +22,9 @@ def register(sub) -> None:
     g.add_argument("--symmetrize", default="mean", choices=["mean", "max", "add", "mutual"])
     g.add_argument("--per-class", type=int, default=50, help="samples per class in each repeat")
     g.add_argument("--repeats", type=int, default=5, help="resamplings for mean ± std")
+    g.add_argument("--null", type=int, default=100, metavar="P",
+                   help="label permutations per repeat for the chance level of Q and the z-score "
+                        "of every layer (0: skip)")
     g.add_argument("--point", default="pre", choices=["pre", "post"],
                    help="hook points: layer outputs (pre-activation) or after the activation")
     g.add_argument("--pool", default=None, choices=["avg", "max"],
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from ..extract import default_layers, extract_features
+    from ..curve import Curve
     from ..pipeline import modularity_curve
     from .._validate import check_positive_int
     # Check the cheap arguments before any training starts.
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive_int(args.per_class, "per_class")
     check_positive_int(args.repeats, "repeats")
     check_positive_int(args.epochs, "epochs")
+    if args.null < 0:
+        raise ValueError(f"--null must be >= 0, got {args.null}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -50,16 +56,26 @@ def run(args: argparse.Namespace) -> int:
                              device=args.device, progress=not args.quiet)
     curve = modularity_curve(feats, k=args.k, metric=args.metric, symmetrize=args.symmetrize,
                              per_class=args.per_class, repeats=args.repeats, seed=args.seed,
-                             progress=not args.quiet)
+                             progress=not args.quiet, null_permutations=args.null)
     label = "untrained" if args.untrained else "trained"
     curve.meta.update({"label": label, "model": info, "point": args.point,
                        "seconds": round(time.perf_counter() - t0, 2)})
     curve.to_json(out / "curve.json")
     curve.to_csv(out / "curve.csv")
     curve.plot(out / "curve.png", label=label)
+    null = curve.meta.get("null")
     with SummaryWriter(str(out / "tensorboard")) as writer:
         curve.to_tensorboard(writer)
-    print_json({"layers": curve.layers, "modularity": [round(v, 4) for v in curve.values.tolist()],
-                "std": [round(v, 4) for v in curve.std.tolist()], "test_acc": info.get("test_acc"),
-                "out": str(out)})
+        if null:  # the chance level beside the curve, and each layer's z-score
+            Curve(curve.layers, torch.tensor(null["mean"]), std=torch.tensor(null["std"]),
+                  name="modularity_null").to_tensorboard(writer, figure=False)
+            Curve(curve.layers, torch.tensor(null["zscore"]),
+                  name="modularity_zscore").to_tensorboard(writer, figure=False)
+    summary = {"layers": curve.layers, "modularity": [round(v, 4) for v in curve.values.tolist()],
+               "std": [round(v, 4) for v in curve.std.tolist()]}
+    if null:
+        summary["null_mean"] = [round(v, 4) for v in null["mean"]]
+        summary["zscore"] = [round(v, 1) for v in null["zscore"]]
+    summary.update({"test_acc": info.get("test_acc"), "out": str(out)})
+    print_json(summary)
     return 0
