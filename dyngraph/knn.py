@@ -196,6 +196,22 @@ def topk_rows(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Ten
     the k best scores lies in a group whose maximum is at least the k-th best score, and at most k
     groups have such a maximum). Their ``g·k`` scores and the tail columns are the candidates. A row
     whose k-th and (k+1)-th group maxima tie is searched in full.
+
+    Args:
+        scores: ``[R, C]`` score tile (contiguous).
+        k: Entries to keep per row, ``k <= C``.
+        largest: Best = largest (similarities) or smallest (distances).
+
+    Returns:
+        ``(values, columns)``, both ``[R, k]``.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.knn import topk_rows
+        >>> s = torch.tensor([[0.1, 0.9, 0.5, 0.9], [0.3, 0.2, 0.8, 0.0]])
+        >>> v, i = topk_rows(s, 2)
+        >>> v.tolist(), i.tolist()
+        ([[0.8999999761581421, 0.8999999761581421], [0.800000011920929, 0.30000001192092896]], [[1, 3], [2, 0]])
     """
     r, c = scores.shape
     g = _group_size(c, k)
@@ -222,7 +238,23 @@ def topk_rows(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Ten
 def topk_cols(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Tensor]:
     """Exact top-k of each *column* of a ``[R, C]`` score tile, ``([C, k], [C, k])`` (row ids),
     best first, ties → smaller row: :func:`topk_rows` of ``scores.T`` without transposing the tile
-    (the group maxima reduce over strided row slabs, which is contiguous and vectorised)."""
+    (the group maxima reduce over strided row slabs, which is contiguous and vectorised).
+
+    Args:
+        scores: ``[R, C]`` score tile (contiguous).
+        k: Entries to keep per column, ``k <= R``.
+        largest: Best = largest or smallest.
+
+    Returns:
+        ``(values, rows)``, both ``[C, k]``.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.knn import topk_cols
+        >>> s = torch.tensor([[0.1, 0.9], [0.7, 0.2], [0.7, 0.4]])
+        >>> topk_cols(s, 2)[1].tolist()   # the tie at 0.7 goes to the smaller row
+        [[1, 2], [0, 2]]
+    """
     r, c = scores.shape
     g = _group_size(r, k)
     if g == 1 or c == 0:
@@ -443,6 +475,13 @@ class BlockTopK:
 
         Returns:
             ``self``.
+
+        Example:
+            >>> import torch
+            >>> from dyngraph.knn import BlockTopK, prepare_features
+            >>> x = prepare_features(torch.tensor([[0.], [1.], [3.], [7.], [8.]]), "euclidean")
+            >>> BlockTopK(x, 1, "euclidean").update_self(2).result()[1].flatten().tolist()
+            [1, 0, 1, 4, 3]
         """
         if isinstance(self.query_ids, Tensor) or int(self.query_ids) != 0 or not self.exclude_self:
             raise ValueError("update_self needs query_ids=0 and exclude_self=True")
@@ -713,7 +752,8 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
     (:class:`dyngraph.features.SpilledArray`): it is then searched out of core, two blocks of
     rows in memory at a time (read, cast to float32 — float64 stays float64 — checked and
     normalised block by block), with the matmul backend. Peak memory: two ``block × D`` row
-    blocks, one ``block × block`` tile and ``O(N·k)``, whatever ``N`` is.
+    blocks, one ``block × block`` tile and ``O(N·k)``, whatever ``N`` is; e.g.
+    ``dg.knn(np.memmap(path, dtype=np.float32, mode='r', shape=(N, D)), k=3)``.
 
     Returns:
         ``(values, index)``, both ``[N, k]``, best first: cosine similarities (descending) or
