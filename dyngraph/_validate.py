@@ -5,7 +5,7 @@ passed, so bad input never fails deep inside torch and never yields a silent NaN
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -87,6 +87,18 @@ def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1,
             raise ValueError(f"{name} must contain at least {min_classes} classes, got {n_cls} "
                              f"(values {torch.unique(y).tolist()[:10]})")
     return y.long()
+
+
+def layer_names(features, name: str = "features") -> List[str]:
+    """The layer names of ``LayerFeatures`` or of a ``{layer: Tensor[N, ...]}`` mapping, checked:
+    a mapping (anything with ``keys``/``items``) with at least one layer."""
+    if not isinstance(features, Mapping) and not hasattr(features, "items"):
+        raise TypeError(f"{name} must be LayerFeatures or a dict {{layer: Tensor[N, ...]}}, got "
+                        f"{type(features).__name__}")
+    names = list(features.keys())
+    if not names:
+        raise ValueError(f"{name} is empty: no layers")
+    return names
 
 
 def check_same_device(**tensors: Optional[Tensor]) -> torch.device:

@@ -49,7 +49,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ._progress import progress_bar
-from ._validate import check_choice, check_features, check_labels, check_positive_int
+from ._validate import (check_choice, check_features, check_labels, check_positive_int,
+                        layer_names)
 from .curve import Curve
 from .extract import _dataset_labels, balanced_indices, extract_features
 from .features import LayerFeatures
@@ -545,22 +546,16 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
     """
     check_positive_int(repeats, "repeats")
     check_choice(symmetrize, "symmetrize", SYMMETRIZE)
+    names = layer_names(features)
     if isinstance(features, LayerFeatures):
-        names = features.names
         y = features.y if y is None else y
         meta_in = dict(features.meta)
         if global_ids is None:
             global_ids = shard_ids(meta_in)
-    elif isinstance(features, Mapping):
-        names = list(features)
+    else:
         meta_in = {}
         if y is None:
             raise ValueError("y is required when features is a plain dict")
-    else:
-        raise TypeError(f"features must be LayerFeatures or a dict, got "
-                        f"{type(features).__name__}")
-    if not names:
-        raise ValueError("features is empty: no layers")
     n_local = features[names[0]].shape[0] if not isinstance(features, LayerFeatures) \
         else features.n_samples
     y = check_labels(y, n_local, "y")

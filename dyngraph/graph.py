@@ -12,7 +12,7 @@ from torch_geometric.utils import coalesce, to_undirected
 from ._io import PathLike, atomic_torch_save
 from ._progress import progress_bar
 from ._validate import (check_choice, check_edge_index, check_features, check_labels,
-                        check_positive_int, check_same_device)
+                        check_positive_int, check_same_device, layer_names)
 from .curve import Curve
 from .knn import is_row_source, knn_graph, row_source_info
 from .metrics.modularity import _community_terms
@@ -181,12 +181,7 @@ class DynamicGraph:
         Returns:
             A :class:`DynamicGraph` whose ``meta`` records k, N, metric, symmetrize and layers.
         """
-        if not isinstance(features, Mapping) and not hasattr(features, "items"):
-            raise TypeError(f"features must be LayerFeatures or a dict {{name: Tensor[N, ...]}}, "
-                            f"got {type(features).__name__}")
-        names = list(features.keys())
-        if not names:
-            raise ValueError("features is empty: no layers to build snapshots from")
+        names = layer_names(features)
         if y is None:
             y = getattr(features, "y", None)
             if y is None:

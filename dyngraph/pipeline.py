@@ -1,12 +1,12 @@
 """Composed steps: features → snapshots → modularity curve, with repeats over resamplings."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._validate import check_labels, check_positive_int
+from ._validate import check_labels, check_positive_int, layer_names
 from .curve import Curve
 from .extract import balanced_indices
 from .features import LayerFeatures
@@ -57,14 +57,10 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
             null_permutations < 0:
         raise ValueError(f"null_permutations must be an integer >= 0, got {null_permutations!r}")
     if not isinstance(features, LayerFeatures):
-        if not isinstance(features, Mapping):
-            raise TypeError(f"features must be LayerFeatures or a dict, got "
-                            f"{type(features).__name__}")
+        names = layer_names(features)
         if y is None:
             raise ValueError("y is required when features is a plain dict")
-        if not features:
-            raise ValueError("features is empty: no layers")
-        n = next(iter(features.values())).shape[0]
+        n = features[names[0]].shape[0]
         features = LayerFeatures(dict(features), check_labels(y, n, "y"))
     elif y is not None:
         features = LayerFeatures(dict(features._layers), check_labels(y, features.n_samples, "y"),

@@ -35,7 +35,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from torch import Tensor
 
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
-from .._validate import check_choice, check_features, check_positive_int
+from .._validate import check_choice, check_features, check_positive_int, layer_names
 from ..curve import Curve
 from ..knn import (BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn,
                    self_block)
@@ -948,12 +948,7 @@ def _layer_items(features) -> Tuple[List[str], Callable[[str], Tensor], Dict[str
     from ..features import LayerFeatures
     if isinstance(features, LayerFeatures):
         return features.names, features.__getitem__, dict(features.meta), features.n_samples
-    if not isinstance(features, Mapping):
-        raise TypeError(f"features must be LayerFeatures or a dict {{layer: Tensor[N, ...]}}, got "
-                        f"{type(features).__name__}")
-    if not features:
-        raise ValueError("features is empty: no layers")
-    names = [str(k) for k in features]
+    names = [str(k) for k in layer_names(features)]
     n = None
     for name, v in features.items():
         if not isinstance(v, Tensor):

@@ -39,7 +39,7 @@ from torch_geometric.utils import coalesce, scatter
 
 from .._io import PathLike
 from .._validate import (check_choice, check_features, check_k, check_labels, check_positive_int,
-                         check_same_device)
+                         check_same_device, layer_names)
 from ..knn import knn, normalize_rows
 from .modularity import modularity as _modularity
 
@@ -1195,12 +1195,7 @@ def summarize_layers(features, measures: Sequence[str] = ("cka",), labels=None, 
                      device=None, progress: bool = False, **kw) -> Dict[str, RepresentationSummary]:
     """One :class:`RepresentationSummary` per layer, loading one layer at a time."""
     from .._progress import progress_bar
-    if not isinstance(features, Mapping) and not hasattr(features, "items"):
-        raise TypeError(f"features must be LayerFeatures or a dict {{layer: Tensor[N, ...]}}, got "
-                        f"{type(features).__name__}")
-    names = list(features.keys())
-    if not names:
-        raise ValueError("features is empty: no layers")
+    names = layer_names(features)
     if labels is None:
         labels = getattr(features, "y", None)
     out = {}
