@@ -56,8 +56,10 @@ class SpilledArray:
         """Rows ``start:stop`` read from the file (not memory-mapped: the pages read do not stay
         in this process's resident memory), as a fresh ``[stop − start, D]`` array."""
         self.close()
-        start, stop = max(0, int(start)), min(self.rows, int(stop))
-        count = max(0, stop - start) * self.dim
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= self.rows):
+            raise ValueError(f"rows {start!r}:{stop!r} are outside this spilled array's "
+                             f"{self.rows} rows")
+        count = (stop - start) * self.dim
         arr = np.fromfile(self.path, dtype=self.np_dtype, count=count,
                           offset=start * self.dim * self.np_dtype.itemsize)
         return arr.reshape(-1, self.dim)

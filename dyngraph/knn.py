@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import typing as _t
 from ._validate import (check_choice, check_features, check_k, check_positive_int,
-                        raise_non_finite)
+                        check_tensor, raise_non_finite)
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "matmul", "torch_cluster")
@@ -125,6 +125,12 @@ def normalize_rows(x: Tensor, name: str = "x", norms: Optional[Tensor] = None) -
     return x / norms.clamp_min(COSINE_EPS)
 
 
+def _unit_scale(max_norm: float) -> float:
+    """The factor that brings the largest row norm to 1 (keeps half-precision Euclidean tiles
+    inside fp16's range; rankings are scale-invariant)."""
+    return 1.0 / max_norm if max_norm > 0 else 1.0
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
         return torch.float32
@@ -159,11 +165,6 @@ def _select(vals: Tensor, idx: Optional[Tensor], k: int, largest: bool) -> Tuple
     return _sort_rows(v, i, largest)
 
 
-def _topk_block(scores: Tensor, k: int, largest: bool) -> Tuple[Tensor, Tensor]:
-    """Exact, deterministic top-k of each row of a score block (ties → smaller column index)."""
-    return _select(scores, None, k, largest)
-
-
 #: Largest number of scores per group in the top-k prefilter of :func:`topk_rows` /
 #: :func:`topk_cols`.
 GROUP = 8
@@ -179,6 +180,18 @@ def _group_size(n: int, k: int) -> int:
     while g > 1 and n // g < _GROUPS_PER_K * (k + 1):
         g //= 2
     return g
+
+
+def _check_tile(scores, k: int, axis: str) -> None:
+    """``scores`` a 2-D floating tensor and ``1 <= k <=`` its length along ``axis``."""
+    check_tensor(scores, "scores")
+    if scores.dim() != 2 or not scores.is_floating_point():
+        raise ValueError(f"scores must be a 2-D floating-point tile, got shape "
+                         f"{tuple(scores.shape)} and dtype={scores.dtype}")
+    n = scores.shape[1] if axis == "rows" else scores.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer in [1, {n}] (the tile's "
+                         f"{'columns' if axis == 'rows' else 'rows'}), got k={k!r}")
 
 
 def _group_offsets(g: int, n_grp: int, device: torch.device) -> Tensor:
@@ -213,6 +226,8 @@ def topk_rows(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Ten
         >>> v.tolist(), i.tolist()
         ([[0.8999999761581421, 0.8999999761581421], [0.800000011920929, 0.30000001192092896]], [[1, 3], [2, 0]])
     """
+    _check_tile(scores, k, "rows")
+    scores = scores.contiguous()
     r, c = scores.shape
     g = _group_size(c, k)
     if g == 1 or r == 0:
@@ -255,6 +270,8 @@ def topk_cols(scores: Tensor, k: int, largest: bool = True) -> Tuple[Tensor, Ten
         >>> topk_cols(s, 2)[1].tolist()   # the tie at 0.7 goes to the smaller row
         [[1, 2], [0, 2]]
     """
+    _check_tile(scores, k, "cols")
+    scores = scores.contiguous()
     r, c = scores.shape
     g = _group_size(r, k)
     if g == 1 or c == 0:
@@ -343,8 +360,7 @@ class BlockTopK:
         self.scale = 1.0
         if self.low is not None and not self.cosine:
             if scale is None:
-                m = float(query.norm(dim=1).max()) if query.shape[0] else 1.0
-                scale = 1.0 / m if m > 0 else 1.0
+                scale = _unit_scale(float(query.norm(dim=1).max()) if query.shape[0] else 1.0)
             self.scale = float(scale)
         q_s = query * self.scale if self.scale != 1.0 else query
         self.q_low = q_s.to(self.low) if self.low is not None else None
@@ -485,8 +501,12 @@ class BlockTopK:
         """
         if isinstance(self.query_ids, Tensor) or int(self.query_ids) != 0 or not self.exclude_self:
             raise ValueError("update_self needs query_ids=0 and exclude_self=True")
+        check_positive_int(block, "block")
+        if rows is not None and not callable(rows):
+            raise TypeError(f"rows must be a callable rows(start, stop) -> Tensor, got "
+                            f"{type(rows).__name__}")
         n = self.vals.shape[0]
-        block = _even_blocks(n, max(1, int(block)))
+        block = _even_blocks(n, block)
 
         def side(a: int, b: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
             if rows is None:
@@ -513,6 +533,21 @@ class BlockTopK:
         self.n_updates += 1
         return self
 
+    def search_self(self, chunk_size: Optional[int] = None,
+                    col_chunk_size: Optional[int] = None) -> "BlockTopK":
+        """The queries among themselves: :meth:`update_self` over :func:`self_block` blocks, or
+        one plain :meth:`update` when the points fit one tile.
+
+        Args:
+            chunk_size, col_chunk_size: Tile bounds, as in :func:`knn`.
+
+        Returns:
+            ``self``.
+        """
+        n = self.q.shape[0]
+        block = self_block(n, chunk_size, col_chunk_size)
+        return self.update_self(block) if block < n else self.update(self.q, 0)
+
     def result(self) -> Tuple[Tensor, Tensor]:
         """``(values, index)`` ``[Nq, k]``, best first: cosine similarities or Euclidean distances
         (not squared), and the neighbours' global ids. Raises if fewer than ``k`` keys were seen."""
@@ -533,16 +568,13 @@ def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
     q = x if query is None else query
     cols = default_col_chunk_size(n, col_chunk_size)
     chunk = chunk_size or default_chunk_size(q.shape[0], min(cols, n), DEFAULT_TILE_ELEMENTS)
-    scale = None
-    if precision != "full" and metric == "euclidean":
-        m = float(torch.maximum(x.norm(dim=1).max(), q.norm(dim=1).max()))
-        scale = 1.0 / m if m > 0 else 1.0
+    scale = None  # for the points themselves, BlockTopK takes it from the queries
+    if precision != "full" and metric == "euclidean" and query is not None:
+        scale = _unit_scale(float(torch.maximum(x.norm(dim=1).max(), q.norm(dim=1).max())))
     acc = BlockTopK(q, k, metric, query_ids=query_offset, exclude_self=exclude_self,
                     precision=precision, candidates=candidates, chunk_size=chunk, scale=scale)
     if query is None and exclude_self and query_offset == 0:
-        block = self_block(n, chunk_size, col_chunk_size)
-        if block < n:
-            return acc.update_self(block).result()
+        return acc.search_self(chunk_size, col_chunk_size).result()
     for c0 in range(0, n, cols):
         acc.update(x[c0:c0 + cols], c0)
     return acc.result()
@@ -717,8 +749,8 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     block = self_block(n, chunk_size, col_chunk_size)
     scale = None
     if precision != "full" and metric == "euclidean":  # fp16 range: one pass for the largest norm
-        m = max(float(fetch(a, min(n, a + block)).norm(dim=1).max()) for a in range(0, n, block))
-        scale = 1.0 / m if m > 0 else 1.0
+        scale = _unit_scale(max(float(fetch(a, min(n, a + block)).norm(dim=1).max())
+                                for a in range(0, n, block)))
     dtype = torch.float64 if np_dtype == np.float64 else torch.float32
     acc = BlockTopK(torch.empty(n, 0, dtype=dtype, device=dev), k, metric, precision=precision,
                     candidates=candidates, scale=scale)

@@ -47,5 +47,7 @@ def test_curve_untrained_and_bad_args(tmp_path, capsys):
     assert main(["curve", "--out", str(out), "--k", "0", "--quiet"]) == 2
     assert "k must be >= 1" in capsys.readouterr().err
     assert main(["curve", "--out", str(out), "--model", str(tmp_path / "missing.pt")]) == 2
+    assert main(["curve", "--out", str(out), "--null", "-1", "--quiet"]) == 2
+    assert "--null must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["curve", "--example", "cifar", "--out", str(out)])

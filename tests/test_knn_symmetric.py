@@ -119,3 +119,22 @@ def test_update_self_rejects_shards():
         K.BlockTopK(xp, 2, "cosine", query_ids=5).update_self(8)
     with pytest.raises(ValueError, match="exclude_self"):
         K.BlockTopK(xp, 2, "cosine", exclude_self=False).update_self(8)
+
+
+def test_tile_topk_and_self_search_reject_bad_input():
+    s = torch.randn(5, 7)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 7\]"):
+        K.topk_rows(s, 8)
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\]"):
+        K.topk_cols(s, 6)
+    with pytest.raises(ValueError, match="k must be"):
+        K.topk_rows(s, 0)
+    with pytest.raises(ValueError, match="2-D floating-point"):
+        K.topk_rows(torch.arange(10), 2)
+    with pytest.raises(TypeError, match="scores"):
+        K.topk_cols(s.numpy(), 2)
+    xp = K.prepare_features(torch.randn(20, 3), "cosine")
+    with pytest.raises(ValueError, match="block"):
+        K.BlockTopK(xp, 2, "cosine").update_self(0)
+    with pytest.raises(TypeError, match="rows must be a callable"):
+        K.BlockTopK(xp, 2, "cosine").update_self(8, rows=xp)

@@ -101,3 +101,12 @@ def test_bad_out_of_core_input():
         dg.knn(x, 2, backend="torch_cluster")
     with pytest.raises(TypeError, match="x must be"):
         dg.knn([[1.0, 2.0], [3.0, 4.0]], 1)
+
+
+def test_spilled_rows_out_of_range_raise(tmp_path):
+    sp = SpilledArray(tmp_path / "l.bin", 4)
+    sp.append(torch.randn(10, 4))
+    assert sp.read_rows(2, 5).shape == (3, 4)
+    for a, b in ((-1, 3), (3, 11), (6, 5)):
+        with pytest.raises(ValueError, match="outside"):
+            sp.read_rows(a, b)

@@ -45,8 +45,7 @@ from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
 from .._validate import check_choice, check_features, check_positive_int, layer_names
 from ..curve import Curve
-from ..knn import (BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn,
-                   self_block)
+from ..knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn
 
 __all__ = [
     "ESTIMATORS",
@@ -223,15 +222,8 @@ def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
     exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
     :class:`dyngraph.knn.BlockTopK`, through its symmetric self-search: each score is computed
     once and serves both of its points (about half of the GEMM)."""
-    n = xc.shape[0]
     y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
-    acc = BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False)
-    block = self_block(n)
-    if block < n:
-        acc.update_self(block)
-    else:
-        acc.update(y, 0)
-    return acc.result()[1]
+    return BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
 
 
 def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "matmul",
