@@ -115,6 +115,19 @@ def check_choice(value, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def check_choices(values, name: str, choices: Sequence[str]) -> List[str]:
+    """A name or a sequence of names, each one of ``choices``, at least one, none twice."""
+    out = [values] if isinstance(values, str) else list(values)
+    if not out:
+        raise ValueError(f"{name} must name at least one of {list(choices)}, got []")
+    for v in out:
+        if v not in choices:
+            raise ValueError(f"{name} must be among {list(choices)}, got {v!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} lists a name twice: {out}")
+    return out
+
+
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")

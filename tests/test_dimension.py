@@ -459,3 +459,11 @@ def test_untrained_cnn_curve_smoke():
     curves = id_curves(feats, ("twonn", "pr"), repeats=2, progress=False)
     assert len(curves["twonn"]) == len(feats) == 6
     assert torch.isfinite(curves["twonn"].values).all() and (curves["pr"].values >= 1).all()
+
+
+def test_estimator_lists_are_checked():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="twice"):
+        id_curves({"a": x}, ["twonn", "twonn"], repeats=1, fraction=1.0, progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        id_curves({"a": x}, [], repeats=1, fraction=1.0, progress=False)

@@ -43,7 +43,8 @@ from torch import Tensor
 
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
-from .._validate import check_choice, check_features, check_positive_int, layer_names
+from .._validate import (check_choice, check_choices, check_features, check_positive_int,
+                         layer_names)
 from ..curve import Curve
 from ..knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn
 
@@ -721,16 +722,7 @@ class _Settings:
 
 
 def _check_estimators(estimators) -> List[str]:
-    if isinstance(estimators, str):
-        estimators = [estimators]
-    est = list(estimators)
-    if not est:
-        raise ValueError(f"estimators is empty; choose from {list(ESTIMATORS)}")
-    for e in est:
-        check_choice(e, "estimator", ESTIMATORS)
-    if len(set(est)) != len(est):
-        raise ValueError(f"estimators lists a name twice: {est}")
-    return est
+    return check_choices(estimators, "estimators", ESTIMATORS)
 
 
 def _estimate_all(x: Tensor, estimators: Sequence[str], cfg: _Settings

@@ -29,7 +29,7 @@ from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
-from .._validate import check_choice, check_positive_int, check_tensor
+from .._validate import check_choice, check_choices, check_positive_int, check_tensor
 from ._chain import _model_device, layer_activations, weight_chain
 from .groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
 from .importance import _check_alpha, _check_n_random
@@ -175,14 +175,7 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     """
     check_neuron_data(data)
     check_tensor(clusters, "clusters")
-    if isinstance(methods, str):
-        methods = [methods]
-    methods = list(methods)
-    if not methods:
-        raise ValueError(f"methods must name at least one of {list(METHODS)}, got []")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+    methods = check_choices(methods, "methods", METHODS)
     _check_n_random(n_random)
     alpha = _check_alpha(alpha)
     check_choice(point, "point", ("pre", "post"))
