@@ -19,7 +19,8 @@ def stable_topk(scores: torch.Tensor, k: int, largest: bool):
 
 
 @pytest.mark.parametrize("largest", [True, False])
-@pytest.mark.parametrize("shape", [(7, 2000), (300, 1031), (64, 260), (5, 9), (40, 4100)])
+@pytest.mark.parametrize("shape", [(7, 2000), (300, 1031), (64, 260), (5, 9), (40, 4100),
+                                   (50, 1300), (1300, 50)])  # g = 7, 5, 3 included
 def test_topk_rows_and_cols_equal_a_stable_sort(shape, largest):
     g = torch.Generator().manual_seed(sum(shape))
     r, c = shape
@@ -66,6 +67,38 @@ def test_self_search_equals_the_oracle(metric, block):
     ref_v, ref_i = reference_knn(x.numpy(), 4, metric)
     assert np.array_equal(idx.numpy(), ref_i)
     np.testing.assert_allclose(vals.numpy(), ref_v, atol=1e-10)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_unsorted_tile_topk_keeps_the_same_entries(largest):
+    g = torch.Generator().manual_seed(5)
+    ties = torch.randint(0, 9, (120, 3000), generator=g).float()  # ties at every k-th place
+    for m in (torch.randn(120, 3000, generator=g), ties):
+        for k in (1, 4):
+            for fn, t in ((K.topk_rows, m), (K.topk_cols, m.T.contiguous())):
+                rv, ri = fn(t, k, largest)
+                v, i = fn(t, k, largest, sorted=False)
+                # the same k (value, id) pairs per row, ties at the k-th place → smaller id
+                sv, si = K._sort_rows(v, i, largest)
+                assert torch.equal(si, ri) and torch.equal(sv, rv)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 100])
+def test_self_search_merges_waiting_candidates_in_any_batching(monkeypatch, parts):
+    # Blocks of 37 rows over ~300 points: 9 blocks, so the last block collects 9 candidate parts;
+    # merging every 1, 2, 3 or 100 parts must give the oracle's neighbours.
+    monkeypatch.setattr(K, "_MERGE_PARTS", parts)
+    g = torch.Generator().manual_seed(parts)
+    # Small integer rows (exact squared distances): ties everywhere, broken by the smaller index.
+    x_int = torch.randint(-2, 3, (300, 3), generator=g).double()
+    x_gauss, _ = clustered(60, 5, 12, 1.0, seed=parts)
+    for x, metric in ((x_int, "euclidean"), (x_gauss.double(), "cosine"),
+                      (x_gauss.double(), "euclidean")):
+        xp = K.prepare_features(x, metric)
+        vals, idx = K.BlockTopK(xp, 4, metric).update_self(37).result()
+        ref_v, ref_i = reference_knn(x.numpy(), 4, metric)
+        assert np.array_equal(idx.numpy(), ref_i), metric
+        np.testing.assert_allclose(vals.numpy(), ref_v, atol=1e-10)
 
 
 def test_self_search_breaks_ties_across_blocks_by_index():
