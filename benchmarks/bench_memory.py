@@ -171,8 +171,10 @@ def main(argv=None) -> int:
         if args.full:
             configs.append((50000, 4096))
     modes = args.mode.split(",")
+    # Rows of other configurations in an earlier file are kept either way; --resume also keeps
+    # (skips) the rows this run would redo.
     store = {"rows": []}
-    if args.resume and Path(args.out).exists():
+    if Path(args.out).exists():
         store = json.loads(Path(args.out).read_text())
     print("# dyngraph memory benchmark: peak RSS of features → kNN graph → Q\n")
     print(f"threads={args.threads}, k={args.k}, tile={TILE} scores ({TILE * 4 // MIB} MiB), "

@@ -66,14 +66,15 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
                    chunk_size: Optional[int] = None, keep_x: bool = False,
                    layer_name: str = "", layer_index: int = 0, *,
                    col_chunk_size: Optional[int] = None, precision: str = "full",
-                   candidates: Optional[int] = None) -> Data:
+                   candidates: Optional[int] = None, progress: bool = False) -> Data:
     """One layer's features ``[N, ...]`` → an undirected kNN graph as a PyG ``Data``.
 
     Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
     ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
     :func:`~dyngraph.knn_graph`. ``x`` may also be a spilled layer
     (:class:`~dyngraph.features.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
-    searched out of core, on ``y``'s device (see :func:`~dyngraph.knn`).
+    searched out of core, on ``y``'s device (see :func:`~dyngraph.knn`). ``progress`` shows a
+    bar over the score tiles of a large search.
 
     Returns:
         ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
@@ -86,7 +87,8 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         (60, 'fc1', True)
     """
     knn_options = dict(metric=metric, backend=backend, chunk_size=chunk_size,
-                       col_chunk_size=col_chunk_size, precision=precision, candidates=candidates)
+                       col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
+                       progress=progress)
     if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
         if keep_x:
             raise ValueError("keep_x=True needs the features in memory; got an out-of-core "
@@ -171,7 +173,8 @@ class DynamicGraph:
             backend, chunk_size: Passed to :func:`~dyngraph.knn_graph`.
             keep_x: Store the flattened features as ``data.x``.
             device: Where to build the graphs (default: where the features are).
-            progress: Show a progress bar.
+            progress: Show a progress bar over the layers, and one over the score tiles of each
+                large layer's search.
             col_chunk_size, precision, candidates: Tile shape and half-precision tiles, passed to
                 :func:`~dyngraph.knn_graph` (``precision`` is recorded in ``meta``).
             out_of_core: Search layers spilled to disk straight from their memory maps, two
@@ -209,7 +212,7 @@ class DynamicGraph:
                                         backend=backend, chunk_size=chunk_size, keep_x=keep_x,
                                         layer_name=name, layer_index=i,
                                         col_chunk_size=col_chunk_size, precision=precision,
-                                        candidates=candidates))
+                                        candidates=candidates, progress=progress))
         meta["n_samples"] = snaps[0].num_nodes
         return cls(snaps, meta)
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from . import typing as _t
+from ._progress import progress_counter
 from ._validate import (check_choice, check_features, check_k, check_positive_int,
                         check_tensor, raise_non_finite)
 
@@ -490,8 +491,8 @@ class BlockTopK:
         self.n_updates += 1
         return self
 
-    def update_self(self, block: int, rows: Optional[Callable[[int, int], Tensor]] = None
-                    ) -> "BlockTopK":
+    def update_self(self, block: int, rows: Optional[Callable[[int, int], Tensor]] = None,
+                    progress: bool = False) -> "BlockTopK":
         """Searches the queries among themselves (keys = queries, ids ``0..N−1``; needs
         ``query_ids=0`` and ``exclude_self``), computing each score once.
 
@@ -508,6 +509,7 @@ class BlockTopK:
                 from a memory map and normalised), so only two blocks of rows are in memory at
                 a time; the accumulator then only needs ``query`` for its shape, dtype and
                 device (a ``[N, 0]`` tensor will do). Block ``i`` is fetched once per ``j >= i``.
+            progress: Show a progress bar over the tiles (when there is more than one).
 
         Returns:
             ``self``.
@@ -549,6 +551,9 @@ class BlockTopK:
             r = rows(a, b)
             return (r, *self._side(r))
 
+        n_blocks = -(-n // block)
+        bar = progress_counter(n_blocks * (n_blocks + 1) // 2, "kNN tiles",
+                               disable=not progress or n_blocks < 2)
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
             qi = side(i0, i1)
@@ -564,25 +569,28 @@ class BlockTopK:
                     v, i = topk_cols(s, min(self.n_cand, i1 - i0), self.largest, sorted=False)
                     stash(j0, j1, self._candidates(v, i, j0, j1, qi[0], i0, q=kj[0]))
                 del s
+                bar.update(1)
             if i0 in pending:  # block i0 has seen every key block
                 merge(i0, i1)
+        bar.close()
         self.n_updates += 1
         return self
 
     def search_self(self, chunk_size: Optional[int] = None,
-                    col_chunk_size: Optional[int] = None) -> "BlockTopK":
+                    col_chunk_size: Optional[int] = None, progress: bool = False) -> "BlockTopK":
         """The queries among themselves: :meth:`update_self` over :func:`self_block` blocks, or
         one plain :meth:`update` when the points fit one tile.
 
         Args:
             chunk_size, col_chunk_size: Tile bounds, as in :func:`knn`.
+            progress: Show a progress bar over the tiles.
 
         Returns:
             ``self``.
         """
         n = self.q.shape[0]
         block = self_block(n, chunk_size, col_chunk_size)
-        return self.update_self(block) if block < n else self.update(self.q, 0)
+        return self.update_self(block, progress=progress) if block < n else self.update(self.q, 0)
 
     def result(self) -> Tuple[Tensor, Tensor]:
         """``(values, index)`` ``[Nq, k]``, best first: cosine similarities or Euclidean distances
@@ -597,8 +605,8 @@ class BlockTopK:
 def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
                 query: Optional[Tensor] = None, query_offset: int = 0,
                 exclude_self: bool = True, col_chunk_size: Optional[int] = None,
-                precision: str = "full", candidates: Optional[int] = None
-                ) -> Tuple[Tensor, Tensor]:
+                precision: str = "full", candidates: Optional[int] = None,
+                progress: bool = False) -> Tuple[Tensor, Tensor]:
     """Tiled exact kNN of ``query`` rows (default: all of ``x``) against ``x``."""
     n = x.shape[0]
     q = x if query is None else query
@@ -610,7 +618,7 @@ def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
     acc = BlockTopK(q, k, metric, query_ids=query_offset, exclude_self=exclude_self,
                     precision=precision, candidates=candidates, chunk_size=chunk, scale=scale)
     if query is None and exclude_self and query_offset == 0:
-        return acc.search_self(chunk_size, col_chunk_size).result()
+        return acc.search_self(chunk_size, col_chunk_size, progress).result()
     for c0 in range(0, n, cols):
         acc.update(x[c0:c0 + cols], c0)
     return acc.result()
@@ -767,7 +775,8 @@ def read_rows(x, start: int, stop: int) -> np.ndarray:
 
 def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
                 col_chunk_size: Optional[int], precision: str, candidates: Optional[int],
-                device: Optional[Union[str, torch.device]]) -> Tuple[Tensor, Tensor]:
+                device: Optional[Union[str, torch.device]], progress: bool = False
+                ) -> Tuple[Tensor, Tensor]:
     """Out-of-core exact kNN of the rows of an array on disk (or in host memory): the symmetric
     self-search, reading two blocks of rows at a time and preparing them on ``device``."""
     n, _, src_dtype = row_source_info(source)
@@ -790,13 +799,14 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     dtype = torch.float64 if np_dtype == np.float64 else torch.float32
     acc = BlockTopK(torch.empty(n, 0, dtype=dtype, device=dev), k, metric, precision=precision,
                     candidates=candidates, scale=scale)
-    return acc.update_self(block, rows=fetch).result()
+    return acc.update_self(block, rows=fetch, progress=progress).result()
 
 
 def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: str = "auto",
         chunk_size: Optional[int] = None, *, col_chunk_size: Optional[int] = None,
         precision: str = "full", candidates: Optional[int] = None,
-        device: Optional[Union[str, torch.device]] = None) -> Tuple[Tensor, Tensor]:
+        device: Optional[Union[str, torch.device]] = None,
+        progress: bool = False) -> Tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of ``x`` among the other rows.
 
     Args:
@@ -815,6 +825,8 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
             input precision. Matmul backend only.
         candidates: Candidates per tile for the half-precision pass (default ``max(2k, k+8)``).
         device: Where an out-of-core ``x`` is searched (default CPU); ignored for tensors.
+        progress: Show a progress bar over the score tiles of the self-search (large N only:
+            one tile shows none). ``DYNGRAPH_QUIET=1`` turns every bar off.
 
     ``x`` may also be a NumPy array, a ``np.memmap`` or a spilled layer
     (:class:`dyngraph.features.SpilledArray`): it is then searched out of core, two blocks of
@@ -841,14 +853,14 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
             raise ValueError("an out-of-core x (NumPy array or SpilledArray) needs the matmul "
                              "backend; got backend='torch_cluster'")
         return _stream_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates,
-                           device)
+                           device, progress)
     x = _prepare(x, k, metric, backend, chunk_size, col_chunk_size, precision, candidates)
     if backend == "auto":
         backend = "matmul" if precision != "full" else _pick_backend(x, k, metric, chunk_size)
     if backend == "torch_cluster":
         return _cluster_knn(x, k, metric)
     return _matmul_knn(x, k, metric, chunk_size, col_chunk_size=col_chunk_size,
-                       precision=precision, candidates=candidates)
+                       precision=precision, candidates=candidates, progress=progress)
 
 
 def edges_from_knn(vals: Tensor, idx: Tensor, metric: str,
@@ -870,7 +882,8 @@ def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
               backend: str = "auto", chunk_size: Optional[int] = None, *,
               col_chunk_size: Optional[int] = None, precision: str = "full",
               candidates: Optional[int] = None,
-              device: Optional[Union[str, torch.device]] = None) -> Tuple[Tensor, Tensor]:
+              device: Optional[Union[str, torch.device]] = None,
+              progress: bool = False) -> Tuple[Tensor, Tensor]:
     """Directed kNN graph of the rows of ``x`` in PyG's ``source_to_target`` flow.
 
     ``edge_index[1]`` is the query node and ``edge_index[0]`` one of its ``k`` neighbours, so every
@@ -890,6 +903,7 @@ def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
         precision, candidates: Half-precision tiles with exact re-scoring; see :func:`knn`.
         device: Where an out-of-core ``x`` (NumPy array or spilled layer) is searched; see
             :func:`knn`.
+        progress: A progress bar over the score tiles of large searches; see :func:`knn`.
 
     Returns:
         ``edge_index`` ``[2, N*k]`` (long) and ``edge_weight`` ``[N*k]``.
@@ -903,5 +917,5 @@ def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
     """
     vals, idx = knn(x, k, metric=metric, backend=backend, chunk_size=chunk_size,
                     col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
-                    device=device)
+                    device=device, progress=progress)
     return edges_from_knn(vals, idx, metric)

@@ -130,9 +130,9 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
     calls = []
     real = K.BlockTopK.update_self
 
-    def spy(self, block):
+    def spy(self, block, **kw):
         calls.append(block)
-        return real(self, block)
+        return real(self, block, **kw)
     monkeypatch.setattr(K.BlockTopK, "update_self", spy)
     x, _ = clustered(100, 6, 8, 1.0)
     v, i = dg.knn(x, 3, backend="matmul", chunk_size=128)
@@ -144,6 +144,23 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
     lookup = {(int(a), int(b)): float(c) for (a, b), c in zip(ei.t(), w)}
     mutual = [(a, b) for (a, b) in lookup if (b, a) in lookup]
     assert mutual and all(lookup[(a, b)] == lookup[(b, a)] for a, b in mutual)
+
+
+def test_self_search_progress_bar_counts_the_tiles(capsys, monkeypatch):
+    monkeypatch.delenv("DYNGRAPH_QUIET", raising=False)
+    x, _ = clustered(100, 6, 8, 1.0)  # 600 points in blocks of 128: 5 blocks, 15 tiles
+    ref = dg.knn(x, 3, backend="matmul", chunk_size=128)
+    assert capsys.readouterr().err == ""  # off by default
+    out = dg.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    err = capsys.readouterr().err
+    assert "kNN tiles" in err and "/15 " in err  # the bar counts 15 tiles
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    monkeypatch.setenv("DYNGRAPH_QUIET", "1")
+    dg.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    assert "kNN tiles" not in capsys.readouterr().err
+    monkeypatch.delenv("DYNGRAPH_QUIET")
+    dg.knn(x[:100], 3, backend="matmul", progress=True)  # one tile: no bar
+    assert "kNN tiles" not in capsys.readouterr().err
 
 
 def test_update_self_rejects_shards():
