@@ -55,7 +55,8 @@ from .curve import Curve
 from .extract import _dataset_labels, balanced_indices, extract_features
 from .features import LayerFeatures
 from .graph import SYMMETRIZE, symmetrize as _symmetrize
-from .knn import (BlockTopK, _even_blocks, check_knn_options, edges_from_knn, prepare_features)
+from .knn import (DEFAULT_TILE_ELEMENTS, BlockTopK, _even_blocks, check_knn_options,
+                  default_chunk_size, edges_from_knn, prepare_features, topk_cols, topk_rows)
 from .metrics.modularity import _prepare as _prepare_modularity
 from .metrics.modularity import community_sums, terms_from_sums
 
@@ -277,6 +278,60 @@ def _stream_plan(sizes: Sequence[int], block: int) -> List[Tuple[int, int, int]]
     return plan
 
 
+def _pair_role(rank: int, src: int, world: int) -> Optional[str]:
+    """Who scores the pairs between the rows of ``rank`` and ``src`` (each pair once): with
+    ``d = (src − rank) mod W``, ``rank`` takes ``src``'s rows when ``2d < W`` (``'all'``) and
+    ``src`` takes them when ``2d > W``; opposite ranks (``2d = W``) split them: the lower rank its
+    rows × the first half of ``src``'s rows (``'first'``), the higher rank the second half of its
+    own rows × all of ``src``'s rows (``'second'``), which is the rest of the region, transposed."""
+    d = (src - rank) % world
+    if 2 * d < world:
+        return "all"
+    if 2 * d == world:
+        return "first" if rank < src else "second"
+    return None
+
+
+def _tile_pair(acc: BlockTopK, other: BlockTopK, lo: int, hi: int, keys: Tensor, key_ids,
+               a: int, b: int) -> None:
+    """Scores this rank's rows ``lo:hi`` (``acc``) against a received block, rows ``a:b`` of its
+    owner (``other``, an accumulator of the owner's rows): the row top-k goes to ``acc``, the
+    column top-k, the owner's candidates among ``lo:hi``, to ``other``."""
+    nq, nk = hi - lo, keys.shape[0]
+    if nq <= 0 or nk == 0:
+        return
+    chunk = _even_blocks(nq, acc.chunk_size or default_chunk_size(nq, nk, DEFAULT_TILE_ELEMENTS))
+    k_low, sq_k = acc._side(keys)
+    mine = acc.query_ids
+    for s0 in range(lo, hi, chunk):
+        s1 = min(hi, s0 + chunk)
+        r = slice(s0, s1)
+        q = acc.q[r]
+        s = acc._scores(q, None if acc.q_low is None else acc.q_low[r],
+                        None if acc.sq_q is None else acc.sq_q[r], keys, k_low, sq_k)
+        v, i = topk_rows(s, min(acc.n_cand, nk), acc.largest, sorted=False)
+        acc._merge(s0, s1, [acc._candidates(v, i, s0, s1, keys, key_ids)], False)
+        v, i = topk_cols(s, min(other.n_cand, s1 - s0), other.largest, sorted=False)
+        del s
+        ids = mine + s0 if isinstance(mine, int) else mine[s0:s1]
+        other._merge(a, b, [other._candidates(v, i, a, b, q, ids, q=keys)], False)
+
+
+def _local_self_search(x: Tensor, k: int, metric: str, my_ids, chunk_size: Optional[int],
+                       col_chunk_size: Optional[int], **opts) -> Tuple[Tensor, Tensor]:
+    """This rank's rows among themselves (the symmetric self-search of :func:`dyngraph.knn`):
+    the running ``(values, global ids)`` ``[n_r, k]``, unfilled places worst/−1."""
+    loc = BlockTopK(x, k, metric, **opts, chunk_size=chunk_size)
+    if x.shape[0] > 1:
+        loc.search_self(chunk_size, col_chunk_size)
+    idx = loc.idx
+    if isinstance(my_ids, int):
+        gid = torch.where(idx >= 0, idx + my_ids, idx)
+    else:
+        gid = torch.where(idx >= 0, my_ids[idx.clamp_min(0)], idx)
+    return loc.vals, gid
+
+
 def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
                     global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
                     col_chunk_size: Optional[int] = None, precision: str = "full",
@@ -284,10 +339,15 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
                     ) -> Tuple[Tensor, Tensor]:
     """Exact kNN of this rank's rows against the rows of every rank (row-sharded).
 
-    Rank ``r`` holds rows ``x`` ``[n_r, D]`` of a global ``[N, D]`` matrix. Each rank's rows are
-    broadcast to all ranks in blocks of ``col_chunk_size`` rows (one block ahead in flight), and
-    each rank merges the exact top-k of its own rows against every block with
-    :class:`dyngraph.knn.BlockTopK`, the tile kernel of :func:`dyngraph.knn`.
+    Rank ``r`` holds rows ``x`` ``[n_r, D]`` of a global ``[N, D]`` matrix. Each rank searches its
+    own rows among themselves with the symmetric self-search of :func:`dyngraph.knn`. The rows
+    are then broadcast to all ranks in blocks of ``col_chunk_size`` rows (one block ahead in
+    flight), and every cross-rank pair of rows is scored once, by one of the two ranks (see
+    :func:`_pair_role`: each rank scores about half of the other ranks' rows): a tile's row top-k
+    goes to the scoring rank's rows, its column top-k to the block owner's rows, and the owners
+    collect those with one ``gather`` per rank at the end. Each rank thus computes about
+    ``N²/(2W)`` scores instead of ``N²/W``. Tiles use :class:`dyngraph.knn.BlockTopK`, the tile
+    kernel of :func:`dyngraph.knn`.
 
     Args:
         x: This rank's rows ``[n_r, D]`` (``n_r`` may differ between ranks, and be 0).
@@ -345,9 +405,14 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
                                                                          device=x.device)
         m = _all_reduce(m.to(comm), group, dist.ReduceOp.MAX if _active(group) else None)
         scale = 1.0 / float(m) if float(m) > 0 else 1.0
-    acc = BlockTopK(x, k, metric, query_ids=my_ids, precision=precision, candidates=candidates,
-                    chunk_size=chunk_size, scale=scale)
+    opts = dict(precision=precision, candidates=candidates, scale=scale)
+    acc = BlockTopK(x, k, metric, query_ids=my_ids, chunk_size=chunk_size, **opts)
+    vals, gid = _local_self_search(x, k, metric, my_ids, chunk_size, col_chunk_size, **opts)
+    acc._merge(0, x.shape[0], [(vals, gid)], False)
     plan = _stream_plan(sizes, col_chunk_size or knn_mod.DEFAULT_COL_BLOCK)
+    half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
+    others = {src: BlockTopK(x.new_empty(sizes[src], 0), k, metric, query_ids=ids_all[src], **opts)
+              for src in range(world) if src != rank}
     x_comm = x.to(comm).contiguous() if _active(group) else x
 
     def post(step: int):
@@ -359,18 +424,39 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
         work = dist.broadcast(buf, src=_global_src(src, group), group=group, async_op=True)
         return buf, work
 
-    pending = post(0) if plan else None
-    for step in range(len(plan)):
+    pending = post(0) if plan and world > 1 else None
+    for step in range(len(plan) if world > 1 else 0):
         buf, work = pending
         if work is not None:
             work.wait()
         if step + 1 < len(plan):
             pending = post(step + 1)  # the next block travels while this one is searched
         src, a, b = plan[step]
-        keys = x[a:b] if src == rank else buf.to(x.device)
+        role = None if src == rank else _pair_role(rank, src, world)
+        if role == "first":  # only the owner's first half of rows
+            b = min(b, half[src])
+        if role is None or a >= b:
+            continue
+        lo = half[rank] if role == "second" else 0
         kid = ids_all[src]
         kid = kid + a if isinstance(kid, int) else kid[a:b]
-        acc.update(keys, kid)
+        _tile_pair(acc, others[src], lo, x.shape[0], buf[:b - a].to(x.device), kid, a, b)
+    # Each owner collects the candidates the other ranks found for its rows.
+    for dst in range(world):
+        if world == 1 or sizes[dst] == 0:
+            continue
+        mine = others.get(dst)
+        v = (mine.vals if mine is not None else acc.vals).to(comm).contiguous()
+        i = (mine.idx if mine is not None else acc.idx).to(comm).contiguous()
+        got_v = [torch.empty_like(v) for _ in range(world)] if dst == rank else None
+        got_i = [torch.empty_like(i) for _ in range(world)] if dst == rank else None
+        dst_g = _global_src(dst, group)
+        dist.gather(v, got_v, dst=dst_g, group=group)
+        dist.gather(i, got_i, dst=dst_g, group=group)
+        if dst == rank:
+            parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
+                     in enumerate(zip(got_v, got_i)) if r != rank]
+            acc._merge(0, x.shape[0], parts, False)
     return acc.result()
 
 

@@ -47,20 +47,30 @@ def _split_graph():
 
 
 # ---------------------------------------------------------------------------- one launch
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
+def _launch(out: Path, world: int, *args: str) -> list:
     env = dict(os.environ, OMP_NUM_THREADS="1", DYNGRAPH_QUIET="1",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                            os.environ.get("PYTHONPATH", "")]))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={WORLD}", str(Path(__file__).resolve()), str(out)]
+           f"--nproc_per_node={world}", str(Path(__file__).resolve()), str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return _launch(tmp_path_factory.mktemp("dist"), WORLD)
+
+
+@pytest.fixture(scope="module")
+def ranks3(tmp_path_factory):
+    """Three gloo ranks, kNN only: every pair role of the symmetric schedule (a rank scores all
+    of one other rank's blocks and none of the other's)."""
+    return _launch(tmp_path_factory.mktemp("dist3"), 3, "knn")
 
 
 def test_every_rank_ran_with_gloo(ranks):
@@ -126,6 +136,7 @@ def test_distributed_curve_matches_whole_single_process_pipeline(ranks):
 
 
 @pytest.mark.parametrize("key, metric, precision", [("knn_cos", "cosine", "full"),
+                                                    ("knn_cos_blocks", "cosine", "full"),
                                                     ("knn_euc", "euclidean", "full"),
                                                     ("knn_bf16", "cosine", "bf16")])
 def test_row_sharded_knn_graph_equals_knn_graph(ranks, key, metric, precision):
@@ -134,9 +145,46 @@ def test_row_sharded_knn_graph_equals_knn_graph(ranks, key, metric, precision):
     w = torch.cat([r[key][1] for r in ranks])
     ref_ei, ref_w = dg.knn_graph(x, 4, metric=metric, backend="matmul", precision=precision)
     assert torch.equal(ei, ref_ei)
-    assert torch.equal(w, ref_w)
+    _same_weights(key, w, ref_w)
     # Uneven shards: rank 0 owns the queries [0, SPLIT).
     assert ranks[0][key][0][1].max() == SPLIT - 1 and ranks[1][key][0][1].min() == SPLIT
+
+
+def _same_weights(key: str, w: torch.Tensor, ref: torch.Tensor) -> None:
+    """Equal weights: bit for bit where the tiles have the reference's shape; with 8- or 16-row
+    tiles MKL may round a dot product differently in the last bit."""
+    if key.endswith("_blocks"):
+        assert torch.allclose(w, ref, rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(w, ref)
+
+
+def _shards(world: int):
+    bounds = [0, 60, 61, N_SYN] if world == 3 else [0, SPLIT, N_SYN]  # uneven, one of 1 row
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _knn_cases():
+    """(key, kwargs): default blocks, many small blocks on both axes, Euclidean, bf16."""
+    return [("knn_cos", dict(metric="cosine")),
+            ("knn_cos_blocks", dict(metric="cosine", chunk_size=8, col_chunk_size=16)),
+            ("knn_euc", dict(metric="euclidean", chunk_size=16)),
+            ("knn_euc_blocks", dict(metric="euclidean", col_chunk_size=13)),
+            ("knn_bf16", dict(metric="cosine", precision="bf16", col_chunk_size=23))]
+
+
+@pytest.mark.parametrize("key, kw", _knn_cases())
+def test_symmetric_schedule_equals_knn_graph_on_three_ranks(ranks3, key, kw):
+    x, _ = _synthetic()
+    ei = torch.cat([r[key][0] for r in ranks3], 1)
+    w = torch.cat([r[key][1] for r in ranks3])
+    opts = {k_: v for k_, v in kw.items() if k_ in ("metric", "precision")}
+    ref_ei, ref_w = dg.knn_graph(x, 4, backend="matmul", **opts)
+    assert torch.equal(ei, ref_ei)
+    # The 1-row shard's tiles are matrix-vector products, rounded differently in the last bit.
+    assert torch.allclose(w, ref_w, rtol=0, atol=1e-6)
+    for r, rows in zip(ranks3, _shards(3)):
+        assert r[key][0][1].min() == rows.start and r[key][0][1].max() == rows.stop - 1
 
 
 def test_distributed_modularity_of_a_split_graph(ranks):
@@ -232,6 +280,7 @@ def _rank_main(out: str) -> None:
     res["knn_cos"] = dg.distributed_knn_graph(x[rows], 4)
     res["knn_euc"] = dg.distributed_knn_graph(x[rows], 4, metric="euclidean", chunk_size=16)
     res["knn_bf16"] = dg.distributed_knn_graph(x[rows], 4, precision="bf16", col_chunk_size=23)
+    res["knn_cos_blocks"] = dg.distributed_knn_graph(x[rows], 4, chunk_size=8, col_chunk_size=16)
     ei, w, comm = _split_graph()
     share = torch.arange(ei.shape[1]) % world == rank  # splits the two directions of pairs
     res["split_q"] = dg.distributed_modularity(ei[:, share], comm, w[share])
@@ -244,5 +293,18 @@ def _rank_main(out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _rank_main_knn(out: str) -> None:
+    torch.set_num_threads(1)
+    rank, world = dg.init_distributed()
+    x, _ = _synthetic()
+    rows = _shards(world)[rank]
+    res = {key: dg.distributed_knn_graph(x[rows], 4, **kw) for key, kw in _knn_cases()}
+    torch.save(res, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    _rank_main(sys.argv[1])
+    if sys.argv[2:] == ["knn"]:
+        _rank_main_knn(sys.argv[1])
+    else:
+        _rank_main(sys.argv[1])
