@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._io import PathLike
+from pathlib import Path
+
+from ._io import PathLike, atomic_torch_save
 from ._validate import check_choice, check_positive_int
 from .prune.finetune import evaluate, fit
 
@@ -354,6 +356,62 @@ def train_classifier(model: nn.Module, train_loader, epochs: int = 30, lr: float
                progress=progress, desc=kw.pop("desc", "train"), **kw)
 
 
+def train_cached(model: nn.Module, train_loader, path: PathLike, epochs: int = 30, *,
+                 seed: int = 0, progress: bool = True, info: Optional[Dict[str, Any]] = None,
+                 device: Optional[torch.device] = None, **train_kw) -> Dict[str, Any]:
+    """Trains ``model`` once and caches it: when ``path`` exists, its weights are loaded
+    instead (a finished training run is reused, never repeated); otherwise
+    :func:`train_classifier` runs and ``{'model': state_dict, 'info': info}`` is written
+    atomically, so an interrupted run leaves no half-written file.
+
+    Args:
+        model: The freshly built network (trained or loaded in place).
+        train_loader: Training batches.
+        path: File of the cached run (include the seed and epochs in its name).
+        epochs, seed, progress, device, **train_kw: Passed to :func:`train_classifier` (e.g.
+            ``checkpoint=`` for a per-epoch file that lets an interrupted training resume).
+        info: Facts about the run to store with the weights (e.g. the architecture).
+
+    Returns:
+        ``info`` updated with ``epochs`` and ``final_loss`` after training, or with what the
+        file stored plus ``reused_checkpoint`` when it was reused.
+
+    Example:
+        >>> import tempfile, dyngraph as dg
+        >>> train, _ = dg.data.example_loaders('digits')
+        >>> path = tempfile.mkdtemp() + '/mlp.pt'
+        >>> dg.models.train_cached(dg.models.DigitsMLP(depth=2), train, path, 1,
+        ...                        progress=False)['epochs']
+        1
+        >>> 'reused_checkpoint' in dg.models.train_cached(dg.models.DigitsMLP(depth=2), train,
+        ...                                               path, 1, progress=False)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a file path, got {type(path).__name__}")
+    check_positive_int(epochs, "epochs")
+    info = dict(info or {})
+    ckpt = Path(path)
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if not (isinstance(state, dict) and set(state) == {"model", "info"}):
+            raise ValueError(f"path {str(ckpt)!r} is not a train_cached file (expected the "
+                             f"keys 'model' and 'info'); delete it to retrain")
+        model.load_state_dict(state["model"])
+        info.update(state["info"])
+        info["reused_checkpoint"] = str(ckpt)
+        return info
+    hist = train_classifier(model, train_loader, epochs=epochs, seed=seed, progress=progress,
+                            device=device, **train_kw)
+    info.update({"epochs": epochs, "final_loss": hist["loss"][-1]})
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"model": model.state_dict(), "info": info}, ckpt)
+    return info
+
+
 __all__ = ["ARCHITECTURES", "CifarBasicBlock", "CifarResNet", "DigitsCNN", "DigitsMLP",
            "PadShortcut", "SignalBlock", "SignalCNN", "SignalResNet", "build_model",
-           "cifar_resnet", "evaluate", "resnet110", "resnet20", "resnet56", "train_classifier"]
+           "cifar_resnet", "evaluate", "resnet110", "resnet20", "resnet56", "train_cached",
+           "train_classifier"]

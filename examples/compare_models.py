@@ -32,13 +32,8 @@ MEASURES = ["cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modula
 def trained(name: str, build, seed: int, epochs: int, train, test, out: Path):
     torch.manual_seed(seed)
     model = build()
-    ckpt = out / f"{name}_seed{seed}_ep{epochs}.pt"
-    if ckpt.exists():
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
-    else:
-        dg.models.train_classifier(model, train, epochs=epochs, seed=seed, progress=False)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), ckpt)
+    dg.models.train_cached(model, train, out / f"model_{name}_seed{seed}_ep{epochs}.pt", epochs,
+                           seed=seed, progress=False)
     return model.eval(), dg.models.evaluate(model, test)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import dyngraph as dg
-from dyngraph._io import atomic_torch_save, atomic_write_json
+from dyngraph._io import atomic_write_json
 from dyngraph.metrics.dimension import (block_analysis, id_curves, id_phases, log_id_phases,
                                         plot_depth_profiles)
 from dyngraph.plot import close, plot_curves
@@ -47,12 +47,8 @@ def get_model(trained: bool, train, test, epochs: int, seed: int, out: Path, pro
     model = dg.models.DigitsCNN()
     if not trained:
         return model, dg.models.evaluate(model, test)
-    ckpt = out / f"digits_cnn_seed{seed}_ep{epochs}.pt"
-    if ckpt.exists():  # a finished training run is reused
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
-    else:
-        dg.models.train_classifier(model, train, epochs=epochs, seed=seed, progress=progress)
-        atomic_torch_save(model.state_dict(), ckpt)
+    dg.models.train_cached(model, train, out / f"model_digits_cnn_seed{seed}_ep{epochs}.pt",
+                           epochs, seed=seed, progress=progress)
     return model, dg.models.evaluate(model, test)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import dyngraph as dg
-from dyngraph._io import atomic_torch_save, atomic_write_json
+from dyngraph._io import atomic_write_json
 from dyngraph.neurons import neuron_report
 
 
@@ -34,12 +34,8 @@ def get_model(arch: str, train, test, epochs: int, seed: int, out: Path, trained
     model = dg.models.DigitsMLP(depth=4, width=64) if arch == "mlp" else dg.models.DigitsCNN()
     if not trained:
         return model, dg.models.evaluate(model, test)
-    ckpt = out / f"{arch}_seed{seed}_ep{epochs}.pt"
-    if ckpt.exists():
-        model.load_state_dict(torch.load(ckpt, weights_only=True))
-    else:
-        dg.models.train_classifier(model, train, epochs=epochs, seed=seed, progress=False)
-        atomic_torch_save(model.state_dict(), ckpt)
+    dg.models.train_cached(model, train, out / f"model_{arch}_seed{seed}_ep{epochs}.pt", epochs,
+                           seed=seed, progress=False)
     return model, dg.models.evaluate(model, test)
 
 

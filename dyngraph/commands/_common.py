@@ -10,7 +10,6 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .._io import atomic_torch_save
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -49,7 +48,7 @@ def get_loaders(args) -> Tuple[object, object, int]:
 
 def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Module, dict]:
     """The user's model file, or the reference architecture trained once and cached in --out."""
-    from ..models import build_model, evaluate, train_classifier
+    from ..models import build_model, evaluate, train_cached
     device = torch.device(args.device)
     if args.model:
         if not os.path.exists(args.model):
@@ -69,17 +68,9 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
         info["test_acc"] = evaluate(model, test_loader)
         return model, info
     ckpt = Path(args.out) / f"model_{args.example}_{args.arch}_seed{args.seed}_ep{args.epochs}.pt"
-    if ckpt.exists():  # a finished training run is reused, not repeated
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        info.update(state["info"])
-        info["reused_checkpoint"] = str(ckpt)
-        return model, info
-    hist = train_classifier(model, train_loader, epochs=args.epochs, seed=args.seed,
-                            progress=not args.quiet)
-    info.update({"epochs": args.epochs, "final_loss": hist["loss"][-1],
-                 "test_acc": evaluate(model, test_loader)})
-    atomic_torch_save({"model": model.state_dict(), "info": info}, ckpt)
+    info = train_cached(model, train_loader, ckpt, args.epochs, seed=args.seed,
+                        progress=not args.quiet, info=info, device=device)
+    info["test_acc"] = evaluate(model, test_loader)
     return model, info
 
 

@@ -85,8 +85,7 @@ def _loaders(args):
 def _model(args, train, test, num_classes):
     """``--model`` or ``--example``: the shared loader/trainer; ``--data`` alone: a CIFAR
     ResNet56 trained here and cached in ``--out``."""
-    from .._io import atomic_torch_save
-    from ..models import evaluate, resnet56, train_classifier
+    from ..models import evaluate, resnet56, train_cached
     if args.model or not args.data:
         return get_model(args, train, test, num_classes)
     if args.arch != "resnet":
@@ -97,13 +96,9 @@ def _model(args, train, test, num_classes):
     model = resnet56(num_classes=num_classes).to(device)
     ckpt = Path(args.out) / f"model_imagefolder_resnet56_seed{args.seed}_ep{args.epochs}.pt"
     info = {"data": args.data, "arch": "resnet56", "seed": args.seed, "epochs": args.epochs}
-    if ckpt.exists():
-        model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True)["model"])
-        info["reused_checkpoint"] = str(ckpt)
-    else:
-        train_classifier(model, train, epochs=args.epochs, lr=3e-3, seed=args.seed,
-                         progress=not args.quiet, checkpoint=Path(args.out) / "train_ckpt.pt")
-        atomic_torch_save({"model": model.state_dict(), "info": info}, ckpt)
+    info = train_cached(model, train, ckpt, args.epochs, seed=args.seed, progress=not args.quiet,
+                        info=info, device=device, lr=3e-3,
+                        checkpoint=Path(args.out) / "train_ckpt.pt")
     info["test_acc"] = evaluate(model, test)
     return model, info
 
