@@ -109,6 +109,13 @@ def check_same_device(**tensors: Optional[Tensor]) -> torch.device:
     return next(iter(devices.values())) if devices else torch.device("cpu")
 
 
+def check_flag(value, name: str) -> bool:
+    """A ``True``/``False`` switch (a string such as ``'no'`` would be silently truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r}")
+    return value
+
+
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

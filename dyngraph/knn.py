@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import typing as _t
 from ._progress import progress_counter
-from ._validate import (check_choice, check_features, check_k, check_positive_int,
+from ._validate import (check_choice, check_features, check_flag, check_k, check_positive_int,
                         check_tensor, raise_non_finite)
 
 METRICS = ("cosine", "euclidean")
@@ -235,6 +235,7 @@ def topk_rows(scores: Tensor, k: int, largest: bool = True,
         ([[0.8999999761581421, 0.8999999761581421], [0.800000011920929, 0.30000001192092896]], [[1, 3], [2, 0]])
     """
     _check_tile(scores, k, "rows")
+    check_flag(sorted, "sorted")
     scores = scores.contiguous()
     r, c = scores.shape
     g = _group_size(c, k)
@@ -282,6 +283,7 @@ def topk_cols(scores: Tensor, k: int, largest: bool = True,
         [[1, 2], [0, 2]]
     """
     _check_tile(scores, k, "cols")
+    check_flag(sorted, "sorted")
     scores = scores.contiguous()
     r, c = scores.shape
     g = _group_size(r, k)
@@ -524,6 +526,7 @@ class BlockTopK:
         if isinstance(self.query_ids, Tensor) or int(self.query_ids) != 0 or not self.exclude_self:
             raise ValueError("update_self needs query_ids=0 and exclude_self=True")
         check_positive_int(block, "block")
+        check_flag(progress, "progress")
         if rows is not None and not callable(rows):
             raise TypeError(f"rows must be a callable rows(start, stop) -> Tensor, got "
                             f"{type(rows).__name__}")
@@ -847,6 +850,7 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
         >>> idx.flatten().tolist(), vals.flatten().tolist()
         ([1, 0, 1, 2], [1.0, 1.0, 2.0, 4.0])
     """
+    check_flag(progress, "progress")
     if is_row_source(x):
         check_choice(backend, "backend", BACKENDS)
         if backend == "torch_cluster":

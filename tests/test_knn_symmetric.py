@@ -188,3 +188,18 @@ def test_tile_topk_and_self_search_reject_bad_input():
         K.BlockTopK(xp, 2, "cosine").update_self(0)
     with pytest.raises(TypeError, match="rows must be a callable"):
         K.BlockTopK(xp, 2, "cosine").update_self(8, rows=xp)
+
+
+def test_switches_reject_non_bool_values():
+    s = torch.randn(20, 600)
+    x, _ = clustered(100, 6, 8, 1.0)
+    with pytest.raises(TypeError, match="sorted must be True or False, got str"):
+        K.topk_rows(s, 3, sorted="no")
+    with pytest.raises(TypeError, match="sorted must be True or False"):
+        K.topk_cols(s.T.contiguous(), 3, sorted=0)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        dg.knn(x, 3, progress="quiet")
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        dg.knn_graph(x, 3, progress=None)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        K.BlockTopK(K.prepare_features(x, "cosine"), 3).update_self(128, progress=1)
