@@ -38,8 +38,8 @@ from . import lpm
 from .lpm import (LayerPeeledSolution, lpm_counts, lpm_minority_curve, minority_collapse_threshold,
                   plot_lpm_comparison, solve_layer_peeled)
 from .projection import jl_min_dim, project_features, random_projection
-from .distributed import (distributed_extract_features, distributed_knn, distributed_knn_graph,
-                          distributed_modularity, distributed_modularity_curve, init_distributed)
+from . import distributed as _distributed
+from .distributed import *  # noqa: F401,F403 (the names of distributed.__all__)
 from .metrics.dimension import (BlockAnalysis, IDEstimate, IDPhases, block_analysis, id_curve,
                                 id_curves, id_phases, local_id, log_id_phases, mle_id,
                                 participation_ratio, pca_dim, plot_depth_profiles, subsample_id,
@@ -66,12 +66,6 @@ __all__ = [
     "random_projection",
     "project_features",
     "jl_min_dim",
-    "init_distributed",
-    "distributed_extract_features",
-    "distributed_knn",
-    "distributed_knn_graph",
-    "distributed_modularity",
-    "distributed_modularity_curve",
     "neural_collapse",
     "collapse_curves",
     "NeuralCollapseAccumulator",
@@ -159,3 +153,4 @@ __all__ = [
     "symmetrize",
     "typing",
 ]
+__all__ += _distributed.__all__

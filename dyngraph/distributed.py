@@ -317,19 +317,18 @@ def _tile_pair(acc: BlockTopK, other: BlockTopK, lo: int, hi: int, keys: Tensor,
         other._merge(a, b, [other._candidates(v, i, a, b, q, ids, q=keys)], False)
 
 
-def _local_self_search(x: Tensor, k: int, metric: str, my_ids, chunk_size: Optional[int],
-                       col_chunk_size: Optional[int], **opts) -> Tuple[Tensor, Tensor]:
-    """This rank's rows among themselves (the symmetric self-search of :func:`dyngraph.knn`):
-    the running ``(values, global ids)`` ``[n_r, k]``, unfilled places worst/−1."""
-    loc = BlockTopK(x, k, metric, **opts, chunk_size=chunk_size)
-    if x.shape[0] > 1:
-        loc.search_self(chunk_size, col_chunk_size)
-    idx = loc.idx
-    if isinstance(my_ids, int):
-        gid = torch.where(idx >= 0, idx + my_ids, idx)
-    else:
-        gid = torch.where(idx >= 0, my_ids[idx.clamp_min(0)], idx)
-    return loc.vals, gid
+def _local_self_search(acc: BlockTopK, my_ids, chunk_size: Optional[int],
+                       col_chunk_size: Optional[int]) -> BlockTopK:
+    """Searches this rank's rows among themselves (the symmetric self-search of
+    :func:`dyngraph.knn`, local ids) in ``acc``, then turns it into the accumulator of the rows'
+    global ids ``my_ids`` (unfilled places stay worst/−1)."""
+    if acc.q.shape[0] > 1:
+        acc.search_self(chunk_size, col_chunk_size)
+    idx = acc.idx
+    acc.idx = torch.where(idx >= 0, idx + my_ids, idx) if isinstance(my_ids, int) else \
+        torch.where(idx >= 0, my_ids[idx.clamp_min(0)], idx)
+    acc.query_ids = my_ids
+    return acc
 
 
 def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
@@ -406,9 +405,8 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
         m = _all_reduce(m.to(comm), group, dist.ReduceOp.MAX if _active(group) else None)
         scale = 1.0 / float(m) if float(m) > 0 else 1.0
     opts = dict(precision=precision, candidates=candidates, scale=scale)
-    acc = BlockTopK(x, k, metric, query_ids=my_ids, chunk_size=chunk_size, **opts)
-    vals, gid = _local_self_search(x, k, metric, my_ids, chunk_size, col_chunk_size, **opts)
-    acc._merge(0, x.shape[0], [(vals, gid)], False)
+    acc = _local_self_search(BlockTopK(x, k, metric, chunk_size=chunk_size, **opts), my_ids,
+                             chunk_size, col_chunk_size)
     plan = _stream_plan(sizes, col_chunk_size or knn_mod.DEFAULT_COL_BLOCK)
     half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
     others = {src: BlockTopK(x.new_empty(sizes[src], 0), k, metric, query_ids=ids_all[src], **opts)
