@@ -1,6 +1,6 @@
 """Community detection on kNN snapshots: Leiden vs Louvain, side by side.
 
-Times ``dg.detect_communities`` (graph conversion included, as a user pays it) with every
+Times ``dg.measures.detect_communities`` (graph conversion included, as a user pays it) with every
 backend on the same snapshots:
 
 * ``leiden``          igraph's C Leiden (modularity objective) — dyngraph's default;
@@ -27,7 +27,7 @@ import torch
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.metrics.community import METHODS, detect_communities, normalized_mutual_info
+from dyngraph.measures._community import METHODS, detect_communities, normalized_mutual_info
 
 PEER = "louvain"
 
@@ -38,11 +38,11 @@ def snapshots(sizes, seed=0):
         y = torch.arange(n) % 10
         centers = 2.0 * torch.randn(10, 32, generator=g)
         x = torch.randn(n, 32, generator=g) + centers[y]
-        yield f"gaussian-10 (N={n}, k=10)", dg.build_snapshot(x, y, k=10)
-    d = dg.data.digits_dataset("all", flat=True)
-    yield "digits pixels (k=3)", dg.build_snapshot(d.tensors[0], d.tensors[1], k=3)
-    m = dg.data.mnist1d_dataset("all")
-    yield "MNIST-1D signals (k=3)", dg.build_snapshot(m.tensors[0].flatten(1), m.tensors[1], k=3)
+        yield f"gaussian-10 (N={n}, k=10)", dg.graphs.build_snapshot(x, y, k=10)
+    d = dg.zoo.digits_dataset("all", flat=True)
+    yield "digits pixels (k=3)", dg.graphs.build_snapshot(d.tensors[0], d.tensors[1], k=3)
+    m = dg.zoo.mnist1d_dataset("all")
+    yield "MNIST-1D signals (k=3)", dg.graphs.build_snapshot(m.tensors[0].flatten(1), m.tensors[1], k=3)
 
 
 def main() -> None:

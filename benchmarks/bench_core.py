@@ -83,7 +83,7 @@ def bench_sklearn(row: dict) -> None:
 def bench_modularity(n: int, k: int = 3) -> dict:
     import networkx as nx
     x, y = data(n, 64)
-    snap = dg.build_snapshot(x, y, k=k)
+    snap = dg.graphs.build_snapshot(x, y, k=k)
     ei, w = snap.edge_index, snap.edge_weight
     g = nx.Graph()
     g.add_nodes_from(range(n))
@@ -102,7 +102,7 @@ def bench_step(n: int, d: int, k: int = 3, reference: bool = False) -> dict:
     xn = torch.nn.functional.normalize(x, dim=1)
 
     def step():
-        snap = dg.build_snapshot(x, y, k=k, backend="matmul")
+        snap = dg.graphs.build_snapshot(x, y, k=k, backend="matmul")
         return dg.modularity(snap.edge_index, y, snap.edge_weight)
     row = {"N": n, "D": d, "gemm": timeit(lambda: xn @ xn.T, 5), "dg_step": timeit(step, 5)}
     row["q"] = step()

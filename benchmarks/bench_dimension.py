@@ -2,13 +2,13 @@
 
 On the same points in one run (each timed as the best of 3 calls, after a small warm-up of both
 sides; the machine is shared, so the minimum is the least disturbed measurement):
-  * ``dg.twonn`` (float32 search, certified float64 distances; and the all-float64 search) against
+  * ``dg.measures.twonn`` (float32 search, certified float64 distances; and the all-float64 search) against
     ``skdim.id.TwoNN()`` — the target is ≥ 2× faster on CPU at N = 10,000, D = 512;
-  * ``dg.mle_id(k=20)`` against ``skdim.id.MLE().fit(X, n_neighbors=20)``;
-  * ``dg.participation_ratio`` against numpy's ``eigvalsh(np.cov(X))`` and ``dg.pca_dim`` against
+  * ``dg.measures.mle_id(k=20)`` against ``skdim.id.MLE().fit(X, n_neighbors=20)``;
+  * ``dg.measures.participation_ratio`` against numpy's ``eigvalsh(np.cov(X))`` and ``dg.measures.pca_dim`` against
     ``sklearn.decomposition.PCA(0.9)``;
   * the whole ID curve of a model (DigitsCNN on the 540 digits test images, input + 6 conv layers
-    + logits, TwoNN/MLE/PR/PCA, 5 subsamples of 90%): ``dg.id_curves`` against the same numbers
+    + logits, TwoNN/MLE/PR/PCA, 5 subsamples of 90%): ``dg.measures.id_curves`` against the same numbers
     from skdim/numpy/sklearn, layer by layer, on the same subsamples.
 
 Data: a uniform 20-dimensional ball (``skdim.datasets.hyperBall``) linearly embedded in D = 512.
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dyngraph as dg  # noqa: E402
 from dyngraph._io import atomic_write_json  # noqa: E402
-from dyngraph.metrics.dimension import (id_curves, mle_id, neighbor_distances,  # noqa: E402
+from dyngraph.measures._dimension import (id_curves, mle_id, neighbor_distances,  # noqa: E402
                                         participation_ratio, pca_dim, twonn)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,8 +111,8 @@ def bench_model_curve(repeats: int = 5) -> list:
     import skdim
     from sklearn.decomposition import PCA
     torch.manual_seed(0)
-    model = dg.models.DigitsCNN()
-    _, test = dg.data.example_loaders("digits")
+    model = dg.zoo.DigitsCNN()
+    _, test = dg.zoo.example_loaders("digits")
     layers = ["features.0:input"] + dg.default_layers(model, point="post") + ["classifier.1"]
     t_ext, feats = once(lambda: dg.extract_features(model, test, layers=layers, progress=False), 1)
     est = ("twonn", "mle", "pr", "pca")

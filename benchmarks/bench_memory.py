@@ -4,7 +4,7 @@ Each configuration runs in a fresh subprocess that reports its peak resident set
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and its time. Two paths:
 
 * ``memory``: features ``[N, D]`` float32 in memory → ``dg.knn_graph`` (k=3, cosine, tiled) →
-  ``dg.symmetrize`` → ``dg.modularity``. Stated bound::
+  ``dg.graphs.symmetrize`` → ``dg.modularity``. Stated bound::
 
       peak ≤ base + 2·N·D·4            (the features and their L2-normalised copy)
                   + 3·T·4               (one score tile T = 2**23 scores, and top-k temporaries)
@@ -12,7 +12,7 @@ Each configuration runs in a fresh subprocess that reports its peak resident set
 
   where ``base`` is the interpreter with torch and dyngraph imported. No term grows like N².
 * ``spill``: the features are streamed to a float16 file (as ``extract_features(spill_dir=...)``
-  does), projected to ``m`` dimensions with ``dg.random_projection`` read block by block from
+  does), projected to ``m`` dimensions with ``dg.graphs.random_projection`` read block by block from
   disk, then the same step. Stated bound::
 
       peak ≤ base + 2·B·4 + D·m·4 + 2·N·m·4 + 3·T·4 + 200·N·k + 256 MiB
@@ -48,7 +48,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 2 ** 20
-TILE = 1 << 23  # dyngraph.knn.DEFAULT_TILE_ELEMENTS
+TILE = 1 << 23  # dyngraph.graphs._knn.DEFAULT_TILE_ELEMENTS
 PROJ_BLOCK = 1 << 24
 
 
@@ -63,14 +63,14 @@ def child(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import importlib
     import dyngraph as dg
-    from dyngraph.features import SpilledArray
-    project = importlib.import_module("dyngraph.projection").random_projection
+    from dyngraph.capture._features import SpilledArray
+    project = importlib.import_module("dyngraph.graphs._projection").random_projection
     n, d, k, m = args.n, args.d, args.k, args.m
     torch.set_num_threads(args.threads)
     # Warm up kernels and the allocator on a tiny problem so that base includes them.
     w = torch.randn(256, 64)
     ei, wt = dg.knn_graph(w, 3, backend="matmul")
-    ei, wt = dg.symmetrize(ei, wt, 256)
+    ei, wt = dg.graphs.symmetrize(ei, wt, 256)
     dg.modularity(ei, torch.arange(256) % 4, wt)
     base = _rss_mib()
     g = torch.Generator().manual_seed(0)
@@ -107,7 +107,7 @@ def child(args) -> None:
             ei, w = dg.knn_graph(z, k, backend="matmul")
             out["m"] = m
     t_knn = time.perf_counter() - t0
-    ei, w = dg.symmetrize(ei, w, n)
+    ei, w = dg.graphs.symmetrize(ei, w, n)
     q = dg.modularity(ei, y, w)
     out.update({"seconds": time.perf_counter() - t0, "knn_seconds": t_knn, "Q": q,
                 "total_seconds": time.perf_counter() - t_start, "peak_mib": _rss_mib()})

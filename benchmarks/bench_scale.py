@@ -41,8 +41,8 @@ from dyngraph._io import atomic_write_json  # noqa: E402
 
 import importlib  # noqa: E402
 
-K = importlib.import_module("dyngraph.knn")
-P = importlib.import_module("dyngraph.projection")
+K = importlib.import_module("dyngraph.graphs._knn")
+P = importlib.import_module("dyngraph.graphs._projection")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -294,7 +294,7 @@ def section_scaling(args, store: Store) -> None:
 def neighbour_changes(x: torch.Tensor, k: int, precision: str, candidates: int,
                       ref_idx: torch.Tensor) -> dict:
     t0 = time.perf_counter()
-    v, idx = dg.knn(x, k, backend="matmul", precision=precision, candidates=candidates)
+    v, idx = dg.graphs.knn(x, k, backend="matmul", precision=precision, candidates=candidates)
     t = time.perf_counter() - t0
     diff_rows = (idx.sort(1).values != ref_idx.sort(1).values).any(1)
     ref_sets = ref_idx.sort(1).values
@@ -310,12 +310,12 @@ def neighbour_changes(x: torch.Tensor, k: int, precision: str, candidates: int,
 def trained_cnn(args):
     """A wider DigitsCNN (conv maps of 2048..512 dims) trained on digits; test-split features."""
     torch.manual_seed(0)
-    train, test = dg.data.example_loaders("digits", seed=0)
-    model = dg.models.DigitsCNN(channels=(32, 32, 64, 64, 128, 128))
+    train, test = dg.zoo.example_loaders("digits", seed=0)
+    model = dg.zoo.DigitsCNN(channels=(32, 32, 64, 64, 128, 128))
     t0 = time.perf_counter()
-    dg.models.train_classifier(model, train, epochs=args.epochs, seed=0, progress=False)
+    dg.zoo.train_classifier(model, train, epochs=args.epochs, seed=0, progress=False)
     train_s = time.perf_counter() - t0
-    acc = dg.models.evaluate(model, test)
+    acc = dg.zoo.evaluate(model, test)
     feats = dg.extract_features(model, test, progress=False)
     return feats, {"test_acc": acc, "train_seconds": train_s, "epochs": args.epochs,
                    "dims": feats.dims}
@@ -339,16 +339,16 @@ def section_precision(args, store: Store, feats) -> None:
     for label, x in sets.items():
         y = (torch.arange(x.shape[0]) % 10) if x.shape[0] != y_all.numel() else y_all
         t0 = time.perf_counter()
-        ref_v, ref_i = dg.knn(x, k, backend="matmul")
+        ref_v, ref_i = dg.graphs.knn(x, k, backend="matmul")
         t_ref = time.perf_counter() - t0
-        q_ref = dg.modularity_curve({"l": x}, y, k=k, backend="matmul", progress=False).values[0]
+        q_ref = dg.profiles._pipeline.modularity_curve({"l": x}, y, k=k, backend="matmul", progress=False).values[0]
         for precision in ("bf16", "fp16"):
             for cand in sorted({k, 2 * k, K.default_candidates(k), 4 * k}):
                 r = neighbour_changes(x, k, precision, cand, ref_i)
                 # Q with the half-precision graph: patch the search through precision=
                 ei, w = dg.knn_graph(x, k, backend="matmul", precision=precision,
                                      candidates=cand)
-                ei_s, w_s = dg.symmetrize(ei, w, x.shape[0])
+                ei_s, w_s = dg.graphs.symmetrize(ei, w, x.shape[0])
                 r["abs_dq"] = abs(dg.modularity(ei_s, y, w_s) - float(q_ref))
                 r.update({"features": label, "fp32_seconds": t_ref})
                 rows.append(r)
@@ -376,9 +376,9 @@ def section_projection(args, store: Store, feats, model_info) -> None:
     for name in feats.names:
         x = feats[name]
         d = x.shape[1]
-        q0 = dg.modularity_curve({name: x}, feats.y, k=k, backend="matmul",
+        q0 = dg.profiles._pipeline.modularity_curve({name: x}, feats.y, k=k, backend="matmul",
                                  progress=False).values[0].item()
-        _, ref_i = dg.knn(x, k, backend="matmul")
+        _, ref_i = dg.graphs.knn(x, k, backend="matmul")
         cells = []
         row = {"layer": name, "D": d, "q_full": q0, "projected": {}}
         for m in dims:
@@ -388,9 +388,9 @@ def section_projection(args, store: Store, feats, model_info) -> None:
             qs, overlaps = [], []
             for s in seeds:
                 z = P.random_projection(x, m, seed=s)
-                qs.append(dg.modularity_curve({name: z}, feats.y, k=k, backend="matmul",
+                qs.append(dg.profiles._pipeline.modularity_curve({name: z}, feats.y, k=k, backend="matmul",
                                               progress=False).values[0].item())
-                _, zi = dg.knn(z, k, backend="matmul")
+                _, zi = dg.graphs.knn(z, k, backend="matmul")
                 overlaps.append(recall(zi.numpy(), ref_i.numpy()))
             qm, qsd = statistics.mean(qs), statistics.stdev(qs) if len(qs) > 1 else 0.0
             row["projected"][m] = {"q_mean": qm, "q_std": qsd, "dq": qm - q0,
@@ -404,16 +404,16 @@ def section_projection(args, store: Store, feats, model_info) -> None:
     x = data(n, d, seed=3)
     y = torch.arange(n) % 10
     t0 = time.perf_counter()
-    ref_v, ref_i = dg.knn(x, k, backend="matmul")
+    ref_v, ref_i = dg.graphs.knn(x, k, backend="matmul")
     t_full = time.perf_counter() - t0
     t0 = time.perf_counter()
     z = P.random_projection(x, m, seed=0)
     t_proj = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, zi = dg.knn(z, k, backend="matmul")
+    _, zi = dg.graphs.knn(z, k, backend="matmul")
     t_knn = time.perf_counter() - t0
-    q_full = dg.modularity_curve({"w": x}, y, k=k, backend="matmul", progress=False).values[0]
-    q_proj = dg.modularity_curve({"w": z}, y, k=k, backend="matmul", progress=False).values[0]
+    q_full = dg.profiles._pipeline.modularity_curve({"w": x}, y, k=k, backend="matmul", progress=False).values[0]
+    q_proj = dg.profiles._pipeline.modularity_curve({"w": z}, y, k=k, backend="matmul", progress=False).values[0]
     wide = {"N": n, "D": d, "m": m, "knn_full": t_full, "project": t_proj, "knn_projected": t_knn,
             "speedup": t_full / (t_proj + t_knn), "overlap": recall(zi.numpy(), ref_i.numpy()),
             "q_full": float(q_full), "q_projected": float(q_proj)}

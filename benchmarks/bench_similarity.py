@@ -6,9 +6,9 @@
    pair). Same models, same loader, same layers. A third setting shifts every activation of the
    hooked layers by a constant (CKA is translation invariant, so the values must not change):
    torch-cka's float32 unbiased HSIC then returns NaN; dyngraph's values are unchanged.
-2. **Exact linear CKA of one pair** on all N samples: ``dg.linear_cka`` against the
+2. **Exact linear CKA of one pair** on all N samples: ``dg.measures.linear_cka`` against the
    Kornblith-style numpy computation from Gram matrices (float64).
-3. **Mutual kNN** (Huh et al. 2024): ``dg.mutual_knn`` on dyngraph's own exact kNN against
+3. **Mutual kNN** (Huh et al. 2024): ``dg.measures.mutual_knn`` on dyngraph's own exact kNN against
    scikit-learn's ``NearestNeighbors`` (brute force, cosine) + numpy set intersection.
 
 Run: ``python benchmarks/bench_similarity.py [--repeats 3] [--threads 1]``
@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.compare import stream_cka
-from dyngraph.metrics.similarity import linear_cka, mutual_knn
+from dyngraph.compare._compare import stream_cka
+from dyngraph.measures._similarity import linear_cka, mutual_knn
 
 
 def timed(fn, repeats):
@@ -118,11 +118,11 @@ def bench_minibatch(repeats):
     except ImportError:
         have_peer = False
     rows = []
-    digits = dg.data.digits_dataset("all")
-    mn = dg.data.mnist1d_dataset("all")
+    digits = dg.zoo.digits_dataset("all")
+    mn = dg.zoo.mnist1d_dataset("all")
     settings = []
     torch.manual_seed(0)
-    c1, c2 = dg.models.DigitsCNN().eval(), dg.models.DigitsCNN().eval()
+    c1, c2 = dg.zoo.DigitsCNN().eval(), dg.zoo.DigitsCNN().eval()
     lc = dg.default_layers(c1)
     settings.append(("digits, 2× DigitsCNN (6 conv layers), N=1797, B=256", c1, c2, lc, lc,
                      DataLoader(digits, batch_size=256)))
@@ -246,7 +246,7 @@ def main() -> None:
               f"{r.get('peer_nan', 'n/a')} |")
 
     ex = bench_exact(args.repeats)
-    print("\n## 2. exact linear CKA of one pair: dg.linear_cka vs numpy Gram (float64)")
+    print("\n## 2. exact linear CKA of one pair: dg.measures.linear_cka vs numpy Gram (float64)")
     print("| N | Dx | Dy | dyngraph s | numpy s | speed-up | abs diff |")
     print("|---|---|---|---|---|---|---|")
     for r in ex:
@@ -254,7 +254,7 @@ def main() -> None:
               f"{r['peer_seconds']:.3f} | {r['speedup']:.1f}× | {r['abs_diff']:.1e} |")
 
     mk = bench_mutual_knn(args.repeats, args.knn_sizes)
-    print("\n## 3. mutual kNN (k=10): dg.mutual_knn vs scikit-learn NearestNeighbors + numpy")
+    print("\n## 3. mutual kNN (k=10): dg.measures.mutual_knn vs scikit-learn NearestNeighbors + numpy")
     print("| N | dyngraph s | scikit-learn s | speed-up | abs diff |")
     print("|---|---|---|---|---|")
     for r in mk:

@@ -8,9 +8,9 @@ Launch one process per device with ``torchrun``; the same code runs on ``gloo`` 
 
     # my_script.py
     import dyngraph as dg
-    rank, world = dg.init_distributed()               # nccl if CUDA is available, else gloo
-    feats = dg.distributed_extract_features(model, dataset, per_class=500, seed=0)
-    curve = dg.distributed_modularity_curve(feats, k=3)  # the same Curve on every rank
+    rank, world = dg.distributed.init_distributed()               # nccl if CUDA is available, else gloo
+    feats = dg.distributed.distributed_extract_features(model, dataset, per_class=500, seed=0)
+    curve = dg.distributed.distributed_modularity_curve(feats, k=3)  # the same Curve on every rank
     if rank == 0:
         curve.to_json("curve.json")
 
@@ -37,7 +37,6 @@ Everything also runs without an initialised process group (one process, world si
 """
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from datetime import timedelta
@@ -51,19 +50,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from ._progress import progress_bar
 from ._validate import (check_choice, check_features, check_labels, check_positive_int,
                         layer_names)
-from .curve import Curve
-from .extract import _dataset_labels, balanced_indices, extract_features
-from .features import LayerFeatures
-from .graph import SYMMETRIZE, symmetrize as _symmetrize
-from .knn import (DEFAULT_TILE_ELEMENTS, BlockTopK, _even_blocks, check_knn_options,
+from ._curve import Curve
+from .capture._extract import _dataset_labels, balanced_indices, extract_features
+from .capture._features import LayerFeatures
+from .graphs._graph import SYMMETRIZE, symmetrize as _symmetrize
+from .graphs._knn import (DEFAULT_TILE_ELEMENTS, BlockTopK, _even_blocks, check_knn_options,
                   default_chunk_size, edges_from_knn, prepare_features, topk_cols, topk_rows)
-from .metrics.modularity import _prepare as _prepare_modularity
-from .metrics.modularity import community_sums, terms_from_sums
+from .measures._modularity import _prepare as _prepare_modularity
+from .measures._modularity import community_sums, terms_from_sums
 
 Group = Optional[Any]
 # The module (``dyngraph.knn`` the attribute is the function): its block defaults are read at call
 # time, so a user (or a test) may change them.
-knn_mod = importlib.import_module(".knn", __package__)
+from .graphs import _knn as knn_mod  # noqa: E402
 
 __all__ = [
     "init_distributed",
@@ -90,7 +89,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
 
     Example:
         >>> import dyngraph as dg
-        >>> dg.init_distributed()  # plain python: one process
+        >>> dg.distributed.init_distributed()  # plain python: one process
         (0, 1)
     """
     if dist.is_available() and dist.is_initialized():
@@ -217,7 +216,7 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
         >>> from torch.utils.data import TensorDataset
         >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 3)
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-        >>> f = dg.distributed_extract_features(m, ds, per_class=5, progress=False)
+        >>> f = dg.distributed.distributed_extract_features(m, ds, per_class=5, progress=False)
         >>> f.n_samples, f.meta['shard']
         (15, {'rank': 0, 'world_size': 1, 'n_global': 15})
     """
@@ -366,8 +365,8 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
-        >>> v, i = dg.distributed_knn(x, 3)     # one process: same as dg.knn
-        >>> torch.equal(i, dg.knn(x, 3, backend='matmul')[1])
+        >>> v, i = dg.distributed.distributed_knn(x, 3)     # one process: same as dg.graphs.knn
+        >>> torch.equal(i, dg.graphs.knn(x, 3, backend='matmul')[1])
         True
     """
     check_features(x, "x", min_rows=0, check_finite=False)
@@ -478,7 +477,7 @@ def distributed_knn_graph(x: Tensor, k: int, metric: str = "cosine", *,
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
-        >>> ei, w = dg.distributed_knn_graph(x, 3)
+        >>> ei, w = dg.distributed.distributed_knn_graph(x, 3)
         >>> torch.equal(ei, dg.knn_graph(x, 3, backend='matmul')[0])
         True
     """
@@ -534,7 +533,7 @@ def distributed_modularity(edge_index: Tensor, communities: Tensor,
         >>> # two triangles joined by one edge, each triangle a community (networkx: 5/14)
         >>> src, dst = [0, 1, 2, 3, 4, 5, 2], [1, 2, 0, 4, 5, 3, 3]
         >>> ei = torch.tensor([src + dst, dst + src])
-        >>> round(dg.distributed_modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
+        >>> round(dg.distributed.distributed_modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
     """
     ei, comm, w, _, _, n_comm = _prepare_modularity(edge_index, communities, edge_weight,
@@ -615,7 +614,7 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
         group: Process group (default: the world).
 
     Returns:
-        A :class:`~dyngraph.Curve` equal to ``dg.modularity_curve(gathered, backend='matmul')``.
+        A :class:`~dyngraph.Curve` equal to ``dg.profiles._pipeline.modularity_curve(gathered, backend='matmul')``.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -623,8 +622,8 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
         >>> y = torch.arange(90) % 3
         >>> f = {'a': torch.randn(90, 8, generator=g),
         ...      'b': torch.randn(90, 8, generator=g) + 4 * torch.eye(8)[y]}
-        >>> c = dg.distributed_modularity_curve(f, y, progress=False)   # one process here
-        >>> s = dg.modularity_curve(f, y, backend='matmul', progress=False)
+        >>> c = dg.distributed.distributed_modularity_curve(f, y, progress=False)   # one process here
+        >>> s = dg.profiles._pipeline.modularity_curve(f, y, backend='matmul', progress=False)
         >>> c.values.tolist() == s.values.tolist()
         True
     """

@@ -10,7 +10,7 @@ retrain). For each part:
    layers (diagonal vs off-diagonal), and is a trained network told apart from an untrained one
    (seed-to-seed similarity of matched layers vs trained-to-untrained)?
 3. permutation p-values on the last layer;
-4. ``dg.community_evolution`` of a trained and the untrained network (Leiden communities found
+4. ``dg.measures.community_evolution`` of a trained and the untrained network (Leiden communities found
    without labels, NMI/ARI against the labels, kNN purity, transitions, class separation).
 
 Run: ``python examples/compare_models.py [--epochs 30] [--out runs/compare_models]``
@@ -32,9 +32,9 @@ MEASURES = ["cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modula
 def trained(name: str, build, seed: int, epochs: int, train, test, out: Path):
     torch.manual_seed(seed)
     model = build()
-    dg.models.train_cached(model, train, out / f"model_{name}_seed{seed}_ep{epochs}.pt", epochs,
+    dg.zoo.train_cached(model, train, out / f"model_{name}_seed{seed}_ep{epochs}.pt", epochs,
                            seed=seed, progress=False)
-    return model.eval(), dg.models.evaluate(model, test)
+    return model.eval(), dg.zoo.evaluate(model, test)
 
 
 def report(res, a: str, b: str, untrained: str, other=None) -> dict:
@@ -69,15 +69,15 @@ def permutations(fa, fb, fu, names, args) -> None:
     last = fa.names[-1]
     print(f"permutation tests on the last layer ({last}), P={args.permutations}:")
     for m in ("cka", "mutual_knn", "graph"):
-        r1 = dg.permutation_test(m, fa[last], fb[last], permutations=args.permutations, k=args.k)
-        r2 = dg.permutation_test(m, fa[last], fu[last], permutations=args.permutations, k=args.k)
+        r1 = dg.measures.permutation_test(m, fa[last], fb[last], permutations=args.permutations, k=args.k)
+        r2 = dg.measures.permutation_test(m, fa[last], fu[last], permutations=args.permutations, k=args.k)
         print(f"  {m:10s} {names[0]} = {r1.value:.3f} (p = {r1.p_value:.3f}, null mean "
               f"{float(r1.null.mean()):.3f}) | {names[1]} = {r2.value:.3f} (p = {r2.p_value:.3f})")
 
 
 def communities(name: str, feats, out: Path) -> None:
     seq = dg.DynamicGraph.from_features(feats, k=3, progress=False)
-    ev = dg.community_evolution(seq, progress=False)
+    ev = dg.measures.community_evolution(seq, progress=False)
     ev.to_json(out / f"communities_{name}.json")
     ev.plot(out / f"figures_{name}")
     fmt = lambda t: " ".join(f"{v:.3f}" for v in t.tolist())  # noqa: E731
@@ -107,15 +107,15 @@ def main() -> None:
 
     # ------------------------------------------------------------ A: digits, CNN seeds + MLP
     print("== A. digits: two CNN seeds, an MLP, an untrained CNN ==")
-    train, test = dg.data.example_loaders("digits", seed=0)
+    train, test = dg.zoo.example_loaders("digits", seed=0)
     models, acc = {}, {}
     for arch, seed in (("cnn", 0), ("cnn", 1), ("mlp", 0)):
         models[f"{arch}-seed{seed}"], acc[f"{arch}-seed{seed}"] = trained(
-            f"digits_{arch}", lambda a=arch: dg.models.build_model(a), seed, args.epochs, train,
+            f"digits_{arch}", lambda a=arch: dg.zoo.build_model(a), seed, args.epochs, train,
             test, out)
     torch.manual_seed(0)
-    models["cnn-untrained"] = dg.models.build_model("cnn").eval()
-    acc["cnn-untrained"] = dg.models.evaluate(models["cnn-untrained"], test)
+    models["cnn-untrained"] = dg.zoo.build_model("cnn").eval()
+    acc["cnn-untrained"] = dg.zoo.evaluate(models["cnn-untrained"], test)
     print("test accuracy:", {n: round(a, 4) for n, a in acc.items()})
     t = time.perf_counter()
     res = dg.compare(models, test, measures=MEASURES, k=args.k, progress=False,
@@ -138,15 +138,15 @@ def main() -> None:
 
     # ------------------------------------------------------------ B: MNIST-1D, MLP seeds
     print("\n== B. MNIST-1D: two MLP seeds and the untrained MLP ==")
-    train, test = dg.data.example_loaders("mnist1d", seed=0)
-    build = lambda: dg.models.DigitsMLP(depth=4, width=256, in_features=40)  # noqa: E731
+    train, test = dg.zoo.example_loaders("mnist1d", seed=0)
+    build = lambda: dg.zoo.DigitsMLP(depth=4, width=256, in_features=40)  # noqa: E731
     models, acc = {}, {}
     for seed in (0, 1):
         models[f"mlp-seed{seed}"], acc[f"mlp-seed{seed}"] = trained(
             "mnist1d_mlp", build, seed, args.epochs, train, test, out)
     torch.manual_seed(0)
     models["mlp-untrained"] = build().eval()
-    acc["mlp-untrained"] = dg.models.evaluate(models["mlp-untrained"], test)
+    acc["mlp-untrained"] = dg.zoo.evaluate(models["mlp-untrained"], test)
     print("test accuracy:", {n: round(a, 4) for n, a in acc.items()})
     res = dg.compare(models, test, measures=MEASURES, k=args.k, progress=False,
                      info={n: {"test_acc": a} for n, a in acc.items()})

@@ -5,11 +5,11 @@ intrinsic dimension (ID) of a trained network's representations first rises (exp
 falls (compression) over depth — a "hunchback" — while an untrained network's stays flat. This
 script measures it on bundled data and prints whatever comes out.
 
-Steps: train ``dg.models.DigitsCNN`` on scikit-learn's digits (cached in ``--out``), take the
+Steps: train ``dg.zoo.DigitsCNN`` on scikit-learn's digits (cached in ``--out``), take the
 same architecture with its initial weights, extract the input, every post-ReLU conv output and the
 logits on the 540 test images, and compute per layer (mean ± std over 5 subsamples of 90%):
 TwoNN, MLE (k = 20), participation ratio, PCA dimension (90%) and the mean local PR. Then the
-ID phases, the modularity curve (labels as communities), NC1 when ``dyngraph.metrics.collapse`` is
+ID phases, the modularity curve (labels as communities), NC1 when ``dyngraph.measures._collapse`` is
 available, a block analysis at the ID peak, TensorBoard logs and figures.
 
 Run:  python examples/intrinsic_dimension.py [--out runs/intrinsic_dimension] [--quiet]
@@ -25,9 +25,9 @@ import torch
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.metrics.dimension import (block_analysis, id_curves, id_phases, log_id_phases,
+from dyngraph.measures._dimension import (block_analysis, id_curves, id_phases, log_id_phases,
                                         plot_depth_profiles)
-from dyngraph.plot import close, plot_curves
+from dyngraph.outputs._plot import close, plot_curves
 
 ESTIMATORS = ("twonn", "mle", "pr", "pca", "local_pr")
 
@@ -35,21 +35,21 @@ ESTIMATORS = ("twonn", "mle", "pr", "pca", "local_pr")
 def nc1_curve(feats):
     """NC1 per layer, when the neural-collapse module is available (else ``None``)."""
     try:
-        from dyngraph.metrics.collapse import neural_collapse
+        from dyngraph.measures._collapse import neural_collapse
     except ImportError:
         return None
     res = neural_collapse(feats)
-    return dg.Curve(list(res), torch.tensor([float(r["nc1"]) for r in res.values()]), name="nc1")
+    return dg._curve.Curve(list(res), torch.tensor([float(r["nc1"]) for r in res.values()]), name="nc1")
 
 
 def get_model(trained: bool, train, test, epochs: int, seed: int, out: Path, progress: bool):
     torch.manual_seed(seed)
-    model = dg.models.DigitsCNN()
+    model = dg.zoo.DigitsCNN()
     if not trained:
-        return model, dg.models.evaluate(model, test)
-    dg.models.train_cached(model, train, out / f"model_digits_cnn_seed{seed}_ep{epochs}.pt",
+        return model, dg.zoo.evaluate(model, test)
+    dg.zoo.train_cached(model, train, out / f"model_digits_cnn_seed{seed}_ep{epochs}.pt",
                            epochs, seed=seed, progress=progress)
-    return model, dg.models.evaluate(model, test)
+    return model, dg.zoo.evaluate(model, test)
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
-    train, test = dg.data.example_loaders("digits", seed=args.seed)
+    train, test = dg.zoo.example_loaders("digits", seed=args.seed)
     from torch.utils.tensorboard import SummaryWriter
 
     report = {}
@@ -79,7 +79,7 @@ def main() -> None:
         curves = id_curves(feats, ESTIMATORS, repeats=args.repeats, fraction=0.9, seed=args.seed,
                            checkpoint=out / f"id_{label}.json", progress=progress)
         t_id = time.perf_counter() - t1
-        mod = dg.modularity_curve(feats, per_class=45, repeats=args.repeats, seed=args.seed,
+        mod = dg.profiles._pipeline.modularity_curve(feats, per_class=45, repeats=args.repeats, seed=args.seed,
                                   progress=False)
         nc1 = nc1_curve(feats)
         others = [mod] + ([nc1] if nc1 is not None else [])

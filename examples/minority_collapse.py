@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.lpm import minority_collapse_threshold, plot_lpm_comparison, solve_layer_peeled
-from dyngraph.metrics.collapse import minority_collapse, neural_collapse
+from dyngraph.theory._lpm import minority_collapse_threshold, plot_lpm_comparison, solve_layer_peeled
+from dyngraph.measures._collapse import minority_collapse, neural_collapse
 
 
 def subsample(x, y, n_majority, n_a, ratio, seed):
@@ -71,12 +71,12 @@ def penultimate(model, x):
 def run_ratio(args, ratio, x_tr, y_tr, test_loader, num_classes):
     xs, ys, n_b = subsample(x_tr, y_tr, args.n_majority, args.n_a, ratio, args.seed)
     torch.manual_seed(args.seed)                       # the same initial network for every R
-    model = dg.models.DigitsMLP(depth=args.depth, width=args.width,
+    model = dg.zoo.DigitsMLP(depth=args.depth, width=args.width,
                                 in_features=x_tr[0].numel(), num_classes=num_classes)
     loader = DataLoader(TensorDataset(xs, ys), batch_size=args.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(args.seed))
     t0 = time.time()
-    hist = dg.models.train_classifier(model, loader, epochs=args.epochs, lr=args.lr,
+    hist = dg.zoo.train_classifier(model, loader, epochs=args.epochs, lr=args.lr,
                                       weight_decay=args.weight_decay, seed=args.seed,
                                       progress=not args.quiet)
     train_s = time.time() - t0
@@ -138,10 +138,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.example == "digits":
-        tr = dg.data.digits_dataset("train", flat=True)
-        te = dg.data.digits_dataset("test", flat=True)
+        tr = dg.zoo.digits_dataset("train", flat=True)
+        te = dg.zoo.digits_dataset("test", flat=True)
     else:
-        tr, te = dg.data.mnist1d_dataset("train"), dg.data.mnist1d_dataset("test")
+        tr, te = dg.zoo.mnist1d_dataset("train"), dg.zoo.mnist1d_dataset("test")
         tr = TensorDataset(tr.tensors[0].flatten(1), tr.tensors[1])
         te = TensorDataset(te.tensors[0].flatten(1), te.tensors[1])
     x_tr, y_tr = tr.tensors
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     print(f"Layer-Peeled Model threshold (K=10, K_A={args.n_majority}, E_H=5, E_W=1): "
           f"R* = {thr['threshold']:.3f}")
 
-    from dyngraph.plot import _pyplot, save_figure
+    from dyngraph.outputs._plot import _pyplot, save_figure
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     rs = [r["ratio_actual"] for r in rows]

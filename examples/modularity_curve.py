@@ -23,7 +23,7 @@ import dyngraph as dg
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--example", default="digits", choices=list(dg.data.EXAMPLES))
+    p.add_argument("--example", default="digits", choices=list(dg.zoo.EXAMPLES))
     p.add_argument("--arch", default="cnn", choices=["cnn", "mlp"])
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--per-class", type=int, default=50)
@@ -36,21 +36,21 @@ def main() -> None:
     out = Path(args.out)
     torch.manual_seed(args.seed)
 
-    train, test = dg.data.example_loaders(args.example, seed=args.seed)
-    model = dg.models.build_model(args.arch, args.example)
+    train, test = dg.zoo.example_loaders(args.example, seed=args.seed)
+    model = dg.zoo.build_model(args.arch, args.example)
     untrained = copy.deepcopy(model)
     t0 = time.perf_counter()
-    dg.models.train_classifier(model, train, epochs=args.epochs, seed=args.seed,
+    dg.zoo.train_classifier(model, train, epochs=args.epochs, seed=args.seed,
                                progress=not args.quiet)
     train_s = time.perf_counter() - t0
     report = {"example": args.example, "arch": args.arch, "train_seconds": round(train_s, 1)}
     curves = []
     from torch.utils.tensorboard import SummaryWriter
     for label, net in (("trained", model), ("untrained", untrained)):
-        acc = dg.models.evaluate(net, test)
+        acc = dg.zoo.evaluate(net, test)
         feats = dg.extract_features(net, test, layers=dg.default_layers(net), seed=args.seed,
                                     progress=not args.quiet)
-        curve = dg.modularity_curve(feats, k=args.k, per_class=args.per_class,
+        curve = dg.profiles._pipeline.modularity_curve(feats, k=args.k, per_class=args.per_class,
                                     repeats=args.repeats, seed=args.seed, progress=False)
         curve.meta["label"] = label
         curves.append(curve)
@@ -62,7 +62,7 @@ def main() -> None:
         print(f"{label:>9}  acc={acc:.3f}  Q: " +
               "  ".join(f"{v:.3f}±{s:.3f}" for v, s in zip(curve.values.tolist(),
                                                             curve.std.tolist())))
-    dg.plot_curves(curves, path=out / "curves.png", labels=["trained", "untrained"],
+    dg.outputs._plot.plot_curves(curves, path=out / "curves.png", labels=["trained", "untrained"],
                    title=f"{args.example} / {args.arch}: modularity over depth "
                          f"(k={args.k}, {args.per_class}/class, {args.repeats} repeats)")
     dg._io.atomic_write_json(out / "curves.json", report)

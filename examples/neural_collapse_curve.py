@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.metrics.collapse import (CollapseCallback, NeuralCollapseAccumulator,
+from dyngraph.measures._collapse import (CollapseCallback, NeuralCollapseAccumulator,
                                        collapse_curves, neural_collapse)
 
 
 def train_with_callback(args, train_loader, probe_loader, test_loader):
     torch.manual_seed(args.seed)
-    model = dg.models.DigitsMLP(depth=args.depth, width=args.width)
+    model = dg.zoo.DigitsMLP(depth=args.depth, width=args.width)
     writer = None
     if not args.no_tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -58,7 +58,7 @@ def train_with_callback(args, train_loader, probe_loader, test_loader):
         sched.step()
         if epoch % args.every == 0 or epoch == args.epochs:
             cb(model, epoch=epoch)
-    acc = dg.models.evaluate(model, test_loader)
+    acc = dg.zoo.evaluate(model, test_loader)
     return model, cb, writer, acc
 
 
@@ -69,7 +69,7 @@ def _bench_child(method: str, channels: int, batch_size: int, queue) -> None:
     torch.manual_seed(0)
     layer = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels),
                           nn.ReLU(), nn.Flatten()).eval()
-    ds = dg.data.digits_dataset("all")
+    ds = dg.zoo.digits_dataset("all")
     loader = DataLoader(ds, batch_size=batch_size)
     with torch.no_grad():
         layer(ds.tensors[0][:batch_size])                     # warm up allocator and kernels
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_loader, test_loader = dg.data.example_loaders("digits", seed=args.seed)
+    train_loader, test_loader = dg.zoo.example_loaders("digits", seed=args.seed)
     probe_loader = DataLoader(train_loader.dataset, batch_size=256)   # deterministic, no shuffle
 
     t0 = time.time()
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     # per-layer curves on the test set, beside modularity
     feats = dg.extract_features(model, test_loader, layers=names, progress=False)
     curves = collapse_curves(feats, classifier=model.net[-1], classifier_layer=pen)
-    q = dg.modularity_curve(feats, k=args.k, progress=False)
+    q = dg.profiles._pipeline.modularity_curve(feats, k=args.k, progress=False)
     last = neural_collapse(feats, classifier=model.net[-1], classifier_layer=pen)[pen]
     print("\nPer layer on the test set:")
     print("| layer | modularity Q | NC1 | NC1 (trace) | NC2 ETF dist | CDNV | NCC acc |")
@@ -166,14 +166,14 @@ def main(argv=None) -> int:
           f"NC4 = {last['nc4']:.4f}, NC2(W) equinorm = {last['nc2_equinorm_w']:.4f}, "
           f"max-angle = {last['nc2_maxangle_w']:.4f}")
     if writer is not None:
-        dg.log_curves(writer, [q, *curves.values()], prefix="dyngraph/test")
+        dg.outputs._log.log_curves(writer, [q, *curves.values()], prefix="dyngraph/test")
         writer.close()
-    from dyngraph.plot import _pyplot, save_figure
+    from dyngraph.outputs._plot import _pyplot, save_figure
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    dg.plot_curves([curves["nc1"]], ax=axes[0], title="NC1 per layer (test set)")
+    dg.outputs._plot.plot_curves([curves["nc1"]], ax=axes[0], title="NC1 per layer (test set)")
     axes[0].set_yscale("log")
-    dg.plot_curves([q], ax=axes[1], title=f"modularity (k={args.k})")
+    dg.outputs._plot.plot_curves([q], ax=axes[1], title=f"modularity (k={args.k})")
     fig.tight_layout()
     save_figure(fig, out / "nc_per_layer.png")
     plt.close(fig)

@@ -3,12 +3,12 @@
 For each network (and an untrained copy as a baseline) and each graph source (weights,
 activations), this script
 
-1. builds the neuron graph and partitions it spectrally (``dg.neuron_graph``,
-   ``dg.spectral_partition``);
-2. compares the partition's n-cut with weight-shuffled copies (``dg.clusterability``);
+1. builds the neuron graph and partitions it spectrally (``dg.neurons.neuron_graph``,
+   ``dg.neurons.spectral_partition``);
+2. compares the partition's n-cut with weight-shuffled copies (``dg.neurons.clusterability``);
 3. lesions every cluster ∩ layer group and compares the accuracy drop with random same-size groups
-   (``dg.lesion_importance``), and scores its coherence (label entropy of the top inputs, pixel
-   correlation, feature visualisation) against random groups (``dg.coherence``).
+   (``dg.neurons.lesion_importance``), and scores its coherence (label entropy of the top inputs, pixel
+   correlation, feature visualisation) against random groups (``dg.neurons.coherence``).
 
 It prints one markdown row per (network, source) and writes each report (JSON, CSV, figure,
 TensorBoard) under ``--out``. Finished reports are reused on a rerun. A few minutes on one CPU core:
@@ -31,12 +31,12 @@ from dyngraph.neurons import neuron_report
 
 def get_model(arch: str, train, test, epochs: int, seed: int, out: Path, trained: bool):
     torch.manual_seed(seed)
-    model = dg.models.DigitsMLP(depth=4, width=64) if arch == "mlp" else dg.models.DigitsCNN()
+    model = dg.zoo.DigitsMLP(depth=4, width=64) if arch == "mlp" else dg.zoo.DigitsCNN()
     if not trained:
-        return model, dg.models.evaluate(model, test)
-    dg.models.train_cached(model, train, out / f"model_{arch}_seed{seed}_ep{epochs}.pt", epochs,
+        return model, dg.zoo.evaluate(model, test)
+    dg.zoo.train_cached(model, train, out / f"model_{arch}_seed{seed}_ep{epochs}.pt", epochs,
                            seed=seed, progress=False)
-    return model, dg.models.evaluate(model, test)
+    return model, dg.zoo.evaluate(model, test)
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = dg.data.example_loaders("digits", seed=args.seed)
+    train, test = dg.zoo.example_loaders("digits", seed=args.seed)
     rows = []
     for arch in args.archs:
         for trained in ([True] if args.no_untrained else [True, False]):

@@ -36,24 +36,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. data and an over-deep network, trained once (resumable checkpoint per epoch)
-    train, test = dg.data.example_loaders("mnist1d", batch_size=128, seed=0)
+    train, test = dg.zoo.example_loaders("mnist1d", batch_size=128, seed=0)
     torch.manual_seed(0)
-    model = dg.models.SignalResNet(blocks=(4, 4, 4))
-    dg.models.train_classifier(model, train, epochs=args.epochs, seed=0,
+    model = dg.zoo.SignalResNet(blocks=(4, 4, 4))
+    dg.zoo.train_classifier(model, train, epochs=args.epochs, seed=0,
                                checkpoint=out / "train.pt")
     x1 = test.dataset.tensors[0][:1]
-    print(f"baseline: test acc {dg.models.evaluate(model, test):.4f}, "
-          f"{dg.count_params(model):,} params, {dg.count_flops(model, x1):,} FLOPs/sample")
+    print(f"baseline: test acc {dg.zoo.evaluate(model, test):.4f}, "
+          f"{dg.prune.count_params(model):,} params, {dg.prune.count_flops(model, x1):,} FLOPs/sample")
 
     # 2. the modularity curve: stem + every residual block, 5 graphs of 50 samples per class
     layers = dg.default_layers(model)
     feats = dg.extract_features(model, train, layers=layers, per_class=100, seed=0)
-    curve = dg.modularity_curve(feats, k=3, per_class=50, repeats=5, seed=0)
+    curve = dg.profiles._pipeline.modularity_curve(feats, k=3, per_class=50, repeats=5, seed=0)
     for name, q, s in zip(curve.layers, curve.values.tolist(), curve.std.tolist()):
         print(f"  Q({name:11s}) = {q:.4f} ± {s:.4f}")
 
     # 3. the redundant blocks, each with its reason
-    red = dg.redundant_layers(curve, rule="delta", threshold=0.03, model=model,
+    red = dg.prune.redundant_layers(curve, rule="delta", threshold=0.03, model=model,
                               example_input=x1)
     print(red.table())
     n = len(red)
@@ -70,12 +70,12 @@ def main() -> None:
                                                  example_input=x1)
     results = {}
     for name, choice in choices.items():
-        pruned = dg.prune_layers(model, choice, example_input=x1)
-        acc_cut = dg.models.evaluate(pruned, test)
+        pruned = dg.prune.prune_layers(model, choice, example_input=x1)
+        acc_cut = dg.zoo.evaluate(pruned, test)
         train.generator.manual_seed(0)  # every choice is fine-tuned on the same batch order
-        dg.finetune(pruned, train, None, args.finetune_epochs, optimizer="sgd", lr=0.01,
+        dg.prune.finetune(pruned, train, None, args.finetune_epochs, optimizer="sgd", lr=0.01,
                     checkpoint=out / f"finetune_{name}.pt", seed=0)
-        rep = dg.prune_report(model, pruned, x1, test_loader=test, latency=False)
+        rep = dg.prune.prune_report(model, pruned, x1, test_loader=test, latency=False)
         results[name] = {"removed": choice.layers, "acc_pruned": acc_cut,
                          "acc_finetuned": rep["acc_after"],
                          "params_reduction": rep["params_reduction"],

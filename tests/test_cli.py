@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dyngraph.cli import main
+from dyngraph.cli._main import main
 
 
 def test_curve_command_digits(tmp_path, capsys):
@@ -13,7 +13,7 @@ def test_curve_command_digits(tmp_path, capsys):
     d = json.loads((out / "curve.json").read_text())
     assert d["layers"] == ["net.1", "net.3", "net.5", "net.7", "net.9"]
     assert len(d["modularity"]) == 5 and all(-0.5 < q <= 0.9 for q in d["modularity"])
-    assert d["meta"]["k"] == 3 and d["meta"]["n_samples"] == 150 and d["meta"]["repeats"] == 2
+    assert d["meta"]["graph"]["k"] == 3 and d["meta"]["n_samples"] == 150 and d["meta"]["repeats"] == 2
     assert (out / "curve.png").exists() and (out / "curve.csv").exists()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     ckpts = list(out.glob("model_*.pt"))
@@ -21,16 +21,15 @@ def test_curve_command_digits(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["modularity"] == [round(v, 4) for v in d["modularity"]]
     # The label-permutation chance level (100 permutations per repeat by default) and z-scores.
-    null = d["meta"]["null"]
-    assert null["permutations"] == 100 and len(null["zscore"]) == 5
-    assert all(abs(m) < 0.05 for m in null["mean"]) and printed["zscore"][-1] > 5
+    assert d["meta"]["null_permutations"] == 100 and len(d["modularity:z"]) == 5
+    assert all(abs(m) < 0.05 for m in d["modularity:null_mean"]) and printed["zscore"][-1] > 5
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert {"dyngraph/modularity", "dyngraph/modularity_null", "dyngraph/modularity_zscore"} <= \
+    assert {"dyngraph/modularity", "dyngraph/modularity:null_mean", "dyngraph/modularity:z"} <= \
         set(tags)
-    assert [e.step for e in acc.Scalars("dyngraph/modularity_zscore")] == [0, 1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("dyngraph/modularity:z")] == [0, 1, 2, 3, 4]
     # A rerun reuses the finished training run instead of repeating it.
     assert main(args) == 0
     d2 = json.loads((out / "curve.json").read_text())

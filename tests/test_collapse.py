@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.metrics.collapse import (LAYER_METRICS, CollapseCallback, CollapseConventions,
+from dyngraph.measures._collapse import (LAYER_METRICS, CollapseCallback, CollapseConventions,
                                        NeuralCollapseAccumulator, class_means, collapse_curves,
                                        etf_gram, minority_collapse, neural_collapse,
                                        neural_collapse_model, neural_collapse_stream, simplex_etf)
@@ -359,7 +359,7 @@ def test_layer_features_and_curves(tmp_path):
     curves = collapse_curves(lf)
     assert set(curves) == set(LAYER_METRICS)
     nc1 = curves["nc1"]
-    assert isinstance(nc1, dg.Curve) and nc1.name == "nc1" and nc1.layers == list(feats)
+    assert isinstance(nc1, dg._curve.Curve) and nc1.name == "nc1" and nc1.layers == list(feats)
     assert nc1.values[0] > nc1.values[1] > nc1.values[2]          # collapse grows with depth
     rep = collapse_curves(lf, per_class=40, repeats=3, metrics=["nc1", "cdnv"])
     assert tuple(rep["nc1"].samples.shape) == (3, 3) and bool((rep["nc1"].std > 0).all())
@@ -370,7 +370,7 @@ def test_layer_features_and_curves(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(tmp_path)) as w:
-        dg.log_curves(w, [seq.modularity(), *curves.values()], figure=False)
+        dg.outputs._log.log_curves(w, [seq.modularity(), *curves.values()], figure=False)
     assert any(p.name.startswith("events") for p in tmp_path.iterdir())
 
 
@@ -437,13 +437,13 @@ def test_dead_layer_is_reported_not_fatal():
 
 def test_callback_records_training(tmp_path):
     torch.manual_seed(0)
-    ds = dg.data.digits_dataset("train")
+    ds = dg.zoo.digits_dataset("train")
     x, y = ds.tensors
-    keep = dg.balanced_indices(y, per_class=40, seed=0)
+    keep = dg.capture.balanced_indices(y, per_class=40, seed=0)
     train = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=50, shuffle=True,
                        generator=torch.Generator().manual_seed(0))
     probe = DataLoader(TensorDataset(x[keep], y[keep]), batch_size=200)
-    model = dg.models.DigitsMLP(depth=2, width=48)
+    model = dg.zoo.DigitsMLP(depth=2, width=48)
 
     class Writer:
         def __init__(self):

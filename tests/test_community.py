@@ -12,7 +12,7 @@ import torch
 from torch_geometric.utils import homophily
 
 import dyngraph as dg
-from dyngraph.metrics.community import (METHODS, CommunityEvolution, adjusted_rand_index,
+from dyngraph.measures._community import (METHODS, CommunityEvolution, adjusted_rand_index,
                                         class_contribution_curves, class_mixing,
                                         community_evolution, community_transitions,
                                         contingency_table, detect_communities, graph_purity,
@@ -48,7 +48,7 @@ def sbm_graph(sizes=(30, 30, 30), p_in=0.5, p_out=0.02, seed=0):
 # ---------------------------------------------------------------- class mixing
 def test_class_mixing_matches_dense_closed_form_and_networkx():
     x, y = clustered(90, c=3, sep=1.5)
-    snap = dg.build_snapshot(x, y, k=4)
+    snap = dg.graphs.build_snapshot(x, y, k=4)
     A = dense(snap.edge_index, snap.edge_weight, 90)
     P = np.eye(3)[y.numpy()]
     ref = P.T @ A @ P
@@ -73,8 +73,8 @@ def test_class_mixing_matches_dense_closed_form_and_networkx():
 
 def test_class_mixing_batched_and_padded_classes():
     x, y = clustered(60, c=3)
-    s1 = dg.build_snapshot(x, y, k=3)
-    s2 = dg.build_snapshot(torch.randn(60, 5, generator=gen(1)), y, k=3)
+    s1 = dg.graphs.build_snapshot(x, y, k=3)
+    s2 = dg.graphs.build_snapshot(torch.randn(60, 5, generator=gen(1)), y, k=3)
     ei = torch.cat([s1.edge_index, s2.edge_index + 60], 1)
     w = torch.cat([s1.edge_weight, s2.edge_weight])
     batch = torch.arange(2).repeat_interleave(60)
@@ -145,7 +145,7 @@ def test_knn_purity_matches_sklearn_and_directed_graph_purity():
 
 def test_graph_purity_against_pyg_homophily_and_weighted_numpy():
     x, y = clustered(100, c=4, sep=1.0, seed=5)
-    snap = dg.build_snapshot(x, y, k=4)
+    snap = dg.graphs.build_snapshot(x, y, k=4)
     assert graph_purity(snap.edge_index, y) == pytest.approx(
         homophily(snap.edge_index, y, method="node"), abs=1e-6)
     A = dense(snap.edge_index, snap.edge_weight, 100)
@@ -179,7 +179,7 @@ def test_detect_communities_recovers_planted_partition(method):
 
 def test_detect_communities_quality_and_determinism_on_knn_graph():
     x, y = clustered(200, d=16, c=5, sep=1.2, seed=7)
-    snap = dg.build_snapshot(x, y, k=5)
+    snap = dg.graphs.build_snapshot(x, y, k=5)
     qs = {}
     for method in METHODS:
         a = detect_communities(snap.edge_index, snap.edge_weight, 200, method=method, seed=3)
@@ -197,7 +197,7 @@ def test_detect_communities_quality_and_determinism_on_knn_graph():
 def test_detect_communities_directed_input_is_symmetrised():
     x, y = clustered(80, c=4, seed=8)
     ei_dir, w_dir = dg.knn_graph(x, 4)
-    ei_und, w_und = dg.symmetrize(ei_dir, w_dir, 80, "mean")
+    ei_und, w_und = dg.graphs.symmetrize(ei_dir, w_dir, 80, "mean")
     a = detect_communities(ei_dir, w_dir, 80, seed=1)
     b = detect_communities(ei_und, w_und, 80, seed=1)
     assert torch.equal(a, b)

@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.compare import Comparison, compare, stream_cka
-from dyngraph.metrics.similarity import linear_cka, similarity_matrices
+from dyngraph.compare._compare import Comparison, compare_models as compare, stream_cka
+from dyngraph.measures._similarity import linear_cka, similarity_matrices
 
 # the module itself (dg.compare is the function)
-compare_mod = importlib.import_module("dyngraph.compare")
+compare_mod = importlib.import_module("dyngraph.compare._compare")
 
 
 def gen(seed=0):
@@ -87,7 +87,7 @@ def test_compare_feature_sets_matches_similarity_matrices(feature_sets, tmp_path
 
 
 def _snap(x, y):
-    s = dg.build_snapshot(x, y, k=3)
+    s = dg.graphs.build_snapshot(x, y, k=3)
     return s.edge_index, y, s.edge_weight
 
 
@@ -156,7 +156,7 @@ def test_stream_cka_matches_exact_and_minibatch_definition():
     res = compare({"a": m1, "b": m2}, small, measures=["cka_minibatch", "cka"], progress=False)
     mb = res.matrix("cka_minibatch", "a", "b")
     assert mb.meta["skipped_batches"] == 1 and mb.meta["batches"] == 3
-    acc = dg.metrics.similarity.MinibatchCKA()
+    acc = dg.measures._similarity.MinibatchCKA()
     fa = dg.extract_features(m1, small, progress=False)
     fb = dg.extract_features(m2, small, progress=False)
     for s in range(0, 120, 40):
@@ -193,7 +193,7 @@ def test_compare_errors(feature_sets):
 
 
 def test_compare_command_trains_compares_and_resumes(tmp_path, capsys):
-    from dyngraph.cli import main
+    from dyngraph.cli._main import main
     out = tmp_path / "cmp"
     argv = ["compare", "--archs", "mlp", "--seeds", "0", "1", "--include-untrained",
             "--epochs", "2", "--per-class", "8", "--measures", "cka", "mutual_knn",
@@ -214,8 +214,8 @@ def test_compare_command_trains_compares_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     assert "reused" in json.loads(capsys.readouterr().out)
     # model files
-    torch.save(dg.models.DigitsMLP(depth=2), tmp_path / "a.pt")
-    torch.save(dg.models.DigitsMLP(depth=3), tmp_path / "b.pt")
+    torch.save(dg.zoo.DigitsMLP(depth=2), tmp_path / "a.pt")
+    torch.save(dg.zoo.DigitsMLP(depth=3), tmp_path / "b.pt")
     assert main(["compare", "--models", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
                  "--measures", "cka", "--per-class", "6", "--out", str(tmp_path / "files"),
                  "--quiet"]) == 0
@@ -231,6 +231,8 @@ def test_public_api_names():
     names = ["linear_cka", "knn_overlap", "mutual_knn", "graph_similarity", "modularity_distance",
              "class_mixing", "knn_purity", "detect_communities", "community_transitions",
              "compare", "StreamingCKA", "MinibatchCKA", "permutation_test", "community_evolution"]
+    homes = {"compare": (dg.compare, "compare_models")}
     for n in names:
-        assert n in dg.__all__ and callable(getattr(dg, n)), n
-    assert dg.compare is compare
+        mod, attr = homes.get(n, (dg.measures, n))
+        assert attr in mod.__all__ and callable(getattr(mod, attr)), n
+    assert dg.compare.compare_models is compare

@@ -18,23 +18,23 @@ def read_scalars(logdir):
 
 def test_from_samples_stats_and_access():
     s = torch.tensor([[0.1, 0.4, 0.5], [0.3, 0.2, 0.7]])
-    c = dg.Curve.from_samples(["a", "b", "c"], s, meta={"k": 3})
+    c = dg._curve.Curve.from_samples(["a", "b", "c"], s, meta={"k": 3})
     assert np.allclose(c.values.numpy(), s.double().mean(0).numpy())
     assert np.allclose(c.std.numpy(), np.std(s.double().numpy(), axis=0, ddof=1))
     assert c["b"] == pytest.approx(0.3) and c[2] == pytest.approx(0.6)
     assert np.allclose(c.diff().numpy(), [0.1, 0.3])
     assert c.argmax() == "c" and "k" in repr(c) and len(c) == 3
     with pytest.raises(ValueError, match="one entry per layer"):
-        dg.Curve(["a"], torch.tensor([1.0, 2.0]))
+        dg._curve.Curve(["a"], torch.tensor([1.0, 2.0]))
 
 
 def test_json_csv_roundtrip(tmp_path):
-    c = dg.Curve.from_samples(["l0", "l1"], torch.tensor([[0.2, 0.5], [0.4, 0.9]]),
+    c = dg._curve.Curve.from_samples(["l0", "l1"], torch.tensor([[0.2, 0.5], [0.4, 0.9]]),
                               meta={"k": 3, "metric": "cosine", "seed": 0})
     c.to_json(tmp_path / "c.json")
     d = json.loads((tmp_path / "c.json").read_text())
     assert d["layers"] == ["l0", "l1"] and np.allclose(d["modularity"], [0.3, 0.7])
-    back = dg.Curve.from_json(tmp_path / "c.json")
+    back = dg._curve.Curve.from_json(tmp_path / "c.json")
     assert torch.allclose(back.values, c.values) and back.meta["k"] == 3
     rows = list(csv.reader(io.StringIO(c.to_csv(tmp_path / "c.csv"))))
     assert rows[0][:4] == ["layer_index", "layer", "modularity", "std"]
@@ -44,7 +44,7 @@ def test_json_csv_roundtrip(tmp_path):
 
 def test_tensorboard_one_scalar_per_layer_and_figure(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
-    c = dg.Curve.from_samples(["a", "b", "c"], torch.tensor([[0.1, 0.4, 0.8], [0.2, 0.5, 0.9]]))
+    c = dg._curve.Curve.from_samples(["a", "b", "c"], torch.tensor([[0.1, 0.4, 0.8], [0.2, 0.5, 0.9]]))
     with SummaryWriter(str(tmp_path)) as w:
         c.to_tensorboard(w)
     acc = read_scalars(tmp_path)
@@ -54,11 +54,11 @@ def test_tensorboard_one_scalar_per_layer_and_figure(tmp_path):
     assert len(acc.Scalars("dyngraph/modularity_std")) == 3
     assert "dyngraph/modularity/figure" in acc.Tags()["images"]
     with pytest.raises(TypeError, match="writer"):
-        dg.log_curve(object(), c)
+        dg.outputs._log.log_curve(object(), c)
 
 
 def test_plot_png(tmp_path):
-    c = dg.Curve(["a", "b"], torch.tensor([0.1, 0.3]))
+    c = dg._curve.Curve(["a", "b"], torch.tensor([0.1, 0.3]))
     fig = c.plot(tmp_path / "c.png", label="trained")
     assert (tmp_path / "c.png").stat().st_size > 1000 and fig is not None
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

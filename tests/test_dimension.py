@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.metrics import dimension as dim
-from dyngraph.metrics.dimension import (IDEstimate, block_analysis, id_curve, id_curves,
+from dyngraph.measures import _dimension as dim
+from dyngraph.measures._dimension import (IDEstimate, block_analysis, id_curve, id_curves,
                                         id_phases, local_id, log_id_phases, mle_id,
                                         neighbor_distances, participation_ratio, pca_dim,
                                         pca_spectrum, plot_depth_profiles, subsample_id, twonn)
@@ -47,7 +47,7 @@ def test_neighbor_distances_match_brute_force(blocks, monkeypatch):
     from scipy.spatial.distance import cdist
     if blocks:  # the symmetric self-search over 96-row blocks, as for large N
         import importlib
-        monkeypatch.setattr(importlib.import_module("dyngraph.knn"), "DEFAULT_TILE_ELEMENTS",
+        monkeypatch.setattr(importlib.import_module("dyngraph.graphs._knn"), "DEFAULT_TILE_ELEMENTS",
                             96 * 96)
     x = _embedded_cube(400, 4, 30, seed=1) + 5.0  # an offset: the search centres the data
     d, idx = neighbor_distances(x, 6)
@@ -348,16 +348,16 @@ def test_id_curve_records_dropped_points():
 
 # ------------------------------------------------------------------------ phases, logging, figure
 def test_id_phases_shapes():
-    c = dg.Curve(list("abcdef"), torch.tensor([10.0, 20, 40, 35, 15, 12]))
+    c = dg._curve.Curve(list("abcdef"), torch.tensor([10.0, 20, 40, 35, 15, 12]))
     p = id_phases(c)
     assert (p.shape, p.peak_layer, p.start_index, p.end_index) == ("hunchback", "c", 0, 5)
     assert p.expansion == ["a", "b", "c"] and p.compression == list("cdef")
     assert p.rise == pytest.approx(30.0) and p.fall == pytest.approx(28.0)
-    assert id_phases(dg.Curve(list("abc"), torch.tensor([1.0, 2, 3]))).shape == "rising"
-    assert id_phases(dg.Curve(list("abc"), torch.tensor([3.0, 2, 1]))).shape == "falling"
-    assert id_phases(dg.Curve(list("abc"), torch.tensor([10.0, 10.5, 10.2]))).shape == "flat"
+    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([1.0, 2, 3]))).shape == "rising"
+    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([3.0, 2, 1]))).shape == "falling"
+    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([10.0, 10.5, 10.2]))).shape == "flat"
     # a bump within the noise of the repeats is not a phase
-    noisy = dg.Curve.from_samples(list("abc"), torch.tensor([[8.0, 14, 8], [12, 12, 12]]))
+    noisy = dg._curve.Curve.from_samples(list("abc"), torch.tensor([[8.0, 14, 8], [12, 12, 12]]))
     assert id_phases(noisy).shape == "flat" and id_phases(noisy, n_sigma=0).shape == "hunchback"
     assert "hunchback" in p.summary() and p.to_dict()["peak_index"] == 2
 
@@ -366,8 +366,8 @@ def test_log_id_phases_writes_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
-    ident = dg.Curve(list("abcd"), torch.tensor([5.0, 9, 7, 3]), name="id_twonn")
-    mod = dg.Curve(list("abcd"), torch.tensor([0.1, 0.2, 0.5, 0.8]), name="modularity")
+    ident = dg._curve.Curve(list("abcd"), torch.tensor([5.0, 9, 7, 3]), name="id_twonn")
+    mod = dg._curve.Curve(list("abcd"), torch.tensor([0.1, 0.2, 0.5, 0.8]), name="modularity")
     with SummaryWriter(str(tmp_path)) as w:
         p = log_id_phases(w, ident, others=[mod])
     acc = EventAccumulator(str(tmp_path)).Reload()
@@ -381,8 +381,8 @@ def test_log_id_phases_writes_tensorboard(tmp_path):
 
 def test_plot_depth_profiles_any_curves(tmp_path):
     layers = list("abcde")
-    curves = [dg.Curve(layers, torch.rand(5), name=n) for n in ("modularity", "nc1")]
-    ident = dg.Curve.from_samples(layers, torch.tensor([[3.0, 8, 9, 4, 2], [3.2, 7, 9.5, 4, 2]]),
+    curves = [dg._curve.Curve(layers, torch.rand(5), name=n) for n in ("modularity", "nc1")]
+    ident = dg._curve.Curve.from_samples(layers, torch.tensor([[3.0, 8, 9, 4, 2], [3.2, 7, 9.5, 4, 2]]),
                                   name="id_twonn")
     out = tmp_path / "fig.png"
     fig = plot_depth_profiles(curves + [ident], phases=id_phases(ident), path=out)
@@ -452,9 +452,9 @@ def test_cuda_matches_cpu():
 
 
 def test_untrained_cnn_curve_smoke():
-    train, test = dg.data.example_loaders("digits")
+    train, test = dg.zoo.example_loaders("digits")
     torch.manual_seed(0)
-    model = dg.models.DigitsCNN()
+    model = dg.zoo.DigitsCNN()
     feats = dg.extract_features(model, test, per_class=20, progress=False)
     curves = id_curves(feats, ("twonn", "pr"), repeats=2, progress=False)
     assert len(curves["twonn"]) == len(feats) == 6

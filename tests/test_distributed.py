@@ -30,7 +30,7 @@ def _synthetic():
 
 def _model():
     torch.manual_seed(0)
-    return dg.models.DigitsMLP(depth=3, width=48)
+    return dg.zoo.DigitsMLP(depth=3, width=48)
 
 
 def _split_graph():
@@ -79,7 +79,7 @@ def test_every_rank_ran_with_gloo(ranks):
 
 
 def test_extraction_is_sharded_by_distributed_sampler(ranks):
-    ds = dg.data.digits_dataset("test")
+    ds = dg.zoo.digits_dataset("test")
     single = dg.extract_features(_model(), torch.utils.data.DataLoader(ds, batch_size=32),
                                  per_class=15, seed=0, progress=False)
     ids = [r["ids"] for r in ranks]
@@ -107,7 +107,7 @@ def _gathered(ranks):
 
 def test_distributed_curve_equals_single_process_curve(ranks):
     feats, y = _gathered(ranks)
-    single = dg.modularity_curve(feats, y, k=3, backend="matmul", progress=False)
+    single = dg.profiles._pipeline.modularity_curve(feats, y, k=3, backend="matmul", progress=False)
     for r in ranks:
         assert r["curve"].layers == single.layers
         # Same graph, same sums: equal to the last bit here; 1e-12 allows another summation order.
@@ -118,7 +118,7 @@ def test_distributed_curve_equals_single_process_curve(ranks):
 
 def test_distributed_resampled_curve_equals_single_process(ranks):
     feats, y = _gathered(ranks)
-    single = dg.modularity_curve(feats, y, k=3, per_class=10, repeats=2, seed=1,
+    single = dg.profiles._pipeline.modularity_curve(feats, y, k=3, per_class=10, repeats=2, seed=1,
                                  backend="matmul", progress=False)
     for r in ranks:
         assert r["curve_rep"].samples.shape == (2, len(single.layers))
@@ -128,10 +128,10 @@ def test_distributed_resampled_curve_equals_single_process(ranks):
 
 def test_distributed_curve_matches_whole_single_process_pipeline(ranks):
     """Extraction in 2 processes + distributed curve ≈ extraction + curve in one process."""
-    ds = dg.data.digits_dataset("test")
+    ds = dg.zoo.digits_dataset("test")
     single = dg.extract_features(_model(), torch.utils.data.DataLoader(ds, batch_size=32),
                                  per_class=15, seed=0, progress=False)
-    curve = dg.modularity_curve(single, k=3, backend="matmul", progress=False)
+    curve = dg.profiles._pipeline.modularity_curve(single, k=3, backend="matmul", progress=False)
     assert torch.allclose(ranks[0]["curve"].values, curve.values, rtol=0, atol=1e-6)
 
 
@@ -209,83 +209,83 @@ def test_mismatched_shapes_raise_on_every_rank(ranks):
 
 
 def test_single_process_fallback_without_a_group():
-    assert dg.init_distributed() == (0, 1) if "WORLD_SIZE" not in os.environ else True
+    assert dg.distributed.init_distributed() == (0, 1) if "WORLD_SIZE" not in os.environ else True
     x, y = _synthetic()
-    v, i = dg.distributed_knn(x, 4)
-    rv, ri = dg.knn(x, 4, backend="matmul")
+    v, i = dg.distributed.distributed_knn(x, 4)
+    rv, ri = dg.graphs.knn(x, 4, backend="matmul")
     assert torch.equal(i, ri) and torch.equal(v, rv)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     feats = {"a": x, "b": x + 0.5 * noise}
-    c = dg.distributed_modularity_curve(feats, y, progress=False)
-    s = dg.modularity_curve(feats, y, backend="matmul", progress=False)
+    c = dg.distributed.distributed_modularity_curve(feats, y, progress=False)
+    s = dg.profiles._pipeline.modularity_curve(feats, y, backend="matmul", progress=False)
     assert torch.equal(c.values, s.values)
     ei, w, comm = _split_graph()
-    assert abs(dg.distributed_modularity(ei, comm, w) - dg.modularity(ei, comm, w)) < 1e-12
+    assert abs(dg.distributed.distributed_modularity(ei, comm, w) - dg.modularity(ei, comm, w)) < 1e-12
 
 
 def test_permuted_global_ids_give_the_same_graph():
     x, _ = _synthetic()
     ids = torch.arange(0, N_SYN, 3)  # an interleaved shard, as DistributedSampler makes
     with pytest.raises(ValueError, match="permutation"):
-        dg.distributed_knn(x[ids], 3, global_ids=ids)  # one process must hold every id
+        dg.distributed.distributed_knn(x[ids], 3, global_ids=ids)  # one process must hold every id
     with pytest.raises(ValueError, match="strictly increasing"):
-        dg.distributed_knn(x, 3, global_ids=torch.arange(N_SYN).flip(0))
-    ei, w = dg.distributed_knn_graph(x, 3, global_ids=torch.arange(N_SYN))
+        dg.distributed.distributed_knn(x, 3, global_ids=torch.arange(N_SYN).flip(0))
+    ei, w = dg.distributed.distributed_knn_graph(x, 3, global_ids=torch.arange(N_SYN))
     assert torch.equal(ei, dg.knn_graph(x, 3, backend="matmul")[0])
 
 
 def test_distributed_bad_input():
     x, y = _synthetic()
     with pytest.raises(ValueError, match="k must be smaller"):
-        dg.distributed_knn(x, N_SYN)
+        dg.distributed.distributed_knn(x, N_SYN)
     with pytest.raises(TypeError, match="floating-point"):
-        dg.distributed_knn(x.long(), 3)
+        dg.distributed.distributed_knn(x.long(), 3)
     with pytest.raises(ValueError, match="precision"):
-        dg.distributed_knn(x, 3, precision="int8")
+        dg.distributed.distributed_knn(x, 3, precision="int8")
     with pytest.raises(ValueError, match="symmetrize"):
-        dg.distributed_modularity_curve({"a": x}, y, symmetrize="min", progress=False)
+        dg.distributed.distributed_modularity_curve({"a": x}, y, symmetrize="min", progress=False)
     with pytest.raises(ValueError, match="y is required"):
-        dg.distributed_modularity_curve({"a": x}, progress=False)
+        dg.distributed.distributed_modularity_curve({"a": x}, progress=False)
     with pytest.raises(ValueError, match="repeats"):
-        dg.distributed_modularity_curve({"a": x}, y, repeats=2, progress=False)
+        dg.distributed.distributed_modularity_curve({"a": x}, y, repeats=2, progress=False)
     bad = x.clone()
     bad[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        dg.distributed_knn(bad, 3)
+        dg.distributed.distributed_knn(bad, 3)
 
 
 # ---------------------------------------------------------------------------- rank entry point
 def _rank_main(out: str) -> None:
     import tempfile
     torch.set_num_threads(1)
-    rank, world = dg.init_distributed()
+    rank, world = dg.distributed.init_distributed()
     res = {"rank": rank, "world": world,
            "backend": torch.distributed.get_backend() if world > 1 else None}
-    ds = dg.data.digits_dataset("test")
-    feats = dg.distributed_extract_features(_model(), ds, per_class=15, seed=0, batch_size=32,
+    ds = dg.zoo.digits_dataset("test")
+    feats = dg.distributed.distributed_extract_features(_model(), ds, per_class=15, seed=0, batch_size=32,
                                             progress=False)
     res["ids"] = D.shard_ids(feats.meta)
     res["indices"], res["y"] = feats.indices, feats.y
     res["features"] = {n: feats[n] for n in feats.names}
     with tempfile.TemporaryDirectory() as tmp:
-        spilled = dg.distributed_extract_features(_model(), ds, per_class=15, seed=0,
+        spilled = dg.distributed.distributed_extract_features(_model(), ds, per_class=15, seed=0,
                                                   batch_size=32, spill_dir=tmp, progress=False)
         res["spilled_on_disk"] = spilled.on_disk
         res["spilled"] = {n: spilled[n] for n in spilled.names}
-    res["curve"] = dg.distributed_modularity_curve(feats, k=3, progress=False)
-    res["curve_rep"] = dg.distributed_modularity_curve(feats, k=3, per_class=10, repeats=2,
+    res["curve"] = dg.distributed.distributed_modularity_curve(feats, k=3, progress=False)
+    res["curve_rep"] = dg.distributed.distributed_modularity_curve(feats, k=3, per_class=10, repeats=2,
                                                        seed=1, progress=False)
     x, _ = _synthetic()
     rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N_SYN)
-    res["knn_cos"] = dg.distributed_knn_graph(x[rows], 4)
-    res["knn_euc"] = dg.distributed_knn_graph(x[rows], 4, metric="euclidean", chunk_size=16)
-    res["knn_bf16"] = dg.distributed_knn_graph(x[rows], 4, precision="bf16", col_chunk_size=23)
-    res["knn_cos_blocks"] = dg.distributed_knn_graph(x[rows], 4, chunk_size=8, col_chunk_size=16)
+    res["knn_cos"] = dg.distributed.distributed_knn_graph(x[rows], 4)
+    res["knn_euc"] = dg.distributed.distributed_knn_graph(x[rows], 4, metric="euclidean", chunk_size=16)
+    res["knn_bf16"] = dg.distributed.distributed_knn_graph(x[rows], 4, precision="bf16", col_chunk_size=23)
+    res["knn_cos_blocks"] = dg.distributed.distributed_knn_graph(x[rows], 4, chunk_size=8, col_chunk_size=16)
     ei, w, comm = _split_graph()
     share = torch.arange(ei.shape[1]) % world == rank  # splits the two directions of pairs
-    res["split_q"] = dg.distributed_modularity(ei[:, share], comm, w[share])
+    res["split_q"] = dg.distributed.distributed_modularity(ei[:, share], comm, w[share])
     try:
-        dg.distributed_knn(x[rows, :DIM_SYN - rank], 3)
+        dg.distributed.distributed_knn(x[rows, :DIM_SYN - rank], 3)
         res["mismatch_error"] = ""
     except ValueError as exc:
         res["mismatch_error"] = str(exc)
@@ -295,10 +295,10 @@ def _rank_main(out: str) -> None:
 
 def _rank_main_knn(out: str) -> None:
     torch.set_num_threads(1)
-    rank, world = dg.init_distributed()
+    rank, world = dg.distributed.init_distributed()
     x, _ = _synthetic()
     rows = _shards(world)[rank]
-    res = {key: dg.distributed_knn_graph(x[rows], 4, **kw) for key, kw in _knn_cases()}
+    res = {key: dg.distributed.distributed_knn_graph(x[rows], 4, **kw) for key, kw in _knn_cases()}
     torch.save(res, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["dyngraph.metrics.modularity", "dyngraph.graph", "dyngraph.knn", "dyngraph.curve",
-           "dyngraph.extract", "dyngraph.pipeline", "dyngraph.features", "dyngraph.logging"]
+MODULES = ["dyngraph.measures._modularity", "dyngraph.graphs._graph", "dyngraph.graphs._knn", "dyngraph._curve",
+           "dyngraph.capture._extract", "dyngraph.profiles._pipeline", "dyngraph.capture._features", "dyngraph.outputs._log"]
 
 
 @pytest.mark.parametrize("name", MODULES)

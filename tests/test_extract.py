@@ -194,6 +194,21 @@ def test_layer_selection_forms():
     assert aliased.meta["points"]["pre_fc"] == "head.1 (input)"
 
 
+class _Strings(nn.Module):
+    def forward(self, x):
+        return ("not", "a tensor")
+
+
+class NoTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _Strings()
+
+    def forward(self, x):
+        self.inner(x)
+        return x
+
+
 class TupleOut(nn.Module):
     def __init__(self):
         super().__init__()
@@ -227,9 +242,13 @@ def test_errors_restore_state():
     ds = TensorDataset(torch.randn(20, 4), torch.arange(20) % 2)
     m = Wrap(TupleOut())
     m.train()
-    with pytest.raises(ValueError, match="not a Tensor"):
-        dg.extract_features(m, DataLoader(ds), layers=["inner"], progress=False)
+    # A tuple output gives its first tensor (0.2: tuples, dicts and ModelOutputs are understood).
+    f = dg.extract_features(m, DataLoader(ds), layers=["inner", "inner.shared"], progress=False)
+    assert torch.equal(f["inner"], f["inner.shared"])
     assert m.training and all(not mod._forward_hooks for mod in m.modules())
+    with pytest.raises(ValueError, match="no tensor in it"):
+        dg.extract_features(NoTensor(), DataLoader(ds), layers=["inner"], progress=False)
+    assert all(not mod._forward_hooks for mod in m.modules())
     with pytest.raises(ValueError, match="ran 2 times"):
         dg.extract_features(Twice(), DataLoader(ds), layers=["act"], progress=False)
     with pytest.raises(ValueError, match="unknown layer 'inner.linn'.*inner.lin"):

@@ -20,9 +20,9 @@ def test_symmetrize_mean_is_reference_convention():
     a_dir = dense(ei, w, 60)
     for how, expect in [("mean", (a_dir + a_dir.T) / 2), ("add", a_dir + a_dir.T),
                         ("max", torch.maximum(a_dir, a_dir.T))]:
-        e2, w2 = dg.symmetrize(ei, w, 60, how)
+        e2, w2 = dg.graphs.symmetrize(ei, w, 60, how)
         assert torch.allclose(dense(e2, w2, 60), expect)
-    e2, w2 = dg.symmetrize(ei, w, 60, "mutual")
+    e2, w2 = dg.graphs.symmetrize(ei, w, 60, "mutual")
     both = (a_dir > 0) & (a_dir.T > 0)
     assert torch.allclose(dense(e2, w2, 60), torch.where(both, (a_dir + a_dir.T) / 2, 0.0))
 
@@ -31,7 +31,7 @@ def test_symmetrize_mean_is_reference_convention():
 def test_snapshot_reproduces_reference_pipeline(seed):
     x, y = clustered(25, 4, 10, 0.8, seed=seed)
     x = x.double()
-    snap = dg.build_snapshot(x, y, k=3)
+    snap = dg.graphs.build_snapshot(x, y, k=3)
     a_ref = reference_adjacency(x.numpy(), 3)
     assert np.allclose(dense(snap.edge_index, snap.edge_weight, 100).numpy(), a_ref)
     q = dg.modularity(snap.edge_index, y, snap.edge_weight)
@@ -94,13 +94,13 @@ def test_from_layer_features_and_keep_x():
 
 def test_multidim_features_are_flattened():
     x = torch.randn(30, 2, 3, 3)
-    snap = dg.build_snapshot(x, torch.arange(30) % 3, k=2, keep_x=True)
+    snap = dg.graphs.build_snapshot(x, torch.arange(30) % 3, k=2, keep_x=True)
     assert snap.x.shape == (30, 18)
 
 
 def test_modularity_curve_repeats():
     feats, y = make_features()
-    c = dg.modularity_curve(feats, y, per_class=20, repeats=4, seed=0, progress=False)
+    c = dg.profiles._pipeline.modularity_curve(feats, y, per_class=20, repeats=4, seed=0, progress=False)
     assert c.samples.shape == (4, 4)
     assert torch.allclose(c.values, c.samples.mean(0))
     assert torch.allclose(c.std, torch.tensor(np.std(c.samples.numpy(), axis=0, ddof=1)))
@@ -135,7 +135,7 @@ def test_bad_input():
     with pytest.raises(TypeError, match="features"):
         dg.DynamicGraph.from_features([feats["layer0"]], y=y)
     with pytest.raises(ValueError, match="repeats"):
-        dg.modularity_curve(feats, y, repeats=3)
+        dg.profiles._pipeline.modularity_curve(feats, y, repeats=3)
 
 
 def test_knn_options_pass_through_to_the_snapshots():
@@ -143,13 +143,13 @@ def test_knn_options_pass_through_to_the_snapshots():
     x, y = clustered(40, 4, 24, 1.0, seed=4)
     ei, w = dg.knn_graph(x, 3, backend="matmul", col_chunk_size=48, precision="bf16",
                          candidates=12)
-    snap = dg.build_snapshot(x, y, k=3, backend="matmul", col_chunk_size=48, precision="bf16",
+    snap = dg.graphs.build_snapshot(x, y, k=3, backend="matmul", col_chunk_size=48, precision="bf16",
                              candidates=12, symmetrize="add")
-    ref_ei, ref_w = dg.symmetrize(ei, w, x.shape[0], "add")
+    ref_ei, ref_w = dg.graphs.symmetrize(ei, w, x.shape[0], "add")
     assert torch.equal(snap.edge_index, ref_ei) and torch.equal(snap.edge_weight, ref_w)
     seq = dg.DynamicGraph.from_features({"a": x}, y=y, k=3, precision="bf16", progress=False)
     assert seq.meta["precision"] == "bf16"
-    curve = dg.modularity_curve({"a": x}, y, k=3, precision="fp16", candidates=8, progress=False)
+    curve = dg.profiles._pipeline.modularity_curve({"a": x}, y, k=3, precision="fp16", candidates=8, progress=False)
     assert curve.meta["precision"] == "fp16"
     with pytest.raises(ValueError, match="precision"):
-        dg.build_snapshot(x, y, precision="int8")
+        dg.graphs.build_snapshot(x, y, precision="int8")

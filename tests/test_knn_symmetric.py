@@ -9,7 +9,7 @@ import dyngraph as dg
 from dyngraph.testing import reference_knn
 from tests.conftest import clustered
 
-K = importlib.import_module("dyngraph.knn")
+K = importlib.import_module("dyngraph.graphs._knn")
 
 
 def stable_topk(scores: torch.Tensor, k: int, largest: bool):
@@ -135,7 +135,7 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
         return real(self, block, **kw)
     monkeypatch.setattr(K.BlockTopK, "update_self", spy)
     x, _ = clustered(100, 6, 8, 1.0)
-    v, i = dg.knn(x, 3, backend="matmul", chunk_size=128)
+    v, i = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128)
     assert calls == [128]
     ref_v, ref_i = reference_knn(x.numpy(), 3, "cosine")
     assert np.array_equal(i.numpy(), ref_i)
@@ -149,17 +149,17 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
 def test_self_search_progress_bar_counts_the_tiles(capsys, monkeypatch):
     monkeypatch.delenv("DYNGRAPH_QUIET", raising=False)
     x, _ = clustered(100, 6, 8, 1.0)  # 600 points in blocks of 128: 5 blocks, 15 tiles
-    ref = dg.knn(x, 3, backend="matmul", chunk_size=128)
+    ref = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128)
     assert capsys.readouterr().err == ""  # off by default
-    out = dg.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    out = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
     err = capsys.readouterr().err
     assert "kNN tiles" in err and "/15 " in err  # the bar counts 15 tiles
     assert all(torch.equal(a, b) for a, b in zip(out, ref))
     monkeypatch.setenv("DYNGRAPH_QUIET", "1")
-    dg.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    dg.graphs.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
     assert "kNN tiles" not in capsys.readouterr().err
     monkeypatch.delenv("DYNGRAPH_QUIET")
-    dg.knn(x[:100], 3, backend="matmul", progress=True)  # one tile: no bar
+    dg.graphs.knn(x[:100], 3, backend="matmul", progress=True)  # one tile: no bar
     assert "kNN tiles" not in capsys.readouterr().err
 
 
@@ -198,7 +198,7 @@ def test_switches_reject_non_bool_values():
     with pytest.raises(TypeError, match="sorted must be True or False"):
         K.topk_cols(s.T.contiguous(), 3, sorted=0)
     with pytest.raises(TypeError, match="progress must be True or False"):
-        dg.knn(x, 3, progress="quiet")
+        dg.graphs.knn(x, 3, progress="quiet")
     with pytest.raises(TypeError, match="progress must be True or False"):
         dg.knn_graph(x, 3, progress=None)
     with pytest.raises(TypeError, match="progress must be True or False"):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from dyngraph.lpm import (LayerPeeledSolution, lpm_counts, lpm_minority_curve,
+from dyngraph.theory._lpm import (LayerPeeledSolution, lpm_counts, lpm_minority_curve,
                           minority_collapse_threshold, plot_lpm_comparison, solve_layer_peeled)
-from dyngraph.metrics.collapse import etf_gram, neural_collapse
+from dyngraph.measures._collapse import etf_gram, neural_collapse
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

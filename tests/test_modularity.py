@@ -50,7 +50,7 @@ def test_matches_networkx_with_self_loops_and_resolution():
 def test_knn_snapshot_matches_networkx():
     from tests.conftest import clustered
     x, y = clustered(40, 5, 16, 1.0)
-    snap = dg.build_snapshot(x, y, k=3)
+    snap = dg.graphs.build_snapshot(x, y, k=3)
     q = dg.modularity(snap.edge_index, y, snap.edge_weight)
     assert abs(q - nx_modularity(snap.edge_index, snap.edge_weight.double(), y, len(y))) < 1e-6
 
@@ -73,7 +73,7 @@ def test_batch_equals_separate_graphs():
 def test_contributions_sum_to_q():
     ei, w = random_graph(60, 0.1, 3)
     comm = torch.arange(60) % 5
-    c = dg.community_contributions(ei, comm, w)
+    c = dg.measures.community_contributions(ei, comm, w)
     assert c.shape == (5,)
     assert abs(float(c.sum()) - dg.modularity(ei, comm, w)) < 1e-12
 
@@ -102,7 +102,7 @@ def test_closed_form_facts():
 def test_upper_bound_and_random_labels_near_zero():
     from tests.conftest import clustered
     x, y = clustered(50, 4, 16, 3.0, seed=2)
-    snap = dg.build_snapshot(x, y, k=5)
+    snap = dg.graphs.build_snapshot(x, y, k=5)
     q = dg.modularity(snap.edge_index, y, snap.edge_weight)
     assert q <= 1 - 1 / 4 + 1e-12
     g = torch.Generator().manual_seed(0)
@@ -137,7 +137,7 @@ def test_bad_input():
 @pytest.mark.parametrize("self_loops", [False, True])
 def test_many_communities_path_matches_networkx(self_loops):
     # C² > MIXING_SLOTS: the (strength, inside) slot path instead of the C×C mixing matrix.
-    from dyngraph.metrics.modularity import MIXING_SLOTS
+    from dyngraph.measures._modularity import MIXING_SLOTS
     n, n_comm = 700, 300
     assert n_comm * n_comm > MIXING_SLOTS
     ei, w = random_graph(n, 0.01, 5, True, self_loops=self_loops)
@@ -151,7 +151,7 @@ def test_many_communities_path_matches_networkx(self_loops):
                        batch=torch.arange(2).repeat_interleave(n))
     assert abs(float(q2[0]) - q) < 1e-12
     assert abs(float(q2[1]) - nx_modularity(ei, w, comm2, n)) < 1e-6
-    contrib = dg.community_contributions(ei, comm, w)
+    contrib = dg.measures.community_contributions(ei, comm, w)
     assert contrib.shape == (n_comm,) and abs(float(contrib.sum()) - q) < 1e-12
 
 
@@ -171,29 +171,31 @@ def test_label_permutation_null_matches_networkx_and_centres_near_zero():
     feats = {"a": x, "b": x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1))}
     seq = dg.DynamicGraph.from_features(feats, y=y, k=3, progress=False)
     null = seq.modularity_null(permutations=200, seed=7)
-    assert null.name == "modularity_null" and tuple(null.samples.shape) == (200, 2)
+    assert null.name == "modularity_null" and tuple(null.samples.shape) == (200, 2, 1)
     # Oracle: the first permutation, rebuilt from the documented generator, against networkx.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(7))
     for li, snap in enumerate(seq):
         q_nx = nx_modularity(snap.edge_index, snap.edge_weight.double(), y[perm], len(y))
-        assert abs(float(null.samples[0, li]) - q_nx) < 1e-9
+        assert abs(float(null.samples[0, li, 0]) - q_nx) < 1e-9
     # Shuffled labels: Q centred near 0 (class sizes kept), far below the observed Q.
     q = seq.modularity().values
     assert bool((null.values.abs() < 0.03).all())
-    z = (q - null.values) / null.std
+    z = (q - null.values) / null.errors
     assert bool((z > 10).all())
     with pytest.raises(ValueError, match="permutations"):
         seq.modularity_null(permutations=0)
 
 
-def test_modularity_curve_reports_the_null_and_zscores():
+def test_depth_profile_reports_the_null_and_zscores():
     from tests.conftest import clustered
     x, y = clustered(30, 3, 8, 2.0, seed=1)
-    c = dg.modularity_curve({"a": x}, y, per_class=20, repeats=2, null_permutations=30,
-                            progress=False)
-    null = c.meta["null"]
-    assert null["permutations"] == 30 and len(null["zscore"]) == 1
-    assert abs(null["zscore"][0] - (float(c.values[0]) - null["mean"][0]) / null["std"][0]) < 1e-9
-    assert "null" not in dg.modularity_curve({"a": x}, y, progress=False).meta
+    p = dg.depth_profile({"a": x}, ["modularity"], y=y, per_class=20, repeats=2,
+                         null_permutations=30, progress=False)
+    assert p.meta["null_permutations"] == 30
+    assert p.metrics == ["modularity", "modularity:null_mean", "modularity:null_std",
+                         "modularity:z"]
+    q, mu, sd, z = (p.samples[:, 0, i] for i in range(4))
+    assert torch.allclose(z, (q - mu) / sd, rtol=0, atol=1e-12)
+    assert "modularity:z" not in dg.depth_profile({"a": x}, y=y, progress=False).metrics
     with pytest.raises(ValueError, match="null_permutations"):
-        dg.modularity_curve({"a": x}, y, null_permutations=-1, progress=False)
+        dg.depth_profile({"a": x}, y=y, null_permutations=-1, progress=False)

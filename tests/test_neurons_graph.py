@@ -179,8 +179,8 @@ def test_activation_graph_is_clipped_squared_spearman():
 
 def test_activation_graph_of_a_bn_cnn_has_one_node_per_channel():
     torch.manual_seed(0)
-    m = dg.models.DigitsCNN(channels=(4, 6, 8), pool_after=(1,))
-    dl = DataLoader(dg.data.digits_dataset("test"), batch_size=128)
+    m = dg.zoo.DigitsCNN(channels=(4, 6, 8), pool_after=(1,))
+    dl = DataLoader(dg.zoo.digits_dataset("test"), batch_size=128)
     g = neuron_graph(m, "activations", dl, progress=False)
     assert sum(g.layer_sizes) == 4 + 6 + 8
     assert g.num_nodes + g.n_removed == 18

@@ -233,7 +233,7 @@ def test_shuffle_weights_permutes_within_each_layer():
 
 def test_clusterability_checkpoint_resumes(tmp_path):
     torch.manual_seed(0)
-    m = dg.models.DigitsMLP(depth=3, width=16)
+    m = dg.zoo.DigitsMLP(depth=3, width=16)
     ck = tmp_path / "shuffles.json"
     fresh = clusterability(m, 3, n_shuffles=5, seed=1, progress=False)
     part = clusterability(m, 3, n_shuffles=3, seed=1, checkpoint=ck, progress=False)

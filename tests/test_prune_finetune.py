@@ -90,14 +90,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 def test_train_classifier_is_the_same_loop():
     train, _ = _loaders()
     a, b = _net(), _net()
-    dg.models.train_classifier(a, train, epochs=2, lr=3e-3, weight_decay=5e-4, seed=3,
+    dg.zoo.train_classifier(a, train, epochs=2, lr=3e-3, weight_decay=5e-4, seed=3,
                                progress=False)
     train, _ = _loaders()
     prune.fit(b, train, None, 2, optimizer="adamw", lr=3e-3, weight_decay=5e-4, seed=3,
               progress=False)
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
-    assert dg.models.evaluate is prune.evaluate
+    assert dg.prune.evaluate is prune.evaluate
 
 
 def test_bad_arguments():
@@ -136,8 +136,8 @@ def test_flops_and_params_closed_form():
     frozen.bias.requires_grad_(False)
     assert prune.count_params(frozen, trainable_only=True) == 16
     # the guessed input gives the same per-sample count
-    assert prune.count_flops(dg.models.DigitsCNN()) == \
-        prune.count_flops(dg.models.DigitsCNN(), torch.zeros(5, 1, 8, 8))
+    assert prune.count_flops(dg.zoo.DigitsCNN()) == \
+        prune.count_flops(dg.zoo.DigitsCNN(), torch.zeros(5, 1, 8, 8))
 
 
 def test_latency_restores_state():

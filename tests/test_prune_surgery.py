@@ -8,7 +8,7 @@ from torch import nn
 
 import dyngraph as dg
 from dyngraph import prune
-from dyngraph.models import CifarResNet, resnet20, resnet56
+from dyngraph.zoo._models import CifarResNet, resnet20, resnet56
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -94,12 +94,12 @@ def test_pruned_resnet56_has_the_layout_of_a_smaller_resnet():
 
 def test_option_a_has_no_shortcut_parameters_and_published_sizes():
     assert abs(prune.count_params(resnet20()) / 1e6 - 0.27) < 0.005
-    assert abs(prune.count_params(dg.models.resnet110()) / 1e6 - 1.7) < 0.05
-    b = dg.models.resnet56(option="B")
+    assert abs(prune.count_params(dg.zoo.resnet110()) / 1e6 - 1.7) < 0.05
+    b = dg.zoo.resnet56(option="B")
     assert prune.count_params(b) > prune.count_params(resnet56())
-    assert prune.count_params(dg.models.PadShortcut(16, 32)) == 0
+    assert prune.count_params(dg.zoo.PadShortcut(16, 32)) == 0
     with pytest.raises(ValueError, match="depth"):
-        dg.models.cifar_resnet(57)
+        dg.zoo.cifar_resnet(57)
 
 
 # ------------------------------------------------------------------ round trips
@@ -146,7 +146,7 @@ def test_cifar_resnet20_and_shape_change_with_option_a_shortcut():
     x = torch.randn(2, 3, 32, 32)
     pruned, log = _round_trip(model, ["layer1.1", "layer2.0", "layer3.2"], x)
     # option A's shortcut has no parameters: layer2.0 becomes the padding shortcut
-    assert isinstance(pruned.layer2[0], dg.models.PadShortcut)
+    assert isinstance(pruned.layer2[0], dg.zoo.PadShortcut)
     assert "shortcut" in log["replaced"]["layer2.0"]
     with pytest.raises(ValueError, match="changes the shape"):
         prune.prune_layers(model, ["layer2.0"], example_input=x, projection="none")
@@ -184,7 +184,7 @@ def test_vgg_like_sequential_removes_conv_units():
 
 
 def test_mlp_hidden_layers():
-    model = dg.models.DigitsMLP(depth=5, width=32)
+    model = dg.zoo.DigitsMLP(depth=5, width=32)
     x = torch.randn(3, 1, 8, 8)
     pruned, log = _round_trip(model, ["net.3", "net.7"], x)
     assert log["removed"]["net.3"] == ["net.3", "net.4"]
@@ -256,7 +256,7 @@ def test_custom_resnet_style_classes():
     assert isinstance(pruned2.u2, nn.Identity)
     # detection works on the unseen class too: the stem, shape change and classifier are kept
     layers = ["entry", "stages.0.0", "stages.0.1", "stages.0.2", "stages.1.0", "stages.1.1"]
-    curve = dg.Curve(layers, torch.tensor([0.1, 0.15, 0.16, 0.17, 0.18, 0.185]))
+    curve = dg._curve.Curve(layers, torch.tensor([0.1, 0.15, 0.16, 0.17, 0.18, 0.185]))
     r = prune.redundant_layers(curve, model=model, example_input=x)
     assert r.layers == ["stages.0.1", "stages.0.2", "stages.1.1"]
     assert "changes the shape" in r.kept["stages.1.0"] and "stages.0.0" not in r.kept
@@ -343,9 +343,9 @@ def test_projection_is_strided_zero_padded_identity():
 
 
 def test_probe_and_infer_example_input():
-    x = prune.infer_example_input(dg.models.DigitsCNN())
+    x = prune.infer_example_input(dg.zoo.DigitsCNN())
     assert tuple(x.shape) == (2, 1, 8, 8)
-    assert tuple(prune.infer_example_input(dg.models.SignalResNet()).shape) == (2, 1, 40)
+    assert tuple(prune.infer_example_input(dg.zoo.SignalResNet()).shape) == (2, 1, 40)
     info = prune.probe(resnet20(), torch.zeros(1, 3, 32, 32))
     assert info["layer2.0"].in_shape == (16, 32, 32) and info["layer2.0"].out_shape == (32, 16, 16)
     assert info["layer1.0"].order < info["layer2.0"].order < info["linear"].order

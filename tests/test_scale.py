@@ -16,8 +16,8 @@ import torch
 
 import dyngraph as dg
 
-K = importlib.import_module("dyngraph.knn")
-P = importlib.import_module("dyngraph.projection")
+K = importlib.import_module("dyngraph.graphs._knn")
+P = importlib.import_module("dyngraph.graphs._projection")
 from dyngraph.testing import reference_knn  # noqa: E402
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -36,7 +36,7 @@ def clustered(n, d, classes=5, sep=2.0, seed=0, dtype=torch.float32):
                                         (37, 256)])
 def test_row_and_column_blocks_match_reference(metric, rows, cols):
     x, _ = clustered(200, 10, dtype=torch.float64)
-    vals, idx = dg.knn(x, 6, metric=metric, backend="matmul", chunk_size=rows,
+    vals, idx = dg.graphs.knn(x, 6, metric=metric, backend="matmul", chunk_size=rows,
                        col_chunk_size=cols)
     ref_v, ref_i = reference_knn(x.numpy(), 6, metric)
     assert np.array_equal(idx.numpy(), ref_i)
@@ -48,10 +48,10 @@ def test_ties_across_column_blocks_go_to_the_smaller_index():
     base = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     x = base.repeat(8, 1)  # row i duplicates row i mod 3
     for cols in (2, 3, 5, 24):
-        _, idx = dg.knn(x, 3, backend="matmul", col_chunk_size=cols)
+        _, idx = dg.graphs.knn(x, 3, backend="matmul", col_chunk_size=cols)
         _, ref = reference_knn(x.numpy(), 3, "cosine")
         assert np.array_equal(idx.numpy(), ref), cols
-        _, idx = dg.knn(x, 3, metric="euclidean", backend="matmul", col_chunk_size=cols,
+        _, idx = dg.graphs.knn(x, 3, metric="euclidean", backend="matmul", col_chunk_size=cols,
                         chunk_size=4)
         _, ref = reference_knn(x.numpy(), 3, "euclidean")
         assert np.array_equal(idx.numpy(), ref), cols
@@ -67,7 +67,7 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
         return out
     monkeypatch.setattr(K.BlockTopK, "_scores", spy)
     x, _ = clustered(1000, 8)
-    dg.knn(x, 4, backend="matmul", chunk_size=100, col_chunk_size=128)
+    dg.graphs.knn(x, 4, backend="matmul", chunk_size=100, col_chunk_size=128)
     assert seen and max(r * c for r, c in seen) <= 100 * 128
     # The self-search scores each pair once: about half of the N² scores, never fewer.
     assert 1000 * 1000 / 2 <= sum(r * c for r, c in seen) < 0.6 * 1000 * 1000
@@ -76,7 +76,7 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
     monkeypatch.setattr(K, "DEFAULT_COL_BLOCK", 256)
     for n in (500, 3000):
         seen.clear()
-        _, idx = dg.knn(torch.randn(n, 2), 2, backend="matmul")
+        _, idx = dg.graphs.knn(torch.randn(n, 2), 2, backend="matmul")
         assert idx.shape == (n, 2)
         assert max(r * c for r, c in seen) <= 1 << 14
         assert max(c for _, c in seen) <= 256
@@ -102,7 +102,7 @@ def test_even_blocks_have_no_thin_tail():
 def test_block_topk_streams_blocks_in_any_order_with_ids():
     x, _ = clustered(257, 12, dtype=torch.float64)
     xn = K.prepare_features(x, "cosine")
-    ref_v, ref_i = dg.knn(x, 5, backend="matmul")
+    ref_v, ref_i = dg.graphs.knn(x, 5, backend="matmul")
     # Queries: an interleaved shard; keys: shuffled blocks with explicit ascending ids.
     q_ids = torch.arange(1, 257, 3)
     acc = K.BlockTopK(xn[q_ids], 5, "cosine", query_ids=q_ids, chunk_size=19)
@@ -123,8 +123,8 @@ def test_block_topk_result_needs_enough_keys():
 
 def test_large_n_with_small_tiles_matches_default():
     x, _ = clustered(2000, 16)
-    a = dg.knn(x, 3, backend="matmul")
-    b = dg.knn(x, 3, backend="matmul", chunk_size=256, col_chunk_size=512)
+    a = dg.graphs.knn(x, 3, backend="matmul")
+    b = dg.graphs.knn(x, 3, backend="matmul", chunk_size=256, col_chunk_size=512)
     assert torch.equal(a[1], b[1])
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
 
@@ -142,8 +142,8 @@ def test_knn_graph_accepts_tile_options():
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_half_precision_tiles_refined_in_fp32(precision, metric):
     x, _ = clustered(600, 32, seed=2)
-    full_v, full_i = dg.knn(x, 5, metric=metric, backend="matmul")
-    v, i = dg.knn(x, 5, metric=metric, precision=precision, col_chunk_size=200)
+    full_v, full_i = dg.graphs.knn(x, 5, metric=metric, backend="matmul")
+    v, i = dg.graphs.knn(x, 5, metric=metric, precision=precision, col_chunk_size=200)
     same = (i == full_i).all(1).float().mean()
     assert same >= 0.99
     # Values are exact fp32 re-scorings of the returned neighbours, not half-precision values.
@@ -161,10 +161,10 @@ def test_half_precision_tiles_refined_in_fp32(precision, metric):
 
 def test_more_candidates_change_fewer_neighbours():
     x, _ = clustered(800, 48, sep=0.6, seed=5)  # weak clusters: many near-ties
-    _, ref = dg.knn(x, 8, backend="matmul")
+    _, ref = dg.graphs.knn(x, 8, backend="matmul")
     changed = {}
     for c in (8, 12, 32):
-        _, i = dg.knn(x, 8, precision="bf16", candidates=c)
+        _, i = dg.graphs.knn(x, 8, precision="bf16", candidates=c)
         changed[c] = int((i != ref).any(1).sum())
     assert changed[32] <= changed[12] <= changed[8]
     assert changed[32] <= 0.01 * 800
@@ -173,8 +173,8 @@ def test_more_candidates_change_fewer_neighbours():
 def test_fp16_euclidean_survives_large_values():
     x, _ = clustered(200, 16, seed=1)
     x = x * 1e4  # |x|² ≈ 1e9 overflows fp16 unless the tile is rescaled
-    _, ref = dg.knn(x, 3, metric="euclidean", backend="matmul")
-    v, i = dg.knn(x, 3, metric="euclidean", precision="fp16")
+    _, ref = dg.graphs.knn(x, 3, metric="euclidean", backend="matmul")
+    v, i = dg.graphs.knn(x, 3, metric="euclidean", precision="fp16")
     assert torch.isfinite(v).all()
     assert (i == ref).all(1).float().mean() >= 0.99
 
@@ -182,29 +182,29 @@ def test_fp16_euclidean_survives_large_values():
 def test_precision_bad_options():
     x = torch.randn(30, 4)
     with pytest.raises(ValueError, match="precision"):
-        dg.knn(x, 3, precision="int8")
+        dg.graphs.knn(x, 3, precision="int8")
     with pytest.raises(ValueError, match="candidates must be >= k"):
-        dg.knn(x, 5, precision="bf16", candidates=3)
+        dg.graphs.knn(x, 5, precision="bf16", candidates=3)
     with pytest.raises(ValueError, match="torch_cluster"):
-        dg.knn(x, 3, precision="bf16", backend="torch_cluster")
+        dg.graphs.knn(x, 3, precision="bf16", backend="torch_cluster")
     with pytest.raises(ValueError, match="col_chunk_size"):
-        dg.knn(x, 3, col_chunk_size=0)
+        dg.graphs.knn(x, 3, col_chunk_size=0)
     with pytest.raises(TypeError, match="col_chunk_size"):
-        dg.knn(x, 3, col_chunk_size=2.5)
+        dg.graphs.knn(x, 3, col_chunk_size=2.5)
 
 
 # ---------------------------------------------------------------------------- projection
 def test_jl_min_dim_matches_sklearn_formula():
     from sklearn.random_projection import johnson_lindenstrauss_min_dim
     for n, eps in [(100, 0.5), (5000, 0.1), (50000, 0.3), (10 ** 6, 0.2)]:
-        ours = dg.jl_min_dim(n, eps)
+        ours = dg.graphs.jl_min_dim(n, eps)
         theirs = int(johnson_lindenstrauss_min_dim(n, eps=eps))
         assert ours in (theirs, theirs + 1)  # sklearn floors the bound, we take its ceiling
         assert ours >= 4 * math.log(n) / (eps ** 2 / 2 - eps ** 3 / 3)
     with pytest.raises(ValueError, match="eps"):
-        dg.jl_min_dim(100, 1.5)
+        dg.graphs.jl_min_dim(100, 1.5)
     with pytest.raises(ValueError, match="n_samples"):
-        dg.jl_min_dim(0)
+        dg.graphs.jl_min_dim(0)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher", "sparse"])
@@ -212,13 +212,13 @@ def test_projection_preserves_distances_like_jl_predicts(kind):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 6000, generator=g)
     m = 600
-    z = dg.random_projection(x, m, seed=3, kind=kind)
+    z = dg.graphs.random_projection(x, m, seed=3, kind=kind)
     ratio = (torch.pdist(z.double()) / torch.pdist(x.double())).pow(2)
     # ‖Rz‖²/‖z‖² has mean 1 and variance ≈ 2/m (exactly χ²_m/m for Gaussian R).
     assert abs(float(ratio.mean()) - 1) < 0.02
     assert abs(float(ratio.std()) / math.sqrt(2 / m) - 1) < 0.2
     # The JL guarantee for eps = 0.3 at this N.
-    assert dg.jl_min_dim(120, 0.3) <= m and float((ratio.sqrt() - 1).abs().max()) < 0.3
+    assert dg.graphs.jl_min_dim(120, 0.3) <= m and float((ratio.sqrt() - 1).abs().max()) < 0.3
 
 
 def test_projection_distortion_matches_sklearn_gaussian_projection():
@@ -226,7 +226,7 @@ def test_projection_distortion_matches_sklearn_gaussian_projection():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(100, 3000, generator=g, dtype=torch.float64)
     d0 = torch.pdist(x)
-    ours = torch.pdist(dg.random_projection(x, 256, seed=0).double()) / d0
+    ours = torch.pdist(dg.graphs.random_projection(x, 256, seed=0).double()) / d0
     sk = GaussianRandomProjection(256, random_state=0).fit_transform(x.numpy())
     theirs = torch.pdist(torch.from_numpy(sk)) / d0
     assert abs(float(ours.std()) - float(theirs.std())) < 0.2 * float(theirs.std())
@@ -236,27 +236,27 @@ def test_projection_distortion_matches_sklearn_gaussian_projection():
 def test_projection_is_seeded_and_independent_of_blocking(tmp_path):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(70, 2500, generator=g)
-    a = dg.random_projection(x, 64, seed=7)
-    assert torch.equal(a, dg.random_projection(x, 64, seed=7))
-    assert not torch.allclose(a, dg.random_projection(x, 64, seed=8))
+    a = dg.graphs.random_projection(x, 64, seed=7)
+    assert torch.equal(a, dg.graphs.random_projection(x, 64, seed=7))
+    assert not torch.allclose(a, dg.graphs.random_projection(x, 64, seed=8))
     # Equal to x @ R with R built tile by tile; invariant to row blocks and to caching R.
     R = P.projection_matrix(2500, 64, seed=7)
     torch.testing.assert_close(a, x @ R, rtol=1e-5, atol=1e-4)
-    b = dg.random_projection(x, 64, seed=7, block_rows=9, cache_bytes=0)
+    b = dg.graphs.random_projection(x, 64, seed=7, block_rows=9, cache_bytes=0)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     # Slices of R equal slices of the whole.
     assert torch.equal(P.projection_matrix(2500, 64, 7, start=1000, stop=2100), R[1000:2100])
     # The same rows from a .npy memmap (read with plain reads) and from a spilled file.
     np.save(tmp_path / "x.npy", x.numpy())
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    same_blocks = dg.random_projection(x, 64, seed=7, block_rows=16)
-    assert torch.equal(dg.random_projection(mm, 64, seed=7, block_rows=16), same_blocks)
-    from dyngraph.features import SpilledArray
+    same_blocks = dg.graphs.random_projection(x, 64, seed=7, block_rows=16)
+    assert torch.equal(dg.graphs.random_projection(mm, 64, seed=7, block_rows=16), same_blocks)
+    from dyngraph.capture._features import SpilledArray
     sp = SpilledArray(tmp_path / "x.bin", 2500)
     sp.append(x[:30])
     sp.append(x[30:])
-    assert torch.equal(dg.random_projection(sp, 64, seed=7, block_rows=16), same_blocks)
-    assert torch.equal(dg.random_projection(x.numpy(), 64, seed=7, block_rows=16), same_blocks)
+    assert torch.equal(dg.graphs.random_projection(sp, 64, seed=7, block_rows=16), same_blocks)
+    assert torch.equal(dg.graphs.random_projection(x.numpy(), 64, seed=7, block_rows=16), same_blocks)
 
 
 def test_projection_matrix_entries():
@@ -273,15 +273,15 @@ def test_projection_matrix_entries():
 
 def test_projection_keeps_modularity_close_on_real_features():
     """Effect on Q: digits images blown up to 4096 wide random-feature maps, then projected."""
-    ds = dg.data.digits_dataset("train")
+    ds = dg.zoo.digits_dataset("train")
     x, y = ds.tensors[0].reshape(len(ds), -1).float(), ds.tensors[1]
     g = torch.Generator().manual_seed(0)
     wide = torch.relu(x @ torch.randn(64, 4096, generator=g))  # a wide ReLU layer
-    q0 = dg.modularity_curve({"wide": wide}, y, k=3, backend="matmul", progress=False).values[0]
+    q0 = dg.profiles._pipeline.modularity_curve({"wide": wide}, y, k=3, backend="matmul", progress=False).values[0]
     qs = {}
     for m in (64, 512):
-        z = dg.random_projection(wide, m, seed=0)
-        qs[m] = dg.modularity_curve({"wide": z}, y, k=3, backend="matmul",
+        z = dg.graphs.random_projection(wide, m, seed=0)
+        qs[m] = dg.profiles._pipeline.modularity_curve({"wide": z}, y, k=3, backend="matmul",
                                     progress=False).values[0]
     assert abs(float(qs[512] - q0)) < 0.03
     assert abs(float(qs[512] - q0)) <= abs(float(qs[64] - q0)) + 0.01
@@ -290,14 +290,14 @@ def test_projection_keeps_modularity_close_on_real_features():
 def test_project_features_only_wide_layers(tmp_path):
     f = dg.LayerFeatures({"wide": torch.randn(40, 3000), "narrow": torch.randn(40, 16)},
                          y=torch.arange(40) % 4)
-    p = dg.project_features(f, 100, seed=1)
+    p = dg.graphs.project_features(f, 100, seed=1)
     assert p.dims == {"wide": 100, "narrow": 16}
     assert torch.equal(p["narrow"], f["narrow"])
-    assert torch.equal(p["wide"], dg.random_projection(f["wide"], 100, seed=1))
+    assert torch.equal(p["wide"], dg.graphs.random_projection(f["wide"], 100, seed=1))
     assert p.meta["projection"] == {"wide": {"from": 3000, "to": 100, "seed": 1,
                                              "kind": "gaussian"}}
     with pytest.raises(TypeError, match="LayerFeatures"):
-        dg.project_features({"a": torch.randn(4, 4)}, 2)
+        dg.graphs.project_features({"a": torch.randn(4, 4)}, 2)
 
 
 def test_project_spilled_features_streams_from_disk(tmp_path):
@@ -308,9 +308,9 @@ def test_project_spilled_features_streams_from_disk(tmp_path):
     f = dg.extract_features(m, DataLoader(ds, batch_size=10), layers=["0", "3"],
                             spill_dir=str(tmp_path), progress=False)
     assert f.on_disk
-    p = dg.project_features(f, 256, seed=0)
+    p = dg.graphs.project_features(f, 256, seed=0)
     assert p.dims == {"0": 256, "3": 4}
-    torch.testing.assert_close(p["0"], dg.random_projection(f["0"], 256, seed=0))
+    torch.testing.assert_close(p["0"], dg.graphs.random_projection(f["0"], 256, seed=0))
 
 
 @pytest.mark.parametrize("bad, err, match", [
@@ -328,15 +328,16 @@ def test_projection_bad_input(bad, err, match):
     x = torch.randn(10, 5000)
     kw = bad(x)
     with pytest.raises(err, match=match):
-        dg.random_projection(kw.pop("x"), **kw)
+        dg.graphs.random_projection(kw.pop("x"), **kw)
 
 
 def test_public_api_is_exported():
     for name in ("random_projection", "project_features", "jl_min_dim", "init_distributed",
                  "distributed_extract_features", "distributed_knn", "distributed_knn_graph",
                  "distributed_modularity", "distributed_modularity_curve"):
-        assert name in dg.__all__ and callable(getattr(dg, name))
-    assert dg.random_projection is P.random_projection
+        home = dg.distributed if name.startswith(("distributed", "init")) else dg.graphs
+        assert name in home.__all__ and callable(getattr(home, name))
+    assert dg.graphs.random_projection is P.random_projection
 
 
 # ---------------------------------------------------------------------------- bounded memory
@@ -347,12 +348,12 @@ def test_peak_memory_is_set_by_the_tile_not_by_n():
         import json, resource, torch, dyngraph as dg
         torch.set_num_threads(1)
         import importlib
-        K = importlib.import_module('dyngraph.knn')
+        K = importlib.import_module('dyngraph.graphs._knn')
         K.DEFAULT_TILE_ELEMENTS = 1 << 22   # 16 MiB tiles
         x = torch.randn(8000, 32, generator=torch.Generator().manual_seed(0))
-        dg.knn(x[:100], 3, backend='matmul')  # warm up the allocator and kernels
+        dg.graphs.knn(x[:100], 3, backend='matmul')  # warm up the allocator and kernels
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        dg.knn(x, 3, backend='matmul')
+        dg.graphs.knn(x, 3, backend='matmul')
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({'extra_mib': (peak - base) / 1024}))
     """)
@@ -369,8 +370,8 @@ def test_peak_memory_is_set_by_the_tile_not_by_n():
 @pytest.mark.parametrize("precision", ["full", "bf16", "fp16"])
 def test_cuda_knn_matches_cpu(precision):
     x, _ = clustered(2000, 64, seed=4)
-    ref_v, ref_i = dg.knn(x, 5, backend="matmul")
-    v, i = dg.knn(x.cuda(), 5, backend="matmul", precision=precision, col_chunk_size=512)
+    ref_v, ref_i = dg.graphs.knn(x, 5, backend="matmul")
+    v, i = dg.graphs.knn(x.cuda(), 5, backend="matmul", precision=precision, col_chunk_size=512)
     assert v.is_cuda and i.is_cuda
     assert (i.cpu() == ref_i).all(1).float().mean() >= 0.99
     torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)
@@ -380,12 +381,12 @@ def test_cuda_knn_matches_cpu(precision):
 def test_cuda_knn_has_no_per_element_syncs():
     x, _ = clustered(4096, 64, seed=4)
     x = x.cuda()
-    dg.knn(x, 5, backend="matmul", col_chunk_size=1024)  # warm-up
+    dg.graphs.knn(x, 5, backend="matmul", col_chunk_size=1024)  # warm-up
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
-            dg.knn(x, 5, backend="matmul", col_chunk_size=1024, chunk_size=1024)
+            dg.graphs.knn(x, 5, backend="matmul", col_chunk_size=1024, chunk_size=1024)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in rec if "synchroniz" in str(w.message).lower()]
@@ -396,8 +397,8 @@ def test_cuda_knn_has_no_per_element_syncs():
 @CUDA
 def test_cuda_projection_matches_cpu():
     x = torch.randn(64, 3000)
-    a = dg.random_projection(x, 128, seed=0)
-    b = dg.random_projection(x.cuda(), 128, seed=0)
+    a = dg.graphs.random_projection(x, 128, seed=0)
+    b = dg.graphs.random_projection(x.cuda(), 128, seed=0)
     assert b.is_cuda
     torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-4)
 
@@ -405,6 +406,6 @@ def test_cuda_projection_matches_cpu():
 @CUDA
 def test_cuda_distributed_single_process_matches_knn():
     x, _ = clustered(1000, 32, seed=4)
-    v, i = dg.distributed_knn(x.cuda(), 4, col_chunk_size=300)
-    rv, ri = dg.knn(x.cuda(), 4, backend="matmul")
+    v, i = dg.distributed.distributed_knn(x.cuda(), 4, col_chunk_size=300)
+    rv, ri = dg.graphs.knn(x.cuda(), 4, backend="matmul")
     assert torch.equal(i, ri)

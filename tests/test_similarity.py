@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.metrics.similarity import (MinibatchCKA, PermutationResult, RepresentationSummary,
+from dyngraph.measures._similarity import (MinibatchCKA, PermutationResult, RepresentationSummary,
                                          SimilarityMatrix, StreamingCKA, adjacency_cosine,
                                          graph_similarity, knn_overlap, linear_cka,
                                          log_similarity_matrix, modularity_distance, mutual_knn,
@@ -268,7 +268,7 @@ def test_minibatch_cka_against_torch_cka():
                              model1_layers=["0", "2", "4"], model2_layers=["0", "2"])
         peer.compare(loader)
     ref = peer.export()["CKA"]
-    from dyngraph.compare import stream_cka
+    from dyngraph.compare._compare import stream_cka
     got = stream_cka({"a": m1, "b": m2}, loader, layers={"a": ["0", "2", "4"], "b": ["0", "2"]},
                      within=False, progress=False)[("a", "b")].values
     assert torch.allclose(got, ref.double(), atol=1e-4)
@@ -382,7 +382,7 @@ def test_adjacency_cosine_sparse_against_dense():
 
 # ---------------------------------------------------------------- modularity distance
 def nx_q(x, labels, k=3):
-    snap = dg.build_snapshot(x, labels, k=k)
+    snap = dg.graphs.build_snapshot(x, labels, k=k)
     G = nx.Graph()
     G.add_nodes_from(range(x.shape[0]))
     for (i, j), w in zip(snap.edge_index.t().tolist(), snap.edge_weight.tolist()):

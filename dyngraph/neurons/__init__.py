@@ -11,14 +11,14 @@ The nodes of these graphs are a network's *neurons*, not samples:
   visualisation, against random groups;
 * :func:`neuron_report`: all of it, with a per-group table, a figure and TensorBoard logs.
 """
-from .clusterability import ClusterabilityResult, clusterability, shuffle_weights
-from .coherence import CoherenceResult, coherence, label_entropy
-from .graph import neuron_graph, rank_average, spearman_matrix
-from .groups import NeuronGroup, neuron_groups
-from .importance import ImportanceResult, LesionRunner, lesion_importance
-from .report import NeuronReport, neuron_report, plot_neuron_partition
-from .spectral import kmeans, ncut, spectral_embedding, spectral_partition
-from .stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
+from ._clusterability import ClusterabilityResult, clusterability, shuffle_weights
+from ._coherence import CoherenceResult, coherence, label_entropy
+from ._graph import neuron_graph, rank_average, spearman_matrix
+from ._groups import NeuronGroup, neuron_groups
+from ._importance import ImportanceResult, LesionRunner, lesion_importance
+from ._report import NeuronReport, neuron_report, plot_neuron_partition
+from ._spectral import kmeans, ncut, spectral_embedding, spectral_partition
+from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
 
 __all__ = [
     "ClusterabilityResult",

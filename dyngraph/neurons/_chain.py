@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..extract import ACTIVATIONS, CONVS, _PASSTHROUGH, extract_features
+from ..capture._extract import extract_features
+from ..capture._layers import ACTIVATIONS, CONVS, _PASSTHROUGH
 
 WEIGHT_TYPES = (nn.Linear,) + CONVS
 NORMS = ("l1", "max_col_sum", "l2")

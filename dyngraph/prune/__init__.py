@@ -6,13 +6,13 @@ plateaus and drops mark redundant layers (:func:`redundant_layers`), they are cu
 on cost (:func:`prune_report`) and accuracy with baselines that remove as many layers at random,
 the least redundant ones, or by adjacent-layer CKA (:mod:`dyngraph.prune.baselines`).
 """
-from .baselines import adjacent_cka, cka_layers, least_redundant_layers, linear_cka, random_layers
-from .cost import cost_report, count_flops, count_params, measure_latency, prune_report
-from .detect import (DEFAULT_THRESHOLDS, RULES, Redundancy, Removal, layer_scores,
+from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, linear_cka, random_layers
+from ._cost import cost_report, count_flops, count_params, measure_latency, prune_report
+from ._detect import (DEFAULT_THRESHOLDS, RULES, Redundancy, Removal, layer_scores,
                      layer_structure, redundant_layers)
-from .finetune import evaluate, finetune, fit
-from .study import format_table, plot_before_after, prune_study, summarize
-from .surgery import infer_example_input, make_projection, probe, prune_layers
+from ._finetune import evaluate, finetune, fit
+from ._study import format_table, plot_before_after, prune_study, summarize
+from ._surgery import infer_example_input, make_projection, probe, prune_layers
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "RULES", "Redundancy", "Removal", "adjacent_cka", "cka_layers",

@@ -1,0 +1,56 @@
+"""The one JSON convention of dyngraph's results: tensors become lists, non-finite floats become
+the strings ``'nan'``, ``'inf'`` and ``'-inf'`` (strict JSON), and :func:`decode_floats` undoes
+that exactly. Floats are written with ``repr`` precision, so a round trip is bit-exact."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-ready copy of ``obj`` (dicts, lists, tensors, numbers, paths, dataclass-likes)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else ("nan" if math.isnan(obj) else
+                                               ("inf" if obj > 0 else "-inf"))
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
+        return jsonable(obj.item())
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return jsonable(obj.to_dict())
+    return str(obj)
+
+
+def decode_floats(obj: Any) -> Any:
+    """Nested lists of numbers with ``'nan'``/``'inf'``/``'-inf'`` strings → floats."""
+    if isinstance(obj, list):
+        return [decode_floats(v) for v in obj]
+    if isinstance(obj, str):
+        if obj not in _NONFINITE:
+            raise ValueError(f"expected a number, got the string {obj!r}")
+        return _NONFINITE[obj]
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
+        raise ValueError(f"expected a number, got {type(obj).__name__}: {obj!r}")
+    return float(obj)
+
+
+def float_tensor(obj: Any, name: str) -> Tensor:
+    """A float64 tensor from JSON lists (non-finite strings decoded)."""
+    try:
+        return torch.tensor(decode_floats(obj), dtype=torch.float64)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}: {exc}") from None

@@ -1,0 +1,13 @@
+"""Capture: the only code that runs a model forward.
+
+:class:`LayerTaps` hooks chosen layers (a context manager that restores the model on exit);
+:func:`extract_features` streams a loader through it, class-balanced, in memory or spilled to
+disk, into :class:`LayerFeatures`.
+"""
+from ._extract import balanced_indices, extract_features
+from ._features import LayerFeatures, SpilledArray
+from ._layers import default_layers, list_layers, residual_blocks
+from ._taps import LayerTaps
+
+__all__ = ["LayerTaps", "LayerFeatures", "SpilledArray", "balanced_indices", "default_layers",
+           "extract_features", "list_layers", "residual_blocks"]

@@ -1,0 +1,253 @@
+"""Class-balanced, streaming extraction of layer representations, built on :class:`LayerTaps`."""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from .._progress import progress_bar
+from .._validate import check_positive_int
+from ._features import LayerFeatures, SpilledArray
+from ._layers import LayerSpec, _check_model
+from ._taps import LayerTaps, split_batch, take_rows, to_device
+
+
+def _dataset_labels(dataset) -> Optional[Tensor]:
+    """Labels of a dataset without running it, when it exposes them."""
+    if isinstance(dataset, Subset):
+        base = _dataset_labels(dataset.dataset)
+        return None if base is None else base[torch.as_tensor(dataset.indices).long()]
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, (tuple, list)) and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1]).long().reshape(-1)
+    for attr in ("targets", "labels", "y"):
+        val = getattr(dataset, attr, None)
+        if val is not None:
+            try:
+                t = torch.as_tensor(val).long().reshape(-1)
+            except Exception:
+                continue
+            if t.numel() == len(dataset):
+                return t
+    return None
+
+
+def balanced_indices(labels: Tensor, per_class: Optional[int] = None,
+                     n_samples: Optional[int] = None, seed: int = 0) -> Tensor:
+    """Seeded class-balanced sample of positions into ``labels``.
+
+    Args:
+        labels: ``[M]`` integer labels of the whole pool.
+        per_class: Exactly this many from every class.
+        n_samples: This many in total, split as evenly as possible over the classes.
+        seed: Random seed.
+
+    Returns:
+        Sorted ``[N]`` positions.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+        >>> y[dg.capture.balanced_indices(y, per_class=2, seed=0)].bincount().tolist()
+        [2, 2, 2]
+    """
+    if (per_class is None) == (n_samples is None):
+        raise ValueError("give exactly one of per_class or n_samples, got "
+                         f"per_class={per_class!r}, n_samples={n_samples!r}")
+    labels = torch.as_tensor(labels).long().cpu()
+    classes, counts = labels.unique(return_counts=True)
+    gen = torch.Generator().manual_seed(int(seed))
+    if per_class is not None:
+        check_positive_int(per_class, "per_class")
+        want = {int(c): per_class for c in classes}
+    else:
+        check_positive_int(n_samples, "n_samples")
+        if n_samples > labels.numel():
+            raise ValueError(f"n_samples={n_samples} exceeds the {labels.numel()} samples available")
+        base, extra = divmod(n_samples, classes.numel())
+        order = torch.randperm(classes.numel(), generator=gen)
+        want = {int(c): base for c in classes}
+        # Classes too small for an even share give their remainder to the others.
+        budget = n_samples
+        avail = {int(c): int(k) for c, k in zip(classes, counts)}
+        for c in want:
+            want[c] = min(want[c], avail[c])
+        budget -= sum(want.values())
+        i = 0
+        while budget > 0:
+            c = int(classes[order[i % classes.numel()]])
+            if want[c] < avail[c]:
+                want[c] += 1
+                budget -= 1
+            i += 1
+    picked = []
+    for c, cnt in zip(classes.tolist(), counts.tolist()):
+        if want[c] > cnt:
+            raise ValueError(f"class {c} has only {cnt} samples, fewer than per_class={want[c]}")
+        pos = (labels == c).nonzero().flatten()
+        picked.append(pos[torch.randperm(cnt, generator=gen)[:want[c]]])
+    return torch.cat(picked).sort().values
+
+
+def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
+                     per_class: Optional[int] = None, n_samples: Optional[int] = None,
+                     seed: int = 0, pool: Union[None, str, int] = None,
+                     device: Optional[Union[str, torch.device]] = None,
+                     spill_dir: Optional[str] = None, spill_dtype: str = "float32",
+                     num_classes: Optional[int] = None, batch_fn: Optional[Callable] = None,
+                     progress: bool = True) -> LayerFeatures:
+    """Runs ``model`` over ``loader`` and records the representations of the chosen layers.
+
+    Forward hooks capture each layer's output (or input, with ``'name:input'``); the model is put
+    in ``eval()`` mode under ``torch.no_grad()``, and its training mode is restored and every hook
+    removed in ``finally``, also on error.
+
+    Sampling: with ``per_class`` (or ``n_samples``, split evenly over classes) and a ``seed``. When
+    the dataset exposes its labels (``TensorDataset``, torchvision's ``.targets``, ``Subset``), the
+    sample is drawn up front and only those inputs run through the model. Otherwise the loader is
+    streamed and each batch contributes, in seeded random order, the samples whose class is not
+    yet full; with ``num_classes`` the stream stops as soon as every class is full.
+
+    Args:
+        model: Any ``nn.Module`` (torchvision models included).
+        loader: A ``DataLoader`` (or any iterable of batches) yielding ``(inputs, labels)``.
+        layers: Names (``'layer1.0'``, ``'fc:input'``), a dict ``{name: alias}``, a module type or
+            tuple of types, or ``None`` for :func:`default_layers`.
+        per_class: Samples per class.
+        n_samples: Total samples, class-balanced. ``None`` for both: every sample.
+        seed: Seed of the sampling.
+        pool: ``None`` (flatten the whole map, the reference), ``'avg'``, ``'max'``, or an int for
+            adaptive average pooling to that spatial size.
+        device: Where to run the model (default: where its parameters are).
+        spill_dir: When given, each layer is appended to a file there as it streams and read back
+            as a memory map: memory stays bounded by one batch, not by ``N × D``.
+        spill_dtype: ``'float32'`` or ``'float16'`` on disk.
+        num_classes: Lets streaming selection stop early.
+        batch_fn: ``batch -> (inputs, labels)`` for batches of another shape.
+        progress: Show a progress bar.
+
+    Returns:
+        :class:`LayerFeatures` with ``[N, D]`` float32 per layer, labels ``y``, dataset
+        ``indices`` when known, and ``meta`` (points, pooling, sampling, seed).
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 3)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> f = dg.extract_features(m, DataLoader(ds, batch_size=16), per_class=5, progress=False)
+        >>> f.names, f.n_samples, f.y.bincount().tolist()
+        (['0', '2'], 15, [5, 5, 5])
+    """
+    _check_model(model)
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got "
+                        f"{type(loader).__name__}")
+    taps = LayerTaps(model, layers, pool=pool)
+    spec = taps.spec
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+
+    # Up-front selection when the labels are known.
+    indices = None
+    dataset = getattr(loader, "dataset", None)
+    labels_known = _dataset_labels(dataset) if dataset is not None else None
+    run_loader = loader
+    stream_quota = None
+    if (per_class is not None or n_samples is not None) and labels_known is not None:
+        indices = balanced_indices(labels_known, per_class, n_samples, seed)
+        run_loader = DataLoader(Subset(dataset, indices.tolist()),
+                                batch_size=getattr(loader, "batch_size", None) or 64,
+                                shuffle=False, num_workers=getattr(loader, "num_workers", 0),
+                                collate_fn=getattr(loader, "collate_fn", None),
+                                pin_memory=getattr(loader, "pin_memory", False))
+    elif per_class is not None or n_samples is not None:
+        if per_class is not None:
+            check_positive_int(per_class, "per_class")
+        else:
+            check_positive_int(n_samples, "n_samples")
+            if num_classes is None:
+                raise ValueError("n_samples with a loader whose dataset does not expose its labels "
+                                 "needs num_classes (to balance the classes), or use per_class")
+            per_class = -(-n_samples // num_classes)
+        stream_quota = per_class
+    elif labels_known is not None and dataset is not None and not _is_shuffled(loader):
+        indices = torch.arange(len(labels_known))
+
+    store: Dict[str, Any] = {}
+    tmp_dir = None
+    if spill_dir is not None:
+        tmp_dir = tempfile.mkdtemp(prefix="dyngraph-features-", dir=spill_dir)
+    gen = torch.Generator().manual_seed(int(seed))
+    counts: Dict[int, int] = {}
+    ys: List[Tensor] = []
+    total = len(run_loader) if hasattr(run_loader, "__len__") else None
+    with taps:
+        for batch in progress_bar(run_loader, desc="extract", total=total, disable=not progress):
+            inputs, yb = split_batch(batch, batch_fn)
+            yb = torch.as_tensor(yb).reshape(-1).long()
+            if stream_quota is not None:
+                keep = _stream_select(yb.cpu(), counts, stream_quota, gen)
+                if keep.numel() == 0:
+                    if _all_full(counts, stream_quota, num_classes):
+                        break
+                    continue
+                inputs, yb = take_rows(inputs, keep), yb[keep.to(yb.device)]
+            outs = taps(to_device(inputs, device))
+            for alias, val in outs.items():
+                val = val.float()
+                if alias not in store:
+                    store[alias] = (SpilledArray(f"{tmp_dir}/layer_{len(store):03d}.bin",
+                                                 val.shape[1], spill_dtype)
+                                    if tmp_dir else [])
+                store[alias].append(val if tmp_dir else val.cpu())
+            ys.append(yb.cpu())
+            if stream_quota is not None and _all_full(counts, stream_quota, num_classes):
+                break
+    if not ys:
+        raise ValueError("the loader produced no samples")
+    y = torch.cat(ys)
+    if stream_quota is not None:
+        short = {c: v for c, v in counts.items() if v < stream_quota}
+        if short:
+            warnings.warn(f"the loader ran out before every class reached {stream_quota} samples: "
+                          f"{short}", stacklevel=2)
+    feats = {}
+    for alias in spec:
+        s = store[alias]
+        feats[alias] = s if isinstance(s, SpilledArray) else torch.cat(s)
+        if isinstance(s, SpilledArray):
+            s.close()
+    points = {alias: f"{name} ({where})" for alias, (name, where) in spec.items()}
+    meta = {"points": points, "pool": pool, "seed": seed, "per_class": per_class,
+            "n_samples": int(y.numel()), "model": type(model).__name__,
+            "spill_dir": tmp_dir, "spill_dtype": spill_dtype if tmp_dir else None}
+    return LayerFeatures(feats, y, indices, meta)
+
+
+def _is_shuffled(loader) -> bool:
+    sampler = getattr(loader, "sampler", None)
+    return sampler is not None and not isinstance(sampler, torch.utils.data.SequentialSampler)
+
+
+def _stream_select(y: Tensor, counts: Dict[int, int], quota: int, gen: torch.Generator) -> Tensor:
+    """Positions of a batch to keep: seeded random order, classes filled up to ``quota``."""
+    order = torch.randperm(y.numel(), generator=gen)
+    keep = []
+    for pos in order.tolist():
+        c = int(y[pos])
+        if counts.get(c, 0) < quota:
+            counts[c] = counts.get(c, 0) + 1
+            keep.append(pos)
+    return torch.tensor(sorted(keep), dtype=torch.long)
+
+
+def _all_full(counts: Dict[int, int], quota: int, num_classes: Optional[int]) -> bool:
+    return num_classes is not None and len(counts) >= num_classes and \
+        all(v >= quota for v in counts.values())

@@ -1,0 +1,218 @@
+"""``LayerFeatures``: an ordered ``{layer name: Tensor[N, D]}`` with labels, in memory or on disk."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._io import PathLike
+from .._validate import check_labels
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class SpilledArray:
+    """A row-appendable ``[N, D]`` array in a raw file, read back as a read-only memory map."""
+
+    def __init__(self, path: PathLike, dim: int, dtype: str = "float32"):
+        if dtype not in _NP_DTYPES:
+            raise ValueError(f"spill dtype must be one of {list(_NP_DTYPES)}, got {dtype!r}")
+        self.path, self.dim, self.dtype, self.rows = Path(path), int(dim), dtype, 0
+        self._fh = None
+
+    def append(self, rows: Tensor) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "ab")
+        arr = rows.detach().to("cpu", torch.float32).numpy().astype(_NP_DTYPES[self.dtype],
+                                                                   copy=False)
+        self._fh.write(np.ascontiguousarray(arr).tobytes())
+        self.rows += arr.shape[0]
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def memmap(self) -> np.memmap:
+        self.close()
+        return np.memmap(self.path, dtype=_NP_DTYPES[self.dtype], mode="r",
+                         shape=(self.rows, self.dim))
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(_NP_DTYPES[self.dtype])
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` read from the file (not memory-mapped: the pages read do not stay
+        in this process's resident memory), as a fresh ``[stop − start, D]`` array."""
+        self.close()
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= self.rows):
+            raise ValueError(f"rows {start!r}:{stop!r} are outside this spilled array's "
+                             f"{self.rows} rows")
+        count = (stop - start) * self.dim
+        arr = np.fromfile(self.path, dtype=self.np_dtype, count=count,
+                          offset=start * self.dim * self.np_dtype.itemsize)
+        return arr.reshape(-1, self.dim)
+
+    def load(self, rows: Optional[np.ndarray] = None) -> Tensor:
+        """The whole array (or selected rows) as a float32 tensor in memory."""
+        mm = self.memmap()
+        src = mm if rows is None else mm[rows]
+        out = np.empty(src.shape, dtype=np.float32)  # one allocation, converted in place
+        out[...] = src
+        return torch.from_numpy(out)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (self.rows, self.dim)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"file": self.path.name, "rows": self.rows, "dim": self.dim, "dtype": self.dtype}
+
+
+class LayerFeatures(Mapping):
+    """Ordered per-layer representations of the same N samples, with their labels.
+
+    Layers live in memory (tensors) or on disk (:class:`SpilledArray`, loaded one layer at a time
+    on access), so building snapshots layer by layer needs one layer in memory at once.
+
+    Attributes:
+        y: ``[N]`` labels.
+        indices: ``[N]`` dataset index of each sample, when known.
+        meta: How the features were extracted (hook points, pooling, sampling, seed, ...).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> f = dg.LayerFeatures({'a': torch.randn(4, 3), 'b': torch.randn(4, 5)},
+        ...                      y=torch.tensor([0, 0, 1, 1]))
+        >>> list(f), f.n_samples, f.dims
+        (['a', 'b'], 4, {'a': 3, 'b': 5})
+    """
+
+    def __init__(self, features: "Mapping[str, Union[Tensor, SpilledArray]]", y: Tensor,
+                 indices: Optional[Tensor] = None, meta: Optional[Dict[str, Any]] = None):
+        if not isinstance(features, Mapping):
+            raise TypeError(f"features must be a mapping {{name: Tensor}}, got "
+                            f"{type(features).__name__}")
+        self._layers: Dict[str, Union[Tensor, SpilledArray]] = dict(features)
+        if not self._layers:
+            raise ValueError("features is empty: at least one layer is needed")
+        n = None
+        for name, v in self._layers.items():
+            if not isinstance(v, (Tensor, SpilledArray)):
+                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(v).__name__}")
+            rows = v.shape[0]
+            if n is not None and rows != n:
+                raise ValueError(f"every layer must have the same number of samples; "
+                                 f"features[{name!r}] has {rows}, expected {n}")
+            n = rows
+        self.y = check_labels(y, n, "y")
+        self.indices = None if indices is None else torch.as_tensor(indices).long()
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    def stored(self, name: str) -> "Union[Tensor, SpilledArray]":
+        """Layer ``name`` as stored: a tensor, or the :class:`SpilledArray` on disk (not loaded;
+        :func:`dyngraph.knn` searches it out of core)."""
+        if name not in self._layers:
+            raise KeyError(f"no layer {name!r}; layers are {list(self._layers)}")
+        return self._layers[name]
+
+    # Mapping protocol
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._layers:
+            raise KeyError(f"no layer {name!r}; layers are {list(self._layers)}")
+        v = self._layers[name]
+        return v.load() if isinstance(v, SpilledArray) else v
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._layers)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.y.numel())
+
+    @property
+    def dims(self) -> Dict[str, int]:
+        return {k: int(np.prod(v.shape[1:])) for k, v in self._layers.items()}
+
+    @property
+    def on_disk(self) -> bool:
+        return any(isinstance(v, SpilledArray) for v in self._layers.values())
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}: {d}" for k, d in list(self.dims.items())[:6])
+        more = ", ..." if len(self) > 6 else ""
+        return (f"LayerFeatures(n_samples={self.n_samples}, layers={len(self)}, "
+                f"classes={int(self.y.unique().numel())}, dims={{{dims}{more}}}, "
+                f"on_disk={self.on_disk})")
+
+    def subset(self, index: Union[Tensor, Sequence[int]]) -> "LayerFeatures":
+        """The same layers restricted to rows ``index`` (loaded in memory)."""
+        idx = torch.as_tensor(index).long()
+        feats = {}
+        for k, v in self._layers.items():
+            feats[k] = v.load(idx.numpy()) if isinstance(v, SpilledArray) else v[idx]
+        return LayerFeatures(feats, self.y[idx],
+                             None if self.indices is None else self.indices[idx], self.meta)
+
+    def select(self, layers: Sequence[str]) -> "LayerFeatures":
+        """Only the named layers, in the given order."""
+        missing = [n for n in layers if n not in self._layers]
+        if missing:
+            raise ValueError(f"unknown layers {missing}; available: {self.names}")
+        return LayerFeatures({n: self._layers[n] for n in layers}, self.y, self.indices, self.meta)
+
+    # persistence
+    def save(self, path: PathLike) -> Path:
+        """Writes a folder (one ``.npy`` per layer + ``index.json``), atomically via rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            files = {}
+            for i, name in enumerate(self._layers):
+                fname = f"layer_{i:03d}.npy"
+                np.save(tmp / fname, self[name].float().cpu().numpy())
+                files[name] = fname
+            torch.save({"y": self.y.cpu(), "indices": self.indices}, tmp / "labels.pt")
+            meta = json.loads(json.dumps(self.meta, default=str))
+            (tmp / "index.json").write_text(json.dumps({"format": "dyngraph.LayerFeatures/1",
+                                                        "layers": files, "meta": meta}, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike, mmap: bool = True) -> "LayerFeatures":
+        """Reads a folder written by :meth:`save`; layers stay memory-mapped when ``mmap``."""
+        path = Path(path)
+        index = json.loads((path / "index.json").read_text())
+        if index.get("format") != "dyngraph.LayerFeatures/1":
+            raise ValueError(f"{path} is not a LayerFeatures folder")
+        labels = torch.load(path / "labels.pt", weights_only=True)
+        feats = {}
+        for name, fname in index["layers"].items():
+            arr = np.load(path / fname, mmap_mode="r" if mmap else None)
+            feats[name] = torch.from_numpy(np.array(arr))
+        return cls(feats, labels["y"], labels["indices"], index["meta"])

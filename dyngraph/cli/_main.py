@@ -1,0 +1,47 @@
+"""``dyngraph`` / ``python -m dyngraph``: subcommands are discovered in :mod:`dyngraph.commands`.
+
+A command module defines ``register(subparsers)``, which adds its parser and sets
+``func=run`` where ``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from typing import List, Optional
+
+from . import commands as _commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(prog="dyngraph", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dyngraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{_commands.__name__}.{info.name}")
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "quiet", False):
+        os.environ["DYNGRAPH_QUIET"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"dyngraph {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``dyngraph curve``: the modularity curve of a model on a dataset, with TensorBoard logs and PNG."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .._common import add_common, get_loaders, get_model, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("curve", help="modularity curve over depth (labels as communities)",
+                       description="Extract each layer's representations, build kNN snapshots "
+                                   "and write the modularity curve (curve.json, curve.csv, "
+                                   "curve.png, TensorBoard events).")
+    add_common(p)
+    g = p.add_argument_group("graph")
+    g.add_argument("--k", type=int, default=3, help="neighbours per sample (reference: 3)")
+    g.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    g.add_argument("--symmetrize", default="mean", choices=["mean", "max", "add", "mutual"])
+    g.add_argument("--per-class", type=int, default=50, help="samples per class in each repeat")
+    g.add_argument("--repeats", type=int, default=5, help="resamplings for mean ± std")
+    g.add_argument("--null", type=int, default=100, metavar="P",
+                   help="label permutations per repeat for the chance level of Q and the z-score "
+                        "of every layer (0: skip)")
+    g.add_argument("--point", default="pre", choices=["pre", "post"],
+                   help="hook points: layer outputs (pre-activation) or after the activation")
+    g.add_argument("--pool", default=None, choices=["avg", "max"],
+                   help="pool feature maps instead of flattening them (reference: flatten)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..._validate import check_positive_int
+    from ...capture import default_layers, extract_features
+    from ...graphs import GraphSpec
+    from ...outputs import log, plot
+    from ...profiles import depth_profile
+    # Check the cheap arguments before any training starts.
+    check_positive_int(args.k, "k")
+    check_positive_int(args.per_class, "per_class")
+    check_positive_int(args.repeats, "repeats")
+    check_positive_int(args.epochs, "epochs")
+    if args.null < 0:
+        raise ValueError(f"--null must be >= 0, got {args.null}")
+    spec = GraphSpec(k=args.k, metric=args.metric, symmetrize=args.symmetrize)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train, test, num_classes = get_loaders(args)
+    model, info = get_model(args, train, test, num_classes)
+    layers = default_layers(model, point=args.point)
+    feats = extract_features(model, test, layers=layers, seed=args.seed, pool=args.pool,
+                             device=args.device, progress=not args.quiet)
+    prof = depth_profile(feats, ["modularity"], graph=spec, per_class=args.per_class,
+                         repeats=args.repeats, seed=args.seed, null_permutations=args.null,
+                         progress=not args.quiet)
+    label = "untrained" if args.untrained else "trained"
+    prof.meta.update({"label": label, "model": info, "point": args.point,
+                      "threads": torch.get_num_threads(),
+                      "seconds": round(time.perf_counter() - t0, 2)})
+    prof.to_json(out / "curve.json")
+    prof.to_csv(out / "curve.csv")
+    title = (f"{label}: modularity, k={spec.k} {spec.metric}, {args.per_class}/class, "
+             f"{args.repeats} repeats" + (f", null of {args.null} permutations" if args.null
+                                          else ""))
+    plot(prof, out / "curve.png", metrics=["modularity"], labels=[label], title=title,
+         ylim_from_zero=True)
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        log(writer, prof, prefix="dyngraph")
+    q = prof["modularity"]
+    summary = {"layers": prof.layers, "modularity": [round(v, 4) for v in q.values.tolist()],
+               "std": [round(v, 4) for v in q.errors.tolist()]}
+    if args.null:
+        summary["null_mean"] = [round(v, 4) for v in prof["modularity:null_mean"].values.tolist()]
+        summary["zscore"] = [round(v, 1) for v in prof["modularity:z"].values.tolist()]
+    summary.update({"test_acc": info.get("test_acc"), "out": str(out)})
+    print_json(summary)
+    return 0

@@ -1,0 +1,139 @@
+"""``dyngraph prune``: train (or load) a deliberately over-deep network, compute its modularity
+curve, remove the redundant layers, fine-tune, and compare with baselines that remove as many
+layers at random, the least redundant ones, or by adjacent-layer CKA. Resumable."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .._common import add_common, get_model, print_json
+
+
+def register(sub) -> None:
+    from ...zoo._models import ARCHITECTURES
+    from ...prune._detect import RULES
+    from ...prune._study import METHODS
+    p = sub.add_parser(
+        "prune", help="find redundant layers on the modularity curve, prune, fine-tune, compare",
+        description="Trains (or loads) a network, computes its modularity curve over the stem "
+                    "and every residual block (or every conv/linear layer), removes the layers "
+                    "the rule calls redundant, fine-tunes, and compares accuracy, parameters, "
+                    "FLOPs and CPU latency with random / least-redundant / CKA removal of as "
+                    "many layers and with the unpruned model fine-tuned the same way. Writes "
+                    "prune_report.json (finished rows are skipped on a rerun), prune_table.md, "
+                    "curve.json and curves.png to --out.")
+    add_common(p)
+    archs = sorted({a for per in ARCHITECTURES.values() for a in per})
+    for action in p._actions:  # the over-deep reference networks live in ARCHITECTURES
+        if action.dest == "arch":
+            action.choices = archs
+            action.help = (f"reference architecture for --example, one of {archs} (default: "
+                           f"resnet, 12 residual blocks); with --data: resnet = CIFAR ResNet56")
+    p.set_defaults(arch="resnet", epochs=15)
+    g = p.add_argument_group("detection")
+    g.add_argument("--rule", default="delta", choices=list(RULES) + ["reference"],
+                   help="delta: remove layer l when Q_l - Q_(l-1) < threshold (the reference); "
+                        "plateau / degradation / plateau+degradation: see docs/pruning.md")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="rule threshold (defaults: delta 0.03 as for ResNet56, plateau 0.01, "
+                        "degradation 0.0)")
+    g.add_argument("--n-remove", type=int, default=None,
+                   help="remove exactly this many layers, the most redundant by the rule's score")
+    g.add_argument("--allow-projection", action="store_true",
+                   help="also remove shape-changing layers, replacing them by projections")
+    g.add_argument("--layers", nargs="+", default=None,
+                   help="candidate layers (default: dg.default_layers: stem + residual blocks, "
+                        "or every conv / linear layer)")
+    c = p.add_argument_group("curve")
+    c.add_argument("--k", type=int, default=3, help="neighbours per sample (reference: 3)")
+    c.add_argument("--per-class", type=int, default=50, help="samples per class in each graph")
+    c.add_argument("--pool-per-class", type=int, default=100,
+                   help="samples per class extracted once; each repeat draws --per-class of them")
+    c.add_argument("--repeats", type=int, default=5, help="graphs per layer (mean ± std)")
+    c.add_argument("--curve-split", default="train", choices=["train", "test"],
+                   help="data for the curve (default train: the test set plays no part in the "
+                        "choice of layers)")
+    f = p.add_argument_group("fine-tuning and baselines")
+    f.add_argument("--finetune-epochs", type=int, default=8)
+    f.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    f.add_argument("--lr", type=float, default=None, help="default: 0.01 (SGD), 1e-3 (AdamW)")
+    f.add_argument("--weight-decay", type=float, default=5e-4)
+    f.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    f.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
+    f.add_argument("--no-control", action="store_true",
+                   help="skip fine-tuning the unpruned model as a control")
+    f.add_argument("--batch-size", type=int, default=128, help="training batch size (--example)")
+    f.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    f.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.set_defaults(func=run)
+
+
+def _loaders(args):
+    from ...zoo._data import example_loaders, image_folder_loaders
+    if args.data:
+        train, test, num_classes = image_folder_loaders(args.data, image_size=args.image_size,
+                                                        batch_size=args.batch_size)
+        return train, test, num_classes
+    train, test = example_loaders(args.example, batch_size=args.batch_size, seed=args.seed)
+    return train, test, 10
+
+
+def _model(args, train, test, num_classes):
+    """``--model`` or ``--example``: the shared loader/trainer; ``--data`` alone: a CIFAR
+    ResNet56 trained here and cached in ``--out``."""
+    from ...zoo._models import evaluate, resnet56, train_cached
+    if args.model or not args.data:
+        return get_model(args, train, test, num_classes)
+    if args.arch != "resnet":
+        raise ValueError(f"--data without --model trains a CIFAR ResNet56 (--arch resnet); "
+                         f"--arch {args.arch!r} is only for the bundled examples")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = resnet56(num_classes=num_classes).to(device)
+    ckpt = Path(args.out) / f"model_imagefolder_resnet56_seed{args.seed}_ep{args.epochs}.pt"
+    info = {"data": args.data, "arch": "resnet56", "seed": args.seed, "epochs": args.epochs}
+    info = train_cached(model, train, ckpt, args.epochs, seed=args.seed, progress=not args.quiet,
+                        info=info, device=device, lr=3e-3,
+                        checkpoint=Path(args.out) / "train_ckpt.pt")
+    info["test_acc"] = evaluate(model, test)
+    return model, info
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...prune._study import prune_study
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train, test, num_classes = _loaders(args)
+    model, info = _model(args, train, test, num_classes)
+    info["train_seconds"] = round(time.perf_counter() - t0, 1)
+    curve_loader = train if args.curve_split == "train" else test
+    report = prune_study(
+        model, train, test, out, layers=args.layers, curve_loader=curve_loader,
+        per_class=args.per_class, pool_per_class=args.pool_per_class, repeats=args.repeats,
+        k=args.k, rule=args.rule, threshold=args.threshold, n_remove=args.n_remove,
+        allow_projection=args.allow_projection, methods=args.methods,
+        random_seeds=args.random_seeds, control=not args.no_control,
+        finetune_epochs=args.finetune_epochs, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, latency=not args.no_latency, device=args.device,
+        seed=args.seed, model_info=info, progress=not args.quiet,
+        log=None if args.quiet else print)
+    sel = report["selections"]["modularity"]
+    print("\nModularity selection:")
+    for r in sel["remove"]:
+        print(f"  remove {r['module']}: {r['reason']}")
+    for layer, why in sel["kept"].items():
+        print(f"  keep   {layer}: {why}")
+    print("\n" + report["table"] + "\n")
+    s = report["summary"]
+    print_json({"summary": s, "seconds": round(time.perf_counter() - t0, 1),
+                "report": str(out / "prune_report.json")})
+    return 0

@@ -1,0 +1,12 @@
+"""Graphs: exact kNN graphs of a layer's samples (PyG ``Data``), configured by :class:`GraphSpec`.
+
+One exact kNN kernel (blocked GEMM + tile top-k, CPU and CUDA, out of core) builds every
+snapshot; a depth-ordered sequence of snapshots is a :class:`DynamicGraph`.
+"""
+from ._graph import DynamicGraph, build_snapshot, symmetrize
+from ._knn import knn, knn_graph
+from ._projection import jl_min_dim, project_features, random_projection
+from ._spec import GraphSpec
+
+__all__ = ["DynamicGraph", "GraphSpec", "build_snapshot", "jl_min_dim", "knn", "knn_graph",
+           "project_features", "random_projection", "symmetrize"]

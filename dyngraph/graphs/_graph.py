@@ -1,0 +1,393 @@
+"""kNN graph snapshots, one PyG ``Data`` per layer, and the ordered :class:`DynamicGraph`."""
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import coalesce, to_undirected
+
+from .._io import PathLike, atomic_torch_save
+from .._progress import progress_bar
+from .._validate import (check_choice, check_edge_index, check_features, check_labels,
+                        check_positive_int, check_same_device, layer_names)
+from ._knn import is_row_source, knn_graph, row_source_info
+from ..measures._modularity import _community_terms
+
+if TYPE_CHECKING:
+    from ..profiles._profile import DepthProfile
+
+SYMMETRIZE = ("mean", "max", "add", "mutual")
+
+
+def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
+               how: str = "mean") -> Tuple[Tensor, Tensor]:
+    """Makes a directed kNN graph undirected (both directions stored, coalesced, no self-loops).
+
+    Args:
+        edge_index: ``[2, E]`` directed edges.
+        edge_weight: ``[E]`` weights.
+        num_nodes: ``N``.
+        how: ``'mean'``: ``A = (A_dir + A_dirᵀ)/2``, the reference convention (a mutual pair keeps
+            ``cos``, a one-way pair gets ``cos/2``); ``'max'``: ``max(A_dir, A_dirᵀ)`` (union);
+            ``'add'``: ``A_dir + A_dirᵀ``; ``'mutual'``: only pairs that chose each other, with
+            their mean weight.
+
+    Returns:
+        ``(edge_index, edge_weight)`` of the undirected graph.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> ei = torch.tensor([[1, 0, 0], [0, 1, 2]])   # 1→0, 0→1 (mutual), 0→2 (one-way)
+        >>> ei2, w2 = dg.graphs.symmetrize(ei, torch.tensor([0.8, 0.8, 0.6]), 3, how='mean')
+        >>> ei2.tolist(), [round(v, 2) for v in w2.tolist()]
+        ([[0, 0, 1, 2], [1, 2, 0, 0]], [0.8, 0.3, 0.8, 0.3])
+    """
+    check_choice(how, "symmetrize", SYMMETRIZE)
+    edge_index = check_edge_index(edge_index)
+    keep = edge_index[0] != edge_index[1]
+    edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+    if how == "mutual":
+        ei, w = coalesce(edge_index, edge_weight, num_nodes, reduce="add")
+        ei_t, w_t = coalesce(ei.flip(0), w, num_nodes, reduce="add")
+        key, key_t = ei[0] * num_nodes + ei[1], ei_t[0] * num_nodes + ei_t[1]
+        pos = torch.searchsorted(key_t, key).clamp_max(max(key_t.numel() - 1, 0))
+        mutual = key_t[pos] == key if key_t.numel() else torch.zeros_like(key, dtype=torch.bool)
+        return ei[:, mutual], (w[mutual] + w_t[pos[mutual]]) / 2
+    reduce = "add" if how in ("mean", "add") else "max"
+    ei, w = to_undirected(edge_index, edge_weight, num_nodes=num_nodes, reduce=reduce)
+    if how == "mean":
+        w = w / 2
+    return ei, w
+
+
+def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
+                   symmetrize: str = "mean", backend: str = "auto",
+                   chunk_size: Optional[int] = None, keep_x: bool = False,
+                   layer_name: str = "", layer_index: int = 0, *,
+                   col_chunk_size: Optional[int] = None, precision: str = "full",
+                   candidates: Optional[int] = None, progress: bool = False) -> Data:
+    """One layer's features ``[N, ...]`` → an undirected kNN graph as a PyG ``Data``.
+
+    Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
+    ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
+    :func:`~dyngraph.knn_graph`. ``x`` may also be a spilled layer
+    (:class:`~dyngraph.features.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
+    searched out of core, on ``y``'s device (see :func:`~dyngraph.knn`). ``progress`` shows a
+    bar over the score tiles of a large search.
+
+    Returns:
+        ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+        >>> snap = dg.graphs.build_snapshot(x, torch.arange(60) % 3, k=3, layer_name='fc1')
+        >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
+        (60, 'fc1', True)
+    """
+    knn_options = dict(metric=metric, backend=backend, chunk_size=chunk_size,
+                       col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
+                       progress=progress)
+    if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
+        if keep_x:
+            raise ValueError("keep_x=True needs the features in memory; got an out-of-core "
+                             f"{type(x).__name__} (load it first)")
+        n = row_source_info(x, "features")[0]
+        if y is not None:
+            y = check_labels(y, n, "y", min_classes=2)
+        edge_index, edge_weight = knn_graph(x, k, device=None if y is None else y.device,
+                                            **knn_options)
+    else:
+        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # knn checks
+        if x.dim() == 1:
+            raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature "
+                             f"axis, got shape {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], -1)
+        n = x.shape[0]
+        if y is not None:
+            check_same_device(features=x, y=y)
+            y = check_labels(y, n, "y", min_classes=2)
+        edge_index, edge_weight = knn_graph(x, k, **knn_options)
+    edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
+    if metric == "cosine" and bool((edge_weight <= 0).any()):
+        warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
+                      f"cosine <= 0; modularity treats weights as given", stacklevel=2)
+    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n)
+    data.layer_name = layer_name
+    data.layer_index = int(layer_index)
+    if keep_x:
+        data.x = x
+    return data
+
+
+symmetrize_fn = symmetrize
+
+
+class DynamicGraph:
+    """An ordered sequence of kNN snapshots, one PyG ``Data`` per layer: a discrete-time dynamic
+    graph whose nodes are the samples and whose time axis is depth.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(90) % 3
+        >>> feats = {'noise': torch.randn(90, 16, generator=g),
+        ...          'separated': torch.randn(90, 16, generator=g) + 6 * torch.eye(16)[y]}
+        >>> seq = dg.DynamicGraph.from_features(feats, y=y, k=3)
+        >>> curve = seq.modularity()
+        >>> curve.layers, curve.values[1] > curve.values[0] + 0.3
+        (['noise', 'separated'], tensor(True))
+    """
+
+    def __init__(self, snapshots: Sequence[Data], meta: Optional[Dict[str, Any]] = None):
+        snapshots = list(snapshots)
+        for i, s in enumerate(snapshots):
+            if not isinstance(s, Data):
+                raise TypeError(f"snapshots[{i}] must be a torch_geometric.data.Data, got "
+                                f"{type(s).__name__}")
+            if s.edge_index is None:
+                raise ValueError(f"snapshots[{i}] has no edge_index")
+        self.snapshots: List[Data] = snapshots
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_features(cls, features: Union[Mapping[str, Tensor], "Any"],
+                      y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
+                      symmetrize: str = "mean", backend: str = "auto",
+                      chunk_size: Optional[int] = None, keep_x: bool = False,
+                      device: Optional[Union[str, torch.device]] = None,
+                      progress: bool = True, *, col_chunk_size: Optional[int] = None,
+                      precision: str = "full", candidates: Optional[int] = None,
+                      out_of_core: bool = False) -> "DynamicGraph":
+        """Builds one snapshot per layer, layer by layer (one layer's features in memory at a time).
+
+        Args:
+            features: :class:`~dyngraph.LayerFeatures` (carries ``y``), or an ordered dict
+                ``{layer name: Tensor[N, ...]}`` plus ``y``.
+            y: ``[N]`` integer labels; taken from ``features.y`` when omitted.
+            k: Neighbours per node (3 in the reference).
+            metric: ``'cosine'`` (reference) or ``'euclidean'``.
+            symmetrize: ``'mean'`` (reference: ``(A + Aᵀ)/2``), ``'max'``, ``'add'`` or ``'mutual'``.
+            backend, chunk_size: Passed to :func:`~dyngraph.knn_graph`.
+            keep_x: Store the flattened features as ``data.x``.
+            device: Where to build the graphs (default: where the features are).
+            progress: Show a progress bar over the layers, and one over the score tiles of each
+                large layer's search.
+            col_chunk_size, precision, candidates: Tile shape and half-precision tiles, passed to
+                :func:`~dyngraph.knn_graph` (``precision`` is recorded in ``meta``).
+            out_of_core: Search layers spilled to disk straight from their memory maps, two
+                blocks of rows in memory at a time, instead of loading each layer (slower: each
+                block is read once per later block; for layers that do not fit in memory).
+
+        Returns:
+            A :class:`DynamicGraph` whose ``meta`` records k, N, metric, symmetrize and layers.
+        """
+        names = layer_names(features)
+        if y is None:
+            y = getattr(features, "y", None)
+            if y is None:
+                raise ValueError("y is required when features is a plain dict (labels define the "
+                                 "communities)")
+        meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "layers": names}
+        if precision != "full":
+            meta["precision"] = precision
+        meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
+        snaps = []
+        for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
+            stored = features.stored(name) if hasattr(features, "stored") else None
+            x = stored if out_of_core and is_row_source(stored) else features[name]
+            if not isinstance(x, Tensor) and not is_row_source(x):
+                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
+            yy = y if isinstance(y, Tensor) else torch.as_tensor(y)
+            if device is not None:
+                yy = yy.to(device)
+                x = x.to(device) if isinstance(x, Tensor) else x
+            if isinstance(x, Tensor):
+                check_same_device(**{f"features[{name!r}]": x, "y": yy})
+            if i == 0:
+                check_labels(yy, x.shape[0], "y", min_classes=2)
+            snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,
+                                        backend=backend, chunk_size=chunk_size, keep_x=keep_x,
+                                        layer_name=name, layer_index=i,
+                                        col_chunk_size=col_chunk_size, precision=precision,
+                                        candidates=candidates, progress=progress))
+        meta["n_samples"] = snaps[0].num_nodes
+        return cls(snaps, meta)
+
+    # ------------------------------------------------------------------ sequence protocol
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def __iter__(self) -> Iterator[Data]:
+        return (s for s in self.snapshots)
+
+    def __getitem__(self, item) -> Union[Data, "DynamicGraph"]:
+        if isinstance(item, slice):
+            return DynamicGraph(self.snapshots[item], self.meta)
+        if isinstance(item, str):
+            names = self.layers
+            if item not in names:
+                raise KeyError(f"no layer named {item!r}; layers are {names}")
+            return self.snapshots[names.index(item)]
+        return self.snapshots[item]
+
+    @property
+    def layers(self) -> List[str]:
+        return [str(getattr(s, "layer_name", i)) for i, s in enumerate(self.snapshots)]
+
+    def __repr__(self) -> str:
+        n = self.snapshots[0].num_nodes if self.snapshots else 0
+        keys = {k: self.meta[k] for k in ("k", "metric", "symmetrize") if k in self.meta}
+        return f"DynamicGraph(layers={len(self)}, num_nodes={n}, {keys})"
+
+    def to(self, device: Union[str, torch.device]) -> "DynamicGraph":
+        """A copy with every snapshot on ``device``."""
+        return DynamicGraph([s.to(device) for s in self.snapshots], self.meta)
+
+    def to_batch(self) -> Batch:
+        """All snapshots as one disconnected PyG ``Batch`` (``batch`` = layer index)."""
+        return Batch.from_data_list(self.snapshots)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> None:
+        """Saves atomically (a plain dict of tensors; loads with ``weights_only=True``)."""
+        state = {"format": "dyngraph.DynamicGraph/1", "meta": _plain(self.meta),
+                 "snapshots": [{k: v for k, v in s.to_dict().items()} for s in self.snapshots]}
+        atomic_torch_save(state, path)
+
+    @classmethod
+    def load(cls, path: PathLike, map_location: Optional[Union[str, torch.device]] = None
+             ) -> "DynamicGraph":
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != "dyngraph.DynamicGraph/1":
+            raise ValueError(f"{path} is not a file written by DynamicGraph.save")
+        return cls([Data.from_dict(d) for d in state["snapshots"]], state["meta"])
+
+    # ------------------------------------------------------------------ metrics
+    def _labels(self, communities: Optional[Sequence[Tensor]] = None) -> List[Tensor]:
+        out = []
+        for i, s in enumerate(self.snapshots):
+            c = s.y if communities is None else communities[i]
+            if c is None:
+                raise ValueError(f"snapshot {i} ({self.layers[i]!r}) has no labels y")
+            out.append(check_labels(c, s.num_nodes, f"labels of snapshot {i}"))
+        return out
+
+    def _batched_edges(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """All layers' edges as one disjoint union: ``edge_index`` (offset), float64 weights and
+        the ``batch`` vector."""
+        eis, ws, batch = [], [], []
+        offset = 0
+        for i, s in enumerate(self.snapshots):
+            w = s.edge_weight if s.edge_weight is not None else \
+                torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
+            eis.append(s.edge_index + offset)
+            ws.append(w.double())
+            batch.append(torch.full((s.num_nodes,), i, dtype=torch.long,
+                                    device=s.edge_index.device))
+            offset += s.num_nodes
+        return torch.cat(eis, 1), torch.cat(ws), torch.cat(batch)
+
+    def _batched(self, communities: Optional[Sequence[Tensor]] = None):
+        comm = torch.cat(self._labels(communities))
+        ei, w, batch = self._batched_edges()
+        return ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1
+
+    def class_contributions(self, resolution: float = 1.0) -> Tensor:
+        """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to the curve."""
+        ei, comm, w, batch, n_graphs, n_comm = self._batched()
+        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
+        return contrib
+
+    def modularity(self, resolution: float = 1.0, communities: Optional[Sequence[Tensor]] = None
+                   ) -> "DepthProfile":
+        """Modularity of every layer, labels as communities, in one batched scatter pass.
+
+        Args:
+            resolution: Newman's resolution ``γ``.
+            communities: Per-snapshot community tensors to use instead of ``y``.
+
+        Returns:
+            A one-metric :class:`~dyngraph.DepthProfile` (``.values`` one per layer, ``.layers`` the
+            names).
+        """
+        if not self.snapshots:
+            raise ValueError("this DynamicGraph has no snapshots")
+        ei, comm, w, batch, n_graphs, n_comm = self._batched(communities)
+        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
+        meta = dict(self.meta)
+        meta["resolution"] = resolution
+        from ..profiles._profile import DepthProfile
+        return DepthProfile(self.layers, ["modularity"], contrib.sum(1), meta)
+
+    def modularity_null(self, permutations: int = 100, seed: int = 0, resolution: float = 1.0
+                        ) -> "DepthProfile":
+        """Modularity of every layer with the labels randomly permuted: the null distribution
+        of Q on the same graphs, for judging whether a layer's Q is more than chance.
+
+        Permutation ``p`` relabels the nodes with ``y[perm_p]``, where ``perm_p`` is the p-th
+        ``torch.randperm(N, generator)`` of a CPU generator seeded once with ``seed``; when all
+        snapshots have the same N (the same samples), each permutation is shared by every layer.
+        Class sizes are kept, so the null mean is close to, but not exactly, 0. The edges are
+        gathered once; each permutation is one scatter pass over all layers.
+
+        Args:
+            permutations: Number of label permutations ``P`` (``>= 1``).
+            seed: Seed of the permutations.
+            resolution: Newman's ``γ``.
+
+        Returns:
+            A one-metric :class:`~dyngraph.DepthProfile` ``'modularity_null'``, ``samples`` ``[P, L, 1]``,
+            ``values`` the null mean and ``std`` its standard deviation per layer. The z-score of
+            the observed curve is ``(seq.modularity().values − null.values) / null.std``.
+
+        Example:
+            >>> import torch, dyngraph as dg
+            >>> g = torch.Generator().manual_seed(0)
+            >>> y = torch.arange(90) % 3
+            >>> x = torch.randn(90, 16, generator=g) + 6 * torch.eye(16)[y]
+            >>> seq = dg.DynamicGraph.from_features({'a': x}, y=y, k=3, progress=False)
+            >>> null = seq.modularity_null(permutations=50)
+            >>> bool(abs(null.values[0]) < 0.05), bool(seq.modularity().values[0] > 0.5)
+            (True, True)
+        """
+        check_positive_int(permutations, "permutations")
+        if not self.snapshots:
+            raise ValueError("this DynamicGraph has no snapshots")
+        labels = self._labels()
+        ei, w, batch = self._batched_edges()
+        sizes = [int(c.numel()) for c in labels]
+        n_comm = int(torch.cat(labels).max()) + 1
+        gen = torch.Generator().manual_seed(int(seed))
+        rows = []
+        for _ in range(int(permutations)):
+            if len(set(sizes)) == 1:
+                perm = torch.randperm(sizes[0], generator=gen)
+                comm = torch.cat([c[perm.to(c.device)] for c in labels])
+            else:
+                comm = torch.cat([c[torch.randperm(c.numel(), generator=gen).to(c.device)]
+                                  for c in labels])
+            contrib, _ = _community_terms(ei, comm, w, batch, len(labels), n_comm,
+                                          float(resolution))
+            rows.append(contrib.sum(1))
+        meta = dict(self.meta)
+        meta.update({"resolution": resolution, "permutations": int(permutations),
+                     "null_seed": int(seed)})
+        from ..profiles._profile import DepthProfile
+        return DepthProfile(self.layers, ["modularity_null"], torch.stack(rows), meta)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Tensor):
+        return obj
+    return str(obj)

@@ -1,0 +1,1504 @@
+"""Neural collapse per layer (Papyan, Han & Donoho 2020) and Minority Collapse (Fang et al. 2021).
+
+Everything is computed from a few sufficient statistics, in float64:
+
+* per-class counts ``n_c``, class means ``μ_c`` ``[C, D]`` and within-class scatter traces;
+* for NC1 either the ``D × D`` within-class scatter (the naive path, one pass) or, exactly and in
+  ``O(C·D)`` memory, the within-class scatter projected on the class-mean subspace (two passes).
+
+NC1 = Tr(Σ_W Σ_B^†)/C where Σ_B^† inverts only the top ``C − 1`` eigenpairs of Σ_B. With
+``M̃ = [μ_c − μ_G]_c = U S Vᵀ`` (``C × D``), Σ_B = M̃ᵀM̃/C has eigenpairs ``(s_j²/C, v_j)``, so
+
+    NC1 = (1/C) Σ_j C · v_jᵀ Σ_W v_j / s_j² = Σ_j v_jᵀ Σ_W v_j / s_j²,
+
+which needs Σ_W only along the ``r ≤ C − 1`` directions ``v_j``: an exact identity, not an
+approximation. The streaming path merges batch statistics with Chan et al.'s pairwise update.
+
+Conventions that differ between public implementations are keyword arguments; the defaults are the
+choices of Papyan et al. (2020), see :data:`PAPYAN_CONVENTIONS`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._io import PathLike, atomic_write_json
+from .._progress import progress_bar
+from .._validate import check_choice, check_features, check_labels, check_positive_int, check_tensor
+from .._curve import Curve
+from ..capture._features import LayerFeatures
+
+__all__ = [
+    "CollapseCallback",
+    "CollapseConventions",
+    "METRICS",
+    "NeuralCollapseAccumulator",
+    "PAPYAN_CONVENTIONS",
+    "class_means",
+    "collapse_curves",
+    "etf_gram",
+    "minority_collapse",
+    "neural_collapse",
+    "neural_collapse_model",
+    "neural_collapse_stream",
+    "simplex_etf",
+]
+
+#: Metrics defined at every layer (they need only features and labels), in reporting order.
+LAYER_METRICS = ("nc1", "nc1_trace", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf",
+                 "cdnv", "ncc_accuracy")
+#: Metrics that also need the classifier (the layer that feeds it).
+CLASSIFIER_METRICS = ("nc2_equinorm_w", "nc2_equiangular_w", "nc2_maxangle_w", "nc2_etf_w", "nc3",
+                      "nc4")
+METRICS = LAYER_METRICS + CLASSIFIER_METRICS
+
+_EPS64 = torch.finfo(torch.float64).eps
+
+
+# ============================================================================ conventions
+@dataclass(frozen=True)
+class CollapseConventions:
+    """How each quantity is normalised. The defaults follow Papyan, Han & Donoho (PNAS 2020).
+
+    Attributes:
+        global_mean: ``'samples'``: μ_G is the mean of all samples (the paper's Ave_{i,c} h_{i,c});
+            ``'classes'``: the unweighted mean of the class means (the paper's reference notebook).
+            The two agree for balanced classes.
+        within: ``'samples'``: Σ_W = Σ_c S_c / (N − ddof·C), the average over all samples (paper);
+            ``'classes'``: Σ_W = (1/C) Σ_c S_c / (n_c − ddof), every class weighted equally.
+            ``S_c`` is class c's scatter Σ_i (h_i − μ_c)(h_i − μ_c)ᵀ.
+        ddof: Delta degrees of freedom of Σ_W and of the class variances in CDNV (paper: 0).
+        nc1_over_classes: Divide Tr(Σ_W Σ_B^†) by C (the paper's Figure 6; its notebook does not).
+        sb_rank: How many top eigenpairs of Σ_B are inverted; ``None``: ``C − 1`` (paper). Fewer
+            are used when Σ_B is numerically rank deficient (``D < C − 1`` or degenerate means).
+        rtol: Eigenvalues of Σ_B below ``rtol · λ_max`` count as zero; ``None``:
+            ``max(C, D) · eps(float64)``.
+        std_ddof: Delta degrees of freedom of the std in NC2 (paper's notebook: ``torch.std``, 1).
+        nc3_squared: NC3 as the squared Frobenius distance ‖W/‖W‖ − M̃/‖M̃‖‖²_F (paper, Figure 5).
+        nc4_bias: The classifier's prediction in NC4 includes its bias (paper: the network's
+            output).
+        center_classifier: Subtract the mean classifier row before NC2/NC3 (paper: no).
+    """
+
+    global_mean: str = "samples"
+    within: str = "samples"
+    ddof: int = 0
+    nc1_over_classes: bool = True
+    sb_rank: Optional[int] = None
+    rtol: Optional[float] = None
+    std_ddof: int = 1
+    nc3_squared: bool = True
+    nc4_bias: bool = True
+    center_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self.global_mean, "global_mean", ("samples", "classes"))
+        check_choice(self.within, "within", ("samples", "classes"))
+        for name in ("ddof", "std_ddof"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {name}={v!r}")
+        if self.sb_rank is not None:
+            check_positive_int(self.sb_rank, "sb_rank")
+        if self.rtol is not None and not (isinstance(self.rtol, (int, float))
+                                          and 0 <= self.rtol < 1):
+            raise ValueError(f"rtol must be a float in [0, 1), got rtol={self.rtol!r}")
+        for name in ("nc1_over_classes", "nc3_squared", "nc4_bias", "center_classifier"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+PAPYAN_CONVENTIONS = CollapseConventions()
+_CONVENTION_NAMES = tuple(f.name for f in fields(CollapseConventions))
+
+
+def _conventions(conventions: Optional[CollapseConventions], kw: Dict[str, Any]
+                 ) -> CollapseConventions:
+    unknown = [k for k in kw if k not in _CONVENTION_NAMES]
+    if unknown:
+        raise TypeError(f"unknown keyword argument(s) {unknown}; the conventions are "
+                        f"{list(_CONVENTION_NAMES)}")
+    base = conventions if conventions is not None else PAPYAN_CONVENTIONS
+    if not isinstance(base, CollapseConventions):
+        raise TypeError(f"conventions must be a CollapseConventions, got {type(base).__name__}")
+    return replace(base, **kw) if kw else base
+
+
+# ============================================================================ ETF helpers
+def etf_gram(num_classes: int, dtype: torch.dtype = torch.float64,
+             device: Optional[Union[str, torch.device]] = None) -> Tensor:
+    """Gram matrix of a simplex ETF with unit-norm vertices: ``C/(C−1) · (I − 11ᵀ/C)`` ``[C, C]``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> g = dg.measures.etf_gram(3)
+        >>> [round(v, 3) for v in g[0].tolist()]
+        [1.0, -0.5, -0.5]
+    """
+    check_positive_int(num_classes, "num_classes", minimum=2)
+    c = num_classes
+    eye = torch.eye(c, dtype=dtype, device=device)
+    return (eye - 1.0 / c) * (c / (c - 1))
+
+
+def simplex_etf(num_classes: int, dim: Optional[int] = None, seed: Optional[int] = None,
+                dtype: torch.dtype = torch.float64) -> Tensor:
+    """Rows of a simplex equiangular tight frame: ``C`` unit vectors in ``R^dim`` with pairwise
+    cosine ``−1/(C−1)``, summing to zero, randomly rotated when ``seed`` is given.
+
+    Args:
+        num_classes: ``C ≥ 2``.
+        dim: Ambient dimension ``D ≥ C − 1`` (default ``C``).
+        seed: Seed of a random orthogonal rotation; ``None``: the canonical frame.
+
+    Returns:
+        ``[C, dim]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.measures.simplex_etf(4, dim=6, seed=0)
+        >>> bool(torch.allclose(m @ m.T, dg.measures.etf_gram(4), atol=1e-12))
+        True
+    """
+    check_positive_int(num_classes, "num_classes", minimum=2)
+    c = num_classes
+    dim = c if dim is None else dim
+    check_positive_int(dim, "dim")
+    if dim < c - 1:
+        raise ValueError(f"a simplex ETF of {c} vertices needs dim >= C - 1 = {c - 1}, got "
+                         f"dim={dim}")
+    # Centered standard basis, orthonormally embedded in C - 1 dimensions.
+    centered = torch.eye(c, dtype=torch.float64) - 1.0 / c
+    u, s, vh = torch.linalg.svd(centered)
+    base = u[:, : c - 1] * s[: c - 1]  # [C, C-1], same Gram as `centered`
+    base = base * math.sqrt(c / (c - 1))
+    out = torch.zeros(c, dim, dtype=torch.float64)
+    out[:, : c - 1] = base
+    if seed is not None:
+        g = torch.Generator().manual_seed(int(seed))
+        q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+        out = out @ q.T
+    return out.to(dtype)
+
+
+# ============================================================================ input handling
+def _check_num_classes(num_classes, labels: Tensor) -> int:
+    if num_classes is None:
+        if labels.numel() == 0:
+            raise ValueError("labels is empty")
+        num_classes = int(labels.max()) + 1
+    else:
+        check_positive_int(num_classes, "num_classes")
+        if labels.numel() and int(labels.max()) >= num_classes:
+            raise ValueError(f"labels must be < num_classes={num_classes}, got max(labels)="
+                             f"{int(labels.max())}")
+    if num_classes < 2:
+        raise ValueError(f"neural collapse needs at least 2 classes, got num_classes={num_classes}")
+    return num_classes
+
+
+def _check_nonempty(counts: Tensor, where: str = "labels") -> None:
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"classes {empty[:10]} have no samples in {where}; every class 0..C-1 "
+                         f"needs at least one (remap the labels or pass the right num_classes)")
+
+
+def _parse_classifier(classifier, dim: Optional[int], num_classes: Optional[int]
+                      ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    """``nn.Linear`` | ``W [C, D]`` | ``(W, b)`` → detached ``(W, b)``."""
+    if classifier is None:
+        return None
+    if isinstance(classifier, nn.Linear):
+        w, b = classifier.weight, classifier.bias
+    elif isinstance(classifier, Tensor):
+        w, b = classifier, None
+    elif isinstance(classifier, (tuple, list)) and len(classifier) == 2:
+        w, b = classifier
+    else:
+        raise TypeError(f"classifier must be an nn.Linear, a weight Tensor [C, D] or a tuple "
+                        f"(weight, bias), got {type(classifier).__name__}")
+    check_tensor(w, "classifier weight")
+    if not w.is_floating_point() or w.dim() != 2:
+        raise ValueError(f"classifier weight must be a floating [C, D] matrix, got "
+                         f"shape {tuple(w.shape)}, dtype {w.dtype}")
+    if num_classes is not None and w.shape[0] != num_classes:
+        raise ValueError(f"classifier weight has {w.shape[0]} rows but there are {num_classes} "
+                         f"classes")
+    if dim is not None and w.shape[1] != dim:
+        raise ValueError(f"classifier weight is [{w.shape[0]}, {w.shape[1]}] but the features have "
+                         f"D={dim} columns; pass the features that feed the classifier")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("classifier weight contains NaN or inf values")
+    if b is not None:
+        check_tensor(b, "classifier bias")
+        if b.reshape(-1).numel() != w.shape[0]:
+            raise ValueError(f"classifier bias must have {w.shape[0]} entries, got shape "
+                             f"{tuple(b.shape)}")
+        b = b.detach().reshape(-1)
+    return w.detach(), b
+
+
+def _flat(x: Tensor, name: str) -> Tensor:
+    check_tensor(x, name)
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be [N, D] (or [N, ...], flattened), got shape "
+                         f"{tuple(x.shape)}")
+    x = x.reshape(x.shape[0], -1)
+    return check_features(x, name, ndim=2)
+
+
+def _default_chunk(dim: int) -> int:
+    return max(1, (1 << 23) // max(dim, 1))  # ≈ 64 MiB of float64 per chunk
+
+
+# ============================================================================ statistics
+@dataclass
+class _Stats:
+    """Sufficient statistics of one layer (all float64 on the features' device)."""
+
+    counts: Tensor                       # [C]
+    means: Tensor                        # [C, D]
+    trace: Tensor                        # [C]  Σ_{i∈c} ‖h_i − μ_c‖²
+    scatter: Optional[Tensor] = None     # [D, D] pooled or [C, D, D] per class (method 'full')
+    basis: Optional[Tensor] = None       # [D, r] right singular vectors of M̃ (method 'subspace')
+    sing: Optional[Tensor] = None        # [r] singular values of M̃
+    proj: Optional[Tensor] = None        # [C, r] Σ_{i∈c} ((h_i − μ_c)·v_j)²
+    n_pass2: int = 0
+    ncc_correct: Optional[int] = None
+    nc4_mismatch: Optional[int] = None
+
+
+def _global_mean(counts: Tensor, means: Tensor, cv: CollapseConventions) -> Tensor:
+    if cv.global_mean == "samples":
+        return (counts.unsqueeze(1) * means).sum(0) / counts.sum()
+    return means.mean(0)
+
+
+def _rank(sq: Tensor, num_classes: int, dim: int, cv: CollapseConventions) -> int:
+    """Number of eigenpairs of Σ_B to invert, from its eigenvalues (or s_j²) in descending order."""
+    if sq.numel() == 0 or not bool(sq[0] > 0):
+        raise ValueError("all class means coincide (Σ_B = 0): NC1 is undefined for this layer")
+    r_max = min(cv.sb_rank or num_classes - 1, dim, sq.numel())
+    rtol = cv.rtol if cv.rtol is not None else max(num_classes, dim) * _EPS64
+    keep = sq[:r_max] > rtol * sq[0]
+    return int(keep.sum())
+
+
+def _subspace_basis(counts: Tensor, means: Tensor, cv: CollapseConventions
+                    ) -> Tuple[Tensor, Tensor]:
+    """``(V [D, r], s [r])``: the top right singular pairs of ``M̃ = means − μ_G``."""
+    mt = means - _global_mean(counts, means, cv)
+    _, s, vh = torch.linalg.svd(mt, full_matrices=False)
+    r = _rank(s * s, means.shape[0], means.shape[1], cv)
+    return vh[:r].T.contiguous(), s[:r].clone()
+
+
+def _within_weights(counts: Tensor, cv: CollapseConventions) -> Tensor:
+    """Per-class factor ``w_c`` with Σ_W = Σ_c w_c S_c."""
+    c = counts.numel()
+    if cv.within == "samples":
+        denom = counts.sum() - cv.ddof * c
+        if not bool(denom > 0):
+            raise ValueError(f"ddof={cv.ddof} leaves no degrees of freedom: N={int(counts.sum())} "
+                             f"samples in C={c} classes")
+        return torch.full_like(counts, 1.0) / denom
+    denom = counts - cv.ddof
+    if not bool((denom > 0).all()):
+        small = (denom <= 0).nonzero().flatten().tolist()
+        raise ValueError(f"ddof={cv.ddof} with within='classes' needs more than {cv.ddof} samples "
+                         f"in every class; classes {small[:10]} are too small")
+    return 1.0 / (c * denom)
+
+
+def _second_pass(x: Tensor, y: Tensor, means: Tensor, basis: Optional[Tensor],
+                 clf: Optional[Tuple[Tensor, Optional[Tensor]]], cv: CollapseConventions,
+                 proj: Optional[Tensor]) -> Tuple[int, int]:
+    """Adds one chunk's projected within-class scatter to ``proj`` (in place); returns
+    ``(ncc_correct, nc4_mismatch)`` of the chunk. ``x`` is float64 ``[B, D]``."""
+    if basis is not None and proj is not None:
+        p = (x - means[y]) @ basis
+        proj.index_add_(0, y, p * p)
+    # nearest class centre: argmin ‖h − μ_c‖² = argmax (2 h·μ_c − ‖μ_c‖²)
+    scores = 2.0 * (x @ means.T) - (means * means).sum(1).unsqueeze(0)
+    ncc = scores.argmax(1)
+    correct = int((ncc == y).sum())
+    mismatch = 0
+    if clf is not None:
+        w, b = clf
+        logits = x @ w.T
+        if b is not None and cv.nc4_bias:
+            logits = logits + b
+        mismatch = int((logits.argmax(1) != ncc).sum())
+    return correct, mismatch
+
+
+def _stats_in_memory(x: Tensor, y: Tensor, num_classes: int, method: str,
+                     clf: Optional[Tuple[Tensor, Optional[Tensor]]], cv: CollapseConventions,
+                     chunk_size: Optional[int]) -> _Stats:
+    """Exact two-pass statistics of an in-memory feature matrix, chunked over rows."""
+    n, d = x.shape
+    dev = x.device
+    f64 = torch.float64
+    chunk = chunk_size or _default_chunk(d)
+    counts = torch.bincount(y, minlength=num_classes).to(f64)
+    _check_nonempty(counts)
+    sums = torch.zeros(num_classes, d, dtype=f64, device=dev)
+    for s in range(0, n, chunk):
+        sums.index_add_(0, y[s:s + chunk], x[s:s + chunk].to(f64))
+    means = sums / counts.unsqueeze(1)
+    trace = torch.zeros(num_classes, dtype=f64, device=dev)
+    scatter = None
+    if method == "full":
+        scatter = (torch.zeros(d, d, dtype=f64, device=dev) if cv.within == "samples"
+                   else torch.zeros(num_classes, d, d, dtype=f64, device=dev))
+    for s in range(0, n, chunk):
+        yb = y[s:s + chunk]
+        xc = x[s:s + chunk].to(f64) - means[yb]
+        trace.index_add_(0, yb, (xc * xc).sum(1))
+        if scatter is not None and scatter.dim() == 2:
+            scatter.addmm_(xc.T, xc)
+        elif scatter is not None:
+            for c in yb.unique().tolist():
+                xcc = xc[yb == c]
+                scatter[c].addmm_(xcc.T, xcc)
+    st = _Stats(counts, means, trace, scatter=scatter)
+    if method == "subspace":
+        st.basis, st.sing = _subspace_basis(counts, means, cv)
+        st.proj = torch.zeros(num_classes, st.basis.shape[1], dtype=f64, device=dev)
+    clf64 = _clf64(clf, dev)
+    correct = mismatch = 0
+    for s in range(0, n, chunk):
+        c_, m_ = _second_pass(x[s:s + chunk].to(f64), y[s:s + chunk], means, st.basis, clf64, cv,
+                              st.proj)
+        correct += c_
+        mismatch += m_
+    st.n_pass2, st.ncc_correct = n, correct
+    st.nc4_mismatch = mismatch if clf is not None else None
+    return st
+
+
+def _clf64(clf, device) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    if clf is None:
+        return None
+    w, b = clf
+    return (w.to(device, torch.float64),
+            None if b is None else b.to(device, torch.float64))
+
+
+# ---------------------------------------------------------------------------- NC2 pieces
+def _std(v: Tensor, ddof: int) -> float:
+    if v.numel() - ddof <= 0:
+        return 0.0  # a single value has no spread
+    return float(v.std(correction=ddof))
+
+
+def _nc2(rows: Tensor, cv: CollapseConventions, what: str) -> Dict[str, float]:
+    """Equinorm, equiangularity, max-angle and ETF-Gram distance of ``rows`` ``[C, D]``."""
+    c = rows.shape[0]
+    norms = rows.norm(dim=1)
+    if bool((norms <= 0).any()):
+        bad = (norms <= 0).nonzero().flatten().tolist()
+        raise ValueError(f"{what} of classes {bad[:10]} have zero norm; their angles (NC2) are "
+                         f"undefined")
+    unit = rows / norms.unsqueeze(1)
+    cos = unit @ unit.T
+    iu = torch.triu_indices(c, c, 1, device=rows.device)
+    off = cos[iu[0], iu[1]]
+    gram = rows @ rows.T
+    target = etf_gram(c, device=rows.device) / math.sqrt(c - 1) * ((c - 1) / c)
+    # (I − 11ᵀ/C)/√(C−1) has unit Frobenius norm.
+    etf = float((gram / gram.norm() - target).norm())
+    return {"equinorm": _std(norms, cv.std_ddof) / float(norms.mean()),
+            "equiangular": _std(off, cv.std_ddof),
+            "maxangle": float((off + 1.0 / (c - 1)).abs().mean()),
+            "etf": etf}
+
+
+def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
+              cv: CollapseConventions) -> Dict[str, float]:
+    counts, means = st.counts, st.means
+    c, d = means.shape
+    mu_g = _global_mean(counts, means, cv)
+    mt = means - mu_g
+    wc = _within_weights(counts, cv)
+    out: Dict[str, float] = {}
+    # ---- NC1
+    if st.scatter is not None:  # naive D × D path
+        sw = st.scatter * wc[0] if st.scatter.dim() == 2 else torch.einsum("c,cde->de", wc,
+                                                                            st.scatter)
+        sb = mt.T @ mt / c
+        lam, vec = torch.linalg.eigh(sb)
+        lam, vec = lam.flip(0), vec.flip(1)
+        r = _rank(lam, c, d, cv)
+        pinv = (vec[:, :r] / lam[:r]) @ vec[:, :r].T
+        tr = float(torch.trace(sw @ pinv))
+        rank = r
+    else:
+        if st.proj is None or st.basis is None:
+            raise RuntimeError("subspace statistics are incomplete: the second pass is missing")
+        dirs = (wc.unsqueeze(1) * st.proj).sum(0)           # v_jᵀ Σ_W v_j
+        tr = float((c * dirs / (st.sing * st.sing)).sum())  # Tr(Σ_W Σ_B^†)
+        rank = int(st.sing.numel())
+    out["nc1"] = tr / c if cv.nc1_over_classes else tr
+    tr_w = float((wc * st.trace).sum())
+    tr_b = float((mt * mt).sum()) / c
+    out["nc1_trace"] = tr_w / tr_b
+    # ---- NC2 (class means)
+    for k, v in _nc2(mt, cv, "centred class means").items():
+        out[f"nc2_{k}"] = v
+    # ---- CDNV (Galanti et al. 2022): mean over pairs of (σ²_i + σ²_j) / (2‖μ_i − μ_j‖²)
+    denom = counts - cv.ddof
+    if not bool((denom > 0).all()):
+        raise ValueError(f"ddof={cv.ddof} needs more than {cv.ddof} samples in every class for "
+                         f"CDNV")
+    var = st.trace / denom
+    dist2 = torch.cdist(means, means).pow(2)
+    iu = torch.triu_indices(c, c, 1, device=means.device)
+    pair = dist2[iu[0], iu[1]]
+    if bool((pair <= 0).any()):
+        k = int((pair <= 0).nonzero()[0])
+        raise ValueError(f"the means of classes {int(iu[0, k])} and {int(iu[1, k])} coincide: "
+                         f"CDNV is undefined")
+    out["cdnv"] = float(((var[iu[0]] + var[iu[1]]) / (2.0 * pair)).mean())
+    if st.ncc_correct is not None and st.n_pass2:
+        out["ncc_accuracy"] = st.ncc_correct / st.n_pass2
+    # ---- classifier
+    if clf is not None:
+        w = clf[0].to(means.device, torch.float64)
+        if cv.center_classifier:
+            w = w - w.mean(0, keepdim=True)
+        for k, v in _nc2(w, cv, "classifier rows").items():
+            out[f"nc2_{k}_w"] = v
+        if float(w.norm()) == 0.0:
+            raise ValueError("the classifier weight is all zeros: NC3 is undefined")
+        dist = float((w / w.norm() - mt / mt.norm()).norm())
+        out["nc3"] = dist * dist if cv.nc3_squared else dist
+        if st.nc4_mismatch is not None and st.n_pass2:
+            out["nc4"] = st.nc4_mismatch / st.n_pass2
+    out["num_classes"] = c
+    out["n_samples"] = int(counts.sum())
+    out["dim"] = d
+    out["sb_rank"] = rank
+    return out
+
+
+def _check_method(method: str) -> str:
+    return check_choice(method, "method", ("auto", "subspace", "full"))
+
+
+# ============================================================================ in-memory API
+def class_means(features: Tensor, labels: Tensor, num_classes: Optional[int] = None
+                ) -> Tuple[Tensor, Tensor]:
+    """Per-class means and counts, in float64.
+
+    Args:
+        features: ``[N, D]`` (or ``[N, ...]``, flattened).
+        labels: ``[N]`` integer labels in ``[0, C)``.
+        num_classes: ``C``; default ``max(labels) + 1``.
+
+    Returns:
+        ``(means [C, D] float64, counts [C] float64)``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.tensor([[0., 2.], [2., 2.], [5., 5.]])
+        >>> m, n = dg.measures.class_means(x, torch.tensor([0, 0, 1]))
+        >>> m.tolist(), n.tolist()
+        ([[1.0, 2.0], [5.0, 5.0]], [2.0, 1.0])
+    """
+    x = _flat(features, "features")
+    y = check_labels(labels, x.shape[0], "labels")
+    c = _check_num_classes(num_classes, y)
+    counts = torch.bincount(y.to(x.device), minlength=c).to(torch.float64)
+    _check_nonempty(counts)
+    sums = torch.zeros(c, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, y.to(x.device), x.to(torch.float64))
+    return sums / counts.unsqueeze(1), counts
+
+
+def _layer_collapse(x: Tensor, y: Tensor, classifier, num_classes: Optional[int], method: str,
+                    cv: CollapseConventions, chunk_size: Optional[int], name: str
+                    ) -> Dict[str, float]:
+    x = _flat(x, name)
+    y = check_labels(y, x.shape[0], "labels").to(x.device)
+    c = _check_num_classes(num_classes, y)
+    clf = _parse_classifier(classifier, x.shape[1], c)
+    method = "subspace" if method == "auto" else method
+    st = _stats_in_memory(x, y, c, method, clf, cv, chunk_size)
+    return _finalize(st, clf, cv)
+
+
+def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping],
+                    labels: Optional[Tensor] = None, classifier=None, *,
+                    num_classes: Optional[int] = None, layer: Optional[str] = None,
+                    classifier_layer: Optional[str] = None, method: str = "auto",
+                    chunk_size: Optional[int] = None,
+                    conventions: Optional[CollapseConventions] = None, **kw
+                    ) -> Dict[str, Any]:
+    """Neural-collapse metrics of one layer's features, or of every layer of a
+    :class:`LayerFeatures`.
+
+    Keys (floats; smaller is more collapsed unless noted):
+
+    * ``nc1``: Tr(Σ_W Σ_B^†)/C, the top ``C − 1`` eigenpairs of Σ_B inverted in float64;
+    * ``nc1_trace``: Tr(Σ_W)/Tr(Σ_B);
+    * ``nc2_equinorm``: std/mean of ‖μ_c − μ_G‖;
+    * ``nc2_equiangular``: std of the pairwise cosines of the centred means;
+    * ``nc2_maxangle``: mean |cos + 1/(C−1)|;
+    * ``nc2_etf``: ‖G/‖G‖_F − (I − 11ᵀ/C)/√(C−1)‖_F with G = M̃M̃ᵀ (Zhu et al. 2021);
+    * ``cdnv``: class-distance normalised variance (Galanti et al. 2022), mean over pairs;
+    * ``ncc_accuracy``: accuracy of the nearest-class-centre rule (higher = more collapsed);
+    * with a classifier: ``nc2_*_w`` (the same four for its rows), ``nc3`` (self-duality
+      ‖W/‖W‖_F − M̃/‖M̃‖_F‖²_F) and ``nc4`` (share of samples where the classifier's prediction
+      differs from the nearest class centre);
+    * bookkeeping: ``num_classes``, ``n_samples``, ``dim``, ``sb_rank`` (eigenpairs inverted).
+
+    Args:
+        features: ``[N, D]`` (``[N, ...]`` is flattened), a :class:`LayerFeatures`, or a dict
+            ``{layer: Tensor}`` (then ``labels`` is needed).
+        labels: ``[N]`` integer labels in ``[0, C)``; taken from ``features.y`` for LayerFeatures.
+        classifier: ``nn.Linear``, weight ``[C, D]`` or ``(weight, bias)`` of the last layer. With
+            several layers it applies to ``classifier_layer``.
+        num_classes: ``C``; default ``max(labels) + 1``. Every class needs a sample.
+        layer: With several layers, compute only this one and return its flat dict.
+        classifier_layer: The layer that feeds the classifier (default: the last one).
+        method: ``'subspace'`` (exact, O(C·D) besides the data; ``'auto'``) or ``'full'`` (the
+            naive D × D Σ_W and Σ_B eigendecomposition; same value, for reference).
+        chunk_size: Rows converted to float64 at a time.
+        conventions: A :class:`CollapseConventions`; single fields can also be given as keywords
+            (``global_mean``, ``within``, ``ddof``, ``nc1_over_classes``, ``sb_rank``, ``rtol``,
+            ``std_ddof``, ``nc3_squared``, ``nc4_bias``, ``center_classifier``).
+
+    Returns:
+        The metric dict, or ``{layer: metric dict}`` for several layers.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(300) % 3
+        >>> x = 10 * dg.measures.simplex_etf(3, dim=8)[y].float() + 0.1 * torch.randn(300, 8, generator=g)
+        >>> r = dg.measures.neural_collapse(x, y)
+        >>> r['nc1'] < 1e-3, r['nc2_maxangle'] < 1e-2, r['ncc_accuracy']
+        (True, True, 1.0)
+    """
+    cv = _conventions(conventions, kw)
+    _check_method(method)
+    if isinstance(features, Tensor):
+        if labels is None:
+            raise ValueError("labels is required with a feature tensor")
+        return _layer_collapse(features, labels, classifier, num_classes, method, cv, chunk_size,
+                               "features")
+    feats = _as_layer_features(features, labels)
+    names = feats.names
+    if layer is not None and layer not in names:
+        raise ValueError(f"layer={layer!r} is not among the layers {names}")
+    if classifier_layer is None:
+        classifier_layer = names[-1]
+    elif classifier_layer not in names:
+        raise ValueError(f"classifier_layer={classifier_layer!r} is not among the layers {names}")
+    out: Dict[str, Any] = OrderedDict()
+    for name in ([layer] if layer is not None else names):
+        clf = classifier if name == classifier_layer else None
+        out[name] = _layer_collapse(feats[name], feats.y, clf, num_classes, method, cv, chunk_size,
+                                    f"features[{name!r}]")
+    return out[layer] if layer is not None else out
+
+
+def _as_layer_features(features, labels) -> LayerFeatures:
+    if isinstance(features, LayerFeatures):
+        if labels is None:
+            return features
+        return LayerFeatures({n: features[n] for n in features},
+                             check_labels(labels, features.n_samples, "labels"), features.indices,
+                             features.meta)
+    graph_cls = _dynamic_graph_cls()
+    if graph_cls is not None and isinstance(features, graph_cls):
+        layers, ys = {}, None
+        for i, snap in enumerate(features):
+            x = getattr(snap, "x", None)
+            if x is None:
+                raise ValueError(f"snapshot {i} ({getattr(snap, 'layer_name', i)!r}) stores no "
+                                 f"features; build it with DynamicGraph.from_features(..., "
+                                 f"keep_x=True)")
+            layers[str(getattr(snap, "layer_name", i))] = x
+            ys = snap.y if ys is None else ys
+        y = labels if labels is not None else ys
+        if y is None:
+            raise ValueError("the snapshots carry no labels y; pass labels")
+        return LayerFeatures(layers, check_labels(y, next(iter(layers.values())).shape[0],
+                                                  "labels"))
+    if isinstance(features, Mapping):
+        if not features:
+            raise ValueError("features is empty: no layers")
+        if labels is None:
+            raise ValueError("labels is required with a dict of feature tensors")
+        first = next(iter(features.values()))
+        check_tensor(first, "features[first layer]")
+        return LayerFeatures(dict(features), check_labels(labels, first.shape[0], "labels"))
+    raise TypeError(f"features must be a Tensor [N, D], a LayerFeatures, a dict {{layer: Tensor}} "
+                    f"or a DynamicGraph, got {type(features).__name__}")
+
+
+def _dynamic_graph_cls():
+    try:
+        from ..graphs._graph import DynamicGraph
+    except Exception:  # pragma: no cover - graph needs torch_geometric, which is a dependency
+        return None
+    return DynamicGraph
+
+
+# ============================================================================ streaming
+class NeuralCollapseAccumulator:
+    """Streams batches of one layer's features into the neural-collapse statistics, in float64.
+
+    Pass 1 merges each batch's class counts, means and scatter into the running ones with Chan et
+    al.'s pairwise update (``M2 = M2_a + M2_b + δδᵀ n_a n_b / n``), which is exact and numerically
+    stable in any batch order. What it keeps depends on ``method``:
+
+    * ``'full'``: the pooled ``D × D`` within-class scatter (``[C, D, D]`` with
+      ``within='classes'``). NC1 follows after one pass.
+    * ``'subspace'``: only ``[C, D]`` means, so memory is ``O(C·D)``. After pass 1, the class-mean
+      subspace ``V`` (``D × r``, ``r ≤ C − 1``) is fixed, and a second pass over the same data
+      accumulates ``Σ_{i∈c} ((h_i − μ_c)·v_j)²``, giving the exact NC1.
+
+    NC4 and the NCC accuracy need the final class means, hence also a second pass. Call
+    :meth:`next_pass` between the passes; :attr:`needs_second_pass` says whether one is needed.
+    The second pass must see the same samples (a deterministic loader, no augmentation).
+
+    Args:
+        num_classes: ``C``.
+        classifier: Optional ``nn.Linear`` / ``W`` / ``(W, b)`` for NC2-W, NC3 and NC4.
+        method: ``'auto'`` (``'full'`` when the dense scatter has at most ``max_dense_dim²``
+            entries, else ``'subspace'``), ``'full'`` or ``'subspace'``.
+        max_dense_dim: See ``method='auto'``.
+        dtype: Accumulation dtype (float64).
+        conventions, **kw: As in :func:`neural_collapse`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(400) % 4
+        >>> x = 3 * dg.measures.simplex_etf(4, dim=16)[y].float() + torch.randn(400, 16, generator=g)
+        >>> acc = dg.measures.NeuralCollapseAccumulator(4, method='subspace')
+        >>> for s in range(0, 400, 64): acc.update(x[s:s + 64], y[s:s + 64])
+        >>> acc.next_pass()
+        >>> for s in range(0, 400, 64): acc.update(x[s:s + 64], y[s:s + 64])
+        >>> abs(acc.compute()['nc1'] - dg.measures.neural_collapse(x, y)['nc1']) < 1e-10
+        True
+    """
+
+    def __init__(self, num_classes: int, classifier=None, *, method: str = "auto",
+                 max_dense_dim: int = 2048, dtype: torch.dtype = torch.float64,
+                 conventions: Optional[CollapseConventions] = None, **kw):
+        check_positive_int(num_classes, "num_classes", minimum=2)
+        self.num_classes = num_classes
+        self.cv = _conventions(conventions, kw)
+        self.method_arg = _check_method(method)
+        check_positive_int(max_dense_dim, "max_dense_dim")
+        self.max_dense_dim = max_dense_dim
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        self.dtype = dtype
+        self._classifier = classifier
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forgets everything (back to pass 1)."""
+        self.phase = 1
+        self.dim: Optional[int] = None
+        self.method: Optional[str] = None
+        self.clf = None
+        self.counts = self.means = self.trace = self.scatter = None
+        self.basis = self.sing = self.proj = None
+        self.counts2: Optional[Tensor] = None
+        self.ncc_correct = self.nc4_mismatch = 0
+
+    def _init_state(self, dim: int, device: torch.device) -> None:
+        c = self.num_classes
+        self.dim = dim
+        self.clf = _parse_classifier(self._classifier, dim, c)
+        per_class = self.cv.within == "classes"
+        dense_entries = dim * dim * (c if per_class else 1)
+        if self.method_arg == "auto":
+            self.method = "full" if dense_entries <= self.max_dense_dim ** 2 else "subspace"
+        else:
+            self.method = self.method_arg
+        self.counts = torch.zeros(c, dtype=self.dtype, device=device)
+        self.means = torch.zeros(c, dim, dtype=self.dtype, device=device)
+        self.trace = torch.zeros(c, dtype=self.dtype, device=device)
+        if self.method == "full":
+            shape = (c, dim, dim) if per_class else (dim, dim)
+            self.scatter = torch.zeros(*shape, dtype=self.dtype, device=device)
+
+    @property
+    def needs_second_pass(self) -> bool:
+        """Whether :meth:`compute` needs a second pass (subspace NC1, NC4, NCC accuracy)."""
+        if self.method is None:
+            return self.method_arg == "subspace" or self._classifier is not None
+        return self.method == "subspace" or self.clf is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the accumulated statistics."""
+        return sum(t.numel() * t.element_size() for t in
+                   (self.counts, self.means, self.trace, self.scatter, self.basis, self.sing,
+                    self.proj, self.counts2) if t is not None)
+
+    def __repr__(self) -> str:
+        return (f"NeuralCollapseAccumulator(num_classes={self.num_classes}, "
+                f"method={self.method or self.method_arg!r}, dim={self.dim}, phase={self.phase}, "
+                f"n_samples={0 if self.counts is None else int(self.counts.sum())})")
+
+    # ------------------------------------------------------------------ updates
+    def _prepare(self, features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
+        x = _flat(features, "features")
+        y = check_labels(labels, x.shape[0], "labels").to(x.device)
+        if y.numel() and int(y.max()) >= self.num_classes:
+            raise ValueError(f"labels must be < num_classes={self.num_classes}, got "
+                             f"max(labels)={int(y.max())}")
+        if self.dim is None:
+            self._init_state(x.shape[1], x.device)
+        elif x.shape[1] != self.dim:
+            raise ValueError(f"features have D={x.shape[1]} columns but earlier batches had "
+                             f"D={self.dim}")
+        if x.device != self.means.device:
+            x, y = x.to(self.means.device), y.to(self.means.device)
+        return x.to(self.dtype), y
+
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Adds a batch ``[B, D]`` (``[B, ...]`` is flattened) with labels ``[B]`` to the current
+        pass."""
+        x, y = self._prepare(features, labels)
+        if x.shape[0] == 0:
+            return
+        if self.phase == 1:
+            self._update_first(x, y)
+        else:
+            self._update_second(x, y)
+
+    def _batch_moments(self, x: Tensor, y: Tensor):
+        c = self.num_classes
+        nb = torch.bincount(y, minlength=c).to(self.dtype)
+        sums = torch.zeros(c, x.shape[1], dtype=self.dtype, device=x.device).index_add_(0, y, x)
+        mb = sums / nb.clamp_min(1).unsqueeze(1)
+        xc = x - mb[y]
+        trb = torch.zeros(c, dtype=self.dtype, device=x.device).index_add_(0, y, (xc * xc).sum(1))
+        sb = None
+        if self.scatter is not None and self.scatter.dim() == 2:
+            sb = xc.T @ xc
+        elif self.scatter is not None:
+            sb = torch.zeros_like(self.scatter)
+            for cls in y.unique().tolist():
+                xcc = xc[y == cls]
+                sb[cls] = xcc.T @ xcc
+        return nb, mb, trb, sb
+
+    def _merge(self, nb: Tensor, mb: Tensor, trb: Tensor, sb: Optional[Tensor]) -> None:
+        """Chan et al.'s pairwise merge of (counts, means, scatter) into the running state."""
+        na, ma = self.counts, self.means
+        n = na + nb
+        safe = n.clamp_min(1)
+        delta = mb - ma
+        coef = na * nb / safe                      # 0 where a side is empty
+        self.means = ma + delta * (nb / safe).unsqueeze(1)
+        self.trace = self.trace + trb + coef * (delta * delta).sum(1)
+        if self.scatter is not None:
+            if self.scatter.dim() == 2:
+                dd = delta * coef.sqrt().unsqueeze(1)
+                self.scatter += sb + dd.T @ dd
+            else:
+                self.scatter += sb + coef[:, None, None] * delta.unsqueeze(2) * delta.unsqueeze(1)
+        self.counts = n
+
+    def _update_first(self, x: Tensor, y: Tensor) -> None:
+        self._merge(*self._batch_moments(x, y))
+
+    def _update_second(self, x: Tensor, y: Tensor) -> None:
+        self.counts2.index_add_(0, y, torch.ones_like(y, dtype=self.dtype))
+        c_, m_ = _second_pass(x, y, self.means, self.basis, _clf64(self.clf, x.device), self.cv,
+                              self.proj)
+        self.ncc_correct += c_
+        self.nc4_mismatch += m_
+
+    def merge(self, other: "NeuralCollapseAccumulator") -> "NeuralCollapseAccumulator":
+        """Folds another accumulator's first-pass statistics into this one (Chan's merge), e.g.
+        one per data shard or per process. Both must be in pass 1 with the same settings."""
+        if not isinstance(other, NeuralCollapseAccumulator):
+            raise TypeError(f"other must be a NeuralCollapseAccumulator, got "
+                            f"{type(other).__name__}")
+        if self.phase != 1 or other.phase != 1:
+            raise ValueError("merge() combines first-pass statistics; call it before next_pass()")
+        if other.dim is None:
+            return self
+        if other.num_classes != self.num_classes or other.cv != self.cv:
+            raise ValueError("cannot merge accumulators with different num_classes or conventions")
+        if self.dim is None:
+            self._init_state(other.dim, other.means.device)
+        if other.dim != self.dim or other.method != self.method:
+            raise ValueError(f"cannot merge D={other.dim}/method={other.method!r} into "
+                             f"D={self.dim}/method={self.method!r}")
+        dev = self.means.device
+        self._merge(other.counts.to(dev), other.means.to(dev), other.trace.to(dev),
+                    None if other.scatter is None else other.scatter.to(dev))
+        return self
+
+    def next_pass(self) -> None:
+        """Ends pass 1: freezes the class means (and the class-mean subspace); later
+        :meth:`update` calls feed pass 2."""
+        if self.phase != 1:
+            raise ValueError("next_pass() was already called; there are only two passes")
+        if self.counts is None:
+            raise ValueError("no data: call update() with at least one batch first")
+        _check_nonempty(self.counts, "the first pass")
+        if self.method == "subspace":
+            self.basis, self.sing = _subspace_basis(self.counts, self.means, self.cv)
+            self.proj = torch.zeros(self.num_classes, self.basis.shape[1], dtype=self.dtype,
+                                    device=self.means.device)
+        self.counts2 = torch.zeros_like(self.counts)
+        self.ncc_correct = self.nc4_mismatch = 0
+        self.phase = 2
+
+    def compute(self) -> Dict[str, float]:
+        """The metric dict of :func:`neural_collapse` from what was streamed."""
+        if self.counts is None:
+            raise ValueError("no data: call update() with at least one batch first")
+        _check_nonempty(self.counts, "the streamed data")
+        two = self.phase == 2 and self.counts2 is not None and bool(self.counts2.sum() > 0)
+        if self.needs_second_pass and not two:
+            raise ValueError(f"method={self.method!r}"
+                             f"{' with a classifier' if self.clf is not None else ''} needs a "
+                             f"second pass: call next_pass() and update() with the same data")
+        if two and not torch.equal(self.counts2, self.counts):
+            raise ValueError(f"the second pass saw other samples (class counts "
+                             f"{self.counts2.long().tolist()} vs {self.counts.long().tolist()}); "
+                             f"use a deterministic loader without augmentation")
+        st = _Stats(self.counts, self.means, self.trace, scatter=self.scatter, basis=self.basis,
+                    sing=self.sing, proj=self.proj)
+        if two:
+            st.n_pass2 = int(self.counts2.sum())
+            st.ncc_correct = self.ncc_correct
+            st.nc4_mismatch = self.nc4_mismatch if self.clf is not None else None
+        return _finalize(st, self.clf, self.cv)
+
+
+def neural_collapse_stream(batches: Iterable, num_classes: int, classifier=None, *,
+                           method: str = "auto", max_dense_dim: int = 2048,
+                           batch_fn: Optional[Callable] = None, progress: bool = False,
+                           conventions: Optional[CollapseConventions] = None, **kw
+                           ) -> Dict[str, float]:
+    """Neural collapse of features that arrive in batches (one or two passes over ``batches``).
+
+    Args:
+        batches: A re-iterable (a ``DataLoader`` over a ``TensorDataset`` of features, a list) of
+            ``(features [B, D], labels [B])``.
+        num_classes, classifier, method, max_dense_dim, conventions, **kw: As in
+            :class:`NeuralCollapseAccumulator`.
+        batch_fn: ``batch -> (features, labels)`` for other batch shapes.
+        progress: Progress bars.
+
+    Returns:
+        The metric dict of :func:`neural_collapse`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> y = torch.arange(60) % 3
+        >>> x = dg.measures.simplex_etf(3, dim=5)[y].float() + 0.01 * torch.randn(60, 5)
+        >>> chunks = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 60, 16)]
+        >>> a = dg.measures.neural_collapse_stream(chunks, 3)['nc1']
+        >>> abs(a - dg.measures.neural_collapse(x, y)['nc1']) < 1e-9
+        True
+    """
+    acc = NeuralCollapseAccumulator(num_classes, classifier, method=method,
+                                    max_dense_dim=max_dense_dim, conventions=conventions, **kw)
+    one_shot = isinstance(batches, Iterator)
+
+    def feed(desc):
+        for b in progress_bar(batches, desc=desc, disable=not progress):
+            xb, yb = batch_fn(b) if batch_fn is not None else b
+            acc.update(xb, yb)
+
+    feed("collapse pass 1")
+    if acc.needs_second_pass:
+        if one_shot:
+            raise TypeError(f"method={acc.method!r}{' with a classifier' if acc.clf else ''} needs "
+                            f"a second pass, but batches is a one-shot iterator; pass a "
+                            f"re-iterable (a DataLoader or a list)")
+        acc.next_pass()
+        feed("collapse pass 2")
+    return acc.compute()
+
+
+# ============================================================================ models
+def _find_classifier(model: nn.Module, classifier) -> Optional[Tuple[str, nn.Linear]]:
+    if classifier is None:
+        return None
+    named = dict(model.named_modules())
+    if isinstance(classifier, str):
+        if classifier == "auto":
+            linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise ValueError("classifier='auto' found no nn.Linear in the model; pass "
+                                 "classifier=None or the name of the last layer")
+            classifier = linears[-1]
+        if classifier not in named or not isinstance(named[classifier], nn.Linear):
+            raise ValueError(f"classifier={classifier!r} is not the name of an nn.Linear in the "
+                             f"model; linear layers: "
+                             f"{[n for n, m in named.items() if isinstance(m, nn.Linear)]}")
+        return classifier, named[classifier]
+    if isinstance(classifier, nn.Linear):
+        for n, m in named.items():
+            if m is classifier:
+                return n, m
+        raise ValueError("classifier is an nn.Linear that is not part of the model")
+    raise TypeError(f"classifier must be 'auto', None, a layer name or an nn.Linear of the model, "
+                    f"got {type(classifier).__name__}")
+
+
+def _model_layers(model: nn.Module, layers, clf_name: Optional[str]) -> "OrderedDict":
+    from ..capture._layers import _resolve_layers, default_layers
+    if layers is None:
+        layers = default_layers(model)
+        if clf_name is not None:
+            layers = list(layers)
+            point = f"{clf_name}:input"
+            if point not in layers:
+                pos = layers.index(clf_name) if clf_name in layers else len(layers)
+                layers.insert(pos, point)
+    return _resolve_layers(model, layers)
+
+
+def _iter_layer_batches(model: nn.Module, loader, spec, pool, device, batch_fn, max_batches,
+                        progress: bool, desc: str):
+    """Yields ``({alias: Tensor[B, D]}, labels [B])`` per batch, with forward hooks (removed and the
+    training mode restored in ``finally``)."""
+    from ..capture._taps import reduce_output as _reduce, split_batch as _split_batch, to_device as _to
+    modules = dict(model.named_modules())
+    current: Dict[str, Tensor] = {}
+    handles = []
+
+    def make_hook(alias, where):
+        def hook(mod, inputs, output=None):
+            val = inputs[0] if where == "input" else output
+            if not isinstance(val, Tensor):
+                raise ValueError(f"layer {alias!r} ({type(mod).__name__}) gave "
+                                 f"{type(val).__name__}, not a Tensor")
+            if alias in current:
+                raise ValueError(f"layer {alias!r} ran twice in one forward pass; hook a module "
+                                 f"that runs once")
+            current[alias] = _reduce(val.detach(), pool).clone()
+        return hook
+
+    was_training = model.training
+    try:
+        for alias, (name, where) in spec.items():
+            mod = modules[name]
+            handles.append(mod.register_forward_pre_hook(make_hook(alias, where))
+                           if where == "input" else
+                           mod.register_forward_hook(make_hook(alias, where)))
+        model.eval()
+        total = len(loader) if hasattr(loader, "__len__") else None
+        if max_batches is not None and total is not None:
+            total = min(total, max_batches)
+        with torch.no_grad():
+            for i, batch in enumerate(progress_bar(loader, desc=desc, total=total,
+                                                   disable=not progress)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                inputs, yb = _split_batch(batch, batch_fn)
+                current.clear()
+                inputs = _to(inputs, device)
+                model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+                missing = [a for a in spec if a not in current]
+                if missing:
+                    raise ValueError(f"layers {missing} did not run in the forward pass")
+                yield dict(current), torch.as_tensor(yb).reshape(-1).long()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="auto", *,
+                          num_classes: Optional[int] = None, method: str = "auto",
+                          max_dense_dim: int = 2048, pool: Union[None, str, int] = None,
+                          device: Optional[Union[str, torch.device]] = None,
+                          batch_fn: Optional[Callable] = None, max_batches: Optional[int] = None,
+                          progress: bool = True, on_error: str = "raise",
+                          conventions: Optional[CollapseConventions] = None, **kw
+                          ) -> "OrderedDict[str, Dict[str, Any]]":
+    """Streams a model over a loader and returns the neural-collapse metrics of every layer,
+    without storing any features (one :class:`NeuralCollapseAccumulator` per layer).
+
+    Args:
+        model: The network (put in ``eval()`` during the passes; its mode is restored).
+        loader: A deterministic, re-iterable loader of ``(inputs, labels)``.
+        layers: As in :func:`~dyngraph.extract_features`; default :func:`default_layers` plus, with
+            a classifier, its input (``'<fc>:input'``, the penultimate features).
+        classifier: ``'auto'`` (the model's last ``nn.Linear``), a layer name, an ``nn.Linear`` of
+            the model, or ``None``. NC2-W, NC3 and NC4 are reported at its input.
+        num_classes: ``C``; default: the classifier's ``out_features`` or the dataset's labels.
+        method, max_dense_dim: Per layer, as in :class:`NeuralCollapseAccumulator`.
+        pool: ``None`` (flatten), ``'avg'``, ``'max'`` or an int, as in ``extract_features``.
+        device: Where to run the model.
+        batch_fn: ``batch -> (inputs, labels)``.
+        max_batches: Use only the first batches of each pass.
+        progress: Progress bars.
+        on_error: ``'raise'``, or ``'warn'``: a layer whose metrics are undefined (e.g. a dead
+            ReLU layer whose class means coincide) gets ``{'error': message}`` and a warning.
+        conventions, **kw: As in :func:`neural_collapse`.
+
+    Returns:
+        ``{layer: metric dict}`` in depth order.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.randn(90, 4), torch.arange(90) % 3)
+        >>> m = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> r = dg.measures.neural_collapse_model(m, DataLoader(ds, batch_size=32), progress=False)
+        >>> list(r), 'nc4' in r['2:input']
+        (['0', '2:input', '2'], True)
+    """
+    from ..capture._extract import _dataset_labels
+    from ..capture._layers import _check_model
+    _check_model(model)
+    if not hasattr(loader, "__iter__") or isinstance(loader, Iterator):
+        raise TypeError(f"loader must be a re-iterable of batches (a DataLoader), got "
+                        f"{type(loader).__name__}")
+    cv = _conventions(conventions, kw)
+    _check_method(method)
+    check_choice(on_error, "on_error", ("raise", "warn"))
+    found = _find_classifier(model, classifier)
+    clf_name, clf_mod = found if found else (None, None)
+    spec = _model_layers(model, layers, clf_name)
+    if num_classes is None:
+        if clf_mod is not None:
+            num_classes = clf_mod.out_features
+        else:
+            known = _dataset_labels(getattr(loader, "dataset", None)) \
+                if getattr(loader, "dataset", None) is not None else None
+            if known is None:
+                raise ValueError("num_classes is needed: no classifier and the dataset does not "
+                                 "expose its labels")
+            num_classes = int(known.max()) + 1
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    clf_alias = f"{clf_name}:input" if clf_name is not None else None
+    accs: "OrderedDict[str, NeuralCollapseAccumulator]" = OrderedDict()
+    for alias in spec:
+        clf = None
+        if clf_mod is not None and alias == clf_alias:
+            clf = (clf_mod.weight.detach(),
+                   None if clf_mod.bias is None else clf_mod.bias.detach())
+        accs[alias] = NeuralCollapseAccumulator(num_classes, clf, method=method,
+                                                max_dense_dim=max_dense_dim, conventions=cv)
+
+    def run(desc):
+        for feats, yb in _iter_layer_batches(model, loader, spec, pool, device, batch_fn,
+                                             max_batches, progress, desc):
+            for alias, acc in accs.items():
+                acc.update(feats[alias], yb.to(feats[alias].device))
+
+    run("collapse pass 1")
+    if any(a.needs_second_pass for a in accs.values()):
+        for a in accs.values():
+            a.next_pass()
+        run("collapse pass 2")
+    out: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+    for alias, acc in accs.items():
+        try:
+            out[alias] = acc.compute()
+        except ValueError as exc:
+            if on_error == "raise":
+                raise ValueError(f"layer {alias!r}: {exc}") from exc
+            warnings.warn(f"neural collapse of layer {alias!r} is undefined: {exc}",
+                          stacklevel=2)
+            out[alias] = {"error": str(exc)}
+    return out
+
+
+# ============================================================================ curves
+def collapse_curves(features, y: Optional[Tensor] = None, classifier=None, *,
+                    metrics: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
+                    classifier_layer: Optional[str] = None, per_class: Optional[int] = None,
+                    n_samples: Optional[int] = None, repeats: int = 1, seed: int = 0,
+                    method: str = "auto", progress: bool = False,
+                    conventions: Optional[CollapseConventions] = None, **kw
+                    ) -> "OrderedDict[str, Curve]":
+    """One :class:`Curve` per neural-collapse metric over the layers, ready to plot or log to
+    TensorBoard beside the modularity curve (``dg.outputs._log.log_curves(writer, [q, *curves.values()])``).
+
+    Args:
+        features: :class:`LayerFeatures`, ``{layer: Tensor}`` (with ``y``), a
+            :class:`DynamicGraph` built with ``keep_x=True``, or the ``{layer: metric dict}`` that
+            :func:`neural_collapse_model` / :func:`neural_collapse` return.
+        y: Labels ``[N]`` (LayerFeatures and snapshots carry their own).
+        classifier: Last-layer classifier, applied at ``classifier_layer`` (default: the last
+            layer); its metrics (NC3, NC4, NC2 of W) exist at that layer only, so they are not
+            curves: read them from :func:`neural_collapse`.
+        metrics: Which curves (default: every per-layer metric present at all layers,
+            :data:`LAYER_METRICS`).
+        per_class, n_samples, repeats, seed: Class-balanced resampling as in
+            :func:`~dyngraph.modularity_curve`: each repeat draws its own sample and the curve
+            holds the mean ± std.
+        method, num_classes, conventions, **kw: As in :func:`neural_collapse`.
+        progress: Progress bar over repeats.
+
+    Returns:
+        ``{metric: Curve}`` with ``curve.name == metric``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(200) % 4
+        >>> f = {'a': torch.randn(200, 8, generator=g),
+        ...      'b': 4 * dg.measures.simplex_etf(4, 8)[y].float() + torch.randn(200, 8, generator=g)}
+        >>> c = dg.measures.collapse_curves(f, y)
+        >>> c['nc1'].layers, bool(c['nc1'].values[1] < c['nc1'].values[0])
+        (['a', 'b'], True)
+    """
+    check_positive_int(repeats, "repeats")
+    if isinstance(features, Mapping) and features and all(
+            isinstance(v, Mapping) for v in features.values()):
+        results = [OrderedDict((k, dict(v)) for k, v in features.items())]
+        names = list(features)
+        meta: Dict[str, Any] = {"source": "precomputed"}
+    else:
+        feats = _as_layer_features(features, y)
+        names = feats.names
+        if (per_class is None and n_samples is None) and repeats > 1:
+            raise ValueError(f"repeats={repeats} needs per_class or n_samples (each repeat "
+                             f"resamples)")
+        from ..capture._extract import balanced_indices
+        results = []
+        for r in progress_bar(range(repeats), desc="collapse repeats", disable=not progress):
+            sub = feats
+            if per_class is not None or n_samples is not None:
+                sub = feats.subset(balanced_indices(feats.y, per_class, n_samples, seed + r))
+            results.append(neural_collapse(sub, None, classifier, num_classes=num_classes,
+                                           classifier_layer=classifier_layer, method=method,
+                                           conventions=conventions, **kw))
+        meta = {"n_samples": results[0][names[0]]["n_samples"], "per_class": per_class,
+                "repeats": repeats, "seed": seed, "method": method}
+        meta.update(_conventions(conventions, kw).__dict__)
+    common = [m for m in METRICS if all(m in res[n] for res in results for n in names)]
+    if metrics is None:
+        metrics = [m for m in LAYER_METRICS if m in common]
+    else:
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        missing = [m for m in metrics if m not in common]
+        if missing:
+            raise ValueError(f"metrics {missing} are not available at every layer; available: "
+                             f"{common} (classifier metrics exist at the classifier layer only)")
+    out: "OrderedDict[str, Curve]" = OrderedDict()
+    for m in metrics:
+        samples = torch.tensor([[res[n][m] for n in names] for res in results],
+                               dtype=torch.float64)
+        out[m] = Curve.from_samples(names, samples, name=m, meta=dict(meta, layers=names))
+    return out
+
+
+# ============================================================================ minority collapse
+def _pair_stats(rows: Tensor, idx: Tensor, same: float) -> Tuple[float, float]:
+    """Mean pairwise cosine and mean pairwise distance among ``rows[idx]``; pairs closer than
+    ``same`` count as coinciding (cosine 1), a zero vector's other cosines are 0."""
+    sub = rows[idx]
+    norms = sub.norm(dim=1, keepdim=True).clamp_min(torch.finfo(sub.dtype).tiny)
+    cos = (sub / norms) @ (sub / norms).T
+    k = idx.numel()
+    iu = torch.triu_indices(k, k, 1, device=rows.device)
+    dist = torch.cdist(sub, sub)[iu[0], iu[1]]
+    pair_cos = torch.where(dist <= same, torch.ones_like(dist), cos[iu[0], iu[1]])
+    return float(pair_cos.mean()), float(dist.mean())
+
+
+def minority_collapse(classifier=None, features: Optional[Tensor] = None,
+                      labels: Optional[Tensor] = None, *,
+                      minority: Optional[Sequence[int]] = None, n_majority: Optional[int] = None,
+                      num_classes: Optional[int] = None, center_classifier: bool = False,
+                      global_mean: str = "samples", atol: float = 1e-6) -> Dict[str, float]:
+    """Minority Collapse (Fang et al. 2021): how far the minority classes' classifier vectors and
+    class means have merged.
+
+    Keys (from the classifier, when given):
+
+    * ``minority_cos_w``: mean pairwise cosine of the minority classifier rows (→ 1 on collapse);
+    * ``majority_cos_w``: the same among majority rows (a simplex gives −1/(K_A−1));
+    * ``minority_dist_w``: mean ‖w_k − w_k'‖ over minority pairs divided by the mean majority
+      ‖w_k‖ (→ 0 on collapse; well defined even when minority rows shrink to zero);
+    * ``minority_norm_ratio_w``: mean minority ‖w_k‖ / mean majority ‖w_k‖.
+
+    From ``features`` and ``labels`` (class means centred by the global mean):
+    ``minority_cos_means``, ``majority_cos_means``, ``minority_dist_means``,
+    ``minority_norm_ratio_means``.
+
+    Two vectors closer than ``atol`` times the mean majority norm count as coinciding (cosine 1):
+    past the collapse threshold the minority vectors of the Layer-Peeled Model may also shrink to
+    zero, where the raw cosine of the ~1e-9 residuals is noise. Otherwise a zero vector's cosine
+    is 0.
+
+    Args:
+        classifier: ``nn.Linear`` / ``W [K, D]`` / ``(W, b)``.
+        features, labels: Last-layer features ``[N, D]`` and labels, for the class-mean metrics.
+        minority: The minority class ids; or
+        n_majority: ``K_A``: classes ``0..K_A−1`` are the majority, the rest the minority (the
+            layout of Fang et al.).
+        num_classes: ``K`` (default from the classifier or the labels).
+        center_classifier: Subtract the mean classifier row first.
+        global_mean: ``'samples'`` or ``'classes'``, for centring the class means.
+        atol: Relative distance below which two vectors coincide.
+
+    Returns:
+        The metric dict, with ``n_minority`` and ``n_majority``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> minority = torch.tensor([[0., 0, 0, 1], [0, 0, 0, 1]])
+        >>> w = torch.cat([dg.measures.simplex_etf(3, 4).float(), minority])
+        >>> r = dg.measures.minority_collapse(w, n_majority=3)
+        >>> round(r['minority_cos_w'], 6), round(r['minority_dist_w'], 6)
+        (1.0, 0.0)
+    """
+    if classifier is None and features is None:
+        raise ValueError("give a classifier, or features and labels (or both)")
+    check_choice(global_mean, "global_mean", ("samples", "classes"))
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < 1:
+        raise ValueError(f"atol must be a number in [0, 1), got atol={atol!r}")
+    clf = _parse_classifier(classifier, None, None) if classifier is not None else None
+    k = clf[0].shape[0] if clf is not None else None
+    means = counts = None
+    if features is not None:
+        if labels is None:
+            raise ValueError("labels is required with features")
+        x = _flat(features, "features")
+        yy = check_labels(labels, x.shape[0], "labels")
+        kk = num_classes if num_classes is not None else k
+        means, counts = class_means(x, yy, kk)
+        k = means.shape[0] if k is None else k
+        if means.shape[0] != k:
+            raise ValueError(f"the labels give {means.shape[0]} classes but the classifier has {k}")
+    if num_classes is not None and num_classes != k:
+        raise ValueError(f"num_classes={num_classes} but the classifier/labels give {k} classes")
+    if (minority is None) == (n_majority is None):
+        raise ValueError(f"give exactly one of minority or n_majority, got minority={minority!r}, "
+                         f"n_majority={n_majority!r}")
+    if n_majority is not None:
+        check_positive_int(n_majority, "n_majority")
+        if n_majority > k - 2:
+            raise ValueError(f"n_majority={n_majority} leaves fewer than 2 minority classes out of "
+                             f"{k}")
+        minority = list(range(n_majority, k))
+    minority = sorted({int(m) for m in minority})
+    if not minority or minority[0] < 0 or minority[-1] >= k:
+        raise ValueError(f"minority must hold class ids in [0, {k}), got {minority}")
+    majority = [c for c in range(k) if c not in minority]
+    if len(minority) < 2 or not majority:
+        raise ValueError(f"need at least 2 minority classes and 1 majority class, got "
+                         f"minority={minority} of K={k}")
+    out: Dict[str, float] = {"n_minority": len(minority), "n_majority": len(majority)}
+
+    def block(rows: Tensor, suffix: str) -> None:
+        dev = rows.device
+        mi = torch.tensor(minority, device=dev)
+        ma = torch.tensor(majority, device=dev)
+        maj_norm = float(rows[ma].norm(dim=1).mean())
+        if maj_norm <= 0:
+            raise ValueError(f"the majority {suffix} vectors are all zero")
+        cos_mi, dist_mi = _pair_stats(rows, mi, atol * maj_norm)
+        out[f"minority_cos_{suffix}"] = cos_mi
+        out[f"majority_cos_{suffix}"] = (_pair_stats(rows, ma, atol * maj_norm)[0]
+                                         if len(majority) > 1 else 1.0)
+        out[f"minority_dist_{suffix}"] = dist_mi / maj_norm
+        out[f"minority_norm_ratio_{suffix}"] = float(rows[mi].norm(dim=1).mean()) / maj_norm
+
+    if clf is not None:
+        w = clf[0].to(torch.float64)
+        if center_classifier:
+            w = w - w.mean(0, keepdim=True)
+        block(w, "w")
+    if means is not None:
+        mu_g = ((counts.unsqueeze(1) * means).sum(0) / counts.sum() if global_mean == "samples"
+                else means.mean(0))
+        block(means - mu_g, "means")
+    return out
+
+
+# ============================================================================ training callback
+class CollapseCallback:
+    """Records the neural-collapse metrics of every layer once per epoch, to follow the terminal
+    phase of training. Call it at the end of each epoch with ``(model, loader)``.
+
+    Args:
+        loader: Default loader (deterministic; e.g. the training set without augmentation).
+        layers, classifier, pool, method, max_dense_dim, device, batch_fn, max_batches,
+            num_classes: As in :func:`neural_collapse_model`.
+        every: Record every ``every``-th call only.
+        writer: A TensorBoard ``SummaryWriter``: scalars ``{tag}/{metric}/{layer}`` per epoch.
+        tag: Scalar prefix.
+        path: JSON file rewritten atomically after each record; an existing file is loaded on
+            construction so a resumed run continues its history.
+        progress: Progress bars of the passes.
+        on_error: ``'warn'`` (default: a layer whose metrics are undefined that epoch, e.g. a dead
+            layer, is recorded as ``{'error': message}`` and training goes on) or ``'raise'``.
+        conventions, **kw: As in :func:`neural_collapse`.
+
+    Attributes:
+        history: ``[{'epoch': e, 'layers': {layer: metric dict}}]``.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 3)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> cb = dg.measures.CollapseCallback(DataLoader(ds, batch_size=30))
+        >>> _ = cb(m, epoch=0); _ = cb(m, epoch=1)
+        >>> cb.epoch_curve('nc1', '2:input').layers
+        ['0', '1']
+    """
+
+    def __init__(self, loader=None, layers=None, classifier="auto", *, every: int = 1,
+                 writer=None, tag: str = "collapse", path: Optional[PathLike] = None,
+                 num_classes: Optional[int] = None, method: str = "auto",
+                 max_dense_dim: int = 2048, pool: Union[None, str, int] = None,
+                 device: Optional[Union[str, torch.device]] = None,
+                 batch_fn: Optional[Callable] = None, max_batches: Optional[int] = None,
+                 progress: bool = False, on_error: str = "warn",
+                 conventions: Optional[CollapseConventions] = None, **kw):
+        check_positive_int(every, "every")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"writer must be a SummaryWriter-like object with add_scalar(), got "
+                            f"{type(writer).__name__}")
+        self.loader, self.layers, self.classifier = loader, layers, classifier
+        self.every, self.writer, self.tag = every, writer, tag
+        self.path = path
+        self.kwargs = dict(num_classes=num_classes, method=_check_method(method),
+                           max_dense_dim=max_dense_dim, pool=pool, device=device,
+                           batch_fn=batch_fn, max_batches=max_batches, progress=progress,
+                           on_error=check_choice(on_error, "on_error", ("raise", "warn")))
+        self.cv = _conventions(conventions, kw)
+        self.history: List[Dict[str, Any]] = []
+        self._calls = 0
+        if path is not None:
+            import json
+            import os
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as fh:
+                    self.history = list(json.load(fh).get("history", []))
+
+    def __repr__(self) -> str:
+        return (f"CollapseCallback(every={self.every}, classifier={self.classifier!r}, "
+                f"records={len(self.history)}, method={self.kwargs['method']!r})")
+
+    def __call__(self, model: nn.Module, loader=None, epoch: Optional[int] = None
+                 ) -> Optional[Dict[str, Dict[str, float]]]:
+        """Measures ``model`` on ``loader`` (default: the constructor's); returns
+        ``{layer: metrics}``, or ``None`` when this call is skipped by ``every``."""
+        loader = loader if loader is not None else self.loader
+        if loader is None:
+            raise ValueError("no loader: pass one to CollapseCallback(...) or to the call")
+        self._calls += 1
+        if epoch is None:
+            epoch = self.history[-1]["epoch"] + 1 if self.history else 0
+        if (self._calls - 1) % self.every:
+            return None
+        res = neural_collapse_model(model, loader, self.layers, self.classifier,
+                                    conventions=self.cv, **self.kwargs)
+        rec = {"epoch": int(epoch), "layers": {k: dict(v) for k, v in res.items()}}
+        self.history = [h for h in self.history if h["epoch"] != rec["epoch"]] + [rec]
+        if self.writer is not None:
+            for layer, vals in res.items():
+                for m in METRICS:
+                    if m in vals:
+                        self.writer.add_scalar(f"{self.tag}/{m}/{layer}", vals[m], int(epoch))
+        if self.path is not None:
+            self.to_json(self.path)
+        return res
+
+    @property
+    def epochs(self) -> List[int]:
+        return [h["epoch"] for h in self.history]
+
+    def epoch_curve(self, metric: str = "nc1", layer: Optional[str] = None) -> Curve:
+        """``metric`` of one layer over the recorded epochs, as a :class:`Curve` whose "layers" are
+        the epoch numbers (default layer: the classifier's input, else the last). Epochs where the
+        layer's metrics were undefined are left out."""
+        if not self.history:
+            raise ValueError("no epochs recorded yet")
+        names = list(self.history[-1]["layers"])
+        if layer is None:
+            layer = next((n for n in names if n.endswith(":input")), names[-1])
+        if not any(layer in h["layers"] for h in self.history):
+            raise ValueError(f"layer={layer!r} was never recorded; layers: {names}")
+        recs = [h for h in self.history if metric in h["layers"].get(layer, {})]
+        if not recs:
+            seen = sorted({m for h in self.history for m in h["layers"].get(layer, {})
+                           if m in METRICS})
+            raise ValueError(f"metric={metric!r} is not recorded at layer {layer!r}; available: "
+                             f"{seen}")
+        return Curve([str(h["epoch"]) for h in recs],
+                     torch.tensor([h["layers"][layer][metric] for h in recs]),
+                     name=metric, meta={"x": "epoch", "layer": layer})
+
+    def layer_curves(self, epoch: Optional[int] = None) -> "OrderedDict[str, Curve]":
+        """Per-layer curves (one per metric) at a recorded epoch (default: the last)."""
+        if not self.history:
+            raise ValueError("no epochs recorded yet")
+        rec = self.history[-1] if epoch is None else next(
+            (h for h in self.history if h["epoch"] == epoch), None)
+        if rec is None:
+            raise ValueError(f"epoch={epoch} was not recorded; recorded: {self.epochs}")
+        ok = OrderedDict((k, v) for k, v in rec["layers"].items() if "error" not in v)
+        if not ok:
+            raise ValueError(f"no layer has defined metrics at epoch {rec['epoch']}")
+        curves = collapse_curves(ok)
+        for c in curves.values():
+            c.meta["epoch"] = rec["epoch"]
+        return curves
+
+    def to_json(self, path: PathLike) -> None:
+        """Writes the history atomically."""
+        atomic_write_json(path, {"format": "dyngraph.CollapseCallback/1",
+                                 "conventions": self.cv.__dict__, "history": self.history})
+
+    def plot(self, path: Optional[PathLike] = None,
+             metrics: Sequence[str] = ("nc1", "nc2_equiangular", "nc3", "nc4"),
+             layer: Optional[str] = None):
+        """Metrics of one layer against epoch, one panel each (log scale); saves a PNG at ``path``.
+        Returns the figure."""
+        from ..outputs._plot import _pyplot, save_figure
+        plt = _pyplot()
+        curves = []
+        for m in metrics:
+            try:
+                curves.append(self.epoch_curve(m, layer))
+            except ValueError:
+                continue
+        if not curves:
+            raise ValueError(f"none of metrics={list(metrics)} are recorded")
+        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
+        for ax, c in zip(axes[0], curves):
+            xs = [int(e) for e in c.layers]
+            vals = c.values.tolist()
+            ax.plot(xs, vals, marker="o", ms=3)
+            if all(v > 0 for v in vals):
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{c.name} ({c.meta['layer']})", fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        if path is not None:
+            save_figure(fig, path)
+        return fig

@@ -1,0 +1,1308 @@
+"""Intrinsic dimension (ID) of representations, per layer: expansion and compression over depth.
+
+Estimators (torch, CPU and CUDA, float64 arithmetic):
+
+* :func:`twonn`: TwoNN (Facco et al. 2017), ``μ = r2/r1``, as used by Ansuini et al. 2019;
+  a linear fit through the origin or the closed-form MLE.
+* :func:`mle_id`: Levina–Bickel MLE with ``k`` neighbours, pooled with the MacKay–Ghahramani
+  harmonic mean.
+* :func:`participation_ratio`: ``(Σλ)² / Σλ²`` of the covariance spectrum, with an optional
+  distribution-free (U-statistic) finite-sample bias correction.
+* :func:`pca_dim`: principal components needed to explain a share of the variance.
+* :func:`local_id`: one estimate per point (MLE, or the PR / PCA dimension of its neighbourhood).
+
+Robustness: :func:`subsample_id` (mean ± std over random subsamples) and :func:`block_analysis`
+(disjoint blocks of decreasing size: does the estimate depend on N?).
+
+Over depth: :func:`id_curve` / :func:`id_curves` turn :class:`~dyngraph.LayerFeatures` into
+:class:`~dyngraph.Curve` objects; :func:`id_phases` finds the expansion and compression phases;
+:func:`log_id_phases` and :func:`plot_depth_profiles` put ID beside modularity, NC1 or any curve.
+
+Conventions follow scikit-dimension (``skdim.id.TwoNN``, ``skdim.id.MLE``) exactly where they
+overlap, so the numbers agree with it to ~1e-12 on the same points; the differences (duplicates and ties are
+dropped and counted, never inf/NaN) are listed in ``docs/intrinsic_dimension.md``.
+
+Neighbour distances (:func:`neighbor_distances`) are exact float64 distances found at float32
+speed: the core tile kernel (:class:`dyngraph.knn.BlockTopK`, symmetric self-search: each score
+computed once for both of its points) ranks candidates by float32 squared distances, the
+candidates' distances are recomputed from the float64 differences, and a rigorous rounding-error bound certifies, row by row,
+that no other point can be closer; the rare rows it cannot clear are searched again in float64.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._io import PathLike, atomic_write_json
+from .._progress import progress_bar
+from .._validate import (check_choice, check_choices, check_features, check_positive_int,
+                         layer_names)
+from .._curve import Curve
+from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn
+
+__all__ = [
+    "ESTIMATORS",
+    "IDEstimate",
+    "IDPhases",
+    "BlockAnalysis",
+    "neighbor_distances",
+    "twonn",
+    "mle_id",
+    "participation_ratio",
+    "pca_dim",
+    "pca_spectrum",
+    "local_id",
+    "subsample_id",
+    "block_analysis",
+    "id_curve",
+    "id_curves",
+    "id_phases",
+    "log_id_phases",
+    "plot_depth_profiles",
+]
+
+#: Estimator names accepted by :func:`id_curve`, :func:`subsample_id` and :func:`block_analysis`.
+ESTIMATORS = ("twonn", "twonn_mle", "mle", "pr", "pr_corrected", "pca", "local_pr", "local_pca")
+SEARCHES = ("auto", "float32", "float64")
+LOCAL_METHODS = ("mle", "pr", "pca")
+COMBS = ("mle", "mean", "median")
+#: Extra candidates fetched by the float32 search beyond the ``k`` that are needed (at most).
+EXTRA_CANDIDATES = 8
+
+
+def _extra(k: int) -> int:
+    """Spare candidates for the certificate: 2 for TwoNN's k = 2, 4 for larger k (a row the
+    certificate cannot clear is searched again in float64, which is cheap for a few rows)."""
+    return 2 if k <= 2 else 4
+_U32 = 2.0 ** -24  # unit roundoff of float32
+
+
+# =============================================================================== input checks
+def _as_matrix(x, name: str = "x", min_rows: int = 2) -> Tensor:
+    """A finite floating ``[N, D]`` tensor; ``[N, C, H, W, ...]`` is flattened to ``[N, C*H*W]``."""
+    if isinstance(x, Tensor) and x.dim() > 2:
+        x = x.flatten(1)
+    return check_features(x, name, min_rows=min_rows)
+
+
+def _check_fraction(value, name: str, low: float, high: float, low_open: bool = False,
+                    high_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}: {value!r}")
+    value = float(value)
+    ok_low = value > low if low_open else value >= low
+    ok_high = value < high if high_open else value <= high
+    if not (ok_low and ok_high and math.isfinite(value)):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lb}{low}, {high}{hb}, got {name}={value!r}")
+    return value
+
+
+def _check_k(k, n: int, minimum: int, name: str = "k") -> int:
+    check_positive_int(k, name, minimum=minimum)
+    if k >= n:
+        raise ValueError(f"{name} must be smaller than the number of points N={n}, got {name}={k}")
+    return k
+
+
+# =============================================================================== results
+@dataclass
+class IDEstimate:
+    """One intrinsic-dimension estimate with its bookkeeping.
+
+    ``float(estimate)`` gives the dimension.
+
+    Attributes:
+        dimension: The estimate.
+        estimator: ``'twonn'``, ``'twonn_mle'``, ``'mle'``, ...
+        n_points: Rows given.
+        n_used: Points that entered the estimate (after dropping).
+        dropped: ``{'duplicates': …, 'ties': …, 'degenerate': …}`` counts of dropped points.
+        fit: Estimator internals: for TwoNN ``log_mu`` and ``neg_log_survival`` (the points of the
+            fit, ``[n_fit]``); for MLE the ``local`` estimates ``[n_used]``.
+    """
+
+    dimension: float
+    estimator: str
+    n_points: int
+    n_used: int
+    dropped: Dict[str, int] = field(default_factory=dict)
+    fit: Dict[str, Tensor] = field(default_factory=dict)
+
+    def __float__(self) -> float:
+        return float(self.dimension)
+
+    def __repr__(self) -> str:
+        drops = {k: v for k, v in self.dropped.items() if v}
+        return (f"IDEstimate({self.estimator}={self.dimension:.4f}, n_points={self.n_points}, "
+                f"n_used={self.n_used}, dropped={drops})")
+
+
+# =============================================================================== neighbours
+def _direct_distances(x: Tensor, idx: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+    """``‖x[i] − x[idx[i, j]]‖`` from the differences (no cancellation), in bounded blocks; the
+    query points are ``rows`` (default: all rows, in order)."""
+    n, kk = idx.shape
+    dim = x.shape[1]
+    out = torch.empty(n, kk, dtype=x.dtype, device=x.device)
+    step = max(1, (1 << 24) // max(kk * dim, 1))
+    for s in range(0, n, step):
+        q = x[s:s + step] if rows is None else x[rows[s:s + step]]
+        diff = x[idx[s:s + step]]
+        diff.sub_(q.unsqueeze(1))
+        out[s:s + step] = torch.linalg.vector_norm(diff, dim=-1)
+    return out
+
+
+def _error_bound(dim: int, unit: float, norms: Tensor, r_max: Tensor) -> Tensor:
+    """Bound on ``|fl(|a|² + |b|² − 2a·b) − ‖a − b‖²|`` for ``a`` = each row and any ``b``, with
+    unit roundoff ``unit`` (the dot products' ``γ_D`` plus the additions and the cast)."""
+    gamma = dim * unit / max(1.0 - dim * unit, 1e-3)
+    return (gamma + 8 * unit) * 1.01 * (norms + r_max) ** 2
+
+
+def _brute_rows(x64: Tensor, rows: Tensor, kk: int) -> Tuple[Tensor, Tensor]:
+    """Nearest neighbours of ``rows`` from the float64 differences to every point (no cancellation
+    at all); the last resort for rows no bound can certify."""
+    n, dim = x64.shape
+    step = max(1, (1 << 24) // max(n * dim, 1))
+    out_d, out_i = [], []
+    for s in range(0, rows.numel(), step):
+        r = rows[s:s + step]
+        d = (x64[r].unsqueeze(1) - x64.unsqueeze(0)).pow(2).sum(-1).sqrt()
+        d[torch.arange(r.numel(), device=x64.device), r] = math.inf
+        v, i = d.topk(kk, dim=1, largest=False)
+        v, i = _sort_rows(v, i, largest=False)
+        out_d.append(v)
+        out_i.append(i)
+    return torch.cat(out_d), torch.cat(out_i)
+
+
+def _rows_float64(x64: Tensor, xc: Tensor, rows: Tensor, kk: int, k: int, norms: Tensor,
+                  r_max: Tensor, extra_bound: Tensor) -> Tuple[Tensor, Tensor, int]:
+    """Exact ``kk`` nearest neighbours of ``rows`` (the float32 certificate's fallback): candidates
+    from a float64 Gram block of the centred points, certified again with the float64 bound; rows
+    that still fail are brute-forced. Returns distances, indices and the number brute-forced."""
+    n, dim = xc.shape
+    sq = (xc * xc).sum(1)
+    chunk = max(1, DEFAULT_BLOCK_ELEMENTS // max(n, 1))
+    take = min(kk + EXTRA_CANDIDATES, n - 1)
+    out_d, out_i = [], []
+    for s in range(0, rows.numel(), chunk):
+        r = rows[s:s + chunk]
+        d2 = torch.addmm(sq[r].unsqueeze(1) + sq.unsqueeze(0), xc[r], xc.T, beta=1.0, alpha=-2.0)
+        d2[torch.arange(r.numel(), device=xc.device), r] = math.inf  # never the point itself
+        cand = d2.topk(take, dim=1, largest=False).indices
+        d, cand = _sort_rows(_direct_distances(x64, cand, r), cand, largest=False)
+        out_d.append(d)
+        out_i.append(cand)
+    d, cand = torch.cat(out_d), torch.cat(out_i)
+    n_brute = 0
+    if take < n - 1:
+        delta = _error_bound(dim, 2.0 ** -53, norms[rows], r_max) + extra_bound[rows]
+        bad = (d[:, k - 1] ** 2 + 2 * delta >= d[:, -1] ** 2).nonzero().flatten()
+        if bad.numel():
+            n_brute = int(bad.numel())
+            d_b, i_b = _brute_rows(x64, rows[bad], take)
+            d[bad], cand[bad] = d_b, i_b
+    return d[:, :kk], cand[:, :kk], n_brute
+
+
+def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
+    """The ``kk`` best candidates of every row by the float32 squared distance
+    ``|y_i|² + |y_j|² − 2 y_i·y_j`` (``y = xc / r_max``), ranked by the tile scores alone (no
+    exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
+    :class:`dyngraph.knn.BlockTopK`, through its symmetric self-search: each score is computed
+    once and serves both of its points (about half of the GEMM)."""
+    y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
+    return BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
+
+
+def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "matmul",
+                       return_stats: bool = False):
+    """Exact float64 Euclidean distances to the ``k`` nearest neighbours of every row.
+
+    ``search='float32'`` (the default through ``'auto'``): the points are centred and scaled to
+    ``y = (x − x̄)/R`` (``R`` the largest centred norm), and the core tile kernel
+    :class:`dyngraph.knn.BlockTopK` keeps, per row, the ``k + 2`` (``k <= 2``) or ``k + 4``
+    candidates with the smallest float32 score ``|y_i|² + |y_j|² − 2 y_i·y_j``, through its
+    symmetric self-search (each score computed once, for both of its points: about half of the
+    GEMM). Their distances are recomputed from the float64 differences and re-sorted. A float32
+    score is off by at most ``εᵢ = (γ_{D+1} + 8u)(3|yᵢ| + 2)`` (``u = 2⁻²⁴``,
+    ``γ_m = mu/(1 − mu)``; the dot product, both squared norms, two additions and the cast), so a
+    point outside the candidates is at squared distance ``≥ d²_last − 2εᵢR²``; rows whose exact
+    ``k``-th squared distance is not below that bound are
+    searched again in float64 (a Gram block, certified the same way with the float64 bound), and
+    any row that still fails is brute-forced from the differences. The result is the exact
+    float64 answer. Exact duplicates give distance 0.
+
+    ``search='float64'``: :func:`dyngraph.knn` in float64 on the centred points, then the same
+    float64 re-scoring.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
+        k: Neighbours per point, ``1 <= k < N``.
+        search: ``'auto'`` (float32 unless the values overflow it), ``'float32'`` or ``'float64'``.
+        backend: :func:`dyngraph.knn` backend for ``search='float64'`` (``'matmul'`` default: its
+            ``'auto'`` timing mis-picks the KD-tree for high-dimensional features).
+        return_stats: Also return ``{'refined_rows': …, 'brute_rows': …, 'search': …}``: the rows
+            searched again in float64 and, of those, the rows brute-forced.
+
+    Returns:
+        ``(dist, index)``: float64 ``[N, k]`` ascending distances and long ``[N, k]`` neighbour
+        indices (ties by the smaller index); plus the stats dict with ``return_stats``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> from dyngraph.measures._dimension import neighbor_distances
+        >>> d, i = neighbor_distances(torch.tensor([[0.], [1.], [3.], [7.]]), k=2)
+        >>> d.tolist(), i.tolist()
+        ([[1.0, 3.0], [1.0, 2.0], [2.0, 3.0], [4.0, 6.0]], [[1, 2], [0, 2], [1, 0], [2, 1]])
+    """
+    x = _as_matrix(x, "x", min_rows=2)
+    n, dim = x.shape
+    _check_k(k, n, 1)
+    check_choice(search, "search", SEARCHES)
+    check_choice(backend, "backend", BACKENDS)
+    x64 = x.to(torch.float64)
+    xc = x64 - x64.mean(0, keepdim=True)  # the search runs on centred points (less cancellation)
+    norms = xc.norm(dim=1)
+    r_max = norms.max()
+    if search == "auto":
+        search = "float32" if float(r_max) < 1e18 else "float64"
+    stats = {"refined_rows": 0, "brute_rows": 0, "search": search}
+    if search == "float64":
+        _, idx = knn(xc, k, metric="euclidean", backend=backend)
+        d, idx = _sort_rows(_direct_distances(x64, idx), idx, largest=False)
+        return (d, idx, stats) if return_stats else (d, idx)
+    kk = min(k + _extra(k), n - 1)
+    cand = _candidates32(xc, r_max, kk)
+    # exact distances from the raw float64 differences (centring would round them)
+    d, cand = _sort_rows(_direct_distances(x64, cand), cand, largest=False)
+    if kk < n - 1:  # with every other point a candidate the result is exact already
+        raw = x64.norm(dim=1)
+        centring = 16 * 2.0 ** -53 * (raw + raw.max()) ** 2  # rounding of centring and scaling
+        m = dim + 1
+        gamma = m * _U32 / max(1.0 - m * _U32, 1e-3)
+        # One tile score |y_q|² + |y_j|² − 2 y_q·y_j (|y| <= 1) is off by at most
+        # 2γ|y_q| (the dot product) + γ|y_q|² + γ (the squared norms) + 7u (two additions of
+        # terms <= 3 and <= 4) + the float32 cast of y: <= (γ + 8u)(3|y_q| + 2), with 1% slack.
+        eps = (gamma + 8 * _U32) * 1.01 * (1.5 * norms / r_max.clamp_min(1e-300) + 1.0)
+        delta = 2 * eps * r_max ** 2 + centring  # one score's error, in squared distance
+        bad = (d[:, k - 1] ** 2 + 2 * delta >= d[:, -1] ** 2).nonzero().flatten()
+        if bad.numel():
+            stats["refined_rows"] = int(bad.numel())
+            d_bad, i_bad, stats["brute_rows"] = _rows_float64(x64, xc, bad, kk, k, norms, r_max,
+                                                              centring)
+            d[bad], cand[bad] = d_bad, i_bad
+    d, cand = d[:, :k].contiguous(), cand[:, :k].contiguous()
+    return (d, cand, stats) if return_stats else (d, cand)
+
+
+# =============================================================================== TwoNN
+def _twonn_from_r(r1: Tensor, r2: Tensor, discard_fraction: float, method: str,
+                  drop_ties: bool) -> IDEstimate:
+    n_points = int(r1.numel())
+    dup = r1 <= 0
+    tie = (r2 <= r1) & ~dup if drop_ties else torch.zeros_like(dup)
+    keep = ~(dup | tie)
+    mu = r2[keep] / r1[keep]
+    n = int(mu.numel())
+    dropped = {"duplicates": int(dup.sum()), "ties": int(tie.sum())}
+    n_keep = int(n * (1 - discard_fraction))  # the skdim / Ansuini convention
+    if method == "linear" and n_keep == n:
+        n_keep = n - 1  # F = 1 at the last point makes -log(1 - F) infinite: leave it out
+    if n_keep < 2:
+        raise ValueError(f"TwoNN needs at least 2 points in the fit, got {n_keep} of "
+                         f"{n_points} after dropping {dropped['duplicates']} duplicates "
+                         f"(r1 = 0) and {dropped['ties']} ties (r1 = r2) and discarding "
+                         f"{discard_fraction:.0%}; use more points")
+    log_mu = mu.sort().values[:n_keep].log()
+    f = torch.arange(1, n_keep + 1, dtype=torch.float64, device=mu.device) / n
+    y = -torch.log1p(-f)
+    if method == "mle":
+        # Unbiased exponential-rate MLE of log μ under type-II censoring (as skdim);
+        # discard_fraction=0 gives (N − 1) / Σ log μ.
+        denom = log_mu.sum() + (n - n_keep) * log_mu[-1]
+    else:  # least squares through the origin of −log(1 − F) on log μ
+        denom = (log_mu * log_mu).sum()
+    if not bool(denom > 0):
+        raise ValueError(f"TwoNN is undefined here: every kept ratio r2/r1 equals 1 "
+                         f"({n_keep} points); the data are degenerate (use drop_ties=True)")
+    d = (n_keep - 1) / denom if method == "mle" else (log_mu * y).sum() / denom
+    return IDEstimate(float(d), "twonn" if method == "linear" else "twonn_mle", n_points, n,
+                      dropped, {"log_mu": log_mu, "neg_log_survival": y})
+
+
+def twonn(x: Tensor, discard_fraction: float = 0.1, method: str = "linear",
+          drop_ties: bool = True, return_details: bool = False, search: str = "auto",
+          backend: str = "matmul") -> Union[float, IDEstimate]:
+    r"""TwoNN intrinsic dimension (Facco et al. 2017), as used by Ansuini et al. 2019.
+
+    For each point ``μ = r2/r1``, the ratio of its second- to first-neighbour distance.
+    Points with ``r1 = 0`` (duplicates) and, with ``drop_ties``, ``r1 = r2`` are dropped and
+    counted, as Ansuini et al. do. Of the ``N`` remaining ratios, sorted, the largest
+    ``discard_fraction`` are discarded (``n = int(N(1 − discard_fraction))`` kept), and with
+    ``F_i = i/N``:
+
+    * ``method='linear'``: the least-squares slope through the origin of ``−log(1 − F_i)`` on
+      ``log μ_(i)``;
+    * ``method='mle'``: ``(n − 1) / (Σ_{i≤n} log μ_(i) + (N − n) log μ_(n))``, the MLE of a
+      Pareto(1, d) law with the discarded ratios censored; ``(N − 1)/Σ log μ`` for
+      ``discard_fraction=0``.
+
+    Both match ``skdim.id.TwoNN(discard_fraction, method=…)`` on the same points. Known bias:
+    TwoNN underestimates large dimensions at finite N (see the docs page).
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite; ``N >= 3``.
+        discard_fraction: Share of the largest ratios left out, in ``[0, 1)``; 0.1 by default.
+            With ``discard_fraction=0`` and ``'linear'`` the last point (``F = 1``) is left out.
+        method: ``'linear'`` or ``'mle'``.
+        drop_ties: Drop points with ``r1 = r2`` (``μ = 1``). skdim keeps them; the two agree on
+            data without exact ties.
+        return_details: Return an :class:`IDEstimate` (counts of dropped points, the fitted points)
+            instead of a float.
+        search, backend: Neighbour search, see :func:`neighbor_distances`.
+
+    Returns:
+        The dimension (``float``), or an :class:`IDEstimate`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> plane = torch.rand(2000, 2, generator=g) @ torch.randn(2, 50, generator=g)
+        >>> round(dg.measures.twonn(plane), 1)
+        2.0
+    """
+    x = _as_matrix(x, "x", min_rows=3)
+    discard_fraction = _check_fraction(discard_fraction, "discard_fraction", 0.0, 1.0)
+    check_choice(method, "method", ("linear", "mle"))
+    d, _ = neighbor_distances(x, 2, search=search, backend=backend)
+    est = _twonn_from_r(d[:, 0], d[:, 1], discard_fraction, method, bool(drop_ties))
+    return est if return_details else est.dimension
+
+
+# =============================================================================== Levina–Bickel MLE
+def _mle_local(dist: Tensor, k: int, unbiased: bool) -> Tuple[Tensor, Tensor, Dict[str, int]]:
+    """Per-point Levina–Bickel sums ``Σ_{j<k} log(R_k/R_j)``, the valid mask and drop counts."""
+    r = dist[:, :k]
+    dup = r[:, 0] <= 0
+    safe = torch.where(dup.unsqueeze(1), torch.ones_like(r), r)
+    s = torch.log(safe[:, k - 1:k] / safe[:, :k - 1]).sum(1)
+    degenerate = (s <= 0) & ~dup  # all k distances equal: the local estimate is infinite
+    valid = ~(dup | degenerate)
+    return s, valid, {"duplicates": int(dup.sum()), "degenerate": int(degenerate.sum())}
+
+
+def _mle_from_dists(dist: Tensor, k: int, unbiased: bool, comb: str) -> IDEstimate:
+    s, valid, dropped = _mle_local(dist, k, unbiased)
+    n_points = int(dist.shape[0])
+    s = s[valid]
+    if s.numel() == 0:
+        raise ValueError(f"MLE is undefined: all {n_points} points have a duplicate (r1 = 0) or "
+                         f"{k} equal neighbour distances")
+    kfac = k - 2 if unbiased else k - 1
+    local = kfac / s
+    if comb == "mle":  # MacKay & Ghahramani: average the inverse estimates
+        dim = 1.0 / (s / kfac).mean()
+    elif comb == "mean":  # Levina & Bickel's original average
+        dim = local.mean()
+    else:
+        dim = torch.quantile(local, 0.5)
+    return IDEstimate(float(dim), "mle", n_points, int(s.numel()), dropped, {"local": local})
+
+
+def mle_id(x: Tensor, k: int = 20, unbiased: bool = False, comb: str = "mle",
+           return_details: bool = False, search: str = "auto",
+           backend: str = "matmul") -> Union[float, IDEstimate]:
+    r"""Levina–Bickel maximum-likelihood intrinsic dimension with ``k`` neighbours.
+
+    Each point's estimate is ``m_i = (k − 1) / Σ_{j<k} log(R_k / R_j)`` (``k − 2`` with
+    ``unbiased``), from its ``k`` nearest-neighbour distances ``R_1 ≤ … ≤ R_k``. They are pooled
+    with the MacKay–Ghahramani correction, the harmonic mean ``(mean_i 1/m_i)⁻¹`` (``comb='mle'``,
+    as ``skdim.id.MLE`` and the ``intrinsicDimension`` R package do), or by their mean or median.
+    Points with ``R_1 = 0`` (duplicates) or ``R_1 = R_k`` are dropped and counted.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
+        k: Neighbours, ``2 <= k < N`` (``3 <=`` with ``unbiased``); 20 by default, as skdim.
+        unbiased: ``k − 2`` in the numerator (Levina–Bickel's unbiased form).
+        comb: ``'mle'`` (harmonic mean, default), ``'mean'`` or ``'median'``.
+        return_details: Return an :class:`IDEstimate` (with the local estimates).
+        search, backend: Neighbour search, see :func:`neighbor_distances`.
+
+    Returns:
+        The dimension (``float``), or an :class:`IDEstimate`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cube = torch.rand(2000, 3, generator=g) @ torch.randn(3, 40, generator=g)
+        >>> round(dg.measures.mle_id(cube, k=20))
+        3
+    """
+    x = _as_matrix(x, "x", min_rows=3)
+    unbiased = bool(unbiased)
+    _check_k(k, x.shape[0], 3 if unbiased else 2)
+    check_choice(comb, "comb", COMBS)
+    d, _ = neighbor_distances(x, k, search=search, backend=backend)
+    est = _mle_from_dists(d, k, unbiased, comb)
+    return est if return_details else est.dimension
+
+
+# =============================================================================== linear dimensions
+def _centered(x: Tensor) -> Tensor:
+    xc = x.to(torch.float64)
+    return xc - xc.mean(0, keepdim=True)
+
+
+def _gram_frobenius_sq(xc: Tensor) -> Tensor:
+    """``‖Xc Xcᵀ‖_F² = ‖Xcᵀ Xc‖_F²`` through the smaller side, in bounded blocks."""
+    n, dim = xc.shape
+    if dim <= n:
+        c = xc.T @ xc
+        return (c * c).sum()
+    total = torch.zeros((), dtype=xc.dtype, device=xc.device)
+    step = max(1, DEFAULT_BLOCK_ELEMENTS // max(n, 1))
+    for s in range(0, n, step):
+        b = xc[s:s + step] @ xc.T
+        total = total + (b * b).sum()
+    return total
+
+
+def _pr_from(xc: Tensor, bias_correction: bool) -> float:
+    n = xc.shape[0]
+    g = (xc * xc).sum(1)  # diagonal of the Gram matrix
+    a = g.sum()
+    if not bool(a > 0):
+        raise ValueError(f"participation ratio is undefined: all {n} rows of x are identical "
+                         f"(zero variance)")
+    frob = _gram_frobenius_sq(xc)
+    if not bias_correction:
+        return float(a * a / frob)
+    if n < 4:
+        raise ValueError(f"the bias-corrected participation ratio needs N >= 4 points, got N={n}")
+    # U-statistics over distinct indices (Chen, Zhang & Zhong 2010) from Gram-matrix sums:
+    # unbiased for tr(Σ²) and (tr Σ)² under any distribution, invariant to a shift of the data.
+    r = xc @ xc.sum(0)  # row sums of the Gram matrix
+    s = r.sum()
+    sg, sg2 = a, (g * g).sum()
+    u = s - sg  # Σ_{i≠j} G_ij
+    s2 = frob - sg2  # Σ_{i≠j} G_ij²
+    s3 = (r * r).sum() - 2 * (g * r).sum() - frob + 2 * sg2  # Σ_{i,j,k distinct} G_ij G_jk
+    s4 = u * u - 2 * s2 - 4 * s3  # Σ_{i,j,k,l distinct} G_ij G_kl
+    p2, p3, p4 = n * (n - 1.0), n * (n - 1.0) * (n - 2.0), n * (n - 1.0) * (n - 2.0) * (n - 3.0)
+    tr_sq = s2 / p2 - 2 * s3 / p3 + s4 / p4
+    tr2 = (sg * sg - sg2) / p2 - 2 * (u * sg - 2 * (g * (r - g)).sum()) / p3 + s4 / p4
+    if not (bool(tr_sq > 0) and bool(tr2 > 0)):
+        raise ValueError(f"the bias-corrected participation ratio is undefined for these N={n} "
+                         f"points (the unbiased moment estimates are not positive: "
+                         f"tr(Σ²)≈{float(tr_sq):.3g}, (trΣ)²≈{float(tr2):.3g}); use more points "
+                         f"or bias_correction=False")
+    return float(tr2 / tr_sq)
+
+
+def participation_ratio(x: Tensor, bias_correction: bool = False) -> float:
+    r"""Participation ratio ``(Σλ)² / Σλ²`` of the covariance eigenvalues ``λ``.
+
+    Computed from traces, ``(tr C)² / tr(C²)``, without an eigendecomposition; memory stays
+    bounded (``min(N, D)²`` or blocks of the Gram matrix).
+
+    With ``bias_correction`` the numerator and denominator are replaced by unbiased U-statistic
+    estimates of ``(tr Σ)²`` and ``tr(Σ²)`` over distinct sample indices (Chen, Zhang & Zhong
+    2010), valid for any distribution. The plain PR of N points is at most ``N − 1`` and is
+    biased low when ``D`` is comparable to ``N``; the corrected one estimates the population PR.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite, ``N >= 2``
+            (``>= 4`` with the correction).
+        bias_correction: Use the finite-sample correction.
+
+    Returns:
+        The participation ratio (``1 <= PR <= min(N − 1, D)`` without correction).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(4000, 3, generator=g) * torch.tensor([1., 1., 0.])
+        >>> round(dg.measures.participation_ratio(x), 2)
+        2.0
+    """
+    x = _as_matrix(x, "x", min_rows=2)
+    return _pr_from(_centered(x), bool(bias_correction))
+
+
+def _eigvalsh(m: Tensor) -> Tensor:
+    """Ascending eigenvalues of symmetric matrices ``[..., n, n]``. On CPU through numpy's LAPACK
+    (zero-copy), which measured 2× faster than torch's and without its multi-second first-call
+    stalls on this shared machine; on CUDA ``torch.linalg.eigvalsh``."""
+    if m.device.type == "cpu":
+        return torch.from_numpy(np.linalg.eigvalsh(m.detach().contiguous().numpy()))
+    return torch.linalg.eigvalsh(m)
+
+
+def _spectrum(xc: Tensor) -> Tensor:
+    n, dim = xc.shape
+    m = xc.T @ xc if dim <= n else xc @ xc.T
+    ev = _eigvalsh(m).flip(0).clamp_min(0.0)
+    return ev / max(n - 1, 1)
+
+
+def pca_spectrum(x: Tensor) -> Tensor:
+    """Covariance eigenvalues, descending, float64 ``[min(N, D)]`` (``ddof=1``, as sklearn's
+    ``PCA.explained_variance_``).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> from dyngraph.measures._dimension import pca_spectrum
+        >>> pca_spectrum(torch.tensor([[1., 0.], [-1., 0.], [0., 0.]])).tolist()
+        [1.0, 0.0]
+    """
+    x = _as_matrix(x, "x", min_rows=2)
+    return _spectrum(_centered(x))
+
+
+def _pca_from_spectrum(ev: Tensor, threshold: float) -> int:
+    total = ev.sum()
+    if not bool(total > 0):
+        raise ValueError("pca_dim is undefined: all rows of x are identical (zero variance)")
+    ratio = ev.cumsum(0) / total
+    n = int(torch.searchsorted(ratio, torch.tensor([threshold], dtype=ratio.dtype,
+                                                   device=ratio.device), right=True)) + 1
+    return min(n, int(ev.numel()))
+
+
+def pca_dim(x: Tensor, threshold: float = 0.9) -> int:
+    """Number of principal components that explain more than ``threshold`` of the variance.
+
+    The rule of ``sklearn.decomposition.PCA(n_components=threshold)``: the smallest ``n`` whose
+    cumulative explained-variance ratio exceeds ``threshold``.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
+        threshold: Share of variance, in ``(0, 1)``; 0.9 by default.
+
+    Returns:
+        The PCA dimension (``int``, ``1 <= n <= min(N, D)``).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(500, 4, generator=g) * torch.tensor([10., 10., 1., 0.1])
+        >>> dg.measures.pca_dim(x, 0.9), dg.measures.pca_dim(x, 0.999)
+        (2, 3)
+    """
+    x = _as_matrix(x, "x", min_rows=2)
+    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
+    return _pca_from_spectrum(_spectrum(_centered(x)), threshold)
+
+
+# =============================================================================== local ID
+def _local_linear(xc: Tensor, idx: Tensor, method: str, threshold: float) -> Tensor:
+    """PR or PCA dimension of each point's neighbourhood ``{i} ∪ kNN(i)``, batched."""
+    n, k = idx.shape
+    dim = xc.shape[1]
+    out = torch.empty(n, dtype=torch.float64, device=xc.device)
+    step = max(1, (1 << 24) // max((k + 1) * dim, 1))
+    nb_all = torch.cat([torch.arange(n, device=xc.device).unsqueeze(1), idx], 1)
+    for s in range(0, n, step):
+        z = xc[nb_all[s:s + step]]  # [b, k+1, D]
+        z = z - z.mean(1, keepdim=True)
+        h = z @ z.transpose(1, 2)  # [b, k+1, k+1] local Gram matrices
+        tr = h.diagonal(dim1=1, dim2=2).sum(1)
+        if method == "pr":
+            val = tr * tr / (h * h).sum((1, 2))
+        else:
+            ev = _eigvalsh(h).flip(1).clamp_min(0.0)
+            ratio = ev.cumsum(1) / tr.unsqueeze(1)
+            val = ((ratio <= threshold).sum(1) + 1).clamp_max(k + 1).to(torch.float64)
+        out[s:s + step] = torch.where(tr > 0, val, torch.full_like(val, math.nan))
+    return out
+
+
+def local_id(x: Tensor, k: int = 20, method: str = "mle", threshold: float = 0.9,
+             unbiased: bool = False, search: str = "auto", backend: str = "matmul") -> Tensor:
+    r"""A local intrinsic dimension for every point, from its ``k`` nearest neighbours.
+
+    * ``'mle'``: the Levina–Bickel estimate ``(k − 1)/Σ_{j<k} log(R_k/R_j)`` at the point (the
+      terms that :func:`mle_id` pools);
+    * ``'pr'``: the participation ratio of the neighbourhood ``{i} ∪ kNN(i)``;
+    * ``'pca'``: its PCA dimension at ``threshold``.
+
+    Comparing their average with a global estimate (:func:`participation_ratio`,
+    :func:`pca_dim` of all points) separates a curved low-dimensional manifold (local ≪ global)
+    from a flat one (local ≈ global), as Recanatesi et al. do.
+
+    Points where the estimate is undefined (a duplicate for ``'mle'``; a neighbourhood of
+    identical points for ``'pr'``/``'pca'``) get ``NaN``, and a ``RuntimeWarning`` gives their
+    number. Use ``torch.nanmean``, or select ``~out.isnan()``.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
+        k: Neighbours, ``2 <= k < N`` (``3 <=`` for ``'mle'`` with ``unbiased``).
+        method: ``'mle'``, ``'pr'`` or ``'pca'``.
+        threshold: Explained-variance share for ``'pca'``.
+        unbiased: ``k − 2`` for ``'mle'``.
+        search, backend: Neighbour search, see :func:`neighbor_distances`.
+
+    Returns:
+        float64 ``[N]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> t = torch.rand(1000, generator=g) * 6.28
+        >>> circle = torch.stack([t.cos(), t.sin()], 1)       # a curve: locally 1-D, globally 2-D
+        >>> round(float(dg.measures.local_id(circle, k=10, method='pca').median())), dg.measures.pca_dim(circle, 0.9)
+        (1, 2)
+    """
+    x = _as_matrix(x, "x", min_rows=3)
+    check_choice(method, "method", LOCAL_METHODS)
+    _check_k(k, x.shape[0], 3 if (method == "mle" and unbiased) else 2)
+    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
+    d, idx = neighbor_distances(x, k, search=search, backend=backend)
+    if method == "mle":
+        s, valid, _ = _mle_local(d, k, bool(unbiased))
+        kfac = k - 2 if unbiased else k - 1
+        out = torch.where(valid, kfac / torch.where(valid, s, torch.ones_like(s)),
+                          torch.full_like(s, math.nan))
+    else:
+        out = _local_linear(_centered(x), idx, method, threshold)
+    bad = int(out.isnan().sum())
+    if bad:
+        warnings.warn(f"local_id(method={method!r}): {bad} of {out.numel()} points have an "
+                      f"undefined local dimension (duplicate points) and are NaN",
+                      RuntimeWarning, stacklevel=2)
+    return out
+
+
+# =============================================================================== dispatch
+@dataclass
+class _Settings:
+    discard_fraction: float = 0.1
+    k: int = 20
+    threshold: float = 0.9
+    local_k: int = 20
+    unbiased: bool = False
+    comb: str = "mle"
+    drop_ties: bool = True
+    search: str = "auto"
+    backend: str = "matmul"
+
+    def check(self, estimators: Sequence[str], n: int) -> None:
+        self.discard_fraction = _check_fraction(self.discard_fraction, "discard_fraction", 0.0, 1.0)
+        self.threshold = _check_fraction(self.threshold, "threshold", 0.0, 1.0, low_open=True)
+        check_choice(self.comb, "comb", COMBS)
+        check_choice(self.search, "search", SEARCHES)
+        check_choice(self.backend, "backend", BACKENDS)
+        if "mle" in estimators:
+            _check_k(self.k, n, 3 if self.unbiased else 2)
+        if any(e.startswith("local_") for e in estimators):
+            _check_k(self.local_k, n, 2, "local_k")
+
+    def neighbours_needed(self, estimators: Sequence[str]) -> int:
+        k = 0
+        if any(e.startswith("twonn") for e in estimators):
+            k = 2
+        if "mle" in estimators:
+            k = max(k, self.k)
+        if any(e.startswith("local_") for e in estimators):
+            k = max(k, self.local_k)
+        return k
+
+
+def _check_estimators(estimators) -> List[str]:
+    return check_choices(estimators, "estimators", ESTIMATORS)
+
+
+def _estimate_all(x: Tensor, estimators: Sequence[str], cfg: _Settings
+                  ) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """All requested estimates from one neighbour search and one centring of ``x`` ``[N, D]``."""
+    out: Dict[str, float] = {}
+    dropped: Dict[str, int] = {}
+    kmax = cfg.neighbours_needed(estimators)
+    dist = idx = None
+    if kmax:
+        dist, idx = neighbor_distances(x, kmax, search=cfg.search, backend=cfg.backend)
+    xc = _centered(x) if any(e in ("pr", "pr_corrected", "pca") or e.startswith("local_")
+                             for e in estimators) else None
+    ev = None
+    for e in estimators:
+        if e in ("twonn", "twonn_mle"):
+            est = _twonn_from_r(dist[:, 0], dist[:, 1], cfg.discard_fraction,
+                                "linear" if e == "twonn" else "mle", cfg.drop_ties)
+            out[e] = est.dimension
+            for key, v in est.dropped.items():
+                dropped[f"{e}_{key}"] = v
+        elif e == "mle":
+            est = _mle_from_dists(dist, cfg.k, cfg.unbiased, cfg.comb)
+            out[e] = est.dimension
+            for key, v in est.dropped.items():
+                dropped[f"mle_{key}"] = v
+        elif e in ("pr", "pr_corrected"):
+            out[e] = _pr_from(xc, e == "pr_corrected")
+        elif e == "pca":
+            ev = _spectrum(xc) if ev is None else ev
+            out[e] = float(_pca_from_spectrum(ev, cfg.threshold))
+        else:  # local_pr, local_pca: mean over points of the neighbourhood dimension
+            loc = _local_linear(xc, idx[:, :cfg.local_k], e[len("local_"):], cfg.threshold)
+            nan = int(loc.isnan().sum())
+            dropped[f"{e}_undefined"] = nan
+            if nan == loc.numel():
+                raise ValueError(f"{e}: every neighbourhood consists of identical points")
+            out[e] = float(loc.nanmean())
+    return out, dropped
+
+
+def _estimate_one(x: Tensor, estimator: str, cfg: _Settings) -> float:
+    return _estimate_all(x, [estimator], cfg)[0][estimator]
+
+
+# =============================================================================== robustness
+def subsample_id(x: Tensor, estimator: str = "twonn", fraction: float = 0.9, repeats: int = 10,
+                 seed: int = 0, **settings) -> Tuple[float, float, Tensor]:
+    """Mean ± std of an estimate over random subsamples without replacement.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened).
+        estimator: One of :data:`ESTIMATORS`.
+        fraction: Share of the points in each subsample, in ``(0, 1]``; 0.9 by default.
+        repeats: Number of subsamples (seeds ``seed, seed + 1, …``).
+        seed: First seed.
+        **settings: Estimator settings: ``discard_fraction``, ``k``, ``threshold``, ``local_k``,
+            ``unbiased``, ``comb``, ``drop_ties``, ``search``, ``backend``.
+
+    Returns:
+        ``(mean, std, samples)``; ``std`` is the sample std (0 for one repeat), ``samples`` is
+        float64 ``[repeats]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(1000, 3, generator=g) @ torch.randn(3, 20, generator=g)
+        >>> m, s, vals = dg.measures.subsample_id(x, 'twonn', repeats=4)
+        >>> round(m), vals.shape
+        (3, torch.Size([4]))
+    """
+    x = _as_matrix(x, "x", min_rows=3)
+    est = _check_estimators([estimator])
+    fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
+    check_positive_int(repeats, "repeats")
+    n = x.shape[0]
+    m = max(3, int(round(fraction * n)))
+    cfg = _make_settings(settings)
+    cfg.check(est, m)
+    vals = []
+    for r in range(repeats):
+        idx = _sample(n, m, seed + r, x.device)
+        vals.append(_estimate_one(x[idx], est[0], cfg))
+    t = torch.tensor(vals, dtype=torch.float64)
+    std = float(t.std()) if repeats > 1 else 0.0
+    return float(t.mean()), std, t
+
+
+def _make_settings(settings: Dict[str, Any]) -> _Settings:
+    allowed = set(_Settings.__dataclass_fields__)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise TypeError(f"unknown estimator settings {unknown}; allowed: {sorted(allowed)}")
+    return _Settings(**settings)
+
+
+def _sample(n: int, m: int, seed: int, device: torch.device) -> Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(n, generator=gen)[:m]
+    return idx.sort().values.to(device)
+
+
+@dataclass
+class BlockAnalysis:
+    """Estimates on disjoint blocks of decreasing size (Facco et al.'s decimation test).
+
+    Attributes:
+        estimator: The estimator.
+        n_blocks: Number of blocks per level ``[L]``.
+        block_size: Points per block ``[L]``.
+        mean, std: Mean and std over the blocks of each level ``[L]`` (std 0 for one block).
+        samples: Each level's per-block estimates.
+    """
+
+    estimator: str
+    n_blocks: List[int]
+    block_size: List[int]
+    mean: List[float]
+    std: List[float]
+    samples: List[List[float]]
+
+    def relative_change(self) -> float:
+        """``(mean at the largest block − mean at the smallest) / mean at the largest``: how much
+        the estimate grows with N (about 0 for a scale-free estimate)."""
+        big = self.mean[int(max(range(len(self.block_size)), key=lambda i: self.block_size[i]))]
+        small = self.mean[int(min(range(len(self.block_size)), key=lambda i: self.block_size[i]))]
+        return (big - small) / big if big else math.nan
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"estimator": self.estimator, "n_blocks": self.n_blocks,
+                "block_size": self.block_size, "mean": self.mean, "std": self.std,
+                "samples": self.samples, "relative_change": self.relative_change()}
+
+    def plot(self, path: Optional[PathLike] = None, ax=None):
+        """ID against block size (log x axis) with ± std bars; saves a PNG when ``path`` is given."""
+        from ..outputs._plot import _pyplot, save_figure
+        plt = _pyplot()
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(5.0, 3.5))
+        else:
+            fig = ax.figure
+        ax.errorbar(self.block_size, self.mean, yerr=self.std, marker="o", capsize=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("points per block (N)")
+        ax.set_ylabel(f"ID ({self.estimator})")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        if path is not None:
+            save_figure(fig, path)
+        return fig
+
+
+def block_analysis(x: Tensor, estimator: str = "twonn",
+                   n_blocks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0,
+                   **settings) -> BlockAnalysis:
+    """Splits one random permutation of the points into ``b`` disjoint blocks, for each ``b`` in
+    ``n_blocks``, and estimates the ID of every block: a flat profile means the estimate does not
+    depend on N; a falling one (as N shrinks) shows the finite-sample underestimate.
+
+    Args:
+        x: Points ``[N, D]`` (``[N, ...]`` is flattened).
+        estimator: One of :data:`ESTIMATORS`.
+        n_blocks: Block counts; each block has ``N // b`` points (at least 3).
+        seed: Seed of the permutation.
+        **settings: Estimator settings, as in :func:`subsample_id`.
+
+    Returns:
+        A :class:`BlockAnalysis`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(2000, 2, generator=g) @ torch.randn(2, 10, generator=g)
+        >>> b = dg.measures.block_analysis(x, n_blocks=(1, 4))
+        >>> b.block_size, [round(v) for v in b.mean]
+        ([2000, 500], [2, 2])
+    """
+    x = _as_matrix(x, "x", min_rows=3)
+    est = _check_estimators([estimator])
+    if isinstance(n_blocks, int):
+        n_blocks = [n_blocks]
+    n_blocks = [check_positive_int(b, "n_blocks") for b in n_blocks]
+    if not n_blocks:
+        raise ValueError("n_blocks is empty")
+    n = x.shape[0]
+    cfg = _make_settings(settings)
+    for b in n_blocks:
+        if n // b < 3:
+            raise ValueError(f"n_blocks={b} leaves {n // b} points per block (N={n}); "
+                             f"each block needs at least 3")
+    cfg.check(est, n // max(n_blocks))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(x.device)
+    means, stds, samples, sizes = [], [], [], []
+    for b in n_blocks:
+        size = n // b
+        vals = [_estimate_one(x[perm[i * size:(i + 1) * size]], est[0], cfg) for i in range(b)]
+        t = torch.tensor(vals, dtype=torch.float64)
+        means.append(float(t.mean()))
+        stds.append(float(t.std()) if b > 1 else 0.0)
+        samples.append(vals)
+        sizes.append(size)
+    return BlockAnalysis(est[0], list(n_blocks), sizes, means, stds, samples)
+
+
+# =============================================================================== curves over depth
+def _layer_items(features) -> Tuple[List[str], Callable[[str], Tensor], Dict[str, Any], int]:
+    from ..capture._features import LayerFeatures
+    if isinstance(features, LayerFeatures):
+        return features.names, features.__getitem__, dict(features.meta), features.n_samples
+    names = [str(k) for k in layer_names(features)]
+    n = None
+    for name, v in features.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"features[{name!r}] must be a Tensor, got {type(v).__name__}")
+        if n is not None and v.shape[0] != n:
+            raise ValueError(f"every layer must have the same number of samples; "
+                             f"features[{name!r}] has {v.shape[0]}, expected {n}")
+        n = v.shape[0]
+    lookup = {str(k): v for k, v in features.items()}
+    return names, lookup.__getitem__, {}, int(n)
+
+
+def id_curves(features, estimators: Sequence[str] = ("twonn", "mle", "pr", "pca"), *,
+              fraction: float = 0.9, repeats: int = 5, seed: int = 0,
+              discard_fraction: float = 0.1, k: int = 20, threshold: float = 0.9,
+              local_k: int = 20, unbiased: bool = False, comb: str = "mle",
+              drop_ties: bool = True, search: str = "auto", backend: str = "matmul",
+              device: Optional[Union[str, torch.device]] = None,
+              checkpoint: Optional[PathLike] = None, progress: bool = True) -> Dict[str, Curve]:
+    """Intrinsic dimension per layer for several estimators, mean ± std over subsamples.
+
+    Each layer is loaded once (spilled layers one at a time); every repeat draws its own seeded
+    subsample of ``fraction × N`` points, searches neighbours once for all kNN estimators and
+    centres once for the linear ones.
+
+    Args:
+        features: :class:`~dyngraph.LayerFeatures` or ``{layer: Tensor[N, ...]}`` (flattened).
+        estimators: Names from :data:`ESTIMATORS`: ``'twonn'``, ``'twonn_mle'``, ``'mle'``,
+            ``'pr'``, ``'pr_corrected'``, ``'pca'``, ``'local_pr'``, ``'local_pca'`` (the mean local
+            PR / PCA dimension over ``local_k``-neighbourhoods).
+        fraction: Share of the points in each subsample, in ``(0, 1]``.
+        repeats: Subsamples per layer; ``repeats > 1`` needs ``fraction < 1``.
+        seed: First seed (repeat ``r`` uses ``seed + r``, the same points in every layer).
+        discard_fraction, drop_ties: TwoNN settings (:func:`twonn`).
+        k, unbiased, comb: MLE settings (:func:`mle_id`).
+        threshold: PCA explained-variance share (:func:`pca_dim`).
+        local_k: Neighbourhood size of the local estimators.
+        search, backend: Neighbour search (:func:`neighbor_distances`).
+        device: Where to compute (default: where each layer's tensor is).
+        checkpoint: A JSON file: layers already there with the same settings are reused, and
+            each finished layer is written atomically, so an interrupted run resumes.
+        progress: Progress bar over layers.
+
+    Returns:
+        ``{estimator: Curve}``; each :class:`~dyngraph.Curve` is named ``'id_<estimator>'`` and
+        has ``samples [repeats, L]``, and in ``meta`` the settings, each layer's dimension ``D``
+        and the points dropped per layer (``meta['dropped']``).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.rand(600, 2, generator=g)
+        >>> feats = {'a': z @ torch.randn(2, 30, generator=g), 'b': torch.rand(600, 6, generator=g)}
+        >>> c = dg.measures.id_curves(feats, ('twonn', 'pca'), repeats=3, progress=False)
+        >>> [round(v) for v in c['twonn'].values.tolist()], tuple(c['pca'].samples.shape)
+        ([2, 6], (3, 2))
+    """
+    est = _check_estimators(estimators)
+    names, get, fmeta, n = _layer_items(features)
+    fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
+    check_positive_int(repeats, "repeats")
+    if repeats > 1 and fraction == 1.0:
+        raise ValueError(f"repeats={repeats} needs fraction < 1 (each repeat subsamples); "
+                         f"use repeats=1 for a single estimate on all points")
+    m = max(3, int(round(fraction * n)))
+    cfg = _Settings(discard_fraction, k, threshold, local_k, bool(unbiased), comb,
+                    bool(drop_ties), search, backend)
+    cfg.check(est, m)
+    settings = {"estimators": est, "fraction": fraction, "repeats": repeats, "seed": seed,
+                "n_samples": n, "n_subsample": m, "discard_fraction": cfg.discard_fraction,
+                "k": k, "threshold": cfg.threshold, "local_k": local_k, "unbiased": cfg.unbiased,
+                "comb": comb, "drop_ties": cfg.drop_ties, "layers": names}
+    done: Dict[str, Any] = {}
+    if checkpoint is not None:
+        cp = Path(checkpoint)
+        if cp.exists():
+            try:
+                saved = json.loads(cp.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("settings") == json.loads(json.dumps(settings)):
+                done = saved.get("layers", {})
+    idx_cache = [_sample(n, m, seed + r, torch.device("cpu")) if fraction < 1.0
+                 else torch.arange(n) for r in range(repeats)]
+    results: Dict[str, Any] = {}
+    dims: Dict[str, int] = {}
+    for name in progress_bar(names, desc="intrinsic dimension", disable=not progress):
+        if name in done:
+            results[name] = done[name]
+            dims[name] = int(done[name]["dim"])
+            continue
+        x = get(name)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
+        x = x.flatten(1) if x.dim() > 2 else x
+        if device is not None:
+            x = x.to(device)
+        x = check_features(x, f"features[{name!r}]", min_rows=3)
+        dims[name] = int(x.shape[1])
+        per_rep: Dict[str, List[float]] = {e: [] for e in est}
+        drops: Dict[str, List[int]] = {}
+        for r in range(repeats):
+            try:
+                vals, dropped = _estimate_all(x[idx_cache[r].to(x.device)], est, cfg)
+            except ValueError as exc:
+                raise ValueError(f"layer {name!r}: {exc}") from exc
+            for e in est:
+                per_rep[e].append(vals[e])
+            for key, v in dropped.items():
+                drops.setdefault(key, []).append(v)
+        results[name] = {"values": per_rep, "dropped": drops, "dim": dims[name]}
+        if checkpoint is not None:
+            atomic_write_json(checkpoint, {"settings": settings, "layers": results})
+    curves: Dict[str, Curve] = {}
+    for e in est:
+        samples = torch.tensor([[results[nm]["values"][e][r] for nm in names]
+                                for r in range(repeats)], dtype=torch.float64)
+        dropped = {nm: {key: sum(v) / len(v) for key, v in results[nm]["dropped"].items()
+                        if key.startswith(e + "_") and sum(v)} for nm in names}
+        meta = dict(settings)
+        meta.update({"estimator": e, "dims": [dims[nm] for nm in names],
+                     "dropped": {nm: v for nm, v in dropped.items() if v}})
+        meta.update({key: v for key, v in fmeta.items() if key not in meta})
+        curves[e] = Curve.from_samples(names, samples, name=f"id_{e}", meta=meta)
+    return curves
+
+
+def id_curve(features, estimator: str = "twonn", **kwargs) -> Curve:
+    """The intrinsic-dimension curve of one estimator; see :func:`id_curves` for the arguments.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> feats = {'in': torch.rand(500, 8, generator=g), 'out': torch.rand(500, 2, generator=g)}
+        >>> c = dg.measures.id_curve(feats, 'twonn', repeats=3, progress=False)
+        >>> c.name, c.argmax()
+        ('id_twonn', 'in')
+    """
+    if not isinstance(estimator, str):
+        raise TypeError(f"estimator must be a string, got {type(estimator).__name__}: "
+                        f"{estimator!r}; use id_curves for several")
+    return id_curves(features, (estimator,), **kwargs)[estimator]
+
+
+# =============================================================================== phases
+@dataclass
+class IDPhases:
+    """The expansion and compression phases of an ID curve.
+
+    Attributes:
+        layers: The curve's layers.
+        shape: ``'hunchback'`` (a significant rise, then a significant fall), ``'rising'``,
+            ``'falling'`` or ``'flat'``.
+        peak_index, peak_layer, peak_value: Where the ID is largest.
+        start_index, end_index: The minima before and after the peak (the ends of the phases).
+        rise, fall: ``ID(peak) − ID(start)`` and ``ID(peak) − ID(end)``.
+        rel_rise, rel_fall: The same relative to the peak value.
+        expansion, compression: Layer names from ``start`` to the peak and from the peak to ``end``
+            (empty when the rise or fall is not significant).
+        significant_rise, significant_fall: Whether each exceeds ``tol`` (relative) and, when the
+            curve has repeats, ``n_sigma`` combined standard deviations.
+    """
+
+    layers: List[str]
+    shape: str
+    peak_index: int
+    peak_layer: str
+    peak_value: float
+    start_index: int
+    end_index: int
+    rise: float
+    fall: float
+    rel_rise: float
+    rel_fall: float
+    expansion: List[str]
+    compression: List[str]
+    significant_rise: bool
+    significant_fall: bool
+    estimator: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def summary(self) -> str:
+        """One line: shape, peak, rise and fall."""
+        return (f"{self.shape}: peak {self.peak_value:.2f} at {self.peak_layer!r} (layer "
+                f"{self.peak_index}); rise {self.rise:+.2f} ({self.rel_rise:.0%}) over "
+                f"{len(self.expansion)} layers, fall {-self.fall:+.2f} ({self.rel_fall:.0%}) over "
+                f"{len(self.compression)} layers")
+
+
+def id_phases(curve: Curve, tol: float = 0.1, n_sigma: float = 2.0) -> IDPhases:
+    """Finds the expansion (rise to the peak) and compression (fall after it) phases.
+
+    The peak is the layer with the largest ID; the expansion phase runs from the lowest layer
+    before it, the compression phase to the lowest layer after it. A phase counts when its change
+    is at least ``tol`` of the peak value and, for curves with repeats, more than ``n_sigma``
+    times ``sqrt(std_peak² + std_end²)``.
+
+    Args:
+        curve: An ID curve (any :class:`~dyngraph.Curve`).
+        tol: Smallest relative rise or fall that counts, ``>= 0``.
+        n_sigma: Significance in standard deviations over repeats, ``>= 0``.
+
+    Returns:
+        An :class:`IDPhases`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> c = dg._curve.Curve(['in', 'c1', 'c2', 'c3', 'fc'], torch.tensor([10., 25., 30., 12., 6.]))
+        >>> p = dg.measures.id_phases(c)
+        >>> p.shape, p.peak_layer, p.expansion, p.compression
+        ('hunchback', 'c2', ['in', 'c1', 'c2'], ['c2', 'c3', 'fc'])
+    """
+    if not isinstance(curve, Curve):
+        raise TypeError(f"curve must be a dyngraph.Curve, got {type(curve).__name__}")
+    if len(curve) == 0:
+        raise ValueError("curve has no layers")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got tol={tol!r}")
+    if isinstance(n_sigma, bool) or not isinstance(n_sigma, (int, float)) or not n_sigma >= 0:
+        raise ValueError(f"n_sigma must be a number >= 0, got n_sigma={n_sigma!r}")
+    v = curve.values
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"curve {curve.name!r} has non-finite values: {v.tolist()}")
+    std = curve.std if curve.samples.shape[0] > 1 else torch.zeros_like(v)
+    peak = int(v.argmax())
+    start = int(v[:peak + 1].argmin())
+    end = peak + int(v[peak:].argmin())
+    pv = float(v[peak])
+    scale = abs(pv) if pv != 0 else 1.0
+    rise, fall = pv - float(v[start]), pv - float(v[end])
+
+    def significant(change: float, other: int) -> bool:
+        noise = n_sigma * math.sqrt(float(std[peak]) ** 2 + float(std[other]) ** 2)
+        return change > 0 and change / scale >= tol and change > noise
+
+    sig_r, sig_f = significant(rise, start), significant(fall, end)
+    shape = {(True, True): "hunchback", (True, False): "rising", (False, True): "falling",
+             (False, False): "flat"}[(sig_r, sig_f)]
+    layers = list(curve.layers)
+    return IDPhases(layers, shape, peak, layers[peak], pv, start, end, rise, fall, rise / scale,
+                    fall / scale, layers[start:peak + 1] if sig_r else [],
+                    layers[peak:end + 1] if sig_f else [], sig_r, sig_f,
+                    str(curve.meta.get("estimator", curve.name)))
+
+
+# =============================================================================== figures and logs
+def plot_depth_profiles(curves: Sequence[Curve], phases: Optional[IDPhases] = None,
+                        path: Optional[PathLike] = None, labels: Optional[Sequence[str]] = None,
+                        title: Optional[str] = None):
+    """One panel per curve (modularity, ID, NC1, …) against depth, sharing the layer axis.
+
+    Each panel shows the mean with its ± std band; with ``phases`` the expansion phase is shaded
+    green and the compression phase red in every panel whose layers contain the phase's layers,
+    and the ID peak is marked.
+
+    Args:
+        curves: :class:`~dyngraph.Curve` objects (any metric).
+        phases: The phases of the ID curve, from :func:`id_phases`.
+        path: Where to save a PNG (atomically).
+        labels: Panel y-labels (default: each curve's name).
+        title: Figure title.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> q = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([0.1, 0.4, 0.7]), name='modularity')
+        >>> i = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([8., 12., 4.]), name='id_twonn')
+        >>> fig = dg.measures.plot_depth_profiles([q, i], phases=dg.measures.id_phases(i))
+        >>> len(fig.axes)
+        2
+    """
+    from ..outputs._plot import _pyplot, save_figure
+    curves = list(curves)
+    if not curves:
+        raise ValueError("curves is empty: give at least one Curve")
+    for i, c in enumerate(curves):
+        if not isinstance(c, Curve):
+            raise TypeError(f"curves[{i}] must be a dyngraph.Curve, got {type(c).__name__}")
+    plt = _pyplot()
+    longest = max(curves, key=len)
+    width = max(6.0, min(16.0, 0.45 * len(longest) + 3))
+    fig, axes = plt.subplots(len(curves), 1, figsize=(width, 2.2 * len(curves) + 1.0),
+                             sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for i, (ax, c) in enumerate(zip(axes, curves)):
+        xs = list(range(len(c)))
+        ax.plot(xs, c.values.tolist(), marker="o", color=f"C{i}")
+        if c.samples.shape[0] > 1:
+            ax.fill_between(xs, (c.values - c.std).tolist(), (c.values + c.std).tolist(),
+                            alpha=0.2, color=f"C{i}")
+        ax.set_ylabel(labels[i] if labels and i < len(labels) else c.name)
+        ax.grid(alpha=0.3)
+        if phases is not None and all(l in c.layers for l in (phases.expansion
+                                                              + phases.compression)):
+            pos = {l: j for j, l in enumerate(c.layers)}
+            if phases.expansion:
+                ax.axvspan(pos[phases.expansion[0]], pos[phases.expansion[-1]], color="tab:green",
+                           alpha=0.12, lw=0)
+            if phases.compression:
+                ax.axvspan(pos[phases.compression[0]], pos[phases.compression[-1]],
+                           color="tab:red", alpha=0.12, lw=0)
+            if phases.peak_layer in pos:
+                ax.axvline(pos[phases.peak_layer], color="k", ls=":", lw=1)
+    axes[-1].set_xticks(range(len(longest)))
+    axes[-1].set_xticklabels(longest.layers, rotation=60, ha="right", fontsize=7)
+    axes[-1].set_xlabel("layer")
+    if title:
+        axes[0].set_title(title)
+    elif phases is not None:
+        axes[0].set_title(f"ID phases ({phases.estimator}): {phases.shape}, peak at "
+                          f"{phases.peak_layer}", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def log_id_phases(writer, id_curve: Curve, others: Sequence[Curve] = (),
+                  phases: Optional[IDPhases] = None, prefix: str = "dyngraph",
+                  figure: bool = True) -> IDPhases:
+    """Logs an ID curve, its phases and other curves (modularity, NC1, …) to TensorBoard.
+
+    Curves go to ``{prefix}/{curve.name}`` (step = layer index, via :func:`dyngraph.log_curves`),
+    so ID and modularity sit side by side; the phases go to ``{prefix}/id_phases/…`` as scalars
+    (``peak_index``, ``peak_value``, ``rise``, ``fall``, ``hunchback``) and as text; with
+    ``figure`` the combined :func:`plot_depth_profiles` figure goes to
+    ``{prefix}/depth_profiles``.
+
+    Args:
+        writer: A ``SummaryWriter``.
+        id_curve: The ID curve.
+        others: Curves to log beside it.
+        phases: Precomputed phases (default: :func:`id_phases` of ``id_curve``).
+        prefix: Tag prefix.
+        figure: Also log figures.
+
+    Returns:
+        The :class:`IDPhases` logged.
+
+    Example:
+        >>> import tempfile, torch, dyngraph as dg
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> i = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([8., 12., 4.]), name='id_twonn')
+        >>> with SummaryWriter(tempfile.mkdtemp()) as w:
+        ...     dg.measures.log_id_phases(w, i, figure=False).shape
+        'hunchback'
+    """
+    from ..outputs._log import log_curves
+    from ..outputs._plot import close
+    if not isinstance(id_curve, Curve):
+        raise TypeError(f"id_curve must be a dyngraph.Curve, got {type(id_curve).__name__}")
+    others = list(others)
+    phases = phases or id_phases(id_curve)
+    log_curves(writer, [id_curve] + others, prefix=prefix, figure=figure)
+    tag = f"{prefix}/id_phases"
+    writer.add_scalar(f"{tag}/peak_index", phases.peak_index, 0)
+    writer.add_scalar(f"{tag}/peak_value", phases.peak_value, 0)
+    writer.add_scalar(f"{tag}/rise", phases.rise, 0)
+    writer.add_scalar(f"{tag}/fall", phases.fall, 0)
+    writer.add_scalar(f"{tag}/hunchback", float(phases.shape == "hunchback"), 0)
+    writer.add_text(tag, f"**{phases.summary()}**\n\n- expansion: {phases.expansion}\n"
+                         f"- compression: {phases.compression}")
+    if figure and callable(getattr(writer, "add_figure", None)):
+        fig = plot_depth_profiles(others + [id_curve], phases=phases)
+        writer.add_figure(f"{prefix}/depth_profiles", fig)
+        close(fig)
+    if callable(getattr(writer, "flush", None)):
+        writer.flush()
+    return phases

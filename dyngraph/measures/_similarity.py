@@ -1,0 +1,1335 @@
+"""Similarity between two representations of the same N inputs, and layer × layer matrices.
+
+Every measure takes two feature matrices ``x [N, Dx]`` and ``y [N, Dy]`` whose rows are the same
+inputs in the same order (``Dx`` and ``Dy`` may differ; inputs with more axes are flattened).
+
+Measures (``higher = more similar`` unless noted):
+
+* ``'cka'`` / ``'cka_unbiased'``: linear CKA (Kornblith et al. 2019), with the biased HSIC
+  (centred Gram matrices) or the unbiased one (Song et al. 2012, written as U-centred Gram
+  matrices as in Székely & Rizzo 2014). Accumulated in float64. Invariant to orthogonal
+  transforms, isotropic scaling and translation of either input.
+* ``'knn_overlap'``: mean Jaccard index of each input's k-nearest-neighbour sets.
+* ``'mutual_knn'``: mutual-kNN alignment of Huh et al. 2024: mean ``|N_x(i) ∩ N_y(i)| / k``.
+* ``'graph'``: graph-based similarity in the spirit of Chen et al. 2021 (GBS): the mean over
+  samples of the cosine between the two weighted adjacency rows of sample ``i`` (kNN graphs with
+  cosine weights, symmetrised as the snapshots are, or the full cosine graph with ``k=None``).
+* ``'modularity_distance'``: ``|Q_x − Q_y|`` (a distance; 0 = same), Q the modularity of each
+  kNN graph with the labels as communities (Lu et al. 2022).
+
+Streaming: :class:`StreamingCKA` accumulates exact sufficient statistics in float64 batch by batch
+(memory ``O(Dx·Dy)``, independent of N); :class:`MinibatchCKA` is the minibatch estimator of
+Nguyen et al. 2021 (mean HSIC over batches, memory ``O(L·B²)``), for whole layer × layer matrices
+streamed from a loader.
+
+Every pairwise value can get a permutation-null p-value (:func:`permutation_test`): the rows of
+``y`` are shuffled relative to ``x``, reusing the per-representation work (Gram matrices, kNN
+lists, graphs), so a permutation costs ``O(N²)`` for CKA and ``O(N·k²)`` or ``O(E log E)`` for the
+graph measures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import coalesce, scatter
+
+from .._io import PathLike
+from .._validate import (check_choice, check_features, check_k, check_labels, check_positive_int,
+                         check_same_device, layer_names)
+from ..graphs._knn import knn, normalize_rows
+from ._modularity import modularity as _modularity
+
+MEASURES = ("cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
+#: Measures where a smaller value means more similar.
+DISTANCES = ("modularity_distance",)
+CKA_FORMS = ("auto", "features", "gram")
+
+_BLOCK = 1 << 24  # elements per temporary block in blocked loops
+
+
+# ================================================================================== input checks
+def _flat(x: Tensor, name: str) -> Tensor:
+    check_features(x, name, ndim=None, min_rows=2)
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be [N, D] (or [N, ...], flattened), got shape "
+                         f"{tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1)
+
+
+def _check_pair(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    x, y = _flat(x, "x"), _flat(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same N inputs in the same order; got x with "
+                         f"N={x.shape[0]} rows and y with N={y.shape[0]} rows")
+    check_same_device(x=x, y=y)
+    return x, y
+
+
+def _check_measure(measure: str) -> str:
+    return check_choice(measure, "measure", MEASURES)
+
+
+def _check_k_opt(k, n: int, name: str = "k") -> Optional[int]:
+    if k is None:
+        return None
+    return check_k(k, n, name)
+
+
+# ================================================================================== linear CKA
+def _centered(x: Tensor) -> Tensor:
+    x = x.to(torch.float64)
+    return x - x.mean(0, keepdim=True)
+
+
+def u_center(gram: Tensor) -> Tensor:
+    """U-centres a symmetric Gram matrix (Székely & Rizzo 2014), in its own dtype.
+
+    With ``Ũ = u_center(K)``, the unbiased HSIC estimator of Song et al. (2012) is
+    ``⟨Ũ_K, Ũ_L⟩ / (n (n − 3))``.
+
+    Args:
+        gram: ``[N, N]`` symmetric, ``N >= 4``.
+
+    Returns:
+        ``[N, N]`` with a zero diagonal and zero row sums.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> u = dg.metrics.similarity.u_center(x @ x.T)
+        >>> bool(u.diagonal().abs().max() == 0), bool(u.sum(1).abs().max() < 1e-12)
+        (True, True)
+    """
+    n = gram.shape[0]
+    if gram.dim() != 2 or gram.shape[1] != n:
+        raise ValueError(f"gram must be square [N, N], got shape {tuple(gram.shape)}")
+    if n < 4:
+        raise ValueError(f"U-centring needs N >= 4 samples, got N={n}")
+    k = gram.clone()
+    k.fill_diagonal_(0)
+    row = k.sum(1)
+    total = row.sum()
+    u = k - row.unsqueeze(1) / (n - 2) - row.unsqueeze(0) / (n - 2) + total / ((n - 1) * (n - 2))
+    u.fill_diagonal_(0)
+    return u
+
+
+class _CKAState:
+    """One representation's share of linear CKA, computed once (float64).
+
+    ``form='features'`` keeps the centred features ``[N, D]`` (cheaper when ``D <= N``);
+    ``form='gram'`` keeps the centred (biased) or U-centred (unbiased) Gram ``[N, N]``.
+    ``self_hsic`` is the unnormalised HSIC of the representation with itself.
+    """
+
+    def __init__(self, x: Tensor, unbiased: bool, name: str = "x", form: str = "auto"):
+        check_choice(form, "cka_form", CKA_FORMS)
+        n, d = x.shape
+        if unbiased and n < 4:
+            raise ValueError(f"unbiased CKA needs at least 4 samples, got N={n} rows in {name}")
+        self.n, self.unbiased, self.name = n, bool(unbiased), name
+        if form == "auto":
+            form = "features" if d <= n else "gram"
+        self.form = form
+        xc = _centered(x)
+        self.row_sq = (xc * xc).sum(1)                      # diag of K, [N]
+        self.trace = self.row_sq.sum()                      # tr(K)
+        if form == "features":
+            self.xc, self.gram = xc, None
+        else:
+            k = xc @ xc.T
+            self.xc, self.gram = None, (u_center(k) if unbiased else k)
+        self.self_hsic = _hsic(self, self)
+        scale = float(self.trace) ** 2
+        if not scale > 0 or not float(self.self_hsic) > 1e-12 * scale:
+            if not scale > 0:
+                raise ValueError(f"{name} has zero variance (every row is the same after "
+                                 f"centring); CKA is undefined")
+            raise ValueError(f"{'unbiased' if unbiased else 'biased'} HSIC({name}, {name}) = "
+                             f"{float(self.self_hsic):.3g} is not positive; CKA is undefined "
+                             f"(too few samples or degenerate features: use unbiased=False or "
+                             f"more samples)")
+
+    def gram_matrix(self) -> Tensor:
+        """The (U-)centred Gram; built once from the features when first needed (pairs with a
+        Gram-form state), then kept."""
+        if self.gram is not None:
+            return self.gram
+        if getattr(self, "_gram_cache", None) is None:
+            k = self.xc @ self.xc.T
+            self._gram_cache = u_center(k) if self.unbiased else k
+        return self._gram_cache
+
+
+def _hsic(a: _CKAState, b: _CKAState) -> Tensor:
+    """Unnormalised HSIC: ``⟨HKH, HLH⟩`` (biased) or ``⟨Ũ_K, Ũ_L⟩ = n(n−3)·HSIC_u`` (unbiased)."""
+    if a.xc is not None and b.xc is not None:
+        cross = a.xc.T @ b.xc if a.xc.shape[1] * b.xc.shape[1] <= a.n * a.n else None
+        if cross is not None:
+            h = (cross * cross).sum()
+        else:  # ‖XᵀY‖²_F = ⟨XXᵀ, YYᵀ⟩ when the feature product would be larger than N²
+            h = ((a.xc @ a.xc.T) * (b.xc @ b.xc.T)).sum()
+        if a.unbiased:
+            n = a.n
+            h = (h + a.trace * b.trace / ((n - 1) * (n - 2))
+                 - n / (n - 2) * (a.row_sq * b.row_sq).sum())
+        return h
+    return (a.gram_matrix() * b.gram_matrix()).sum()
+
+
+def _cka_from_states(a: _CKAState, b: _CKAState) -> float:
+    return float(_hsic(a, b) / torch.sqrt(a.self_hsic * b.self_hsic))
+
+
+def linear_cka(x: Tensor, y: Tensor, unbiased: bool = False, form: str = "auto") -> float:
+    r"""Linear centred kernel alignment between two representations of the same inputs.
+
+    ``CKA(X, Y) = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))`` with ``K = XXᵀ``, ``L = YYᵀ``
+    (Kornblith et al. 2019). Biased: ``HSIC ∝ tr(HKH·HLH) = ‖XcᵀYc‖²_F`` (``Xc`` column-centred).
+    Unbiased: the U-statistic of Song et al. (2012), ``HSIC_u ∝ ⟨Ũ_K, Ũ_L⟩``; it can be slightly
+    negative for unrelated inputs. Computed in float64 in feature space (``D <= N``) or with
+    ``N × N`` Gram matrices (``D > N``), whichever is smaller.
+
+    Args:
+        x: ``[N, Dx]`` (or ``[N, ...]``, flattened), finite floats.
+        y: ``[N, Dy]``, the same inputs in the same order.
+        unbiased: Use the unbiased HSIC estimator (needs ``N >= 4``).
+        form: ``'auto'``, ``'features'`` or ``'gram'`` (the computation path; same value).
+
+    Returns:
+        CKA as a float; 1 for ``y = x·Q·s + b`` (``Q`` orthogonal, ``s > 0``).
+
+    Raises:
+        ValueError: different N, non-finite values, or a representation with zero variance
+            (CKA undefined) — never a NaN.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(100, 8, generator=g)
+        >>> q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+        >>> round(dg.measures.linear_cka(x, 3 * x @ q + 1), 6)
+        1.0
+        >>> dg.measures.linear_cka(x, torch.randn(100, 8, generator=g)) < 0.2
+        True
+    """
+    x, y = _check_pair(x, y)
+    a = _CKAState(x, unbiased, "x", form)
+    b = _CKAState(y, unbiased, "y", form)
+    return _cka_from_states(a, b)
+
+
+class StreamingCKA:
+    """Exact linear CKA (biased or unbiased) of ``(x, y)`` accumulated batch by batch in float64.
+
+    Keeps sufficient statistics (``XᵀY``, ``XᵀX``, ``YᵀY``, column sums and row-norm moments,
+    rows shifted by the first batch's means against cancellation), so memory is
+    ``O(Dx·Dy + Dx² + Dy²)`` whatever N is, and :meth:`compute` equals :func:`linear_cka` on the
+    concatenated batches up to float64 rounding.
+
+    Args:
+        unbiased: Unbiased HSIC estimator (Song et al. 2012).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(300, 5, generator=g), torch.randn(300, 7, generator=g)
+        >>> acc = dg.measures.StreamingCKA()
+        >>> for i in range(0, 300, 64):
+        ...     acc.update(x[i:i + 64], y[i:i + 64])
+        >>> abs(acc.compute() - dg.measures.linear_cka(x, y)) < 1e-10
+        True
+    """
+
+    def __init__(self, unbiased: bool = False):
+        self.unbiased = bool(unbiased)
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self._shift: Optional[Tuple[Tensor, Tensor]] = None
+        self._s: Dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"StreamingCKA(unbiased={self.unbiased}, n={self.n})"
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Adds a batch of rows ``x [B, Dx]``, ``y [B, Dy]`` (the same B inputs)."""
+        check_features(x, "x", ndim=None, min_rows=1)
+        check_features(y, "y", ndim=None, min_rows=1)
+        if x.dim() < 2 or y.dim() < 2:
+            raise ValueError(f"x and y must be [B, D] batches, got shapes {tuple(x.shape)} and "
+                             f"{tuple(y.shape)}")
+        x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same rows in a batch, got {x.shape[0]} and "
+                             f"{y.shape[0]}")
+        check_same_device(x=x, y=y)
+        x, y = x.to(torch.float64), y.to(torch.float64)
+        if self._shift is None:
+            self._shift = (x.mean(0), y.mean(0))
+            z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=x.device)  # noqa: E731
+            dx, dy = x.shape[1], y.shape[1]
+            self._s = {"sx": z(dx), "sy": z(dy), "xty": z(dx, dy), "xtx": z(dx, dx),
+                       "yty": z(dy, dy), "rx": z(()), "ry": z(()), "rxry": z(()), "rx2": z(()),
+                       "ry2": z(()), "x_ry": z(dx), "y_rx": z(dy), "x_rx": z(dx), "y_ry": z(dy)}
+        sx0, sy0 = self._shift
+        if x.shape[1] != sx0.numel() or y.shape[1] != sy0.numel():
+            raise ValueError(f"feature sizes changed between batches: first ({sx0.numel()}, "
+                             f"{sy0.numel()}), now ({x.shape[1]}, {y.shape[1]})")
+        x, y = x - sx0, y - sy0
+        rx, ry = (x * x).sum(1), (y * y).sum(1)
+        s = self._s
+        s["sx"] += x.sum(0)
+        s["sy"] += y.sum(0)
+        s["xty"] += x.T @ y
+        s["xtx"] += x.T @ x
+        s["yty"] += y.T @ y
+        s["rx"] += rx.sum()
+        s["ry"] += ry.sum()
+        s["rxry"] += (rx * ry).sum()
+        s["rx2"] += (rx * rx).sum()
+        s["ry2"] += (ry * ry).sum()
+        s["x_ry"] += x.T @ ry
+        s["y_rx"] += y.T @ rx
+        s["x_rx"] += x.T @ rx
+        s["y_ry"] += y.T @ ry
+        self.n += x.shape[0]
+
+    @staticmethod
+    def _centred_terms(n, sa, sb, atb, ra, rb, rarb, a_rb, b_ra):
+        """From shifted sums: ``‖AcᵀBc‖²``, ``Σ‖ac_i‖²``, ``Σ‖bc_i‖²``, ``Σ‖ac_i‖²‖bc_i‖²``."""
+        ma, mb = sa / n, sb / n
+        cross = atb - n * torch.outer(ma, mb)
+        ma2, mb2 = ma @ ma, mb @ mb
+        tra, trb = ra - n * ma2, rb - n * mb2
+        # Σ (ra_i − 2 a_i·ma + |ma|²)(rb_i − 2 b_i·mb + |mb|²)
+        rr = (rarb - 2 * mb @ b_ra + mb2 * ra - 2 * ma @ a_rb + 4 * ma @ atb @ mb
+              - 2 * mb2 * (ma @ sa) + ma2 * rb - 2 * ma2 * (mb @ sb) + n * ma2 * mb2)
+        return (cross * cross).sum(), tra, trb, rr
+
+    def _hsic(self, n, f, tra, trb, rr) -> Tensor:
+        if not self.unbiased:
+            return f
+        return f + tra * trb / ((n - 1) * (n - 2)) - n / (n - 2) * rr
+
+    def compute(self) -> float:
+        """CKA of everything seen so far."""
+        n = self.n
+        if n < (4 if self.unbiased else 2):
+            raise ValueError(f"StreamingCKA has seen {n} rows; need at least "
+                             f"{4 if self.unbiased else 2}")
+        s = self._s
+        fxy, trx, try_, rxy = self._centred_terms(n, s["sx"], s["sy"], s["xty"], s["rx"], s["ry"],
+                                                  s["rxry"], s["x_ry"], s["y_rx"])
+        fxx, _, _, rxx = self._centred_terms(n, s["sx"], s["sx"], s["xtx"], s["rx"], s["rx"],
+                                             s["rx2"], s["x_rx"], s["x_rx"])
+        fyy, _, _, ryy = self._centred_terms(n, s["sy"], s["sy"], s["yty"], s["ry"], s["ry"],
+                                             s["ry2"], s["y_ry"], s["y_ry"])
+        hxy = self._hsic(n, fxy, trx, try_, rxy)
+        hxx = self._hsic(n, fxx, trx, trx, rxx)
+        hyy = self._hsic(n, fyy, try_, try_, ryy)
+        for name, h, tr in (("x", hxx, trx), ("y", hyy, try_)):
+            if not float(tr) > 0 or not float(h) > 1e-12 * float(tr) ** 2:
+                raise ValueError(f"HSIC({name}, {name}) = {float(h):.3g} is not positive over the "
+                                 f"{n} rows seen (zero variance or too few samples); CKA is "
+                                 f"undefined")
+        return float(hxy / torch.sqrt(hxx * hyy))
+
+
+def _as_layer_list(feats, name: str) -> List[Tensor]:
+    if isinstance(feats, Tensor):
+        return [feats]
+    if isinstance(feats, Mapping):
+        feats = list(feats.values())
+    if not isinstance(feats, (list, tuple)) or not feats:
+        raise TypeError(f"{name} must be a Tensor or a non-empty list/dict of Tensors [B, ...], "
+                        f"got {type(feats).__name__}")
+    for i, f in enumerate(feats):
+        if not isinstance(f, Tensor):
+            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(f).__name__}")
+    return list(feats)
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA (Nguyen, Raghu & Kornblith 2021) for whole layer × layer matrices.
+
+    Each batch contributes ``HSIC(K_i, L_j)`` for every pair of layers, from its own ``B × B``
+    Gram matrices (U-centred for the unbiased estimator, the default and the paper's choice);
+    the result is ``mean_b HSIC(K, L) / sqrt(mean_b HSIC(K, K) · mean_b HSIC(L, L))``, an
+    estimate of the population CKA that needs only one batch of features at a time (memory
+    ``O(L·B²)``). Sums are float64.
+
+    Args:
+        unbiased: Unbiased HSIC per batch (batches need ``B >= 4``).
+        float64_gram: Compute each batch's Gram product in float64 even for float32 features
+            (default: features are centred in float64, the product runs in float32, and the
+            U-centring and all sums run in float64 — about 2× faster, ~1e-7 relative error).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(512, 16, generator=g)
+        >>> layers = [x, x @ torch.randn(16, 32, generator=g), torch.randn(512, 8, generator=g)]
+        >>> acc = dg.measures.MinibatchCKA()
+        >>> for i in range(0, 512, 128):
+        ...     acc.update([f[i:i + 128] for f in layers])
+        >>> m = acc.compute()
+        >>> m.shape, round(float(m[0, 0]), 6), bool(m[0, 2] < 0.1)
+        (torch.Size([3, 3]), 1.0, True)
+    """
+
+    def __init__(self, unbiased: bool = True, float64_gram: bool = False):
+        self.unbiased = bool(unbiased)
+        self.float64_gram = bool(float64_gram)
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_batches = 0
+        self.n_rows = 0
+        self.cross: Optional[Tensor] = None
+        self.self_x: Optional[Tensor] = None
+        self.self_y: Optional[Tensor] = None
+        self._symmetric: Optional[bool] = None
+
+    def __repr__(self) -> str:
+        return (f"MinibatchCKA(unbiased={self.unbiased}, batches={self.n_batches}, "
+                f"rows={self.n_rows})")
+
+    def _grams(self, feats: List[Tensor], name: str) -> Tensor:
+        b = feats[0].shape[0]
+        out = []
+        for i, f in enumerate(feats):
+            if f.shape[0] != b:
+                raise ValueError(f"{name}[{i}] has {f.shape[0]} rows, {name}[0] has {b}: every "
+                                 f"layer must hold the same batch")
+            if not isinstance(f, Tensor) or not f.is_floating_point():
+                raise TypeError(f"{name}[{i}] must be a floating-point Tensor, got "
+                                f"{getattr(f, 'dtype', type(f).__name__)}")
+            f = f.reshape(b, -1)
+            # Centre in float64 (this removes the cancellation that makes uncentred float32
+            # HSIC go negative); the Gram product then runs in the input's precision (at least
+            # float32) and everything after it — U-centring, HSIC sums — in float64.
+            xc = _centered(f)
+            if f.dtype != torch.float64 and not self.float64_gram:
+                k = (xc.float() @ xc.float().T).double()
+            else:
+                k = xc @ xc.T
+            if not bool(torch.isfinite(k).all()):
+                raise ValueError(f"{name}[{i}] contains NaN or inf values")
+            # ⟨k_x, k_y⟩ must be this batch's HSIC: ⟨Ũ_K, Ũ_L⟩ / (b(b−3)) or ⟨HKH, HLH⟩ / (b−1)²,
+            # so each Gram carries the square root of the normaliser.
+            k = u_center(k) / math.sqrt(b * (b - 3)) if self.unbiased else k / (b - 1)
+            out.append(k.reshape(-1))
+        return torch.stack(out)
+
+    def update(self, xs: Union[Tensor, Sequence[Tensor]],
+               ys: Optional[Union[Tensor, Sequence[Tensor]]] = None) -> None:
+        """Adds one batch: ``xs`` (a list of ``[B, ...]``, one per layer of model A) and optionally
+        ``ys`` (model B's layers on the same B inputs); without ``ys`` the matrix is A × A."""
+        xs = _as_layer_list(xs, "xs")
+        b = xs[0].shape[0]
+        if b < (4 if self.unbiased else 2):
+            raise ValueError(f"a batch of {b} rows is too small for the "
+                             f"{'unbiased' if self.unbiased else 'biased'} HSIC (needs >= "
+                             f"{4 if self.unbiased else 2}); drop it or use larger batches")
+        symmetric = ys is None
+        if self._symmetric is not None and symmetric != self._symmetric:
+            raise ValueError("update() was called both with and without ys; use one form")
+        self._symmetric = symmetric
+        gx = self._grams(xs, "xs")
+        if symmetric:
+            gy = gx
+        else:
+            ys = _as_layer_list(ys, "ys")
+            if ys[0].shape[0] != b:
+                raise ValueError(f"xs and ys must hold the same batch, got {b} and "
+                                 f"{ys[0].shape[0]} rows")
+            check_same_device(xs=xs[0], ys=ys[0])
+            gy = self._grams(ys, "ys")
+        cross = gx @ gy.T
+        sx, sy = (gx * gx).sum(1), (gy * gy).sum(1)
+        if self.cross is None:
+            self.cross, self.self_x, self.self_y = cross, sx, sy
+        else:
+            if cross.shape != self.cross.shape:
+                raise ValueError(f"the number of layers changed between batches: "
+                                 f"{tuple(self.cross.shape)} then {tuple(cross.shape)}")
+            self.cross += cross
+            self.self_x += sx
+            self.self_y += sy
+        self.n_batches += 1
+        self.n_rows += b
+
+    def compute(self) -> Tensor:
+        """The float64 CKA matrix ``[Lx, Ly]``."""
+        if self.cross is None:
+            raise ValueError("MinibatchCKA.compute() before any update()")
+        for name, s in (("xs", self.self_x), ("ys", self.self_y)):
+            bad = (s <= 0).nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(f"mean HSIC of {name}[{bad[0]}] with itself is "
+                                 f"{float(s[bad[0]]):.3g} <= 0 over {self.n_batches} batches (a constant layer or too few "
+                                 f"samples); CKA is undefined for layers {bad[:10]}")
+        return self.cross / torch.sqrt(torch.outer(self.self_x, self.self_y))
+
+
+# ================================================================================== kNN measures
+def _knn_lists(x: Tensor, k: int, metric: str, backend: str, name: str = "x"
+               ) -> Tuple[Tensor, Tensor]:
+    try:
+        return knn(x, k, metric=metric, backend=backend)
+    except ValueError as exc:
+        if name == "x":
+            raise
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _overlap_counts(ia: Tensor, ib: Tensor) -> Tensor:
+    """``|row_i(ia) ∩ row_i(ib)|`` for index lists ``[..., N, ka]``, ``[..., N, kb]`` (blocked)."""
+    ka, kb = ia.shape[-1], ib.shape[-1]
+    flat_a = ia.reshape(-1, ka)
+    flat_b = ib.reshape(-1, kb)
+    step = max(1, _BLOCK // max(ka * kb, 1))
+    out = torch.empty(flat_a.shape[0], dtype=torch.long, device=ia.device)
+    for s in range(0, flat_a.shape[0], step):
+        eq = flat_a[s:s + step].unsqueeze(2) == flat_b[s:s + step].unsqueeze(1)
+        out[s:s + step] = eq.sum((1, 2))
+    return out.reshape(ia.shape[:-1])
+
+
+def _knn_pair(x: Tensor, y: Tensor, k: int, metric: str, backend: str) -> Tuple[Tensor, Tensor]:
+    x, y = _check_pair(x, y)
+    check_k(k, x.shape[0])
+    check_choice(metric, "metric", ("cosine", "euclidean"))
+    return _knn_lists(x, k, metric, backend)[1], _knn_lists(y, k, metric, backend, "y")[1]
+
+
+def knn_overlap(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
+                backend: str = "auto") -> float:
+    """Mean Jaccard index of each input's k-nearest-neighbour sets in ``x`` and in ``y``.
+
+    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / |N_x(i) ∪ N_y(i)|`` with exact kNN from :func:`dyngraph.knn`
+    (no self-neighbour, ties to the smaller index).
+
+    Args:
+        x: ``[N, Dx]``.
+        y: ``[N, Dy]``, the same inputs.
+        k: Neighbours, ``1 <= k < N``.
+        metric: ``'cosine'`` (invariant to rotation and isotropic scaling) or ``'euclidean'``.
+        backend: kNN backend (see :func:`dyngraph.knn`).
+
+    Returns:
+        A float in ``[0, 1]``; 1 when the neighbour sets are identical.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+        >>> dg.measures.knn_overlap(x, 2 * x, k=5)
+        1.0
+    """
+    ia, ib = _knn_pair(x, y, k, metric, backend)
+    inter = _overlap_counts(ia, ib).double()
+    return float((inter / (2 * k - inter)).mean())
+
+
+def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
+               backend: str = "auto") -> float:
+    """Mutual k-nearest-neighbour alignment (Huh, Cheung, Wang & Isola 2024).
+
+    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / k``: the average share of each input's k nearest neighbours
+    that the two representations agree on. Huh et al. L2-normalise the features and rank by inner
+    product, which is ``metric='cosine'`` here.
+
+    Args:
+        x: ``[N, Dx]``.
+        y: ``[N, Dy]``, the same inputs.
+        k: Neighbours, ``1 <= k < N``.
+        metric: ``'cosine'`` (the paper) or ``'euclidean'``.
+        backend: kNN backend.
+
+    Returns:
+        A float in ``[0, 1]``; about ``k / (N − 1)`` for unrelated representations.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(200, 8, generator=g)
+        >>> dg.measures.mutual_knn(x, x, k=10), dg.measures.mutual_knn(x, torch.randn(200, 8, generator=g)) < 0.2
+        (1.0, True)
+    """
+    ia, ib = _knn_pair(x, y, k, metric, backend)
+    return float(_overlap_counts(ia, ib).double().mean() / k)
+
+
+# ================================================================================== graph measure
+def _directed_from_knn(vals: Tensor, idx: Tensor, metric: str, weighted: bool
+                       ) -> Tuple[Tensor, Tensor]:
+    """The layout of :func:`dyngraph.knn_graph` from precomputed kNN lists (no recomputation)."""
+    n, k = idx.shape
+    target = torch.arange(n, device=idx.device).repeat_interleave(k)
+    ei = torch.stack([idx.reshape(-1), target])
+    if metric == "cosine" and weighted:
+        w = vals.reshape(-1)
+    else:
+        w = torch.ones(n * k, dtype=vals.dtype, device=vals.device)
+    return ei, w
+
+
+def _graph_from_knn(vals: Tensor, idx: Tensor, metric: str, symmetrize: Optional[str],
+                    weighted: bool = True) -> Tuple[Tensor, Tensor]:
+    from ..graphs._graph import symmetrize as _sym
+    n = idx.shape[0]
+    ei, w = _directed_from_knn(vals, idx, metric, weighted)
+    if symmetrize is not None:
+        return _sym(ei, w, n, symmetrize)
+    return ei.flip(0), w          # directed: row i holds i's own k neighbours
+
+
+class _SparseRows:
+    """A graph's adjacency rows as sorted keys ``row·N + col`` with weights and row norms."""
+
+    def __init__(self, edge_index: Tensor, edge_weight: Tensor, num_nodes: int, name: str):
+        ei, w = coalesce(edge_index, edge_weight.to(torch.float64), num_nodes, reduce="sum")
+        self.n = num_nodes
+        self.row, self.col, self.w = ei[0], ei[1], w
+        self.key = ei[0] * num_nodes + ei[1]
+        self.norm = scatter(w * w, ei[0], dim=0, dim_size=num_nodes, reduce="sum").sqrt()
+        zero = self.norm <= 0
+        if bool(zero.any()):
+            bad = zero.nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{name}: {int(zero.sum())} nodes have an all-zero adjacency row "
+                             f"(e.g. {bad}); the row cosine is undefined. Use weighted=False or a "
+                             f"larger k")
+
+
+def _row_cosine(a: _SparseRows, b: _SparseRows) -> Tensor:
+    """Per-row cosine ``[N]`` between two sparse adjacency matrices on the same nodes."""
+    pos = torch.searchsorted(b.key, a.key).clamp_max(max(b.key.numel() - 1, 0))
+    hit = b.key[pos] == a.key
+    dot = scatter(a.w[hit] * b.w[pos[hit]], a.row[hit], dim=0, dim_size=a.n, reduce="sum")
+    return dot / (a.norm * b.norm)
+
+
+def _dense_row_cosine(x: Tensor, y: Tensor, chunk_size: Optional[int] = None) -> Tensor:
+    """Row cosine between full cosine-similarity graphs (no self-loops), blocked in rows."""
+    xn = normalize_rows(x.to(torch.float64), "x")
+    yn = normalize_rows(y.to(torch.float64), "y")
+    n = x.shape[0]
+    step = chunk_size or max(1, _BLOCK // max(n, 1))
+    out = torch.empty(n, dtype=torch.float64, device=x.device)
+    for s in range(0, n, step):
+        sx, sy = xn[s:s + step] @ xn.T, yn[s:s + step] @ yn.T
+        rows = torch.arange(sx.shape[0], device=x.device)
+        sx[rows, rows + s] = 0
+        sy[rows, rows + s] = 0
+        den = sx.norm(dim=1) * sy.norm(dim=1)
+        if bool((den <= 0).any()):
+            raise ValueError("a sample has zero cosine similarity to every other sample; the row "
+                             "cosine is undefined")
+        out[s:s + step] = (sx * sy).sum(1) / den
+    return out
+
+
+def adjacency_cosine(edge_index_a: Tensor, edge_weight_a: Optional[Tensor], edge_index_b: Tensor,
+                     edge_weight_b: Optional[Tensor], num_nodes: int,
+                     reduce: str = "mean") -> Union[float, Tensor]:
+    """Row-wise cosine between two weighted adjacency matrices on the same nodes (sparse).
+
+    Args:
+        edge_index_a, edge_index_b: ``[2, E_a]``, ``[2, E_b]`` (duplicates are summed).
+        edge_weight_a, edge_weight_b: ``[E]`` weights, or ``None`` for 1.
+        num_nodes: ``N``.
+        reduce: ``'mean'`` (a float) or ``'none'`` (``[N]`` per node, float64).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+        >>> dg.metrics.similarity.adjacency_cosine(ei, None, ei, None, 3)
+        1.0
+    """
+    from .._validate import check_edge_index, check_edge_weight
+    check_choice(reduce, "reduce", ("mean", "none"))
+    rows = []
+    for tag, ei, w in (("a", edge_index_a, edge_weight_a), ("b", edge_index_b, edge_weight_b)):
+        ei = check_edge_index(ei, f"edge_index_{tag}")
+        w = torch.ones(ei.shape[1], device=ei.device) if w is None else \
+            check_edge_weight(w, ei.shape[1], f"edge_weight_{tag}")
+        if ei.numel() and int(ei.max()) >= num_nodes:
+            raise ValueError(f"edge_index_{tag} refers to node {int(ei.max())} but num_nodes="
+                             f"{num_nodes}")
+        rows.append(_SparseRows(ei, w, num_nodes, f"graph {tag}"))
+    cos = _row_cosine(rows[0], rows[1])
+    return float(cos.mean()) if reduce == "mean" else cos
+
+
+def graph_similarity(x: Tensor, y: Tensor, k: Optional[int] = 10, metric: str = "cosine",
+                     symmetrize: Optional[str] = "mean", weighted: bool = True,
+                     backend: str = "auto") -> float:
+    """Graph-based similarity (after Chen et al. 2021, GBS): mean row-wise cosine between the
+    adjacency matrices of the two representations' sample graphs.
+
+    Each representation becomes a kNN graph of the samples built exactly like the dyngraph
+    snapshots (cosine weights, ``(A + Aᵀ)/2`` by default); sample ``i`` then has one adjacency row
+    in each graph, and the measure is ``(1/N) Σ_i cos(A_x[i], A_y[i])``. With ``k=None`` the graph
+    is the full cosine-similarity matrix (no self-loops), computed in bounded row blocks.
+
+    Invariant to orthogonal transforms and isotropic scaling of either input (cosine weights).
+
+    Args:
+        x: ``[N, Dx]``.
+        y: ``[N, Dy]``, the same inputs.
+        k: Neighbours per sample, or ``None`` for the full graph.
+        metric: ``'cosine'`` (weights = cosine) or ``'euclidean'`` (unit weights).
+        symmetrize: ``'mean'`` (the snapshot convention), ``'max'``, ``'add'``, ``'mutual'`` or
+            ``None`` (directed rows: each row holds its k out-neighbours).
+        weighted: Use the cosine weights; ``False`` gives unit weights.
+        backend: kNN backend.
+
+    Returns:
+        A float in ``[-1, 1]`` (``[0, 1]`` for non-negative weights); 1 for identical graphs.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(100, 6, generator=g)
+        >>> q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
+        >>> round(dg.measures.graph_similarity(x, 5 * x @ q, k=5), 6)
+        1.0
+    """
+    x, y = _check_pair(x, y)
+    check_choice(metric, "metric", ("cosine", "euclidean"))
+    if k is None:
+        if metric != "cosine":
+            raise ValueError("k=None (the full graph) needs metric='cosine'")
+        return float(_dense_row_cosine(x, y).mean())
+    check_k(k, x.shape[0])
+    if symmetrize is not None:
+        from ..graphs._graph import SYMMETRIZE
+        check_choice(symmetrize, "symmetrize", SYMMETRIZE)
+    ra = _rows_for(x, k, metric, symmetrize, weighted, backend, "x")
+    rb = _rows_for(y, k, metric, symmetrize, weighted, backend, "y")
+    return float(_row_cosine(ra, rb).mean())
+
+
+def _rows_for(x, k, metric, symmetrize, weighted, backend, name) -> _SparseRows:
+    vals, idx = _knn_lists(x, k, metric, backend, name)
+    ei, w = _graph_from_knn(vals, idx, metric, symmetrize, weighted)
+    return _SparseRows(ei, w, x.shape[0], name)
+
+
+# ================================================================================== modularity
+def _snapshot_q(x: Tensor, labels: Tensor, k: int, metric: str, symmetrize: str, backend: str,
+                resolution: float, name: str = "x"):
+    vals, idx = _knn_lists(x, k, metric, backend, name)
+    ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
+    return _modularity(ei, labels, w, num_nodes=x.shape[0], resolution=resolution), ei, w
+
+
+def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric: str = "cosine",
+                        symmetrize: str = "mean", backend: str = "auto",
+                        resolution: float = 1.0) -> float:
+    """``|Q_x − Q_y|``: the modularity distance between two representations (Lu et al. 2022).
+
+    Q is the weighted Newman modularity of each representation's kNN snapshot (built as
+    :func:`dyngraph.build_snapshot` builds it: reference conventions by default) with the labels
+    as communities. A distance: 0 for representations whose classes are equally separated. It is
+    a coarse, one-number summary: unrelated representations with the same Q are at distance 0.
+
+    Args:
+        x: ``[N, Dx]``.
+        y: ``[N, Dy]``, the same inputs.
+        labels: ``[N]`` integer classes.
+        k, metric, symmetrize, backend: Snapshot settings (reference: 3, cosine, mean).
+        resolution: Modularity resolution ``γ``.
+
+    Returns:
+        A float ``>= 0``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(120) % 3
+        >>> a = torch.randn(120, 8, generator=g) + 4 * torch.eye(8)[y]
+        >>> dg.measures.modularity_distance(a, 2 * a, y)
+        0.0
+    """
+    x, y = _check_pair(x, y)
+    labels = check_labels(labels, x.shape[0], "labels")
+    check_same_device(x=x, labels=labels)
+    check_k(k, x.shape[0])
+    qx = _snapshot_q(x, labels, k, metric, symmetrize, backend, resolution)[0]
+    qy = _snapshot_q(y, labels, k, metric, symmetrize, backend, resolution, "y")[0]
+    return abs(qx - qy)
+
+
+# ================================================================================== summaries
+class RepresentationSummary:
+    """Everything the pairwise measures need from one representation, computed once.
+
+    Holds the CKA state(s) (centred features or Gram matrices, float64), the kNN lists at
+    ``max(k, modularity_k)``, the adjacency rows of the kNN graph and the modularity Q. Pairwise
+    values then cost no feature access: this is how :func:`similarity_matrices` and
+    :func:`dyngraph.compare` fill layer × layer and model × model matrices.
+
+    Args:
+        x: ``[N, ...]`` features.
+        measures: Which measures to prepare (a subset of ``MEASURES``).
+        labels: ``[N]`` classes (needed for ``'modularity_distance'``).
+        k: Neighbours for ``'knn_overlap'``, ``'mutual_knn'`` and ``'graph'``.
+        metric: kNN metric.
+        symmetrize: Graph symmetrisation for ``'graph'`` and the modularity snapshot.
+        modularity_k: Neighbours of the modularity snapshot (reference: 3).
+        backend: kNN backend.
+        cka_form: ``'auto'``, ``'features'`` or ``'gram'``.
+        name: For messages.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> from dyngraph.measures._similarity import RepresentationSummary, summary_similarity
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(80, 5, generator=g)
+        >>> a = RepresentationSummary(x, measures=['cka', 'mutual_knn'], k=5)
+        >>> b = RepresentationSummary(2 * x, measures=['cka', 'mutual_knn'], k=5)
+        >>> round(summary_similarity(a, b, 'cka'), 6), summary_similarity(a, b, 'mutual_knn')
+        (1.0, 1.0)
+    """
+
+    def __init__(self, x: Tensor, measures: Sequence[str] = MEASURES,
+                 labels: Optional[Tensor] = None, k: int = 10, metric: str = "cosine",
+                 symmetrize: Optional[str] = "mean", modularity_k: int = 3,
+                 backend: str = "auto", cka_form: str = "auto", name: str = "x",
+                 resolution: float = 1.0):
+        x = _flat(x, name)
+        measures = [_check_measure(m) for m in measures]
+        check_choice(metric, "metric", ("cosine", "euclidean"))
+        n = x.shape[0]
+        self.n, self.name, self.measures = n, name, list(measures)
+        self.k, self.metric, self.symmetrize = k, metric, symmetrize
+        self.modularity_k, self.resolution = modularity_k, resolution
+        self.cka = _CKAState(x, False, name, cka_form) if "cka" in measures else None
+        self.cka_u = _CKAState(x, True, name, cka_form) if "cka_unbiased" in measures else None
+        need_knn = [m for m in measures if m in ("knn_overlap", "mutual_knn", "graph")]
+        kk = []
+        if need_knn:
+            kk.append(check_k(k, n))
+        if "modularity_distance" in measures:
+            kk.append(check_k(modularity_k, n, "modularity_k"))
+            if labels is None:
+                raise ValueError("measure 'modularity_distance' needs labels")
+        self.labels = None if labels is None else check_labels(labels, n, "labels")
+        self.knn_vals = self.knn_idx = None
+        self.rows: Optional[_SparseRows] = None
+        self.q: Optional[float] = None
+        self.q_graph: Optional[Tuple[Tensor, Tensor]] = None
+        if kk:
+            self.knn_vals, self.knn_idx = _knn_lists(x, max(kk), metric, backend, name)
+        if "graph" in measures:
+            ei, w = _graph_from_knn(self.knn_vals[:, :k], self.knn_idx[:, :k], metric, symmetrize)
+            self.rows = _SparseRows(ei, w, n, name)
+        if "modularity_distance" in measures:
+            mk = modularity_k
+            ei, w = _graph_from_knn(self.knn_vals[:, :mk], self.knn_idx[:, :mk], metric,
+                                    symmetrize or "mean")
+            self.q_graph = (ei, w)
+            self.q = _modularity(ei, self.labels.to(ei.device), w, num_nodes=n,
+                                 resolution=resolution)
+        # Only the kNN lists the measures use are kept.
+        if self.knn_idx is not None and not [m for m in measures
+                                             if m in ("knn_overlap", "mutual_knn")]:
+            self.knn_vals = self.knn_idx = None
+        elif self.knn_idx is not None:
+            self.knn_vals, self.knn_idx = self.knn_vals[:, :k], self.knn_idx[:, :k]
+
+    def __repr__(self) -> str:
+        return (f"RepresentationSummary(name={self.name!r}, n={self.n}, measures={self.measures}, "
+                f"k={self.k}, metric={self.metric!r})")
+
+
+def _check_compatible(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> None:
+    if a.n != b.n:
+        raise ValueError(f"{a.name!r} and {b.name!r} summarise different numbers of inputs "
+                         f"({a.n} and {b.n})")
+    for s in (a, b):
+        if measure not in s.measures:
+            raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
+                             f"{s.measures})")
+    if measure in ("knn_overlap", "mutual_knn", "graph") and a.k != b.k:
+        raise ValueError(f"{a.name!r} and {b.name!r} use different k ({a.k} and {b.k})")
+
+
+def summary_similarity(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> float:
+    """One measure between two prepared summaries (see :class:`RepresentationSummary`)."""
+    _check_measure(measure)
+    _check_compatible(a, b, measure)
+    if measure == "cka":
+        return _cka_from_states(a.cka, b.cka)
+    if measure == "cka_unbiased":
+        return _cka_from_states(a.cka_u, b.cka_u)
+    if measure in ("knn_overlap", "mutual_knn"):
+        inter = _overlap_counts(a.knn_idx, b.knn_idx).double()
+        k = a.k
+        v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
+        return float(v.mean())
+    if measure == "graph":
+        return float(_row_cosine(a.rows, b.rows).mean())
+    return abs(a.q - b.q)
+
+
+# ================================================================================== permutation
+class PermutationResult(NamedTuple):
+    """A measure's value, its permutation-null p-value and the null sample ``[P]``."""
+    value: float
+    p_value: float
+    null: Tensor
+    permutations: int
+    measure: str
+
+
+def _perms(n: int, count: int, gen: torch.Generator, device) -> Tensor:
+    return torch.stack([torch.randperm(n, generator=gen) for _ in range(count)]).to(device)
+
+
+def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: str,
+                 permutations: int, seed: int) -> Tensor:
+    """The measure between ``a`` and ``b`` with ``b``'s rows shuffled, ``permutations`` times."""
+    n = a.n
+    gen = torch.Generator().manual_seed(int(seed))
+    out = []
+    if measure in ("cka", "cka_unbiased"):
+        sa, sb = (a.cka, b.cka) if measure == "cka" else (a.cka_u, b.cka_u)
+        denom = torch.sqrt(sa.self_hsic * sb.self_hsic)
+        device = sa.row_sq.device
+        if sa.xc is not None and sb.xc is not None:
+            step = max(1, _BLOCK // max(n * sb.xc.shape[1], 1))
+            for s in range(0, permutations, step):
+                perms = _perms(n, min(step, permutations - s), gen, device)
+                yp = sb.xc[perms]                                   # [c, N, Dy]
+                cross = torch.einsum("nd,cne->cde", sa.xc, yp)
+                h = (cross * cross).sum((1, 2))
+                if sa.unbiased:
+                    h = (h + sa.trace * sb.trace / ((n - 1) * (n - 2))
+                         - n / (n - 2) * (sa.row_sq.unsqueeze(0) * sb.row_sq[perms]).sum(1))
+                out.append(h / denom)
+        else:
+            ga, gb = sa.gram_matrix(), sb.gram_matrix()
+            step = max(1, _BLOCK // max(n * n, 1))
+            for s in range(0, permutations, step):
+                perms = _perms(n, min(step, permutations - s), gen, device)
+                gp = gb[perms.unsqueeze(2), perms.unsqueeze(1)]     # [c, N, N]
+                out.append((ga.unsqueeze(0) * gp).sum((1, 2)) / denom)
+        return torch.cat(out).cpu()
+    if measure in ("knn_overlap", "mutual_knn"):
+        device = a.knn_idx.device
+        k = a.k
+        step = max(1, _BLOCK // max(n * k * k, 1))
+        for s in range(0, permutations, step):
+            perms = _perms(n, min(step, permutations - s), gen, device)   # [c, N]
+            inv = torch.argsort(perms, dim=1)
+            # neighbours of i in y[π] are π⁻¹(N_y(π(i)))
+            nb = b.knn_idx[perms]                                          # [c, N, k]
+            nb = torch.gather(inv, 1, nb.reshape(nb.shape[0], -1)).reshape(nb.shape)
+            inter = _overlap_counts(a.knn_idx.unsqueeze(0).expand_as(nb), nb).double()
+            v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
+            out.append(v.mean(1))
+        return torch.cat(out).cpu()
+    if measure == "graph":
+        ra, rb = a.rows, b.rows
+        device = ra.key.device
+        nn_ = n * n
+        step = max(1, _BLOCK // max(4 * max(ra.key.numel(), rb.key.numel()), 1))
+        for s in range(0, permutations, step):
+            c = min(step, permutations - s)
+            perms = _perms(n, c, gen, device)
+            inv = torch.argsort(perms, dim=1)
+            off = torch.arange(c, device=device).unsqueeze(1) * nn_
+            # b' has edge (π⁻¹(i), π⁻¹(j)) for every edge (i, j) of b
+            kb = (off + inv[:, rb.row] * n + inv[:, rb.col]).reshape(-1)
+            wb = rb.w.repeat(c)
+            order = kb.argsort()
+            kb, wb = kb[order], wb[order]
+            ka = (off + ra.key.unsqueeze(0)).reshape(-1)
+            pos = torch.searchsorted(kb, ka).clamp_max(kb.numel() - 1)
+            hit = kb[pos] == ka
+            grp = (torch.arange(c, device=device).unsqueeze(1) * n + ra.row.unsqueeze(0))
+            grp = grp.reshape(-1)
+            dot = scatter(ra.w.repeat(c)[hit] * wb[pos[hit]], grp[hit], dim=0, dim_size=c * n,
+                          reduce="sum").view(c, n)
+            nb_norm = rb.norm[perms]                                       # row i of b' = row π(i)
+            out.append((dot / (ra.norm.unsqueeze(0) * nb_norm)).mean(1))
+        return torch.cat(out).cpu()
+    # modularity distance: y[π] with fixed labels = b's graph with labels[π⁻¹]
+    ei, w = b.q_graph
+    device = ei.device
+    labels = b.labels.to(device)
+    e = ei.shape[1]
+    step = max(1, _BLOCK // max(4 * e, 1))
+    for s in range(0, permutations, step):
+        c = min(step, permutations - s)
+        perms = _perms(n, c, gen, device)
+        inv = torch.argsort(perms, dim=1)
+        comm = labels[inv].reshape(-1)
+        off = (torch.arange(c, device=device) * n).repeat_interleave(e)
+        ei_rep = ei.repeat(1, c) + off.unsqueeze(0)
+        batch = torch.arange(c, device=device).repeat_interleave(n)
+        q = _modularity(ei_rep, comm, w.repeat(c), num_nodes=c * n, batch=batch,
+                        resolution=b.resolution)
+        out.append((a.q - q).abs())
+    return torch.cat(out).cpu()
+
+
+def _p_value(value: float, null: Tensor, measure: str) -> float:
+    p = null.numel()
+    # A tolerance so that exact ties (e.g. equal Q) count as "as extreme".
+    tol = 1e-12 * max(1.0, abs(value))
+    if measure in DISTANCES:
+        extreme = int((null <= value + tol).sum())
+    else:
+        extreme = int((null >= value - tol).sum())
+    return (1 + extreme) / (p + 1)
+
+
+def summary_permutation_test(a: RepresentationSummary, b: RepresentationSummary, measure: str,
+                             permutations: int = 1000, seed: int = 0) -> PermutationResult:
+    """Permutation test between two prepared summaries (see :func:`permutation_test`)."""
+    _check_measure(measure)
+    _check_compatible(a, b, measure)
+    check_positive_int(permutations, "permutations")
+    value = summary_similarity(a, b, measure)
+    null = _null_values(a, b, measure, permutations, seed).to(torch.float64)
+    return PermutationResult(value, _p_value(value, null, measure), null, permutations, measure)
+
+
+def permutation_test(measure: str, x: Tensor, y: Tensor, labels: Optional[Tensor] = None,
+                     permutations: int = 1000, seed: int = 0, k: int = 10,
+                     metric: str = "cosine", symmetrize: Optional[str] = "mean",
+                     modularity_k: int = 3, backend: str = "auto") -> PermutationResult:
+    """Permutation-null p-value of a similarity measure between ``x`` and ``y``.
+
+    The null shuffles the rows of ``y`` relative to ``x`` (the correspondence between inputs is
+    destroyed, each representation's own structure kept). ``p = (1 + #{null as extreme}) /
+    (P + 1)``, where *as extreme* is ``>=`` for similarities and ``<=`` for the distance
+    ``'modularity_distance'``. The per-representation work (Gram matrices, kNN lists, graphs) is
+    done once; each permutation only re-indexes it.
+
+    Args:
+        measure: One of ``MEASURES``.
+        x: ``[N, Dx]``.
+        y: ``[N, Dy]``, the same inputs.
+        labels: ``[N]`` classes, for ``'modularity_distance'``.
+        permutations: Number of shuffles ``P``.
+        seed: Seed of the shuffles.
+        k, metric, symmetrize, modularity_k, backend: As in the measures.
+
+    Returns:
+        :class:`PermutationResult` ``(value, p_value, null [P], permutations, measure)``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(100, 6, generator=g)
+        >>> r = dg.measures.permutation_test('cka', x, x + 0.1 * torch.randn(100, 6, generator=g),
+        ...                         permutations=99)
+        >>> r.p_value
+        0.01
+    """
+    _check_measure(measure)
+    x, y = _check_pair(x, y)
+    kw = dict(measures=[measure], labels=labels, k=k, metric=metric, symmetrize=symmetrize,
+              modularity_k=modularity_k, backend=backend)
+    a = RepresentationSummary(x, name="x", **kw)
+    b = RepresentationSummary(y, name="y", **kw)
+    return summary_permutation_test(a, b, measure, permutations, seed)
+
+
+# ================================================================================== matrices
+@dataclass
+class SimilarityMatrix:
+    """A layer × layer matrix of one measure between representations A and B.
+
+    Attributes:
+        values: float64 ``[La, Lb]``.
+        layers_a, layers_b: Row and column layer names.
+        measure: The measure (``'cka'``, ...).
+        name_a, name_b: The two models (equal for a within-model matrix).
+        p_values: Permutation p-values ``[La, Lb]``, when computed.
+        meta: Settings (k, metric, N, permutations, ...).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.measures.SimilarityMatrix(torch.tensor([[0.9, 0.2], [0.3, 0.8]]), ['a1', 'a2'],
+        ...                         ['b1', 'b2'], 'cka', 'A', 'B')
+        >>> {k: round(v, 2) for k, v in m.diagonal_contrast().items()}
+        {'diagonal_mean': 0.85, 'off_diagonal_mean': 0.25, 'row_best_is_diagonal': 1.0}
+    """
+
+    values: Tensor
+    layers_a: List[str]
+    layers_b: List[str]
+    measure: str
+    name_a: str = "A"
+    name_b: str = "B"
+    p_values: Optional[Tensor] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = torch.as_tensor(self.values, dtype=torch.float64).detach().cpu()
+        if tuple(self.values.shape) != (len(self.layers_a), len(self.layers_b)):
+            raise ValueError(f"values must be [{len(self.layers_a)}, {len(self.layers_b)}], got "
+                             f"{tuple(self.values.shape)}")
+        if self.p_values is not None:
+            self.p_values = torch.as_tensor(self.p_values, dtype=torch.float64).cpu()
+
+    def __repr__(self) -> str:
+        return (f"SimilarityMatrix(measure={self.measure!r}, {self.name_a!r} × {self.name_b!r}, "
+                f"shape={tuple(self.values.shape)}, p_values={self.p_values is not None})")
+
+    @property
+    def higher_is_similar(self) -> bool:
+        return self.measure not in DISTANCES
+
+    def diagonal_contrast(self) -> Dict[str, Optional[float]]:
+        """Mean of the diagonal vs the off-diagonal (square matrices): for two seeds of one
+        architecture, corresponding layers should be the more similar ones."""
+        if self.values.shape[0] != self.values.shape[1]:
+            raise ValueError(f"diagonal_contrast needs a square matrix, got "
+                             f"{tuple(self.values.shape)}")
+        L = self.values.shape[0]
+        eye = torch.eye(L, dtype=torch.bool)
+        diag = float(self.values[eye].mean())
+        off = float(self.values[~eye].mean()) if L > 1 else None
+        # Per row: is the best match the corresponding layer?
+        best = self.values.argmax(1) if self.higher_is_similar else self.values.argmin(1)
+        hits = float((best == torch.arange(L)).double().mean())
+        return {"diagonal_mean": diag, "off_diagonal_mean": off, "row_best_is_diagonal": hits}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"measure": self.measure, "name_a": self.name_a, "name_b": self.name_b,
+                "layers_a": list(self.layers_a), "layers_b": list(self.layers_b),
+                "values": self.values.tolist(),
+                "p_values": None if self.p_values is None else self.p_values.tolist(),
+                "meta": {k: (v if isinstance(v, (int, float, str, bool, type(None), list))
+                             else str(v)) for k, v in self.meta.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SimilarityMatrix":
+        return cls(torch.tensor(d["values"], dtype=torch.float64), d["layers_a"], d["layers_b"],
+                   d["measure"], d["name_a"], d["name_b"],
+                   None if d.get("p_values") is None else torch.tensor(d["p_values"]),
+                   d.get("meta", {}))
+
+    def plot(self, path: Optional[PathLike] = None, ax=None, title: Optional[str] = None,
+             annotate: Optional[bool] = None):
+        """Heatmap (rows: A's layers, columns: B's layers); saved as PNG when ``path`` is given."""
+        return plot_similarity_matrix(self, path=path, ax=ax, title=title, annotate=annotate)
+
+    def to_tensorboard(self, writer, tag: Optional[str] = None) -> None:
+        """Logs the heatmap figure and the values as a markdown table."""
+        log_similarity_matrix(writer, self, tag=tag)
+
+
+def similarity_matrices(features_a, features_b=None, measures: Sequence[str] = ("cka",),
+                        labels: Optional[Tensor] = None, k: int = 10, metric: str = "cosine",
+                        symmetrize: Optional[str] = "mean", modularity_k: int = 3,
+                        backend: str = "auto", permutations: int = 0, seed: int = 0,
+                        name_a: str = "A", name_b: str = "B", device=None,
+                        progress: bool = False) -> Dict[str, SimilarityMatrix]:
+    """Layer × layer matrices of several measures, within one model or between two.
+
+    Each layer is loaded once (one layer's features in memory at a time; spilled
+    :class:`~dyngraph.LayerFeatures` stay on disk until then) and reduced to a
+    :class:`RepresentationSummary`; every cell is then filled from the summaries.
+
+    Args:
+        features_a: :class:`~dyngraph.LayerFeatures` or an ordered ``{layer: Tensor[N, ...]}``.
+        features_b: The second model's features on the same inputs, or ``None`` for A × A.
+        measures: Any of ``MEASURES``.
+        labels: ``[N]`` classes (``'modularity_distance'``; taken from ``features_a.y``).
+        k, metric, symmetrize, modularity_k, backend: Measure settings.
+        permutations: When ``> 0``, a permutation p-value per cell.
+        seed: Seed of the permutations.
+        name_a, name_b: Model names for the figures.
+        device: Where to compute (default: where the features are).
+        progress: Progress bar over layers.
+
+    Returns:
+        ``{measure: SimilarityMatrix}``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(100, 8, generator=g)
+        >>> f = {'l1': x, 'l2': torch.tanh(x @ torch.randn(8, 8, generator=g)), 'l3': torch.randn(100, 4, generator=g)}
+        >>> m = dg.measures.similarity_matrices(f, measures=['cka', 'mutual_knn'], k=5)['cka']
+        >>> [round(v, 6) for v in m.values.diagonal().tolist()], bool(m.values[0, 2] < 0.3)
+        ([1.0, 1.0, 1.0], True)
+    """
+    from .._progress import progress_bar
+    measures = [_check_measure(m) for m in measures]
+    if not measures:
+        raise ValueError("measures is empty")
+    if labels is None:
+        labels = getattr(features_a, "y", None)
+    kw = dict(measures=measures, labels=labels, k=k, metric=metric, symmetrize=symmetrize,
+              modularity_k=modularity_k, backend=backend)
+    sa = summarize_layers(features_a, name=name_a, device=device, progress=progress, **kw)
+    sb = sa if features_b is None else summarize_layers(features_b, name=name_b, device=device,
+                                                        progress=progress, **kw)
+    if features_b is None:
+        name_b = name_a
+    out = {}
+    meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "modularity_k": modularity_k,
+            "n_samples": next(iter(sa.values())).n, "permutations": permutations}
+    for m in progress_bar(measures, desc="pairs", disable=not progress):
+        vals, ps = fill_matrix(sa, sb, m, permutations=permutations, seed=seed,
+                               symmetric=features_b is None)
+        out[m] = SimilarityMatrix(vals, list(sa), list(sb), m, name_a, name_b, ps, dict(meta))
+    return out
+
+
+def summarize_layers(features, measures: Sequence[str] = ("cka",), labels=None, name: str = "A",
+                     device=None, progress: bool = False, **kw) -> Dict[str, RepresentationSummary]:
+    """One :class:`RepresentationSummary` per layer, loading one layer at a time."""
+    from .._progress import progress_bar
+    names = layer_names(features)
+    if labels is None:
+        labels = getattr(features, "y", None)
+    out = {}
+    n = None
+    for layer in progress_bar(names, desc=f"summaries {name}", disable=not progress):
+        x = features[layer]
+        if not isinstance(x, Tensor):
+            raise TypeError(f"features[{layer!r}] must be a Tensor, got {type(x).__name__}")
+        if device is not None:
+            x = x.to(device)
+        if n is not None and x.shape[0] != n:
+            raise ValueError(f"features[{layer!r}] has {x.shape[0]} rows, the first layer {n}")
+        n = x.shape[0]
+        lab = None if labels is None else torch.as_tensor(labels).to(x.device)
+        out[str(layer)] = RepresentationSummary(x, measures=measures, labels=lab,
+                                                name=f"{name}/{layer}", **kw)
+    return out
+
+
+def fill_matrix(sa: Mapping[str, RepresentationSummary], sb: Mapping[str, RepresentationSummary],
+                measure: str, permutations: int = 0, seed: int = 0, symmetric: bool = False
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+    """Fills ``[La, Lb]`` (and p-values) of one measure from per-layer summaries."""
+    la, lb = list(sa), list(sb)
+    vals = torch.empty(len(la), len(lb), dtype=torch.float64)
+    ps = torch.empty(len(la), len(lb), dtype=torch.float64) if permutations else None
+    for i, a in enumerate(la):
+        for j, b in enumerate(lb):
+            if symmetric and j < i:
+                vals[i, j] = vals[j, i]
+                if ps is not None:
+                    ps[i, j] = ps[j, i]
+                continue
+            if permutations:
+                r = summary_permutation_test(sa[a], sb[b], measure, permutations,
+                                             seed + 7919 * i + j)
+                vals[i, j], ps[i, j] = r.value, r.p_value
+            else:
+                vals[i, j] = summary_similarity(sa[a], sb[b], measure)
+    return vals, ps
+
+
+# ================================================================================== figures
+_LABELS = {"cka": "linear CKA", "cka_unbiased": "linear CKA (unbiased)",
+           "cka_minibatch": "minibatch CKA", "knn_overlap": "kNN Jaccard overlap",
+           "mutual_knn": "mutual kNN", "graph": "graph similarity (row cosine)",
+           "modularity_distance": "|Q_i − Q_j|"}
+
+
+def plot_similarity_matrix(matrix: SimilarityMatrix, path: Optional[PathLike] = None, ax=None,
+                           title: Optional[str] = None, annotate: Optional[bool] = None,
+                           cmap: Optional[str] = None):
+    """Draws a :class:`SimilarityMatrix` as a heatmap; returns the figure (PNG saved atomically).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.measures.SimilarityMatrix(torch.eye(2), ['a', 'b'], ['a', 'b'], 'cka')
+        >>> fig = m.plot()
+    """
+    from ..outputs._plot import _pyplot, save_figure
+    plt = _pyplot()
+    v = matrix.values
+    la, lb = v.shape
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * lb + 2.5), max(3.5, 0.4 * la + 2.0)))
+    else:
+        fig = ax.figure
+    distance = matrix.measure in DISTANCES
+    cmap = cmap or ("viridis_r" if distance else "viridis")
+    vmin, vmax = (0.0, None) if distance else (min(0.0, float(v.min())), 1.0)
+    im = ax.imshow(v.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", aspect="auto")
+    ax.set_xticks(range(lb))
+    ax.set_xticklabels(matrix.layers_b, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(la))
+    ax.set_yticklabels(matrix.layers_a, fontsize=7)
+    ax.set_xlabel(f"{matrix.name_b} layers")
+    ax.set_ylabel(f"{matrix.name_a} layers")
+    if annotate is None:
+        annotate = la * lb <= 100
+    if annotate:
+        hi = float(v.max()) if v.numel() else 1.0
+        for i in range(la):
+            for j in range(lb):
+                val = float(v[i, j])
+                star = ""
+                if matrix.p_values is not None and float(matrix.p_values[i, j]) < 0.05:
+                    star = "*"
+                ax.text(j, i, f"{val:.2f}{star}", ha="center", va="center", fontsize=6,
+                        color="white" if (val < 0.5 * hi) != distance else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=_LABELS.get(matrix.measure,
+                                                                         matrix.measure))
+    ax.set_title(title or f"{_LABELS.get(matrix.measure, matrix.measure)}: "
+                          f"{matrix.name_a} vs {matrix.name_b}", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def _markdown(matrix: SimilarityMatrix) -> str:
+    head = "| | " + " | ".join(matrix.layers_b) + " |\n|---|" + "---|" * len(matrix.layers_b)
+    body = "\n".join(f"| **{a}** | " + " | ".join(f"{float(v):.4f}" for v in row) + " |"
+                     for a, row in zip(matrix.layers_a, matrix.values))
+    return f"{head}\n{body}"
+
+
+def log_similarity_matrix(writer, matrix: SimilarityMatrix, tag: Optional[str] = None) -> None:
+    """Logs a :class:`SimilarityMatrix` to TensorBoard: the heatmap (``{tag}/heatmap``) and the
+    values as a markdown table (``{tag}/values``).
+
+    Example:
+        >>> import tempfile, torch, dyngraph as dg
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> m = dg.measures.SimilarityMatrix(torch.eye(2), ['a', 'b'], ['a', 'b'], 'cka')
+        >>> with SummaryWriter(tempfile.mkdtemp()) as w:
+        ...     dg.measures.log_similarity_matrix(w, m)
+    """
+    for fn in ("add_figure", "add_text"):
+        if not callable(getattr(writer, fn, None)):
+            raise TypeError(f"writer must be a SummaryWriter-like object with {fn}(), got "
+                            f"{type(writer).__name__}")
+    from ..outputs._plot import close
+    tag = tag or f"dyngraph/{matrix.measure}/{matrix.name_a}_vs_{matrix.name_b}"
+    fig = plot_similarity_matrix(matrix)
+    writer.add_figure(f"{tag}/heatmap", fig)
+    close(fig)
+    writer.add_text(f"{tag}/values", _markdown(matrix))
+    if callable(getattr(writer, "flush", None)):
+        writer.flush()
+
+
+__all__ = ["MEASURES", "DISTANCES", "linear_cka", "StreamingCKA", "MinibatchCKA", "u_center",
+           "knn_overlap", "mutual_knn", "graph_similarity", "adjacency_cosine",
+           "modularity_distance", "RepresentationSummary", "summary_similarity",
+           "PermutationResult", "permutation_test", "summary_permutation_test",
+           "SimilarityMatrix", "similarity_matrices", "summarize_layers", "fill_matrix",
+           "plot_similarity_matrix", "log_similarity_matrix"]

@@ -1,0 +1,342 @@
+"""Coherence of groups of neurons: do a group's neurons respond to the same input features?
+
+Each group is scored by one or more methods and compared with random same-size groups from the
+same layer (percentile, permutation p-value, Benjamini–Hochberg q-value, Fisher's combination).
+Neuron activations are read after the activation function (a conv channel averaged over space) and
+z-scored over the dataset, so that every neuron weighs the same in a group's mean activation.
+
+Methods:
+
+* ``'labels'`` (dataset examples): the entropy (nats) of the true labels of the ``top_k`` inputs
+  that activate the group's mean most. Lower entropy = more coherent.
+* ``'pixels'`` (input-feature association): the largest ``|Pearson r|`` between the group's mean
+  activation and any input feature (pixel). Higher = more coherent.
+* ``'feature_vis'`` (feature visualisation): inputs optimised by gradient ascent (Adam) to maximise
+  the group's mean z-scored pre-activation (before the nonlinearity, so that the gradient never
+  vanishes in a dead ReLU zone), on a sphere around the data mean (``x = mean + r·u/‖u‖``,
+  ``r`` = the data's RMS distance from its mean), so every group gets the same input budget; the
+  score is the mean z-score reached. Higher = the neurons can be driven together by one input,
+  i.e. they share a preferred input direction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .._io import PathLike, atomic_write_json
+from .._progress import progress_bar
+from .._validate import check_choice, check_choices, check_positive_int, check_tensor
+from ._chain import _model_device, layer_activations, weight_chain
+from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
+from ._importance import _check_alpha, _check_n_random
+from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
+
+METHODS = ("labels", "pixels", "feature_vis")
+# Whether a larger score means more coherent.
+GREATER = {"labels": False, "pixels": True, "feature_vis": True}
+
+
+def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[int] = None
+                  ) -> Tensor:
+    """Entropy (nats) of the labels of the ``top_k`` highest-scoring samples, per column.
+
+    Args:
+        scores: ``[N, M]`` one score per sample for each of ``M`` groups.
+        y: ``[N]`` labels.
+        top_k: Samples kept per group.
+        num_classes: ``K`` (default ``max(y) + 1``).
+
+    Returns:
+        ``[M]`` entropies in ``[0, ln min(K, top_k)]``.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.neurons._coherence import label_entropy
+        >>> s = torch.tensor([[3., 0.], [2., 1.], [1., 2.], [0., 3.]])
+        >>> [round(v, 4) for v in label_entropy(s, torch.tensor([0, 0, 1, 1]), 2).tolist()]
+        [0.0, 0.0]
+    """
+    k = num_classes or int(y.max()) + 1
+    top = scores.topk(top_k, dim=0).indices  # [top_k, M]
+    labels = y[top]
+    counts = torch.zeros(scores.shape[1], k, dtype=torch.float64, device=scores.device)
+    counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=torch.float64))
+    p = counts / top_k
+    return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1) + 0.0  # never -0.0
+
+
+def _zscore(a: Tensor) -> tuple:
+    mu = a.mean(0, keepdim=True)
+    sd = a.std(0, unbiased=False, keepdim=True)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+    return (a - mu) / sd, mu, sd
+
+
+@dataclass
+class CoherenceResult:
+    """Coherence of each cluster ∩ layer group, per method.
+
+    Attributes:
+        groups: One row per group: layer, cluster, size, layer_size, and for each method ``m``:
+            ``m_score``, ``m_random_mean``, ``m_percentile`` (high = more coherent than random),
+            ``m_p_value``, ``m_q_value``, ``m_coherent``; plus ``coherent`` (any method).
+        fisher_p: ``{method: Fisher's combined p over the groups}``.
+        scores, random_scores: ``{method: [G]}`` and ``{method: [G, n]}``.
+    """
+
+    groups: List[Dict[str, Any]]
+    methods: List[str]
+    fisher_p: Dict[str, Optional[float]]
+    n_random: int
+    alpha: float
+    scores: Dict[str, Tensor]
+    random_scores: Dict[str, Tensor]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def n_coherent(self, method: Optional[str] = None) -> int:
+        key = "coherent" if method is None else f"{method}_coherent"
+        return sum(bool(g[key]) for g in self.groups)
+
+    def summary(self) -> Dict[str, Any]:
+        n = len(self.groups)
+        out: Dict[str, Any] = {"n_groups": n, "n_coherent": self.n_coherent(),
+                               "share_coherent": self.n_coherent() / n if n else 0.0}
+        for m in self.methods:
+            out[f"n_coherent_{m}"] = self.n_coherent(m)
+            out[f"n_coherent_{m}_nominal"] = sum(g[f"{m}_p_value"] <= self.alpha
+                                                 for g in self.groups)
+            out[f"share_coherent_{m}"] = self.n_coherent(m) / n if n else 0.0
+            out[f"fisher_p_{m}"] = self.fisher_p[m]
+        out.update({"n_random": self.n_random, "alpha": self.alpha})
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"summary": self.summary(), "groups": self.groups, "meta": self.meta}
+
+    def to_json(self, path: PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        per = ", ".join(f"{m}={s[f'n_coherent_{m}']}" for m in self.methods)
+        return (f"CoherenceResult(groups={s['n_groups']}, coherent={s['n_coherent']} ({per}), "
+                f"n_random={self.n_random})")
+
+
+def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
+              methods: Sequence[str] = ("labels", "pixels"), n_random: int = 99, seed: int = 0,
+              top_k: int = 20, min_size: int = 2, max_fraction: float = 0.99,
+              alpha: float = 0.05, point: str = "post", fv_steps: int = 100,
+              fv_lr: float = 0.1,
+              fv_radius: Optional[float] = None, per_class: Optional[int] = None,
+              n_samples: Optional[int] = None, device=None,
+              groups: Optional[Sequence[NeuronGroup]] = None,
+              progress: bool = True) -> CoherenceResult:
+    """Coherence test of each cluster ∩ layer group against random same-size groups.
+
+    Args:
+        model: The network the graph was built from.
+        data: Its neuron graph (:func:`dyngraph.neuron_graph`).
+        clusters: ``[num_nodes]`` partition.
+        loader: Batches ``(inputs, labels)`` whose activations are read.
+        methods: Any of ``'labels'``, ``'pixels'``, ``'feature_vis'`` (see the module docs).
+        n_random: Random groups per group (>= 19).
+        seed: Seed of the random groups and of the feature-visualisation start points.
+        top_k: Top-activating inputs per group for ``'labels'``.
+        min_size, max_fraction: Which groups are tested.
+        alpha: Benjamini–Hochberg level that flags a group as coherent.
+        point: Read activations after the nonlinearity (``'post'``) or before it (``'pre'``).
+        fv_steps, fv_lr, fv_radius: Feature visualisation: Adam steps, learning rate, and the
+            radius of the sphere around the data mean that the inputs live on (default: the RMS
+            distance of the data from its mean).
+        per_class, n_samples: Class-balanced subsample of ``loader`` (default: every sample).
+        device: Where to run (default: the model's device).
+        groups: Groups to test instead of ``neuron_groups(data, clusters, ...)``.
+        progress: Progress bars.
+
+    Returns:
+        :class:`CoherenceResult`.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> ds = TensorDataset(torch.randn(60, 4), torch.arange(60) % 2)
+        >>> g = dg.neurons.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.neurons.coherence(m, g, torch.arange(10) % 2, DataLoader(ds, batch_size=30),
+        ...                  n_random=19, top_k=10, progress=False)
+        >>> r.methods, len(r.groups)
+        (['labels', 'pixels'], 2)
+    """
+    check_neuron_data(data)
+    check_tensor(clusters, "clusters")
+    methods = check_choices(methods, "methods", METHODS)
+    _check_n_random(n_random)
+    alpha = _check_alpha(alpha)
+    check_choice(point, "point", ("pre", "post"))
+    check_positive_int(top_k, "top_k")
+    check_positive_int(fv_steps, "fv_steps")
+    if groups is None:
+        groups = neuron_groups(data, clusters, min_size=min_size, max_fraction=max_fraction)
+    groups = list(groups)
+    dev = torch.device(device) if device is not None else _model_device(model)
+    chain = {layer.name: layer for layer in weight_chain(model)}
+    layer_idx = sorted({g.layer_index for g in groups})
+    layers = []
+    for li in layer_idx:
+        name = data.layer_names[li]
+        if name not in chain:
+            raise ValueError(f"layer {name!r} of data is not a Linear/Conv of this model")
+        layers.append(chain[name])
+    acts, raw, y = {}, None, None
+    if layers:
+        acts, raw, y, _ = layer_activations(model, loader, layers, point=point,
+                                            raw_input="pixels" in methods, per_class=per_class,
+                                            n_samples=n_samples, seed=seed, device=dev,
+                                            progress=progress)
+        if top_k > y.numel():
+            raise ValueError(f"top_k={top_k} exceeds the {y.numel()} samples of the loader")
+    g_n = len(groups)
+    scores = {m: torch.zeros(g_n, dtype=torch.float64) for m in methods}
+    rnd = {m: torch.zeros(g_n, n_random, dtype=torch.float64) for m in methods}
+    by_layer: Dict[int, List[int]] = {}
+    for i, g in enumerate(groups):
+        by_layer.setdefault(g.layer_index, []).append(i)
+    raw_z = input_stats = None
+    pre = {}
+    if "feature_vis" in methods and groups:
+        input_stats = _input_stats(loader, dev)
+        # Pre-activations (the unit output) have no dead zone for the gradient.
+        pre, _, _, _ = layer_activations(model, loader, layers, point="pre",
+                                         per_class=per_class, n_samples=n_samples, seed=seed,
+                                         device=dev, progress=False)
+    if raw is not None and "pixels" in methods:
+        keep = raw.std(0) > 0
+        raw_z = _zscore(raw[:, keep].double())[0]
+    for li in progress_bar(list(by_layer), desc="coherence", disable=not progress):
+        idx = by_layer[li]
+        name = data.layer_names[li]
+        size = data.layer_sizes[li]
+        keep = group_masks([groups[i] for i in idx], size, n_random, seed, start=idx[0],
+                           device=dev)
+        sel = (1.0 - keep).double()  # [M, C] 1 on the group's neurons
+        sel = sel / sel.sum(1, keepdim=True)
+        z, mu, sd = _zscore(acts[name].double())
+        mean_act = z @ sel.T  # [N, M]
+        res: Dict[str, Tensor] = {}
+        if "labels" in methods:
+            res["labels"] = label_entropy(mean_act, y, top_k).cpu()
+        if "pixels" in methods:
+            g = _zscore(mean_act)[0]
+            res["pixels"] = ((raw_z.T @ g) / raw_z.shape[0]).abs().amax(0).cpu()
+        if "feature_vis" in methods:
+            _, mu_pre, sd_pre = _zscore(pre[name].double())
+            res["feature_vis"] = _feature_vis(model, chain[name], sel.float(), mu_pre.float(),
+                                              sd_pre.float(), input_stats, fv_steps, fv_lr,
+                                              fv_radius, seed + li, dev).cpu()
+        for m, v in res.items():
+            v = v.view(len(idx), 1 + n_random)
+            for j, i in enumerate(idx):
+                scores[m][i], rnd[m][i] = v[j, 0], v[j, 1:]
+    rows: List[Dict[str, Any]] = []
+    fisher: Dict[str, Optional[float]] = {m: None for m in methods}
+    stats: Dict[str, Dict[str, Tensor]] = {}
+    if g_n:
+        for m in methods:
+            greater = GREATER[m]
+            p = empirical_p(scores[m], rnd[m], greater=greater)
+            pct = percentile_of(scores[m], rnd[m])
+            if not greater:
+                pct = 100.0 - pct
+            stats[m] = {"p": p, "q": benjamini_hochberg(p), "pct": pct}
+            fisher[m] = fisher_combine(p)
+        for i, g in enumerate(groups):
+            row: Dict[str, Any] = {"layer": g.layer, "layer_index": g.layer_index,
+                                   "cluster": g.cluster, "size": g.size,
+                                   "layer_size": int(g.pool.numel())}
+            for m in methods:
+                row[f"{m}_score"] = float(scores[m][i])
+                row[f"{m}_random_mean"] = float(rnd[m][i].mean())
+                row[f"{m}_percentile"] = float(stats[m]["pct"][i])
+                row[f"{m}_p_value"] = float(stats[m]["p"][i])
+                row[f"{m}_q_value"] = float(stats[m]["q"][i])
+                row[f"{m}_coherent"] = bool(stats[m]["q"][i] <= alpha)
+            row["coherent"] = any(row[f"{m}_coherent"] for m in methods)
+            rows.append(row)
+    meta = {"seed": seed, "top_k": top_k, "point": point,
+            "n_samples": int(y.numel()) if y is not None else 0,
+            "min_size": min_size, "max_fraction": max_fraction}
+    if "feature_vis" in methods:
+        meta.update({"fv_steps": fv_steps, "fv_lr": fv_lr,
+                     "fv_radius": fv_radius if fv_radius is not None else
+                     (input_stats or {}).get("radius")})
+    return CoherenceResult(rows, methods, fisher, n_random, alpha, scores, rnd, meta)
+
+
+def _input_stats(loader, dev) -> Dict[str, Any]:
+    """Per-feature mean of the model's inputs, their RMS distance from it, and their shape."""
+    total, total_sq, n, shape = None, None, 0, None
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError("feature visualisation needs tensor inputs")
+        shape = tuple(x.shape[1:])
+        f = x.to(dev).flatten(1).double()
+        total = f.sum(0) if total is None else total + f.sum(0)
+        total_sq = (f * f).sum(0) if total_sq is None else total_sq + (f * f).sum(0)
+        n += f.shape[0]
+    if n == 0:
+        raise ValueError("the loader produced no samples")
+    mean = total / n
+    radius = float((total_sq / n - mean * mean).clamp_min(0).sum().sqrt())
+    return {"mean": mean.float(), "radius": radius, "shape": shape}
+
+
+def _feature_vis(model: nn.Module, layer, sel: Tensor, mu: Tensor, sd: Tensor,
+                 stats: Dict[str, Any], steps: int, lr: float, radius: Optional[float],
+                 seed: int, dev) -> Tensor:
+    """Mean z-scored pre-activation of each row's group reached by gradient ascent on inputs
+    ``x = mean + r · u / ||u||`` (a sphere of radius ``r`` around the data mean)."""
+    shape, mean = stats["shape"], stats["mean"]
+    r = float(radius) if radius is not None else stats["radius"]
+    if not r > 0:
+        raise ValueError(f"feature visualisation needs a radius > 0, got {r!r} (constant inputs?)")
+    m = sel.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    u = torch.randn(m, mean.numel(), generator=gen).to(dev).requires_grad_(True)
+    target = layer.unit
+    mods = dict(model.named_modules())
+    store: Dict[str, Tensor] = {}
+
+    def hook(mod, inputs, output):
+        store["a"] = output
+
+    def objective(u_: Tensor) -> Tensor:
+        x = mean.unsqueeze(0) + r * u_ / u_.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        model(x.view(m, *shape))
+        a = store["a"]
+        a = a.flatten(2).mean(-1) if a.dim() > 2 else a
+        return (((a - mu) / sd) * sel).sum(1)  # [M]
+
+    handle = mods[target].register_forward_hook(hook)
+    opt = torch.optim.Adam([u], lr=lr)
+    was = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            for _ in range(steps):
+                obj = objective(u)
+                (grad,) = torch.autograd.grad(-obj.sum(), u)
+                u.grad = grad
+                opt.step()
+        with torch.no_grad():
+            obj = objective(u)
+    finally:
+        handle.remove()
+        model.train(was)
+    return obj.detach().double()

@@ -1,0 +1,123 @@
+"""Groups of neurons: the intersection of a cluster with a layer, and random groups like them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from .._validate import check_labels, check_positive_int, check_tensor
+
+_REQUIRED = ("layer", "neuron", "layer_names", "unit_modules", "act_modules")
+
+
+@dataclass
+class NeuronGroup:
+    """One cluster ∩ layer group.
+
+    Attributes:
+        layer: Layer (module) name.
+        layer_index: Position of the layer in ``data.layer_names``.
+        cluster: Cluster label.
+        neurons: ``[s]`` indices of the group's neurons within the layer (the model's own order).
+        nodes: ``[s]`` node ids in the graph.
+        pool: ``[m]`` neurons of the layer present in the graph, from which random groups are drawn.
+    """
+
+    layer: str
+    layer_index: int
+    cluster: int
+    neurons: Tensor
+    nodes: Tensor
+    pool: Tensor
+    extra: Dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.neurons.numel())
+
+    def random_groups(self, n: int, generator: torch.Generator) -> Tensor:
+        """``[n, size]`` random same-size subsets of the layer's neurons (without replacement)."""
+        m = self.pool.numel()
+        keys = torch.rand(n, m, generator=generator)
+        pick = keys.argsort(1)[:, : self.size].to(self.pool.device)
+        return self.pool[pick]
+
+    def __repr__(self) -> str:
+        return (f"NeuronGroup(layer={self.layer!r}, cluster={self.cluster}, size={self.size}, "
+                f"layer_size={self.pool.numel()})")
+
+
+def check_neuron_data(data, name: str = "data") -> Data:
+    if not isinstance(data, Data):
+        raise TypeError(f"{name} must be the torch_geometric Data returned by dg.neurons.neuron_graph, got "
+                        f"{type(data).__name__}")
+    missing = [a for a in _REQUIRED if getattr(data, a, None) is None]
+    if missing:
+        raise ValueError(f"{name} lacks the neuron metadata {missing}; build it with "
+                         f"dg.neurons.neuron_graph(model, ...)")
+    return data
+
+
+def neuron_groups(data: Data, clusters: Tensor, min_size: int = 2, max_fraction: float = 0.99,
+                  skip_input: bool = True) -> List[NeuronGroup]:
+    """The cluster ∩ layer groups worth testing, in layer then cluster order.
+
+    Args:
+        data: A neuron graph from :func:`dyngraph.neuron_graph`.
+        clusters: ``[num_nodes]`` cluster labels (e.g. from :func:`dyngraph.spectral_partition`).
+        min_size: Smallest group kept (the paper: 2 neurons).
+        max_fraction: Largest group kept, as a share of the layer's neurons in the graph (0.99).
+        skip_input: Leave out groups of input features (they cannot be lesioned).
+
+    Returns:
+        A list of :class:`NeuronGroup`.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from dyngraph.neurons import neuron_groups
+        >>> g = dg.neurons.neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4),
+        ...                                   nn.ReLU(), nn.Linear(4, 2)))
+        >>> [(x.layer, x.size) for x in neuron_groups(g, torch.tensor([0, 0, 1, 1] * 2))]
+        [('0', 2), ('0', 2), ('2', 2), ('2', 2)]
+    """
+    check_neuron_data(data)
+    check_tensor(clusters, "clusters")
+    clusters = check_labels(clusters, data.num_nodes, "clusters").to(data.layer.device)
+    check_positive_int(min_size, "min_size")
+    if not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
+    groups: List[NeuronGroup] = []
+    for li, name in enumerate(data.layer_names):
+        if skip_input and data.unit_modules[li] is None:
+            continue
+        in_layer = (data.layer == li).nonzero().flatten()
+        if in_layer.numel() == 0:
+            continue
+        pool = data.neuron[in_layer]
+        cl = clusters[in_layer]
+        for c in torch.unique(cl).tolist():
+            sel = in_layer[cl == c]
+            if sel.numel() < min_size or sel.numel() > max_fraction * in_layer.numel():
+                continue
+            groups.append(NeuronGroup(name, li, int(c), data.neuron[sel], sel, pool))
+    return groups
+
+
+def group_masks(groups: List[NeuronGroup], layer_size: int, n_random: int, seed: int,
+                start: int = 0, device: Optional[torch.device] = None
+                ) -> Tensor:
+    """Keep-masks ``[G * (1 + n_random), layer_size]`` of a layer's groups: per group, its own mask
+    (zeros on its neurons) then ``n_random`` random same-size masks. Group ``start + i`` draws its
+    random groups from the generator seeded with ``(seed, start + i)``."""
+    rows = []
+    for i, g in enumerate(groups):
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + start + i)
+        sets = torch.cat([g.neurons.unsqueeze(0).cpu(), g.random_groups(n_random, gen).cpu()])
+        m = torch.ones(sets.shape[0], layer_size)
+        m.scatter_(1, sets, 0.0)
+        rows.append(m)
+    out = torch.cat(rows) if rows else torch.ones(0, layer_size)
+    return out.to(device) if device is not None else out

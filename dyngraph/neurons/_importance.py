@@ -1,0 +1,366 @@
+"""Importance of groups of neurons: lesion a group, measure the accuracy drop, compare with random
+same-size groups of the same layer (Hod et al. 2022).
+
+A lesion zeroes the group's incoming weights and biases (and, where a BatchNorm follows, its scale
+and shift), so each lesioned neuron's pre-activation is exactly 0. It is applied as a forward hook
+that multiplies the unit module's output (the BatchNorm, else the layer) by a 0/1 mask, which is
+the same thing and leaves the model untouched. Many masks run in one batched forward pass: the
+inputs are repeated once per mask.
+
+Per group: the overall drop ``d``, its percentile among the random groups' drops, the p-value
+``(1 + #{random drop ≥ d}) / (n + 1)``, and the same for the largest per-class drop (a group that
+matters for one class only). Across groups: Benjamini–Hochberg q-values and Fisher's combined
+p-value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .._io import PathLike, atomic_write_json
+from .._progress import progress_bar
+from .._validate import check_labels, check_positive_int, check_tensor
+from ..capture._taps import split_batch as _split_batch, to_device as _to
+from ._chain import _model_device
+from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
+from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
+
+MIN_RANDOM = 19
+
+
+def _check_alpha(alpha) -> float:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_n_random(n_random) -> int:
+    check_positive_int(n_random, "n_random")
+    if n_random < MIN_RANDOM:
+        raise ValueError(f"n_random must be >= {MIN_RANDOM} so that a p-value can reach 0.05, "
+                         f"got n_random={n_random}")
+    return n_random
+
+
+class LesionRunner:
+    """Accuracy of a model under many neuron masks of one layer, batched.
+
+    Args:
+        model: The network (left unchanged).
+        loader: Batches ``(inputs, labels)``; read once and kept.
+        device: Where to run.
+        max_rows: Largest batch (masks × samples) per forward pass.
+    """
+
+    def __init__(self, model: nn.Module, loader, device=None, max_rows: int = 8192,
+                 batch_fn=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not hasattr(loader, "__iter__"):
+            raise TypeError(f"loader must be an iterable of batches (a DataLoader), got "
+                            f"{type(loader).__name__}")
+        self.model = model
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.max_rows = check_positive_int(max_rows, "max_rows")
+        self.batches: List[Tuple[Tensor, Tensor]] = []
+        for batch in loader:
+            x, y = _split_batch(batch, batch_fn)
+            if not isinstance(x, Tensor):
+                raise TypeError("lesion tests need tensor inputs; pass batch_fn to select them")
+            self.batches.append((x, torch.as_tensor(y).reshape(-1).long()))
+        if not self.batches:
+            raise ValueError("the loader produced no samples")
+        y_all = torch.cat([y for _, y in self.batches])
+        check_labels(y_all, y_all.numel(), "labels")
+        self.num_classes = int(y_all.max()) + 1
+        self.class_counts = torch.bincount(y_all, minlength=self.num_classes).double().to(
+            self.device)
+        self.n = int(y_all.numel())
+        self._modes: Dict[str, str] = {}
+
+    def _forward_correct(self, module: Optional[str], masks: Tensor, expand: str) -> Tensor:
+        """Correct predictions per class ``[M, K]``; ``expand='hook'`` repeats the batch at the
+        lesioned module (upstream runs once), ``'input'`` repeats the inputs (always valid)."""
+        model, dev = self.model, self.device
+        m_total = masks.shape[0]
+        out = torch.zeros(m_total, self.num_classes, dtype=torch.float64, device=dev)
+        state: Dict[str, Any] = {}
+
+        def hook(mod, inputs, output):
+            mk = state["mask"]
+            m = mk.shape[0]
+            if output.dim() < 2 or output.shape[1] != mk.shape[1]:
+                raise ValueError(f"module {module!r} gave output {tuple(output.shape)}, which does "
+                                 f"not hold {mk.shape[1]} channels per sample")
+            mk = mk.view(m, 1, mk.shape[1], *([1] * (output.dim() - 2))).to(output.dtype)
+            if expand == "hook":
+                return (output.unsqueeze(0) * mk).reshape(m * output.shape[0], *output.shape[1:])
+            if output.shape[0] % m:
+                raise ValueError(f"module {module!r}: batch {output.shape[0]} is not a multiple "
+                                 f"of {m} masks")
+            shape = output.shape
+            return (output.reshape(m, shape[0] // m, *shape[1:]) * mk).reshape(shape)
+
+        handle = None
+        was = model.training
+        try:
+            if module is not None:
+                mods = dict(model.named_modules())
+                if module not in mods:
+                    raise ValueError(f"unknown module {module!r} for the lesion")
+                handle = mods[module].register_forward_hook(hook)
+            model.eval()
+            for x, y in self.batches:
+                x, y = _to(x, dev), y.to(dev)
+                b = x.shape[0]
+                step = max(1, self.max_rows // max(b, 1)) if handle is not None else 1
+                for s in range(0, m_total, step):
+                    e = min(s + step, m_total)
+                    m = e - s
+                    state["mask"] = masks[s:e]
+                    xr = x.repeat(m, *([1] * (x.dim() - 1))) if (
+                        handle is not None and expand == "input") else x
+                    logits = model(xr)
+                    if logits.shape[0] != m * b:
+                        raise ValueError(f"the model returned {logits.shape[0]} rows for "
+                                         f"{m} masks x {b} samples")
+                    pred = logits.argmax(-1).view(m, b)
+                    hits = (pred == y.unsqueeze(0)).double()
+                    out[s:e].index_add_(1, y, hits)
+        finally:
+            if handle is not None:
+                handle.remove()
+            model.train(was)
+        return out
+
+    def _expand_mode(self, module: str, size: int) -> str:
+        """``'hook'`` when repeating at the module gives the same logits as repeating the inputs
+        (a chain without skips around it), else ``'input'``."""
+        if module in self._modes:
+            return self._modes[module]
+        mode = "input"
+        x = self.batches[0][0][: min(8, self.batches[0][0].shape[0])]
+        x = _to(x, self.device)
+        masks = torch.ones(2, size, device=self.device)
+        masks[1, : max(1, size // 2)] = 0.0
+        mods = dict(self.model.named_modules())
+        outs = {}
+        was = self.model.training
+        try:
+            self.model.eval()
+            for mode_try in ("input", "hook"):
+                state = {"mask": masks}
+
+                def hook(mod, inputs, output, mode_try=mode_try, state=state):
+                    mk = state["mask"].view(2, 1, size, *([1] * (output.dim() - 2)))
+                    if mode_try == "hook":
+                        return (output.unsqueeze(0) * mk).reshape(-1, *output.shape[1:])
+                    return (output.reshape(2, -1, *output.shape[1:]) * mk).reshape(output.shape)
+
+                h = mods[module].register_forward_hook(hook)
+                try:
+                    with torch.no_grad():
+                        xr = x.repeat(2, *([1] * (x.dim() - 1))) if mode_try == "input" else x
+                        outs[mode_try] = self.model(xr)
+                except Exception:
+                    outs[mode_try] = None
+                finally:
+                    h.remove()
+        finally:
+            self.model.train(was)
+        a, b = outs.get("input"), outs.get("hook")
+        if a is not None and b is not None and a.shape == b.shape and \
+                torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            mode = "hook"
+        self._modes[module] = mode
+        return mode
+
+    def correct(self, module: Optional[str], masks: Optional[Tensor]) -> Tensor:
+        """Correct predictions per class ``[M, K]`` with each mask ``[M, C]`` applied to the output
+        channels of ``module`` (``module=None``: the intact model, ``M = 1``)."""
+        with torch.no_grad():
+            if module is None or masks is None:
+                return self._forward_correct(None, torch.ones(1, 1, device=self.device), "input")
+            masks = masks.to(self.device, torch.float32)
+            if masks.dim() != 2:
+                raise ValueError(f"masks must be [M, C], got shape {tuple(masks.shape)}")
+            mode = self._expand_mode(module, masks.shape[1])
+            return self._forward_correct(module, masks, mode)
+
+    def accuracy(self, module: Optional[str] = None, masks: Optional[Tensor] = None
+                 ) -> Tuple[Tensor, Tensor]:
+        """``(overall [M], per class [M, K])`` accuracy; classes absent from the data give 0."""
+        c = self.correct(module, masks)
+        overall = c.sum(1) / self.n
+        per_class = c / self.class_counts.clamp_min(1)
+        return overall, per_class
+
+
+@dataclass
+class ImportanceResult:
+    """Lesion importance of each cluster ∩ layer group.
+
+    A group is *important* when its Benjamini–Hochberg q-value (over the groups) is ``<= alpha``;
+    ``summary()`` also counts the groups with a raw p-value ``<= alpha`` (``*_nominal``).
+
+    Attributes:
+        groups: One row (dict) per group: layer, cluster, size, layer_size, neurons, acc_drop,
+            random_drop_mean, percentile, p_value, q_value, important, class_drop_max,
+            class_drops, class_percentile, class_p_value, class_q_value, important_class.
+        base_accuracy: Accuracy of the intact model.
+        base_class_accuracy: ``[K]`` per-class accuracy of the intact model.
+        fisher_p: Fisher's combination of the groups' p-values (overall drop).
+        fisher_p_class: The same for the largest per-class drop.
+        drops: ``[G]``; random_drops ``[G, n]``; class_drops ``[G, K]``; random_class_drops
+            ``[G, n, K]``.
+    """
+
+    groups: List[Dict[str, Any]]
+    base_accuracy: float
+    base_class_accuracy: List[float]
+    fisher_p: Optional[float]
+    fisher_p_class: Optional[float]
+    n_random: int
+    alpha: float
+    drops: Tensor
+    random_drops: Tensor
+    class_drops: Tensor
+    random_class_drops: Tensor
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_important(self) -> int:
+        return sum(bool(g["important"]) for g in self.groups)
+
+    @property
+    def n_important_class(self) -> int:
+        return sum(bool(g["important_class"]) for g in self.groups)
+
+    def summary(self) -> Dict[str, Any]:
+        n = len(self.groups)
+        nominal = sum(g["p_value"] <= self.alpha for g in self.groups)
+        nominal_c = sum(g["class_p_value"] <= self.alpha for g in self.groups)
+        return {"n_groups": n, "n_important": self.n_important,
+                "n_important_class": self.n_important_class,
+                "n_important_nominal": nominal, "n_important_class_nominal": nominal_c,
+                "share_important": self.n_important / n if n else 0.0,
+                "share_important_class": self.n_important_class / n if n else 0.0,
+                "fisher_p": self.fisher_p, "fisher_p_class": self.fisher_p_class,
+                "base_accuracy": self.base_accuracy, "n_random": self.n_random,
+                "alpha": self.alpha}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"summary": self.summary(), "groups": self.groups,
+                "base_class_accuracy": self.base_class_accuracy, "meta": self.meta}
+
+    def to_json(self, path: PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        fp = "n/a" if s["fisher_p"] is None else f"{s['fisher_p']:.3g}"
+        return (f"ImportanceResult(groups={s['n_groups']}, important={s['n_important']}, "
+                f"important_for_a_class={s['n_important_class']}, fisher_p={fp}, "
+                f"n_random={self.n_random}, base_accuracy={self.base_accuracy:.4f})")
+
+
+def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader, *,
+                      n_random: int = 99, seed: int = 0, min_size: int = 2,
+                      max_fraction: float = 0.99, alpha: float = 0.05, device=None,
+                      max_rows: int = 8192, groups: Optional[Sequence[NeuronGroup]] = None,
+                      progress: bool = True) -> ImportanceResult:
+    """Lesion test of each cluster ∩ layer group against random same-size groups.
+
+    Args:
+        model: The network the graph was built from.
+        data: Its neuron graph (:func:`dyngraph.neuron_graph`).
+        clusters: ``[num_nodes]`` partition of the graph's nodes.
+        loader: Evaluation batches ``(inputs, labels)`` (e.g. the test set).
+        n_random: Random groups per group (>= 19, so that p can reach 0.05).
+        seed: Seed of the random groups.
+        min_size, max_fraction: Which groups are tested (2 neurons to 99% of the layer).
+        alpha: Level of the Benjamini–Hochberg procedure that flags a group as important.
+        device: Where to run (default: the model's device).
+        max_rows: Largest (masks × samples) batch per forward pass.
+        groups: Groups to test instead of ``neuron_groups(data, clusters, ...)``.
+        progress: Progress bar over layers.
+
+    Returns:
+        :class:`ImportanceResult`.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
+        >>> g = dg.neurons.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.neurons.lesion_importance(m, g, torch.arange(10) % 2, DataLoader(ds, batch_size=20),
+        ...                          n_random=19, progress=False)
+        >>> len(r.groups), r.groups[0]['size']
+        (2, 4)
+    """
+    check_neuron_data(data)
+    _check_n_random(n_random)
+    alpha = _check_alpha(alpha)
+    check_tensor(clusters, "clusters")
+    if groups is None:
+        groups = neuron_groups(data, clusters, min_size=min_size, max_fraction=max_fraction)
+    groups = list(groups)
+    runner = LesionRunner(model, loader, device=device, max_rows=max_rows)
+    base, base_cls = runner.accuracy()
+    base, base_cls = base[0], base_cls[0]
+    present = runner.class_counts > 0
+    k = runner.num_classes
+    g_n = len(groups)
+    drops = torch.zeros(g_n, dtype=torch.float64)
+    rnd = torch.zeros(g_n, n_random, dtype=torch.float64)
+    cdrops = torch.zeros(g_n, k, dtype=torch.float64)
+    rcdrops = torch.zeros(g_n, n_random, k, dtype=torch.float64)
+    by_layer: Dict[int, List[int]] = {}
+    for i, g in enumerate(groups):
+        by_layer.setdefault(g.layer_index, []).append(i)
+    for li in progress_bar(list(by_layer), desc="lesions", disable=not progress):
+        idx = by_layer[li]
+        size = data.layer_sizes[li]
+        masks = group_masks([groups[i] for i in idx], size, n_random, seed, start=idx[0],
+                            device=runner.device)
+        acc, acc_cls = runner.accuracy(data.unit_modules[li], masks)
+        d = (base - acc).view(len(idx), 1 + n_random).cpu()
+        dc = (base_cls.unsqueeze(0) - acc_cls).view(len(idx), 1 + n_random, k).cpu()
+        for j, i in enumerate(idx):
+            drops[i], rnd[i] = d[j, 0], d[j, 1:]
+            cdrops[i], rcdrops[i] = dc[j, 0], dc[j, 1:]
+    pres = present.cpu()
+    cmax = cdrops[:, pres].amax(1) if g_n else torch.zeros(0, dtype=torch.float64)
+    rcmax = rcdrops[:, :, pres].amax(2) if g_n else torch.zeros(0, n_random, dtype=torch.float64)
+    rows: List[Dict[str, Any]] = []
+    fisher = fisher_c = None
+    if g_n:
+        p = empirical_p(drops, rnd, greater=True)
+        pc = empirical_p(cmax, rcmax, greater=True)
+        q, qc = benjamini_hochberg(p), benjamini_hochberg(pc)
+        pct, pctc = percentile_of(drops, rnd), percentile_of(cmax, rcmax)
+        fisher, fisher_c = fisher_combine(p), fisher_combine(pc)
+        for i, g in enumerate(groups):
+            rows.append({
+                "layer": g.layer, "layer_index": g.layer_index, "cluster": g.cluster,
+                "size": g.size, "layer_size": int(g.pool.numel()),
+                "neurons": g.neurons.tolist(),
+                "acc_drop": float(drops[i]), "random_drop_mean": float(rnd[i].mean()),
+                "percentile": float(pct[i]), "p_value": float(p[i]), "q_value": float(q[i]),
+                "important": bool(q[i] <= alpha),
+                "class_drop_max": float(cmax[i]),
+                "class_drop_argmax": int(pres.nonzero().flatten()[cdrops[i, pres].argmax()]),
+                "class_drops": [round(v, 6) for v in cdrops[i].tolist()],
+                "class_percentile": float(pctc[i]), "class_p_value": float(pc[i]),
+                "class_q_value": float(qc[i]), "important_class": bool(qc[i] <= alpha),
+            })
+    return ImportanceResult(rows, float(base), base_cls.cpu().tolist(), fisher, fisher_c,
+                            n_random, alpha, drops, rnd, cdrops, rcdrops,
+                            meta={"seed": seed, "min_size": min_size,
+                                  "max_fraction": max_fraction, "n_samples": runner.n})

@@ -1,0 +1,429 @@
+"""The whole neuron-level analysis in one call: per-group report, figure, TensorBoard logs."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .._io import PathLike, atomic_write_json, atomic_write_text
+from .._validate import check_labels, check_positive_int, check_tensor
+from ._clusterability import ClusterabilityResult, clusterability
+from ._coherence import CoherenceResult, coherence
+from ._graph import neuron_graph
+from ._groups import check_neuron_data, neuron_groups
+from ._importance import ImportanceResult, lesion_importance
+from ._spectral import ncut, spectral_partition
+
+_SKIP_CSV = ("neurons", "class_drops")
+
+
+def plot_neuron_partition(data: Data, clusters: Tensor, path: Optional[PathLike] = None, ax=None,
+                          max_edges: int = 4000, title: Optional[str] = None,
+                          highlight: Optional[Tensor] = None):
+    """Draws a neuron graph layer by layer, nodes coloured by cluster.
+
+    Layers run left to right; within a layer the neurons are sorted by cluster, so a cluster shows
+    as a coloured band. The ``max_edges`` heaviest edges are drawn, with opacity ∝ weight, in the
+    cluster's colour when both ends share a cluster and grey otherwise.
+
+    Args:
+        data: A neuron graph (:func:`dyngraph.neuron_graph`).
+        clusters: ``[num_nodes]`` labels.
+        path: Save a PNG there (atomically).
+        ax: An existing matplotlib axis.
+        max_edges: Edges drawn at most.
+        title: Axis title.
+        highlight: ``[num_nodes]`` bool: nodes circled in black (e.g. important groups).
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    from ..outputs._plot import _pyplot, save_figure
+    check_neuron_data(data)
+    check_tensor(clusters, "clusters")
+    clusters = check_labels(clusters, data.num_nodes, "clusters").cpu()
+    check_positive_int(max_edges, "max_edges")
+    plt = _pyplot()
+    from matplotlib.collections import LineCollection
+    layer, neuron = data.layer.cpu(), data.neuron.cpu()
+    n_layers = len(data.layer_names)
+    y = torch.zeros(data.num_nodes)
+    for li in range(n_layers):
+        idx = (layer == li).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        order = torch.argsort(clusters[idx] * (int(neuron.max()) + 1) + neuron[idx])
+        pos = torch.empty(idx.numel())
+        pos[order] = torch.linspace(0, 1, idx.numel()) if idx.numel() > 1 else torch.tensor([0.5])
+        y[idx] = pos
+    x = layer.float()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * n_layers + 2), 5.5))
+    else:
+        fig = ax.figure
+    k = int(clusters.max()) + 1
+    cmap = plt.get_cmap("tab20" if k > 10 else "tab10")
+    colours = [cmap(i % cmap.N) for i in range(k)]
+    ei = data.edge_index.cpu()
+    w = data.edge_weight.cpu().double() if data.edge_weight is not None else \
+        torch.ones(ei.shape[1], dtype=torch.float64)
+    once = ei[0] < ei[1]
+    ei, w = ei[:, once], w[once]
+    if w.numel():
+        top = w.topk(min(max_edges, w.numel())).indices
+        ei, w = ei[:, top], w[top]
+        alpha = (w / w.max()).clamp(0.03, 1.0) * 0.6
+        # Adjacent layers: straight lines. Within a layer: an arc to the right; across several
+        # layers: an arc above, so that the line does not run through the layers in between.
+        p0 = torch.stack([x[ei[0]], y[ei[0]]], 1)
+        p1 = torch.stack([x[ei[1]], y[ei[1]]], 1)
+        span = (x[ei[1]] - x[ei[0]]).abs()
+        ctrl = (p0 + p1) / 2
+        ctrl[:, 0] += torch.where(span == 0, 0.25 + 0.3 * (p1[:, 1] - p0[:, 1]).abs(),
+                                  torch.zeros_like(span))
+        ctrl[:, 1] += torch.where(span > 1, 0.08 * span, torch.zeros_like(span))
+        t = torch.linspace(0, 1, 9).view(1, -1, 1)
+        segs = ((1 - t) ** 2 * p0.unsqueeze(1) + 2 * t * (1 - t) * ctrl.unsqueeze(1)
+                + t ** 2 * p1.unsqueeze(1)).numpy()
+        same = clusters[ei[0]] == clusters[ei[1]]
+        cols = [(*colours[int(clusters[a])][:3], float(al)) if s else (0.5, 0.5, 0.5, float(al))
+                for a, s, al in zip(ei[0].tolist(), same.tolist(), alpha.tolist())]
+        ax.add_collection(LineCollection(segs, colors=cols, linewidths=0.6, zorder=1))
+    ax.scatter(x.numpy(), y.numpy(), c=[colours[int(c)] for c in clusters], s=14, zorder=2,
+               edgecolors="none")
+    if highlight is not None:
+        hl = highlight.cpu().bool()
+        ax.scatter(x[hl].numpy(), y[hl].numpy(), s=30, facecolors="none", edgecolors="black",
+                   linewidths=0.7, zorder=3)
+    ax.set_xticks(range(n_layers))
+    ax.set_xticklabels(data.layer_names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.set_ylim(-0.05, 1.05 + (0.08 * (n_layers - 1) if n_layers > 2 else 0.0))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neurons (sorted by cluster)")
+    ax.set_title(title or f"{data.source} graph, {k} clusters, {data.num_nodes} neurons")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+@dataclass
+class NeuronReport:
+    """The neuron-level modularity analysis of one network.
+
+    Attributes:
+        graph: The neuron graph.
+        clusters: ``[num_nodes]`` spectral partition.
+        ncut: Its n-cut.
+        clusterability: The shuffle test, or ``None``.
+        importance: The lesion test, or ``None``.
+        coherence: The coherence test, or ``None``.
+        meta: Settings, model info, timings.
+    """
+
+    graph: Data
+    clusters: Tensor
+    ncut: float
+    clusterability: Optional[ClusterabilityResult] = None
+    importance: Optional[ImportanceResult] = None
+    coherence: Optional[CoherenceResult] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- tables
+    def groups(self) -> List[Dict[str, Any]]:
+        """One row per cluster ∩ layer group: layer, cluster, size, importance and coherence
+        percentiles, p- and q-values and flags."""
+        rows: Dict[tuple, Dict[str, Any]] = {}
+        for res in (self.importance, self.coherence):
+            if res is None:
+                continue
+            for r in res.groups:
+                key = (r["layer_index"], r["cluster"])
+                rows.setdefault(key, {}).update(r)
+        if not rows:
+            for g in neuron_groups(self.graph, self.clusters, **self._group_kw()):
+                rows[(g.layer_index, g.cluster)] = {
+                    "layer": g.layer, "layer_index": g.layer_index, "cluster": g.cluster,
+                    "size": g.size, "layer_size": int(g.pool.numel())}
+        return [rows[k] for k in sorted(rows)]
+
+    def _group_kw(self) -> Dict[str, Any]:
+        return {k: self.meta[k] for k in ("min_size", "max_fraction") if k in self.meta}
+
+    def summary(self) -> Dict[str, Any]:
+        """Headline numbers: n-cut, shuffle test, shares of important and coherent groups."""
+        g = self.graph
+        out: Dict[str, Any] = {"source": g.source, "n_nodes": int(g.num_nodes),
+                               "n_edges": int(g.edge_index.shape[1] // 2),
+                               "n_removed": int(getattr(g, "n_removed", 0)),
+                               "n_clusters": int(self.clusters.max()) + 1, "ncut": self.ncut}
+        if self.clusterability is not None:
+            c = self.clusterability
+            out.update({"ncut_shuffled_mean": c.shuffled_mean, "ncut_shuffled_std": c.shuffled_std,
+                        "clusterability_p": c.p_value, "clusterability_z": c.z_score,
+                        "n_shuffles": int(c.shuffled.numel())})
+        if self.importance is not None:
+            out.update({f"importance_{k}" if not k.startswith(("n_", "share_")) else k: v
+                        for k, v in self.importance.summary().items()
+                        if k not in ("n_random", "alpha", "n_groups")})
+        if self.coherence is not None:
+            out.update({k if k.startswith(("n_", "share_")) else f"coherence_{k}": v
+                        for k, v in self.coherence.summary().items()
+                        if k not in ("n_random", "alpha", "n_groups")})
+        rows = self.groups()
+        out["n_groups"] = len(rows)
+        if self.importance is not None and self.coherence is not None and rows:
+            both = sum(bool(r.get("important") or r.get("important_class")) and
+                       bool(r.get("coherent")) for r in rows)
+            out["n_important_and_coherent"] = both
+            out["share_important_and_coherent"] = both / len(rows)
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        g = self.graph
+        return {"summary": self.summary(), "groups": self.groups(),
+                "graph": {"layers": g.layer_names, "layer_sizes": g.layer_sizes,
+                          "removed": getattr(g, "removed", {}), "norm": getattr(g, "norm", None),
+                          "source": g.source},
+                "clusters": self.clusters.tolist(),
+                "clusterability": (self.clusterability.to_dict()
+                                   if self.clusterability is not None else None),
+                "meta": self.meta}
+
+    def to_json(self, path: PathLike) -> None:
+        atomic_write_json(path, _jsonable(self.to_dict()))
+
+    def to_csv(self, path: Optional[PathLike] = None) -> str:
+        rows = self.groups()
+        keys: List[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys and k not in _SKIP_CSV]
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        text = buf.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_markdown(self, max_rows: int = 60) -> str:
+        """A markdown table of the groups (the columns that exist)."""
+        rows = self.groups()
+        cols = [("layer", "layer"), ("cluster", "cluster"), ("size", "size"),
+                ("layer_size", "of"), ("acc_drop", "acc drop"), ("percentile", "imp. pct"),
+                ("p_value", "imp. p"), ("q_value", "imp. q"), ("class_drop_max", "max class drop"),
+                ("class_p_value", "class p"), ("labels_score", "label H"),
+                ("labels_percentile", "H pct"), ("labels_p_value", "H p"),
+                ("pixels_score", "pixel |r|"), ("pixels_percentile", "|r| pct"),
+                ("pixels_p_value", "|r| p"), ("feature_vis_score", "fv z"),
+                ("feature_vis_p_value", "fv p")]
+        cols = [(k, h) for k, h in cols if rows and k in rows[0]]
+        lines = ["| " + " | ".join(h for _, h in cols) + " |",
+                 "|" + "---|" * len(cols)]
+        for r in rows[:max_rows]:
+            lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+        if len(rows) > max_rows:
+            lines.append(f"| … {len(rows) - max_rows} more |")
+        return "\n".join(lines)
+
+    def highlight(self) -> Tensor:
+        """``[num_nodes]`` bool: nodes of groups flagged important (overall or for a class)."""
+        mask = torch.zeros(self.graph.num_nodes, dtype=torch.bool)
+        if self.importance is None:
+            return mask
+        layer, neuron = self.graph.layer.cpu(), self.graph.neuron.cpu()
+        for r in self.importance.groups:
+            if r["important"] or r["important_class"]:
+                sel = (layer == r["layer_index"]) & torch.isin(neuron, torch.tensor(r["neurons"]))
+                mask |= sel
+        return mask
+
+    def plot(self, path: Optional[PathLike] = None, **kw):
+        """The partition on the layer graph (:func:`plot_neuron_partition`); important groups
+        circled."""
+        s = self.summary()
+        title = kw.pop("title", None) or (
+            f"{s['source']} graph: {s['n_nodes']} neurons, {s['n_clusters']} clusters, "
+            f"n-cut {s['ncut']:.3f}" + (f" (shuffled {s['ncut_shuffled_mean']:.3f}, "
+                                        f"p={s['clusterability_p']:.3g})"
+                                        if "clusterability_p" in s else ""))
+        return plot_neuron_partition(self.graph, self.clusters, path=path, title=title,
+                                     highlight=self.highlight(), **kw)
+
+    def to_tensorboard(self, writer, tag: str = "neurons", figure: bool = True) -> None:
+        """Scalars (n-cut, shuffle test, shares), the partition figure and the group table."""
+        for name in ("add_scalar", "add_text"):
+            if not callable(getattr(writer, name, None)):
+                raise TypeError(f"writer must be a SummaryWriter-like object with {name}(), got "
+                                f"{type(writer).__name__}")
+        for k, v in self.summary().items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None \
+                    and math.isfinite(float(v)):
+                writer.add_scalar(f"{tag}/{k}", float(v), global_step=0)
+        writer.add_text(f"{tag}/groups", self.to_markdown())
+        writer.add_text(f"{tag}/summary", "\n".join(f"- **{k}**: {v}"
+                                                    for k, v in self.summary().items()))
+        if figure and callable(getattr(writer, "add_figure", None)):
+            from ..outputs._plot import close
+            fig = self.plot()
+            writer.add_figure(f"{tag}/partition", fig)
+            close(fig)
+        if callable(getattr(writer, "flush", None)):
+            writer.flush()
+
+    def save(self, out: PathLike, tensorboard: bool = True) -> Dict[str, str]:
+        """Writes ``report.json``, ``groups.csv``, ``groups.md``, ``partition.png`` and TensorBoard
+        events under ``out``; returns the paths."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "report.json", "csv": out / "groups.csv",
+                 "markdown": out / "groups.md", "figure": out / "partition.png"}
+        self.to_json(paths["json"])
+        self.to_csv(paths["csv"])
+        atomic_write_text(paths["markdown"], self.to_markdown(max_rows=10_000) + "\n")
+        from ..outputs._plot import close
+        fig = self.plot(paths["figure"])
+        close(fig)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            with SummaryWriter(str(out / "tensorboard")) as w:
+                self.to_tensorboard(w)
+            paths["tensorboard"] = out / "tensorboard"
+        return {k: str(v) for k, v in paths.items()}
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        parts = [f"source={s['source']!r}", f"nodes={s['n_nodes']}",
+                 f"clusters={s['n_clusters']}", f"ncut={s['ncut']:.4f}"]
+        if "clusterability_p" in s:
+            parts.append(f"shuffled={s['ncut_shuffled_mean']:.4f}, p={s['clusterability_p']:.3g}, "
+                         f"z={s['clusterability_z']:.2f}")
+        if "n_important" in s:
+            parts.append(f"important={s['n_important']}/{s['n_groups']}")
+        if "n_coherent" in s:
+            parts.append(f"coherent={s['n_coherent']}/{s['n_groups']}")
+        return "NeuronReport(" + ", ".join(parts) + ")"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        v = v + 0.0  # no "-0"
+        return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str = "weights",
+                  n_shuffles: int = 20, n_random: int = 99,
+                  methods: Sequence[str] = ("labels", "pixels"), seed: int = 0,
+                  alpha: float = 0.05, min_size: int = 2, max_fraction: float = 0.99,
+                  graph_kwargs: Optional[Dict[str, Any]] = None, dead_from_data: bool = False,
+                  solver: str = "auto", top_k: int = 20,
+                  coherence_kwargs: Optional[Dict[str, Any]] = None,
+                  checkpoint: Optional[PathLike] = None,
+                  device=None, progress: bool = True) -> NeuronReport:
+    """Neuron graph → spectral partition → shuffle test → lesion importance → coherence.
+
+    Args:
+        model: A trained chain network (MLP or VGG-style CNN).
+        loader: Evaluation batches ``(inputs, labels)`` (the activations graph, lesions and
+            coherence all use it).
+        n_clusters: Clusters of the spectral partition.
+        source: ``'weights'`` or ``'activations'``.
+        n_shuffles: Weight-shuffled copies for the clusterability test (0 skips it).
+        n_random: Random groups per group (>= 19) for importance and coherence (0 skips both).
+        methods: Coherence methods (``'labels'``, ``'pixels'``, ``'feature_vis'``); empty skips.
+        seed: Seed of everything random.
+        alpha: Benjamini–Hochberg level.
+        min_size, max_fraction: Which cluster ∩ layer groups are tested.
+        graph_kwargs: Extra arguments of :func:`dyngraph.neuron_graph` (layers, norm, ...).
+        dead_from_data: With ``'weights'``, also remove neurons that are constant over ``loader``.
+        solver: Eigensolver of the spectral partition.
+        top_k: Top-activating inputs per group for the label coherence.
+        coherence_kwargs: Extra arguments of :func:`dyngraph.coherence` (``fv_steps``, ...).
+        checkpoint: JSON file where the shuffle test saves its progress (resumable).
+        device: Where to run.
+        progress: Progress bars.
+
+    Returns:
+        :class:`NeuronReport`.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+        ...                   nn.Linear(8, 2))
+        >>> dl = DataLoader(TensorDataset(torch.randn(60, 4), torch.arange(60) % 2), batch_size=30)
+        >>> r = dg.neurons.neuron_report(m, dl, n_clusters=2, n_shuffles=3, n_random=19,
+        ...                              top_k=10, progress=False)
+        >>> r.summary()['n_clusters'], r.summary()['n_shuffles']
+        (2, 3)
+    """
+    t0 = time.perf_counter()
+    check_positive_int(n_clusters, "n_clusters")
+    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, int) or n_shuffles < 0:
+        raise ValueError(f"n_shuffles must be an int >= 0, got {n_shuffles!r}")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
+    gkw = dict(graph_kwargs or {})
+    gkw.setdefault("progress", False)
+    if device is not None:
+        gkw.setdefault("device", device)
+    graph_loader = loader if (source == "activations" or dead_from_data) else None
+    if n_shuffles > 0:
+        cl = clusterability(model, n_clusters, n_shuffles, seed, source=source,
+                            loader=graph_loader, graph_kwargs=gkw, solver=solver,
+                            checkpoint=checkpoint, progress=progress)
+        graph, clusters, value = cl.graph, cl.clusters, cl.ncut
+    else:
+        cl = None
+        graph = neuron_graph(model, source=source, loader=graph_loader, **gkw)
+        clusters = spectral_partition(graph, n_clusters, seed=seed, solver=solver)
+        value = ncut(graph.edge_index, clusters, graph.edge_weight, graph.num_nodes)
+    imp = coh = None
+    if n_random > 0:
+        imp = lesion_importance(model, graph, clusters, loader, n_random=n_random, seed=seed,
+                                min_size=min_size, max_fraction=max_fraction, alpha=alpha,
+                                device=device, progress=progress)
+        if methods:
+            coh = coherence(model, graph, clusters, loader, methods=methods, n_random=n_random,
+                            seed=seed, top_k=top_k, min_size=min_size,
+                            max_fraction=max_fraction, alpha=alpha, device=device,
+                            progress=progress, **dict(coherence_kwargs or {}))
+    meta = {"n_clusters": n_clusters, "source": source, "seed": seed, "alpha": alpha,
+            "min_size": min_size, "max_fraction": max_fraction, "n_random": n_random,
+            "n_shuffles": n_shuffles, "methods": list(methods), "solver": solver,
+            "dead_from_data": dead_from_data,
+            "graph_kwargs": {k: repr(v) for k, v in gkw.items() if k != "progress"},
+            "seconds": round(time.perf_counter() - t0, 2)}
+    return NeuronReport(graph, clusters, value, cl, imp, coh, meta)

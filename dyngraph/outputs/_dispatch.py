@@ -1,0 +1,118 @@
+"""``plot(result)`` and ``log(writer, result)``: one entry point each, dispatched on the result's
+type. Result modules register their drawers here; figures and TensorBoard code live only in
+:mod:`dyngraph.outputs`."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Dict, List, Optional
+
+from .._io import PathLike
+
+_PLOTTERS: Dict[type, Callable[..., Any]] = {}
+_LOGGERS: Dict[type, Callable[..., Any]] = {}
+# Modules whose import registers drawers; imported on the first plot()/log() call.
+_DRAWER_MODULES = ["dyngraph.outputs._figures"]
+
+
+def register_plot(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``fn(result, ax=None, **kw) -> Figure`` draws results of type ``cls``."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _PLOTTERS[cls] = fn
+        return fn
+    return deco
+
+
+def register_log(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: ``fn(writer, result, prefix, figure) -> None`` logs results of type ``cls``."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _LOGGERS[cls] = fn
+        return fn
+    return deco
+
+
+def _load() -> None:
+    while _DRAWER_MODULES:
+        importlib.import_module(_DRAWER_MODULES.pop())
+
+
+def _find(table: Dict[type, Callable[..., Any]], result: Any, what: str) -> Callable[..., Any]:
+    _load()
+    key = type(result)
+    if isinstance(result, (list, tuple)) and result:
+        key = type(result[0])
+        if not all(isinstance(r, key) for r in result):
+            raise TypeError(f"{what} takes a list of results of one type, got "
+                            f"{sorted({type(r).__name__ for r in result})}")
+    for cls in key.__mro__:
+        if cls in table:
+            return table[cls]
+    known = sorted(c.__name__ for c in table)
+    raise TypeError(f"{what} does not know how to draw a {key.__name__}; it draws {known}")
+
+
+def plot(result: Any, path: Optional[PathLike] = None, ax: Any = None, **kw: Any) -> Any:
+    """Draws any dyngraph result; saves it atomically to ``path`` when given.
+
+    A :class:`~dyngraph.DepthProfile` is drawn as mean ± std over depth (one panel per metric,
+    nulls as a band), a list of profiles overlaid (``labels=`` names them), a
+    :class:`~dyngraph.LayerMatrix` as heatmaps; every other result type of dyngraph registers
+    its own drawer. The user's matplotlib backend and pyplot state are never touched.
+
+    Args:
+        result: A result object, or a list of results of one type to overlay.
+        path: Where to save the figure (PNG unless the suffix says otherwise).
+        ax: An existing matplotlib axis to draw into (one-panel figures).
+        **kw: Options of the type's drawer (``metrics=``, ``labels=``, ``title=``, ...).
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> p = dg.DepthProfile(['conv1', 'conv2'], ['modularity'], torch.tensor([[0.2, 0.6]]))
+        >>> fig = dg.plot(p)
+        >>> fig.axes[0].get_ylabel()
+        'modularity'
+    """
+    fig = _find(_PLOTTERS, result, "plot")(result, ax=ax, **kw)
+    from ._plot import finish
+    return finish(fig, path)
+
+
+def log(writer: Any, result: Any, prefix: str = "dyngraph", figure: bool = True,
+        **kw: Any) -> None:
+    """Logs any dyngraph result to TensorBoard with one convention: scalar
+    ``'<prefix>/<metric>'`` at ``step`` = layer index (``'<prefix>/<metric>_std'`` for the spread
+    over repeats), the layer names and settings as a text table ``'<prefix>/layers'``, and the
+    figure as ``'<prefix>/figure'``.
+
+    Args:
+        writer: A ``torch.utils.tensorboard.SummaryWriter`` (anything with ``add_scalar`` and
+            ``add_text``).
+        result: A result object.
+        prefix: Tag prefix (one per run or model).
+        figure: Also log the figure.
+
+    Example:
+        >>> import tempfile, torch, dyngraph as dg
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> p = dg.DepthProfile(['conv1', 'conv2'], ['modularity'], torch.tensor([[0.2, 0.6]]))
+        >>> with SummaryWriter(tempfile.mkdtemp()) as w:
+        ...     dg.log(w, p, prefix='trained')
+    """
+    for name in ("add_scalar", "add_text"):
+        if not callable(getattr(writer, name, None)):
+            raise TypeError(f"writer must be a SummaryWriter-like object with {name}(), got "
+                            f"{type(writer).__name__}")
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    _find(_LOGGERS, result, "log")(writer, result, prefix=prefix, figure=figure, **kw)
+    flush = getattr(writer, "flush", None)
+    if callable(flush):
+        flush()
+
+
+def drawable_types() -> List[str]:
+    """Names of the result types :func:`plot` can draw."""
+    _load()
+    return sorted(c.__name__ for c in _PLOTTERS)

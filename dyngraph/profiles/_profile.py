@@ -1,0 +1,346 @@
+"""The two result containers of the spine: :class:`DepthProfile` (metrics over depth) and
+:class:`LayerMatrix` (a measure between every pair of layers)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .._io import PathLike, atomic_write_json, atomic_write_text
+from .._json import float_tensor, jsonable
+
+PROFILE_FORMAT = "dyngraph.DepthProfile/1"
+MATRIX_FORMAT = "dyngraph.LayerMatrix/1"
+
+
+def _names(value: Any, what: str) -> List[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list of names, got {type(value).__name__}: {value!r}")
+    names = [str(v) for v in value]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{what} must be unique; repeated: {dup}")
+    return names
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _read_json(path: PathLike, fmt: str) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        try:
+            d = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); rebuild it") from None
+    if not isinstance(d, dict) or d.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt.split('/')[0]} file (format "
+                         f"{d.get('format') if isinstance(d, dict) else None!r})")
+    return d
+
+
+class DepthProfile:
+    """Metrics over the layers of a network, every repeat kept.
+
+    ``samples[r, l, m]`` is metric ``m`` at layer ``l`` in repeat ``r`` (a class-balanced
+    resampling); :attr:`mean` and :attr:`std` are derived from it, never stored apart. Nulls
+    appear as metrics ``'<metric>:null_mean'``, ``'<metric>:null_std'`` and ``'<metric>:z'``.
+
+    Args:
+        layers: Layer names in depth order ``[L]``.
+        metrics: Metric names ``[M]``.
+        samples: ``[R, L, M]``; also ``[R, L]`` or ``[L]`` for one metric, ``[L, M]`` for one
+            repeat of several metrics.
+        meta: The settings that produced it.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> p = dg.DepthProfile(['a', 'b'], ['q'], torch.tensor([[0.1, 0.5], [0.3, 0.7]]))
+        >>> p.samples.shape, [round(v, 3) for v in p['q'].values.tolist()]
+        (torch.Size([2, 2, 1]), [0.2, 0.6])
+        >>> dg.DepthProfile.from_dict(p.to_dict()) == p
+        True
+    """
+
+    def __init__(self, layers: Sequence[str], metrics: Union[str, Sequence[str]],
+                 samples: Any, meta: Optional[Dict[str, Any]] = None) -> None:
+        self.layers = _names(list(layers) if isinstance(layers, tuple) else layers, "layers")
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        self.metrics = _names(metrics, "metrics")
+        s = torch.as_tensor(samples).detach().to("cpu", torch.float64)
+        L, M = len(self.layers), len(self.metrics)
+        if s.dim() == 1 and M == 1:          # [L]: one metric, one repeat
+            s = s.reshape(1, -1, 1)
+        elif s.dim() == 2 and M == 1:        # [R, L]: one metric
+            s = s.unsqueeze(-1)
+        elif s.dim() == 2:                   # [L, M]: one repeat
+            s = s.unsqueeze(0)
+        if s.dim() != 3 or tuple(s.shape[1:]) != (L, M) or s.shape[0] < 1:
+            raise ValueError(f"samples must have shape [repeats, {L} layers, {M} metrics], got "
+                             f"{tuple(torch.as_tensor(samples).shape)}")
+        self.samples: Tensor = s.clone()
+        self.meta: Dict[str, Any] = dict(meta or {})
+        if not isinstance(meta, (dict, type(None))):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def repeats(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def mean(self) -> Tensor:
+        """Mean over repeats ``[L, M]``."""
+        return self.samples.mean(0)
+
+    @property
+    def std(self) -> Tensor:
+        """Sample standard deviation over repeats ``[L, M]`` (zeros for one repeat)."""
+        if self.repeats == 1:
+            return torch.zeros_like(self.samples[0])
+        return self.samples.std(0, unbiased=True)
+
+    def _single(self, what: str) -> int:
+        if len(self.metrics) != 1:
+            raise ValueError(f"{what} needs a one-metric profile; this one has {self.metrics}: "
+                             f"select one with profile[{self.metrics[0]!r}]")
+        return 0
+
+    @property
+    def name(self) -> str:
+        """The metric of a one-metric profile."""
+        return self.metrics[self._single(".name")]
+
+    @property
+    def values(self) -> Tensor:
+        """Mean over repeats ``[L]`` of a one-metric profile (``profile['modularity'].values``)."""
+        return self.mean[:, self._single(".values")]
+
+    @property
+    def errors(self) -> Tensor:
+        """Standard deviation ``[L]`` of a one-metric profile."""
+        return self.std[:, self._single(".errors")]
+
+    def __getitem__(self, key: Union[str, Sequence[str]]) -> "DepthProfile":
+        """One metric (``p['modularity']``) or several (``p[['nc1', 'twonn']]``) as a profile."""
+        keys = [key] if isinstance(key, str) else list(key)
+        idx = []
+        for k in keys:
+            if k not in self.metrics:
+                raise KeyError(f"no metric {k!r}; metrics are {self.metrics}")
+            idx.append(self.metrics.index(k))
+        return DepthProfile(self.layers, keys, self.samples[:, :, idx], self.meta)
+
+    def layer(self, name: Union[str, int]) -> Dict[str, float]:
+        """``{metric: mean}`` at one layer (by name or index)."""
+        i = self.layers.index(name) if isinstance(name, str) else int(name)
+        return {m: float(v) for m, v in zip(self.metrics, self.mean[i])}
+
+    def diff(self) -> Tensor:
+        """Layer-to-layer change of the mean ``[L − 1, M]`` (``[L − 1]`` for one metric)."""
+        d = self.mean[1:] - self.mean[:-1]
+        return d[:, 0] if len(self.metrics) == 1 else d
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DepthProfile):
+            return NotImplemented
+        return (self.layers == other.layers and self.metrics == other.metrics
+                and _same(self.samples, other.samples)
+                and jsonable(self.meta) == jsonable(other.meta))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{m}=[" + ", ".join(f"{v:.3f}" for v in self.mean[:6, i].tolist())
+                         + (", ..." if len(self) > 6 else "") + "]"
+                         for i, m in enumerate(self.metrics[:4]))
+        more = f", +{len(self.metrics) - 4} metrics" if len(self.metrics) > 4 else ""
+        return f"DepthProfile(layers={len(self)}, repeats={self.repeats}, {head}{more})"
+
+    # ------------------------------------------------------------------ combine
+    def join(self, other: "DepthProfile") -> "DepthProfile":
+        """The metrics of both profiles side by side (same layers and repeats)."""
+        if other.layers != self.layers or other.repeats != self.repeats:
+            raise ValueError("join needs the same layers and number of repeats")
+        clash = set(self.metrics) & set(other.metrics)
+        if clash:
+            raise ValueError(f"both profiles have metrics {sorted(clash)}")
+        return DepthProfile(self.layers, self.metrics + other.metrics,
+                            torch.cat([self.samples, other.samples], 2),
+                            {**other.meta, **self.meta})
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict: ``layers``, ``metrics``, ``samples``, the derived ``mean`` and
+        ``std`` per metric, each metric's mean list under its own name, and ``meta``."""
+        d: Dict[str, Any] = {"format": PROFILE_FORMAT, "layers": list(self.layers),
+                             "metrics": list(self.metrics)}
+        mean, std = self.mean, self.std
+        for i, m in enumerate(self.metrics):
+            d[m] = jsonable(mean[:, i])
+        d["mean"] = {m: jsonable(mean[:, i]) for i, m in enumerate(self.metrics)}
+        d["std"] = {m: jsonable(std[:, i]) for i, m in enumerate(self.metrics)}
+        d["samples"] = jsonable(self.samples)
+        d["meta"] = jsonable(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "DepthProfile":
+        """Inverse of :meth:`to_dict`. The stored means must agree with the samples."""
+        if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"not a DepthProfile dict (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        prof = cls(d["layers"], d["metrics"], float_tensor(d["samples"], "samples"),
+                   d.get("meta") or {})
+        stored = d.get("mean")
+        if stored is not None:
+            for i, m in enumerate(prof.metrics):
+                if m not in stored or not _same(float_tensor(stored[m], f"mean[{m!r}]"),
+                                                prof.mean[:, i]):
+                    raise ValueError(f"the stored mean of {m!r} disagrees with its samples: the "
+                                     f"file was edited or corrupted")
+        return prof
+
+    def to_json(self, path: Optional[PathLike] = None) -> str:
+        """The JSON text; written atomically to ``path`` when given."""
+        d = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> "DepthProfile":
+        """Reads :meth:`to_json`'s file (an exact round trip)."""
+        return cls.from_dict(_read_json(path, PROFILE_FORMAT))
+
+    def to_csv(self, path: Optional[PathLike] = None) -> str:
+        """Long CSV: ``layer_index, layer, metric, mean, std, repeat_0, ...``."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["layer_index", "layer", "metric", "mean", "std"]
+                   + [f"repeat_{r}" for r in range(self.repeats)])
+        mean, std = self.mean, self.std
+        for i, name in enumerate(self.layers):
+            for j, m in enumerate(self.metrics):
+                w.writerow([i, name, m, repr(float(mean[i, j])), repr(float(std[i, j]))]
+                           + [repr(float(v)) for v in self.samples[:, i, j].tolist()])
+        text = buf.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+
+class LayerMatrix:
+    """A measure between every pair of layers: ``values[i, j, m]`` for row layer ``i`` (model
+    A), column layer ``j`` (model B, or A again) and metric ``m``.
+
+    With permutations, each measure ``x`` has the metric ``'x:p'`` beside it: the permutation
+    p-value, whose smallest possible value is ``1/(P + 1)``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.LayerMatrix(['a1', 'a2'], ['b1', 'b2'], ['cka'], torch.eye(2).unsqueeze(-1))
+        >>> m['cka'].shape, dg.LayerMatrix.from_dict(m.to_dict()) == m
+        (torch.Size([2, 2]), True)
+    """
+
+    def __init__(self, rows: Sequence[str], cols: Sequence[str],
+                 metrics: Union[str, Sequence[str]], values: Any,
+                 meta: Optional[Dict[str, Any]] = None) -> None:
+        self.rows = _names(list(rows) if isinstance(rows, tuple) else rows, "rows")
+        self.cols = _names(list(cols) if isinstance(cols, tuple) else cols, "cols")
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        self.metrics = _names(metrics, "metrics")
+        v = torch.as_tensor(values).detach().to("cpu", torch.float64)
+        if v.dim() == 2 and len(self.metrics) == 1:
+            v = v.unsqueeze(-1)
+        want = (len(self.rows), len(self.cols), len(self.metrics))
+        if tuple(v.shape) != want:
+            raise ValueError(f"values must have shape [rows, cols, metrics] = {list(want)}, got "
+                             f"{list(torch.as_tensor(values).shape)}")
+        self.values: Tensor = v.clone()
+        if not isinstance(meta, (dict, type(None))):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    def __getitem__(self, metric: str) -> Tensor:
+        """The ``[rows, cols]`` matrix of one metric."""
+        if metric not in self.metrics:
+            raise KeyError(f"no metric {metric!r}; metrics are {self.metrics}")
+        return self.values[:, :, self.metrics.index(metric)]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def diagonal_contrast(self, metric: str) -> Dict[str, float]:
+        """Mean of the diagonal, mean off the diagonal, and the share of rows whose best column
+        is the diagonal one (square matrices: the same layers of two models)."""
+        v = self[metric]
+        if v.shape[0] != v.shape[1]:
+            raise ValueError(f"diagonal_contrast needs a square matrix, got {tuple(v.shape)}")
+        n = v.shape[0]
+        off = v[~torch.eye(n, dtype=torch.bool)]
+        best = v.argmin(1) if self.meta.get("distance", {}).get(metric) else v.argmax(1)
+        return {"diagonal_mean": float(v.diagonal().mean()),
+                "off_diagonal_mean": float(off.mean()) if off.numel() else float("nan"),
+                "row_best_is_diagonal": float((best == torch.arange(n)).double().mean())}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LayerMatrix):
+            return NotImplemented
+        return (self.rows == other.rows and self.cols == other.cols
+                and self.metrics == other.metrics and _same(self.values, other.values)
+                and jsonable(self.meta) == jsonable(other.meta))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"LayerMatrix(rows={len(self.rows)}, cols={len(self.cols)}, "
+                f"metrics={self.metrics})")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"format": MATRIX_FORMAT, "rows": list(self.rows), "cols": list(self.cols),
+                "metrics": list(self.metrics), "values": jsonable(self.values),
+                "meta": jsonable(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LayerMatrix":
+        if not isinstance(d, dict) or d.get("format") != MATRIX_FORMAT:
+            raise ValueError(f"not a LayerMatrix dict (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        return cls(d["rows"], d["cols"], d["metrics"], float_tensor(d["values"], "values"),
+                   d.get("meta") or {})
+
+    def to_json(self, path: Optional[PathLike] = None) -> str:
+        d = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> "LayerMatrix":
+        return cls.from_dict(_read_json(path, MATRIX_FORMAT))
+
+    def to_csv(self, path: Optional[PathLike] = None) -> str:
+        """Long CSV: ``row, col, metric, value``."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["row", "col", "metric", "value"])
+        for i, r in enumerate(self.rows):
+            for j, c in enumerate(self.cols):
+                for k, m in enumerate(self.metrics):
+                    w.writerow([r, c, m, repr(float(self.values[i, j, k]))])
+        text = buf.getvalue()
+        if path is not None:
+            atomic_write_text(path, text)
+        return text

@@ -1,0 +1,363 @@
+"""Redundant layers from a modularity curve: the reference ΔQ rule, plateaus and degradations,
+filtered by structural constraints, each removal with its reason.
+
+Rules (``Q`` is the curve, ``M_{l-1} = max(Q_0, ..., Q_{l-1})`` its running maximum):
+
+========================  ===============================================  ==================
+rule                      layer ``l ≥ 1`` is redundant when                default threshold
+========================  ===============================================  ==================
+``'delta'``               ``Q_l − Q_{l−1} < threshold`` (the reference:    0.03 (ResNet56);
+                          ResNet56 on CIFAR-10 used 0.03, VGG19 used 0)    use 0 for VGG19
+``'plateau'``             ``|Q_l − M_{l−1}| ≤ threshold``: no new          0.01
+                          maximum, no real fall either
+``'degradation'``         ``Q_l < M_{l−1} − threshold``: Q has fallen      0.0
+                          below what an earlier layer reached
+``'plateau+degradation'`` ``Q_l ≤ M_{l−1} + threshold`` (either of the     0.01
+                          two above)
+========================  ===============================================  ==================
+
+The first curve layer (the stem) is never removed. With ``model``, the structural constraints are
+checked on one forward pass: never remove the stem or the classifier; never remove a layer that
+changes the shape unless ``allow_projection`` (then :func:`prune_layers` puts a shape-matching
+projection in its place); keep at least ``min_per_stage`` layers in every stage (a run of
+siblings at one shape, e.g. a ResNet stage). Flagged layers are considered from the most
+redundant (lowest score) on, so a stage keeps its least redundant member.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .._validate import check_choice, check_positive_int
+from .._curve import Curve
+from ._surgery import ExampleInput, Unit, _check_model, infer_example_input, probe, \
+    resolve_units, _stage_members, _parent_name
+
+RULES = ("delta", "plateau", "degradation", "plateau+degradation")
+DEFAULT_THRESHOLDS = {"delta": 0.03, "plateau": 0.01, "degradation": 0.0,
+                      "plateau+degradation": 0.01}
+_ALIASES = {"reference": "delta", "drop": "degradation"}
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One layer to remove, and why.
+
+    Attributes:
+        layer: The curve's layer name.
+        module: The module :func:`prune_layers` removes (equal to ``layer`` except for
+            post-activation points, which map to their conv/linear layer).
+        reason: A sentence with the numbers that triggered the removal.
+        score: The rule's score (lower = more redundant; ``ΔQ`` for ``'delta'``).
+        value: ``Q_l``; ``delta``: ``Q_l − Q_{l−1}``.
+        projection: ``True`` when the layer changes the shape and will be replaced by a
+            shape-matching projection.
+    """
+
+    layer: str
+    module: str
+    reason: str
+    score: float
+    value: float
+    delta: float
+    projection: bool = False
+
+
+class Redundancy(Sequence):
+    """The layers to remove (in depth order), what was kept despite being flagged, and how.
+
+    Behaves as a sequence of :class:`Removal`; ``layers`` gives the module names to pass to
+    :func:`prune_layers` (which also accepts this object directly).
+    """
+
+    def __init__(self, removals: Sequence[Removal], kept: Dict[str, str], method: str,
+                 params: Dict[str, Any], checked: bool, order: Sequence[str]):
+        pos = {n: i for i, n in enumerate(order)}
+        self.removals: List[Removal] = sorted(removals, key=lambda r: pos.get(r.layer, 0))
+        self.kept = dict(kept)
+        self.method = method
+        self.params = dict(params)
+        self.structure_checked = checked
+
+    def __getitem__(self, i):
+        return self.removals[i]
+
+    def __len__(self) -> int:
+        return len(self.removals)
+
+    def __iter__(self) -> Iterator[Removal]:
+        return iter(self.removals)
+
+    @property
+    def layers(self) -> List[str]:
+        """Module names to remove, in depth order."""
+        return [r.module for r in self.removals]
+
+    def __repr__(self) -> str:
+        return (f"Redundancy(method={self.method!r}, remove={self.layers}, kept_flagged="
+                f"{list(self.kept)}, structure_checked={self.structure_checked})")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"method": self.method, "params": self.params,
+                "structure_checked": self.structure_checked,
+                "remove": [asdict(r) for r in self.removals], "kept": dict(self.kept)}
+
+    def table(self) -> str:
+        """Markdown table of the removals and of the flagged layers that were kept."""
+        rows = ["| layer | module | Q | ΔQ | decision |", "|---|---|---|---|---|"]
+        for r in self.removals:
+            rows.append(f"| {r.layer} | {r.module} | {r.value:.4f} | {r.delta:+.4f} | remove: "
+                        f"{r.reason} |")
+        for layer, why in self.kept.items():
+            rows.append(f"| {layer} | | | | keep: {why} |")
+        return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------- scores
+def _rule(rule: str) -> str:
+    rule = _ALIASES.get(rule, rule)
+    return check_choice(rule, "rule", RULES)
+
+
+def _as_curve(curve) -> Curve:
+    if not isinstance(curve, Curve):
+        raise TypeError(f"curve must be a dyngraph Curve (dg.profiles._pipeline.modularity_curve(...)), got "
+                        f"{type(curve).__name__}")
+    if len(curve) < 2:
+        raise ValueError(f"curve needs at least 2 layers to find redundant ones, got "
+                         f"{len(curve)}: {curve.layers}")
+    if not bool(torch.isfinite(curve.values).all()):
+        raise ValueError(f"curve has non-finite values: {curve.values.tolist()}")
+    return curve
+
+
+def layer_scores(curve: Curve, rule: str = "delta") -> torch.Tensor:
+    """Per-layer redundancy score ``[L]`` (lower = more redundant; ``nan`` for layer 0).
+
+    ``'delta'``: ``Q_l − Q_{l−1}``; ``'plateau'``: ``|Q_l − M_{l−1}|``; ``'degradation'`` and
+    ``'plateau+degradation'``: ``Q_l − M_{l−1}``, with ``M`` the running maximum.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> c = dg._curve.Curve(['a', 'b', 'c', 'd'], torch.tensor([0.1, 0.5, 0.4, 0.6]))
+        >>> [round(v, 2) for v in dg.prune.layer_scores(c, 'delta').tolist()[1:]]
+        [0.4, -0.1, 0.2]
+        >>> [round(v, 2) for v in dg.prune.layer_scores(c, 'degradation').tolist()[1:]]
+        [0.4, -0.1, 0.1]
+    """
+    rule = _rule(rule)
+    q = _as_curve(curve).values
+    out = torch.full_like(q, float("nan"))
+    if rule == "delta":
+        out[1:] = q[1:] - q[:-1]
+        return out
+    run_max = torch.cummax(q, 0).values
+    gap = q[1:] - run_max[:-1]
+    out[1:] = gap.abs() if rule == "plateau" else gap
+    return out
+
+
+def _flag(rule: str, q: torch.Tensor, l: int, threshold: float, layers: List[str]) \
+        -> Optional[str]:
+    """The reason layer ``l`` is flagged by the rule, or ``None``."""
+    prev = float(q[l - 1])
+    val = float(q[l])
+    if rule == "delta":
+        d = val - prev
+        if d < threshold:
+            return (f"ΔQ = Q({layers[l]}) − Q({layers[l - 1]}) = {val:.4f} − {prev:.4f} = "
+                    f"{d:+.4f} < {threshold:g}")
+        return None
+    j = int(torch.argmax(q[:l]))
+    mx = float(q[j])
+    gap = val - mx
+    plateau = abs(gap) <= threshold
+    degraded = gap < -threshold
+    if rule == "plateau" and plateau:
+        return (f"plateau: Q = {val:.4f} stays within {threshold:g} of the running maximum "
+                f"{mx:.4f} (at {layers[j]})")
+    if rule == "degradation" and degraded:
+        return (f"degradation: Q = {val:.4f} is {-gap:.4f} below the running maximum {mx:.4f} "
+                f"(at {layers[j]})")
+    if rule == "plateau+degradation" and gap <= threshold:
+        what = "plateau" if plateau else "degradation"
+        return (f"{what}: Q = {val:.4f} does not exceed the running maximum {mx:.4f} (at "
+                f"{layers[j]}) by more than {threshold:g}")
+    return None
+
+
+# ---------------------------------------------------------------------------- structure
+@dataclass
+class LayerInfo:
+    """Structural facts about one curve layer (from one forward pass)."""
+
+    layer: str
+    unit: Optional[Unit]
+    blocked: Optional[str]  # why it can never be removed (stem, classifier, shape), or None
+
+
+def layer_structure(curve_layers: Sequence[str], model: Optional[nn.Module] = None,
+                    example_input: Optional[ExampleInput] = None,
+                    allow_projection: bool = False) -> Tuple[Dict[str, LayerInfo], Any]:
+    """Per curve layer: its unit (what would be removed), and why it may never be removed.
+
+    Returns ``(infos, stage_members)``, where ``stage_members(unit)`` lists the units of the
+    stage the layer belongs to. Without ``model`` only the first layer is blocked and stages are
+    the parents in the dotted names.
+    """
+    infos: Dict[str, LayerInfo] = {}
+    if model is None:
+        for i, name in enumerate(curve_layers):
+            infos[name] = LayerInfo(name, None, "the first curve layer (stem)" if i == 0 else None)
+
+        def members(name: str) -> Tuple[str, List[str]]:
+            parent = _parent_name(name)[0]
+            return parent, [n for n in curve_layers if _parent_name(n)[0] == parent]
+        return infos, members
+    _check_model(model)
+    if example_input is None:
+        example_input = infer_example_input(model)
+    shapes = probe(model, example_input)
+    units = resolve_units(model, list(curve_layers), shapes)
+    modules = dict(model.named_modules())
+    for i, (name, unit) in enumerate(zip(curve_layers, units)):
+        blocked = None
+        if i == 0:
+            blocked = "the first curve layer (stem)"
+        elif unit.protected:
+            blocked = f"never removed: {unit.protected}"
+        elif unit.calls > 1:
+            blocked = f"runs {unit.calls} times per forward pass (shared weights)"
+        elif unit.shape_change and not allow_projection:
+            blocked = (f"changes the shape {list(unit.in_shape or ())} → "
+                       f"{list(unit.out_shape or ())} (allow_projection=True would replace it "
+                       f"by a projection)")
+        infos[name] = LayerInfo(name, unit, blocked)
+
+    def members(name: str) -> Tuple[str, List[str]]:
+        unit = infos[name].unit
+        parent = modules[unit.parent]
+        return unit.stage, _stage_members(parent, unit.parent, unit.stage, shapes)
+    return infos, members
+
+
+def select_layers(curve_layers: Sequence[str], ranking: Sequence[str],
+                  reasons: Dict[str, str], n: Optional[int], infos: Dict[str, LayerInfo],
+                  members, min_per_stage: int, values: torch.Tensor, scores: torch.Tensor,
+                  method: str, params: Dict[str, Any], checked: bool) -> Redundancy:
+    """Greedy pick along ``ranking`` (most redundant first) under the structural constraints.
+
+    ``reasons`` holds the flagged layers (threshold mode, ``n is None``: every flagged layer that
+    fits is removed) or the reason text of every ranked layer (budget mode: the first ``n`` that
+    fit are removed).
+    """
+    pos = {name: i for i, name in enumerate(curve_layers)}
+    removed_modules: Dict[str, set] = {}
+    chosen: List[Removal] = []
+    kept: Dict[str, str] = {}
+    taken_modules = set()
+    for name in ranking:
+        if n is not None and len(chosen) >= n:
+            break
+        if name not in reasons:
+            continue
+        info = infos[name]
+        if info.blocked:
+            kept[name] = info.blocked
+            continue
+        module = info.unit.module if info.unit is not None else name
+        if module in taken_modules:  # two curve points on the same layer
+            continue
+        stage, stage_members = members(name)
+        gone = removed_modules.setdefault(stage, set())
+        remaining = [m for m in stage_members if m not in gone and m != module]
+        if len(remaining) < min_per_stage:
+            kept[name] = (f"keeps {min_per_stage} layer(s) in stage {stage!r} "
+                          f"({len(stage_members)} there)")
+            continue
+        gone.add(module)
+        taken_modules.add(module)
+        i = pos[name]
+        delta = float(values[i] - values[i - 1]) if i > 0 else float("nan")
+        proj = bool(info.unit is not None and info.unit.shape_change)
+        reason = reasons[name] + (" — replaced by a shape-matching projection" if proj else "")
+        chosen.append(Removal(name, module, reason, float(scores[i]), float(values[i]), delta,
+                              proj))
+    if n is not None and len(chosen) < n:
+        raise ValueError(f"n_remove={n} but only {len(chosen)} layers can be removed under the "
+                         f"structural constraints (kept: {kept})")
+    return Redundancy(chosen, kept, method, params, checked, curve_layers)
+
+
+def redundant_layers(curve: Curve, rule: str = "delta", threshold: Optional[float] = None, *,
+                     model: Optional[nn.Module] = None,
+                     example_input: Optional[ExampleInput] = None,
+                     n_remove: Optional[int] = None, allow_projection: bool = False,
+                     min_per_stage: int = 1) -> Redundancy:
+    """Layers to remove according to a modularity curve, each with its reason.
+
+    Args:
+        curve: The modularity curve over the candidate layers (e.g. ``dg.profiles._pipeline.modularity_curve`` of
+            ``dg.default_layers(model)``: the stem and every residual block).
+        rule: ``'delta'`` (the reference ΔQ rule; alias ``'reference'``), ``'plateau'``,
+            ``'degradation'`` or ``'plateau+degradation'`` (see the module docstring).
+        threshold: The rule's threshold (default: 0.03, 0.01, 0.0, 0.01 respectively).
+        model: The network the curve was computed on; enables the structural constraints.
+        example_input: An input the model accepts (guessed when ``None``).
+        n_remove: Remove exactly this many layers: the most redundant by the rule's score that
+            satisfy the constraints (the threshold is then not used).
+        allow_projection: Allow removing layers that change the shape (replaced by projections).
+        min_per_stage: Layers every stage keeps.
+
+    Returns:
+        A :class:`Redundancy`: the removals (layer, module, reason, Q, ΔQ) in depth order, and
+        the flagged layers that were kept, with the constraint that kept them.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> c = dg._curve.Curve(['stem', 'b1', 'b2', 'b3'], torch.tensor([0.10, 0.30, 0.31, 0.50]))
+        >>> r = dg.prune.redundant_layers(c, rule='delta', threshold=0.03)
+        >>> r.layers, r[0].reason
+        (['b2'], 'ΔQ = Q(b2) − Q(b1) = 0.3100 − 0.3000 = +0.0100 < 0.03')
+    """
+    rule = _rule(rule)
+    curve = _as_curve(curve)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS[rule]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got threshold={threshold!r}")
+    if rule in ("plateau", "degradation", "plateau+degradation") and threshold < 0:
+        raise ValueError(f"threshold is a tolerance for rule={rule!r} and must be >= 0, got "
+                         f"threshold={threshold}")
+    if n_remove is not None:
+        check_positive_int(n_remove, "n_remove")
+    check_positive_int(min_per_stage, "min_per_stage", minimum=0)
+    layers = curve.layers
+    q = curve.values
+    scores = layer_scores(curve, rule)
+    infos, members = layer_structure(layers, model, example_input, allow_projection)
+    cand = list(range(1, len(layers)))
+    ranking = [layers[i] for i in sorted(cand, key=lambda i: (float(scores[i]), i))]
+    if n_remove is None:
+        reasons = {layers[i]: why for i in cand
+                   if (why := _flag(rule, q, i, float(threshold), layers)) is not None}
+    else:
+        reasons = {}
+        for rank, name in enumerate(ranking):
+            i = layers.index(name)
+            why = _flag(rule, q, i, float(threshold), layers)
+            reasons[name] = (why or f"{rule} score {float(scores[i]):+.4f}") + \
+                f" (rank {rank + 1} of {len(ranking)} by {rule} score)"
+    params = {"rule": rule, "threshold": float(threshold), "n_remove": n_remove,
+              "allow_projection": allow_projection, "min_per_stage": min_per_stage}
+    return select_layers(layers, ranking, reasons, n_remove, infos, members, min_per_stage, q,
+                         scores, f"modularity/{rule}", params, model is not None)
+
+
+__all__ = ["DEFAULT_THRESHOLDS", "LayerInfo", "RULES", "Redundancy", "Removal",
+           "layer_scores", "layer_structure", "redundant_layers", "select_layers"]

@@ -1,0 +1,428 @@
+"""The whole pruning study in one resumable call: curve → redundant layers → prune → fine-tune,
+side by side with baselines that remove as many layers (random seeds, least redundant, CKA), and
+an unpruned control fine-tuned the same way.
+
+Every finished row is written atomically to ``<out_dir>/prune_report.json`` and skipped on a
+rerun; a row interrupted during fine-tuning resumes from its per-epoch checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
+from .._curve import Curve
+from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
+from ._cost import count_flops, count_params, measure_latency
+from ._detect import Redundancy, redundant_layers
+from ._finetune import evaluate, finetune
+from ._surgery import ExampleInput, prune_layers
+
+METHODS = ("modularity", "least_redundant", "random", "cka")
+REPORT = "prune_report.json"
+
+
+def _fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha1(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if t.is_floating_point():
+            h.update(f"{float(t.double().sum()):.6e}".encode())
+    return h.hexdigest()[:12]
+
+
+def _costs(model: nn.Module, flop_input) -> Dict[str, Any]:
+    return {"params": count_params(model), "flops": count_flops(model, flop_input)}
+
+
+def interleaved_latency(models: Dict[str, nn.Module], example_input, rounds: int = 5,
+                        repeats: int = 4, threads: Optional[int] = 1) -> Dict[str, Dict]:
+    """CPU latency of several models measured in interleaved rounds (model A, B, C, A, B, C,
+    ...), so that a burst of load on a shared machine hits them all alike. Per model: the
+    minimum and median over ``rounds × repeats`` timed forward passes."""
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            t = measure_latency(m, example_input, repeats=repeats, warmup=1, threads=threads)
+            times[name] += [t["min_ms"], t["median_ms"]]
+    out = {}
+    for name, ts in times.items():
+        out[name] = {"min_ms": round(min(ts), 3), "median_ms": round(statistics.median(ts), 3),
+                     "batch": int(example_input.shape[0]), "threads": threads,
+                     "runs": rounds * repeats}
+    return out
+
+
+def _mean_std(xs: Sequence[float]) -> Dict[str, float]:
+    xs = [float(x) for x in xs]
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "n": len(xs), "values": xs}
+
+
+def _first_batch(loader, n: int):
+    xs, seen = [], 0
+    for batch in loader:
+        x = batch[0]
+        xs.append(x)
+        seen += x.shape[0]
+        if seen >= n:
+            break
+    return torch.cat(xs)[:n]
+
+
+def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, *,
+                layers: Optional[Sequence[str]] = None, curve_loader=None,
+                per_class: int = 50, pool_per_class: int = 100, repeats: int = 5, k: int = 3,
+                rule: str = "delta", threshold: Optional[float] = None,
+                n_remove: Optional[int] = None, allow_projection: bool = False,
+                methods: Sequence[str] = METHODS, random_seeds: Sequence[int] = (0, 1, 2),
+                control: bool = True, finetune_epochs: int = 8, optimizer: str = "sgd",
+                lr: Optional[float] = None, weight_decay: float = 5e-4,
+                example_input: Optional[ExampleInput] = None, latency: bool = True,
+                latency_batch: int = 64, latency_threads: Optional[int] = 1,
+                curves_after: bool = True, device: Optional[str] = None, seed: int = 0,
+                model_info: Optional[Dict[str, Any]] = None, progress: bool = True,
+                log=print) -> Dict[str, Any]:
+    """Runs (or resumes) the modularity-pruning study on a trained model.
+
+    Args:
+        model: The trained network (not modified).
+        train_loader, test_loader: Fine-tuning data and the held-out evaluation data.
+        out_dir: Where ``prune_report.json``, ``prune_table.md``, ``curve.json``,
+            ``curves.png``, the pruned models (``models/<row>.pt``, whole pickled modules) and the
+            fine-tuning checkpoints go.
+        layers: Candidate layers (default ``dg.default_layers(model)``: stem + residual blocks).
+        curve_loader: Data for the curve (default: ``train_loader``, so the test set plays no
+            part in choosing the layers).
+        per_class, pool_per_class, repeats, k: The curve: a pool of ``pool_per_class`` samples per
+            class is extracted once; each of ``repeats`` graphs uses ``per_class`` of them.
+        rule, threshold, n_remove, allow_projection: Passed to :func:`redundant_layers`.
+        methods: Rows to run besides the baseline: ``'modularity'``, ``'least_redundant'``,
+            ``'random'`` (one row per seed in ``random_seeds``) and ``'cka'``.
+        control: Also fine-tune the unpruned model the same way (does extra training alone
+            change accuracy?).
+        finetune_epochs, optimizer, lr, weight_decay: Fine-tuning of every row, with the same
+            seed and, when ``train_loader`` has its own ``generator``, the same batch order
+            (the generator is re-seeded with ``seed`` before each row).
+        example_input: One input for FLOPs and shapes (default: the first test sample).
+        latency, latency_batch, latency_threads: CPU latency of a forward pass on a test batch,
+            measured for all models at the end in interleaved rounds (the table shows the
+            minimum, the report also the median: on a shared machine the minimum is the least
+            disturbed).
+        curves_after: Also compute the curve of the modularity-pruned, fine-tuned model.
+        device: Where to fine-tune (default: the model's device).
+        seed: Seed of sampling and fine-tuning.
+        model_info: Extra facts about the model recorded in the report.
+        progress: Progress bars. log: ``print``-like function for status lines (``None``: silent).
+
+    Returns:
+        The report dict (also in ``prune_report.json``): ``config``, ``baseline``, ``curve``,
+        ``selections``, ``rows`` ({name: row}), ``summary`` and the markdown ``table``.
+    """
+    from ..capture import default_layers, extract_features
+    from ..profiles._pipeline import modularity_curve
+    say = log or (lambda *a, **kw: None)
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / REPORT
+    dev = torch.device(device) if device else next(model.parameters()).device
+    model = model.to(dev).eval()
+    if layers is None:
+        layers = default_layers(model)
+    if example_input is None:
+        example_input = _first_batch(test_loader, 1).to(dev)
+    lat_input = _first_batch(test_loader, latency_batch).to(dev)
+    curve_loader = curve_loader if curve_loader is not None else train_loader
+    config = {"model": type(model).__name__, "fingerprint": _fingerprint(model),
+              "layers": list(layers), "per_class": per_class, "pool_per_class": pool_per_class,
+              "repeats": repeats, "k": k, "rule": rule, "threshold": threshold,
+              "n_remove": n_remove, "allow_projection": allow_projection,
+              "methods": list(methods), "random_seeds": list(random_seeds), "control": control,
+              "finetune_epochs": finetune_epochs, "optimizer": optimizer, "lr": lr,
+              "weight_decay": weight_decay, "seed": seed}
+    report: Dict[str, Any] = {}
+    if path.exists():
+        report = json.loads(path.read_text())
+        if report.get("config") != config:
+            old = report.get("config", {})
+            diff = {key: (old.get(key), v) for key, v in config.items() if old.get(key) != v}
+            raise ValueError(f"{str(out)!r} holds a study with other settings (saved, now): "
+                             f"{diff}; use another output folder or delete {path}")
+        say(f"resuming {path}: {len(report.get('rows', {}))} rows already done")
+    report.setdefault("config", config)
+    report.setdefault("model_info", model_info or {})
+    report.setdefault("rows", {})
+
+    def save() -> None:
+        atomic_write_json(path, report)
+
+    # -- baseline ---------------------------------------------------------------------------
+    if "baseline" not in report:
+        t0 = time.perf_counter()
+        n_test = sum(int(b[1].numel()) for b in test_loader)
+        report["baseline"] = {"acc": evaluate(model, test_loader, dev), "test_samples": n_test,
+                              **_costs(model, example_input),
+                              "layers": len(layers), "seconds": round(time.perf_counter() - t0, 2)}
+        save()
+    base = report["baseline"]
+    say(f"baseline: acc {base['acc']:.4f}, params {base['params']:,}, FLOPs {base['flops']:,}")
+
+    # -- curve (and adjacent CKA on the same features) ---------------------------------------
+    if "curve" not in report:
+        t0 = time.perf_counter()
+        feats = extract_features(model, curve_loader, layers=list(layers),
+                                 per_class=pool_per_class, seed=seed, device=dev,
+                                 progress=progress)
+        curve = modularity_curve(feats, k=k, per_class=per_class, repeats=repeats, seed=seed,
+                                 progress=progress)
+        curve.meta["label"] = "before pruning"
+        report["curve"] = curve.to_dict()
+        if "cka" in methods:
+            report["cka"] = adjacent_cka(feats, per_class=per_class, repeats=repeats,
+                                         seed=seed).to_dict()
+        report["curve_seconds"] = round(time.perf_counter() - t0, 2)
+        del feats
+        save()
+    curve = Curve.from_dict(report["curve"])
+    curve.to_json(out / "curve.json")
+    say("curve: " + ", ".join(f"{n}={v:.3f}" for n, v in zip(curve.layers, curve.values.tolist())))
+
+    # -- selections ----------------------------------------------------------------------------
+    kw = dict(model=model, example_input=example_input, allow_projection=allow_projection)
+    sel: Dict[str, Redundancy] = {}
+    mod = redundant_layers(curve, rule, threshold, n_remove=n_remove, **kw)
+    sel["modularity"] = mod
+    n = len(mod)
+    report["selections"] = {"modularity": mod.to_dict()}
+    if n == 0:
+        say(f"the {rule!r} rule (threshold {threshold}) finds no redundant layer; nothing to "
+            f"prune (try n_remove= or another threshold)")
+    else:
+        if "least_redundant" in methods:
+            sel["least_redundant"] = least_redundant_layers(curve, n, **kw)
+        if "random" in methods:
+            for s in random_seeds:
+                sel[f"random_seed{s}"] = random_layers(curve, n, seed=s, **kw)
+        if "cka" in methods:
+            sel["cka"] = cka_layers(None, n, cka=Curve.from_dict(report["cka"]), curve=curve,
+                                    **kw) if "cka" in report else None
+        for name, r in sel.items():
+            if r is not None:
+                report["selections"][name] = r.to_dict()
+    if "modularity" not in methods:
+        sel.pop("modularity")
+    save()
+
+    # -- rows ----------------------------------------------------------------------------------
+    def run_row(name: str, layers_to_remove: Optional[Redundancy]) -> None:
+        if name in report["rows"]:
+            r = report["rows"][name]
+            say(f"{name}: done before (acc {r['acc_finetuned']:.4f})")
+            return
+        t0 = time.perf_counter()
+        if layers_to_remove is None:
+            pruned, plog = copy.deepcopy(model), {"removed": {}, "replaced": {}, "renamed": {}}
+        else:
+            pruned, plog = prune_layers(model, layers_to_remove, example_input=example_input,
+                                        return_log=True)
+        acc_pruned = evaluate(pruned, test_loader, dev)
+        costs = _costs(pruned, example_input)
+        ckpt = out / "checkpoints" / f"{name}.pt"
+        gen = getattr(train_loader, "generator", None)
+        if gen is not None:  # every row sees the same batch order, whatever ran before it
+            gen.manual_seed(seed)
+        hist = finetune(pruned, train_loader, None, finetune_epochs, optimizer=optimizer, lr=lr,
+                        weight_decay=weight_decay, checkpoint=ckpt, device=dev, seed=seed,
+                        progress=progress, desc=f"finetune {name}")
+        acc_ft = evaluate(pruned, test_loader, dev)
+        atomic_torch_save(pruned, out / "models" / f"{name}.pt")
+        row = {"removed": list(layers_to_remove.layers) if layers_to_remove is not None else [],
+               "n_removed": len(layers_to_remove) if layers_to_remove is not None else 0,
+               "replaced": plog["replaced"], "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
+               **costs, "params_reduction": 1 - costs["params"] / base["params"],
+               "flops_reduction": 1 - costs["flops"] / base["flops"],
+               "finetune_loss": hist["loss"][-1], "finetune_train_acc": hist["train_acc"][-1],
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if name == "modularity" and curves_after and layers_to_remove is not None:
+            kept = [l for l in curve.layers if l not in set(layers_to_remove.layers)
+                    and l not in {r.layer for r in layers_to_remove}]
+            new_names = [plog["renamed"].get(l, l) for l in kept]
+            feats = extract_features(pruned, curve_loader, layers=new_names,
+                                     per_class=pool_per_class, seed=seed, device=dev,
+                                     progress=progress)
+            after = modularity_curve(feats, k=k, per_class=per_class, repeats=repeats,
+                                     seed=seed, progress=progress)
+            after.meta.update({"label": "after pruning + fine-tuning", "original_layers": kept})
+            report["curve_after"] = after.to_dict()
+            del feats
+        report["rows"][name] = row
+        save()
+        if ckpt.exists():
+            ckpt.unlink()
+        say(f"{name}: removed {row['n_removed']}, acc straight after pruning "
+            f"{acc_pruned:.4f}, after fine-tuning {acc_ft:.4f} ({row['seconds']:.0f} s)")
+
+    if n > 0:
+        for name, r in sel.items():
+            if r is not None:
+                run_row(name, r)
+    if control:
+        run_row("unpruned_finetuned", None)
+
+    if latency:
+        models = {"baseline": model}
+        for name in report["rows"]:
+            f = out / "models" / f"{name}.pt"
+            if f.exists():
+                models[name] = torch.load(f, map_location=dev, weights_only=False)
+        lat = interleaved_latency(models, lat_input, threads=latency_threads)
+        for name, t in lat.items():
+            target = report["baseline"] if name == "baseline" else report["rows"][name]
+            target["latency_ms"], target["latency_median_ms"] = t["min_ms"], t["median_ms"]
+        report["latency"] = {"batch": int(lat_input.shape[0]), "threads": latency_threads,
+                             "runs_per_model": lat["baseline"]["runs"],
+                             "statistic": "minimum over interleaved rounds"}
+    report["summary"] = summarize(report)
+    report["table"] = format_table(report)
+    save()
+    atomic_write_text(out / "prune_table.md", report["table"] + "\n")
+    if "curve_after" in report:
+        plot_before_after(report, out / "curves.png")
+    return report
+
+
+def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
+    """Random mean ± std and whether the modularity choice beats each baseline."""
+    rows = report.get("rows", {})
+    base = report["baseline"]
+    s: Dict[str, Any] = {"baseline_acc": base["acc"]}
+    if base.get("test_samples"):
+        p, n = base["acc"], base["test_samples"]
+        # binomial standard error of one accuracy on this test set: differences below about
+        # two of these are not resolved by it
+        s["test_samples"] = n
+        s["acc_standard_error"] = (p * (1 - p) / n) ** 0.5
+    rand = [r for k, r in rows.items() if k.startswith("random_seed")]
+    if rand:
+        s["random_finetuned"] = _mean_std([r["acc_finetuned"] for r in rand])
+        s["random_pruned"] = _mean_std([r["acc_pruned"] for r in rand])
+    mod = rows.get("modularity")
+    if mod is not None:
+        s["modularity_finetuned"] = mod["acc_finetuned"]
+        s["modularity_pruned"] = mod["acc_pruned"]
+        if rand:
+            r = s["random_finetuned"]
+            s["beats_random"] = mod["acc_finetuned"] > r["mean"]
+            s["margin_over_random_in_std"] = ((mod["acc_finetuned"] - r["mean"]) / r["std"]
+                                              if r["std"] > 0 else None)
+            s["beats_random_before_finetune"] = mod["acc_pruned"] > s["random_pruned"]["mean"]
+        for other in ("least_redundant", "cka"):
+            if other in rows:
+                s[f"beats_{other}"] = mod["acc_finetuned"] > rows[other]["acc_finetuned"]
+                s[f"beats_{other}_before_finetune"] = mod["acc_pruned"] > rows[other]["acc_pruned"]
+        diffs = {}
+        if rand:
+            diffs["random"] = mod["acc_finetuned"] - s["random_finetuned"]["mean"]
+        for other in ("least_redundant", "cka", "unpruned_finetuned"):
+            if other in rows:
+                diffs[other] = mod["acc_finetuned"] - rows[other]["acc_finetuned"]
+        s["modularity_minus"] = diffs
+        checks = [s.get("beats_random"), s.get("beats_least_redundant")]
+        s["claim_holds"] = all(c is True for c in checks) if None not in checks else None
+        if "acc_standard_error" in s:
+            # two accuracies on the same test set, treated as independent (conservative): a
+            # difference smaller than twice its standard error is not resolved
+            res = 2 * (2 ** 0.5) * s["acc_standard_error"]
+            s["difference_resolution"] = res
+            if s["claim_holds"] is not None:
+                s["claim_holds_beyond_noise"] = all(
+                    diffs.get(k, float("-inf")) > res for k in ("random", "least_redundant"))
+    return s
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    """The markdown table of a study report."""
+    base = report["baseline"]
+    lat = "latency_ms" in base
+    head = ("| model | removed | params | params ↓ | FLOPs | FLOPs ↓ | "
+            + ("latency ms (min) | " if lat else "")
+            + "acc after pruning | acc after fine-tuning |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def fmt(name, r, pruned="", ft=""):
+        cells = [name, str(r.get("n_removed", 0)), f"{r['params']:,}",
+                 f"{100 * r.get('params_reduction', 0):.1f}%", f"{r['flops']:,}",
+                 f"{100 * r.get('flops_reduction', 0):.1f}%"]
+        if lat:
+            cells.append(f"{r.get('latency_ms', float('nan')):.2f}")
+        cells += [pruned, ft]
+        return "| " + " | ".join(cells) + " |"
+
+    rows.append(fmt("baseline (unpruned)", base, "—", f"{base['acc']:.4f}"))
+    res = report.get("rows", {})
+    order = ["modularity", "least_redundant", "cka"] + sorted(
+        k for k in res if k.startswith("random_seed")) + ["unpruned_finetuned"]
+    for name in order:
+        if name in res:
+            r = res[name]
+            rows.append(fmt(name, r, f"{r['acc_pruned']:.4f}", f"{r['acc_finetuned']:.4f}"))
+    s = report.get("summary") or summarize(report)
+    if "random_finetuned" in s:
+        rnd = [res[k] for k in res if k.startswith("random_seed")]
+        r0 = dict(rnd[0])
+        for key in ("params", "flops"):
+            r0[key] = round(statistics.fmean(r[key] for r in rnd))
+        for key in ("params_reduction", "flops_reduction", "latency_ms"):
+            if key in r0:
+                r0[key] = statistics.fmean(r[key] for r in rnd)
+        p, f = s["random_pruned"], s["random_finetuned"]
+        rows.append(fmt(f"random, mean ± std ({f['n']} seeds)", r0,
+                        f"{p['mean']:.4f} ± {p['std']:.4f}", f"{f['mean']:.4f} ± {f['std']:.4f}"))
+    return "\n".join(rows)
+
+
+def plot_before_after(report: Dict[str, Any], path: PathLike) -> None:
+    """The curve before pruning and the pruned, fine-tuned model's curve at the kept layers'
+    original positions; removed layers are marked."""
+    from ..outputs._plot import _pyplot, save_figure
+    plt = _pyplot()
+    before = Curve.from_dict(report["curve"])
+    after = Curve.from_dict(report["curve_after"])
+    kept = after.meta.get("original_layers", [])
+    pos = {n: i for i, n in enumerate(before.layers)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(before) + 3), 4.0))
+    xs = list(range(len(before)))
+    ax.plot(xs, before.values.tolist(), marker="o", label="before pruning")
+    ax.fill_between(xs, (before.values - before.std).tolist(),
+                    (before.values + before.std).tolist(), alpha=0.2)
+    xa = [pos[n] for n in kept]
+    ax.plot(xa, after.values.tolist(), marker="s", label="after pruning + fine-tuning")
+    ax.fill_between(xa, (after.values - after.std).tolist(), (after.values + after.std).tolist(),
+                    alpha=0.2)
+    removed = [pos[r["layer"]] for r in report["selections"]["modularity"]["remove"]]
+    if removed:
+        ax.scatter(removed, [float(before.values[i]) for i in removed], marker="x", s=80,
+                   color="red", zorder=5, label="removed (modularity rule)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(before.layers, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("modularity Q")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+__all__ = ["METHODS", "format_table", "interleaved_latency", "plot_before_after", "prune_study",
+           "summarize"]

@@ -1,0 +1,498 @@
+"""The Layer-Peeled Model (Fang, He, Long & Su, PNAS 2021), solved numerically.
+
+The last-layer features and classifier are free variables under energy constraints. With every
+sample of class k sharing its feature ``h_k`` (optimal, by convexity of the loss in ``h``):
+
+    min_{W, H}  Σ_k (n_k / N) · CE(W h_k, k)
+    s.t.        (1/K) Σ_k ‖w_k‖² ≤ E_W,   (1/K) Σ_k ‖h_k‖² ≤ E_H.
+
+The loss depends on ``W`` and ``H`` only through the logits ``Z = W Hᵀ`` (``K × K``), and the set of
+``Z`` reachable under the two constraints (for ``d ≥ K``) is the nuclear-norm ball
+``‖Z‖_* ≤ τ = K·√(E_H·E_W)`` (``‖Z‖_* = min ‖W‖_F‖H‖_F`` over factorisations, and AM–GM). So
+the model is the convex program ``min f(Z) s.t. ‖Z‖_* ≤ τ``, and any feasible point has the
+Frank–Wolfe certificate ``f(Z) − f* ≤ ⟨∇f, Z⟩ + τ·σ_max(∇f)``. Two solvers:
+
+* ``'lbfgs'`` (default): L-BFGS on the factors, each rescaled onto its energy sphere (the
+  constraints are active at the optimum), certified by the gap above;
+* ``'convex'``: accelerated projected gradient (FISTA with restarts) on ``Z`` over the nuclear
+  ball, then the balanced factorisation ``W = U S^½ α``, ``H = V S^½ / α``, ``α = (E_W/E_H)^¼``.
+
+For balanced classes the optimum is a simplex ETF (``W Wᵀ = E_W·K/(K−1)·(I − 11ᵀ/K)``,
+``W = √(E_W/E_H)·H``). With ``K_A`` majority classes of ``n_A`` samples and ``K − K_A`` minority
+classes of ``n_B = n_A / R``, the minority classifiers become identical beyond a threshold ratio:
+Minority Collapse.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .._io import PathLike
+from .._validate import check_choice, check_positive_int
+from ..measures._collapse import etf_gram, minority_collapse
+
+__all__ = [
+    "LayerPeeledSolution",
+    "lpm_counts",
+    "lpm_minority_curve",
+    "minority_collapse_threshold",
+    "plot_lpm_comparison",
+    "solve_layer_peeled",
+]
+
+
+@dataclass
+class LayerPeeledSolution:
+    """A solution of the Layer-Peeled Model.
+
+    Attributes:
+        W: Classifier ``[K, d]``.
+        H: Class features ``[K, d]`` (every sample of class k has ``h_k``).
+        counts: Class sizes (or proportions) ``[K]``.
+        E_H, E_W: Energy budgets.
+        loss: Objective Σ_k (n_k/N)·CE(W h_k, k).
+        gap: Frank–Wolfe certificate: ``loss − optimum ≤ gap`` (exact for ``d ≥ K``).
+        method: Solver used.
+        iterations: Iterations run.
+        converged: ``gap <= tol``.
+    """
+
+    W: Tensor
+    H: Tensor
+    counts: Tensor
+    E_H: float
+    E_W: float
+    loss: float
+    gap: float
+    method: str
+    iterations: int
+    converged: bool
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def logits(self) -> Tensor:
+        """``Z = W Hᵀ`` ``[K, K]``: column k holds the logits of a class-k sample."""
+        return self.W @ self.H.T
+
+    def gram(self, which: str = "W", normalized: bool = False) -> Tensor:
+        """Gram matrix of the classifier rows (``'W'``) or features (``'H'``); cosines when
+        ``normalized``."""
+        check_choice(which, "which", ("W", "H"))
+        m = self.W if which == "W" else self.H
+        if normalized:
+            m = m / m.norm(dim=1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
+        return m @ m.T
+
+    def minority_collapse(self, minority: Optional[Sequence[int]] = None,
+                          n_majority: Optional[int] = None) -> Dict[str, float]:
+        """:func:`~dyngraph.minority_collapse` of ``W`` (and of ``H`` as the class means, centred by
+        the count-weighted mean). Defaults to the model's own majority/minority split."""
+        if minority is None and n_majority is None:
+            minority = self.minority_classes()
+            if len(minority) < 2:
+                raise ValueError("the classes are balanced (no minority): pass minority= or "
+                                 "n_majority=")
+        labels = torch.repeat_interleave(torch.arange(self.num_classes),
+                                         _integer_counts(self.counts))
+        return minority_collapse(self.W, self.H[labels], labels, minority=minority,
+                                 n_majority=n_majority)
+
+    def minority_classes(self) -> List[int]:
+        """Classes whose count is below the largest count."""
+        return (self.counts < self.counts.max()).nonzero().flatten().tolist()
+
+    def etf_distance(self) -> Dict[str, float]:
+        """Frobenius distances of the normalised Grams ``WWᵀ``, ``HHᵀ`` from the simplex-ETF Gram
+        (0 for the balanced optimum)."""
+        k = self.num_classes
+        target = etf_gram(k, device=self.W.device)
+        target = target / target.norm()
+        out = {}
+        for name, m in (("W", self.W), ("H", self.H)):
+            g = (m @ m.T).to(torch.float64)
+            out[name] = float((g / g.norm() - target).norm())
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"W": self.W.tolist(), "H": self.H.tolist(), "counts": self.counts.tolist(),
+                "E_H": self.E_H, "E_W": self.E_W, "loss": self.loss, "gap": self.gap,
+                "method": self.method, "iterations": self.iterations,
+                "converged": self.converged, "meta": self.meta}
+
+    def __repr__(self) -> str:
+        return (f"LayerPeeledSolution(K={self.num_classes}, d={self.W.shape[1]}, E_H={self.E_H}, "
+                f"E_W={self.E_W}, loss={self.loss:.6g}, gap={self.gap:.2e}, "
+                f"method={self.method!r}, converged={self.converged})")
+
+
+def _integer_counts(counts: Tensor) -> Tensor:
+    c = counts.to(torch.float64)
+    if bool((c == c.round()).all()):
+        return c.round().long()
+    return torch.ones_like(c, dtype=torch.long)  # proportions only: one sample per class
+
+
+def lpm_counts(num_classes: int = 10, n_majority: int = 5, ratio: float = 1.0) -> Tensor:
+    """Class sizes of Fang et al.'s imbalanced setting: ``K_A`` majority classes of size ``R``
+    followed by ``K − K_A`` minority classes of size 1 (only proportions matter).
+
+    Example:
+        >>> import dyngraph as dg
+        >>> dg.theory.lpm_counts(4, 1, ratio=3.0).tolist()
+        [3.0, 1.0, 1.0, 1.0]
+    """
+    check_positive_int(num_classes, "num_classes", minimum=2)
+    if isinstance(n_majority, bool) or not isinstance(n_majority, int) or \
+            not 0 <= n_majority <= num_classes:
+        raise ValueError(f"n_majority must be an int in [0, {num_classes}], got "
+                         f"n_majority={n_majority!r}")
+    ratio = float(ratio)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"ratio must be a finite number > 0, got ratio={ratio!r}")
+    counts = torch.ones(num_classes, dtype=torch.float64)
+    counts[:n_majority] = ratio
+    return counts
+
+
+def _objective(z: Tensor, p: Tensor) -> Tensor:
+    """Σ_k p_k · CE(z[:, k], k)."""
+    return -(p * torch.diagonal(torch.log_softmax(z, dim=0))).sum()
+
+
+def _grad_z(z: Tensor, p: Tensor) -> Tensor:
+    eye = torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
+    # exp(log_softmax): torch.softmax over dim 0 in float64 is ~1000× slower on CPU (torch 2.x)
+    return (torch.log_softmax(z, dim=0).exp() - eye) * p.unsqueeze(0)
+
+
+def _fw_gap(z: Tensor, p: Tensor, tau: float) -> float:
+    g = _grad_z(z, p)
+    return float((g * z).sum() + tau * torch.linalg.svdvals(g)[0])
+
+
+def _project_l1(s: Tensor, radius: float) -> Tensor:
+    """Euclidean projection of a nonnegative vector onto {x ≥ 0, Σx ≤ radius} (Duchi et al.)."""
+    if float(s.sum()) <= radius:
+        return s
+    u = s.sort(descending=True).values
+    css = u.cumsum(0) - radius
+    k = torch.arange(1, s.numel() + 1, dtype=s.dtype, device=s.device)
+    rho = int((u - css / k > 0).nonzero().max())
+    theta = css[rho] / (rho + 1)
+    return (s - theta).clamp_min(0)
+
+
+def _project_nuclear(z: Tensor, radius: float) -> Tensor:
+    u, s, vh = torch.linalg.svd(z)
+    return (u * _project_l1(s, radius)) @ vh
+
+
+def _solve_convex(p: Tensor, tau: float, max_iter: int, tol: float,
+                  z0: Optional[Tensor] = None):
+    """FISTA over the nuclear-norm ball, step 1/L with L = ½·max_k p_k (the softmax-CE Hessian is
+    at most ½ per column), with gradient restarts (O'Donoghue & Candès 2015)."""
+    k = p.numel()
+    z = (torch.zeros(k, k, dtype=p.dtype, device=p.device) if z0 is None
+         else _project_nuclear(z0.to(p.device, p.dtype), tau))
+    y, t = z.clone(), 1.0
+    step = 1.0 / (0.5 * float(p.max()))
+    it, gap = 0, _fw_gap(z, p, tau)
+    if gap <= tol:
+        return z, 0, gap
+    for it in range(1, max_iter + 1):
+        z_new = _project_nuclear(y - step * _grad_z(y, p), tau)
+        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        if float(((y - z_new) * (z_new - z)).sum()) > 0:   # gradient restart
+            t_new, y = 1.0, z_new
+        else:
+            y = z_new + ((t - 1.0) / t_new) * (z_new - z)
+        z, t = z_new, t_new
+        if it % 25 == 0 or it == max_iter:
+            gap = _fw_gap(z, p, tau)
+            if gap <= tol:
+                break
+    return z, it, _fw_gap(z, p, tau)
+
+
+def _solve_lbfgs(p: Tensor, k: int, dim: int, e_h: float, e_w: float, max_iter: int, tol: float,
+                 seed: int):
+    g = torch.Generator().manual_seed(int(seed))
+    a = torch.randn(k, dim, generator=g, dtype=p.dtype).to(p.device).requires_grad_()
+    b = torch.randn(k, dim, generator=g, dtype=p.dtype).to(p.device).requires_grad_()
+    rw, rh = math.sqrt(k * e_w), math.sqrt(k * e_h)
+    tau = k * math.sqrt(e_h * e_w)
+
+    def factors():
+        return a * (rw / a.norm()), b * (rh / b.norm())
+
+    iters, gap = 0, float("inf")
+    rounds = max(1, max_iter // 500)
+    for _ in range(rounds):
+        opt = torch.optim.LBFGS([a, b], lr=1.0, max_iter=min(500, max_iter), history_size=50,
+                                tolerance_grad=1e-14, tolerance_change=1e-18,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            w, h = factors()
+            f = _objective(w @ h.T, p)
+            f.backward()
+            return f
+
+        opt.step(closure)
+        iters += int(opt.state[opt._params[0]].get("n_iter", 0))
+        with torch.no_grad():
+            w, h = factors()
+            gap = _fw_gap(w @ h.T, p, tau)
+        if gap <= tol:
+            break
+        with torch.no_grad():  # re-centre the scale of the free variables before another round
+            a.mul_(1.0 / a.norm())
+            b.mul_(1.0 / b.norm())
+    with torch.no_grad():
+        w, h = factors()
+    return w.detach(), h.detach(), iters, gap
+
+
+def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, *,
+                       num_classes: int = 10, n_majority: Optional[int] = None,
+                       ratio: float = 1.0, E_H: float = 5.0, E_W: float = 1.0,
+                       dim: Optional[int] = None, method: str = "convex",
+                       max_iter: Optional[int] = None, tol: Optional[float] = None,
+                       restarts: int = 1,
+                       seed: int = 0, dtype: torch.dtype = torch.float64,
+                       device: Optional[Union[str, torch.device]] = None) -> LayerPeeledSolution:
+    """Solves the Layer-Peeled Model with cross-entropy loss.
+
+    Args:
+        counts: Samples per class ``[K]`` (only proportions matter). Default: balanced
+            ``num_classes`` classes, or Fang et al.'s layout with ``n_majority`` and ``ratio``.
+        num_classes: ``K`` when ``counts`` is not given.
+        n_majority: ``K_A``: classes ``0..K_A−1`` have ``ratio`` times the samples of the others.
+        ratio: Imbalance ratio ``R = n_A / n_B``.
+        E_H, E_W: Energy budgets of the features and the classifier.
+        dim: Feature dimension ``d`` (default ``K``; any ``d ≥ K`` reaches the same optimum).
+        method: ``'lbfgs'`` (factors, default) or ``'convex'`` (projected gradient on ``W Hᵀ``).
+        max_iter: Iteration budget (default 5000 for L-BFGS, 20000 for the convex solver).
+        tol: Target Frank–Wolfe gap, a bound on the suboptimality (default 1e-9 for the convex
+            solver, 1e-7 for L-BFGS, which stalls near 1e-8 in float64).
+        restarts: L-BFGS random restarts (the best is kept).
+        seed: Seed of the initialisation.
+        dtype, device: Where to solve (float64 is advised).
+
+    Returns:
+        A :class:`LayerPeeledSolution`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> s = dg.theory.solve_layer_peeled(num_classes=4, E_H=5.0, E_W=1.0)
+        >>> bool(torch.allclose(s.gram('W'), 1.0 * dg.measures.etf_gram(4), atol=1e-5)), s.converged
+        (True, True)
+    """
+    check_choice(method, "method", ("lbfgs", "convex"))
+    if tol is None:
+        tol = 1e-9 if method == "convex" else 1e-7
+    for name, v in (("E_H", E_H), ("E_W", E_W), ("tol", tol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {name}={v!r}")
+    check_positive_int(restarts, "restarts")
+    if counts is None:
+        counts = lpm_counts(num_classes, n_majority if n_majority is not None else 0,
+                            ratio if n_majority is not None else 1.0)
+    else:
+        if n_majority is not None or ratio != 1.0:
+            raise ValueError("give either counts or (n_majority, ratio), not both")
+        counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+        if counts.numel() < 2:
+            raise ValueError(f"counts needs at least 2 classes, got {counts.tolist()}")
+        if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
+            raise ValueError(f"counts must be finite and > 0, got {counts.tolist()}")
+    k = counts.numel()
+    dim = k if dim is None else dim
+    check_positive_int(dim, "dim")
+    if max_iter is None:
+        max_iter = 5000 if method == "lbfgs" else 20000
+    check_positive_int(max_iter, "max_iter")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    p = (counts / counts.sum()).to(device, dtype)
+    tau = k * math.sqrt(E_H * E_W)
+    if method == "convex":
+        if dim < k:
+            raise ValueError(f"method='convex' needs dim >= K={k} (the relaxation is exact there), "
+                             f"got dim={dim}; use method='lbfgs'")
+        z, iters, gap = _solve_convex(p, tau, max_iter, tol)
+        u, s, vh = torch.linalg.svd(z)
+        alpha = (E_W / E_H) ** 0.25
+        w = torch.zeros(k, dim, dtype=dtype, device=device)
+        h = torch.zeros(k, dim, dtype=dtype, device=device)
+        w[:, :k] = u * s.sqrt() * alpha
+        h[:, :k] = vh.T * s.sqrt() / alpha
+    else:
+        best = None
+        for r in range(restarts):
+            sol = _solve_lbfgs(p, k, dim, E_H, E_W, max_iter, tol, seed + r)
+            loss = float(_objective(sol[0] @ sol[1].T, p))
+            if best is None or loss < best[0]:
+                best = (loss,) + sol
+        _, w, h, iters, gap = best
+    loss = float(_objective(w @ h.T, p))
+    return LayerPeeledSolution(W=w, H=h, counts=counts.clone(), E_H=float(E_H), E_W=float(E_W),
+                               loss=loss, gap=float(gap), method=method, iterations=int(iters),
+                               converged=bool(gap <= tol),
+                               meta={"dim": dim, "seed": seed, "restarts": restarts, "tol": tol})
+
+
+def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majority: int = 5,
+                       E_H: float = 5.0, E_W: float = 1.0, **solver_kw) -> Dict[str, Any]:
+    """Minority-collapse metrics of the Layer-Peeled Model's solution at each imbalance ratio.
+
+    Args:
+        ratios: Imbalance ratios ``R``.
+        num_classes, n_majority, E_H, E_W: Fang et al.'s setting (K = 10, E_H = 5, E_W = 1).
+        **solver_kw: Passed to :func:`solve_layer_peeled`.
+
+    Returns:
+        ``{'ratio': [R], 'minority_cos_w': [...], 'minority_dist_w': [...],
+        'minority_norm_ratio_w': [...], 'loss': [...], 'gap': [...], 'solutions': [...]}``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> c = dg.theory.lpm_minority_curve([1.0, 1000.0], num_classes=6, n_majority=3)
+        >>> c['minority_cos_w'][0] < 0 < 0.999 < c['minority_cos_w'][1]
+        True
+    """
+    ratios = [float(r) for r in ratios]
+    if not ratios:
+        raise ValueError("ratios is empty")
+    if n_majority < 1 or num_classes - n_majority < 2:
+        raise ValueError(f"n_majority={n_majority} must leave >= 1 majority and >= 2 minority "
+                         f"classes out of num_classes={num_classes}")
+    out: Dict[str, Any] = {"ratio": ratios, "minority_cos_w": [], "minority_dist_w": [],
+                           "minority_norm_ratio_w": [], "majority_cos_w": [], "loss": [],
+                           "gap": [], "solutions": []}
+    minority = list(range(n_majority, num_classes))
+    for r in ratios:
+        sol = solve_layer_peeled(num_classes=num_classes, n_majority=n_majority, ratio=r,
+                                 E_H=E_H, E_W=E_W, **solver_kw)
+        mc = minority_collapse(sol.W, minority=minority)
+        for key in ("minority_cos_w", "minority_dist_w", "minority_norm_ratio_w",
+                    "majority_cos_w"):
+            out[key].append(mc[key])
+        out["loss"].append(sol.loss)
+        out["gap"].append(sol.gap)
+        out["solutions"].append(sol)
+    return out
+
+
+def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H: float = 5.0,
+                                E_W: float = 1.0, *, collapse_tol: float = 1e-5,
+                                r_min: float = 1.0, r_max: float = 1e4,
+                                rel_precision: float = 1e-3, grid: int = 13,
+                                **solver_kw) -> Dict[str, Any]:
+    """The smallest imbalance ratio ``R`` at which the Layer-Peeled Model's minority classifiers
+    coincide (``mean ‖w_k − w_k'‖ / mean majority ‖w‖ < collapse_tol``).
+
+    A log-spaced grid over ``[r_min, r_max]`` brackets the first collapsed ratio, then bisection in
+    ``log R`` narrows it to ``hi/lo − 1 ≤ rel_precision``.
+
+    Returns:
+        ``{'threshold': R*, 'bracket': (lo, hi), 'grid': [(R, dist)], 'collapse_tol': ...}``;
+        ``threshold`` is ``inf`` when no ratio up to ``r_max`` collapses.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> t = dg.theory.minority_collapse_threshold(6, 3, rel_precision=0.05, grid=7, r_max=1e3)
+        >>> 1.0 < t['threshold'] < 1e3
+        True
+    """
+    if not (0 < r_min < r_max):
+        raise ValueError(f"need 0 < r_min < r_max, got r_min={r_min!r}, r_max={r_max!r}")
+    check_positive_int(grid, "grid", minimum=2)
+    if not 0 < rel_precision < 1:
+        raise ValueError(f"rel_precision must be in (0, 1), got {rel_precision!r}")
+    minority = list(range(n_majority, num_classes))
+
+    def dist(r: float) -> float:
+        sol = solve_layer_peeled(num_classes=num_classes, n_majority=n_majority, ratio=r,
+                                 E_H=E_H, E_W=E_W, **solver_kw)
+        return minority_collapse(sol.W, minority=minority)["minority_dist_w"]
+
+    rs = torch.logspace(math.log10(r_min), math.log10(r_max), grid, dtype=torch.float64).tolist()
+    seen = []
+    hi = None
+    for r in rs:
+        d = dist(r)
+        seen.append((r, d))
+        if d < collapse_tol:
+            hi = r
+            break
+    res: Dict[str, Any] = {"num_classes": num_classes, "n_majority": n_majority, "E_H": E_H,
+                           "E_W": E_W, "collapse_tol": collapse_tol, "grid": seen}
+    if hi is None:
+        res.update(threshold=float("inf"), bracket=(r_max, float("inf")))
+        return res
+    if len(seen) == 1:
+        res.update(threshold=hi, bracket=(0.0, hi))
+        return res
+    lo = seen[-2][0]
+    while hi / lo - 1 > rel_precision:
+        mid = math.sqrt(lo * hi)
+        if dist(mid) < collapse_tol:
+            hi = mid
+        else:
+            lo = mid
+    res.update(threshold=hi, bracket=(lo, hi))
+    return res
+
+
+def plot_lpm_comparison(classifier, solution: LayerPeeledSolution,
+                        means: Optional[Tensor] = None, path: Optional[PathLike] = None,
+                        title: Optional[str] = None):
+    """Side by side: the cosine Gram of a trained network's last layer (classifier rows, and class
+    means when given) against the Layer-Peeled Model's prediction.
+
+    Args:
+        classifier: ``nn.Linear`` / ``W [K, D]`` / ``(W, b)`` of the trained network.
+        solution: The model's solution for the same class sizes.
+        means: Optional centred class means ``[K, D]`` of the trained network's last features.
+        path: Where to save a PNG.
+        title: Figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    from ..measures._collapse import _parse_classifier
+    from ..outputs._plot import _pyplot, save_figure
+    w = _parse_classifier(classifier, None, solution.num_classes)[0].to(torch.float64).cpu()
+
+    def cos(m: Tensor) -> Tensor:
+        m = m.to(torch.float64).cpu()
+        m = m / m.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        return m @ m.T
+
+    panels = [("trained W", cos(w)), ("Layer-Peeled W", cos(solution.W))]
+    if means is not None:
+        panels += [("trained class means", cos(means)), ("Layer-Peeled H", cos(solution.H))]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.0), squeeze=False)
+    im = None
+    for ax, (name, g) in zip(axes[0], panels):
+        im = ax.imshow(g.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(g.shape[0]))
+        ax.set_yticks(range(g.shape[0]))
+        ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
