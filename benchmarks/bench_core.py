@@ -15,24 +15,22 @@ Writes benchmarks/results/core.json and prints markdown tables with ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dyngraph as dg  # noqa: E402
-from _timing import timeit  # noqa: E402
-from dyngraph import typing as dgt  # noqa: E402
-from dyngraph._io import atomic_write_json  # noqa: E402
-from dyngraph.testing import reference_modularity  # noqa: E402
+from _timing import timeit
+
+import dyngraph as dg
+from dyngraph import typing as dgt
+from dyngraph._io import atomic_write_json
+from dyngraph.testing import reference_modularity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -31,10 +31,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dyngraph as dg  # noqa: E402
-from dyngraph._io import atomic_write_json  # noqa: E402
-from dyngraph.measures._dimension import (id_curves, mle_id, neighbor_distances,  # noqa: E402
-                                        participation_ratio, pca_dim, twonn)
+import dyngraph as dg
+from dyngraph._io import atomic_write_json
+from dyngraph.measures._dimension import (
+    id_curves,
+    mle_id,
+    neighbor_distances,
+    participation_ratio,
+    pca_dim,
+    twonn,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 warnings.filterwarnings("ignore")

@@ -62,6 +62,7 @@ def child(args) -> None:
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import importlib
+
     import dyngraph as dg
     from dyngraph.capture._features import SpilledArray
     project = importlib.import_module("dyngraph.graphs._projection").random_projection

@@ -35,11 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dyngraph as dg  # noqa: E402
-from _timing import timeit as _timeit  # noqa: E402
-from dyngraph._io import atomic_write_json  # noqa: E402
+import importlib
 
-import importlib  # noqa: E402
+from _timing import timeit as _timeit
+
+import dyngraph as dg
+from dyngraph._io import atomic_write_json
 
 K = importlib.import_module("dyngraph.graphs._knn")
 P = importlib.import_module("dyngraph.graphs._projection")

@@ -6,14 +6,26 @@ graph per layer, :class:`GraphSpec`) → **measures** (a registry of pure functi
 model comparison, neuron-level modularity, the Layer-Peeled Model, distributed runs and the
 bundled models and data build on it, in the subpackages of the same names.
 """
-from . import typing
+from . import (
+    capture,
+    compare,
+    distributed,
+    graphs,
+    measures,
+    neurons,
+    outputs,
+    profiles,
+    prune,
+    testing,
+    theory,
+    typing,
+    zoo,
+)
 from .capture import LayerFeatures, LayerTaps, default_layers, extract_features, list_layers
 from .graphs import DynamicGraph, GraphSpec, knn_graph
 from .measures import modularity
 from .outputs import log, plot
 from .profiles import DepthProfile, LayerMatrix, depth_profile, layer_matrix
-from . import capture, graphs, measures, outputs, profiles
-from . import compare, distributed, neurons, prune, testing, theory, zoo
 
 __version__ = "0.2.0"
 

@@ -47,15 +47,24 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ._progress import progress_bar
-from ._validate import (check_choice, check_features, check_labels, check_positive_int,
-                        layer_names)
 from ._curve import Curve
+from ._progress import progress_bar
+from ._validate import check_choice, check_features, check_labels, check_positive_int, layer_names
 from .capture._extract import _dataset_labels, balanced_indices, extract_features
 from .capture._features import LayerFeatures
-from .graphs._graph import SYMMETRIZE, symmetrize as _symmetrize
-from .graphs._knn import (DEFAULT_TILE_ELEMENTS, BlockTopK, _even_blocks, check_knn_options,
-                  default_chunk_size, edges_from_knn, prepare_features, topk_cols, topk_rows)
+from .graphs._graph import SYMMETRIZE
+from .graphs._graph import symmetrize as _symmetrize
+from .graphs._knn import (
+    DEFAULT_TILE_ELEMENTS,
+    BlockTopK,
+    _even_blocks,
+    check_knn_options,
+    default_chunk_size,
+    edges_from_knn,
+    prepare_features,
+    topk_cols,
+    topk_rows,
+)
 from .measures._modularity import _prepare as _prepare_modularity
 from .measures._modularity import community_sums, terms_from_sums
 

@@ -80,7 +80,7 @@ def communities(name: str, feats, out: Path) -> None:
     ev = dg.measures.community_evolution(seq, progress=False)
     ev.to_json(out / f"communities_{name}.json")
     ev.plot(out / f"figures_{name}")
-    fmt = lambda t: " ".join(f"{v:.3f}" for v in t.tolist())  # noqa: E731
+    fmt = lambda t: " ".join(f"{v:.3f}" for v in t.tolist())
     print(f"  {name}: layers {ev.layers}")
     print(f"    label Q      {fmt(ev.label_modularity)}")
     print(f"    kNN purity   {fmt(ev.purity)}")
@@ -139,7 +139,7 @@ def main() -> None:
     # ------------------------------------------------------------ B: MNIST-1D, MLP seeds
     print("\n== B. MNIST-1D: two MLP seeds and the untrained MLP ==")
     train, test = dg.zoo.example_loaders("mnist1d", seed=0)
-    build = lambda: dg.zoo.DigitsMLP(depth=4, width=256, in_features=40)  # noqa: E731
+    build = lambda: dg.zoo.DigitsMLP(depth=4, width=256, in_features=40)
     models, acc = {}, {}
     for seed in (0, 1):
         models[f"mlp-seed{seed}"], acc[f"mlp-seed{seed}"] = trained(

@@ -25,8 +25,13 @@ import torch
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.measures._dimension import (block_analysis, id_curves, id_phases, log_id_phases,
-                                        plot_depth_profiles)
+from dyngraph.measures._dimension import (
+    block_analysis,
+    id_curves,
+    id_phases,
+    log_id_phases,
+    plot_depth_profiles,
+)
 from dyngraph.outputs._plot import close, plot_curves
 
 ESTIMATORS = ("twonn", "mle", "pr", "pca", "local_pr")

@@ -31,8 +31,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.theory._lpm import minority_collapse_threshold, plot_lpm_comparison, solve_layer_peeled
 from dyngraph.measures._collapse import minority_collapse, neural_collapse
+from dyngraph.theory._lpm import (
+    minority_collapse_threshold,
+    plot_lpm_comparison,
+    solve_layer_peeled,
+)
 
 
 def subsample(x, y, n_majority, n_a, ratio, seed):

@@ -28,8 +28,12 @@ from torch.utils.data import DataLoader
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.measures._collapse import (CollapseCallback, NeuralCollapseAccumulator,
-                                       collapse_curves, neural_collapse)
+from dyngraph.measures._collapse import (
+    CollapseCallback,
+    NeuralCollapseAccumulator,
+    collapse_curves,
+    neural_collapse,
+)
 
 
 def train_with_callback(args, train_loader, probe_loader, test_loader):

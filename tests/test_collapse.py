@@ -8,10 +8,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.measures._collapse import (LAYER_METRICS, CollapseCallback, CollapseConventions,
-                                       NeuralCollapseAccumulator, class_means, collapse_curves,
-                                       etf_gram, minority_collapse, neural_collapse,
-                                       neural_collapse_model, neural_collapse_stream, simplex_etf)
+from dyngraph.measures._collapse import (
+    LAYER_METRICS,
+    CollapseCallback,
+    CollapseConventions,
+    NeuralCollapseAccumulator,
+    class_means,
+    collapse_curves,
+    etf_gram,
+    minority_collapse,
+    neural_collapse,
+    neural_collapse_model,
+    neural_collapse_stream,
+    simplex_etf,
+)
 
 scipy_linalg = pytest.importorskip("scipy.sparse.linalg")
 

@@ -12,12 +12,23 @@ import torch
 from torch_geometric.utils import homophily
 
 import dyngraph as dg
-from dyngraph.measures._community import (METHODS, CommunityEvolution, adjusted_rand_index,
-                                        class_contribution_curves, class_mixing,
-                                        community_evolution, community_transitions,
-                                        contingency_table, detect_communities, graph_purity,
-                                        knn_purity, mixing_ratio, normalized_mutual_info,
-                                        plot_transitions, separation_depth)
+from dyngraph.measures._community import (
+    METHODS,
+    CommunityEvolution,
+    adjusted_rand_index,
+    class_contribution_curves,
+    class_mixing,
+    community_evolution,
+    community_transitions,
+    contingency_table,
+    detect_communities,
+    graph_purity,
+    knn_purity,
+    mixing_ratio,
+    normalized_mutual_info,
+    plot_transitions,
+    separation_depth,
+)
 
 
 def gen(seed=0):

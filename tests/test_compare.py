@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.compare._compare import Comparison, compare_models as compare, stream_cka
+from dyngraph.compare._compare import Comparison, stream_cka
+from dyngraph.compare._compare import compare_models as compare
 from dyngraph.measures._similarity import linear_cka, similarity_matrices
 
 # the module itself (dg.compare is the function)
@@ -106,8 +107,8 @@ def test_compare_outputs_figures_and_tensorboard(feature_sets, tmp_path):
     paths = res.plot(tmp_path / "figs")
     assert {"grid_cka", "grid_mutual_knn", "cka__A__vs__B", "curve_knn_purity"} <= set(paths)
     assert all(p.stat().st_size > 1000 for p in paths.values())
-    from torch.utils.tensorboard import SummaryWriter
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(tmp_path / "tb")) as w:
         res.to_tensorboard(w)
     ev = EventAccumulator(str(tmp_path / "tb"))

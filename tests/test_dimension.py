@@ -9,11 +9,23 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.measures import _dimension as dim
-from dyngraph.measures._dimension import (IDEstimate, block_analysis, id_curve, id_curves,
-                                        id_phases, local_id, log_id_phases, mle_id,
-                                        neighbor_distances, participation_ratio, pca_dim,
-                                        pca_spectrum, plot_depth_profiles, subsample_id, twonn)
+from dyngraph.measures._dimension import (
+    IDEstimate,
+    block_analysis,
+    id_curve,
+    id_curves,
+    id_phases,
+    local_id,
+    log_id_phases,
+    mle_id,
+    neighbor_distances,
+    participation_ratio,
+    pca_dim,
+    pca_spectrum,
+    plot_depth_profiles,
+    subsample_id,
+    twonn,
+)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from dyngraph.theory._lpm import (LayerPeeledSolution, lpm_counts, lpm_minority_curve,
-                          minority_collapse_threshold, plot_lpm_comparison, solve_layer_peeled)
 from dyngraph.measures._collapse import etf_gram, neural_collapse
+from dyngraph.theory._lpm import (
+    LayerPeeledSolution,
+    lpm_counts,
+    lpm_minority_curve,
+    minority_collapse_threshold,
+    plot_lpm_comparison,
+    solve_layer_peeled,
+)
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 

@@ -5,8 +5,15 @@ import torch
 from torch import nn
 
 import dyngraph as dg
-from dyngraph.neurons import (clusterability, kmeans, ncut, neuron_graph, shuffle_weights,
-                              spectral_embedding, spectral_partition)
+from dyngraph.neurons import (
+    clusterability,
+    kmeans,
+    ncut,
+    neuron_graph,
+    shuffle_weights,
+    spectral_embedding,
+    spectral_partition,
+)
 
 
 def _ari(a, b) -> float:

@@ -9,9 +9,19 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.neurons import (LesionRunner, benjamini_hochberg, coherence, empirical_p,
-                              fisher_combine, label_entropy, lesion_importance, neuron_graph,
-                              neuron_groups, neuron_report, percentile_of)
+from dyngraph.neurons import (
+    LesionRunner,
+    benjamini_hochberg,
+    coherence,
+    empirical_p,
+    fisher_combine,
+    label_entropy,
+    lesion_importance,
+    neuron_graph,
+    neuron_groups,
+    neuron_report,
+    percentile_of,
+)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -8,8 +8,6 @@ from dyngraph import prune
 from dyngraph.zoo._models import resnet20
 
 
-
-
 def _curve(values, names=None):
     names = names or [f"l{i}" for i in range(len(values))]
     return dg._curve.Curve(names, torch.tensor(values, dtype=torch.float64))

@@ -11,8 +11,6 @@ import dyngraph as dg
 from dyngraph import prune
 
 
-
-
 def _data(seed=0, n=96):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 6, generator=g)

@@ -19,6 +19,7 @@ import dyngraph as dg
 K = importlib.import_module("dyngraph.graphs._knn")
 P = importlib.import_module("dyngraph.graphs._projection")
 from dyngraph.testing import reference_knn  # noqa: E402
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

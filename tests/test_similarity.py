@@ -12,12 +12,24 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.measures._similarity import (MinibatchCKA, PermutationResult, RepresentationSummary,
-                                         SimilarityMatrix, StreamingCKA, adjacency_cosine,
-                                         graph_similarity, knn_overlap, linear_cka,
-                                         log_similarity_matrix, modularity_distance, mutual_knn,
-                                         permutation_test, similarity_matrices,
-                                         summary_similarity, u_center)
+from dyngraph.measures._similarity import (
+    MinibatchCKA,
+    PermutationResult,
+    RepresentationSummary,
+    SimilarityMatrix,
+    StreamingCKA,
+    adjacency_cosine,
+    graph_similarity,
+    knn_overlap,
+    linear_cka,
+    log_similarity_matrix,
+    modularity_distance,
+    mutual_knn,
+    permutation_test,
+    similarity_matrices,
+    summary_similarity,
+    u_center,
+)
 
 
 def gen(seed=0):

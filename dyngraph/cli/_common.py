@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 
-
 def add_common(p: argparse.ArgumentParser) -> None:
     """--example/--model/--data/--out/--seed/--quiet."""
     src = p.add_argument_group("model and data")

@@ -22,13 +22,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._curve import Curve
 from .._io import PathLike, atomic_write_json, atomic_write_text
 from .._progress import progress_bar
 from .._validate import check_choice, check_labels, check_positive_int
-from .._curve import Curve
 from ..capture._features import LayerFeatures
-from ..measures._similarity import (DISTANCES, MEASURES, MinibatchCKA, SimilarityMatrix, fill_matrix,
-                                 summarize_layers)
+from ..measures._similarity import (
+    DISTANCES,
+    MEASURES,
+    MinibatchCKA,
+    SimilarityMatrix,
+    fill_matrix,
+    summarize_layers,
+)
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
 DEFAULT_MEASURES = ("cka", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
@@ -269,8 +275,8 @@ class Comparison:
                        per_pair: bool = False) -> None:
         """Per measure: the grid figure and every pair's values as a markdown table; per model:
         the free curves as scalars. ``per_pair`` also logs one heatmap per pair."""
-        from ..outputs._log import log_curve
         from ..measures._similarity import _markdown, log_similarity_matrix
+        from ..outputs._log import log_curve
         from ..outputs._plot import close
         for measure, mats in self.matrices.items():
             fig = self.plot_grid(measure)
@@ -426,7 +432,8 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
         ([('a', 'a'), ('a', 'b'), ('b', 'b')], (2, 2))
     """
     from ..capture._layers import default_layers
-    from ..capture._taps import split_batch as _split_batch, to_device as _to
+    from ..capture._taps import split_batch as _split_batch
+    from ..capture._taps import to_device as _to
     named = _named_items(dict(models) if isinstance(models, Mapping) else list(models))
     for n, m in named:
         if not isinstance(m, nn.Module):
@@ -662,4 +669,4 @@ def _free_curves(summ, y: Optional[Tensor], layers: List[str], name: str) -> Dic
     return out
 
 
-__all__ = ["Comparison", "compare", "stream_cka", "DEFAULT_MEASURES", "COMPARE_MEASURES"]
+__all__ = ["Comparison", "compare_models", "stream_cka", "DEFAULT_MEASURES", "COMPARE_MEASURES"]

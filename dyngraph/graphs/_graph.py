@@ -2,7 +2,18 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import Tensor
@@ -11,10 +22,17 @@ from torch_geometric.utils import coalesce, to_undirected
 
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
-from .._validate import (check_choice, check_edge_index, check_features, check_labels,
-                        check_positive_int, check_same_device, layer_names)
-from ._knn import is_row_source, knn_graph, row_source_info
+from .._validate import (
+    check_choice,
+    check_edge_index,
+    check_features,
+    check_labels,
+    check_positive_int,
+    check_same_device,
+    layer_names,
+)
 from ..measures._modularity import _community_terms
+from ._knn import is_row_source, knn_graph, row_source_info
 
 if TYPE_CHECKING:
     from ..profiles._profile import DepthProfile

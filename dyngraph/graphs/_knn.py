@@ -37,8 +37,15 @@ from torch import Tensor
 
 from .. import typing as _t
 from .._progress import progress_counter
-from .._validate import (check_choice, check_features, check_flag, check_k, check_positive_int,
-                        check_tensor, raise_non_finite)
+from .._validate import (
+    check_choice,
+    check_features,
+    check_flag,
+    check_k,
+    check_positive_int,
+    check_tensor,
+    raise_non_finite,
+)
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "matmul", "torch_cluster")

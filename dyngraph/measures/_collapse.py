@@ -28,12 +28,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Data
 
+from .._curve import Curve
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
 from .._validate import check_choice, check_features, check_labels, check_positive_int, check_tensor
-from .._curve import Curve
 from ..capture._features import LayerFeatures
+from ._registry import register
 
 __all__ = [
     "CollapseCallback",
@@ -981,7 +983,9 @@ def _iter_layer_batches(model: nn.Module, loader, spec, pool, device, batch_fn, 
                         progress: bool, desc: str):
     """Yields ``({alias: Tensor[B, D]}, labels [B])`` per batch, with forward hooks (removed and the
     training mode restored in ``finally``)."""
-    from ..capture._taps import reduce_output as _reduce, split_batch as _split_batch, to_device as _to
+    from ..capture._taps import reduce_output as _reduce
+    from ..capture._taps import split_batch as _split_batch
+    from ..capture._taps import to_device as _to
     modules = dict(model.named_modules())
     current: Dict[str, Tensor] = {}
     handles = []
@@ -1502,3 +1506,38 @@ class CollapseCallback:
         if path is not None:
             save_figure(fig, path)
         return fig
+
+
+# ============================================================================ registered measures
+_NC_KEYS = ("nc1", "nc1_trace", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf",
+            "cdnv", "ncc_accuracy")
+_NC_W_KEYS = ("nc3", "nc4")
+_last: Dict[str, Any] = {}
+
+
+def _collapse(x: Tensor, y: Tensor, classifier: Any = None, **kw: Any) -> Dict[str, Any]:
+    """neural_collapse of one layer, reused by the NC measures of the same call."""
+    key: Tuple[Any, ...] = (id(x), x._version, id(y), y._version, id(classifier),
+                            tuple(sorted(kw.items())))
+    if _last.get("key") != key or _last.get("x") is not x or _last.get("y") is not y:
+        _last.clear()
+        _last.update(key=key, x=x, y=y, value=neural_collapse(x, y, classifier, **kw))
+    return _last["value"]
+
+
+def _nc_measure(metric: str) -> None:
+    needs_w = metric in _NC_W_KEYS
+
+    def fn(x: Tensor, y: Tensor, graph: Optional[Data], classifier: Any = None,
+           **kw: Any) -> float:
+        if needs_w and classifier is None:
+            raise ValueError(f"measure {metric!r} needs the classifier: pass "
+                             f"measure_options={{{metric!r}: {{'classifier': model.fc}}}}")
+        return float(_collapse(x, y, classifier, **kw)[metric])
+    fn.__name__ = f"_{metric}"
+    register(metric, graph=False, description=f"neural collapse {metric} (Papyan et al. 2020; "
+             f"see dg.measures.neural_collapse)")(fn)
+
+
+for _m in _NC_KEYS + _NC_W_KEYS:
+    _nc_measure(_m)

@@ -26,14 +26,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from .._io import PathLike, atomic_write_json
-from .._validate import (check_choice, check_edge_index, check_edge_weight, check_features,
-                         check_k, check_labels, check_same_device, check_tensor)
 from .._curve import Curve
+from .._io import PathLike, atomic_write_json
+from .._validate import (
+    check_choice,
+    check_edge_index,
+    check_edge_weight,
+    check_features,
+    check_k,
+    check_labels,
+    check_same_device,
+    check_tensor,
+)
 from ..graphs._knn import knn
+from ._modularity import _graph
 from ._modularity import modularity as _modularity
+from ._registry import register
 
 #: Community detection methods. ``'leiden'``: igraph's C Leiden (modularity objective), the
 #: default because it was the fastest; ``'leidenalg'``: the leidenalg package; ``'louvain'``:
@@ -476,7 +487,7 @@ def adjusted_rand_index(a: Tensor, b: Tensor) -> float:
     """
     t = contingency_table(a, b).to(torch.float64)
     n = t.sum()
-    comb = lambda v: v * (v - 1) / 2  # noqa: E731
+    comb = lambda v: v * (v - 1) / 2
     sum_ij = comb(t).sum()
     sa, sb = comb(t.sum(1)).sum(), comb(t.sum(0)).sum()
     expected = sa * sb / comb(n)
@@ -808,7 +819,7 @@ class CommunityEvolution:
 
     def __repr__(self) -> str:
         f = lambda t: "[" + ", ".join(f"{v:.3f}" for v in t.tolist()[:8]) + \
-            (", ..." if t.numel() > 8 else "") + "]"  # noqa: E731
+            (", ..." if t.numel() > 8 else "") + "]"
         return (f"CommunityEvolution(layers={len(self.layers)}, "
                 f"method={self.meta.get('method')!r}, nmi={f(self.nmi)}, purity={f(self.purity)}, "
                 f"n_communities={self.n_communities.tolist()[:8]})")
@@ -986,3 +997,18 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "class_mixing", "mixing_ratio", "separat
            "normalized_mutual_info", "adjusted_rand_index", "community_transitions",
            "plot_transitions", "plot_class_mixing", "class_contribution_curves",
            "plot_class_contributions", "CommunityEvolution", "community_evolution"]
+
+
+# ============================================================================ registered measures
+@register("graph_purity", graph=True, description="share of each node's kNN-graph weight that "
+          "comes from its own class")
+def _graph_purity(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
+    g = _graph(graph, "graph_purity")
+    return float(graph_purity(g.edge_index, y, g.edge_weight, num_nodes=g.num_nodes))
+
+
+@register("knn_purity", graph=False, description="share of each sample's k nearest neighbours "
+          "(k = 10) with its label")
+def _knn_purity(x: Tensor, y: Tensor, graph: Optional[Data], k: int = 10,
+                metric: str = "cosine") -> float:
+    return float(knn_purity(x, y, k=k, metric=metric))

@@ -40,13 +40,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
+from torch_geometric.data import Data
 
+from .._curve import Curve
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
-from .._validate import (check_choice, check_choices, check_features, check_positive_int,
-                         layer_names)
-from .._curve import Curve
+from .._validate import check_choice, check_choices, check_features, check_positive_int, layer_names
 from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn
+from ._registry import register
 
 __all__ = [
     "ESTIMATORS",
@@ -1306,3 +1307,28 @@ def log_id_phases(writer, id_curve: Curve, others: Sequence[Curve] = (),
     if callable(getattr(writer, "flush", None)):
         writer.flush()
     return phases
+
+
+# ============================================================================ registered measures
+@register("twonn", graph=False, labels=False, description="TwoNN intrinsic dimension "
+          "(Facco et al. 2017)")
+def _twonn(x: Tensor, y: Tensor, graph: Optional[Data], **kw: Any) -> float:
+    return float(twonn(x, **kw))  # type: ignore[arg-type]
+
+
+@register("mle_id", graph=False, labels=False, description="Levina-Bickel MLE intrinsic "
+          "dimension (k = 20)")
+def _mle_id(x: Tensor, y: Tensor, graph: Optional[Data], **kw: Any) -> float:
+    return float(mle_id(x, **kw))  # type: ignore[arg-type]
+
+
+@register("participation_ratio", graph=False, labels=False, description="participation ratio "
+          "(Σλ)²/Σλ² of the covariance spectrum")
+def _pr(x: Tensor, y: Tensor, graph: Optional[Data], bias_correction: bool = False) -> float:
+    return float(participation_ratio(x, bias_correction=bias_correction))
+
+
+@register("pca_dim", graph=False, labels=False, description="principal components explaining "
+          "90% of the variance")
+def _pca(x: Tensor, y: Tensor, graph: Optional[Data], threshold: float = 0.9) -> float:
+    return float(pca_dim(x, threshold=threshold))

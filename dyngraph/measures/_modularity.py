@@ -17,14 +17,22 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch_geometric.data import Data
 
-from .._validate import (check_edge_index, check_edge_weight, check_labels, check_same_device,
-                         check_tensor)
-
+from .._validate import (
+    check_edge_index,
+    check_edge_weight,
+    check_labels,
+    check_same_device,
+    check_tensor,
+)
+from ._registry import register
 
 #: Largest ``graphs × C²`` mixing matrix that :func:`community_sums` scatters into; above it, it
 #: scatters into ``graphs × C × 2`` (strength, inside) slots with one extra compare per entry.
 MIXING_SLOTS = 1 << 16
+
+__all__ = ["community_contributions", "modularity"]
 
 
 def _prepare(edge_index, communities, edge_weight, num_nodes, batch
@@ -199,3 +207,19 @@ def community_contributions(edge_index: Tensor, communities: Tensor,
                                                      num_nodes, batch)
     contrib, _ = _community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
     return contrib[0] if batch is None else contrib
+
+
+# ============================================================================ registered measures
+def _graph(graph: Optional[Data], name: str) -> Data:
+    if graph is None:
+        raise ValueError(f"measure {name!r} needs the layer's kNN graph; it got graph=None")
+    return graph
+
+
+@register("modularity", graph=True, description="Newman modularity Q of the kNN graph, the "
+          "classes as communities (Lu et al. 2022)")
+def _modularity(x: Tensor, y: Tensor, graph: Optional[Data], resolution: float = 1.0) -> float:
+    g = _graph(graph, "modularity")
+    # The sum of the community terms: the arithmetic of DynamicGraph.modularity, bit for bit.
+    return float(community_contributions(g.edge_index, y, g.edge_weight, num_nodes=g.num_nodes,
+                                         resolution=resolution).sum())

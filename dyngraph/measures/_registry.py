@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from torch import Tensor
 
+__all__ = ["Measure", "available", "describe", "get", "register", "unregister"]
+
 Number = Union[float, int, Tensor]
 KINDS = ("layer", "pair")
 RESERVED = ("format", "layers", "metrics", "samples", "mean", "std", "meta", "values", "rows",
@@ -141,7 +143,6 @@ def unregister(name: str) -> None:
 
 def get(name: str, kind: Optional[str] = None) -> Measure:
     """The registered :class:`Measure` named ``name`` (close matches in the error otherwise)."""
-    _ensure_builtins()
     if not isinstance(name, str):
         raise TypeError(f"measure names are strings, got {type(name).__name__}: {name!r}")
     m = _REGISTRY.get(name)
@@ -166,7 +167,6 @@ def available(kind: Optional[str] = None) -> List[str]:
         >>> {'cka', 'mutual_knn'} <= set(dg.measures.available('pair'))
         True
     """
-    _ensure_builtins()
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be None or one of {list(KINDS)}, got {kind!r}")
     return sorted(n for n, m in _REGISTRY.items() if kind is None or m.kind == kind)
@@ -191,13 +191,3 @@ def resolve(names: Any, kind: str) -> List[Measure]:
     if len(set(names)) != len(names):
         raise ValueError(f"measures lists a name twice: {names}")
     return [get(n, kind) for n in names]
-
-
-_LOADED = False
-
-
-def _ensure_builtins() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        from . import _builtin  # noqa: F401  (registers the built-in measures)

@@ -38,10 +38,18 @@ from torch import Tensor
 from torch_geometric.utils import coalesce, scatter
 
 from .._io import PathLike
-from .._validate import (check_choice, check_features, check_k, check_labels, check_positive_int,
-                         check_same_device, layer_names)
+from .._validate import (
+    check_choice,
+    check_features,
+    check_k,
+    check_labels,
+    check_positive_int,
+    check_same_device,
+    layer_names,
+)
 from ..graphs._knn import knn, normalize_rows
 from ._modularity import modularity as _modularity
+from ._registry import register
 
 MEASURES = ("cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
 #: Measures where a smaller value means more similar.
@@ -272,7 +280,7 @@ class StreamingCKA:
         x, y = x.to(torch.float64), y.to(torch.float64)
         if self._shift is None:
             self._shift = (x.mean(0), y.mean(0))
-            z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=x.device)  # noqa: E731
+            z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=x.device)
             dx, dy = x.shape[1], y.shape[1]
             self._s = {"sx": z(dx), "sy": z(dy), "xty": z(dx, dy), "xtx": z(dx, dx),
                        "yty": z(dy, dy), "rx": z(()), "ry": z(()), "rxry": z(()), "rx2": z(()),
@@ -1333,3 +1341,23 @@ __all__ = ["MEASURES", "DISTANCES", "linear_cka", "StreamingCKA", "MinibatchCKA"
            "PermutationResult", "permutation_test", "summary_permutation_test",
            "SimilarityMatrix", "similarity_matrices", "summarize_layers", "fill_matrix",
            "plot_similarity_matrix", "log_similarity_matrix"]
+
+
+# ============================================================================ registered measures
+def _pair(measure: str, description: str, distance: bool = False, labels: bool = False) -> None:
+    def prepare(x: Tensor, y: Optional[Tensor], **kw: Any) -> RepresentationSummary:
+        return RepresentationSummary(x, [measure], labels=y if labels else None, **kw)
+
+    def fn(a: RepresentationSummary, b: RepresentationSummary) -> float:
+        return summary_similarity(a, b, measure)
+    register(measure, kind="pair", prepare=prepare, distance=distance, labels=labels,
+             description=description)(fn)
+
+
+_pair("cka", "linear CKA, biased HSIC (Kornblith et al. 2019)")
+_pair("cka_unbiased", "linear CKA, unbiased HSIC (Song et al. 2012)")
+_pair("mutual_knn", "mutual kNN alignment (Huh et al. 2024), k = 10")
+_pair("knn_overlap", "mean Jaccard index of the kNN sets, k = 10")
+_pair("graph", "graph-based similarity: mean row cosine of the kNN adjacencies")
+_pair("modularity_distance", "|Q_a − Q_b| of the reference snapshots (Lu et al. 2022)",
+      distance=True, labels=True)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture._extract import extract_features
-from ..capture._layers import ACTIVATIONS, CONVS, _PASSTHROUGH
+from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
 
 WEIGHT_TYPES = (nn.Linear,) + CONVS
 NORMS = ("l1", "max_col_sum", "l2")

@@ -26,8 +26,17 @@ from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, scatter, subgraph
 
 from .._validate import check_choice, check_features, check_positive_int
-from ._chain import (NORMS, NeuronLayer, _model_device, _spatial_shapes, input_layer,
-                     layer_activations, reduced_weights, select_layers, weight_chain)
+from ._chain import (
+    NORMS,
+    NeuronLayer,
+    _model_device,
+    _spatial_shapes,
+    input_layer,
+    layer_activations,
+    reduced_weights,
+    select_layers,
+    weight_chain,
+)
 
 SOURCES = ("weights", "activations")
 PAIRS = ("all", "within", "across", "adjacent")

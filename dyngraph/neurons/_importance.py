@@ -24,7 +24,8 @@ from torch_geometric.data import Data
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
 from .._validate import check_labels, check_positive_int, check_tensor
-from ..capture._taps import split_batch as _split_batch, to_device as _to
+from ..capture._taps import split_batch as _split_batch
+from ..capture._taps import to_device as _to
 from ._chain import _model_device
 from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
 from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of

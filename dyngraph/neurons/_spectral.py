@@ -26,8 +26,16 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, scatter
 
-from .._validate import (check_choice, check_edge_index, check_edge_weight, check_features,
-                         check_labels, check_positive_int, check_same_device, check_tensor)
+from .._validate import (
+    check_choice,
+    check_edge_index,
+    check_edge_weight,
+    check_features,
+    check_labels,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+)
 
 SOLVERS = ("auto", "dense", "scipy", "lobpcg")
 DENSE_LIMIT = 3000

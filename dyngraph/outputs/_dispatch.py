@@ -4,14 +4,14 @@ type. Result modules register their drawers here; figures and TensorBoard code l
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any, Callable, Dict, List, Optional
 
 from .._io import PathLike
 
 _PLOTTERS: Dict[type, Callable[..., Any]] = {}
 _LOGGERS: Dict[type, Callable[..., Any]] = {}
-# Modules whose import registers drawers; imported on the first plot()/log() call.
-_DRAWER_MODULES = ["dyngraph.outputs._figures"]
+_LOADED = False
 
 
 def register_plot(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -31,8 +31,20 @@ def register_log(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 
 def _load() -> None:
-    while _DRAWER_MODULES:
-        importlib.import_module(_DRAWER_MODULES.pop())
+    """Imports every ``dyngraph/outputs/_figures*.py`` module once: importing one registers its
+    drawers and loggers (matplotlib is imported only then)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for info in pkgutil.iter_modules(_package_path()):
+        if info.name.startswith("_figures"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+def _package_path() -> List[str]:
+    import dyngraph.outputs as pkg
+    return list(pkg.__path__)
 
 
 def _find(table: Dict[type, Callable[..., Any]], result: Any, what: str) -> Callable[..., Any]:

@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._validate import check_labels, check_positive_int, layer_names
 from .._curve import Curve
+from .._validate import check_labels, check_positive_int, layer_names
 from ..capture._extract import balanced_indices
 from ..capture._features import LayerFeatures
 from ..graphs._graph import DynamicGraph

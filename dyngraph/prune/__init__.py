@@ -8,8 +8,15 @@ the least redundant ones, or by adjacent-layer CKA (:mod:`dyngraph.prune.baselin
 """
 from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, linear_cka, random_layers
 from ._cost import cost_report, count_flops, count_params, measure_latency, prune_report
-from ._detect import (DEFAULT_THRESHOLDS, RULES, Redundancy, Removal, layer_scores,
-                     layer_structure, redundant_layers)
+from ._detect import (
+                     DEFAULT_THRESHOLDS,
+                     RULES,
+                     Redundancy,
+                     Removal,
+                     layer_scores,
+                     layer_structure,
+                     redundant_layers,
+)
 from ._finetune import evaluate, finetune, fit
 from ._study import format_table, plot_before_after, prune_study, summarize
 from ._surgery import infer_example_input, make_projection, probe, prune_layers

@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_features, check_positive_int
 from .._curve import Curve
+from .._validate import check_features, check_positive_int
 from ..capture._extract import balanced_indices
 from ..capture._features import LayerFeatures
 from ._detect import Redundancy, _as_curve, layer_structure, select_layers

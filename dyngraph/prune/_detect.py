@@ -32,10 +32,18 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._validate import check_choice, check_positive_int
 from .._curve import Curve
-from ._surgery import ExampleInput, Unit, _check_model, infer_example_input, probe, \
-    resolve_units, _stage_members, _parent_name
+from .._validate import check_choice, check_positive_int
+from ._surgery import (
+    ExampleInput,
+    Unit,
+    _check_model,
+    _parent_name,
+    _stage_members,
+    infer_example_input,
+    probe,
+    resolve_units,
+)
 
 RULES = ("delta", "plateau", "degradation", "plateau+degradation")
 DEFAULT_THRESHOLDS = {"delta": 0.03, "plateau": 0.01, "degradation": 0.0,

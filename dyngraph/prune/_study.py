@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
 from .._curve import Curve
+from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
 from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
 from ._cost import count_flops, count_params, measure_latency
 from ._detect import Redundancy, redundant_layers

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import check_choice
-from ..capture._layers import ACTIVATIONS, CONVS, _PASSTHROUGH
+from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
 
 WEIGHTED = CONVS + (nn.Linear,)
 FOLLOWERS = ACTIVATIONS + _PASSTHROUGH
@@ -174,7 +174,7 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
                 with torch.no_grad():
                     model(x)
                 return x
-            except Exception as exc:  # noqa: BLE001 - any failure means "not this size"
+            except Exception as exc:
                 errors.append(f"{shape}: {type(exc).__name__}")
     finally:
         model.train(was)
@@ -398,7 +398,7 @@ def _shortcut_of(module: nn.Module, in_shape: Shape, out_shape: Shape,
         try:
             with torch.no_grad():
                 out = cand(torch.zeros((2,) + tuple(in_shape), device=device))
-        except Exception:  # noqa: BLE001 - a shortcut that does not fit is simply not used
+        except Exception:
             continue
         finally:
             cand.train(was)
@@ -443,7 +443,7 @@ def _names_from(layers) -> List[str]:
     for item in layers:
         if isinstance(item, str):
             out.append(item)
-        elif hasattr(item, "module") and isinstance(getattr(item, "module"), str):
+        elif hasattr(item, "module") and isinstance(item.module, str):
             out.append(item.module)
         else:
             raise TypeError(f"layers must hold module names (str) or Removal objects, got "

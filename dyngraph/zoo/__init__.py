@@ -1,8 +1,21 @@
 """Zoo: bundled real data (scikit-learn digits, MNIST-1D, image folders), reference models and
 the train-or-reuse helper."""
 from ._data import digits_dataset, example_loaders, image_folder_loaders, mnist1d_dataset
-from ._models import (CifarResNet, DigitsCNN, DigitsMLP, PadShortcut, SignalCNN, SignalResNet, build_model,
-                      cifar_resnet, resnet20, resnet56, resnet110, train_cached, train_classifier)
+from ._models import (
+                      CifarResNet,
+                      DigitsCNN,
+                      DigitsMLP,
+                      PadShortcut,
+                      SignalCNN,
+                      SignalResNet,
+                      build_model,
+                      cifar_resnet,
+                      resnet20,
+                      resnet56,
+                      resnet110,
+                      train_cached,
+                      train_classifier,
+)
 
 __all__ = ["CifarResNet", "DigitsCNN", "DigitsMLP", "PadShortcut", "SignalCNN", "SignalResNet", "build_model",
            "cifar_resnet", "digits_dataset", "example_loaders", "image_folder_loaders",

@@ -5,13 +5,12 @@ Training and evaluation share the one loop in :mod:`dyngraph.prune.finetune`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from pathlib import Path
 
 from .._io import PathLike, atomic_torch_save
 from .._validate import check_choice, check_positive_int

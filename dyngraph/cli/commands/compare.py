@@ -143,8 +143,8 @@ def checks(result, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
-    from ...compare._compare import compare_models as compare
     from ...capture import default_layers
+    from ...compare._compare import compare_models as compare
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_models = len(args.models) + len(args.archs) * (len(args.seeds or [args.seed])

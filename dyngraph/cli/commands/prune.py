@@ -13,9 +13,9 @@ from .._common import add_common, get_model, print_json
 
 
 def register(sub) -> None:
-    from ...zoo._models import ARCHITECTURES
     from ...prune._detect import RULES
     from ...prune._study import METHODS
+    from ...zoo._models import ARCHITECTURES
     p = sub.add_parser(
         "prune", help="find redundant layers on the modularity curve, prune, fine-tune, compare",
         description="Trains (or loads) a network, computes its modularity curve over the stem "
