@@ -1,7 +1,7 @@
 """Core benchmark (issue 2): kNN graph, modularity, and the whole per-layer step, side by side.
 
 Compares, on the same data in one run:
-  * ``dg.knn_graph`` (matmul backend and 'auto') against ``torch_cluster.knn_graph`` and
+  * ``dg.knn_edges`` (matmul backend and 'auto') against ``torch_cluster.knn_graph`` and
     scikit-learn's ``NearestNeighbors(algorithm='brute')``, and against one ``x @ xᵀ`` GEMM (the
     physical bound);
   * ``dg.modularity`` against ``networkx.community.modularity`` on the same graph;
@@ -51,9 +51,9 @@ def bench_knn(n: int, d: int, k: int, max_slow: float) -> dict:
     reps = 5 if n * n * d <= 2e9 else 3
     row = {"N": n, "D": d, "k": k}
     row["gemm"] = timeit(lambda: xn @ xn.T, reps)
-    row["dg_matmul"] = timeit(lambda: dg.knn_graph(x, k, backend="matmul"), reps)
-    dg.knn_graph(x, k, backend="auto")  # the one-off measurement that 'auto' caches
-    row["dg_auto"] = timeit(lambda: dg.knn_graph(x, k, backend="auto"), reps)
+    row["dg_matmul"] = timeit(lambda: dg.knn_edges(x, k, backend="matmul"), reps)
+    dg.knn_edges(x, k, backend="auto")  # the one-off measurement that 'auto' caches
+    row["dg_auto"] = timeit(lambda: dg.knn_edges(x, k, backend="auto"), reps)
     if dgt.WITH_TORCH_CLUSTER:
         # torch-cluster's CPU KD-tree rejects cosine: same L2-normalised rows, Euclidean search.
         est = row["dg_matmul"] * 30 * (d / 64)  # measured 14-35x slower at D 64-512

@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess that reports its peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and its time. Two paths:
 
-* ``memory``: features ``[N, D]`` float32 in memory → ``dg.knn_graph`` (k=3, cosine, tiled) →
+* ``memory``: features ``[N, D]`` float32 in memory → ``dg.knn_edges`` (k=3, cosine, tiled) →
   ``dg.graphs.symmetrize`` → ``dg.modularity``. Stated bound::
 
       peak ≤ base + 2·N·D·4            (the features and their L2-normalised copy)
@@ -19,7 +19,7 @@ Each configuration runs in a fresh subprocess that reports its peak resident set
 
   with ``B = 2**24`` values per projection row block: nothing grows with N·D.
 * ``ooc``: the features are streamed to a float32 file and searched exactly, out of core
-  (``dg.knn_graph`` on the spilled layer: two blocks of rows read at a time, no projection).
+  (``dg.knn_edges`` on the spilled layer: two blocks of rows read at a time, no projection).
   Stated bound::
 
       peak ≤ base + 4·R·D·4 + 3·T·4 + 200·N·k + 256 MiB
@@ -70,7 +70,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     # Warm up kernels and the allocator on a tiny problem so that base includes them.
     w = torch.randn(256, 64)
-    ei, wt = dg.knn_graph(w, 3, backend="matmul")
+    ei, wt = dg.knn_edges(w, 3, backend="matmul")
     ei, wt = dg.graphs.symmetrize(ei, wt, 256)
     dg.modularity(ei, torch.arange(256) % 4, wt)
     base = _rss_mib()
@@ -86,7 +86,7 @@ def child(args) -> None:
             x[s:e] = torch.randn(e - s, d, generator=g) + 0.5 * centres[y[s:e]]
         out["after_data_mib"] = _rss_mib()
         t0 = time.perf_counter()
-        ei, w = dg.knn_graph(x, k, backend="matmul")
+        ei, w = dg.knn_edges(x, k, backend="matmul")
     else:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             # the out-of-core path searches a float32 spill exactly; the JL path projects fp16
@@ -100,12 +100,12 @@ def child(args) -> None:
             out["file_mib"] = os.path.getsize(sp.path) / MIB
             t0 = time.perf_counter()
             if args.mode == "ooc":
-                ei, w = dg.knn_graph(sp, k)
+                ei, w = dg.knn_edges(sp, k)
             else:
                 z = project(sp, m, seed=0)
                 out["project_seconds"] = time.perf_counter() - t0
         if args.mode != "ooc":
-            ei, w = dg.knn_graph(z, k, backend="matmul")
+            ei, w = dg.knn_edges(z, k, backend="matmul")
             out["m"] = m
     t_knn = time.perf_counter() - t0
     ei, w = dg.graphs.symmetrize(ei, w, n)

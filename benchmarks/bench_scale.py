@@ -1,7 +1,7 @@
 """Scale benchmark (issue 8): exact kNN graphs at large N and D, side by side with the peers.
 
 Sections, all in one run:
-  * ``knn``: ``dg.knn_graph`` (cosine, k=3) against faiss-cpu ``IndexFlatIP`` (exact), pynndescent
+  * ``knn``: ``dg.knn_edges`` (cosine, k=3) against faiss-cpu ``IndexFlatIP`` (exact), pynndescent
     (approximate, with its recall@k) and the GEMM itself (all N² scores in cache-sized tiles, no
     top-k: the physical bound; dg computes each score once, about half of them), over a series of N at fixed D and of D at fixed N (wall time, best of
     round-robin repeats), with wall-time scaling exponents.
@@ -143,7 +143,7 @@ def bench_knn(n: int, d: int, k: int, reps: int, nnd: bool) -> dict:
     out = {}
 
     def run_dg():
-        out["dg"] = dg.knn_graph(x, k, backend="matmul")
+        out["dg"] = dg.knn_edges(x, k, backend="matmul")
 
     def run_faiss():
         xf = np.ascontiguousarray(xs.copy())
@@ -197,7 +197,7 @@ def section_knn(args, store: Store) -> dict:
     print("Best of the round-robin repeats (other processes share this machine; `load` is the "
           "1-minute load average when the row started). pynndescent: one run, n_neighbors=30 "
           "(its default), recall@k against the exact graph.\n")
-    print("| N | D | GEMM (tiles) | dg.knn_graph | faiss exact | pynndescent | dg/GEMM | "
+    print("| N | D | GEMM (tiles) | dg.knn_edges | faiss exact | pynndescent | dg/GEMM | "
           "dg/faiss | pynndescent/dg | faiss recall | pynndescent recall | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     section = "knn_quick" if args.quick else "knn_full" if args.full else "knn"
@@ -245,7 +245,7 @@ def section_scaling(args, store: Store) -> None:
     else:
         ns, ds, d_fixed, n_fixed = [2000, 4000, 8000, 16000], [64, 256, 1024, 4096], 256, 4000
     print(f"\n## Scaling exponents (one thread, CPU time, best of 2 after a warm-up; k={k})\n")
-    print("| N | D | GEMM (tiles) | dg.knn_graph | faiss exact | dg/GEMM | dg/faiss | "
+    print("| N | D | GEMM (tiles) | dg.knn_edges | faiss exact | dg/GEMM | dg/faiss | "
           "dg GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
@@ -261,7 +261,7 @@ def section_scaling(args, store: Store) -> None:
             index.add(xf)
             index.search(xf, k + 1)
         methods = {"gemm": lambda: tile_gemm(xn),
-                   "dg": lambda: dg.knn_graph(x, k, backend="matmul"), "faiss": run_faiss}
+                   "dg": lambda: dg.knn_edges(x, k, backend="matmul"), "faiss": run_faiss}
         times = {name: [] for name in methods}
         for rep in range(3):
             for name, fn in methods.items():
@@ -295,7 +295,7 @@ def section_scaling(args, store: Store) -> None:
 def neighbour_changes(x: torch.Tensor, k: int, precision: str, candidates: int,
                       ref_idx: torch.Tensor) -> dict:
     t0 = time.perf_counter()
-    v, idx = dg.graphs.knn(x, k, backend="matmul", precision=precision, candidates=candidates)
+    v, idx = dg.graphs.nearest_neighbors(x, k, backend="matmul", precision=precision, candidates=candidates)
     t = time.perf_counter() - t0
     diff_rows = (idx.sort(1).values != ref_idx.sort(1).values).any(1)
     ref_sets = ref_idx.sort(1).values
@@ -340,14 +340,14 @@ def section_precision(args, store: Store, feats) -> None:
     for label, x in sets.items():
         y = (torch.arange(x.shape[0]) % 10) if x.shape[0] != y_all.numel() else y_all
         t0 = time.perf_counter()
-        ref_v, ref_i = dg.graphs.knn(x, k, backend="matmul")
+        ref_v, ref_i = dg.graphs.nearest_neighbors(x, k, backend="matmul")
         t_ref = time.perf_counter() - t0
         q_ref = dg.profiles._pipeline.modularity_curve({"l": x}, y, k=k, backend="matmul", progress=False).values[0]
         for precision in ("bf16", "fp16"):
             for cand in sorted({k, 2 * k, K.default_candidates(k), 4 * k}):
                 r = neighbour_changes(x, k, precision, cand, ref_i)
                 # Q with the half-precision graph: patch the search through precision=
-                ei, w = dg.knn_graph(x, k, backend="matmul", precision=precision,
+                ei, w = dg.knn_edges(x, k, backend="matmul", precision=precision,
                                      candidates=cand)
                 ei_s, w_s = dg.graphs.symmetrize(ei, w, x.shape[0])
                 r["abs_dq"] = abs(dg.modularity(ei_s, y, w_s) - float(q_ref))
@@ -379,7 +379,7 @@ def section_projection(args, store: Store, feats, model_info) -> None:
         d = x.shape[1]
         q0 = dg.profiles._pipeline.modularity_curve({name: x}, feats.y, k=k, backend="matmul",
                                  progress=False).values[0].item()
-        _, ref_i = dg.graphs.knn(x, k, backend="matmul")
+        _, ref_i = dg.graphs.nearest_neighbors(x, k, backend="matmul")
         cells = []
         row = {"layer": name, "D": d, "q_full": q0, "projected": {}}
         for m in dims:
@@ -391,7 +391,7 @@ def section_projection(args, store: Store, feats, model_info) -> None:
                 z = P.random_projection(x, m, seed=s)
                 qs.append(dg.profiles._pipeline.modularity_curve({name: z}, feats.y, k=k, backend="matmul",
                                               progress=False).values[0].item())
-                _, zi = dg.graphs.knn(z, k, backend="matmul")
+                _, zi = dg.graphs.nearest_neighbors(z, k, backend="matmul")
                 overlaps.append(recall(zi.numpy(), ref_i.numpy()))
             qm, qsd = statistics.mean(qs), statistics.stdev(qs) if len(qs) > 1 else 0.0
             row["projected"][m] = {"q_mean": qm, "q_std": qsd, "dq": qm - q0,
@@ -405,13 +405,13 @@ def section_projection(args, store: Store, feats, model_info) -> None:
     x = data(n, d, seed=3)
     y = torch.arange(n) % 10
     t0 = time.perf_counter()
-    ref_v, ref_i = dg.graphs.knn(x, k, backend="matmul")
+    ref_v, ref_i = dg.graphs.nearest_neighbors(x, k, backend="matmul")
     t_full = time.perf_counter() - t0
     t0 = time.perf_counter()
     z = P.random_projection(x, m, seed=0)
     t_proj = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, zi = dg.graphs.knn(z, k, backend="matmul")
+    _, zi = dg.graphs.nearest_neighbors(z, k, backend="matmul")
     t_knn = time.perf_counter() - t0
     q_full = dg.profiles._pipeline.modularity_curve({"w": x}, y, k=k, backend="matmul", progress=False).values[0]
     q_proj = dg.profiles._pipeline.modularity_curve({"w": z}, y, k=k, backend="matmul", progress=False).values[0]

@@ -22,7 +22,7 @@ from . import (
     zoo,
 )
 from .capture import LayerFeatures, LayerTaps, default_layers, extract_features, list_layers
-from .graphs import DynamicGraph, GraphSpec, knn_graph
+from .graphs import DynamicGraph, GraphSpec, knn_edges
 from .measures import modularity
 from .outputs import log, plot
 from .profiles import DepthProfile, LayerMatrix, depth_profile, layer_matrix
@@ -32,7 +32,7 @@ __version__ = "0.2.0"
 __all__ = [
     # the names a user types first
     "LayerTaps", "extract_features", "LayerFeatures", "default_layers", "list_layers",
-    "GraphSpec", "knn_graph", "DynamicGraph", "modularity",
+    "GraphSpec", "knn_edges", "DynamicGraph", "modularity",
     "depth_profile", "DepthProfile", "layer_matrix", "LayerMatrix",
     "plot", "log",
     # the spine's subpackages, in the order of the data flow, then what builds on it

@@ -23,7 +23,7 @@ How the work is split:
 * **kNN** — rank ``r`` owns the queries of its rows. Every rank's rows are streamed to all ranks
   in blocks with ``broadcast`` (the next block is in flight while the current one is searched),
   and each rank merges the exact top-k of its rows against every block with the same tile kernel
-  as :func:`dyngraph.knn` (:class:`dyngraph.knn.BlockTopK`). Memory per rank: its rows, two
+  as :func:`dyngraph.graphs.nearest_neighbors` (:class:`dyngraph.graphs._knn.BlockTopK`). Memory per rank: its rows, two
   blocks, one score tile.
 * **Modularity** — each rank sums, over the graph entries it holds, the strength ``S_c`` and the
   inside weight of every community; one ``all_reduce`` adds these ``[2, C]`` sums over ranks,
@@ -69,15 +69,15 @@ from .measures._modularity import _prepare as _prepare_modularity
 from .measures._modularity import community_sums, terms_from_sums
 
 Group = Optional[Any]
-# The module (``dyngraph.knn`` the attribute is the function): its block defaults are read at call
+# The module (``dyngraph.graphs.nearest_neighbors`` the attribute is the function): its block defaults are read at call
 # time, so a user (or a test) may change them.
 from .graphs import _knn as knn_mod  # noqa: E402
 
 __all__ = [
     "init_distributed",
     "distributed_extract_features",
-    "distributed_knn",
-    "distributed_knn_graph",
+    "distributed_nearest_neighbors",
+    "distributed_knn_edges",
     "distributed_modularity",
     "distributed_modularity_curve",
     "shard_ids",
@@ -328,7 +328,7 @@ def _tile_pair(acc: BlockTopK, other: BlockTopK, lo: int, hi: int, keys: Tensor,
 def _local_self_search(acc: BlockTopK, my_ids, chunk_size: Optional[int],
                        col_chunk_size: Optional[int]) -> BlockTopK:
     """Searches this rank's rows among themselves (the symmetric self-search of
-    :func:`dyngraph.knn`, local ids) in ``acc``, then turns it into the accumulator of the rows'
+    :func:`dyngraph.graphs.nearest_neighbors`, local ids) in ``acc``, then turns it into the accumulator of the rows'
     global ids ``my_ids`` (unfilled places stay worst/−1)."""
     if acc.q.shape[0] > 1:
         acc.search_self(chunk_size, col_chunk_size)
@@ -339,7 +339,7 @@ def _local_self_search(acc: BlockTopK, my_ids, chunk_size: Optional[int],
     return acc
 
 
-def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
+def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
                     global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
                     col_chunk_size: Optional[int] = None, precision: str = "full",
                     candidates: Optional[int] = None, group: Group = None
@@ -347,14 +347,14 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
     """Exact kNN of this rank's rows against the rows of every rank (row-sharded).
 
     Rank ``r`` holds rows ``x`` ``[n_r, D]`` of a global ``[N, D]`` matrix. Each rank searches its
-    own rows among themselves with the symmetric self-search of :func:`dyngraph.knn`. The rows
+    own rows among themselves with the symmetric self-search of :func:`dyngraph.graphs.nearest_neighbors`. The rows
     are then broadcast to all ranks in blocks of ``col_chunk_size`` rows (one block ahead in
     flight), and every cross-rank pair of rows is scored once, by one of the two ranks (see
     :func:`_pair_role`: each rank scores about half of the other ranks' rows): a tile's row top-k
     goes to the scoring rank's rows, its column top-k to the block owner's rows, and the owners
     collect those with one ``gather`` per rank at the end. Each rank thus computes about
-    ``N²/(2W)`` scores instead of ``N²/W``. Tiles use :class:`dyngraph.knn.BlockTopK`, the tile
-    kernel of :func:`dyngraph.knn`.
+    ``N²/(2W)`` scores instead of ``N²/W``. Tiles use :class:`dyngraph.graphs._knn.BlockTopK`, the tile
+    kernel of :func:`dyngraph.graphs.nearest_neighbors`.
 
     Args:
         x: This rank's rows ``[n_r, D]`` (``n_r`` may differ between ranks, and be 0).
@@ -363,19 +363,19 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
         global_ids: ``[n_r]`` strictly increasing global ids of the local rows, together a
             permutation of ``0..N-1``. Default: rank-ordered contiguous blocks (rank 0 holds
             ``0..n_0-1``, ...). Ties go to the smaller global id.
-        chunk_size, col_chunk_size, precision, candidates: As in :func:`dyngraph.knn`
+        chunk_size, col_chunk_size, precision, candidates: As in :func:`dyngraph.graphs.nearest_neighbors`
             (``col_chunk_size`` is also the rows per broadcast block).
         group: Process group (default: the world).
 
     Returns:
         ``(values, index)`` ``[n_r, k]``, best first, with global neighbour ids; the same as the
-        corresponding rows of :func:`dyngraph.knn` on the gathered matrix (matmul backend).
+        corresponding rows of :func:`dyngraph.graphs.nearest_neighbors` on the gathered matrix (matmul backend).
 
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
-        >>> v, i = dg.distributed.distributed_knn(x, 3)     # one process: same as dg.graphs.knn
-        >>> torch.equal(i, dg.graphs.knn(x, 3, backend='matmul')[1])
+        >>> v, i = dg.distributed.distributed_nearest_neighbors(x, 3)     # one process: same as dg.graphs.knn
+        >>> torch.equal(i, dg.graphs.nearest_neighbors(x, 3, backend='matmul')[1])
         True
     """
     check_features(x, "x", min_rows=0, check_finite=False)
@@ -466,7 +466,7 @@ def distributed_knn(x: Tensor, k: int, metric: str = "cosine", *,
     return acc.result()
 
 
-def distributed_knn_graph(x: Tensor, k: int, metric: str = "cosine", *,
+def distributed_knn_edges(x: Tensor, k: int, metric: str = "cosine", *,
                           global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
                           col_chunk_size: Optional[int] = None, precision: str = "full",
                           candidates: Optional[int] = None, group: Group = None
@@ -475,22 +475,22 @@ def distributed_knn_graph(x: Tensor, k: int, metric: str = "cosine", *,
 
     Args:
         x, k, metric, global_ids, chunk_size, col_chunk_size, precision, candidates, group: As in
-            :func:`distributed_knn`.
+            :func:`distributed_nearest_neighbors`.
 
     Returns:
         ``edge_index`` ``[2, n_r·k]`` in global ids (``edge_index[1]`` the local query, as in
-        :func:`dyngraph.knn_graph`) and ``edge_weight`` ``[n_r·k]`` (cosine, or 1 for
+        :func:`dyngraph.knn_edges`) and ``edge_weight`` ``[n_r·k]`` (cosine, or 1 for
         Euclidean). Concatenated over ranks in rank order (with contiguous ids), they equal
-        :func:`dyngraph.knn_graph` on the gathered rows.
+        :func:`dyngraph.knn_edges` on the gathered rows.
 
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(30, 5, generator=torch.Generator().manual_seed(0))
-        >>> ei, w = dg.distributed.distributed_knn_graph(x, 3)
-        >>> torch.equal(ei, dg.knn_graph(x, 3, backend='matmul')[0])
+        >>> ei, w = dg.distributed.distributed_knn_edges(x, 3)
+        >>> torch.equal(ei, dg.knn_edges(x, 3, backend='matmul')[0])
         True
     """
-    vals, idx = distributed_knn(x, k, metric, global_ids=global_ids, chunk_size=chunk_size,
+    vals, idx = distributed_nearest_neighbors(x, k, metric, global_ids=global_ids, chunk_size=chunk_size,
                                 col_chunk_size=col_chunk_size, precision=precision,
                                 candidates=candidates, group=group)
     if global_ids is None:
@@ -604,7 +604,7 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
     """Modularity per layer from row-sharded features: the distributed
     :func:`dyngraph.modularity_curve`.
 
-    For every repeat and layer: :func:`distributed_knn_graph` on the sampled rows, the local share
+    For every repeat and layer: :func:`distributed_knn_edges` on the sampled rows, the local share
     of the symmetrised graph, per-community sums; the sums of all layers are reduced with one
     ``all_reduce`` per repeat. Every rank returns the same :class:`~dyngraph.Curve`.
 
@@ -617,7 +617,7 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
             rank.
         global_ids: ``[n_r]`` global ids of the local rows (default: from
             ``features.meta['shard']`` when present, else rank-ordered contiguous blocks).
-        chunk_size, col_chunk_size, precision, candidates: As in :func:`distributed_knn`.
+        chunk_size, col_chunk_size, precision, candidates: As in :func:`distributed_nearest_neighbors`.
         resolution: Newman's ``γ``.
         progress: Progress bar on rank 0.
         group: Process group (default: the world).
@@ -693,7 +693,7 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
             if local_mask is not None:
                 x = x[local_mask.to(x.device)]
             qid = sub_ids.to(x.device)
-            ei, w = distributed_knn_graph(x, k, metric, global_ids=qid, chunk_size=chunk_size,
+            ei, w = distributed_knn_edges(x, k, metric, global_ids=qid, chunk_size=chunk_size,
                                           col_chunk_size=col_chunk_size, precision=precision,
                                           candidates=candidates, group=group)
             ei_s, w_s = _local_entries(ei, w, symmetrize, comm_sub.numel(), sizes, group,

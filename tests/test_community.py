@@ -149,7 +149,7 @@ def test_knn_purity_matches_sklearn_and_directed_graph_purity():
     assert knn_purity(x, y, k) == pytest.approx(per_node.mean(), abs=1e-12)
     per_class = knn_purity(x, y, k, per_class=True)
     assert np.allclose(per_class.numpy(), [per_node[y.numpy() == c].mean() for c in range(5)])
-    ei, _ = dg.knn_graph(x, k, metric="euclidean")
+    ei, _ = dg.knn_edges(x, k, metric="euclidean")
     assert graph_purity(ei, y) == pytest.approx(knn_purity(x, y, k, metric="euclidean"),
                                                 abs=1e-12)
 
@@ -207,7 +207,7 @@ def test_detect_communities_quality_and_determinism_on_knn_graph():
 
 def test_detect_communities_directed_input_is_symmetrised():
     x, y = clustered(80, c=4, seed=8)
-    ei_dir, w_dir = dg.knn_graph(x, 4)
+    ei_dir, w_dir = dg.knn_edges(x, 4)
     ei_und, w_und = dg.graphs.symmetrize(ei_dir, w_dir, 80, "mean")
     a = detect_communities(ei_dir, w_dir, 80, seed=1)
     b = detect_communities(ei_und, w_und, 80, seed=1)

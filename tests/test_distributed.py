@@ -143,7 +143,7 @@ def test_row_sharded_knn_graph_equals_knn_graph(ranks, key, metric, precision):
     x, _ = _synthetic()
     ei = torch.cat([r[key][0] for r in ranks], 1)
     w = torch.cat([r[key][1] for r in ranks])
-    ref_ei, ref_w = dg.knn_graph(x, 4, metric=metric, backend="matmul", precision=precision)
+    ref_ei, ref_w = dg.knn_edges(x, 4, metric=metric, backend="matmul", precision=precision)
     assert torch.equal(ei, ref_ei)
     _same_weights(key, w, ref_w)
     # Uneven shards: rank 0 owns the queries [0, SPLIT).
@@ -179,7 +179,7 @@ def test_symmetric_schedule_equals_knn_graph_on_three_ranks(ranks3, key, kw):
     ei = torch.cat([r[key][0] for r in ranks3], 1)
     w = torch.cat([r[key][1] for r in ranks3])
     opts = {k_: v for k_, v in kw.items() if k_ in ("metric", "precision")}
-    ref_ei, ref_w = dg.knn_graph(x, 4, backend="matmul", **opts)
+    ref_ei, ref_w = dg.knn_edges(x, 4, backend="matmul", **opts)
     assert torch.equal(ei, ref_ei)
     # The 1-row shard's tiles are matrix-vector products, rounded differently in the last bit.
     assert torch.allclose(w, ref_w, rtol=0, atol=1e-6)
@@ -211,8 +211,8 @@ def test_mismatched_shapes_raise_on_every_rank(ranks):
 def test_single_process_fallback_without_a_group():
     assert dg.distributed.init_distributed() == (0, 1) if "WORLD_SIZE" not in os.environ else True
     x, y = _synthetic()
-    v, i = dg.distributed.distributed_knn(x, 4)
-    rv, ri = dg.graphs.knn(x, 4, backend="matmul")
+    v, i = dg.distributed.distributed_nearest_neighbors(x, 4)
+    rv, ri = dg.graphs.nearest_neighbors(x, 4, backend="matmul")
     assert torch.equal(i, ri) and torch.equal(v, rv)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     feats = {"a": x, "b": x + 0.5 * noise}
@@ -227,21 +227,21 @@ def test_permuted_global_ids_give_the_same_graph():
     x, _ = _synthetic()
     ids = torch.arange(0, N_SYN, 3)  # an interleaved shard, as DistributedSampler makes
     with pytest.raises(ValueError, match="permutation"):
-        dg.distributed.distributed_knn(x[ids], 3, global_ids=ids)  # one process must hold every id
+        dg.distributed.distributed_nearest_neighbors(x[ids], 3, global_ids=ids)  # one process must hold every id
     with pytest.raises(ValueError, match="strictly increasing"):
-        dg.distributed.distributed_knn(x, 3, global_ids=torch.arange(N_SYN).flip(0))
-    ei, w = dg.distributed.distributed_knn_graph(x, 3, global_ids=torch.arange(N_SYN))
-    assert torch.equal(ei, dg.knn_graph(x, 3, backend="matmul")[0])
+        dg.distributed.distributed_nearest_neighbors(x, 3, global_ids=torch.arange(N_SYN).flip(0))
+    ei, w = dg.distributed.distributed_knn_edges(x, 3, global_ids=torch.arange(N_SYN))
+    assert torch.equal(ei, dg.knn_edges(x, 3, backend="matmul")[0])
 
 
 def test_distributed_bad_input():
     x, y = _synthetic()
     with pytest.raises(ValueError, match="k must be smaller"):
-        dg.distributed.distributed_knn(x, N_SYN)
+        dg.distributed.distributed_nearest_neighbors(x, N_SYN)
     with pytest.raises(TypeError, match="floating-point"):
-        dg.distributed.distributed_knn(x.long(), 3)
+        dg.distributed.distributed_nearest_neighbors(x.long(), 3)
     with pytest.raises(ValueError, match="precision"):
-        dg.distributed.distributed_knn(x, 3, precision="int8")
+        dg.distributed.distributed_nearest_neighbors(x, 3, precision="int8")
     with pytest.raises(ValueError, match="symmetrize"):
         dg.distributed.distributed_modularity_curve({"a": x}, y, symmetrize="min", progress=False)
     with pytest.raises(ValueError, match="y is required"):
@@ -251,7 +251,7 @@ def test_distributed_bad_input():
     bad = x.clone()
     bad[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        dg.distributed.distributed_knn(bad, 3)
+        dg.distributed.distributed_nearest_neighbors(bad, 3)
 
 
 # ---------------------------------------------------------------------------- rank entry point
@@ -277,15 +277,15 @@ def _rank_main(out: str) -> None:
                                                        seed=1, progress=False)
     x, _ = _synthetic()
     rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N_SYN)
-    res["knn_cos"] = dg.distributed.distributed_knn_graph(x[rows], 4)
-    res["knn_euc"] = dg.distributed.distributed_knn_graph(x[rows], 4, metric="euclidean", chunk_size=16)
-    res["knn_bf16"] = dg.distributed.distributed_knn_graph(x[rows], 4, precision="bf16", col_chunk_size=23)
-    res["knn_cos_blocks"] = dg.distributed.distributed_knn_graph(x[rows], 4, chunk_size=8, col_chunk_size=16)
+    res["knn_cos"] = dg.distributed.distributed_knn_edges(x[rows], 4)
+    res["knn_euc"] = dg.distributed.distributed_knn_edges(x[rows], 4, metric="euclidean", chunk_size=16)
+    res["knn_bf16"] = dg.distributed.distributed_knn_edges(x[rows], 4, precision="bf16", col_chunk_size=23)
+    res["knn_cos_blocks"] = dg.distributed.distributed_knn_edges(x[rows], 4, chunk_size=8, col_chunk_size=16)
     ei, w, comm = _split_graph()
     share = torch.arange(ei.shape[1]) % world == rank  # splits the two directions of pairs
     res["split_q"] = dg.distributed.distributed_modularity(ei[:, share], comm, w[share])
     try:
-        dg.distributed.distributed_knn(x[rows, :DIM_SYN - rank], 3)
+        dg.distributed.distributed_nearest_neighbors(x[rows, :DIM_SYN - rank], 3)
         res["mismatch_error"] = ""
     except ValueError as exc:
         res["mismatch_error"] = str(exc)
@@ -298,7 +298,7 @@ def _rank_main_knn(out: str) -> None:
     rank, world = dg.distributed.init_distributed()
     x, _ = _synthetic()
     rows = _shards(world)[rank]
-    res = {key: dg.distributed.distributed_knn_graph(x[rows], 4, **kw) for key, kw in _knn_cases()}
+    res = {key: dg.distributed.distributed_knn_edges(x[rows], 4, **kw) for key, kw in _knn_cases()}
     torch.save(res, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

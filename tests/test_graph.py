@@ -16,7 +16,7 @@ def dense(ei, w, n):
 
 def test_symmetrize_mean_is_reference_convention():
     x, y = clustered(20, 3, 8, 1.0)
-    ei, w = dg.knn_graph(x.double(), 3)
+    ei, w = dg.knn_edges(x.double(), 3)
     a_dir = dense(ei, w, 60)
     for how, expect in [("mean", (a_dir + a_dir.T) / 2), ("add", a_dir + a_dir.T),
                         ("max", torch.maximum(a_dir, a_dir.T))]:
@@ -141,7 +141,7 @@ def test_bad_input():
 def test_knn_options_pass_through_to_the_snapshots():
     from tests.conftest import clustered
     x, y = clustered(40, 4, 24, 1.0, seed=4)
-    ei, w = dg.knn_graph(x, 3, backend="matmul", col_chunk_size=48, precision="bf16",
+    ei, w = dg.knn_edges(x, 3, backend="matmul", col_chunk_size=48, precision="bf16",
                          candidates=12)
     snap = dg.graphs.build_snapshot(x, y, k=3, backend="matmul", col_chunk_size=48, precision="bf16",
                              candidates=12, symmetrize="add")

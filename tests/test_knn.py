@@ -15,7 +15,7 @@ BACKENDS = ["matmul"] + (["torch_cluster"] if dgt.WITH_TORCH_CLUSTER else [])
 def test_knn_matches_brute_force(backend, metric, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(200, 12, generator=g, dtype=torch.float64)
-    vals, idx = dg.graphs.knn(x, 5, metric=metric, backend=backend)
+    vals, idx = dg.graphs.nearest_neighbors(x, 5, metric=metric, backend=backend)
     ref_v, ref_i = brute_force(x.numpy(), 5, metric)
     assert np.array_equal(idx.numpy(), ref_i)
     np.testing.assert_allclose(vals.numpy(), ref_v, atol=1e-10)
@@ -26,7 +26,7 @@ def test_knn_matches_scipy_ckdtree():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(500, 6, generator=g, dtype=torch.float64)
     d, i = cKDTree(x.numpy()).query(x.numpy(), k=5)  # includes self at position 0
-    vals, idx = dg.graphs.knn(x, 4, metric="euclidean", backend="matmul", chunk_size=37)
+    vals, idx = dg.graphs.nearest_neighbors(x, 4, metric="euclidean", backend="matmul", chunk_size=37)
     assert np.array_equal(idx.numpy(), i[:, 1:])
     np.testing.assert_allclose(vals.numpy(), d[:, 1:], atol=1e-12)
 
@@ -37,7 +37,7 @@ def test_knn_matches_sklearn_brute_cosine():
     x = torch.randn(300, 20, generator=g)
     nn_ = NearestNeighbors(n_neighbors=4, algorithm="brute", metric="cosine").fit(x.numpy())
     d, i = nn_.kneighbors(x.numpy())
-    vals, idx = dg.graphs.knn(x, 3, metric="cosine")
+    vals, idx = dg.graphs.nearest_neighbors(x, 3, metric="cosine")
     assert (idx.numpy() == i[:, 1:]).mean() > 0.999  # float32 near-ties may swap
     np.testing.assert_allclose(vals.numpy(), 1 - d[:, 1:], atol=1e-5)
 
@@ -46,8 +46,8 @@ def test_knn_matches_sklearn_brute_cosine():
 def test_chunking_does_not_change_result(chunk):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(150, 9, generator=g)
-    base = dg.graphs.knn(x, 4, backend="matmul")
-    got = dg.graphs.knn(x, 4, backend="matmul", chunk_size=chunk)
+    base = dg.graphs.nearest_neighbors(x, 4, backend="matmul")
+    got = dg.graphs.nearest_neighbors(x, 4, backend="matmul", chunk_size=chunk)
     assert torch.equal(base[1], got[1]) and torch.allclose(base[0], got[0])
 
 
@@ -55,11 +55,11 @@ def test_chunking_does_not_change_result(chunk):
 def test_ties_broken_by_smaller_index(backend):
     # A 1-D integer grid: every interior point has two neighbours at distance 1.
     x = torch.arange(10, dtype=torch.float64).unsqueeze(1)
-    vals, idx = dg.graphs.knn(x, 1, metric="euclidean", backend=backend)
+    vals, idx = dg.graphs.nearest_neighbors(x, 1, metric="euclidean", backend=backend)
     assert idx.flatten().tolist() == [1, 0, 1, 2, 3, 4, 5, 6, 7, 8]
     # Duplicated points: ties at the k-th boundary resolve to the smallest index.
     x = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 2)
-    vals, idx = dg.graphs.knn(x, 2, metric="cosine", backend=backend)
+    vals, idx = dg.graphs.nearest_neighbors(x, 2, metric="cosine", backend=backend)
     assert idx[0].tolist() == [1, 2] and idx[5].tolist() == [0, 1] and idx[6].tolist()[0] == 7
     ref_v, ref_i = brute_force(x.numpy().astype(np.float64), 2, "cosine")
     assert np.array_equal(idx.numpy(), ref_i)
@@ -68,8 +68,8 @@ def test_ties_broken_by_smaller_index(backend):
 def test_knn_graph_layout_and_weights():
     g = torch.Generator().manual_seed(6)
     x = torch.randn(50, 8, generator=g)
-    ei, w = dg.knn_graph(x, 3)
-    vals, idx = dg.graphs.knn(x, 3)
+    ei, w = dg.knn_edges(x, 3)
+    vals, idx = dg.graphs.nearest_neighbors(x, 3)
     assert ei.shape == (2, 150) and w.shape == (150,)
     assert torch.equal(ei[1], torch.arange(50).repeat_interleave(3))  # target = query
     assert torch.equal(ei[0], idx.reshape(-1))  # source = neighbour
@@ -77,7 +77,7 @@ def test_knn_graph_layout_and_weights():
     assert torch.bincount(ei[1], minlength=50).eq(3).all()
     xn = torch.nn.functional.normalize(x, dim=1)
     assert torch.allclose(w, (xn[ei[0]] * xn[ei[1]]).sum(1), atol=1e-6)
-    _, w_e = dg.knn_graph(x, 3, metric="euclidean")
+    _, w_e = dg.knn_edges(x, 3, metric="euclidean")
     assert torch.equal(w_e, torch.ones(150))
 
 
@@ -85,8 +85,8 @@ def test_auto_backend_picks_a_valid_backend_and_same_graph():
     g = torch.Generator().manual_seed(7)
     for d in (3, 64):
         x = torch.randn(400, d, generator=g)
-        a = dg.graphs.knn(x, 3, backend="auto")
-        b = dg.graphs.knn(x, 3, backend="matmul")
+        a = dg.graphs.nearest_neighbors(x, 3, backend="auto")
+        b = dg.graphs.nearest_neighbors(x, 3, backend="matmul")
         assert torch.equal(a[1], b[1])
     import importlib
     knn_mod = importlib.import_module("dyngraph.graphs._knn")
@@ -110,31 +110,31 @@ def test_knn_bad_input(bad, err, match):
     x = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
     xx, k = bad(x)
     with pytest.raises(err, match=match):
-        dg.knn_graph(xx, k)
+        dg.knn_edges(xx, k)
 
 
 def test_knn_bad_options():
     x = torch.randn(20, 5)
     with pytest.raises(ValueError, match="metric"):
-        dg.graphs.knn(x, 3, metric="manhattan")
+        dg.graphs.nearest_neighbors(x, 3, metric="manhattan")
     with pytest.raises(ValueError, match="backend"):
-        dg.graphs.knn(x, 3, backend="faiss")
+        dg.graphs.nearest_neighbors(x, 3, backend="faiss")
     with pytest.raises(ValueError, match="chunk_size"):
-        dg.graphs.knn(x, 3, chunk_size=0)
+        dg.graphs.nearest_neighbors(x, 3, chunk_size=0)
 
 
 def test_zero_vectors_fine_under_euclidean():
     x = torch.zeros(6, 3)
     x[3:] = 1.0
-    vals, idx = dg.graphs.knn(x, 2, metric="euclidean")
+    vals, idx = dg.graphs.nearest_neighbors(x, 2, metric="euclidean")
     assert torch.isfinite(vals).all() and idx[0].tolist() == [1, 2]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x = torch.randn(300, 32)
-    a = dg.graphs.knn(x, 4, backend="matmul")
-    b = dg.graphs.knn(x.cuda(), 4, backend="matmul")
+    a = dg.graphs.nearest_neighbors(x, 4, backend="matmul")
+    b = dg.graphs.nearest_neighbors(x.cuda(), 4, backend="matmul")
     assert torch.equal(a[1], b[1].cpu())
 
 
@@ -143,8 +143,8 @@ def test_column_blocks_do_not_change_result(rows, cols):
     g = torch.Generator().manual_seed(8)
     x = torch.randn(150, 9, generator=g, dtype=torch.float64)
     for metric in ("cosine", "euclidean"):
-        base = dg.graphs.knn(x, 4, metric=metric, backend="matmul")
-        got = dg.graphs.knn(x, 4, metric=metric, backend="matmul", chunk_size=rows, col_chunk_size=cols)
+        base = dg.graphs.nearest_neighbors(x, 4, metric=metric, backend="matmul")
+        got = dg.graphs.nearest_neighbors(x, 4, metric=metric, backend="matmul", chunk_size=rows, col_chunk_size=cols)
         ref_v, ref_i = brute_force(x.numpy(), 4, metric)
         assert torch.equal(base[1], got[1]) and np.array_equal(got[1].numpy(), ref_i)
         np.testing.assert_allclose(got[0].numpy(), ref_v, atol=1e-10)

@@ -135,12 +135,12 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
         return real(self, block, **kw)
     monkeypatch.setattr(K.BlockTopK, "update_self", spy)
     x, _ = clustered(100, 6, 8, 1.0)
-    v, i = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128)
+    v, i = dg.graphs.nearest_neighbors(x, 3, backend="matmul", chunk_size=128)
     assert calls == [128]
     ref_v, ref_i = reference_knn(x.numpy(), 3, "cosine")
     assert np.array_equal(i.numpy(), ref_i)
     # The edge weights of a pair are one score: w(i→j) == w(j→i) bitwise where both are edges.
-    ei, w = dg.knn_graph(x, 3, backend="matmul", chunk_size=128)
+    ei, w = dg.knn_edges(x, 3, backend="matmul", chunk_size=128)
     lookup = {(int(a), int(b)): float(c) for (a, b), c in zip(ei.t(), w)}
     mutual = [(a, b) for (a, b) in lookup if (b, a) in lookup]
     assert mutual and all(lookup[(a, b)] == lookup[(b, a)] for a, b in mutual)
@@ -149,17 +149,17 @@ def test_knn_uses_the_self_search_and_scores_each_pair_once(monkeypatch):
 def test_self_search_progress_bar_counts_the_tiles(capsys, monkeypatch):
     monkeypatch.delenv("DYNGRAPH_QUIET", raising=False)
     x, _ = clustered(100, 6, 8, 1.0)  # 600 points in blocks of 128: 5 blocks, 15 tiles
-    ref = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128)
+    ref = dg.graphs.nearest_neighbors(x, 3, backend="matmul", chunk_size=128)
     assert capsys.readouterr().err == ""  # off by default
-    out = dg.graphs.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    out = dg.graphs.nearest_neighbors(x, 3, backend="matmul", chunk_size=128, progress=True)
     err = capsys.readouterr().err
     assert "kNN tiles" in err and "/15 " in err  # the bar counts 15 tiles
     assert all(torch.equal(a, b) for a, b in zip(out, ref))
     monkeypatch.setenv("DYNGRAPH_QUIET", "1")
-    dg.graphs.knn(x, 3, backend="matmul", chunk_size=128, progress=True)
+    dg.graphs.nearest_neighbors(x, 3, backend="matmul", chunk_size=128, progress=True)
     assert "kNN tiles" not in capsys.readouterr().err
     monkeypatch.delenv("DYNGRAPH_QUIET")
-    dg.graphs.knn(x[:100], 3, backend="matmul", progress=True)  # one tile: no bar
+    dg.graphs.nearest_neighbors(x[:100], 3, backend="matmul", progress=True)  # one tile: no bar
     assert "kNN tiles" not in capsys.readouterr().err
 
 
@@ -198,8 +198,8 @@ def test_switches_reject_non_bool_values():
     with pytest.raises(TypeError, match="sorted must be True or False"):
         K.topk_cols(s.T.contiguous(), 3, sorted=0)
     with pytest.raises(TypeError, match="progress must be True or False"):
-        dg.graphs.knn(x, 3, progress="quiet")
+        dg.graphs.nearest_neighbors(x, 3, progress="quiet")
     with pytest.raises(TypeError, match="progress must be True or False"):
-        dg.knn_graph(x, 3, progress=None)
+        dg.knn_edges(x, 3, progress=None)
     with pytest.raises(TypeError, match="progress must be True or False"):
         K.BlockTopK(K.prepare_features(x, "cosine"), 3).update_self(128, progress=1)

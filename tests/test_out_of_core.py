@@ -30,8 +30,8 @@ class _Recorder(np.ndarray):
 def test_memmap_search_equals_the_in_memory_search(tmp_path, metric):
     x, _ = clustered(80, 5, 24, 1.0, seed=2)  # 400 points
     mm = _memmap(tmp_path, x.numpy())
-    v, i = dg.graphs.knn(mm, 4, metric=metric, chunk_size=96)  # five 80-row blocks
-    v_ref, i_ref = dg.graphs.knn(x, 4, metric=metric, backend="matmul")
+    v, i = dg.graphs.nearest_neighbors(mm, 4, metric=metric, chunk_size=96)  # five 80-row blocks
+    v_ref, i_ref = dg.graphs.nearest_neighbors(x, 4, metric=metric, backend="matmul")
     assert torch.equal(i, i_ref)
     torch.testing.assert_close(v, v_ref, rtol=0, atol=1e-6)
     ref_v, ref_i = reference_knn(x.numpy(), 4, metric)
@@ -41,13 +41,13 @@ def test_memmap_search_equals_the_in_memory_search(tmp_path, metric):
 def test_float64_and_float16_arrays_and_half_precision_tiles(tmp_path):
     x, _ = clustered(60, 4, 16, 1.0, seed=5)
     x64 = x.double().numpy()
-    v, i = dg.graphs.knn(x64, 3, chunk_size=50)
+    v, i = dg.graphs.nearest_neighbors(x64, 3, chunk_size=50)
     assert v.dtype == torch.float64
     ref_v, ref_i = reference_knn(x64, 3, "cosine")
     assert np.array_equal(i.numpy(), ref_i)
     np.testing.assert_allclose(v.numpy(), ref_v, atol=1e-12)
     x16 = x.numpy().astype(np.float16)
-    v, i = dg.graphs.knn(_memmap(tmp_path, x16, "x.f16"), 3, metric="euclidean", chunk_size=64,
+    v, i = dg.graphs.nearest_neighbors(_memmap(tmp_path, x16, "x.f16"), 3, metric="euclidean", chunk_size=64,
                   precision="fp16")
     _, ref_i = reference_knn(x16.astype(np.float64), 3, "euclidean")
     assert (i.numpy() == ref_i).all(1).mean() > 0.98
@@ -77,30 +77,30 @@ def test_at_most_two_blocks_are_read_at_a_time():
     x, _ = clustered(100, 3, 8, 1.0)
     rec = x.numpy().view(_Recorder)
     _Recorder.reads = []
-    _, i = dg.graphs.knn(rec, 3, chunk_size=64)
+    _, i = dg.graphs.nearest_neighbors(rec, 3, chunk_size=64)
     assert _Recorder.reads and max(_Recorder.reads) <= 64
     # 300 rows in blocks of 60: block i is read once per block j >= i (15 reads, not 300/60=5)
     assert len(_Recorder.reads) == 15
-    _, i_ref = dg.graphs.knn(x, 3, backend="matmul")
+    _, i_ref = dg.graphs.nearest_neighbors(x, 3, backend="matmul")
     assert torch.equal(i, i_ref)
 
 
 def test_bad_out_of_core_input():
     with pytest.raises(TypeError, match="floating"):
-        dg.graphs.knn(np.arange(20).reshape(10, 2), 2)
+        dg.graphs.nearest_neighbors(np.arange(20).reshape(10, 2), 2)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
-        dg.graphs.knn(np.zeros(10, dtype=np.float32), 2)
+        dg.graphs.nearest_neighbors(np.zeros(10, dtype=np.float32), 2)
     x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
     bad = x.copy()
     bad[25, 1] = np.nan
     with pytest.raises(ValueError, match=r"x\[.*NaN"):
-        dg.graphs.knn(bad, 2, chunk_size=16)
+        dg.graphs.nearest_neighbors(bad, 2, chunk_size=16)
     with pytest.raises(ValueError, match="k"):
-        dg.graphs.knn(x, 40)
+        dg.graphs.nearest_neighbors(x, 40)
     with pytest.raises(ValueError, match="matmul"):
-        dg.graphs.knn(x, 2, backend="torch_cluster")
+        dg.graphs.nearest_neighbors(x, 2, backend="torch_cluster")
     with pytest.raises(TypeError, match="x must be"):
-        dg.graphs.knn([[1.0, 2.0], [3.0, 4.0]], 1)
+        dg.graphs.nearest_neighbors([[1.0, 2.0], [3.0, 4.0]], 1)
 
 
 def test_spilled_rows_out_of_range_raise(tmp_path):

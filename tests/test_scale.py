@@ -37,7 +37,7 @@ def clustered(n, d, classes=5, sep=2.0, seed=0, dtype=torch.float32):
                                         (37, 256)])
 def test_row_and_column_blocks_match_reference(metric, rows, cols):
     x, _ = clustered(200, 10, dtype=torch.float64)
-    vals, idx = dg.graphs.knn(x, 6, metric=metric, backend="matmul", chunk_size=rows,
+    vals, idx = dg.graphs.nearest_neighbors(x, 6, metric=metric, backend="matmul", chunk_size=rows,
                        col_chunk_size=cols)
     ref_v, ref_i = reference_knn(x.numpy(), 6, metric)
     assert np.array_equal(idx.numpy(), ref_i)
@@ -49,10 +49,10 @@ def test_ties_across_column_blocks_go_to_the_smaller_index():
     base = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     x = base.repeat(8, 1)  # row i duplicates row i mod 3
     for cols in (2, 3, 5, 24):
-        _, idx = dg.graphs.knn(x, 3, backend="matmul", col_chunk_size=cols)
+        _, idx = dg.graphs.nearest_neighbors(x, 3, backend="matmul", col_chunk_size=cols)
         _, ref = reference_knn(x.numpy(), 3, "cosine")
         assert np.array_equal(idx.numpy(), ref), cols
-        _, idx = dg.graphs.knn(x, 3, metric="euclidean", backend="matmul", col_chunk_size=cols,
+        _, idx = dg.graphs.nearest_neighbors(x, 3, metric="euclidean", backend="matmul", col_chunk_size=cols,
                         chunk_size=4)
         _, ref = reference_knn(x.numpy(), 3, "euclidean")
         assert np.array_equal(idx.numpy(), ref), cols
@@ -68,7 +68,7 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
         return out
     monkeypatch.setattr(K.BlockTopK, "_scores", spy)
     x, _ = clustered(1000, 8)
-    dg.graphs.knn(x, 4, backend="matmul", chunk_size=100, col_chunk_size=128)
+    dg.graphs.nearest_neighbors(x, 4, backend="matmul", chunk_size=100, col_chunk_size=128)
     assert seen and max(r * c for r, c in seen) <= 100 * 128
     # The self-search scores each pair once: about half of the N² scores, never fewer.
     assert 1000 * 1000 / 2 <= sum(r * c for r, c in seen) < 0.6 * 1000 * 1000
@@ -77,7 +77,7 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
     monkeypatch.setattr(K, "DEFAULT_COL_BLOCK", 256)
     for n in (500, 3000):
         seen.clear()
-        _, idx = dg.graphs.knn(torch.randn(n, 2), 2, backend="matmul")
+        _, idx = dg.graphs.nearest_neighbors(torch.randn(n, 2), 2, backend="matmul")
         assert idx.shape == (n, 2)
         assert max(r * c for r, c in seen) <= 1 << 14
         assert max(c for _, c in seen) <= 256
@@ -103,7 +103,7 @@ def test_even_blocks_have_no_thin_tail():
 def test_block_topk_streams_blocks_in_any_order_with_ids():
     x, _ = clustered(257, 12, dtype=torch.float64)
     xn = K.prepare_features(x, "cosine")
-    ref_v, ref_i = dg.graphs.knn(x, 5, backend="matmul")
+    ref_v, ref_i = dg.graphs.nearest_neighbors(x, 5, backend="matmul")
     # Queries: an interleaved shard; keys: shuffled blocks with explicit ascending ids.
     q_ids = torch.arange(1, 257, 3)
     acc = K.BlockTopK(xn[q_ids], 5, "cosine", query_ids=q_ids, chunk_size=19)
@@ -124,16 +124,16 @@ def test_block_topk_result_needs_enough_keys():
 
 def test_large_n_with_small_tiles_matches_default():
     x, _ = clustered(2000, 16)
-    a = dg.graphs.knn(x, 3, backend="matmul")
-    b = dg.graphs.knn(x, 3, backend="matmul", chunk_size=256, col_chunk_size=512)
+    a = dg.graphs.nearest_neighbors(x, 3, backend="matmul")
+    b = dg.graphs.nearest_neighbors(x, 3, backend="matmul", chunk_size=256, col_chunk_size=512)
     assert torch.equal(a[1], b[1])
     torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
 
 
 def test_knn_graph_accepts_tile_options():
     x, _ = clustered(200, 8)
-    ei, w = dg.knn_graph(x, 3, backend="matmul", chunk_size=20, col_chunk_size=30)
-    ref_ei, ref_w = dg.knn_graph(x, 3, backend="matmul")
+    ei, w = dg.knn_edges(x, 3, backend="matmul", chunk_size=20, col_chunk_size=30)
+    ref_ei, ref_w = dg.knn_edges(x, 3, backend="matmul")
     assert torch.equal(ei, ref_ei)
     torch.testing.assert_close(w, ref_w, rtol=0, atol=1e-6)
 
@@ -143,8 +143,8 @@ def test_knn_graph_accepts_tile_options():
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_half_precision_tiles_refined_in_fp32(precision, metric):
     x, _ = clustered(600, 32, seed=2)
-    full_v, full_i = dg.graphs.knn(x, 5, metric=metric, backend="matmul")
-    v, i = dg.graphs.knn(x, 5, metric=metric, precision=precision, col_chunk_size=200)
+    full_v, full_i = dg.graphs.nearest_neighbors(x, 5, metric=metric, backend="matmul")
+    v, i = dg.graphs.nearest_neighbors(x, 5, metric=metric, precision=precision, col_chunk_size=200)
     same = (i == full_i).all(1).float().mean()
     assert same >= 0.99
     # Values are exact fp32 re-scorings of the returned neighbours, not half-precision values.
@@ -162,10 +162,10 @@ def test_half_precision_tiles_refined_in_fp32(precision, metric):
 
 def test_more_candidates_change_fewer_neighbours():
     x, _ = clustered(800, 48, sep=0.6, seed=5)  # weak clusters: many near-ties
-    _, ref = dg.graphs.knn(x, 8, backend="matmul")
+    _, ref = dg.graphs.nearest_neighbors(x, 8, backend="matmul")
     changed = {}
     for c in (8, 12, 32):
-        _, i = dg.graphs.knn(x, 8, precision="bf16", candidates=c)
+        _, i = dg.graphs.nearest_neighbors(x, 8, precision="bf16", candidates=c)
         changed[c] = int((i != ref).any(1).sum())
     assert changed[32] <= changed[12] <= changed[8]
     assert changed[32] <= 0.01 * 800
@@ -174,8 +174,8 @@ def test_more_candidates_change_fewer_neighbours():
 def test_fp16_euclidean_survives_large_values():
     x, _ = clustered(200, 16, seed=1)
     x = x * 1e4  # |x|² ≈ 1e9 overflows fp16 unless the tile is rescaled
-    _, ref = dg.graphs.knn(x, 3, metric="euclidean", backend="matmul")
-    v, i = dg.graphs.knn(x, 3, metric="euclidean", precision="fp16")
+    _, ref = dg.graphs.nearest_neighbors(x, 3, metric="euclidean", backend="matmul")
+    v, i = dg.graphs.nearest_neighbors(x, 3, metric="euclidean", precision="fp16")
     assert torch.isfinite(v).all()
     assert (i == ref).all(1).float().mean() >= 0.99
 
@@ -183,15 +183,15 @@ def test_fp16_euclidean_survives_large_values():
 def test_precision_bad_options():
     x = torch.randn(30, 4)
     with pytest.raises(ValueError, match="precision"):
-        dg.graphs.knn(x, 3, precision="int8")
+        dg.graphs.nearest_neighbors(x, 3, precision="int8")
     with pytest.raises(ValueError, match="candidates must be >= k"):
-        dg.graphs.knn(x, 5, precision="bf16", candidates=3)
+        dg.graphs.nearest_neighbors(x, 5, precision="bf16", candidates=3)
     with pytest.raises(ValueError, match="torch_cluster"):
-        dg.graphs.knn(x, 3, precision="bf16", backend="torch_cluster")
+        dg.graphs.nearest_neighbors(x, 3, precision="bf16", backend="torch_cluster")
     with pytest.raises(ValueError, match="col_chunk_size"):
-        dg.graphs.knn(x, 3, col_chunk_size=0)
+        dg.graphs.nearest_neighbors(x, 3, col_chunk_size=0)
     with pytest.raises(TypeError, match="col_chunk_size"):
-        dg.graphs.knn(x, 3, col_chunk_size=2.5)
+        dg.graphs.nearest_neighbors(x, 3, col_chunk_size=2.5)
 
 
 # ---------------------------------------------------------------------------- projection
@@ -334,7 +334,7 @@ def test_projection_bad_input(bad, err, match):
 
 def test_public_api_is_exported():
     for name in ("random_projection", "project_features", "jl_min_dim", "init_distributed",
-                 "distributed_extract_features", "distributed_knn", "distributed_knn_graph",
+                 "distributed_extract_features", "distributed_nearest_neighbors", "distributed_knn_edges",
                  "distributed_modularity", "distributed_modularity_curve"):
         home = dg.distributed if name.startswith(("distributed", "init")) else dg.graphs
         assert name in home.__all__ and callable(getattr(home, name))
@@ -352,9 +352,9 @@ def test_peak_memory_is_set_by_the_tile_not_by_n():
         K = importlib.import_module('dyngraph.graphs._knn')
         K.DEFAULT_TILE_ELEMENTS = 1 << 22   # 16 MiB tiles
         x = torch.randn(8000, 32, generator=torch.Generator().manual_seed(0))
-        dg.graphs.knn(x[:100], 3, backend='matmul')  # warm up the allocator and kernels
+        dg.graphs.nearest_neighbors(x[:100], 3, backend='matmul')  # warm up the allocator and kernels
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        dg.graphs.knn(x, 3, backend='matmul')
+        dg.graphs.nearest_neighbors(x, 3, backend='matmul')
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({'extra_mib': (peak - base) / 1024}))
     """)
@@ -371,8 +371,8 @@ def test_peak_memory_is_set_by_the_tile_not_by_n():
 @pytest.mark.parametrize("precision", ["full", "bf16", "fp16"])
 def test_cuda_knn_matches_cpu(precision):
     x, _ = clustered(2000, 64, seed=4)
-    ref_v, ref_i = dg.graphs.knn(x, 5, backend="matmul")
-    v, i = dg.graphs.knn(x.cuda(), 5, backend="matmul", precision=precision, col_chunk_size=512)
+    ref_v, ref_i = dg.graphs.nearest_neighbors(x, 5, backend="matmul")
+    v, i = dg.graphs.nearest_neighbors(x.cuda(), 5, backend="matmul", precision=precision, col_chunk_size=512)
     assert v.is_cuda and i.is_cuda
     assert (i.cpu() == ref_i).all(1).float().mean() >= 0.99
     torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)
@@ -382,12 +382,12 @@ def test_cuda_knn_matches_cpu(precision):
 def test_cuda_knn_has_no_per_element_syncs():
     x, _ = clustered(4096, 64, seed=4)
     x = x.cuda()
-    dg.graphs.knn(x, 5, backend="matmul", col_chunk_size=1024)  # warm-up
+    dg.graphs.nearest_neighbors(x, 5, backend="matmul", col_chunk_size=1024)  # warm-up
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
-            dg.graphs.knn(x, 5, backend="matmul", col_chunk_size=1024, chunk_size=1024)
+            dg.graphs.nearest_neighbors(x, 5, backend="matmul", col_chunk_size=1024, chunk_size=1024)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in rec if "synchroniz" in str(w.message).lower()]
@@ -407,6 +407,6 @@ def test_cuda_projection_matches_cpu():
 @CUDA
 def test_cuda_distributed_single_process_matches_knn():
     x, _ = clustered(1000, 32, seed=4)
-    v, i = dg.distributed.distributed_knn(x.cuda(), 4, col_chunk_size=300)
-    rv, ri = dg.graphs.knn(x.cuda(), 4, backend="matmul")
+    v, i = dg.distributed.distributed_nearest_neighbors(x.cuda(), 4, col_chunk_size=300)
+    rv, ri = dg.graphs.nearest_neighbors(x.cuda(), 4, backend="matmul")
     assert torch.equal(i, ri)

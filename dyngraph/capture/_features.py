@@ -122,7 +122,7 @@ class LayerFeatures(Mapping):
 
     def stored(self, name: str) -> "Union[Tensor, SpilledArray]":
         """Layer ``name`` as stored: a tensor, or the :class:`SpilledArray` on disk (not loaded;
-        :func:`dyngraph.knn` searches it out of core)."""
+        :func:`dyngraph.graphs.nearest_neighbors` searches it out of core)."""
         if name not in self._layers:
             raise KeyError(f"no layer {name!r}; layers are {list(self._layers)}")
         return self._layers[name]

@@ -32,7 +32,7 @@ from .._validate import (
     layer_names,
 )
 from ..measures._modularity import _community_terms
-from ._knn import is_row_source, knn_graph, row_source_info
+from ._knn import is_row_source, knn_edges, row_source_info
 
 if TYPE_CHECKING:
     from ..profiles._profile import DepthProfile
@@ -91,9 +91,9 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
 
     Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
     ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
-    :func:`~dyngraph.knn_graph`. ``x`` may also be a spilled layer
+    :func:`~dyngraph.knn_edges`. ``x`` may also be a spilled layer
     (:class:`~dyngraph.features.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
-    searched out of core, on ``y``'s device (see :func:`~dyngraph.knn`). ``progress`` shows a
+    searched out of core, on ``y``'s device (see :func:`~dyngraph.graphs.nearest_neighbors`). ``progress`` shows a
     bar over the score tiles of a large search.
 
     Returns:
@@ -116,10 +116,10 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         n = row_source_info(x, "features")[0]
         if y is not None:
             y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = knn_graph(x, k, device=None if y is None else y.device,
+        edge_index, edge_weight = knn_edges(x, k, device=None if y is None else y.device,
                                             **knn_options)
     else:
-        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # knn checks
+        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # nearest_neighbors checks
         if x.dim() == 1:
             raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature "
                              f"axis, got shape {tuple(x.shape)}")
@@ -128,7 +128,7 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         if y is not None:
             check_same_device(features=x, y=y)
             y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = knn_graph(x, k, **knn_options)
+        edge_index, edge_weight = knn_edges(x, k, **knn_options)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
     if metric == "cosine" and bool((edge_weight <= 0).any()):
         warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
@@ -190,13 +190,13 @@ class DynamicGraph:
             k: Neighbours per node (3 in the reference).
             metric: ``'cosine'`` (reference) or ``'euclidean'``.
             symmetrize: ``'mean'`` (reference: ``(A + Aᵀ)/2``), ``'max'``, ``'add'`` or ``'mutual'``.
-            backend, chunk_size: Passed to :func:`~dyngraph.knn_graph`.
+            backend, chunk_size: Passed to :func:`~dyngraph.knn_edges`.
             keep_x: Store the flattened features as ``data.x``.
             device: Where to build the graphs (default: where the features are).
             progress: Show a progress bar over the layers, and one over the score tiles of each
                 large layer's search.
             col_chunk_size, precision, candidates: Tile shape and half-precision tiles, passed to
-                :func:`~dyngraph.knn_graph` (``precision`` is recorded in ``meta``).
+                :func:`~dyngraph.knn_edges` (``precision`` is recorded in ``meta``).
             out_of_core: Search layers spilled to disk straight from their memory maps, two
                 blocks of rows in memory at a time, instead of loading each layer (slower: each
                 block is read once per later block; for layers that do not fit in memory).

@@ -21,8 +21,8 @@ by rounding can change the result.
 
 Neighbour order is deterministic: best first, ties broken by the smaller node index.
 
-The tile kernel, :class:`BlockTopK`, is the single implementation behind :func:`knn` and the
-row-sharded :func:`dyngraph.distributed.distributed_knn`, where the key blocks arrive from other
+The tile kernel, :class:`BlockTopK`, is the single implementation behind :func:`nearest_neighbors` and the
+row-sharded :func:`dyngraph.distributed.distributed_nearest_neighbors`, where the key blocks arrive from other
 ranks through collectives.
 """
 from __future__ import annotations
@@ -332,8 +332,8 @@ def _exact_scores(q: Tensor, keys: Tensor, local_idx: Tensor, metric: str) -> Te
 class BlockTopK:
     """Running exact top-k of a set of query rows against key blocks streamed in any order.
 
-    This is the tile kernel of the matmul backend: :func:`knn` streams the column blocks of ``x``
-    itself, :func:`dyngraph.distributed.distributed_knn` streams blocks received from other ranks.
+    This is the tile kernel of the matmul backend: :func:`nearest_neighbors` streams the column blocks of ``x``
+    itself, :func:`dyngraph.distributed.distributed_nearest_neighbors` streams blocks received from other ranks.
     Both therefore give the same neighbours and the same values.
 
     Each :meth:`update` cuts the queries into row blocks of ``chunk_size`` rows, computes the
@@ -592,7 +592,7 @@ class BlockTopK:
         one plain :meth:`update` when the points fit one tile.
 
         Args:
-            chunk_size, col_chunk_size: Tile bounds, as in :func:`knn`.
+            chunk_size, col_chunk_size: Tile bounds, as in :func:`nearest_neighbors`.
             progress: Show a progress bar over the tiles.
 
         Returns:
@@ -715,7 +715,7 @@ def _sync(device: torch.device) -> None:
 def check_knn_options(k: int, n: int, metric: str, backend: str, chunk_size: Optional[int],
                       col_chunk_size: Optional[int] = None, precision: str = "full",
                       candidates: Optional[int] = None) -> None:
-    """Validates the options shared by :func:`knn` and the distributed kNN."""
+    """Validates the options shared by :func:`nearest_neighbors` and the distributed kNN."""
     check_k(k, n)
     check_choice(metric, "metric", METRICS)
     check_choice(backend, "backend", BACKENDS)
@@ -756,7 +756,7 @@ def _prepare(x: Tensor, k: int, metric: str, backend: str, chunk_size: Optional[
 
 
 def is_row_source(x) -> bool:
-    """Whether ``x`` is searched out of core by :func:`knn`: a NumPy array (a ``np.memmap``
+    """Whether ``x`` is searched out of core by :func:`nearest_neighbors`: a NumPy array (a ``np.memmap``
     included) or a :class:`dyngraph.features.SpilledArray`, rather than a tensor."""
     return not isinstance(x, Tensor) and (isinstance(x, np.ndarray) or hasattr(x, "read_rows"))
 
@@ -812,7 +812,7 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     return acc.update_self(block, rows=fetch, progress=progress).result()
 
 
-def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: str = "auto",
+def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: str = "auto",
         chunk_size: Optional[int] = None, *, col_chunk_size: Optional[int] = None,
         precision: str = "full", candidates: Optional[int] = None,
         device: Optional[Union[str, torch.device]] = None,
@@ -843,7 +843,7 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
     rows in memory at a time (read, cast to float32 — float64 stays float64 — checked and
     normalised block by block), with the matmul backend. Peak memory: two ``block × D`` row
     blocks, one ``block × block`` tile and ``O(N·k)``, whatever ``N`` is; e.g.
-    ``dg.graphs.knn(np.memmap(path, dtype=np.float32, mode='r', shape=(N, D)), k=3)``.
+    ``dg.graphs.nearest_neighbors(np.memmap(path, dtype=np.float32, mode='r', shape=(N, D)), k=3)``.
 
     Returns:
         ``(values, index)``, both ``[N, k]``, best first: cosine similarities (descending) or
@@ -853,7 +853,7 @@ def knn(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: s
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.tensor([[0.], [1.], [3.], [7.]])
-        >>> vals, idx = dg.graphs.knn(x, k=1, metric='euclidean')
+        >>> vals, idx = dg.graphs.nearest_neighbors(x, k=1, metric='euclidean')
         >>> idx.flatten().tolist(), vals.flatten().tolist()
         ([1, 0, 1, 2], [1.0, 1.0, 2.0, 4.0])
     """
@@ -889,7 +889,7 @@ def edges_from_knn(vals: Tensor, idx: Tensor, metric: str,
     return edge_index, weight
 
 
-def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
+def knn_edges(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
               backend: str = "auto", chunk_size: Optional[int] = None, *,
               col_chunk_size: Optional[int] = None, precision: str = "full",
               candidates: Optional[int] = None,
@@ -903,18 +903,18 @@ def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
     Edge weights:
         * ``metric='cosine'``: the cosine similarity ``cos(i, j)`` (the reference convention).
         * ``metric='euclidean'``: ``1.0`` for every edge (an unweighted kNN graph); the distances
-          themselves come from :func:`knn`.
+          themselves come from :func:`nearest_neighbors`.
 
     Args:
         x: Features ``[N, D]``, floating point, finite; no zero rows under cosine.
         k: Neighbours per node, ``1 <= k < N``.
         metric: ``'cosine'`` or ``'euclidean'``.
         backend: ``'matmul'``, ``'torch_cluster'`` or ``'auto'``.
-        chunk_size, col_chunk_size: Tile shape (query rows × key rows); see :func:`knn`.
-        precision, candidates: Half-precision tiles with exact re-scoring; see :func:`knn`.
+        chunk_size, col_chunk_size: Tile shape (query rows × key rows); see :func:`nearest_neighbors`.
+        precision, candidates: Half-precision tiles with exact re-scoring; see :func:`nearest_neighbors`.
         device: Where an out-of-core ``x`` (NumPy array or spilled layer) is searched; see
-            :func:`knn`.
-        progress: A progress bar over the score tiles of large searches; see :func:`knn`.
+            :func:`nearest_neighbors`.
+        progress: A progress bar over the score tiles of large searches; see :func:`nearest_neighbors`.
 
     Returns:
         ``edge_index`` ``[2, N*k]`` (long) and ``edge_weight`` ``[N*k]``.
@@ -922,11 +922,11 @@ def knn_graph(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(100, 16, generator=torch.Generator().manual_seed(0))
-        >>> edge_index, edge_weight = dg.knn_graph(x, k=3)
+        >>> edge_index, edge_weight = dg.knn_edges(x, k=3)
         >>> edge_index.shape, edge_weight.shape
         (torch.Size([2, 300]), torch.Size([300]))
     """
-    vals, idx = knn(x, k, metric=metric, backend=backend, chunk_size=chunk_size,
+    vals, idx = nearest_neighbors(x, k, metric=metric, backend=backend, chunk_size=chunk_size,
                     col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
                     device=device, progress=progress)
     return edges_from_knn(vals, idx, metric)

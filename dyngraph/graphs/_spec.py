@@ -75,7 +75,7 @@ class GraphSpec:
         return cls().replace(**d)
 
     def knn_options(self) -> Dict[str, Any]:
-        """Keyword arguments for :func:`~dyngraph.graphs.knn_graph` / ``build_snapshot``."""
+        """Keyword arguments for :func:`~dyngraph.graphs.knn_edges` / ``build_snapshot``."""
         return {"metric": self.metric, "backend": self.backend, "chunk_size": self.chunk_size,
                 "col_chunk_size": self.col_chunk_size, "precision": self.precision,
                 "candidates": self.candidates}

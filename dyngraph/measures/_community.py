@@ -41,7 +41,7 @@ from .._validate import (
     check_same_device,
     check_tensor,
 )
-from ..graphs._knn import knn
+from ..graphs._knn import nearest_neighbors
 from ._modularity import _graph
 from ._modularity import modularity as _modularity
 from ._registry import register
@@ -211,7 +211,7 @@ def knn_purity(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine", backen
                per_class: bool = False) -> Union[float, Tensor]:
     """kNN label purity: the share of each sample's k nearest neighbours that share its label.
 
-    ``(1/N) Σ_i (1/k) Σ_{j ∈ N_k(i)} [y_j = y_i]`` with exact kNN from :func:`dyngraph.knn` (no
+    ``(1/N) Σ_i (1/k) Σ_{j ∈ N_k(i)} [y_j = y_i]`` with exact kNN from :func:`dyngraph.graphs.nearest_neighbors` (no
     self-neighbour). Chance level is about ``Σ_c a_c²`` (``1/C`` for balanced classes).
 
     Args:
@@ -235,7 +235,7 @@ def knn_purity(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine", backen
     y = check_labels(y, x.shape[0], "y")
     check_same_device(x=x, y=y)
     check_k(k, x.shape[0])
-    _, idx = knn(x, k, metric=metric, backend=backend)
+    _, idx = nearest_neighbors(x, k, metric=metric, backend=backend)
     same = (y[idx] == y.unsqueeze(1)).to(torch.float64).mean(1)
     if per_class:
         return scatter(same, y, dim=0, dim_size=int(y.max()) + 1, reduce="mean")
@@ -248,7 +248,7 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     """Label purity of a (kNN) graph: each node's share of incoming edge weight that comes from
     its own class, averaged over the nodes that have incoming weight.
 
-    For a directed, unit-weight kNN graph (:func:`dyngraph.knn_graph` with
+    For a directed, unit-weight kNN graph (:func:`dyngraph.knn_edges` with
     ``metric='euclidean'``) this is exactly :func:`knn_purity`; on a weighted snapshot it is the
     weighted version (PyG's node homophily with weights).
 

@@ -23,7 +23,7 @@ overlap, so the numbers agree with it to ~1e-12 on the same points; the differen
 dropped and counted, never inf/NaN) are listed in ``docs/intrinsic_dimension.md``.
 
 Neighbour distances (:func:`neighbor_distances`) are exact float64 distances found at float32
-speed: the core tile kernel (:class:`dyngraph.knn.BlockTopK`, symmetric self-search: each score
+speed: the core tile kernel (:class:`dyngraph.graphs._knn.BlockTopK`, symmetric self-search: each score
 computed once for both of its points) ranks candidates by float32 squared distances, the
 candidates' distances are recomputed from the float64 differences, and a rigorous rounding-error bound certifies, row by row,
 that no other point can be closer; the rare rows it cannot clear are searched again in float64.
@@ -46,7 +46,7 @@ from .._curve import Curve
 from .._io import PathLike, atomic_write_json
 from .._progress import progress_bar
 from .._validate import check_choice, check_choices, check_features, check_positive_int, layer_names
-from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, knn
+from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, nearest_neighbors
 from ._registry import register
 
 __all__ = [
@@ -222,7 +222,7 @@ def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
     """The ``kk`` best candidates of every row by the float32 squared distance
     ``|y_i|² + |y_j|² − 2 y_i·y_j`` (``y = xc / r_max``), ranked by the tile scores alone (no
     exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
-    :class:`dyngraph.knn.BlockTopK`, through its symmetric self-search: each score is computed
+    :class:`dyngraph.graphs._knn.BlockTopK`, through its symmetric self-search: each score is computed
     once and serves both of its points (about half of the GEMM)."""
     y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
     return BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
@@ -234,7 +234,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
 
     ``search='float32'`` (the default through ``'auto'``): the points are centred and scaled to
     ``y = (x − x̄)/R`` (``R`` the largest centred norm), and the core tile kernel
-    :class:`dyngraph.knn.BlockTopK` keeps, per row, the ``k + 2`` (``k <= 2``) or ``k + 4``
+    :class:`dyngraph.graphs._knn.BlockTopK` keeps, per row, the ``k + 2`` (``k <= 2``) or ``k + 4``
     candidates with the smallest float32 score ``|y_i|² + |y_j|² − 2 y_i·y_j``, through its
     symmetric self-search (each score computed once, for both of its points: about half of the
     GEMM). Their distances are recomputed from the float64 differences and re-sorted. A float32
@@ -246,14 +246,14 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
     any row that still fails is brute-forced from the differences. The result is the exact
     float64 answer. Exact duplicates give distance 0.
 
-    ``search='float64'``: :func:`dyngraph.knn` in float64 on the centred points, then the same
+    ``search='float64'``: :func:`dyngraph.graphs.nearest_neighbors` in float64 on the centred points, then the same
     float64 re-scoring.
 
     Args:
         x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
         k: Neighbours per point, ``1 <= k < N``.
         search: ``'auto'`` (float32 unless the values overflow it), ``'float32'`` or ``'float64'``.
-        backend: :func:`dyngraph.knn` backend for ``search='float64'`` (``'matmul'`` default: its
+        backend: :func:`dyngraph.graphs.nearest_neighbors` backend for ``search='float64'`` (``'matmul'`` default: its
             ``'auto'`` timing mis-picks the KD-tree for high-dimensional features).
         return_stats: Also return ``{'refined_rows': …, 'brute_rows': …, 'search': …}``: the rows
             searched again in float64 and, of those, the rows brute-forced.
@@ -282,7 +282,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         search = "float32" if float(r_max) < 1e18 else "float64"
     stats = {"refined_rows": 0, "brute_rows": 0, "search": search}
     if search == "float64":
-        _, idx = knn(xc, k, metric="euclidean", backend=backend)
+        _, idx = nearest_neighbors(xc, k, metric="euclidean", backend=backend)
         d, idx = _sort_rows(_direct_distances(x64, idx), idx, largest=False)
         return (d, idx, stats) if return_stats else (d, idx)
     kk = min(k + _extra(k), n - 1)

@@ -47,7 +47,7 @@ from .._validate import (
     check_same_device,
     layer_names,
 )
-from ..graphs._knn import knn, normalize_rows
+from ..graphs._knn import nearest_neighbors, normalize_rows
 from ._modularity import modularity as _modularity
 from ._registry import register
 
@@ -490,7 +490,7 @@ class MinibatchCKA:
 def _knn_lists(x: Tensor, k: int, metric: str, backend: str, name: str = "x"
                ) -> Tuple[Tensor, Tensor]:
     try:
-        return knn(x, k, metric=metric, backend=backend)
+        return nearest_neighbors(x, k, metric=metric, backend=backend)
     except ValueError as exc:
         if name == "x":
             raise
@@ -521,7 +521,7 @@ def knn_overlap(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
                 backend: str = "auto") -> float:
     """Mean Jaccard index of each input's k-nearest-neighbour sets in ``x`` and in ``y``.
 
-    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / |N_x(i) ∪ N_y(i)|`` with exact kNN from :func:`dyngraph.knn`
+    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / |N_x(i) ∪ N_y(i)|`` with exact kNN from :func:`dyngraph.graphs.nearest_neighbors`
     (no self-neighbour, ties to the smaller index).
 
     Args:
@@ -529,7 +529,7 @@ def knn_overlap(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
         y: ``[N, Dy]``, the same inputs.
         k: Neighbours, ``1 <= k < N``.
         metric: ``'cosine'`` (invariant to rotation and isotropic scaling) or ``'euclidean'``.
-        backend: kNN backend (see :func:`dyngraph.knn`).
+        backend: kNN backend (see :func:`dyngraph.graphs.nearest_neighbors`).
 
     Returns:
         A float in ``[0, 1]``; 1 when the neighbour sets are identical.
@@ -577,7 +577,7 @@ def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
 # ================================================================================== graph measure
 def _directed_from_knn(vals: Tensor, idx: Tensor, metric: str, weighted: bool
                        ) -> Tuple[Tensor, Tensor]:
-    """The layout of :func:`dyngraph.knn_graph` from precomputed kNN lists (no recomputation)."""
+    """The layout of :func:`dyngraph.knn_edges` from precomputed kNN lists (no recomputation)."""
     n, k = idx.shape
     target = torch.arange(n, device=idx.device).repeat_interleave(k)
     ei = torch.stack([idx.reshape(-1), target])

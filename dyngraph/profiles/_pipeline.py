@@ -30,7 +30,7 @@ def modularity_curve(features, y: Optional[Tensor] = None, k: int = 3, metric: s
         y: ``[N]`` labels.
         k, metric, symmetrize, backend, chunk_size: As in :meth:`DynamicGraph.from_features`.
         col_chunk_size, precision, candidates: kNN tile shape and half-precision tiles, as in
-            :func:`~dyngraph.knn_graph`.
+            :func:`~dyngraph.knn_edges`.
         null_permutations: When > 0, also the label-permutation null of every repeat's graphs
             (:meth:`DynamicGraph.modularity_null`, seeds ``seed + r``), pooled over repeats into
             ``meta['null']``: per-layer ``mean`` and ``std`` of the null Q and the ``zscore``
