@@ -17,7 +17,7 @@ def reference_adjacency(x: np.ndarray, k: int) -> np.ndarray:
     n = len(x)
     a = np.zeros((n, n))
     for i in range(n):
-        heap = []
+        heap: list = []
         for j in range(n):
             if j == i:
                 continue

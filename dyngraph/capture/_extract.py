@@ -65,9 +65,10 @@ def balanced_indices(labels: Tensor, per_class: Optional[int] = None,
         check_positive_int(per_class, "per_class")
         want = {int(c): per_class for c in classes}
     else:
-        check_positive_int(n_samples, "n_samples")
+        n_samples = check_positive_int(n_samples, "n_samples")
         if n_samples > labels.numel():
-            raise ValueError(f"n_samples={n_samples} exceeds the {labels.numel()} samples available")
+            raise ValueError(f"n_samples={n_samples} exceeds the {labels.numel()} samples "
+                             f"available")
         base, extra = divmod(n_samples, classes.numel())
         order = torch.randperm(classes.numel(), generator=gen)
         want = {int(c): base for c in classes}
@@ -162,6 +163,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     stream_quota = None
     if (per_class is not None or n_samples is not None) and labels_known is not None:
         indices = balanced_indices(labels_known, per_class, n_samples, seed)
+        assert dataset is not None
         run_loader = DataLoader(Subset(dataset, indices.tolist()),
                                 batch_size=getattr(loader, "batch_size", None) or 64,
                                 shuffle=False, num_workers=getattr(loader, "num_workers", 0),
@@ -171,7 +173,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
         if per_class is not None:
             check_positive_int(per_class, "per_class")
         else:
-            check_positive_int(n_samples, "n_samples")
+            n_samples = check_positive_int(n_samples, "n_samples")
             if num_classes is None:
                 raise ValueError("n_samples with a loader whose dataset does not expose its labels "
                                  "needs num_classes (to balance the classes), or use per_class")

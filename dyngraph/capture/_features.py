@@ -1,4 +1,4 @@
-"""``LayerFeatures``: an ordered ``{layer name: Tensor[N, D]}`` with labels, in memory or on disk."""
+"""``LayerFeatures``: an ordered ``{layer: Tensor[N, D]}`` with labels, in memory or on disk."""
 from __future__ import annotations
 
 import json
@@ -20,15 +20,36 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 class SpilledArray:
-    """A row-appendable ``[N, D]`` array in a raw file, read back as a read-only memory map."""
+    """A row-appendable ``[N, D]`` array in a raw file, read back as a read-only memory map.
 
-    def __init__(self, path: PathLike, dim: int, dtype: str = "float32"):
+    ``offset`` is where the rows start in the file (a ``.npy`` header's length); an array opened
+    with :meth:`open_npy` is read-only.
+    """
+
+    def __init__(self, path: PathLike, dim: int, dtype: str = "float32", offset: int = 0):
         if dtype not in _NP_DTYPES:
             raise ValueError(f"spill dtype must be one of {list(_NP_DTYPES)}, got {dtype!r}")
         self.path, self.dim, self.dtype, self.rows = Path(path), int(dim), dtype, 0
-        self._fh = None
+        self.offset = int(offset)
+        self._fh: Optional[Any] = None
+        self._readonly = False
+
+    @classmethod
+    def open_npy(cls, path: PathLike) -> "SpilledArray":
+        """A read-only view of a 2-D float32/float16 ``.npy`` file, without reading its rows."""
+        arr = np.load(path, mmap_mode="r")
+        dtype = next((k for k, v in _NP_DTYPES.items() if arr.dtype == np.dtype(v)), None)
+        if arr.ndim != 2 or dtype is None or not arr.flags.c_contiguous:
+            raise ValueError(f"{path}: expected a C-ordered 2-D float32/float16 array, got "
+                             f"{arr.dtype} of shape {arr.shape}")
+        out = cls(path, arr.shape[1], dtype, offset=int(arr.offset))
+        out.rows = int(arr.shape[0])
+        out._readonly = True
+        return out
 
     def append(self, rows: Tensor) -> None:
+        if getattr(self, "_readonly", False):
+            raise ValueError(f"{self.path} was opened read-only (a saved .npy layer)")
         if self._fh is None:
             self._fh = open(self.path, "ab")
         arr = rows.detach().to("cpu", torch.float32).numpy().astype(_NP_DTYPES[self.dtype],
@@ -46,7 +67,7 @@ class SpilledArray:
     def memmap(self) -> np.memmap:
         self.close()
         return np.memmap(self.path, dtype=_NP_DTYPES[self.dtype], mode="r",
-                         shape=(self.rows, self.dim))
+                         shape=(self.rows, self.dim), offset=self.offset)
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -56,12 +77,13 @@ class SpilledArray:
         """Rows ``start:stop`` read from the file (not memory-mapped: the pages read do not stay
         in this process's resident memory), as a fresh ``[stop − start, D]`` array."""
         self.close()
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= self.rows):
+        if not (isinstance(start, int) and isinstance(stop, int)
+                and 0 <= start <= stop <= self.rows):
             raise ValueError(f"rows {start!r}:{stop!r} are outside this spilled array's "
                              f"{self.rows} rows")
         count = (stop - start) * self.dim
         arr = np.fromfile(self.path, dtype=self.np_dtype, count=count,
-                          offset=start * self.dim * self.np_dtype.itemsize)
+                          offset=self.offset + start * self.dim * self.np_dtype.itemsize)
         return arr.reshape(-1, self.dim)
 
     def load(self, rows: Optional[np.ndarray] = None) -> Tensor:
@@ -78,6 +100,20 @@ class SpilledArray:
 
     def describe(self) -> Dict[str, Any]:
         return {"file": self.path.name, "rows": self.rows, "dim": self.dim, "dtype": self.dtype}
+
+
+def _is_saved_features(path: Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`LayerFeatures.save` (and nothing else)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    try:
+        index = json.loads((path / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(index, dict) or index.get("format") != "dyngraph.LayerFeatures/1":
+        return False
+    ours = {"index.json", "labels.pt", *map(str, index.get("layers", {}).values())}
+    return {p.name for p in path.iterdir()} <= ours
 
 
 class LayerFeatures(Mapping):
@@ -107,7 +143,7 @@ class LayerFeatures(Mapping):
         self._layers: Dict[str, Union[Tensor, SpilledArray]] = dict(features)
         if not self._layers:
             raise ValueError("features is empty: at least one layer is needed")
-        n = None
+        n: Optional[int] = None
         for name, v in self._layers.items():
             if not isinstance(v, (Tensor, SpilledArray)):
                 raise TypeError(f"features[{name!r}] must be a Tensor, got {type(v).__name__}")
@@ -116,6 +152,7 @@ class LayerFeatures(Mapping):
                 raise ValueError(f"every layer must have the same number of samples; "
                                  f"features[{name!r}] has {rows}, expected {n}")
             n = rows
+        assert n is not None
         self.y = check_labels(y, n, "y")
         self.indices = None if indices is None else torch.as_tensor(indices).long()
         self.meta: Dict[str, Any] = dict(meta or {})
@@ -196,8 +233,15 @@ class LayerFeatures(Mapping):
             (tmp / "index.json").write_text(json.dumps({"format": "dyngraph.LayerFeatures/1",
                                                         "layers": files, "meta": meta}, indent=2))
             if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+                if not _is_saved_features(path):
+                    raise FileExistsError(f"{path} exists and is not a folder written by "
+                                          f"LayerFeatures.save; refusing to replace it")
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+                os.replace(path, old / path.name)  # then the new folder takes its place
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -211,8 +255,13 @@ class LayerFeatures(Mapping):
         if index.get("format") != "dyngraph.LayerFeatures/1":
             raise ValueError(f"{path} is not a LayerFeatures folder")
         labels = torch.load(path / "labels.pt", weights_only=True)
-        feats = {}
+        feats: Dict[str, Union[Tensor, SpilledArray]] = {}
         for name, fname in index["layers"].items():
-            arr = np.load(path / fname, mmap_mode="r" if mmap else None)
-            feats[name] = torch.from_numpy(np.array(arr))
+            if not isinstance(fname, str) or Path(fname).name != fname or fname in (".", ".."):
+                raise ValueError(f"{path}/index.json names layer file {fname!r} for layer "
+                                 f"{name!r}: only plain file names inside the folder are read")
+            if mmap:  # stays on disk: rows are read when a layer is used
+                feats[name] = SpilledArray.open_npy(path / fname)
+            else:
+                feats[name] = torch.from_numpy(np.load(path / fname))
         return cls(feats, labels["y"], labels["indices"], index["meta"])

@@ -2,9 +2,10 @@
 to hook points."""
 from __future__ import annotations
 
+import difflib
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from torch import nn
 
@@ -157,6 +158,7 @@ def _resolve_layers(model: nn.Module, layers: LayerSpec) -> "OrderedDict[str, Tu
         layers = found
     if isinstance(layers, str):
         layers = [layers]
+    pairs: List[Tuple[Any, Any]]
     if isinstance(layers, dict):
         pairs = list(layers.items())
     else:
@@ -174,7 +176,10 @@ def _resolve_layers(model: nn.Module, layers: LayerSpec) -> "OrderedDict[str, Tu
         if where not in ("output", "input"):
             raise ValueError(f"layer {spec!r}: the point after ':' must be 'input' or 'output'")
         if name not in modules or name == "":
-            close = [n for n in modules if n and (name in n or n in name)][:5]
+            names = [n for n in modules if n]
+            close = list(dict.fromkeys(
+                difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+                + [n for n in names if name and (name in n or n in name)]))[:5]
             hint = f" Did you mean one of {close}?" if close else ""
             raise ValueError(f"unknown layer {name!r} in layers.{hint} See dg.list_layers(model) "
                              f"for the {len(modules) - 1} available names.")

@@ -144,7 +144,7 @@ class LayerTaps:
         >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
         >>> with dg.LayerTaps(m, ['0', '3']) as taps:
         ...     outs = taps(torch.randn(5, 1, 8, 8))
-        >>> {k: tuple(v.shape) for k, v in outs.items()}, len(m._forward_hooks) + len(m[0]._forward_hooks)
+        >>> {k: tuple(v.shape) for k, v in outs.items()}, len(m[0]._forward_hooks)
         ({'0': (5, 144), '3': (5, 2)}, 0)
     """
 

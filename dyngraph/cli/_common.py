@@ -28,7 +28,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                      help="an ImageFolder tree (root/<class>/<image>) of your own, e.g. CIFAR-10; "
                           "replaces --example")
     src.add_argument("--image-size", type=int, default=32, help="image size for --data")
-    src.add_argument("--epochs", type=int, default=40, help="training epochs when training is needed")
+    src.add_argument("--epochs", type=int, default=40,
+                     help="training epochs when training is needed")
     src.add_argument("--untrained", action="store_true",
                      help="use the architecture with its random initial weights (the baseline)")
     p.add_argument("--out", required=True, help="output folder")
@@ -62,7 +63,8 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
         return model.to(device), {"source": args.model, "test_acc": evaluate(model, test_loader)}
     torch.manual_seed(args.seed)
     model = build_model(args.arch, args.example, num_classes=num_classes).to(device)
-    info = {"example": args.example, "arch": args.arch, "trained": not args.untrained, "seed": args.seed}
+    info = {"example": args.example, "arch": args.arch, "trained": not args.untrained,
+            "seed": args.seed}
     if args.untrained:
         info["test_acc"] = evaluate(model, test_loader)
         return model, info

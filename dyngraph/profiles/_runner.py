@@ -131,7 +131,8 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(200) % 4
-        >>> f = {'a': torch.randn(200, 8, generator=g), 'b': torch.randn(200, 8, generator=g) + 5 * torch.eye(8)[y]}
+        >>> f = {'a': torch.randn(200, 8, generator=g),
+        ...      'b': torch.randn(200, 8, generator=g) + 5 * torch.eye(8)[y]}
         >>> p = dg.depth_profile(f, ['modularity', 'twonn'], y=y, per_class=30, repeats=3,
         ...                      null_permutations=20, progress=False)
         >>> tuple(p.samples.shape), p.metrics[:3]
@@ -175,6 +176,8 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                 gen = torch.Generator().manual_seed(int(seed + r))
                 perms = [torch.randperm(sub.n_samples, generator=gen).to(yy.device)
                          for _ in range(null_permutations)]
+            nulls = {m.name: torch.empty(null_permutations, len(names), len(m.metrics),
+                                         dtype=torch.float64) for m in null_ms}
             for li, name in enumerate(names):
                 stored = sub.stored(name)
                 x = sub[name]
@@ -188,22 +191,24 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                     g = graph.build(src, yy, layer_name=name, layer_index=li,
                                     progress=progress and repeats == 1)
                 col = 0
-                values: Dict[str, float] = {}
                 for m in ms:
                     vals = _as_floats(m, m.fn(x, yy, g, **opts.get(m.name, {})))
-                    for metric, v in zip(m.metrics, vals):
-                        values[metric] = v
+                    for v in vals:
                         out[r, li, col] = v
                         col += 1
-                for m in null_ms:
-                    null = torch.tensor([_as_floats(m, m.fn(x, yy[p], g, **opts.get(m.name, {})))
-                                         for p in perms], dtype=torch.float64)  # [P, outputs]
-                    mu, sd = null.mean(0), null.std(0)
-                    for j, metric in enumerate(m.metrics):
-                        z = (values[metric] - mu[j]) / sd[j]
-                        out[r, li, col:col + 3] = torch.stack([mu[j], sd[j], z])
-                        col += 3
+                for m in null_ms:  # [P, outputs] per measure, stats once the repeat is done
+                    nulls[m.name][:, li] = torch.tensor(
+                        [_as_floats(m, m.fn(x, yy[p], g, **opts.get(m.name, {}))) for p in perms],
+                        dtype=torch.float64)
                 bar.update(1)
+            col = len(base)
+            for m in null_ms:
+                mu, sd = nulls[m.name].mean(0), nulls[m.name].std(0)  # [L, outputs]
+                for j, metric in enumerate(m.metrics):
+                    obs = out[r, :, base.index(metric)]
+                    out[r, :, col:col + 3] = torch.stack([mu[:, j], sd[:, j],
+                                                          (obs - mu[:, j]) / sd[:, j]], 1)
+                    col += 3
     finally:
         bar.close()
     meta: Dict[str, Any] = {

@@ -17,7 +17,8 @@ from ._models import (
                       train_classifier,
 )
 
-__all__ = ["CifarResNet", "DigitsCNN", "DigitsMLP", "PadShortcut", "SignalCNN", "SignalResNet", "build_model",
+__all__ = ["CifarResNet", "DigitsCNN", "DigitsMLP", "PadShortcut", "SignalCNN", "SignalResNet",
+           "build_model",
            "cifar_resnet", "digits_dataset", "example_loaders", "image_folder_loaders",
            "mnist1d_dataset", "resnet20", "resnet56", "resnet110", "train_cached",
            "train_classifier"]

@@ -106,7 +106,7 @@ def _mnist1d_arrays(num_samples: int) -> dict:
 
 def example_loaders(name: str = "digits", batch_size: int = 64, seed: int = 0,
                     flat: bool = False) -> Tuple[DataLoader, DataLoader]:
-    """Train (shuffled, seeded) and test loaders of a bundled dataset (``'digits'``, ``'mnist1d'``)."""
+    """Train (shuffled, seeded) and test loaders of a bundled dataset, `digits` or `mnist1d`."""
     check_choice(name, "example", EXAMPLES)
     if name == "mnist1d":
         train, test = mnist1d_dataset("train"), mnist1d_dataset("test")

@@ -166,9 +166,9 @@ class CifarResNet(nn.Module):
     blocks with 16/32/64 channels (strides 1/2/2), global average pooling and a linear layer.
 
     Module names follow the common reference code (``conv1``, ``layer1.0``, ..., ``linear``), so a
-    block is pruned as ``dg.prune.prune_layers(model, ['layer1.3'])``. With ``option='A'`` ResNet56 has
-    0.85M parameters and, pruned to [2, 3, 6] blocks, loses 42.9% of its parameters and 60.2% of
-    its FLOPs (the paper reports 43.0% and 60.3%).
+    block is pruned as ``dg.prune.prune_layers(model, ['layer1.3'])``. With ``option='A'``
+    ResNet56 has 0.85M parameters and, pruned to [2, 3, 6] blocks, loses 42.9% of its parameters
+    and 60.2% of its FLOPs (the paper reports 43.0% and 60.3%).
 
     Args:
         blocks: Blocks per stage, e.g. ``(9, 9, 9)`` for ResNet56.

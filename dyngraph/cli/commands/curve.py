@@ -1,9 +1,10 @@
-"""``dyngraph curve``: the modularity curve of a model on a dataset, with TensorBoard logs and PNG."""
+"""``dyngraph curve``: the modularity profile of a model on a dataset, with TensorBoard and PNG."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import torch
 
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     with SummaryWriter(str(out / "tensorboard")) as writer:
         log(writer, prof, prefix="dyngraph")
     q = prof["modularity"]
-    summary = {"layers": prof.layers, "modularity": [round(v, 4) for v in q.values.tolist()],
-               "std": [round(v, 4) for v in q.errors.tolist()]}
+    summary: Dict[str, Any] = {
+        "layers": prof.layers, "modularity": [round(v, 4) for v in q.values.tolist()],
+        "std": [round(v, 4) for v in q.errors.tolist()]}
     if args.null:
         summary["null_mean"] = [round(v, 4) for v in prof["modularity:null_mean"].values.tolist()]
         summary["zscore"] = [round(v, 1) for v in prof["modularity:z"].values.tolist()]
