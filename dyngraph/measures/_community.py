@@ -1,36 +1,40 @@
 """Community evolution over depth: how the class structure forms and merges from layer to layer.
 
-On each snapshot (scatter ops, PyG conventions: undirected edges stored in both directions):
+On each layer's kNN graph (scatter ops, PyG conventions: undirected edges stored in both
+directions):
 
-* per-class modularity contributions (``DynamicGraph.class_contributions``) as curves;
-* the class-mixing matrix ``C × C``: the share of edge weight between each pair of classes, and
-  the depth at which each pair of classes separates (:func:`separation_depth`);
-* kNN label purity, from features (:func:`knn_purity`) or from a snapshot (:func:`graph_purity`);
+* per-class modularity contributions over depth (:func:`class_contribution_profile`);
+* the class-mixing matrix ``C × C``: the share of edge weight between each pair of classes
+  (:func:`class_mixing`), its observed / expected ratio (:func:`mixing_ratio`), and the depth at
+  which each pair of classes separates for good (:func:`separation_depth`,
+  :func:`mixing_profile`);
+* kNN label purity, from features (:func:`knn_purity`) or from a graph (:func:`graph_purity`);
 * communities found without labels (Leiden through igraph's C implementation by default —
   the fastest in ``benchmarks/bench_community.py`` —, ``leidenalg``, or Louvain through networkx
   or igraph), scored against the labels with NMI and ARI computed in torch from the contingency
   table;
-* the transition matrices between consecutive layers' communities, drawn as a flow (alluvial)
-  figure or as heatmaps.
+* the transition matrices between consecutive layers' communities.
 
 :func:`community_evolution` runs everything over a :class:`~dyngraph.DynamicGraph` and returns a
-:class:`CommunityEvolution` with curves, matrices, figures, JSON and TensorBoard output.
+:class:`CommunityEvolution`: the per-layer series as a :class:`~dyngraph.DepthProfile`, the
+matrices, JSON; ``dg.plot(evolution, kind=...)`` draws it and ``dg.log(writer, evolution)`` logs
+it. The one-layer quantities are registered measures (``'graph_purity'``, ``'knn_purity'``,
+``'mixing_ratio'``, ``'detected_communities'``) that :func:`~dyngraph.depth_profile` runs.
 """
 from __future__ import annotations
 
-import math
+import json
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from .._curve import Curve
 from .._io import PathLike, atomic_write_json
+from .._json import float_tensor, jsonable
 from .._validate import (
     check_choice,
     check_edge_index,
@@ -46,12 +50,19 @@ from ._modularity import _graph
 from ._modularity import modularity as _modularity
 from ._registry import register
 
+if TYPE_CHECKING:
+    from ..profiles._profile import DepthProfile
+
 #: Community detection methods. ``'leiden'``: igraph's C Leiden (modularity objective), the
 #: default because it was the fastest; ``'leidenalg'``: the leidenalg package; ``'louvain'``:
 #: networkx's ``louvain_communities``; ``'louvain_igraph'``: igraph's ``community_multilevel``.
 METHODS = ("leiden", "leidenalg", "louvain", "louvain_igraph")
 DEFAULT_METHOD = "leiden"
-NORMALIZE = ("total", "row", None)
+NORMALIZE: Sequence[Any] = ("total", "row", None)
+#: The metrics of :attr:`CommunityEvolution.profile`, in order.
+EVOLUTION_METRICS = ("modularity", "detected_modularity", "graph_purity", "n_communities", "nmi",
+                     "ari", "mixing_ratio", "separated_pairs")
+EVOLUTION_FORMAT = "dyngraph.CommunityEvolution/1"
 
 
 # ================================================================================== helpers
@@ -187,7 +198,8 @@ def separation_depth(mixing: Tensor, threshold: float = 0.1) -> Tensor:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> mix = torch.tensor([[[.25, .25], [.25, .25]], [[.45, .05], [.05, .45]], [[.5, 0], [0, .5]]])
+        >>> mix = torch.tensor([[[.25, .25], [.25, .25]], [[.45, .05], [.05, .45]],
+        ...                     [[.5, 0], [0, .5]]])
         >>> dg.measures.separation_depth(mix, threshold=0.3).tolist()
         [[-1, 1], [1, -1]]
     """
@@ -211,8 +223,9 @@ def knn_purity(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine", backen
                per_class: bool = False) -> Union[float, Tensor]:
     """kNN label purity: the share of each sample's k nearest neighbours that share its label.
 
-    ``(1/N) Σ_i (1/k) Σ_{j ∈ N_k(i)} [y_j = y_i]`` with exact kNN from :func:`dyngraph.graphs.nearest_neighbors` (no
-    self-neighbour). Chance level is about ``Σ_c a_c²`` (``1/C`` for balanced classes).
+    ``(1/N) Σ_i (1/k) Σ_{j ∈ N_k(i)} [y_j = y_i]`` with exact kNN from
+    :func:`dyngraph.graphs.nearest_neighbors` (no self-neighbour). Chance level is about
+    ``Σ_c a_c²`` (``1/C`` for balanced classes).
 
     Args:
         x: ``[N, D]`` (or ``[N, ...]``, flattened).
@@ -266,7 +279,7 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     Example:
         >>> import torch, dyngraph as dg
         >>> ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
-        >>> dg.measures.graph_purity(ei, torch.tensor([0, 0, 1]))   # node 1: half its weight from class 0
+        >>> dg.measures.graph_purity(ei, torch.tensor([0, 0, 1]))   # node 1: half from class 0
         0.5
     """
     check_tensor(y, "y")
@@ -369,8 +382,8 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
         raise ValueError("detect_communities: the graph has no nodes")
     if ei.numel() and bool((w < 0).any()):
         raise ValueError(f"detect_communities needs non-negative edge weights; "
-                         f"{int((w < 0).sum())} are negative (modularity is undefined). Clamp them, or build the graph "
-                         f"with metric='euclidean' (unit weights)")
+                         f"{int((w < 0).sum())} are negative (modularity is undefined). Clamp "
+                         f"them, or build the graph with metric='euclidean' (unit weights)")
     if not isinstance(resolution, (int, float)) or not resolution > 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")
     _require(method)
@@ -435,7 +448,8 @@ def contingency_table(a: Tensor, b: Tensor) -> Tensor:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> dg.measures.contingency_table(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 7, 7, 7])).tolist()
+        >>> a, b = torch.tensor([0, 0, 1, 1]), torch.tensor([5, 7, 7, 7])
+        >>> dg.measures.contingency_table(a, b).tolist()
         [[1, 1], [0, 2]]
     """
     ca, cb = _compact(a, "a"), _compact(b, "b")
@@ -454,7 +468,8 @@ def normalized_mutual_info(a: Tensor, b: Tensor) -> float:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> dg.measures.normalized_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0]))
+        >>> a, b = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0])
+        >>> dg.measures.normalized_mutual_info(a, b)
         1.0
     """
     t = contingency_table(a, b).to(torch.float64)
@@ -517,7 +532,8 @@ def community_transitions(communities: Sequence[Tensor], normalize: Optional[str
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> t = dg.measures.community_transitions([torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1])])
+        >>> comms = [torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1])]
+        >>> t = dg.measures.community_transitions(comms)
         >>> t[0].tolist()
         [[1.0, 0.0], [0.5, 0.5]]
     """
@@ -538,208 +554,120 @@ def community_transitions(communities: Sequence[Tensor], normalize: Optional[str
     return out
 
 
-# ================================================================================== figures
-def _ordered_communities(comm: Tensor, labels: Optional[Tensor]
-                         ) -> Tuple[List[int], Dict[int, int]]:
-    """Community ids in drawing order (by majority label, then size) and each one's majority."""
-    ids, counts = torch.unique(comm, return_counts=True)
-    major: Dict[int, int] = {}
-    for c in ids.tolist():
-        if labels is not None:
-            lab = labels[comm == c]
-            major[c] = int(torch.bincount(lab).argmax())
-        else:
-            major[c] = 0
-    size = dict(zip(ids.tolist(), counts.tolist()))
-    order = sorted(size, key=lambda c: (major[c], -size[c], c))
-    return order, major
+# ================================================================================== over depth
+def mean_mixing_ratio(mixing: Tensor) -> Tensor:
+    """The mean :func:`mixing_ratio` over ordered pairs of distinct classes present in the graph.
 
-
-def plot_transitions(communities: Sequence[Tensor], labels: Optional[Tensor] = None,
-                     layers: Optional[Sequence[str]] = None, path: Optional[PathLike] = None,
-                     kind: str = "flow", title: Optional[str] = None, gap: float = 0.01):
-    """Draws how communities split and merge from layer to layer.
-
-    ``kind='flow'``: an alluvial diagram. Each layer is a column of blocks, one per community,
-    with heights proportional to its size, ordered and coloured by the majority label of its
-    members; bands between columns carry the samples that move from one community to the next.
-    ``kind='heatmap'``: one row-normalised transition matrix per pair of consecutive layers.
+    A one-number summary of the class mixing of a layer: about 1 when the graph ignores the
+    classes, 0 when every class is separated from every other. Classes without edge weight are
+    left out; with fewer than two classes present the mean is NaN.
 
     Args:
-        communities: ``L`` tensors ``[N]``.
-        labels: ``[N]`` classes, for ordering and colour.
-        layers: Layer names.
-        path: Save the PNG here (atomically).
-        kind: ``'flow'`` or ``'heatmap'``.
-        title: Figure title.
-        gap: Vertical gap between blocks, as a share of the column height.
+        mixing: ``[C, C]`` or ``[L, C, C]`` total-normalised class mixing (:func:`class_mixing`).
 
     Returns:
-        The matplotlib figure.
+        float64: a 0-dim tensor for ``[C, C]``, ``[L]`` for ``[L, C, C]``.
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> y = torch.arange(12) % 3
-        >>> fig = dg.measures.plot_transitions([torch.arange(12) % 2, y, y], labels=y,
-        ...                           layers=['a', 'b', 'c'])
+        >>> mix = torch.tensor([[0.3, 0.1, 0.0], [0.1, 0.3, 0.0], [0.0, 0.0, 0.2]])
+        >>> round(float(dg.measures.mean_mixing_ratio(mix)), 4)   # pair (0,1): 0.1/0.16
+        0.2083
     """
-    from ..outputs._plot import _pyplot, save_figure
-    check_choice(kind, "kind", ("flow", "heatmap"))
-    comms = [torch.as_tensor(c).long().cpu().reshape(-1) for c in communities]
-    if len(comms) < 2:
-        raise ValueError(f"plot_transitions needs at least 2 layers, got {len(comms)}")
-    n = comms[0].numel()
-    if any(c.numel() != n for c in comms):
-        raise ValueError("every layer's communities must cover the same N samples")
-    lab = None if labels is None else check_labels(torch.as_tensor(labels).cpu(), n, "labels")
-    names = list(layers) if layers is not None else [str(i) for i in range(len(comms))]
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if lab is None or int(lab.max()) < 10 else "tab20")
-    L = len(comms)
-    if kind == "heatmap":
-        mats = community_transitions(comms, normalize="row")
-        cols = min(4, L - 1)
-        rows = math.ceil((L - 1) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False,
-                                 layout="constrained")
-        for i, m in enumerate(mats):
-            ax = axes[i // cols][i % cols]
-            im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="magma", aspect="auto")
-            ax.set_title(f"{names[i]} → {names[i + 1]}", fontsize=8)
-            ax.set_ylabel(f"community at {names[i]}", fontsize=7)
-            ax.set_xlabel(f"community at {names[i + 1]}", fontsize=7)
-            ax.tick_params(labelsize=6)
-        for j in range(L - 1, rows * cols):
-            axes[j // cols][j % cols].axis("off")
-        fig.colorbar(im, ax=axes, fraction=0.03, label="share of the row community")
-        fig.suptitle(title or "community transitions (row-normalised)", fontsize=10)
-    else:
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * L + 2), 5.0))
-        width = 0.18
-        pos: List[Dict[int, Tuple[float, float]]] = []
-        majors = []
-        for l, c in enumerate(comms):
-            order, major = _ordered_communities(c, lab)
-            majors.append(major)
-            k = len(order)
-            usable = 1.0 - gap * max(k - 1, 0)
-            g = gap
-            if usable <= 0.8:  # too many communities for the gap: gaps take 20% of the column
-                g, usable = 0.2 / max(k - 1, 1), 0.8
-            y0 = 0.0
-            p = {}
-            for cid in order:
-                h = usable * int((c == cid).sum()) / n
-                p[cid] = (y0, h)
-                colour = cmap(major[cid] % cmap.N) if lab is not None else "0.5"
-                ax.add_patch(plt.Rectangle((l - width / 2, 1 - y0 - h), width, h, color=colour,
-                                           ec="black", lw=0.4))
-                if h > 0.04:
-                    ax.text(l, 1 - y0 - h / 2, str(cid), ha="center", va="center", fontsize=6)
-                y0 += h + g
-            pos.append(p)
-        t = torch.linspace(0, 1, 30)
-        s = (3 * t ** 2 - 2 * t ** 3).numpy()              # smoothstep
-        for l in range(L - 1):
-            a, b = comms[l], comms[l + 1]
-            key = a * (int(b.max()) + 1) + b
-            pairs, cnt = torch.unique(key, return_counts=True)
-            kb = int(b.max()) + 1
-            flows = [(int(p_) // kb, int(p_) % kb, int(c_)) for p_, c_ in zip(pairs, cnt)]
-            order_a = {cid: i for i, cid in enumerate(pos[l])}
-            order_b = {cid: i for i, cid in enumerate(pos[l + 1])}
-            out_off = {cid: 0.0 for cid in pos[l]}
-            in_off = {cid: 0.0 for cid in pos[l + 1]}
-            usable_a = sum(h for _, h in pos[l].values())
-            usable_b = sum(h for _, h in pos[l + 1].values())
-            # outflows sorted by target position, inflows by source position: fewer crossings
-            out_start = {}
-            for src, dst, c_ in sorted(flows, key=lambda f: (order_a[f[0]], order_b[f[1]])):
-                out_start[(src, dst)] = out_off[src]
-                out_off[src] += usable_a * c_ / n
-            for src, dst, c_ in sorted(flows, key=lambda f: (order_b[f[1]], order_a[f[0]])):
-                h_a, h_b = usable_a * c_ / n, usable_b * c_ / n
-                ya = 1 - pos[l][src][0] - out_start[(src, dst)]
-                yb = 1 - pos[l + 1][dst][0] - in_off[dst]
-                in_off[dst] += h_b
-                xs = (l + width / 2) + (1 - width) * t.numpy()
-                top = ya + (yb - ya) * s
-                bottom = (ya - h_a) + ((yb - h_b) - (ya - h_a)) * s
-                colour = cmap(majors[l][src] % cmap.N) if lab is not None else "0.6"
-                ax.fill_between(xs, bottom, top, color=colour, alpha=0.35, lw=0)
-        ax.set_xlim(-0.5, L - 0.5)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xticks(range(L))
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks([])
-        ax.set_xlabel("layer")
-        ax.set_title(title or "community flow over depth (blocks: communities, colour: "
-                              "majority class)", fontsize=9)
-        if lab is not None:
-            from matplotlib.patches import Patch
-            classes = sorted(set(int(v) for v in lab.unique()))
-            ax.legend(handles=[Patch(color=cmap(c % cmap.N), label=str(c)) for c in classes],
-                      title="class", fontsize=6, title_fontsize=7, loc="center left",
-                      bbox_to_anchor=(1.0, 0.5))
-        fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+    r = mixing_ratio(mixing)
+    present = mixing.to(torch.float64).sum(-1) > 0
+    c = r.shape[-1]
+    pair = present.unsqueeze(-1) & present.unsqueeze(-2) & ~torch.eye(c, dtype=torch.bool,
+                                                                         device=r.device)
+    den = pair.sum((-1, -2))
+    num = (r * pair).sum((-1, -2))
+    return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
 
 
-def plot_class_mixing(mixing: Tensor, layers: Optional[Sequence[str]] = None,
-                      path: Optional[PathLike] = None, normalize: str = "row",
-                      title: Optional[str] = None):
-    """One heatmap per layer of the class-mixing matrix (row-normalised by default: where each
-    class's edge weight goes), on a shared colour scale. Returns the figure."""
-    from ..outputs._plot import _pyplot, save_figure
-    check_tensor(mixing, "mixing")
-    check_choice(normalize, "normalize", ("row", "total", "ratio"))
-    m = mixing.detach().to(torch.float64).cpu()
-    if m.dim() == 2:
-        m = m.unsqueeze(0)
-    if m.dim() != 3 or m.shape[1] != m.shape[2]:
-        raise ValueError(f"mixing must be [C, C] or [L, C, C], got {tuple(mixing.shape)}")
-    if normalize == "row":
-        rs = m.sum(2, keepdim=True)
-        m = torch.where(rs > 0, m / rs.clamp_min(1e-300), torch.zeros_like(m))
-    elif normalize == "ratio":
-        m = mixing_ratio(m)
-    L = m.shape[0]
-    names = list(layers) if layers is not None else [str(i) for i in range(L)]
-    plt = _pyplot()
-    cols = min(4, L)
-    rows = math.ceil(L / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.8 * rows), squeeze=False,
-                             layout="constrained")
-    vmax = float(m.max()) if normalize == "ratio" else 1.0 if normalize == "row" else float(m.max())
-    for l in range(L):
-        ax = axes[l // cols][l % cols]
-        im = ax.imshow(m[l].numpy(), vmin=0, vmax=vmax, cmap="viridis")
-        ax.set_title(names[l], fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.set_xlabel("to class", fontsize=7)
-        ax.set_ylabel("from class", fontsize=7)
-    for j in range(L, rows * cols):
-        axes[j // cols][j % cols].axis("off")
-    fig.colorbar(im, ax=axes, fraction=0.03,
-                 label={"row": "share of the row class's weight", "total": "share of all weight",
-                        "ratio": "observed / expected weight"}[normalize])
-    fig.suptitle(title or "class mixing per layer", fontsize=10)
-    if path is not None:
-        save_figure(fig, path)
-    return fig
+def _mixing_series(mixing: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(mean ratio [L], share of pairs separated for good [L], separation depth [C, C])``."""
+    sep = separation_depth(mixing, threshold)
+    m = mixing.to(torch.float64)
+    present = (m.sum(-1) > 0).all(0)
+    c, n_layers = sep.shape[0], m.shape[0]
+    pair = present.unsqueeze(1) & present.unsqueeze(0) & ~torch.eye(c, dtype=torch.bool,
+                                                                     device=sep.device)
+    step = torch.arange(n_layers, device=sep.device).view(-1, 1, 1)
+    done = (sep >= 0) & (sep <= step) & pair                          # [L, C, C]
+    n_pairs = int(pair.sum())
+    share = done.sum((1, 2)).to(torch.float64) / n_pairs if n_pairs else \
+        torch.full((n_layers,), float("nan"), dtype=torch.float64)
+    return mean_mixing_ratio(m), share, sep
 
 
-def class_contribution_curves(graph, resolution: float = 1.0,
-                              class_names: Optional[Sequence[str]] = None) -> List[Curve]:
-    """Each class's modularity term ``w_in(c)/W − γ(S_c/2W)²`` over depth, one :class:`Curve`
-    per class; at every layer they sum to the modularity curve.
+def mixing_profile(mixing: Tensor, layers: Optional[Sequence[str]] = None,
+                   threshold: float = 0.1) -> "DepthProfile":
+    """Class mixing over depth as a :class:`~dyngraph.DepthProfile`.
+
+    Metrics: ``'mixing_ratio'``, the :func:`mean_mixing_ratio` of each layer, and
+    ``'separated_pairs'``, the share of pairs of (present) classes that are separated for good at
+    layer ``l``: their :func:`separation_depth` is ``0 <= depth <= l``.
 
     Args:
-        graph: A :class:`~dyngraph.DynamicGraph`.
+        mixing: ``[L, C, C]`` total-normalised class mixing, one matrix per layer.
+        layers: ``L`` layer names (default ``'0'``, ``'1'``, ...).
+        threshold: See :func:`separation_depth`.
+
+    Returns:
+        A :class:`~dyngraph.DepthProfile` with the metrics ``['mixing_ratio', 'separated_pairs']``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> mix = torch.tensor([[[.25, .25], [.25, .25]], [[.45, .05], [.05, .45]],
+        ...                     [[.5, 0.], [0., .5]]], dtype=torch.float64)
+        >>> p = dg.measures.mixing_profile(mix, ['a', 'b', 'c'], threshold=0.3)
+        >>> p['separated_pairs'].values.tolist(), p['mixing_ratio'].values.tolist()
+        ([0.0, 1.0, 1.0], [1.0, 0.2, 0.0])
+    """
+    from ..profiles._profile import DepthProfile
+    check_tensor(mixing, "mixing")
+    if mixing.dim() != 3:
+        raise ValueError(f"mixing must be [L, C, C] (one matrix per layer), got "
+                         f"{tuple(mixing.shape)}")
+    names = [str(i) for i in range(mixing.shape[0])] if layers is None else list(layers)
+    if len(names) != mixing.shape[0]:
+        raise ValueError(f"layers must name the {mixing.shape[0]} layers of mixing, got "
+                         f"{len(names)}: {names}")
+    ratio, share, _ = _mixing_series(mixing.detach().cpu(), threshold)
+    return DepthProfile(names, ["mixing_ratio", "separated_pairs"],
+                        torch.stack([ratio, share], 1), {"separation_threshold": threshold})
+
+
+def _check_graph(graph: Any) -> None:
+    from ..graphs._graph import DynamicGraph
+    if not isinstance(graph, DynamicGraph):
+        raise TypeError(f"graph must be a DynamicGraph, got {type(graph).__name__}")
+    if len(graph) == 0:
+        raise ValueError("graph has no snapshots")
+
+
+def _check_resolution(resolution: Any) -> float:
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) \
+            or not resolution > 0:
+        raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+    return resolution
+
+
+def class_contribution_profile(graph: Any, resolution: float = 1.0,
+                               class_names: Optional[Sequence[str]] = None) -> "DepthProfile":
+    """Each class's modularity term ``w_in(c)/W − γ(S_c/2W)²`` over depth.
+
+    One batched scatter pass over all snapshots (``DynamicGraph.class_contributions``); at every
+    layer the terms sum to the modularity ``graph.modularity()``.
+
+    Args:
+        graph: A :class:`~dyngraph.DynamicGraph` whose snapshots carry labels ``y``.
         resolution: ``γ``.
-        class_names: Names for the curves (default ``'class <c>'``).
+        class_names: One name per class (default: the class index).
+
+    Returns:
+        A :class:`~dyngraph.DepthProfile` with one metric per class,
+        ``'modularity_class_<name>'``: samples ``[1, L, C]``.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -747,168 +675,173 @@ def class_contribution_curves(graph, resolution: float = 1.0,
         >>> y = torch.arange(60) % 3
         >>> seq = dg.DynamicGraph.from_features({'a': torch.randn(60, 4, generator=g),
         ...     'b': torch.randn(60, 4, generator=g) + 5 * torch.eye(4)[y]}, y=y, progress=False)
-        >>> curves = dg.measures.class_contribution_curves(seq)
-        >>> len(curves), abs(sum(c.values[1] for c in curves) - seq.modularity().values[1]) < 1e-12
-        (3, tensor(True))
+        >>> p = dg.measures.class_contribution_profile(seq)
+        >>> p.metrics
+        ['modularity_class_0', 'modularity_class_1', 'modularity_class_2']
+        >>> bool(torch.allclose(p.mean.sum(1), seq.modularity().values, atol=1e-12))
+        True
     """
-    contrib = graph.class_contributions(resolution=resolution)          # [L, C]
+    _check_graph(graph)
+    _check_resolution(resolution)
+    return _contribution_profile(graph, graph.class_contributions(resolution=resolution),
+                                 resolution, class_names)
+
+
+def _contribution_profile(graph: Any, contrib: Tensor, resolution: float,
+                          class_names: Optional[Sequence[str]] = None) -> "DepthProfile":
+    from ..profiles._profile import DepthProfile
     c = contrib.shape[1]
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(c)]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     if len(names) != c:
-        raise ValueError(f"class_names must have {c} entries, got {len(names)}")
+        raise ValueError(f"class_names must have {c} entries, got {len(names)}: {names}")
     meta = dict(getattr(graph, "meta", {}))
     meta["resolution"] = resolution
-    return [Curve(graph.layers, contrib[:, i], name=f"Q contribution of {names[i]}",
-                  meta={**meta, "class": i, "label": names[i]}) for i in range(c)]
-
-
-def plot_class_contributions(curves: Sequence[Curve], path: Optional[PathLike] = None,
-                             title: Optional[str] = None):
-    """All per-class contribution curves on one axis; returns the figure."""
-    from ..outputs._plot import plot_curves
-    return plot_curves(list(curves), path=path, labels=[c.meta.get("label", c.name)
-                                                        for c in curves],
-                       title=title or "per-class modularity contribution",
-                       ylabel="contribution to Q")
+    return DepthProfile(graph.layers, [f"modularity_class_{n}" for n in names], contrib, meta)
 
 
 # ================================================================================== evolution
-def _snapshot_tensors(s, i: int, name: str):
+def _snapshot_tensors(s: Data, i: int, name: str) -> Tuple[Tensor, Tensor, Tensor, int]:
     if s.y is None:
         raise ValueError(f"snapshot {i} ({name!r}) has no labels y")
     w = s.edge_weight if s.edge_weight is not None else \
         torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
-    return s.edge_index, w, s.y, s.num_nodes
+    return s.edge_index, w, s.y, int(s.num_nodes)
 
 
-@dataclass
+def _detected(ei: Tensor, w: Optional[Tensor], y: Tensor, n: int, method: str,
+              resolution: float, seed: int) -> Tuple[Tensor, Dict[str, float]]:
+    """Communities of one graph and their scores (the ``'detected_communities'`` measure)."""
+    comm = detect_communities(ei, w, n, method=method, resolution=resolution, seed=seed)
+    return comm, {"detected_modularity": float(_modularity(ei, comm, w, num_nodes=n,
+                                                           resolution=resolution)),
+                  "n_communities": float(int(comm.max()) + 1),
+                  "nmi": normalized_mutual_info(comm, y), "ari": adjusted_rand_index(comm, y)}
+
+
+def _same_tensors(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and bool(torch.equal(x, y))
+                                    for x, y in zip(a, b))
+
+
+@dataclass(eq=False)
 class CommunityEvolution:
-    """Community structure of every layer and how it changes with depth.
+    """Community structure of every layer and how it changes with depth
+    (:func:`community_evolution`). ``dg.plot(ev, kind=...)`` draws it, ``dg.log(writer, ev)``
+    logs it.
 
     Attributes:
-        layers: Layer names ``[L]``.
-        class_contributions: float64 ``[L, C]``, each class's modularity term (rows sum to Q).
+        profile: The per-layer series, a :class:`~dyngraph.DepthProfile` with the metrics
+            ``'modularity'`` (Q, the labels as communities), ``'detected_modularity'`` (Q of the
+            detected communities: ≥ the label Q when the labels are not the best partition),
+            ``'graph_purity'`` (:func:`graph_purity`), ``'n_communities'``, ``'nmi'`` and
+            ``'ari'`` (the detected communities against the labels), ``'mixing_ratio'`` and
+            ``'separated_pairs'`` (:func:`mixing_profile`). Its ``meta`` holds the settings.
+        class_contributions: Each class's modularity term, a
+            :class:`~dyngraph.DepthProfile` (:func:`class_contribution_profile`): at every
+            layer the terms sum to ``'modularity'``.
         mixing: float64 ``[L, C, C]`` total-normalised class mixing.
-        purity: Weighted kNN-graph label purity per layer (:func:`graph_purity`).
         communities: ``L`` tensors ``[N]``, label-free communities per layer.
-        label_modularity: Q with the labels as communities.
-        detected_modularity: Q of the detected communities (≥ the label Q when labels are not
-            the best partition).
-        n_communities, nmi, ari: Per layer; NMI/ARI of the communities against the labels.
         transitions: ``L − 1`` row-normalised transition matrices.
-        stability: NMI between consecutive layers' communities ``[L − 1]``.
+        stability: float64 ``[L − 1]``, NMI between consecutive layers' communities.
         separation: ``[C, C]`` :func:`separation_depth` of every class pair (``-1`` never).
-        meta: Settings (method, resolution, seed, snapshot settings).
+        labels: ``[N]`` the classes.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> y = torch.arange(60) % 3
+        >>> x = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+        >>> seq = dg.DynamicGraph.from_features({'a': x, 'b': x + 5 * torch.eye(6)[y]}, y=y,
+        ...                                     k=4, progress=False)
+        >>> ev = dg.measures.community_evolution(seq, progress=False)
+        >>> ev.layers, ev.profile.metrics[:3]
+        (['a', 'b'], ['modularity', 'detected_modularity', 'graph_purity'])
+        >>> dg.measures.CommunityEvolution.from_dict(ev.to_dict()) == ev
+        True
     """
 
-    layers: List[str]
-    class_contributions: Tensor
+    profile: "DepthProfile"
+    class_contributions: "DepthProfile"
     mixing: Tensor
-    purity: Tensor
     communities: List[Tensor]
-    label_modularity: Tensor
-    detected_modularity: Tensor
-    n_communities: Tensor
-    nmi: Tensor
-    ari: Tensor
     transitions: List[Tensor]
     stability: Tensor
     separation: Tensor
-    labels: Optional[Tensor] = None
-    meta: Dict[str, Any] = field(default_factory=dict)
+    labels: Tensor
+
+    @property
+    def layers(self) -> List[str]:
+        """Layer names ``[L]``."""
+        return self.profile.layers
+
+    @property
+    def meta(self) -> Dict[str, Any]:
+        """Settings (method, resolution, seed, separation threshold, snapshot settings)."""
+        return self.profile.meta
 
     def __repr__(self) -> str:
-        f = lambda t: "[" + ", ".join(f"{v:.3f}" for v in t.tolist()[:8]) + \
-            (", ..." if t.numel() > 8 else "") + "]"
+        def f(name: str) -> str:
+            v = self.profile[name].values.tolist()
+            return "[" + ", ".join(f"{x:.3f}" for x in v[:8]) + (", ...]" if len(v) > 8 else "]")
         return (f"CommunityEvolution(layers={len(self.layers)}, "
-                f"method={self.meta.get('method')!r}, nmi={f(self.nmi)}, purity={f(self.purity)}, "
-                f"n_communities={self.n_communities.tolist()[:8]})")
+                f"method={self.meta.get('method')!r}, nmi={f('nmi')}, "
+                f"graph_purity={f('graph_purity')}, n_communities="
+                f"{[int(v) for v in self.profile['n_communities'].values.tolist()[:8]]})")
 
-    def curves(self) -> List[Curve]:
-        """The per-layer curves: label Q, detected Q, purity, #communities, NMI, ARI."""
-        meta = dict(self.meta)
-        return [Curve(self.layers, self.label_modularity, name="modularity", meta=meta),
-                Curve(self.layers, self.detected_modularity, name="detected_modularity",
-                      meta=meta),
-                Curve(self.layers, self.purity, name="knn_purity", meta=meta),
-                Curve(self.layers, self.n_communities.to(torch.float64), name="n_communities",
-                      meta=meta),
-                Curve(self.layers, self.nmi, name="nmi", meta=meta),
-                Curve(self.layers, self.ari, name="ari", meta=meta)]
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CommunityEvolution):
+            return NotImplemented
+        return (self.profile == other.profile
+                and self.class_contributions == other.class_contributions
+                and _same_tensors(self.communities, other.communities)
+                and _same_tensors(self.transitions, other.transitions)
+                and _same_tensors([self.mixing, self.stability, self.separation, self.labels],
+                                  [other.mixing, other.stability, other.separation,
+                                   other.labels]))
 
-    def stability_curve(self) -> Curve:
-        """NMI between the communities of layers ``l`` and ``l+1``, labelled ``'a→b'``."""
-        names = [f"{a}→{b}" for a, b in zip(self.layers[:-1], self.layers[1:])]
-        return Curve(names, self.stability, name="community_stability_nmi", meta=dict(self.meta))
-
-    def class_curves(self) -> List[Curve]:
-        return [Curve(self.layers, self.class_contributions[:, c],
-                      name=f"Q contribution of class {c}", meta={**self.meta, "class": c, "label": f"class {c}"})
-                for c in range(self.class_contributions.shape[1])]
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> Dict[str, Any]:
-        from .._curve import _jsonable
-        return _jsonable({
-            "layers": self.layers,
-            "label_modularity": self.label_modularity, "detected_modularity":
-                self.detected_modularity, "knn_purity": self.purity,
-            "n_communities": self.n_communities, "nmi": self.nmi, "ari": self.ari,
-            "stability_nmi": self.stability, "class_contributions": self.class_contributions,
-            "class_mixing": self.mixing, "separation_depth": self.separation,
-            "transitions": [t for t in self.transitions],
-            "communities": [c for c in self.communities], "meta": self.meta})
+        """A JSON-ready dict (every tensor as lists; :meth:`from_dict` inverts it exactly)."""
+        return {"format": EVOLUTION_FORMAT, "layers": list(self.layers),
+                "profile": self.profile.to_dict(),
+                "class_contributions": self.class_contributions.to_dict(),
+                "class_mixing": jsonable(self.mixing),
+                "communities": jsonable(self.communities),
+                "transitions": jsonable(self.transitions),
+                "stability_nmi": jsonable(self.stability),
+                "separation_depth": jsonable(self.separation), "labels": jsonable(self.labels)}
 
-    def to_json(self, path: PathLike) -> Path:
-        """Writes everything (atomically) as JSON."""
-        return atomic_write_json(path, self.to_dict())
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CommunityEvolution":
+        """Inverse of :meth:`to_dict`."""
+        from ..profiles._profile import DepthProfile
+        if not isinstance(d, dict) or d.get("format") != EVOLUTION_FORMAT:
+            raise ValueError(f"not a CommunityEvolution dict (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        long = lambda v: torch.tensor(v, dtype=torch.long)
+        return cls(profile=DepthProfile.from_dict(d["profile"]),
+                   class_contributions=DepthProfile.from_dict(d["class_contributions"]),
+                   mixing=float_tensor(d["class_mixing"], "class_mixing"),
+                   communities=[long(c) for c in d["communities"]],
+                   transitions=[float_tensor(t, "transitions") for t in d["transitions"]],
+                   stability=float_tensor(d["stability_nmi"], "stability_nmi"),
+                   separation=long(d["separation_depth"]), labels=long(d["labels"]))
 
-    def plot(self, out_dir: PathLike, prefix: str = "") -> Dict[str, Path]:
-        """Writes the figures to ``out_dir``: per-class contributions, class mixing, the
-        community flow, the transition heatmaps and the curves. Returns their paths."""
-        from ..outputs._plot import close, plot_curves
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        figs = {
-            "class_contributions": lambda p: plot_class_contributions(self.class_curves(), p),
-            "class_mixing": lambda p: plot_class_mixing(self.mixing, self.layers, p),
-            "community_flow": lambda p: plot_transitions(self.communities, self.labels,
-                                                         self.layers, p, kind="flow"),
-            "community_transitions": lambda p: plot_transitions(self.communities, self.labels,
-                                                                self.layers, p, kind="heatmap"),
-            "community_curves": lambda p: plot_curves(
-                [c for c in self.curves() if c.name in ("modularity", "detected_modularity",
-                                                        "knn_purity", "nmi", "ari")],
-                path=p, title="community structure over depth", ylabel="value"),
-        }
-        for name, fn in figs.items():
-            if name in ("community_flow", "community_transitions") and len(self.layers) < 2:
-                continue
-            p = out / f"{prefix}{name}.png"
-            close(fn(p))
-            paths[name] = p
-        return paths
+    def to_json(self, path: Optional[PathLike] = None) -> str:
+        """The JSON text; written atomically to ``path`` when given."""
+        d = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
 
-    def to_tensorboard(self, writer, prefix: str = "dyngraph/community") -> None:
-        """Curves as scalars (step = layer index) and the figures as images."""
-        from ..outputs._log import log_curve
-        from ..outputs._plot import close
-        for c in self.curves():
-            log_curve(writer, c, tag=f"{prefix}/{c.name}", figure=False)
-        for c in self.class_curves():
-            log_curve(writer, c, tag=f"{prefix}/class_{c.meta['class']}", figure=False)
-        fig = plot_class_mixing(self.mixing, self.layers)
-        writer.add_figure(f"{prefix}/class_mixing", fig)
-        close(fig)
-        if len(self.layers) > 1:
-            fig = plot_transitions(self.communities, self.labels, self.layers, kind="flow")
-            writer.add_figure(f"{prefix}/community_flow", fig)
-            close(fig)
-        if callable(getattr(writer, "flush", None)):
-            writer.flush()
+    @classmethod
+    def from_json(cls, path: PathLike) -> "CommunityEvolution":
+        """Reads :meth:`to_json`'s file (an exact round trip)."""
+        from ..profiles._profile import _read_json
+        return cls.from_dict(_read_json(path, EVOLUTION_FORMAT))
 
 
-def community_evolution(graph, method: str = DEFAULT_METHOD, resolution: float = 1.0,
+def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: float = 1.0,
                         seed: int = 0, separation_threshold: float = 0.1,
                         progress: bool = True) -> CommunityEvolution:
     """Everything about communities over depth, for a :class:`~dyngraph.DynamicGraph`.
@@ -917,7 +850,8 @@ def community_evolution(graph, method: str = DEFAULT_METHOD, resolution: float =
     scatter pass over all snapshots; communities are detected per layer with ``method``.
 
     Args:
-        graph: A :class:`~dyngraph.DynamicGraph` whose snapshots carry labels ``y``.
+        graph: A :class:`~dyngraph.DynamicGraph` whose snapshots carry labels ``y`` (the same
+            samples in every layer).
         method: See :func:`detect_communities`.
         resolution: Modularity resolution, for detection and for the label Q.
         seed: Seed of the detection.
@@ -932,18 +866,18 @@ def community_evolution(graph, method: str = DEFAULT_METHOD, resolution: float =
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(90) % 3
         >>> seq = dg.DynamicGraph.from_features({'noise': torch.randn(90, 8, generator=g),
-        ...     'sep': torch.randn(90, 8, generator=g) + 6 * torch.eye(8)[y]}, y=y, k=5, progress=False)
+        ...     'sep': torch.randn(90, 8, generator=g) + 6 * torch.eye(8)[y]}, y=y, k=5,
+        ...     progress=False)
         >>> ev = dg.measures.community_evolution(seq, progress=False)
-        >>> ev.nmi[1] > 0.9, ev.purity[1] > ev.purity[0]
-        (tensor(True), tensor(True))
+        >>> nmi, purity = ev.profile['nmi'].values, ev.profile['graph_purity'].values
+        >>> bool(nmi[1] > 0.9), bool(purity[1] > purity[0])
+        (True, True)
     """
     from .._progress import progress_bar
-    from ..graphs._graph import DynamicGraph
-    if not isinstance(graph, DynamicGraph):
-        raise TypeError(f"graph must be a DynamicGraph, got {type(graph).__name__}")
-    if len(graph) == 0:
-        raise ValueError("graph has no snapshots")
+    from ..profiles._profile import DepthProfile
+    _check_graph(graph)
     check_choice(method, "method", METHODS)
+    _check_resolution(resolution)
     layers = graph.layers
     eis, ws, ys, batch = [], [], [], []
     offset = 0
@@ -962,41 +896,45 @@ def community_evolution(graph, method: str = DEFAULT_METHOD, resolution: float =
     ei_all, w_all, y_all, b_all = (torch.cat(eis, 1), torch.cat(ws), torch.cat(ys),
                                    torch.cat(batch))
     c = int(y_all.max()) + 1
-    contrib = graph.class_contributions(resolution=resolution)
-    mixing = class_mixing(ei_all, y_all, w_all, num_nodes=offset, batch=b_all, num_classes=c)
-    purity = graph_purity(ei_all, y_all, w_all, num_nodes=offset, batch=b_all)
-    comms, det_q, n_comm, nmi, ari = [], [], [], [], []
+    contrib = graph.class_contributions(resolution=resolution)          # [L, C]
+    mixing = class_mixing(ei_all, y_all, w_all, num_nodes=offset, batch=b_all,
+                          num_classes=c).cpu()
+    purity = cast(Tensor, graph_purity(ei_all, y_all, w_all, num_nodes=offset, batch=b_all))
+    comms, scores = [], []
     for i, s in enumerate(progress_bar(graph.snapshots, desc="communities",
                                        disable=not progress)):
         ei, w, y, n = _snapshot_tensors(s, i, layers[i])
-        comm = detect_communities(ei, w, n, method=method, resolution=resolution, seed=seed)
+        comm, score = _detected(ei, w, y, n, method, resolution, seed)
         comms.append(comm.cpu())
-        det_q.append(_modularity(ei, comm, w, num_nodes=n, resolution=resolution))
-        n_comm.append(int(comm.max()) + 1)
-        nmi.append(normalized_mutual_info(comm, y))
-        ari.append(adjusted_rand_index(comm, y))
+        scores.append(score)
     trans = community_transitions(comms, "row") if len(comms) > 1 else []
     stab = torch.tensor([normalized_mutual_info(comms[i], comms[i + 1])
                          for i in range(len(comms) - 1)], dtype=torch.float64)
-    sep = separation_depth(mixing.cpu(), separation_threshold)
+    ratio, separated, sep = _mixing_series(mixing, separation_threshold)
+    detected = {k: torch.tensor([s[k] for s in scores], dtype=torch.float64)
+                for k in scores[0]}
+    series = {"modularity": contrib.sum(1).cpu(), "graph_purity": purity.cpu(),
+              "mixing_ratio": ratio, "separated_pairs": separated, **detected}
     meta = {k: v for k, v in graph.meta.items() if k in ("k", "metric", "symmetrize",
                                                            "n_samples")}
     meta.update({"method": method, "resolution": resolution, "seed": seed,
                  "separation_threshold": separation_threshold})
-    return CommunityEvolution(
-        layers=layers, class_contributions=contrib.cpu(), mixing=mixing.cpu(),
-        purity=purity.cpu(), communities=comms, label_modularity=contrib.sum(1).cpu(),
-        detected_modularity=torch.tensor(det_q, dtype=torch.float64),
-        n_communities=torch.tensor(n_comm), nmi=torch.tensor(nmi, dtype=torch.float64),
-        ari=torch.tensor(ari, dtype=torch.float64), transitions=trans, stability=stab,
-        separation=sep, labels=ys[0].cpu(), meta=meta)
+    profile = DepthProfile(layers, list(EVOLUTION_METRICS),
+                           torch.stack([series[m].to(torch.float64) for m in EVOLUTION_METRICS],
+                                       1), meta)
+    return CommunityEvolution(profile=profile,
+                              class_contributions=_contribution_profile(graph, contrib,
+                                                                        resolution),
+                              mixing=mixing,
+                              communities=comms, transitions=trans, stability=stab,
+                              separation=sep, labels=ys[0].cpu())
 
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "class_mixing", "mixing_ratio", "separation_depth",
-           "knn_purity", "graph_purity", "detect_communities", "contingency_table",
-           "normalized_mutual_info", "adjusted_rand_index", "community_transitions",
-           "plot_transitions", "plot_class_mixing", "class_contribution_curves",
-           "plot_class_contributions", "CommunityEvolution", "community_evolution"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "class_mixing", "mixing_ratio", "mean_mixing_ratio",
+           "separation_depth", "mixing_profile", "knn_purity", "graph_purity",
+           "detect_communities", "contingency_table", "normalized_mutual_info",
+           "adjusted_rand_index", "community_transitions", "class_contribution_profile",
+           "CommunityEvolution", "community_evolution"]
 
 
 # ============================================================================ registered measures
@@ -1012,3 +950,23 @@ def _graph_purity(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
 def _knn_purity(x: Tensor, y: Tensor, graph: Optional[Data], k: int = 10,
                 metric: str = "cosine") -> float:
     return float(knn_purity(x, y, k=k, metric=metric))
+
+
+@register("mixing_ratio", graph=True, description="mean observed / expected kNN-graph weight "
+          "between two distinct classes (1: classes ignored, 0: classes separated)")
+def _mixing_ratio(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
+    g = _graph(graph, "mixing_ratio")
+    return float(mean_mixing_ratio(class_mixing(g.edge_index, y, g.edge_weight,
+                                                num_nodes=g.num_nodes)))
+
+
+@register("detected_communities", graph=True,
+          outputs=("detected_modularity", "n_communities", "nmi", "ari"),
+          description="communities of the kNN graph found without labels (Leiden): their Q, "
+          "their number, NMI and ARI against the labels")
+def _detected_communities(x: Tensor, y: Tensor, graph: Optional[Data],
+                          method: str = DEFAULT_METHOD, resolution: float = 1.0,
+                          seed: int = 0) -> Dict[str, float]:
+    g = _graph(graph, "detected_communities")
+    return _detected(g.edge_index, g.edge_weight, y, int(g.num_nodes), method, resolution,
+                     seed)[1]
