@@ -16,13 +16,17 @@ Run::
     python examples/minority_collapse.py --out runs/minority
 
 It prints a table, writes ``minority_collapse.json`` (atomically; a rerun reuses finished ratios),
-``minority_cosine_vs_ratio.png`` and ``last_layer_vs_lpm.png`` (cosine Grams of the trained last
-layer next to the model's prediction with E_H = 5, E_W = 1 at the largest R newly trained).
+``minority_cosine_vs_ratio.png`` (``dg.plot`` of :class:`dg.theory.MinorityCollapseCurve` results,
+trained beside the model) and ``last_layer_vs_lpm.png`` (``dg.plot`` of the model's solution with
+the trained last layer: cosine Grams, E_H = 5, E_W = 1, at the largest R newly trained).
+
+``--quick`` trains 10 epochs at R = 1 and 10 only (a smoke test, seconds).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,13 +34,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph._io import atomic_write_json
-from dyngraph.measures._collapse import minority_collapse, neural_collapse
-from dyngraph.theory._lpm import (
-    minority_collapse_threshold,
-    plot_lpm_comparison,
-    solve_layer_peeled,
-)
+
+
+def write_json(path: Path, obj) -> None:
+    """Writes ``obj`` as JSON atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def subsample(x, y, n_majority, n_a, ratio, seed):
@@ -86,8 +90,8 @@ def run_ratio(args, ratio, x_tr, y_tr, test_loader, num_classes):
     train_s = time.time() - t0
     fc = model.net[-1]
     h = penultimate(model, xs).double()
-    mc = minority_collapse(fc, h, ys, n_majority=args.n_majority)
-    nc = neural_collapse(h, ys, fc)
+    mc = dg.measures.minority_collapse(fc, h, ys, n_majority=args.n_majority)
+    nc = dg.measures.neural_collapse(h, ys, fc)
     acc = per_class_accuracy(model, test_loader, num_classes)
     # energies of the trained last layer, as the Layer-Peeled Model defines them
     e_w = float((fc.weight.detach().double() ** 2).sum(1).mean())
@@ -95,10 +99,10 @@ def run_ratio(args, ratio, x_tr, y_tr, test_loader, num_classes):
     e_h = float(torch.stack([(hc[ys == c] ** 2).sum(1).mean()
                              for c in range(num_classes)]).mean())
     r_actual = args.n_a / n_b
-    lpm_paper = solve_layer_peeled(num_classes=num_classes, n_majority=args.n_majority,
-                                   ratio=r_actual, E_H=5.0, E_W=1.0)
-    lpm_fit = solve_layer_peeled(num_classes=num_classes, n_majority=args.n_majority,
-                                 ratio=r_actual, E_H=e_h, E_W=e_w)
+    lpm_paper = dg.theory.solve_layer_peeled(num_classes=num_classes, n_majority=args.n_majority,
+                                             ratio=r_actual, E_H=5.0, E_W=1.0)
+    lpm_fit = dg.theory.solve_layer_peeled(num_classes=num_classes, n_majority=args.n_majority,
+                                           ratio=r_actual, E_H=e_h, E_W=e_w)
     mc_paper = lpm_paper.minority_collapse(n_majority=args.n_majority)
     mc_fit = lpm_fit.minority_collapse(n_majority=args.n_majority)
     mask_min = torch.arange(num_classes) >= args.n_majority
@@ -137,7 +141,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quick", action="store_true", help="R = 1 and 10, 10 epochs")
     args = p.parse_args(argv)
+    if args.quick:
+        args.ratios, args.epochs = [1.0, 10.0], 10
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,10 +174,11 @@ def main(argv=None) -> int:
         row = run_ratio(args, ratio, x_tr, y_tr, test_loader, num_classes)
         last = row
         rows.append({k: v for k, v in row.items() if not k.startswith("_")})
-        atomic_write_json(result_path, {"settings": settings, "rows": rows})
-    thr = minority_collapse_threshold(num_classes, args.n_majority, 5.0, 1.0, rel_precision=1e-3)
-    atomic_write_json(result_path, {"settings": settings, "rows": rows,
-                                    "lpm_threshold_paper_energies": thr["threshold"]})
+        write_json(result_path, {"settings": settings, "rows": rows})
+    thr = dg.theory.minority_collapse_threshold(num_classes, args.n_majority, 5.0, 1.0,
+                                                rel_precision=0.05 if args.quick else 1e-3)
+    write_json(result_path, {"settings": settings, "rows": rows,
+                             "lpm_threshold_paper_energies": thr["threshold"]})
 
     print(f"\nMinority Collapse, {args.example}, K_A={args.n_majority} majority classes of "
           f"{args.n_a} samples, MLP depth {args.depth} width {args.width}, {args.epochs} epochs")
@@ -186,34 +194,27 @@ def main(argv=None) -> int:
     print(f"Layer-Peeled Model threshold (K=10, K_A={args.n_majority}, E_H=5, E_W=1): "
           f"R* = {thr['threshold']:.3f}")
 
-    from dyngraph.outputs._plot import _pyplot, save_figure
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
     rs = [r["ratio_actual"] for r in rows]
-    ax.plot(rs, [r["minority_cos_w"] for r in rows], "o-", label="trained: minority classifiers")
-    ax.plot(rs, [r["minority_cos_means"] for r in rows], "s--", label="trained: minority means")
-    ax.plot(rs, [r["lpm_fit_minority_cos_w"] for r in rows], "^-",
-            label="Layer-Peeled Model (fitted E_H, E_W)")
-    ax.plot(rs, [r["lpm_paper_minority_cos_w"] for r in rows], "v:",
-            label="Layer-Peeled Model (E_H=5, E_W=1)")
-    ax.axhline(-1 / (num_classes - 1), color="gray", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("imbalance ratio R = n_A / n_B")
-    ax.set_ylabel("mean pairwise cosine")
-    ax.set_title(f"Minority Collapse on {args.example} (K_A = {args.n_majority})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, out / "minority_cosine_vs_ratio.png")
-    plt.close(fig)
+
+    def curve(label, **values):
+        return dg.theory.MinorityCollapseCurve(rs, values, meta={"label": label,
+                                                                 "num_classes": num_classes})
+
+    curves = [curve("trained network", minority_cos_w=[r["minority_cos_w"] for r in rows],
+                    minority_cos_means=[r["minority_cos_means"] for r in rows]),
+              curve("Layer-Peeled Model (fitted E_H, E_W)",
+                    minority_cos_w=[r["lpm_fit_minority_cos_w"] for r in rows]),
+              curve("Layer-Peeled Model (E_H=5, E_W=1)",
+                    minority_cos_w=[r["lpm_paper_minority_cos_w"] for r in rows])]
+    dg.plot(curves, out / "minority_cosine_vs_ratio.png",
+            title=f"Minority Collapse on {args.example} (K_A = {args.n_majority})")
     if last is not None:
         h, y = last["_h"], last["_y"]
         means = torch.stack([h[y == c].mean(0) for c in range(num_classes)])
-        fig = plot_lpm_comparison(last["_model"].net[-1], last["_lpm"], means=means - h.mean(0),
-                                  path=out / "last_layer_vs_lpm.png",
-                                  title=f"R = {last['ratio_actual']:.0f}: trained last layer vs "
-                                        f"Layer-Peeled Model (E_H = 5, E_W = 1)")
-        plt.close(fig)
+        dg.plot(last["_lpm"], out / "last_layer_vs_lpm.png", classifier=last["_model"].net[-1],
+                means=means - h.mean(0),
+                title=f"R = {last['ratio_actual']:.0f}: trained last layer vs Layer-Peeled Model "
+                      f"(E_H = 5, E_W = 1)")
     print(f"wrote {result_path}, {out / 'minority_cosine_vs_ratio.png'}"
           + (f", {out / 'last_layer_vs_lpm.png'}" if last is not None else ""))
     return 0

@@ -3,8 +3,9 @@
 1. Trains a small MLP on digits with a :class:`CollapseCallback` that records NC1–NC4 of every
    layer on the (deterministic) training set each ``--every`` epochs: the terminal phase of
    training, seen per layer.
-2. On the test set, builds per-layer curves of every collapse metric beside the modularity curve,
-   logs them to TensorBoard (``--out/tb``) and saves ``nc_per_layer.png``.
+2. On the test set, one ``dg.depth_profile`` call scores every layer with modularity and the
+   registered collapse measures (``'nc1'``, ``'cdnv'``, ...); the profile is logged to TensorBoard
+   (``--out/tb``) and drawn to ``nc_per_layer.png``.
 3. ``--bench-wide``: time and memory of NC1 on a wide layer (a 64-channel 8×8 conv, flattened:
    D = 4096), streamed batch by batch, exact class-mean-subspace path (two passes, O(C·D))
    against the naive D × D computation (one pass, D × D scatter + eigendecomposition). Each runs
@@ -13,11 +14,15 @@
 Run::
 
     python examples/neural_collapse_curve.py --out runs/nc --bench-wide
+
+``--quick`` trains for 3 epochs on a small MLP (a smoke test, seconds).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import resource
 import time
 from pathlib import Path
@@ -27,13 +32,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import dyngraph as dg
-from dyngraph._io import atomic_write_json
-from dyngraph.measures._collapse import (
-    CollapseCallback,
-    NeuralCollapseAccumulator,
-    collapse_curves,
-    neural_collapse,
-)
+
+#: The per-layer collapse measures scored beside modularity on the test set.
+NC_MEASURES = ["nc1", "nc1_trace", "nc2_etf", "cdnv", "ncc_accuracy"]
+
+
+def write_json(path: Path, obj) -> None:
+    """Writes ``obj`` as JSON atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def train_with_callback(args, train_loader, probe_loader, test_loader):
@@ -47,8 +55,8 @@ def train_with_callback(args, train_loader, probe_loader, test_loader):
     fc = dg.list_layers(model, nn.Linear)[-1]
     layers = [n for n in dg.default_layers(model, point="post") if n != fc]
     layers = [n for n in layers if n != layers[-1]] + [f"{fc}:input", fc]
-    cb = CollapseCallback(probe_loader, layers=layers, writer=writer,
-                          path=Path(args.out) / "collapse_epochs.json")
+    cb = dg.measures.CollapseCallback(probe_loader, layers=layers, writer=writer,
+                                      path=Path(args.out) / "collapse_epochs.json")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     cb(model, epoch=0)
@@ -62,7 +70,7 @@ def train_with_callback(args, train_loader, probe_loader, test_loader):
         sched.step()
         if epoch % args.every == 0 or epoch == args.epochs:
             cb(model, epoch=epoch)
-    acc = dg.zoo.evaluate(model, test_loader)
+    acc = dg.prune.evaluate(model, test_loader)
     return model, cb, writer, acc
 
 
@@ -79,7 +87,7 @@ def _bench_child(method: str, channels: int, batch_size: int, queue) -> None:
         layer(ds.tensors[0][:batch_size])                     # warm up allocator and kernels
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    acc = NeuralCollapseAccumulator(10, method=method)
+    acc = dg.measures.NeuralCollapseAccumulator(10, method=method)
     with torch.no_grad():
         for xb, yb in loader:
             acc.update(layer(xb), yb)
@@ -124,7 +132,10 @@ def main(argv=None) -> int:
     p.add_argument("--wide-channels", type=int, default=64)
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="3 epochs of a small MLP, no benchmark")
     args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.every, args.depth, args.width, args.bench_wide = 3, 1, 2, 32, False
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,54 +147,48 @@ def main(argv=None) -> int:
     print(f"trained DigitsMLP(depth={args.depth}, width={args.width}) for {args.epochs} epochs "
           f"in {time.time() - t0:.0f}s: test accuracy {acc:.4f}")
 
-    pen = next(n for n in cb.history[-1]["layers"] if n.endswith(":input"))
+    hist = cb.history
+    pen = hist.default_layer                     # the classifier's input
     print(f"\nOver training (training set, layer {pen!r}, the classifier's input):")
     print("| epoch | NC1 | NC2 equinorm | NC2 equiangular | NC2 max-angle | NC3 | NC4 | NCC acc |")
     print("|---|---|---|---|---|---|---|---|")
-    for h in cb.history:
-        r = h["layers"][pen]
-        print(f"| {h['epoch']} | {r['nc1']:.4f} | {r['nc2_equinorm']:.4f} | "
+    for e in hist.epochs:
+        r = hist[e].layer(pen)
+        print(f"| {e} | {r['nc1']:.4f} | {r['nc2_equinorm']:.4f} | "
               f"{r['nc2_equiangular']:.4f} | {r['nc2_maxangle']:.4f} | {r['nc3']:.4f} | "
               f"{r['nc4']:.4f} | {r['ncc_accuracy']:.4f} |")
     print("\nNC1 per layer over training (training set):")
-    names = list(cb.history[-1]["layers"])
+    names = hist[hist.epochs[-1]].layers
     print("| epoch | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
-    for h in cb.history:
-        print(f"| {h['epoch']} | " + " | ".join(f"{h['layers'][n]['nc1']:.3f}" for n in names)
-              + " |")
-    cb.plot(out / "nc_over_epochs.png")
+    nc1 = {n: hist.series("nc1", n) for n in names}
+    for i, e in enumerate(hist.epochs):
+        print(f"| {e} | " + " | ".join(f"{float(nc1[n][i]):.3f}" for n in names) + " |")
+    dg.plot(hist, out / "nc_over_epochs.png")
 
-    # per-layer curves on the test set, beside modularity
+    # per layer on the test set: modularity and the collapse measures in one run of the runner
     feats = dg.extract_features(model, test_loader, layers=names, progress=False)
-    curves = collapse_curves(feats, classifier=model.net[-1], classifier_layer=pen)
-    q = dg.profiles._pipeline.modularity_curve(feats, k=args.k, progress=False)
-    last = neural_collapse(feats, classifier=model.net[-1], classifier_layer=pen)[pen]
+    prof = dg.depth_profile(feats, ["modularity"] + NC_MEASURES, graph=dg.GraphSpec(k=args.k),
+                            progress=False)
+    last = dg.measures.neural_collapse(feats, classifier=model.net[-1], classifier_layer=pen)[pen]
     print("\nPer layer on the test set:")
     print("| layer | modularity Q | NC1 | NC1 (trace) | NC2 ETF dist | CDNV | NCC acc |")
     print("|---|---|---|---|---|---|---|")
-    for i, n in enumerate(names):
-        print(f"| {n} | {q.values[i]:.4f} | {curves['nc1'].values[i]:.4f} | "
-              f"{curves['nc1_trace'].values[i]:.4f} | {curves['nc2_etf'].values[i]:.4f} | "
-              f"{curves['cdnv'].values[i]:.4f} | {curves['ncc_accuracy'].values[i]:.4f} |")
+    for n in names:
+        r = prof.layer(n)
+        print(f"| {n} | {r['modularity']:.4f} | {r['nc1']:.4f} | {r['nc1_trace']:.4f} | "
+              f"{r['nc2_etf']:.4f} | {r['cdnv']:.4f} | {r['ncc_accuracy']:.4f} |")
     print(f"classifier layer {pen!r} on the test set: NC3 = {last['nc3']:.4f}, "
           f"NC4 = {last['nc4']:.4f}, NC2(W) equinorm = {last['nc2_equinorm_w']:.4f}, "
           f"max-angle = {last['nc2_maxangle_w']:.4f}")
     if writer is not None:
-        dg.outputs._log.log_curves(writer, [q, *curves.values()], prefix="dyngraph/test")
+        dg.log(writer, prof, prefix="dyngraph/test")
         writer.close()
-    from dyngraph.outputs._plot import _pyplot, save_figure
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    dg.outputs._plot.plot_curves([curves["nc1"]], ax=axes[0], title="NC1 per layer (test set)")
-    axes[0].set_yscale("log")
-    dg.outputs._plot.plot_curves([q], ax=axes[1], title=f"modularity (k={args.k})")
-    fig.tight_layout()
-    save_figure(fig, out / "nc_per_layer.png")
-    plt.close(fig)
-    summary = {"test_accuracy": acc, "epochs": cb.history,
-               "test_curves": {k: c.to_dict() for k, c in curves.items()},
-               "modularity": q.to_dict(), "classifier_layer": last}
+    fig = dg.plot(prof, metrics=["nc1", "modularity"], title="test set")
+    fig.axes[0].set_yscale("log")
+    dg.outputs.save_figure(fig, out / "nc_per_layer.png")
+    summary = {"test_accuracy": acc, "epochs": hist.to_dict(), "test_profile": prof.to_dict(),
+               "classifier_layer": last}
 
     if args.bench_wide:
         rows = bench_wide(args.wide_channels)
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
               f"{full['state_mib'] / sub['state_mib']:.0f}×; "
               f"relative NC1 difference {abs(full['nc1'] - sub['nc1']) / sub['nc1']:.1e}")
         summary["bench_wide"] = rows
-    atomic_write_json(out / "neural_collapse_curve.json", summary)
+    write_json(out / "neural_collapse_curve.json", summary)
     print(f"\nwrote {out / 'neural_collapse_curve.json'}, {out / 'nc_per_layer.png'}, "
           f"{out / 'nc_over_epochs.png'}" + ("" if args.no_tensorboard else f", {out / 'tb'}"))
     return 0

@@ -8,25 +8,23 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.measures._collapse import (
-    LAYER_METRICS,
-    CollapseCallback,
-    CollapseConventions,
-    NeuralCollapseAccumulator,
-    class_means,
-    collapse_curves,
-    etf_gram,
-    minority_collapse,
-    neural_collapse,
-    neural_collapse_model,
-    neural_collapse_stream,
-    simplex_etf,
-)
 
 scipy_linalg = pytest.importorskip("scipy.sparse.linalg")
-
-
 from scipy.spatial.distance import cdist  # noqa: E402
+
+LAYER_METRICS = dg.measures.LAYER_METRICS
+CollapseCallback = dg.measures.CollapseCallback
+CollapseConventions = dg.measures.CollapseConventions
+CollapseHistory = dg.measures.CollapseHistory
+NeuralCollapseAccumulator = dg.measures.NeuralCollapseAccumulator
+class_means = dg.measures.class_means
+collapse_curves = dg.measures.collapse_curves
+etf_gram = dg.measures.etf_gram
+minority_collapse = dg.measures.minority_collapse
+neural_collapse = dg.measures.neural_collapse
+neural_collapse_model = dg.measures.neural_collapse_model
+neural_collapse_stream = dg.measures.neural_collapse_stream
+simplex_etf = dg.measures.simplex_etf
 
 
 # ----------------------------------------------------------------------------- reference
@@ -367,12 +365,12 @@ def test_layer_features_and_curves(tmp_path):
         assert per_layer[name]["nc1"] == pytest.approx(neural_collapse(feats[name], y)["nc1"])
     assert neural_collapse(lf, layer="middle") == per_layer["middle"]
     curves = collapse_curves(lf)
-    assert set(curves) == set(LAYER_METRICS)
+    assert isinstance(curves, dg.DepthProfile) and set(curves.metrics) == set(LAYER_METRICS)
     nc1 = curves["nc1"]
-    assert isinstance(nc1, dg._curve.Curve) and nc1.name == "nc1" and nc1.layers == list(feats)
+    assert nc1.name == "nc1" and nc1.layers == list(feats)
     assert nc1.values[0] > nc1.values[1] > nc1.values[2]          # collapse grows with depth
     rep = collapse_curves(lf, per_class=40, repeats=3, metrics=["nc1", "cdnv"])
-    assert tuple(rep["nc1"].samples.shape) == (3, 3) and bool((rep["nc1"].std > 0).all())
+    assert tuple(rep["nc1"].samples.shape) == (3, 3, 1) and bool((rep["nc1"].errors > 0).all())
     # a DynamicGraph that kept its features gives the same curve
     seq = dg.DynamicGraph.from_features(lf, k=3, keep_x=True)
     assert torch.allclose(collapse_curves(seq)["nc1"].values, nc1.values)
@@ -380,7 +378,8 @@ def test_layer_features_and_curves(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
     with SummaryWriter(str(tmp_path)) as w:
-        dg.outputs._log.log_curves(w, [seq.modularity(), *curves.values()], figure=False)
+        dg.log(w, dg.depth_profile(lf, ["modularity"], progress=False).join(curves),
+               figure=False)
     assert any(p.name.startswith("events") for p in tmp_path.iterdir())
 
 
@@ -391,7 +390,9 @@ def test_curves_with_classifier_and_errors():
     assert "nc3" in res["late"] and "nc3" not in res["early"]
     assert res["late"]["nc3"] < 0.01
     with pytest.raises(ValueError, match="not available at every layer"):
-        collapse_curves(feats, y, W, metrics=["nc3"])
+        collapse_curves(feats, y, metrics=["nc3"])
+    with pytest.raises(ValueError, match="not available at every layer"):
+        collapse_curves(res, metrics=["nc3"])
     with pytest.raises(ValueError, match="repeats"):
         collapse_curves(feats, y, repeats=2)
     seq = dg.DynamicGraph.from_features(feats, y=y, k=3)
@@ -399,6 +400,38 @@ def test_curves_with_classifier_and_errors():
         collapse_curves(seq)
     with pytest.raises(TypeError, match="features"):
         collapse_curves([1, 2, 3])
+    with pytest.raises(ValueError, match="needs the classifier"):
+        dg.depth_profile(feats, ["nc3"], y=y, progress=False)
+
+
+def test_depth_profile_equals_neural_collapse_bitwise():
+    """The registered NC measures in the one runner give neural_collapse's floats exactly."""
+    feats, y = _layered()
+    lf = dg.LayerFeatures(feats, y)
+    W = 5.0 * simplex_etf(4, 8, seed=0).float()
+    names = list(dg.measures.METRICS)
+    p = dg.depth_profile(lf, names, measure_options={m: {"classifier": W} for m in names},
+                         progress=False)
+    for li, layer in enumerate(feats):
+        ref = neural_collapse(feats[layer], y, W)
+        assert p.samples[0, li].tolist() == [ref[m] for m in names], layer
+    # collapse_curves: the same floats as neural_collapse per layer, with its conventions
+    kw = {"within": "classes", "ddof": 1, "method": "full"}
+    prof = collapse_curves(lf, **kw)
+    ref = neural_collapse(lf, **kw)
+    for li, layer in enumerate(feats):
+        assert prof.samples[0, li].tolist() == [ref[layer][m] for m in prof.metrics]
+    # each repeat is neural_collapse of the class-balanced sample of seed + r
+    rep = collapse_curves(lf, per_class=40, repeats=2, seed=3)
+    for r in range(2):
+        sub = lf.subset(dg.capture.balanced_indices(y, 40, None, 3 + r))
+        ref = neural_collapse(sub)
+        for li, layer in enumerate(feats):
+            assert rep.samples[r, li].tolist() == [ref[layer][m] for m in rep.metrics]
+    # precomputed results (as neural_collapse_model returns them) become the same profile
+    pre = collapse_curves(neural_collapse(lf))
+    assert torch.equal(pre.samples, collapse_curves(lf).samples)
+    assert pre.meta == {"source": "precomputed"}
 
 
 def _mlp():
@@ -439,10 +472,56 @@ def test_dead_layer_is_reported_not_fatal():
     cb = CollapseCallback(loader, layers=["1", "3", "4:input"])
     with pytest.warns(UserWarning, match="undefined"):
         res = cb(model, epoch=0)
-    assert "error" in res["1"] and "coincide" in res["1"]["error"]
-    assert "error" in res["3"]                # its input is constant too
+    errors = res.meta["errors"]
+    assert "1" in errors and "coincide" in errors["1"]
+    assert "3" in errors                      # its input is constant too
+    assert bool(res.samples[0, :2].isnan().all()) and not bool(res.samples[0, 2].isnan().any())
     with pytest.raises(ValueError, match="not recorded"):
-        cb.epoch_curve("nc1", "1")
+        cb.history.series("nc1", "1")
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_removed_and_mode_restored():
+    """The passes run in eval mode with one hook per layer; afterwards, also after an error in
+    either pass, no hook is left and the training mode is back."""
+    model = _mlp()
+    model.train()
+    y = torch.arange(90) % 3
+    loader = DataLoader(TensorDataset(torch.randn(90, 6), y), batch_size=30)
+    seen = []
+
+    def spy(batch):
+        seen.append((model.training, _hooks(model)))
+        return batch[0], batch[1]
+
+    res = neural_collapse_model(model, loader, batch_fn=spy, progress=False, method="subspace")
+    assert seen == [(False, len(res))] * 6    # two passes of three batches
+    assert model.training and _hooks(model) == 0
+
+    def failing(n):
+        calls = []
+
+        def fn(batch):
+            calls.append(1)
+            if len(calls) == n:
+                raise RuntimeError("batch failed")
+            return batch[0], batch[1]
+        return fn
+
+    for n in (2, 5):                           # in the first pass, in the second pass
+        with pytest.raises(RuntimeError, match="batch failed"):
+            neural_collapse_model(model, loader, batch_fn=failing(n), progress=False)
+        assert model.training and _hooks(model) == 0
+        cb = CollapseCallback(loader, batch_fn=failing(n))
+        with pytest.raises(RuntimeError, match="batch failed"):
+            cb(model, epoch=0)
+        assert model.training and _hooks(model) == 0 and len(cb.history) == 0
+    model.eval()                               # an eval-mode model stays in eval mode
+    CollapseCallback(loader)(model)
+    assert not model.training and _hooks(model) == 0
 
 
 def test_callback_records_training(tmp_path):
@@ -458,9 +537,13 @@ def test_callback_records_training(tmp_path):
     class Writer:
         def __init__(self):
             self.calls = []
+            self.texts = []
 
-        def add_scalar(self, tag, value, step):
-            self.calls.append((tag, value, step))
+        def add_scalar(self, tag, value, global_step=None):
+            self.calls.append((tag, value, global_step))
+
+        def add_text(self, tag, text, global_step=None):
+            self.texts.append((tag, global_step))
 
     writer = Writer()
     path = tmp_path / "collapse.json"
@@ -476,24 +559,96 @@ def test_callback_records_training(tmp_path):
             opt.step()
         if epoch % 4 == 0:
             cb(model, epoch=epoch)
-    assert cb.epochs == [0, 4, 8, 12]
-    curve = cb.epoch_curve("nc1")            # the classifier's input by default
-    assert curve.meta["layer"] == "net.5:input"
-    assert curve.values[-1] < 0.5 * curve.values[0]      # training collapses the last layer
-    assert cb.epoch_curve("nc4").values[-1] < cb.epoch_curve("nc4").values[0]
-    layers = cb.layer_curves()
-    assert layers["nc1"].layers == ["net.1", "net.3", "net.5:input", "net.5"]
+    h = cb.history
+    assert isinstance(h, CollapseHistory) and h.epochs == [0, 4, 8, 12]
+    assert h.default_layer == "net.5:input"
+    nc1 = h.series("nc1")                    # the classifier's input by default
+    assert torch.equal(nc1, h.series("nc1", "net.5:input"))
+    assert nc1[-1] < 0.5 * nc1[0]            # training collapses the last layer
+    assert h.series("nc4")[-1] < h.series("nc4")[0]
+    assert h[12].layers == ["net.1", "net.3", "net.5:input", "net.5"]
     assert any(t == "collapse/nc1/net.5:input" and s == 12 for t, _, s in writer.calls)
+    assert ("collapse/layers", 12) in writer.texts
+    assert not any(t.startswith("collapse/nc3/net.1") for t, _, _ in writer.calls)
     saved = json.loads(path.read_text())
-    assert [h["epoch"] for h in saved["history"]] == [0, 4, 8, 12]
+    assert saved["epochs"] == [0, 4, 8, 12]
     resumed = CollapseCallback(probe, path=path)
-    assert resumed.epochs == [0, 4, 8, 12]
-    fig = cb.plot(tmp_path / "tpt.png")
-    assert (tmp_path / "tpt.png").stat().st_size > 0
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    assert resumed.history.epochs == [0, 4, 8, 12] and resumed.history == h
+    from matplotlib.figure import Figure
+    fig = dg.plot(h, tmp_path / "tpt.png")
+    assert isinstance(fig, Figure) and (tmp_path / "tpt.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no loader"):
         CollapseCallback()(model)
+
+
+def test_collapse_history_container(tmp_path):
+    layers, nan, f64 = ["a", "fc:input"], float("nan"), torch.float64
+    p0 = dg.DepthProfile(layers, ["nc1", "nc3"], torch.tensor([[2.0, nan], [1.0, 0.5]], dtype=f64))
+    p1 = dg.DepthProfile(layers, ["nc1", "nc3"], torch.tensor([[1.5, nan], [0.4, 0.2]], dtype=f64))
+    h = CollapseHistory([5, 0], [p1, p0], {"conventions": {"ddof": 0}})
+    assert h.epochs == [0, 5] and h[5] == p1 and len(h) == 2
+    assert h.default_layer == "fc:input"
+    assert h.series("nc3").tolist() == [0.5, 0.2]
+    assert h.series("nc1", "a").tolist() == [2.0, 1.5]
+    h.add(5, p0)                              # replaces the epoch
+    assert h.series("nc1", "a").tolist() == [2.0, 2.0]
+    h.to_json(tmp_path / "h.json")
+    assert CollapseHistory.from_json(tmp_path / "h.json") == h
+    # a 0.1 callback file is read too
+    legacy = {"format": "dyngraph.CollapseCallback/1", "conventions": {},
+              "history": [{"epoch": 3, "layers": {"a": {"nc1": 1.0, "n_samples": 9},
+                                                  "b": {"error": "all class means coincide"}}}]}
+    old = CollapseHistory.from_dict(legacy)
+    assert old.epochs == [3] and old[3].meta["errors"] == {"b": "all class means coincide"}
+    assert old.series("nc1", "a").tolist() == [1.0]
+    with pytest.raises(ValueError, match="never recorded"):
+        h.series("nc1", "z")
+    with pytest.raises(ValueError, match="not recorded"):
+        h.series("nc3", "a")
+    with pytest.raises(KeyError, match="not recorded"):
+        h[7]
+    with pytest.raises(ValueError, match="no epochs"):
+        CollapseHistory().series("nc1")
+    with pytest.raises(ValueError, match="distinct"):
+        CollapseHistory([1, 1], [p0, p1])
+    with pytest.raises(TypeError, match="profile"):
+        h.add(2, {"nc1": 1.0})
+    with pytest.raises(ValueError, match="format"):
+        CollapseHistory.from_dict({"format": "x"})
+
+
+def test_collapse_history_drawer_and_logger(tmp_path):
+    from matplotlib.figure import Figure
+    layers = ["a", "fc:input"]
+    h = CollapseHistory([0, 1], [
+        dg.DepthProfile(layers, ["nc1", "nc4"], torch.tensor([[2.0, float("nan")], [1.0, 0.5]])),
+        dg.DepthProfile(layers, ["nc1", "nc4"], torch.tensor([[1.5, float("nan")], [0.4, 0.1]]))])
+    fig = dg.plot(h, tmp_path / "h.png", layers=["a", "fc:input"])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2      # nc1 and nc4 (the only recorded)
+    assert (tmp_path / "h.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="none of metrics"):
+        dg.plot(h, metrics=["nc3"])
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, global_step=None):
+            self.calls.append((tag, value, global_step))
+
+        def add_text(self, tag, text, global_step=None):
+            self.calls.append((tag, text, global_step))
+
+        def add_figure(self, tag, fig, global_step=None):
+            self.calls.append((tag, fig, global_step))
+
+    w = Writer()
+    dg.log(w, h, prefix="tpt")
+    tags = [(t, s) for t, _, s in w.calls]
+    assert ("tpt/nc1/a", 0) in tags and ("tpt/nc4/fc:input", 1) in tags
+    assert ("tpt/nc4/a", 0) not in tags                        # undefined values are skipped
+    assert ("tpt/layers", 1) in tags and ("tpt/figure", 1) in tags
+    assert isinstance(w.calls[-1][1], Figure)
 
 
 # ----------------------------------------------------------------------------- minority collapse

@@ -1,23 +1,23 @@
 """The Layer-Peeled Model solver: simplex ETF for balanced classes, Minority Collapse otherwise."""
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from dyngraph.measures._collapse import etf_gram, neural_collapse
-from dyngraph.theory._lpm import (
-    LayerPeeledSolution,
-    lpm_counts,
-    lpm_minority_curve,
-    minority_collapse_threshold,
-    plot_lpm_comparison,
-    solve_layer_peeled,
-)
+import dyngraph as dg
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
-
+etf_gram = dg.measures.etf_gram
+neural_collapse = dg.measures.neural_collapse
+LayerPeeledSolution = dg.theory.LayerPeeledSolution
+MinorityCollapseCurve = dg.theory.MinorityCollapseCurve
+lpm_counts = dg.theory.lpm_counts
+lpm_minority_curve = dg.theory.lpm_minority_curve
+minority_collapse_threshold = dg.theory.minority_collapse_threshold
+solve_layer_peeled = dg.theory.solve_layer_peeled
 
 
 def etf_loss(K, E_H, E_W):
@@ -117,17 +117,76 @@ def test_minority_collapse_trend_and_thresholds():
 
 def test_plot_and_serialisation(tmp_path):
     pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
     s = solve_layer_peeled(num_classes=5, n_majority=2, ratio=10.0)
     W = s.W + 0.1 * torch.randn(s.W.shape, generator=torch.Generator().manual_seed(0),
                                 dtype=s.W.dtype)
-    fig = plot_lpm_comparison(W, s, means=s.H, path=tmp_path / "cmp.png", title="test")
+    fig = dg.plot(s, tmp_path / "cmp.png", classifier=W, means=s.H, title="test")
     assert (tmp_path / "cmp.png").stat().st_size > 1000
-    assert len(fig.axes) >= 4
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    assert isinstance(fig, Figure) and len(fig.axes) >= 4
+    assert len(dg.plot(s, classifier=torch.nn.Linear(5, 5)).axes) == 3    # 2 Grams + colorbar
+    assert len(dg.plot(s).axes) == 3                                       # the model's W and H
+    with pytest.raises(ValueError, match="means"):
+        dg.plot(s, means=s.H[:3])
+    with pytest.raises(ValueError, match="classifier"):
+        dg.plot(s, classifier=torch.randn(4, 5))
     d = s.to_dict()
     assert d["counts"] == [10.0, 10.0, 1.0, 1.0, 1.0] and d["converged"]
     assert "K=5" in repr(s)
+    back = LayerPeeledSolution.from_dict(json.loads(json.dumps(d)))
+    assert torch.equal(back.W, s.W) and torch.equal(back.H, s.H) and back.loss == s.loss
+    assert back.meta == s.meta and back.converged == s.converged
+    with pytest.raises(ValueError, match="LayerPeeledSolution"):
+        LayerPeeledSolution.from_dict({"W": []})
+
+
+def test_minority_curve_result(tmp_path):
+    from matplotlib.figure import Figure
+    c = lpm_minority_curve([1.0, 20.0], num_classes=6, n_majority=3)
+    assert isinstance(c, MinorityCollapseCurve) and c.ratios == [1.0, 20.0] and len(c) == 2
+    assert [s.loss for s in c.solutions] == c["loss"]
+    assert c.meta["num_classes"] == 6 and c.meta["n_majority"] == 3
+    back = MinorityCollapseCurve.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert back.values == c.values and back.ratios == c.ratios and back.meta == c.meta
+    assert [torch.equal(a.W, b.W) for a, b in zip(back.solutions, c.solutions)] == [True, True]
+    trained = MinorityCollapseCurve([1.0, 20.0], {"minority_cos_w": [-0.1, 0.5],
+                                                  "minority_cos_means": [-0.2, 0.3]},
+                                    meta={"label": "trained"})
+    fig = dg.plot([trained, c], tmp_path / "mc.png")
+    assert isinstance(fig, Figure) and (tmp_path / "mc.png").stat().st_size > 0
+    assert [a.get_ylabel() for a in fig.axes] == ["minority_cos_w", "minority_cos_means"]
+    assert isinstance(dg.plot(c, metrics="minority_dist_w"), Figure)
+    with pytest.raises(ValueError, match="no curve has"):
+        dg.plot(c, metrics=["nc1"])
+    with pytest.raises(ValueError, match="labels"):
+        dg.plot([trained, c], labels=["one"])
+    with pytest.raises(ValueError, match="2 ratios"):
+        MinorityCollapseCurve([1.0, 2.0], {"minority_cos_w": [0.1]})
+    with pytest.raises(KeyError, match="minority_cos_means"):
+        c["minority_cos_means"]
+
+    class Writer:
+        def __init__(self):
+            self.tags = []
+
+        def add_scalar(self, tag, value, global_step=None):
+            self.tags.append((tag, global_step))
+
+        def add_text(self, tag, text, global_step=None):
+            self.tags.append((tag, global_step))
+
+        def add_figure(self, tag, fig, global_step=None):
+            assert isinstance(fig, Figure)
+            self.tags.append((tag, global_step))
+
+    w = Writer()
+    dg.log(w, c, prefix="lpm")
+    assert ("lpm/minority_cos_w", 1) in w.tags and ("lpm/ratios", None) in w.tags
+    assert ("lpm/figure", None) in w.tags
+    w = Writer()
+    dg.log(w, c.solutions[1], prefix="sol")
+    assert {"sol/loss", "sol/gap", "sol/etf_distance_W", "sol/minority_cos_w", "sol/summary",
+            "sol/figure"} <= {t for t, _ in w.tags}
 
 
 def test_bad_inputs():

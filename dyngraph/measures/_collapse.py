@@ -16,30 +16,45 @@ approximation. The streaming path merges batch statistics with Chan et al.'s pai
 
 Conventions that differ between public implementations are keyword arguments; the defaults are the
 choices of Papyan et al. (2020), see :data:`PAPYAN_CONVENTIONS`.
+
+On the spine: every metric is a registered layer measure (``'nc1'`` ... ``'nc4'``, bottom of this
+module), so ``dg.depth_profile`` scores them over depth (:func:`collapse_curves` is that call);
+:func:`neural_collapse_model` and :class:`CollapseCallback` run the model through
+``dg.capture.LayerTaps``; :class:`CollapseHistory` (one ``DepthProfile`` per epoch) is drawn and
+logged by ``dg.plot`` / ``dg.log`` (``dyngraph/outputs/_figures_collapse.py``).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping, Sized
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .._curve import Curve
 from .._io import PathLike, atomic_write_json
+from .._json import jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_features, check_labels, check_positive_int, check_tensor
 from ..capture._features import LayerFeatures
+from ..capture._layers import LayerSpec, default_layers
+from ..capture._taps import LayerTaps, split_batch, to_device
+from ..profiles._profile import DepthProfile
 from ._registry import register
 
 __all__ = [
+    "CLASSIFIER_METRICS",
     "CollapseCallback",
     "CollapseConventions",
+    "CollapseHistory",
+    "LAYER_METRICS",
     "METRICS",
     "NeuralCollapseAccumulator",
     "PAPYAN_CONVENTIONS",
@@ -192,7 +207,7 @@ def simplex_etf(num_classes: int, dim: Optional[int] = None, seed: Optional[int]
 
 
 # ============================================================================ input handling
-def _check_num_classes(num_classes, labels: Tensor) -> int:
+def _check_num_classes(num_classes: Optional[int], labels: Tensor) -> int:
     if num_classes is None:
         if labels.numel() == 0:
             raise ValueError("labels is empty")
@@ -214,11 +229,13 @@ def _check_nonempty(counts: Tensor, where: str = "labels") -> None:
                          f"needs at least one (remap the labels or pass the right num_classes)")
 
 
-def _parse_classifier(classifier, dim: Optional[int], num_classes: Optional[int]
+def _parse_classifier(classifier: Any, dim: Optional[int], num_classes: Optional[int]
                       ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
     """``nn.Linear`` | ``W [C, D]`` | ``(W, b)`` → detached ``(W, b)``."""
     if classifier is None:
         return None
+    w: Tensor
+    b: Optional[Tensor]
     if isinstance(classifier, nn.Linear):
         w, b = classifier.weight, classifier.bias
     elif isinstance(classifier, Tensor):
@@ -388,7 +405,8 @@ def _stats_in_memory(x: Tensor, y: Tensor, num_classes: int, method: str,
     return st
 
 
-def _clf64(clf, device) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+def _clf64(clf: Optional[Tuple[Tensor, Optional[Tensor]]], device: Union[str, torch.device]
+           ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
     if clf is None:
         return None
     w, b = clf
@@ -445,7 +463,7 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
         tr = float(torch.trace(sw @ pinv))
         rank = r
     else:
-        if st.proj is None or st.basis is None:
+        if st.proj is None or st.basis is None or st.sing is None:
             raise RuntimeError("subspace statistics are incomplete: the second pass is missing")
         dirs = (wc.unsqueeze(1) * st.proj).sum(0)           # v_jᵀ Σ_W v_j
         tr = float((c * dirs / (st.sing * st.sing)).sum())  # Tr(Σ_W Σ_B^†)
@@ -467,8 +485,8 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
     iu = torch.triu_indices(c, c, 1, device=means.device)
     pair = dist2[iu[0], iu[1]]
     if bool((pair <= 0).any()):
-        k = int((pair <= 0).nonzero()[0])
-        raise ValueError(f"the means of classes {int(iu[0, k])} and {int(iu[1, k])} coincide: "
+        bad = int((pair <= 0).nonzero()[0])
+        raise ValueError(f"the means of classes {int(iu[0, bad])} and {int(iu[1, bad])} coincide: "
                          f"CDNV is undefined")
     out["cdnv"] = float(((var[iu[0]] + var[iu[1]]) / (2.0 * pair)).mean())
     if st.ncc_correct is not None and st.n_pass2:
@@ -527,7 +545,7 @@ def class_means(features: Tensor, labels: Tensor, num_classes: Optional[int] = N
     return sums / counts.unsqueeze(1), counts
 
 
-def _layer_collapse(x: Tensor, y: Tensor, classifier, num_classes: Optional[int], method: str,
+def _layer_collapse(x: Tensor, y: Tensor, classifier: Any, num_classes: Optional[int], method: str,
                     cv: CollapseConventions, chunk_size: Optional[int], name: str
                     ) -> Dict[str, float]:
     x = _flat(x, name)
@@ -539,12 +557,12 @@ def _layer_collapse(x: Tensor, y: Tensor, classifier, num_classes: Optional[int]
     return _finalize(st, clf, cv)
 
 
-def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping],
-                    labels: Optional[Tensor] = None, classifier=None, *,
+def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping[str, Tensor], Any],
+                    labels: Optional[Tensor] = None, classifier: Any = None, *,
                     num_classes: Optional[int] = None, layer: Optional[str] = None,
                     classifier_layer: Optional[str] = None, method: str = "auto",
                     chunk_size: Optional[int] = None,
-                    conventions: Optional[CollapseConventions] = None, **kw
+                    conventions: Optional[CollapseConventions] = None, **kw: Any
                     ) -> Dict[str, Any]:
     """Neural-collapse metrics of one layer's features, or of every layer of a
     :class:`LayerFeatures`.
@@ -587,7 +605,8 @@ def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping],
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(300) % 3
-        >>> x = 10 * dg.measures.simplex_etf(3, dim=8)[y].float() + 0.1 * torch.randn(300, 8, generator=g)
+        >>> etf = dg.measures.simplex_etf(3, dim=8)[y].float()
+        >>> x = 10 * etf + 0.1 * torch.randn(300, 8, generator=g)
         >>> r = dg.measures.neural_collapse(x, y)
         >>> r['nc1'] < 1e-3, r['nc2_maxangle'] < 1e-2, r['ncc_accuracy']
         (True, True, 1.0)
@@ -615,16 +634,17 @@ def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping],
     return out[layer] if layer is not None else out
 
 
-def _as_layer_features(features, labels) -> LayerFeatures:
+def _as_layer_features(features: Any, labels: Optional[Tensor]) -> LayerFeatures:
     if isinstance(features, LayerFeatures):
         if labels is None:
             return features
         return LayerFeatures({n: features[n] for n in features},
                              check_labels(labels, features.n_samples, "labels"), features.indices,
                              features.meta)
-    graph_cls = _dynamic_graph_cls()
-    if graph_cls is not None and isinstance(features, graph_cls):
-        layers, ys = {}, None
+    from ..graphs._graph import DynamicGraph
+    if isinstance(features, DynamicGraph):
+        layers: Dict[str, Tensor] = {}
+        ys: Optional[Tensor] = None
         for i, snap in enumerate(features):
             x = getattr(snap, "x", None)
             if x is None:
@@ -648,14 +668,6 @@ def _as_layer_features(features, labels) -> LayerFeatures:
         return LayerFeatures(dict(features), check_labels(labels, first.shape[0], "labels"))
     raise TypeError(f"features must be a Tensor [N, D], a LayerFeatures, a dict {{layer: Tensor}} "
                     f"or a DynamicGraph, got {type(features).__name__}")
-
-
-def _dynamic_graph_cls():
-    try:
-        from ..graphs._graph import DynamicGraph
-    except Exception:  # pragma: no cover - graph needs torch_geometric, which is a dependency
-        return None
-    return DynamicGraph
 
 
 # ============================================================================ streaming
@@ -689,7 +701,8 @@ class NeuralCollapseAccumulator:
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(400) % 4
-        >>> x = 3 * dg.measures.simplex_etf(4, dim=16)[y].float() + torch.randn(400, 16, generator=g)
+        >>> etf = dg.measures.simplex_etf(4, dim=16)[y].float()
+        >>> x = 3 * etf + torch.randn(400, 16, generator=g)
         >>> acc = dg.measures.NeuralCollapseAccumulator(4, method='subspace')
         >>> for s in range(0, 400, 64): acc.update(x[s:s + 64], y[s:s + 64])
         >>> acc.next_pass()
@@ -698,9 +711,9 @@ class NeuralCollapseAccumulator:
         True
     """
 
-    def __init__(self, num_classes: int, classifier=None, *, method: str = "auto",
+    def __init__(self, num_classes: int, classifier: Any = None, *, method: str = "auto",
                  max_dense_dim: int = 2048, dtype: torch.dtype = torch.float64,
-                 conventions: Optional[CollapseConventions] = None, **kw):
+                 conventions: Optional[CollapseConventions] = None, **kw: Any) -> None:
         check_positive_int(num_classes, "num_classes", minimum=2)
         self.num_classes = num_classes
         self.cv = _conventions(conventions, kw)
@@ -719,11 +732,22 @@ class NeuralCollapseAccumulator:
         self.phase = 1
         self.dim: Optional[int] = None
         self.method: Optional[str] = None
-        self.clf = None
-        self.counts = self.means = self.trace = self.scatter = None
-        self.basis = self.sing = self.proj = None
+        self.clf: Optional[Tuple[Tensor, Optional[Tensor]]] = None
+        self.counts: Optional[Tensor] = None
+        self.means: Optional[Tensor] = None
+        self.trace: Optional[Tensor] = None
+        self.scatter: Optional[Tensor] = None
+        self.basis: Optional[Tensor] = None
+        self.sing: Optional[Tensor] = None
+        self.proj: Optional[Tensor] = None
         self.counts2: Optional[Tensor] = None
         self.ncc_correct = self.nc4_mismatch = 0
+
+    def _moments(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(counts, means, trace)`` of pass 1; raises before the first batch."""
+        if self.counts is None or self.means is None or self.trace is None:
+            raise ValueError("no data: call update() with at least one batch first")
+        return self.counts, self.means, self.trace
 
     def _init_state(self, dim: int, device: torch.device) -> None:
         c = self.num_classes
@@ -773,8 +797,9 @@ class NeuralCollapseAccumulator:
         elif x.shape[1] != self.dim:
             raise ValueError(f"features have D={x.shape[1]} columns but earlier batches had "
                              f"D={self.dim}")
-        if x.device != self.means.device:
-            x, y = x.to(self.means.device), y.to(self.means.device)
+        dev = self._moments()[1].device
+        if x.device != dev:
+            x, y = x.to(dev), y.to(dev)
         return x.to(self.dtype), y
 
     def update(self, features: Tensor, labels: Tensor) -> None:
@@ -788,7 +813,8 @@ class NeuralCollapseAccumulator:
         else:
             self._update_second(x, y)
 
-    def _batch_moments(self, x: Tensor, y: Tensor):
+    def _batch_moments(self, x: Tensor, y: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
         c = self.num_classes
         nb = torch.bincount(y, minlength=c).to(self.dtype)
         sums = torch.zeros(c, x.shape[1], dtype=self.dtype, device=x.device).index_add_(0, y, x)
@@ -807,14 +833,14 @@ class NeuralCollapseAccumulator:
 
     def _merge(self, nb: Tensor, mb: Tensor, trb: Tensor, sb: Optional[Tensor]) -> None:
         """Chan et al.'s pairwise merge of (counts, means, scatter) into the running state."""
-        na, ma = self.counts, self.means
+        na, ma, tr = self._moments()
         n = na + nb
         safe = n.clamp_min(1)
         delta = mb - ma
         coef = na * nb / safe                      # 0 where a side is empty
         self.means = ma + delta * (nb / safe).unsqueeze(1)
-        self.trace = self.trace + trb + coef * (delta * delta).sum(1)
-        if self.scatter is not None:
+        self.trace = tr + trb + coef * (delta * delta).sum(1)
+        if self.scatter is not None and sb is not None:
             if self.scatter.dim() == 2:
                 dd = delta * coef.sqrt().unsqueeze(1)
                 self.scatter += sb + dd.T @ dd
@@ -826,9 +852,11 @@ class NeuralCollapseAccumulator:
         self._merge(*self._batch_moments(x, y))
 
     def _update_second(self, x: Tensor, y: Tensor) -> None:
+        if self.counts2 is None:
+            raise ValueError("call next_pass() before the second pass")
         self.counts2.index_add_(0, y, torch.ones_like(y, dtype=self.dtype))
-        c_, m_ = _second_pass(x, y, self.means, self.basis, _clf64(self.clf, x.device), self.cv,
-                              self.proj)
+        c_, m_ = _second_pass(x, y, self._moments()[1], self.basis, _clf64(self.clf, x.device),
+                              self.cv, self.proj)
         self.ncc_correct += c_
         self.nc4_mismatch += m_
 
@@ -844,13 +872,14 @@ class NeuralCollapseAccumulator:
             return self
         if other.num_classes != self.num_classes or other.cv != self.cv:
             raise ValueError("cannot merge accumulators with different num_classes or conventions")
+        counts, means, trace = other._moments()
         if self.dim is None:
-            self._init_state(other.dim, other.means.device)
+            self._init_state(other.dim, means.device)
         if other.dim != self.dim or other.method != self.method:
             raise ValueError(f"cannot merge D={other.dim}/method={other.method!r} into "
                              f"D={self.dim}/method={self.method!r}")
-        dev = self.means.device
-        self._merge(other.counts.to(dev), other.means.to(dev), other.trace.to(dev),
+        dev = self._moments()[1].device
+        self._merge(counts.to(dev), means.to(dev), trace.to(dev),
                     None if other.scatter is None else other.scatter.to(dev))
         return self
 
@@ -859,44 +888,44 @@ class NeuralCollapseAccumulator:
         :meth:`update` calls feed pass 2."""
         if self.phase != 1:
             raise ValueError("next_pass() was already called; there are only two passes")
-        if self.counts is None:
-            raise ValueError("no data: call update() with at least one batch first")
-        _check_nonempty(self.counts, "the first pass")
+        counts, means, _ = self._moments()
+        _check_nonempty(counts, "the first pass")
         if self.method == "subspace":
-            self.basis, self.sing = _subspace_basis(self.counts, self.means, self.cv)
+            self.basis, self.sing = _subspace_basis(counts, means, self.cv)
             self.proj = torch.zeros(self.num_classes, self.basis.shape[1], dtype=self.dtype,
-                                    device=self.means.device)
-        self.counts2 = torch.zeros_like(self.counts)
+                                    device=means.device)
+        self.counts2 = torch.zeros_like(counts)
         self.ncc_correct = self.nc4_mismatch = 0
         self.phase = 2
 
     def compute(self) -> Dict[str, float]:
         """The metric dict of :func:`neural_collapse` from what was streamed."""
-        if self.counts is None:
-            raise ValueError("no data: call update() with at least one batch first")
-        _check_nonempty(self.counts, "the streamed data")
-        two = self.phase == 2 and self.counts2 is not None and bool(self.counts2.sum() > 0)
+        counts, means, trace = self._moments()
+        _check_nonempty(counts, "the streamed data")
+        counts2 = self.counts2 if self.phase == 2 else None
+        two = counts2 is not None and bool(counts2.sum() > 0)
         if self.needs_second_pass and not two:
             raise ValueError(f"method={self.method!r}"
                              f"{' with a classifier' if self.clf is not None else ''} needs a "
                              f"second pass: call next_pass() and update() with the same data")
-        if two and not torch.equal(self.counts2, self.counts):
+        if counts2 is not None and two and not torch.equal(counts2, counts):
             raise ValueError(f"the second pass saw other samples (class counts "
-                             f"{self.counts2.long().tolist()} vs {self.counts.long().tolist()}); "
+                             f"{counts2.long().tolist()} vs {counts.long().tolist()}); "
                              f"use a deterministic loader without augmentation")
-        st = _Stats(self.counts, self.means, self.trace, scatter=self.scatter, basis=self.basis,
+        st = _Stats(counts, means, trace, scatter=self.scatter, basis=self.basis,
                     sing=self.sing, proj=self.proj)
-        if two:
-            st.n_pass2 = int(self.counts2.sum())
+        if counts2 is not None and two:
+            st.n_pass2 = int(counts2.sum())
             st.ncc_correct = self.ncc_correct
             st.nc4_mismatch = self.nc4_mismatch if self.clf is not None else None
         return _finalize(st, self.clf, self.cv)
 
 
-def neural_collapse_stream(batches: Iterable, num_classes: int, classifier=None, *,
+def neural_collapse_stream(batches: Iterable[Any], num_classes: int, classifier: Any = None, *,
                            method: str = "auto", max_dense_dim: int = 2048,
-                           batch_fn: Optional[Callable] = None, progress: bool = False,
-                           conventions: Optional[CollapseConventions] = None, **kw
+                           batch_fn: Optional[Callable[[Any], Any]] = None,
+                           progress: bool = False,
+                           conventions: Optional[CollapseConventions] = None, **kw: Any
                            ) -> Dict[str, float]:
     """Neural collapse of features that arrive in batches (one or two passes over ``batches``).
 
@@ -924,7 +953,7 @@ def neural_collapse_stream(batches: Iterable, num_classes: int, classifier=None,
                                     max_dense_dim=max_dense_dim, conventions=conventions, **kw)
     one_shot = isinstance(batches, Iterator)
 
-    def feed(desc):
+    def feed(desc: str) -> None:
         for b in progress_bar(batches, desc=desc, disable=not progress):
             xb, yb = batch_fn(b) if batch_fn is not None else b
             acc.update(xb, yb)
@@ -941,7 +970,7 @@ def neural_collapse_stream(batches: Iterable, num_classes: int, classifier=None,
 
 
 # ============================================================================ models
-def _find_classifier(model: nn.Module, classifier) -> Optional[Tuple[str, nn.Linear]]:
+def _find_classifier(model: nn.Module, classifier: Any) -> Optional[Tuple[str, nn.Linear]]:
     if classifier is None:
         return None
     named = dict(model.named_modules())
@@ -952,108 +981,80 @@ def _find_classifier(model: nn.Module, classifier) -> Optional[Tuple[str, nn.Lin
                 raise ValueError("classifier='auto' found no nn.Linear in the model; pass "
                                  "classifier=None or the name of the last layer")
             classifier = linears[-1]
-        if classifier not in named or not isinstance(named[classifier], nn.Linear):
+        found = named.get(classifier)
+        if not isinstance(found, nn.Linear):
             raise ValueError(f"classifier={classifier!r} is not the name of an nn.Linear in the "
                              f"model; linear layers: "
                              f"{[n for n, m in named.items() if isinstance(m, nn.Linear)]}")
-        return classifier, named[classifier]
+        return classifier, found
     if isinstance(classifier, nn.Linear):
         for n, m in named.items():
             if m is classifier:
-                return n, m
+                return n, classifier
         raise ValueError("classifier is an nn.Linear that is not part of the model")
     raise TypeError(f"classifier must be 'auto', None, a layer name or an nn.Linear of the model, "
                     f"got {type(classifier).__name__}")
 
 
-def _model_layers(model: nn.Module, layers, clf_name: Optional[str]) -> "OrderedDict":
-    from ..capture._layers import _resolve_layers, default_layers
-    if layers is None:
-        layers = default_layers(model)
-        if clf_name is not None:
-            layers = list(layers)
-            point = f"{clf_name}:input"
-            if point not in layers:
-                pos = layers.index(clf_name) if clf_name in layers else len(layers)
-                layers.insert(pos, point)
-    return _resolve_layers(model, layers)
+def _model_layers(model: nn.Module, layers: LayerSpec, clf_name: Optional[str]) -> LayerSpec:
+    """``layers``, or the default layers plus, with a classifier, its input (before it)."""
+    if layers is not None:
+        return layers
+    names = default_layers(model)
+    point = f"{clf_name}:input"
+    if clf_name is not None and point not in names:
+        names.insert(names.index(clf_name) if clf_name in names else len(names), point)
+    return names
 
 
-def _iter_layer_batches(model: nn.Module, loader, spec, pool, device, batch_fn, max_batches,
-                        progress: bool, desc: str):
-    """Yields ``({alias: Tensor[B, D]}, labels [B])`` per batch, with forward hooks (removed and the
-    training mode restored in ``finally``)."""
-    from ..capture._taps import reduce_output as _reduce
-    from ..capture._taps import split_batch as _split_batch
-    from ..capture._taps import to_device as _to
-    modules = dict(model.named_modules())
-    current: Dict[str, Tensor] = {}
-    handles = []
-
-    def make_hook(alias, where):
-        def hook(mod, inputs, output=None):
-            val = inputs[0] if where == "input" else output
-            if not isinstance(val, Tensor):
-                raise ValueError(f"layer {alias!r} ({type(mod).__name__}) gave "
-                                 f"{type(val).__name__}, not a Tensor")
-            if alias in current:
-                raise ValueError(f"layer {alias!r} ran twice in one forward pass; hook a module "
-                                 f"that runs once")
-            current[alias] = _reduce(val.detach(), pool).clone()
-        return hook
-
-    was_training = model.training
-    try:
-        for alias, (name, where) in spec.items():
-            mod = modules[name]
-            handles.append(mod.register_forward_pre_hook(make_hook(alias, where))
-                           if where == "input" else
-                           mod.register_forward_hook(make_hook(alias, where)))
-        model.eval()
-        total = len(loader) if hasattr(loader, "__len__") else None
-        if max_batches is not None and total is not None:
-            total = min(total, max_batches)
-        with torch.no_grad():
-            for i, batch in enumerate(progress_bar(loader, desc=desc, total=total,
-                                                   disable=not progress)):
-                if max_batches is not None and i >= max_batches:
-                    break
-                inputs, yb = _split_batch(batch, batch_fn)
-                current.clear()
-                inputs = _to(inputs, device)
-                model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
-                missing = [a for a in spec if a not in current]
-                if missing:
-                    raise ValueError(f"layers {missing} did not run in the forward pass")
-                yield dict(current), torch.as_tensor(yb).reshape(-1).long()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+def _stream_pass(taps: LayerTaps, loader: Iterable[Any],
+                 accs: Mapping[str, "NeuralCollapseAccumulator"],
+                 device: torch.device, batch_fn: Optional[Callable[[Any], Any]],
+                 max_batches: Optional[int], progress: bool, desc: str) -> None:
+    """One pass of ``loader`` through the (entered) taps into the accumulators."""
+    total = len(loader) if isinstance(loader, Sized) else None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    for i, batch in enumerate(progress_bar(loader, desc=desc, total=total,
+                                           disable=not progress)):
+        if max_batches is not None and i >= max_batches:
+            break
+        inputs, yb = split_batch(batch, batch_fn)
+        feats = taps(to_device(inputs, device))
+        labels = torch.as_tensor(yb).reshape(-1).long()
+        for alias, acc in accs.items():
+            acc.update(feats[alias], labels.to(feats[alias].device))
 
 
-def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="auto", *,
-                          num_classes: Optional[int] = None, method: str = "auto",
-                          max_dense_dim: int = 2048, pool: Union[None, str, int] = None,
+def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: LayerSpec = None,
+                          classifier: Any = "auto", *, num_classes: Optional[int] = None,
+                          method: str = "auto", max_dense_dim: int = 2048,
+                          pool: Union[None, str, int] = None,
                           device: Optional[Union[str, torch.device]] = None,
-                          batch_fn: Optional[Callable] = None, max_batches: Optional[int] = None,
-                          progress: bool = True, on_error: str = "raise",
-                          conventions: Optional[CollapseConventions] = None, **kw
+                          batch_fn: Optional[Callable[[Any], Any]] = None,
+                          max_batches: Optional[int] = None, progress: bool = True,
+                          on_error: str = "raise",
+                          conventions: Optional[CollapseConventions] = None, **kw: Any
                           ) -> "OrderedDict[str, Dict[str, Any]]":
     """Streams a model over a loader and returns the neural-collapse metrics of every layer,
     without storing any features (one :class:`NeuralCollapseAccumulator` per layer).
 
+    The layers are tapped with :class:`dg.capture.LayerTaps <dyngraph.capture.LayerTaps>`: the
+    model runs in ``eval()`` mode without autograd, and on return (also after an error) every hook
+    is removed and the training mode restored.
+
     Args:
-        model: The network (put in ``eval()`` during the passes; its mode is restored).
+        model: The network.
         loader: A deterministic, re-iterable loader of ``(inputs, labels)``.
-        layers: As in :func:`~dyngraph.extract_features`; default :func:`default_layers` plus, with
-            a classifier, its input (``'<fc>:input'``, the penultimate features).
+        layers: As in :func:`dg.extract_features <dyngraph.extract_features>`; default
+            :func:`dg.default_layers <dyngraph.default_layers>` plus, with a classifier, its input
+            (``'<fc>:input'``, the penultimate features).
         classifier: ``'auto'`` (the model's last ``nn.Linear``), a layer name, an ``nn.Linear`` of
             the model, or ``None``. NC2-W, NC3 and NC4 are reported at its input.
         num_classes: ``C``; default: the classifier's ``out_features`` or the dataset's labels.
         method, max_dense_dim: Per layer, as in :class:`NeuralCollapseAccumulator`.
         pool: ``None`` (flatten), ``'avg'``, ``'max'`` or an int, as in ``extract_features``.
-        device: Where to run the model.
+        device: Where to run the model (default: where its parameters are).
         batch_fn: ``batch -> (inputs, labels)``.
         max_batches: Use only the first batches of each pass.
         progress: Progress bars.
@@ -1062,7 +1063,8 @@ def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="aut
         conventions, **kw: As in :func:`neural_collapse`.
 
     Returns:
-        ``{layer: metric dict}`` in depth order.
+        ``{layer: metric dict}`` in depth order (:func:`collapse_curves` turns it into a
+        :class:`~dyngraph.DepthProfile`).
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -1084,13 +1086,13 @@ def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="aut
     check_choice(on_error, "on_error", ("raise", "warn"))
     found = _find_classifier(model, classifier)
     clf_name, clf_mod = found if found else (None, None)
-    spec = _model_layers(model, layers, clf_name)
+    taps = LayerTaps(model, _model_layers(model, layers, clf_name), pool)
     if num_classes is None:
         if clf_mod is not None:
             num_classes = clf_mod.out_features
         else:
-            known = _dataset_labels(getattr(loader, "dataset", None)) \
-                if getattr(loader, "dataset", None) is not None else None
+            dataset = getattr(loader, "dataset", None)
+            known = _dataset_labels(dataset) if dataset is not None else None
             if known is None:
                 raise ValueError("num_classes is needed: no classifier and the dataset does not "
                                  "expose its labels")
@@ -1098,28 +1100,22 @@ def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="aut
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    clf_alias = f"{clf_name}:input" if clf_name is not None else None
+    dev = torch.device(device)
     accs: "OrderedDict[str, NeuralCollapseAccumulator]" = OrderedDict()
-    for alias in spec:
+    for alias, point in taps.spec.items():
         clf = None
-        if clf_mod is not None and alias == clf_alias:
+        if clf_mod is not None and point == (clf_name, "input"):
             clf = (clf_mod.weight.detach(),
                    None if clf_mod.bias is None else clf_mod.bias.detach())
         accs[alias] = NeuralCollapseAccumulator(num_classes, clf, method=method,
                                                 max_dense_dim=max_dense_dim, conventions=cv)
-
-    def run(desc):
-        for feats, yb in _iter_layer_batches(model, loader, spec, pool, device, batch_fn,
-                                             max_batches, progress, desc):
-            for alias, acc in accs.items():
-                acc.update(feats[alias], yb.to(feats[alias].device))
-
-    run("collapse pass 1")
-    if any(a.needs_second_pass for a in accs.values()):
-        for a in accs.values():
-            a.next_pass()
-        run("collapse pass 2")
+    with taps:
+        _stream_pass(taps, loader, accs, dev, batch_fn, max_batches, progress, "collapse pass 1")
+        if any(a.needs_second_pass for a in accs.values()):
+            for a in accs.values():
+                a.next_pass()
+            _stream_pass(taps, loader, accs, dev, batch_fn, max_batches, progress,
+                         "collapse pass 2")
     out: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
     for alias, acc in accs.items():
         try:
@@ -1133,86 +1129,92 @@ def neural_collapse_model(model: nn.Module, loader, layers=None, classifier="aut
     return out
 
 
-# ============================================================================ curves
-def collapse_curves(features, y: Optional[Tensor] = None, classifier=None, *,
+# ============================================================================ depth profiles
+def _results_profile(results: Mapping[str, Mapping[str, Any]],
+                     meta: Optional[Dict[str, Any]] = None) -> DepthProfile:
+    """``{layer: metric dict}`` → a one-repeat :class:`DepthProfile` of every metric of
+    :data:`METRICS` found at some layer (``NaN`` where a layer lacks it); the messages of layers
+    recorded as ``{'error': ...}`` go to ``meta['errors']``."""
+    layers = list(results)
+    metrics = [m for m in METRICS if any(m in r for r in results.values())]
+    samples = torch.tensor([[float(results[n].get(m, math.nan)) for m in metrics]
+                            for n in layers], dtype=torch.float64)
+    samples = samples.reshape(1, len(layers), len(metrics))
+    meta = dict(meta or {})
+    errors = {n: str(r["error"]) for n, r in results.items() if "error" in r}
+    if errors:
+        meta["errors"] = errors
+    return DepthProfile(layers, metrics, samples, meta)
+
+
+def collapse_curves(features: Any, y: Optional[Tensor] = None, *,
                     metrics: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
-                    classifier_layer: Optional[str] = None, per_class: Optional[int] = None,
-                    n_samples: Optional[int] = None, repeats: int = 1, seed: int = 0,
-                    method: str = "auto", progress: bool = False,
-                    conventions: Optional[CollapseConventions] = None, **kw
-                    ) -> "OrderedDict[str, Curve]":
-    """One :class:`Curve` per neural-collapse metric over the layers, ready to plot or log to
-    TensorBoard beside the modularity curve (``dg.outputs._log.log_curves(writer, [q, *curves.values()])``).
+                    per_class: Optional[int] = None, n_samples: Optional[int] = None,
+                    repeats: int = 1, seed: int = 0, method: str = "auto",
+                    chunk_size: Optional[int] = None, progress: bool = False,
+                    conventions: Optional[CollapseConventions] = None, **kw: Any
+                    ) -> DepthProfile:
+    """The neural-collapse metrics defined at every layer, as one
+    :class:`~dyngraph.DepthProfile`: :func:`dg.depth_profile <dyngraph.depth_profile>` with the
+    registered measures ``'nc1'``, ``'nc1_trace'``, ``'nc2_*'``, ``'cdnv'`` and
+    ``'ncc_accuracy'``, every one with the same options.
+
+    The classifier metrics (``nc3``, ``nc4``, ``nc2_*_w``) exist only where the classifier reads
+    the features: take them from :func:`neural_collapse`, or from ``dg.depth_profile`` with
+    ``measure_options={'nc3': {'classifier': fc}}`` over layers of the classifier's width.
 
     Args:
-        features: :class:`LayerFeatures`, ``{layer: Tensor}`` (with ``y``), a
-            :class:`DynamicGraph` built with ``keep_x=True``, or the ``{layer: metric dict}`` that
-            :func:`neural_collapse_model` / :func:`neural_collapse` return.
+        features: :class:`~dyngraph.LayerFeatures`, ``{layer: Tensor}`` (with ``y``), a
+            :class:`~dyngraph.DynamicGraph` built with ``keep_x=True``, or the
+            ``{layer: metric dict}`` that :func:`neural_collapse_model` /
+            :func:`neural_collapse` return (then no resampling options apply).
         y: Labels ``[N]`` (LayerFeatures and snapshots carry their own).
-        classifier: Last-layer classifier, applied at ``classifier_layer`` (default: the last
-            layer); its metrics (NC3, NC4, NC2 of W) exist at that layer only, so they are not
-            curves: read them from :func:`neural_collapse`.
-        metrics: Which curves (default: every per-layer metric present at all layers,
-            :data:`LAYER_METRICS`).
-        per_class, n_samples, repeats, seed: Class-balanced resampling as in
-            :func:`~dyngraph.modularity_curve`: each repeat draws its own sample and the curve
-            holds the mean ± std.
-        method, num_classes, conventions, **kw: As in :func:`neural_collapse`.
-        progress: Progress bar over repeats.
+        metrics: Which metrics (default: :data:`LAYER_METRICS`, those present at every layer).
+        per_class, n_samples, repeats, seed: Class-balanced resampling of ``dg.depth_profile``:
+            repeat ``r`` draws its own sample with seed ``seed + r``.
+        num_classes, method, chunk_size, conventions, **kw: As in :func:`neural_collapse`.
+        progress: A progress bar over repeats × layers.
 
     Returns:
-        ``{metric: Curve}`` with ``curve.name == metric``.
+        A :class:`~dyngraph.DepthProfile`, samples ``[repeats, layers, metrics]``.
 
     Example:
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(200) % 4
+        >>> etf = dg.measures.simplex_etf(4, 8)[y].float()
         >>> f = {'a': torch.randn(200, 8, generator=g),
-        ...      'b': 4 * dg.measures.simplex_etf(4, 8)[y].float() + torch.randn(200, 8, generator=g)}
-        >>> c = dg.measures.collapse_curves(f, y)
-        >>> c['nc1'].layers, bool(c['nc1'].values[1] < c['nc1'].values[0])
+        ...      'b': 4 * etf + torch.randn(200, 8, generator=g)}
+        >>> p = dg.measures.collapse_curves(f, y)
+        >>> p.layers, bool(p['nc1'].values[1] < p['nc1'].values[0])
         (['a', 'b'], True)
     """
-    check_positive_int(repeats, "repeats")
-    if isinstance(features, Mapping) and features and all(
-            isinstance(v, Mapping) for v in features.values()):
-        results = [OrderedDict((k, dict(v)) for k, v in features.items())]
-        names = list(features)
-        meta: Dict[str, Any] = {"source": "precomputed"}
-    else:
-        feats = _as_layer_features(features, y)
-        names = feats.names
-        if (per_class is None and n_samples is None) and repeats > 1:
-            raise ValueError(f"repeats={repeats} needs per_class or n_samples (each repeat "
-                             f"resamples)")
-        from ..capture._extract import balanced_indices
-        results = []
-        for r in progress_bar(range(repeats), desc="collapse repeats", disable=not progress):
-            sub = feats
-            if per_class is not None or n_samples is not None:
-                sub = feats.subset(balanced_indices(feats.y, per_class, n_samples, seed + r))
-            results.append(neural_collapse(sub, None, classifier, num_classes=num_classes,
-                                           classifier_layer=classifier_layer, method=method,
-                                           conventions=conventions, **kw))
-        meta = {"n_samples": results[0][names[0]]["n_samples"], "per_class": per_class,
-                "repeats": repeats, "seed": seed, "method": method}
-        meta.update(_conventions(conventions, kw).__dict__)
-    common = [m for m in METRICS if all(m in res[n] for res in results for n in names)]
-    if metrics is None:
-        metrics = [m for m in LAYER_METRICS if m in common]
-    else:
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        missing = [m for m in metrics if m not in common]
-        if missing:
-            raise ValueError(f"metrics {missing} are not available at every layer; available: "
-                             f"{common} (classifier metrics exist at the classifier layer only)")
-    out: "OrderedDict[str, Curve]" = OrderedDict()
-    for m in metrics:
-        samples = torch.tensor([[res[n][m] for n in names] for res in results],
-                               dtype=torch.float64)
-        out[m] = Curve.from_samples(names, samples, name=m, meta=dict(meta, layers=names))
-    return out
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    precomputed = isinstance(features, Mapping) and bool(features) and all(
+        isinstance(v, Mapping) for v in features.values())
+    defined = list(LAYER_METRICS)
+    if precomputed:
+        prof = _results_profile(features, {"source": "precomputed"})
+        defined = [m for m in prof.metrics if not bool(prof[m].samples.isnan().any())]
+    chosen = [m for m in LAYER_METRICS if m in defined] if metrics is None else list(metrics)
+    missing = [m for m in chosen if m not in defined]
+    if missing or not chosen:
+        raise ValueError(f"metrics {missing or chosen} are not available at every layer; "
+                         f"available: {defined} (classifier metrics exist at the classifier "
+                         f"layer only)")
+    if precomputed:
+        return prof[chosen]
+    from ..profiles._runner import depth_profile
+    _check_method(method)
+    options: Dict[str, Any] = {"method": method, **asdict(_conventions(conventions, kw))}
+    if num_classes is not None:
+        options["num_classes"] = num_classes
+    if chunk_size is not None:
+        options["chunk_size"] = chunk_size
+    return depth_profile(_as_layer_features(features, y), chosen, repeats=repeats,
+                         per_class=per_class, n_samples=n_samples, seed=seed,
+                         measure_options={m: options for m in chosen}, progress=progress)
 
 
 # ============================================================================ minority collapse
@@ -1229,7 +1231,7 @@ def _pair_stats(rows: Tensor, idx: Tensor, same: float) -> Tuple[float, float]:
     return float(pair_cos.mean()), float(dist.mean())
 
 
-def minority_collapse(classifier=None, features: Optional[Tensor] = None,
+def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
                       labels: Optional[Tensor] = None, *,
                       minority: Optional[Sequence[int]] = None, n_majority: Optional[int] = None,
                       num_classes: Optional[int] = None, center_classifier: bool = False,
@@ -1276,14 +1278,13 @@ def minority_collapse(classifier=None, features: Optional[Tensor] = None,
         >>> round(r['minority_cos_w'], 6), round(r['minority_dist_w'], 6)
         (1.0, 0.0)
     """
-    if classifier is None and features is None:
-        raise ValueError("give a classifier, or features and labels (or both)")
     check_choice(global_mean, "global_mean", ("samples", "classes"))
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < 1:
         raise ValueError(f"atol must be a number in [0, 1), got atol={atol!r}")
     clf = _parse_classifier(classifier, None, None) if classifier is not None else None
     k = clf[0].shape[0] if clf is not None else None
-    means = counts = None
+    means: Optional[Tensor] = None
+    counts: Optional[Tensor] = None
     if features is not None:
         if labels is None:
             raise ValueError("labels is required with features")
@@ -1294,6 +1295,8 @@ def minority_collapse(classifier=None, features: Optional[Tensor] = None,
         k = means.shape[0] if k is None else k
         if means.shape[0] != k:
             raise ValueError(f"the labels give {means.shape[0]} classes but the classifier has {k}")
+    if k is None:
+        raise ValueError("give a classifier, or features and labels (or both)")
     if num_classes is not None and num_classes != k:
         raise ValueError(f"num_classes={num_classes} but the classifier/labels give {k} classes")
     if (minority is None) == (n_majority is None):
@@ -1304,8 +1307,8 @@ def minority_collapse(classifier=None, features: Optional[Tensor] = None,
         if n_majority > k - 2:
             raise ValueError(f"n_majority={n_majority} leaves fewer than 2 minority classes out of "
                              f"{k}")
-        minority = list(range(n_majority, k))
-    minority = sorted({int(m) for m in minority})
+    minority = sorted({int(m) for m in (range(n_majority, k) if n_majority is not None
+                                        else minority or ())})
     if not minority or minority[0] < 0 or minority[-1] >= k:
         raise ValueError(f"minority must hold class ids in [0, {k}), got {minority}")
     majority = [c for c in range(k) if c not in minority]
@@ -1333,34 +1336,190 @@ def minority_collapse(classifier=None, features: Optional[Tensor] = None,
         if center_classifier:
             w = w - w.mean(0, keepdim=True)
         block(w, "w")
-    if means is not None:
+    if means is not None and counts is not None:
         mu_g = ((counts.unsqueeze(1) * means).sum(0) / counts.sum() if global_mean == "samples"
                 else means.mean(0))
         block(means - mu_g, "means")
     return out
 
 
-# ============================================================================ training callback
+# ============================================================================ over training
+HISTORY_FORMAT = "dyngraph.CollapseHistory/1"
+
+
+class CollapseHistory:
+    """Neural-collapse metrics of every layer at each recorded epoch: one
+    :class:`~dyngraph.DepthProfile` per epoch, in epoch order.
+
+    Each profile has one repeat (samples ``[1, layers, metrics]``) and the metrics of
+    :data:`METRICS` that some layer has; a metric a layer lacks is ``NaN`` there (the classifier
+    metrics away from the classifier's input, every metric of a layer whose metrics were undefined
+    that epoch; its message is in ``profile.meta['errors']``). ``dg.plot(history)`` draws metrics
+    against epoch, ``dg.log(writer, history)`` writes the scalars ``'<prefix>/<metric>/<layer>'``
+    at step = epoch.
+
+    Args:
+        epochs: Epoch numbers ``[E]`` (distinct integers).
+        profiles: One profile per epoch ``[E]``.
+        meta: Settings (the callback's conventions).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> h = dg.measures.CollapseHistory()
+        >>> h.add(0, dg.DepthProfile(['a', 'fc:input'], ['nc1'], torch.tensor([2.0, 1.0])))
+        >>> h.add(5, dg.DepthProfile(['a', 'fc:input'], ['nc1'], torch.tensor([1.5, 0.5])))
+        >>> h.epochs, h.series('nc1', 'fc:input').tolist(), h[5].layer('a')
+        ([0, 5], [1.0, 0.5], {'nc1': 1.5})
+    """
+
+    def __init__(self, epochs: Sequence[int] = (), profiles: Sequence[DepthProfile] = (),
+                 meta: Optional[Dict[str, Any]] = None) -> None:
+        if len(epochs) != len(profiles):
+            raise ValueError(f"epochs has {len(epochs)} entries but profiles has "
+                             f"{len(profiles)}")
+        if not isinstance(meta, (dict, type(None))):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        self.meta: Dict[str, Any] = dict(meta or {})
+        self._by_epoch: Dict[int, DepthProfile] = {}
+        for e, p in zip(epochs, profiles):
+            if int(e) in self._by_epoch:
+                raise ValueError(f"epochs must be distinct; {int(e)} is repeated")
+            self.add(e, p)
+
+    def add(self, epoch: int, profile: DepthProfile) -> None:
+        """Records (or replaces) the profile of ``epoch``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise TypeError(f"epoch must be an int, got {type(epoch).__name__}: {epoch!r}")
+        if not isinstance(profile, DepthProfile):
+            raise TypeError(f"profile must be a dg.DepthProfile, got {type(profile).__name__}")
+        self._by_epoch[epoch] = profile
+        self._by_epoch = dict(sorted(self._by_epoch.items()))
+
+    @property
+    def epochs(self) -> List[int]:
+        """The recorded epochs, ascending ``[E]``."""
+        return list(self._by_epoch)
+
+    @property
+    def profiles(self) -> List[DepthProfile]:
+        """One profile per epoch ``[E]``."""
+        return list(self._by_epoch.values())
+
+    def __len__(self) -> int:
+        return len(self._by_epoch)
+
+    def __getitem__(self, epoch: int) -> DepthProfile:
+        """The profile of a recorded epoch."""
+        if epoch not in self._by_epoch:
+            raise KeyError(f"epoch={epoch!r} was not recorded; recorded: {self.epochs}")
+        return self._by_epoch[epoch]
+
+    def _last(self) -> DepthProfile:
+        if not self._by_epoch:
+            raise ValueError("no epochs recorded yet")
+        return self.profiles[-1]
+
+    @property
+    def default_layer(self) -> str:
+        """The layer that feeds the classifier (where ``nc4`` or ``nc3`` is defined at the last
+        epoch), else the last layer."""
+        p = self._last()
+        for m in ("nc4", "nc3"):
+            if m in p.metrics:
+                defined = (~p[m].samples[0, :, 0].isnan()).nonzero().flatten().tolist()
+                if defined:
+                    return p.layers[defined[0]]
+        return p.layers[-1]
+
+    def series(self, metric: str = "nc1", layer: Optional[str] = None) -> Tensor:
+        """``metric`` of one layer at every recorded epoch, float64 ``[E]`` (aligned with
+        :attr:`epochs`; ``NaN`` where undefined). Default layer: :attr:`default_layer`."""
+        last = self._last()
+        layer = self.default_layer if layer is None else layer
+        if not any(layer in p.layers for p in self.profiles):
+            raise ValueError(f"layer={layer!r} was never recorded; layers: {last.layers}")
+        out = torch.full((len(self),), math.nan, dtype=torch.float64)
+        for i, p in enumerate(self.profiles):
+            if layer in p.layers and metric in p.metrics:
+                out[i] = p.samples[0, p.layers.index(layer), p.metrics.index(metric)]
+        if bool(out.isnan().all()):
+            seen = sorted({m for p in self.profiles if layer in p.layers for m in p.metrics
+                           if not bool(p[m].samples[0, p.layers.index(layer), 0].isnan())})
+            raise ValueError(f"metric={metric!r} is not recorded at layer {layer!r}; available: "
+                             f"{seen}")
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CollapseHistory):
+            return NotImplemented
+        return self.epochs == other.epochs and self.profiles == other.profiles \
+            and jsonable(self.meta) == jsonable(other.meta)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        layers = len(self.profiles[-1]) if self._by_epoch else 0
+        return f"CollapseHistory(epochs={self.epochs}, layers={layers})"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict (each profile as :meth:`DepthProfile.to_dict`)."""
+        return {"format": HISTORY_FORMAT, "epochs": self.epochs,
+                "profiles": [p.to_dict() for p in self.profiles], "meta": jsonable(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CollapseHistory":
+        """Inverse of :meth:`to_dict`; also reads the 0.1 callback file
+        (``'dyngraph.CollapseCallback/1'``)."""
+        fmt = d.get("format") if isinstance(d, dict) else None
+        if fmt == "dyngraph.CollapseCallback/1":
+            recs = d.get("history", [])
+            return cls([int(h["epoch"]) for h in recs],
+                       [_results_profile(h["layers"], {"epoch": int(h["epoch"])}) for h in recs],
+                       {"conventions": d.get("conventions")})
+        if fmt != HISTORY_FORMAT:
+            raise ValueError(f"not a CollapseHistory dict (format {fmt!r})")
+        return cls([int(e) for e in d["epochs"]],
+                   [DepthProfile.from_dict(p) for p in d["profiles"]], d.get("meta") or {})
+
+    def to_json(self, path: Optional[PathLike] = None) -> str:
+        """The JSON text; written atomically to ``path`` when given."""
+        d = self.to_dict()
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> "CollapseHistory":
+        """Reads :meth:`to_json`'s file (an exact round trip)."""
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+
 class CollapseCallback:
     """Records the neural-collapse metrics of every layer once per epoch, to follow the terminal
-    phase of training. Call it at the end of each epoch with ``(model, loader)``.
+    phase of training. Call it at the end of each epoch with ``(model, loader)``; each call runs
+    :func:`neural_collapse_model` (hooks through ``dg.capture.LayerTaps``, eval mode, no
+    autograd; the hooks are removed and the training mode restored afterwards, also on error).
 
     Args:
         loader: Default loader (deterministic; e.g. the training set without augmentation).
         layers, classifier, pool, method, max_dense_dim, device, batch_fn, max_batches,
             num_classes: As in :func:`neural_collapse_model`.
         every: Record every ``every``-th call only.
-        writer: A TensorBoard ``SummaryWriter``: scalars ``{tag}/{metric}/{layer}`` per epoch.
-        tag: Scalar prefix.
-        path: JSON file rewritten atomically after each record; an existing file is loaded on
-            construction so a resumed run continues its history.
+        writer: A TensorBoard ``SummaryWriter``: after each record, ``dg.log(writer, history,
+            prefix=tag, figure=False, epochs=[epoch])`` writes the scalars
+            ``'<tag>/<metric>/<layer>'`` at step = epoch and the epoch's table.
+        tag: Tag prefix.
+        path: JSON file of :attr:`history`, rewritten atomically after each record; an existing
+            file is loaded on construction so a resumed run continues its history.
         progress: Progress bars of the passes.
         on_error: ``'warn'`` (default: a layer whose metrics are undefined that epoch, e.g. a dead
-            layer, is recorded as ``{'error': message}`` and training goes on) or ``'raise'``.
+            layer, is recorded as ``NaN`` with its message in ``meta['errors']`` and training goes
+            on) or ``'raise'``.
         conventions, **kw: As in :func:`neural_collapse`.
 
     Attributes:
-        history: ``[{'epoch': e, 'layers': {layer: metric dict}}]``.
+        history: A :class:`CollapseHistory`: one :class:`~dyngraph.DepthProfile` per epoch.
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -1369,164 +1528,86 @@ class CollapseCallback:
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         >>> cb = dg.measures.CollapseCallback(DataLoader(ds, batch_size=30))
         >>> _ = cb(m, epoch=0); _ = cb(m, epoch=1)
-        >>> cb.epoch_curve('nc1', '2:input').layers
-        ['0', '1']
+        >>> cb.history.epochs, cb.history.default_layer, cb.history.series('nc1').shape
+        ([0, 1], '2:input', torch.Size([2]))
     """
 
-    def __init__(self, loader=None, layers=None, classifier="auto", *, every: int = 1,
-                 writer=None, tag: str = "collapse", path: Optional[PathLike] = None,
+    def __init__(self, loader: Optional[Iterable[Any]] = None, layers: LayerSpec = None,
+                 classifier: Any = "auto", *, every: int = 1, writer: Any = None,
+                 tag: str = "collapse", path: Optional[PathLike] = None,
                  num_classes: Optional[int] = None, method: str = "auto",
                  max_dense_dim: int = 2048, pool: Union[None, str, int] = None,
                  device: Optional[Union[str, torch.device]] = None,
-                 batch_fn: Optional[Callable] = None, max_batches: Optional[int] = None,
-                 progress: bool = False, on_error: str = "warn",
-                 conventions: Optional[CollapseConventions] = None, **kw):
+                 batch_fn: Optional[Callable[[Any], Any]] = None,
+                 max_batches: Optional[int] = None, progress: bool = False,
+                 on_error: str = "warn", conventions: Optional[CollapseConventions] = None,
+                 **kw: Any) -> None:
         check_positive_int(every, "every")
-        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
-            raise TypeError(f"writer must be a SummaryWriter-like object with add_scalar(), got "
-                            f"{type(writer).__name__}")
+        if writer is not None and not all(callable(getattr(writer, f, None))
+                                          for f in ("add_scalar", "add_text")):
+            raise TypeError(f"writer must be a SummaryWriter-like object with add_scalar() and "
+                            f"add_text(), got {type(writer).__name__}")
         self.loader, self.layers, self.classifier = loader, layers, classifier
         self.every, self.writer, self.tag = every, writer, tag
         self.path = path
-        self.kwargs = dict(num_classes=num_classes, method=_check_method(method),
-                           max_dense_dim=max_dense_dim, pool=pool, device=device,
-                           batch_fn=batch_fn, max_batches=max_batches, progress=progress,
-                           on_error=check_choice(on_error, "on_error", ("raise", "warn")))
+        self.kwargs: Dict[str, Any] = dict(
+            num_classes=num_classes, method=_check_method(method), max_dense_dim=max_dense_dim,
+            pool=pool, device=device, batch_fn=batch_fn, max_batches=max_batches,
+            progress=progress, on_error=check_choice(on_error, "on_error", ("raise", "warn")))
         self.cv = _conventions(conventions, kw)
-        self.history: List[Dict[str, Any]] = []
+        self.history = CollapseHistory(meta={"conventions": asdict(self.cv)})
         self._calls = 0
-        if path is not None:
-            import json
-            import os
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as fh:
-                    self.history = list(json.load(fh).get("history", []))
+        if path is not None and os.path.exists(path):
+            self.history = CollapseHistory.from_json(path)
 
     def __repr__(self) -> str:
         return (f"CollapseCallback(every={self.every}, classifier={self.classifier!r}, "
                 f"records={len(self.history)}, method={self.kwargs['method']!r})")
 
-    def __call__(self, model: nn.Module, loader=None, epoch: Optional[int] = None
-                 ) -> Optional[Dict[str, Dict[str, float]]]:
-        """Measures ``model`` on ``loader`` (default: the constructor's); returns
-        ``{layer: metrics}``, or ``None`` when this call is skipped by ``every``."""
+    def __call__(self, model: nn.Module, loader: Optional[Iterable[Any]] = None,
+                 epoch: Optional[int] = None) -> Optional[DepthProfile]:
+        """Measures ``model`` on ``loader`` (default: the constructor's); returns the epoch's
+        :class:`~dyngraph.DepthProfile`, or ``None`` when this call is skipped by ``every``."""
         loader = loader if loader is not None else self.loader
         if loader is None:
             raise ValueError("no loader: pass one to CollapseCallback(...) or to the call")
         self._calls += 1
         if epoch is None:
-            epoch = self.history[-1]["epoch"] + 1 if self.history else 0
+            epoch = self.history.epochs[-1] + 1 if len(self.history) else 0
         if (self._calls - 1) % self.every:
             return None
         res = neural_collapse_model(model, loader, self.layers, self.classifier,
                                     conventions=self.cv, **self.kwargs)
-        rec = {"epoch": int(epoch), "layers": {k: dict(v) for k, v in res.items()}}
-        self.history = [h for h in self.history if h["epoch"] != rec["epoch"]] + [rec]
+        prof = _results_profile(res, {"epoch": int(epoch)})
+        self.history.add(int(epoch), prof)
         if self.writer is not None:
-            for layer, vals in res.items():
-                for m in METRICS:
-                    if m in vals:
-                        self.writer.add_scalar(f"{self.tag}/{m}/{layer}", vals[m], int(epoch))
+            from ..outputs import log
+            log(self.writer, self.history, prefix=self.tag, figure=False, epochs=[int(epoch)])
         if self.path is not None:
-            self.to_json(self.path)
-        return res
-
-    @property
-    def epochs(self) -> List[int]:
-        return [h["epoch"] for h in self.history]
-
-    def epoch_curve(self, metric: str = "nc1", layer: Optional[str] = None) -> Curve:
-        """``metric`` of one layer over the recorded epochs, as a :class:`Curve` whose "layers" are
-        the epoch numbers (default layer: the classifier's input, else the last). Epochs where the
-        layer's metrics were undefined are left out."""
-        if not self.history:
-            raise ValueError("no epochs recorded yet")
-        names = list(self.history[-1]["layers"])
-        if layer is None:
-            layer = next((n for n in names if n.endswith(":input")), names[-1])
-        if not any(layer in h["layers"] for h in self.history):
-            raise ValueError(f"layer={layer!r} was never recorded; layers: {names}")
-        recs = [h for h in self.history if metric in h["layers"].get(layer, {})]
-        if not recs:
-            seen = sorted({m for h in self.history for m in h["layers"].get(layer, {})
-                           if m in METRICS})
-            raise ValueError(f"metric={metric!r} is not recorded at layer {layer!r}; available: "
-                             f"{seen}")
-        return Curve([str(h["epoch"]) for h in recs],
-                     torch.tensor([h["layers"][layer][metric] for h in recs]),
-                     name=metric, meta={"x": "epoch", "layer": layer})
-
-    def layer_curves(self, epoch: Optional[int] = None) -> "OrderedDict[str, Curve]":
-        """Per-layer curves (one per metric) at a recorded epoch (default: the last)."""
-        if not self.history:
-            raise ValueError("no epochs recorded yet")
-        rec = self.history[-1] if epoch is None else next(
-            (h for h in self.history if h["epoch"] == epoch), None)
-        if rec is None:
-            raise ValueError(f"epoch={epoch} was not recorded; recorded: {self.epochs}")
-        ok = OrderedDict((k, v) for k, v in rec["layers"].items() if "error" not in v)
-        if not ok:
-            raise ValueError(f"no layer has defined metrics at epoch {rec['epoch']}")
-        curves = collapse_curves(ok)
-        for c in curves.values():
-            c.meta["epoch"] = rec["epoch"]
-        return curves
-
-    def to_json(self, path: PathLike) -> None:
-        """Writes the history atomically."""
-        atomic_write_json(path, {"format": "dyngraph.CollapseCallback/1",
-                                 "conventions": self.cv.__dict__, "history": self.history})
-
-    def plot(self, path: Optional[PathLike] = None,
-             metrics: Sequence[str] = ("nc1", "nc2_equiangular", "nc3", "nc4"),
-             layer: Optional[str] = None):
-        """Metrics of one layer against epoch, one panel each (log scale); saves a PNG at ``path``.
-        Returns the figure."""
-        from ..outputs._plot import _pyplot, save_figure
-        plt = _pyplot()
-        curves = []
-        for m in metrics:
-            try:
-                curves.append(self.epoch_curve(m, layer))
-            except ValueError:
-                continue
-        if not curves:
-            raise ValueError(f"none of metrics={list(metrics)} are recorded")
-        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
-        for ax, c in zip(axes[0], curves):
-            xs = [int(e) for e in c.layers]
-            vals = c.values.tolist()
-            ax.plot(xs, vals, marker="o", ms=3)
-            if all(v > 0 for v in vals):
-                ax.set_yscale("log")
-            ax.set_xlabel("epoch")
-            ax.set_title(f"{c.name} ({c.meta['layer']})", fontsize=8)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path)
-        return fig
+            self.history.to_json(self.path)
+        return prof
 
 
 # ============================================================================ registered measures
-_NC_KEYS = ("nc1", "nc1_trace", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf",
-            "cdnv", "ncc_accuracy")
-_NC_W_KEYS = ("nc3", "nc4")
 _last: Dict[str, Any] = {}
 
 
 def _collapse(x: Tensor, y: Tensor, classifier: Any = None, **kw: Any) -> Dict[str, Any]:
-    """neural_collapse of one layer, reused by the NC measures of the same call."""
-    key: Tuple[Any, ...] = (id(x), x._version, id(y), y._version, id(classifier),
-                            tuple(sorted(kw.items())))
-    if _last.get("key") != key or _last.get("x") is not x or _last.get("y") is not y:
+    """neural_collapse of one layer, reused by the NC measures of the same runner call (the
+    cache holds weak references: it never keeps a layer's features alive)."""
+    key: Tuple[Any, ...] = (x._version, y._version, tuple(sorted(kw.items())))
+    hit = (_last.get("key") == key and _last["x"]() is x and _last["y"]() is y
+           and _last["classifier"] is classifier)
+    if not hit:
+        value = neural_collapse(x, y, classifier, **kw)
         _last.clear()
-        _last.update(key=key, x=x, y=y, value=neural_collapse(x, y, classifier, **kw))
+        _last.update(key=key, x=weakref.ref(x), y=weakref.ref(y), classifier=classifier,
+                     value=value)
     return _last["value"]
 
 
 def _nc_measure(metric: str) -> None:
-    needs_w = metric in _NC_W_KEYS
+    needs_w = metric in CLASSIFIER_METRICS
 
     def fn(x: Tensor, y: Tensor, graph: Optional[Data], classifier: Any = None,
            **kw: Any) -> float:
@@ -1539,5 +1620,5 @@ def _nc_measure(metric: str) -> None:
              f"see dg.measures.neural_collapse)")(fn)
 
 
-for _m in _NC_KEYS + _NC_W_KEYS:
+for _m in METRICS:
     _nc_measure(_m)

@@ -26,23 +26,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._io import PathLike
+from .._json import jsonable
 from .._validate import check_choice, check_positive_int
 from ..measures._collapse import etf_gram, minority_collapse
 
 __all__ = [
     "LayerPeeledSolution",
+    "MinorityCollapseCurve",
     "lpm_counts",
     "lpm_minority_curve",
     "minority_collapse_threshold",
-    "plot_lpm_comparison",
     "solve_layer_peeled",
 ]
+
+SOLUTION_FORMAT = "dyngraph.LayerPeeledSolution/1"
+CURVE_FORMAT = "dyngraph.MinorityCollapseCurve/1"
 
 
 @dataclass
@@ -59,6 +62,16 @@ class LayerPeeledSolution:
         method: Solver used.
         iterations: Iterations run.
         converged: ``gap <= tol``.
+        meta: Solver settings.
+
+    ``dg.plot(solution)`` draws the cosine Grams of ``W`` and ``H``; with ``classifier=`` (and
+    ``means=``) of a trained network, side by side with the model's.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> s = dg.theory.solve_layer_peeled(num_classes=4)
+        >>> dg.theory.LayerPeeledSolution.from_dict(s.to_dict()).loss == s.loss
+        True
     """
 
     W: Tensor
@@ -93,8 +106,9 @@ class LayerPeeledSolution:
 
     def minority_collapse(self, minority: Optional[Sequence[int]] = None,
                           n_majority: Optional[int] = None) -> Dict[str, float]:
-        """:func:`~dyngraph.minority_collapse` of ``W`` (and of ``H`` as the class means, centred by
-        the count-weighted mean). Defaults to the model's own majority/minority split."""
+        """:func:`dg.measures.minority_collapse <dyngraph.measures.minority_collapse>` of ``W``
+        (and of ``H`` as the class means, centred by the count-weighted mean). Defaults to the
+        model's own majority/minority split."""
         if minority is None and n_majority is None:
             minority = self.minority_classes()
             if len(minority) < 2:
@@ -122,15 +136,104 @@ class LayerPeeledSolution:
         return out
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"W": self.W.tolist(), "H": self.H.tolist(), "counts": self.counts.tolist(),
+        """A JSON-ready dict (floats at full precision: an exact round trip)."""
+        return {"format": SOLUTION_FORMAT, "W": self.W.tolist(), "H": self.H.tolist(),
+                "counts": self.counts.tolist(), "dtype": str(self.W.dtype).split(".")[-1],
                 "E_H": self.E_H, "E_W": self.E_W, "loss": self.loss, "gap": self.gap,
                 "method": self.method, "iterations": self.iterations,
-                "converged": self.converged, "meta": self.meta}
+                "converged": self.converged, "meta": jsonable(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LayerPeeledSolution":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("format") != SOLUTION_FORMAT:
+            raise ValueError(f"not a LayerPeeledSolution dict (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        dtype = getattr(torch, str(d.get("dtype", "float64")))
+        return cls(W=torch.tensor(d["W"], dtype=dtype), H=torch.tensor(d["H"], dtype=dtype),
+                   counts=torch.tensor(d["counts"], dtype=torch.float64), E_H=float(d["E_H"]),
+                   E_W=float(d["E_W"]), loss=float(d["loss"]), gap=float(d["gap"]),
+                   method=str(d["method"]), iterations=int(d["iterations"]),
+                   converged=bool(d["converged"]), meta=dict(d.get("meta") or {}))
 
     def __repr__(self) -> str:
         return (f"LayerPeeledSolution(K={self.num_classes}, d={self.W.shape[1]}, E_H={self.E_H}, "
                 f"E_W={self.E_W}, loss={self.loss:.6g}, gap={self.gap:.2e}, "
                 f"method={self.method!r}, converged={self.converged})")
+
+
+@dataclass
+class MinorityCollapseCurve:
+    """Minority-collapse metrics (:func:`dg.measures.minority_collapse
+    <dyngraph.measures.minority_collapse>` keys) over imbalance ratios, for the Layer-Peeled
+    Model (:func:`lpm_minority_curve`) or for networks trained at each ratio.
+
+    ``dg.plot(curve)`` draws each metric against the ratio (a list of curves is overlaid, e.g.
+    a trained network beside the model), ``dg.log(writer, curve)`` writes ``'<prefix>/<metric>'``
+    at step = ratio index.
+
+    Attributes:
+        ratios: Imbalance ratios ``R = n_A / n_B`` ``[P]``.
+        values: ``{metric: [P] floats}``.
+        solutions: The model's solution at each ratio (empty for trained networks).
+        meta: The setting (``num_classes``, ``n_majority``, energies, ...).
+
+    Example:
+        >>> import dyngraph as dg
+        >>> c = dg.theory.MinorityCollapseCurve([1.0, 10.0], {'minority_cos_w': [-0.1, 0.4]})
+        >>> c['minority_cos_w'], c.metrics
+        ([-0.1, 0.4], ['minority_cos_w'])
+    """
+
+    ratios: List[float]
+    values: Dict[str, List[float]]
+    solutions: List[LayerPeeledSolution] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ratios = [float(r) for r in self.ratios]
+        if not self.ratios:
+            raise ValueError("ratios is empty")
+        if not isinstance(self.values, dict) or not self.values:
+            raise ValueError(f"values must be a non-empty dict {{metric: [floats]}}, got "
+                             f"{self.values!r}")
+        for k, v in self.values.items():
+            if len(v) != len(self.ratios):
+                raise ValueError(f"values[{k!r}] has {len(v)} entries for {len(self.ratios)} "
+                                 f"ratios")
+        self.values = {str(k): [float(x) for x in v] for k, v in self.values.items()}
+        if self.solutions and len(self.solutions) != len(self.ratios):
+            raise ValueError(f"solutions has {len(self.solutions)} entries for "
+                             f"{len(self.ratios)} ratios")
+
+    @property
+    def metrics(self) -> List[str]:
+        return list(self.values)
+
+    def __getitem__(self, metric: str) -> List[float]:
+        """The values of one metric ``[P]``."""
+        if metric not in self.values:
+            raise KeyError(f"no metric {metric!r}; metrics are {self.metrics}")
+        return self.values[metric]
+
+    def __len__(self) -> int:
+        return len(self.ratios)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict, solutions included (an exact round trip)."""
+        return {"format": CURVE_FORMAT, "ratios": self.ratios, "values": jsonable(self.values),
+                "solutions": [s.to_dict() for s in self.solutions], "meta": jsonable(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "MinorityCollapseCurve":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("format") != CURVE_FORMAT:
+            raise ValueError(f"not a MinorityCollapseCurve dict (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        from .._json import decode_floats
+        return cls(d["ratios"], {k: decode_floats(v) for k, v in d["values"].items()},
+                   [LayerPeeledSolution.from_dict(s) for s in d.get("solutions", [])],
+                   dict(d.get("meta") or {}))
 
 
 def _integer_counts(counts: Tensor) -> Tensor:
@@ -196,7 +299,7 @@ def _project_nuclear(z: Tensor, radius: float) -> Tensor:
 
 
 def _solve_convex(p: Tensor, tau: float, max_iter: int, tol: float,
-                  z0: Optional[Tensor] = None):
+                  z0: Optional[Tensor] = None) -> Tuple[Tensor, int, float]:
     """FISTA over the nuclear-norm ball, step 1/L with L = ½·max_k p_k (the softmax-CE Hessian is
     at most ½ per column), with gradient restarts (O'Donoghue & Candès 2015)."""
     k = p.numel()
@@ -223,14 +326,14 @@ def _solve_convex(p: Tensor, tau: float, max_iter: int, tol: float,
 
 
 def _solve_lbfgs(p: Tensor, k: int, dim: int, e_h: float, e_w: float, max_iter: int, tol: float,
-                 seed: int):
+                 seed: int) -> Tuple[Tensor, Tensor, int, float]:
     g = torch.Generator().manual_seed(int(seed))
     a = torch.randn(k, dim, generator=g, dtype=p.dtype).to(p.device).requires_grad_()
     b = torch.randn(k, dim, generator=g, dtype=p.dtype).to(p.device).requires_grad_()
     rw, rh = math.sqrt(k * e_w), math.sqrt(k * e_h)
     tau = k * math.sqrt(e_h * e_w)
 
-    def factors():
+    def factors() -> Tuple[Tensor, Tensor]:
         return a * (rw / a.norm()), b * (rh / b.norm())
 
     iters, gap = 0, float("inf")
@@ -240,7 +343,7 @@ def _solve_lbfgs(p: Tensor, k: int, dim: int, e_h: float, e_w: float, max_iter: 
                                 tolerance_grad=1e-14, tolerance_change=1e-18,
                                 line_search_fn="strong_wolfe")
 
-        def closure():
+        def closure(opt: torch.optim.LBFGS = opt) -> Tensor:
             opt.zero_grad()
             w, h = factors()
             f = _objective(w @ h.T, p)
@@ -248,7 +351,7 @@ def _solve_lbfgs(p: Tensor, k: int, dim: int, e_h: float, e_w: float, max_iter: 
             return f
 
         opt.step(closure)
-        iters += int(opt.state[opt._params[0]].get("n_iter", 0))
+        iters += int(opt.state[a].get("n_iter", 0))
         with torch.no_grad():
             w, h = factors()
             gap = _fw_gap(w @ h.T, p, tau)
@@ -336,13 +439,14 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
         w[:, :k] = u * s.sqrt() * alpha
         h[:, :k] = vh.T * s.sqrt() / alpha
     else:
-        best = None
-        for r in range(restarts):
-            sol = _solve_lbfgs(p, k, dim, E_H, E_W, max_iter, tol, seed + r)
-            loss = float(_objective(sol[0] @ sol[1].T, p))
-            if best is None or loss < best[0]:
-                best = (loss,) + sol
-        _, w, h, iters, gap = best
+        sols = [_solve_lbfgs(p, k, dim, E_H, E_W, max_iter, tol, seed + r)
+                for r in range(restarts)]
+        losses = [float(_objective(sol[0] @ sol[1].T, p)) for sol in sols]
+        best = 0
+        for r in range(1, restarts):
+            if losses[r] < losses[best]:
+                best = r
+        w, h, iters, gap = sols[best]
     loss = float(_objective(w @ h.T, p))
     return LayerPeeledSolution(W=w, H=h, counts=counts.clone(), E_H=float(E_H), E_W=float(E_W),
                                loss=loss, gap=float(gap), method=method, iterations=int(iters),
@@ -351,17 +455,19 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
 
 
 def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majority: int = 5,
-                       E_H: float = 5.0, E_W: float = 1.0, **solver_kw) -> Dict[str, Any]:
+                       E_H: float = 5.0, E_W: float = 1.0, **solver_kw: Any
+                       ) -> MinorityCollapseCurve:
     """Minority-collapse metrics of the Layer-Peeled Model's solution at each imbalance ratio.
 
     Args:
-        ratios: Imbalance ratios ``R``.
+        ratios: Imbalance ratios ``R`` ``[P]``.
         num_classes, n_majority, E_H, E_W: Fang et al.'s setting (K = 10, E_H = 5, E_W = 1).
         **solver_kw: Passed to :func:`solve_layer_peeled`.
 
     Returns:
-        ``{'ratio': [R], 'minority_cos_w': [...], 'minority_dist_w': [...],
-        'minority_norm_ratio_w': [...], 'loss': [...], 'gap': [...], 'solutions': [...]}``.
+        A :class:`MinorityCollapseCurve` with the metrics ``minority_cos_w``,
+        ``minority_dist_w``, ``minority_norm_ratio_w``, ``majority_cos_w``, ``loss`` and ``gap``
+        (``[P]`` each) and the solutions.
 
     Example:
         >>> import dyngraph as dg
@@ -375,28 +481,29 @@ def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majorit
     if n_majority < 1 or num_classes - n_majority < 2:
         raise ValueError(f"n_majority={n_majority} must leave >= 1 majority and >= 2 minority "
                          f"classes out of num_classes={num_classes}")
-    out: Dict[str, Any] = {"ratio": ratios, "minority_cos_w": [], "minority_dist_w": [],
-                           "minority_norm_ratio_w": [], "majority_cos_w": [], "loss": [],
-                           "gap": [], "solutions": []}
+    keys = ("minority_cos_w", "minority_dist_w", "minority_norm_ratio_w", "majority_cos_w")
+    values: Dict[str, List[float]] = {k: [] for k in keys + ("loss", "gap")}
+    solutions = []
     minority = list(range(n_majority, num_classes))
     for r in ratios:
         sol = solve_layer_peeled(num_classes=num_classes, n_majority=n_majority, ratio=r,
                                  E_H=E_H, E_W=E_W, **solver_kw)
         mc = minority_collapse(sol.W, minority=minority)
-        for key in ("minority_cos_w", "minority_dist_w", "minority_norm_ratio_w",
-                    "majority_cos_w"):
-            out[key].append(mc[key])
-        out["loss"].append(sol.loss)
-        out["gap"].append(sol.gap)
-        out["solutions"].append(sol)
-    return out
+        for key in keys:
+            values[key].append(mc[key])
+        values["loss"].append(sol.loss)
+        values["gap"].append(sol.gap)
+        solutions.append(sol)
+    meta = {"num_classes": num_classes, "n_majority": n_majority, "E_H": E_H, "E_W": E_W,
+            "source": "Layer-Peeled Model", "solver": jsonable(solver_kw)}
+    return MinorityCollapseCurve(ratios, values, solutions, meta)
 
 
 def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H: float = 5.0,
                                 E_W: float = 1.0, *, collapse_tol: float = 1e-5,
                                 r_min: float = 1.0, r_max: float = 1e4,
                                 rel_precision: float = 1e-3, grid: int = 13,
-                                **solver_kw) -> Dict[str, Any]:
+                                **solver_kw: Any) -> Dict[str, Any]:
     """The smallest imbalance ratio ``R`` at which the Layer-Peeled Model's minority classifiers
     coincide (``mean ‖w_k − w_k'‖ / mean majority ‖w‖ < collapse_tol``).
 
@@ -451,48 +558,3 @@ def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H:
             lo = mid
     res.update(threshold=hi, bracket=(lo, hi))
     return res
-
-
-def plot_lpm_comparison(classifier, solution: LayerPeeledSolution,
-                        means: Optional[Tensor] = None, path: Optional[PathLike] = None,
-                        title: Optional[str] = None):
-    """Side by side: the cosine Gram of a trained network's last layer (classifier rows, and class
-    means when given) against the Layer-Peeled Model's prediction.
-
-    Args:
-        classifier: ``nn.Linear`` / ``W [K, D]`` / ``(W, b)`` of the trained network.
-        solution: The model's solution for the same class sizes.
-        means: Optional centred class means ``[K, D]`` of the trained network's last features.
-        path: Where to save a PNG.
-        title: Figure title.
-
-    Returns:
-        The matplotlib figure.
-    """
-    from ..measures._collapse import _parse_classifier
-    from ..outputs._plot import _pyplot, save_figure
-    w = _parse_classifier(classifier, None, solution.num_classes)[0].to(torch.float64).cpu()
-
-    def cos(m: Tensor) -> Tensor:
-        m = m.to(torch.float64).cpu()
-        m = m / m.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        return m @ m.T
-
-    panels = [("trained W", cos(w)), ("Layer-Peeled W", cos(solution.W))]
-    if means is not None:
-        panels += [("trained class means", cos(means)), ("Layer-Peeled H", cos(solution.H))]
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.0), squeeze=False)
-    im = None
-    for ax, (name, g) in zip(axes[0], panels):
-        im = ax.imshow(g.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks(range(g.shape[0]))
-        ax.set_yticks(range(g.shape[0]))
-        ax.tick_params(labelsize=6)
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    if path is not None:
-        save_figure(fig, path)
-    return fig
