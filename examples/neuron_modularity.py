@@ -6,14 +6,19 @@ activations), this script
 1. builds the neuron graph and partitions it spectrally (``dg.neurons.neuron_graph``,
    ``dg.neurons.spectral_partition``);
 2. compares the partition's n-cut with weight-shuffled copies (``dg.neurons.clusterability``);
-3. lesions every cluster ∩ layer group and compares the accuracy drop with random same-size groups
-   (``dg.neurons.lesion_importance``), and scores its coherence (label entropy of the top inputs, pixel
-   correlation, feature visualisation) against random groups (``dg.neurons.coherence``).
+3. lesions every cluster ∩ layer group and compares the accuracy drop with random same-size
+   groups (``dg.neurons.lesion_importance``), and scores its coherence (label entropy of the top
+   inputs, pixel correlation, feature visualisation) against random groups
+   (``dg.neurons.coherence``).
 
-It prints one markdown row per (network, source) and writes each report (JSON, CSV, figure,
-TensorBoard) under ``--out``. Finished reports are reused on a rerun. A few minutes on one CPU core:
+It prints one markdown row per (network, source) and writes each report under ``--out``
+(``report.save``: JSON, CSV, the ``dg.plot`` figure and ``dg.log`` TensorBoard events). Finished
+reports are reused on a rerun. A few minutes on one CPU core:
 
     python examples/neuron_modularity.py --out runs/neurons
+
+A quick smoke run (seconds): ``--archs mlp --sources weights --epochs 1 --shuffles 2
+--random-groups 19 --no-untrained``.
 """
 from __future__ import annotations
 
@@ -25,18 +30,20 @@ from pathlib import Path
 import torch
 
 import dyngraph as dg
-from dyngraph._io import atomic_write_json
-from dyngraph.neurons import neuron_report
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def get_model(arch: str, train, test, epochs: int, seed: int, out: Path, trained: bool):
     torch.manual_seed(seed)
     model = dg.zoo.DigitsMLP(depth=4, width=64) if arch == "mlp" else dg.zoo.DigitsCNN()
     if not trained:
-        return model, dg.zoo.evaluate(model, test)
+        return model, dg.prune.evaluate(model, test)
     dg.zoo.train_cached(model, train, out / f"model_{arch}_seed{seed}_ep{epochs}.pt", epochs,
-                           seed=seed, progress=False)
-    return model, dg.zoo.evaluate(model, test)
+                        seed=seed, progress=False)
+    return model, dg.prune.evaluate(model, test)
 
 
 def main() -> None:
@@ -71,18 +78,17 @@ def main() -> None:
                 t0 = time.perf_counter()
                 # At chance accuracy lesions cannot drop anything: untrained copies only get the
                 # clusterability test.
-                rep = neuron_report(model, test, n_clusters=args.clusters, source=source,
-                                    n_shuffles=args.shuffles,
-                                    n_random=args.random_groups if trained else 0,
-                                    methods=("labels", "pixels", "feature_vis"), seed=args.seed,
-                                    checkpoint=out / f"{tag}_shuffles.json",
-                                    progress=not args.quiet)
+                rep = dg.neurons.neuron_report(
+                    model, test, n_clusters=args.clusters, source=source,
+                    n_shuffles=args.shuffles, n_random=args.random_groups if trained else 0,
+                    methods=("labels", "pixels", "feature_vis"), seed=args.seed,
+                    checkpoint=out / f"{tag}_shuffles.json", progress=not args.quiet)
                 rep.meta["test_acc"] = acc
                 rep.save(out / tag)
                 s = rep.summary()
                 s.update({"tag": tag, "arch": arch, "trained": trained, "test_acc": acc,
                           "seconds": round(time.perf_counter() - t0, 1)})
-                atomic_write_json(done, s)
+                write_json(done, s)
                 rows.append(s)
     head = ("| network | acc | source | nodes (removed) | n-cut | shuffled | p | z | groups | "
             "important | imp. for a class | coherent: labels | pixels | feat. vis | "
@@ -104,7 +110,7 @@ def main() -> None:
               f"| {s['ncut']:.3f} | {s['ncut_shuffled_mean']:.3f} ± {s['ncut_shuffled_std']:.3f} "
               f"| {s['clusterability_p']:.3f} | {s['clusterability_z']:.2f} | {n} | {imp} "
               f"| {imp_c} | {coh[0]} | {coh[1]} | {coh[2]} | {both} | {s['seconds']} |")
-    atomic_write_json(out / "summary.json", rows)
+    write_json(out / "summary.json", rows)
 
 
 if __name__ == "__main__":

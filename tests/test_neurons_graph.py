@@ -6,7 +6,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
-from dyngraph.neurons import neuron_graph, rank_average, spearman_matrix
 
 
 def _dense(data) -> np.ndarray:
@@ -28,7 +27,7 @@ def _mlp(seed=0, sizes=(5, 7, 6, 4)):
 
 def test_weight_graph_mlp_equals_abs_weight_blocks():
     m = _mlp()
-    g = neuron_graph(m, include_input=True, include_output=True)
+    g = dg.neurons.neuron_graph(m, include_input=True, include_output=True)
     sizes = [5, 7, 6, 4]
     assert g.num_nodes == sum(sizes) and g.layer_names == ["input", "0", "2", "4"]
     assert g.layer.tolist() == sum(([i] * s for i, s in enumerate(sizes)), [])
@@ -41,7 +40,7 @@ def test_weight_graph_mlp_equals_abs_weight_blocks():
     expect = expect + expect.T
     np.testing.assert_allclose(_dense(g), expect, rtol=1e-6)
     # Hidden neurons only by default.
-    g2 = neuron_graph(m)
+    g2 = dg.neurons.neuron_graph(m)
     assert g2.layer_names == ["0", "2"] and g2.num_nodes == 13
     np.testing.assert_allclose(_dense(g2), expect[5:18, 5:18], rtol=1e-6)
 
@@ -61,8 +60,8 @@ def _cnn(seed=0):
 @pytest.mark.parametrize("norm", ["l1", "max_col_sum", "l2"])
 def test_conv_kernel_norms_and_bn_folding(norm):
     m = _cnn()
-    g = neuron_graph(m, norm=norm, include_input=True, include_output=True,
-                     input_shape=(2, 8, 8))
+    g = dg.neurons.neuron_graph(m, norm=norm, include_input=True, include_output=True,
+                                input_shape=(2, 8, 8))
     a = _dense(g)
     sizes = [2, 3, 4, 5]
     off = np.cumsum([0] + sizes)
@@ -88,7 +87,8 @@ def test_conv_kernel_norms_and_bn_folding(norm):
         np.testing.assert_allclose(a[off[i + 1]:off[i + 2], off[i]:off[i + 1]], e, rtol=1e-5)
         np.testing.assert_allclose(a[off[i]:off[i + 1], off[i + 1]:off[i + 2]], e.T, rtol=1e-5)
     # No BN folding: the first block is the plain kernel norms.
-    g2 = neuron_graph(m, norm=norm, include_input=True, fold_bn=False, input_shape=(2, 8, 8))
+    g2 = dg.neurons.neuron_graph(m, norm=norm, include_input=True, fold_bn=False,
+                                 input_shape=(2, 8, 8))
     np.testing.assert_allclose(_dense(g2)[2:5, 0:2], e1 / scale[:, None], rtol=1e-5)
 
 
@@ -96,7 +96,7 @@ def test_grouped_conv_is_block_sparse():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(),
                       nn.Conv2d(4, 2, 1))
-    g = neuron_graph(m)
+    g = dg.neurons.neuron_graph(m)
     a = _dense(g)[4:8, 0:4]  # rows: second conv's channels, cols: first conv's channels
     w = np.abs(m[2].weight.detach().double().numpy()).sum((2, 3))  # [4, 2]
     expect = np.zeros((4, 4))
@@ -110,7 +110,7 @@ def test_dead_and_isolated_neurons_are_removed_and_reported():
         m[0].weight[2] = 0.0          # layer '0' neuron 2: no incoming weight -> dead
         m[2].weight[:, 4] = 0.0       # layer '0' neuron 4: no outgoing weight -> isolated
         m[2].weight[3] = 0.0          # layer '2' neuron 3: no incoming weight -> dead
-    g = neuron_graph(m)
+    g = dg.neurons.neuron_graph(m)
     assert g.removed["0"] == {"dead": [2], "isolated": [4]}
     assert g.removed["2"] == {"dead": [3], "isolated": []}
     assert g.n_removed == 3 and g.num_nodes == 13 - 3
@@ -120,7 +120,7 @@ def test_dead_and_isolated_neurons_are_removed_and_reported():
     w = np.abs(m[2].weight.detach().double().numpy())[np.ix_(keep2, keep0)]
     np.testing.assert_allclose(_dense(g)[len(keep0):, :len(keep0)], w, rtol=1e-6)
     # Kept, but still reported, with remove_dead=False.
-    g_all = neuron_graph(m, remove_dead=False)
+    g_all = dg.neurons.neuron_graph(m, remove_dead=False)
     assert g_all.num_nodes == 13 and g_all.removed["0"]["dead"] == [2]
 
 
@@ -129,7 +129,7 @@ def test_relu_dead_neurons_found_from_data():
     with torch.no_grad():
         m[0].bias[1] = -1e3  # never active
     ds = TensorDataset(torch.randn(50, 5), torch.arange(50) % 4)
-    g = neuron_graph(m, loader=DataLoader(ds, batch_size=16), progress=False)
+    g = dg.neurons.neuron_graph(m, loader=DataLoader(ds, batch_size=16), progress=False)
     assert g.removed["0"]["dead"] == [1]
     assert 1 not in g.neuron[g.layer == 0].tolist()
 
@@ -139,10 +139,10 @@ def test_rank_average_matches_scipy_with_ties():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 4, (40, 6), generator=g).float()  # many ties
     x[:, 5] = 1.0  # a constant column
-    ours = rank_average(x).numpy()
+    ours = dg.neurons.rank_average(x).numpy()
     ref = np.stack([stats.rankdata(x[:, j].numpy()) for j in range(6)], 1)
     np.testing.assert_allclose(ours, ref)
-    rho = spearman_matrix(x[:, :5]).numpy()
+    rho = dg.neurons.spearman_matrix(x[:, :5]).numpy()
     np.testing.assert_allclose(rho, stats.spearmanr(x[:, :5].numpy()).statistic, atol=1e-10)
 
 
@@ -158,7 +158,7 @@ def test_activation_graph_is_clipped_squared_spearman():
     x = torch.randn(80, 5, generator=torch.Generator().manual_seed(1))
     ds = TensorDataset(x, torch.arange(80) % 4)
     dl = DataLoader(ds, batch_size=32)
-    g = neuron_graph(m, "activations", dl, progress=False)
+    g = dg.neurons.neuron_graph(m, "activations", dl, progress=False)
     acts = _manual_acts(m, x).detach().numpy()
     const = acts.max(0) == acts.min(0)
     live = np.flatnonzero(~const)
@@ -171,9 +171,9 @@ def test_activation_graph_is_clipped_squared_spearman():
     # Pair selections.
     lay = np.array([0] * 7 + [1] * 6)[live]
     same = lay[:, None] == lay[None, :]
-    gw = neuron_graph(m, "activations", dl, pairs="within", progress=False)
+    gw = dg.neurons.neuron_graph(m, "activations", dl, pairs="within", progress=False)
     np.testing.assert_allclose(_dense(gw), np.where(same, expect, 0), atol=1e-6)
-    ga = neuron_graph(m, "activations", dl, pairs="across", progress=False, chunk_size=3)
+    ga = dg.neurons.neuron_graph(m, "activations", dl, pairs="across", progress=False, chunk_size=3)
     np.testing.assert_allclose(_dense(ga), np.where(same, 0, expect), atol=1e-6)
 
 
@@ -181,7 +181,7 @@ def test_activation_graph_of_a_bn_cnn_has_one_node_per_channel():
     torch.manual_seed(0)
     m = dg.zoo.DigitsCNN(channels=(4, 6, 8), pool_after=(1,))
     dl = DataLoader(dg.zoo.digits_dataset("test"), batch_size=128)
-    g = neuron_graph(m, "activations", dl, progress=False)
+    g = dg.neurons.neuron_graph(m, "activations", dl, progress=False)
     assert sum(g.layer_sizes) == 4 + 6 + 8
     assert g.num_nodes + g.n_removed == 18
     assert bool((g.layer[1:] >= g.layer[:-1]).all())  # ordered layer by layer
@@ -194,28 +194,28 @@ def test_activation_graph_of_a_bn_cnn_has_one_node_per_channel():
 def test_neuron_graph_rejects_bad_input():
     m = _mlp()
     with pytest.raises(ValueError, match="source"):
-        neuron_graph(m, source="gradients")
+        dg.neurons.neuron_graph(m, source="gradients")
     with pytest.raises(ValueError, match="loader"):
-        neuron_graph(m, source="activations")
+        dg.neurons.neuron_graph(m, source="activations")
     with pytest.raises(ValueError, match="norm"):
-        neuron_graph(m, norm="l7")
+        dg.neurons.neuron_graph(m, norm="l7")
     with pytest.raises(ValueError, match="unknown layer 'fc9'"):
-        neuron_graph(m, layers=["fc9"])
+        dg.neurons.neuron_graph(m, layers=["fc9"])
     with pytest.raises(ValueError, match="consecutive"):
-        neuron_graph(m, layers=["0", "4"])
+        dg.neurons.neuron_graph(m, layers=["0", "4"])
     with pytest.raises(TypeError, match="model"):
-        neuron_graph("not a model")
+        dg.neurons.neuron_graph("not a model")
     with pytest.raises(ValueError, match="no nn.Linear"):
-        neuron_graph(nn.Sequential(nn.ReLU()))
+        dg.neurons.neuron_graph(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="min_weight"):
-        neuron_graph(m, min_weight=-1.0)
+        dg.neurons.neuron_graph(m, min_weight=-1.0)
     with pytest.raises(TypeError, match="loader"):
-        neuron_graph(m, loader=3)
+        dg.neurons.neuron_graph(m, loader=3)
     with pytest.raises(ValueError, match="include_input=True or include_output=True"):
-        neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+        dg.neurons.neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     bad = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="sequential chain"):
-        neuron_graph(bad)
+        dg.neurons.neuron_graph(bad)
 
 
 class _SharedRelu(nn.Module):
@@ -239,13 +239,14 @@ def test_activation_module_run_twice_asks_for_pre_activations():
     ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
     dl = DataLoader(ds, batch_size=20)
     with pytest.raises(ValueError, match="point='pre'"):
-        neuron_graph(m, "activations", dl, progress=False)
-    g = neuron_graph(m, "activations", dl, point="pre", progress=False)
+        dg.neurons.neuron_graph(m, "activations", dl, progress=False)
+    assert sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in m.modules()) == 0
+    assert m.training  # its mode is back after the error
+    g = dg.neurons.neuron_graph(m, "activations", dl, point="pre", progress=False)
     assert g.points == {"fc1": "fc1", "fc2": "fc2"} and g.num_nodes == 12
     # A skip that bypasses the lesioned layer (around fc2) makes lesions repeat the inputs; a
     # skip that starts after it (fc1's output) still allows repeating at the layer.
-    from dyngraph.neurons import LesionRunner
-    runner = LesionRunner(m, dl)
+    runner = dg.neurons.LesionRunner(m, dl)
     masks = torch.ones(3, 6)
     masks[1, :2] = 0
     masks[2, 3:] = 0

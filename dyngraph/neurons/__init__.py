@@ -9,14 +9,18 @@ The nodes of these graphs are a network's *neurons*, not samples:
 * :func:`lesion_importance`: cluster ∩ layer groups lesioned against random same-size groups;
 * :func:`coherence`: label entropy of top-activating inputs, input-pixel association and feature
   visualisation, against random groups;
-* :func:`neuron_report`: all of it, with a per-group table, a figure and TensorBoard logs.
+* :func:`neuron_report`: all of it, with a per-group table.
+
+Activations are captured, lesions applied and feature visualisations run through
+:class:`dyngraph.capture.LayerTaps`. Figures and TensorBoard logs: ``dg.plot(report)`` and
+``dg.log(writer, report)`` (a :class:`ClusterabilityResult` is drawn too).
 """
 from ._clusterability import ClusterabilityResult, clusterability, shuffle_weights
 from ._coherence import CoherenceResult, coherence, label_entropy
 from ._graph import neuron_graph, rank_average, spearman_matrix
 from ._groups import NeuronGroup, neuron_groups
 from ._importance import ImportanceResult, LesionRunner, lesion_importance
-from ._report import NeuronReport, neuron_report, plot_neuron_partition
+from ._report import NeuronReport, neuron_report
 from ._spectral import kmeans, ncut, spectral_embedding, spectral_partition
 from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
 
@@ -40,7 +44,6 @@ __all__ = [
     "neuron_groups",
     "neuron_report",
     "percentile_of",
-    "plot_neuron_partition",
     "rank_average",
     "shuffle_weights",
     "spearman_matrix",

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..capture._extract import extract_features
-from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
+from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS, _check_model
+from ..capture._taps import Edit, LayerTaps
 
 WEIGHT_TYPES = (nn.Linear,) + CONVS
 NORMS = ("l1", "max_col_sum", "l2")
@@ -41,11 +42,6 @@ class NeuronLayer:
     @property
     def is_conv(self) -> bool:
         return isinstance(self.module, CONVS)
-
-
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def weight_chain(model: nn.Module) -> List[NeuronLayer]:
@@ -120,7 +116,7 @@ def input_layer(chain: List[NeuronLayer]) -> NeuronLayer:
 
 
 # ----------------------------------------------------------------------------- weights
-def bn_scale(bn: nn.Module) -> Tensor:
+def bn_scale(bn: Any) -> Tensor:
     """``γ / sqrt(running_var + eps)`` per channel (γ = 1 without affine; var = 1 without stats)."""
     gamma = bn.weight.detach() if bn.weight is not None else None
     if bn.running_var is not None:
@@ -155,7 +151,7 @@ def reduced_weights(layer: NeuronLayer, prev_size: int, norm: str = "l1", fold_b
     block of ``S`` columns, which is reduced like a kernel of shape ``spatial`` (a square when
     ``spatial`` is unknown and ``S`` is a perfect square, else one column).
     """
-    mod = layer.module
+    mod: Any = layer.module
     w = mod.weight.detach().float()
     if isinstance(mod, nn.Linear):
         if w.shape[1] == prev_size:
@@ -192,41 +188,70 @@ def reduced_weights(layer: NeuronLayer, prev_size: int, norm: str = "l1", fold_b
     return a
 
 
+def model_taps(model: nn.Module, layers: Optional[Dict[str, str]] = None, *,
+               edits: Optional[Dict[str, Edit]] = None, **options: Any) -> LayerTaps:
+    """:class:`~dyngraph.capture.LayerTaps` on ``model``, where the module name ``''`` is the model
+    itself (a neuron layer may be a bare ``nn.Linear``).
+
+    The taps are put on a wrapper that holds ``model`` as its child ``'0'`` and shares its training
+    mode, so that ``taps.run(x)`` is ``model(x)`` and on exit ``model`` is back in its mode with no
+    hook left. ``layers`` maps ``'name'`` or ``'name:input'`` to an alias, ``edits`` maps module
+    names to ``fn(output)``; ``options`` go to ``LayerTaps`` (``reduce``, ``grad``, ...). An
+    unknown name raises a ``ValueError`` that quotes it as given.
+    """
+    modules = dict(model.named_modules())
+    for what, names in (("layers", [s.partition(":")[0] for s in layers or {}]),
+                        ("edits", list(edits or {}))):
+        for name in names:
+            if name not in modules:
+                raise ValueError(f"{what}: unknown module {name!r} of {type(model).__name__} "
+                                 f"(see dg.list_layers(model))")
+    root = nn.Sequential(model)
+    root.training = model.training  # the wrapper's own flag only: no module's mode changes here
+    spec = {_child(name): alias for name, alias in (layers or {}).items()}
+    return LayerTaps(root, spec or None, edits={_child(n): fn for n, fn in (edits or {}).items()},
+                     **options)
+
+
+def _child(spec: str) -> str:
+    """``'a.b'`` → ``'0.a.b'``, ``'a:input'`` → ``'0.a:input'``, ``''`` → ``'0'``."""
+    name, sep, where = spec.partition(":")
+    return ("0." + name if name else "0") + sep + where
+
+
 def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
                     ) -> Dict[str, Tuple[int, ...]]:
     """For each weight layer, ``'<name>:input'`` → the spatial shape of the last feature map
-    produced before it runs (for a Linear after a flatten: the map that was flattened)."""
+    produced before it runs (for a Linear after a flatten: the map that was flattened).
+
+    One forward pass through :func:`model_taps`: the inputs of the weight layers are tapped and
+    every leaf module's output shape is recorded, with its place among the tapped inputs, by an
+    edit that returns the output unchanged. A weight layer's own input counts when it is a map.
+    """
+    events: List[Tuple[int, Tuple[int, ...]]] = []  # (inputs tapped so far, spatial shape)
+
+    def record(out: Tensor) -> Tensor:
+        if isinstance(out, Tensor) and out.dim() > 2:
+            events.append((len(taps.order), tuple(out.shape[2:])))
+        return out
+
+    leaves = [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
+    taps = model_taps(model, {f"{layer.name}:input": layer.name for layer in chain},
+                      edits={n: record for n in leaves}, reduce=False, allow_repeat=True)
+    with taps, torch.no_grad():
+        model(example)
+    order = taps.order
     shapes: Dict[str, Tuple[int, ...]] = {}
-    last: List[Tuple[int, ...]] = [()]
-    handles = []
-    weight_names = {layer.name for layer in chain}
-
-    def post(mod, inputs, output):
-        if isinstance(output, Tensor) and output.dim() > 2:
-            last[0] = tuple(output.shape[2:])
-
-    def pre(name):
-        def fn(mod, inputs):
-            x = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
-            if isinstance(x, Tensor) and x.dim() > 2:
-                last[0] = tuple(x.shape[2:])
-            shapes[name + ":input"] = last[0]
-        return fn
-
-    was = model.training
-    try:
-        for name, mod in model.named_modules():
-            if name in weight_names:
-                handles.append(mod.register_forward_pre_hook(pre(name)))
-            if name and next(mod.children(), None) is None:
-                handles.append(mod.register_forward_hook(post))
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    for layer in chain:
+        if layer.name not in order:
+            continue
+        i = len(order) - 1 - order[::-1].index(layer.name)  # its last call
+        x = taps.outputs[layer.name]
+        if x.dim() > 2:
+            shapes[layer.name + ":input"] = tuple(x.shape[2:])
+        else:
+            before = [shape for pos, shape in events if pos <= i]
+            shapes[layer.name + ":input"] = before[-1] if before else ()
     return shapes
 
 
@@ -234,17 +259,20 @@ def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
 def _value_module(layer: NeuronLayer, point: str) -> str:
     if point == "post" and layer.act is not None:
         return layer.act
+    assert layer.unit is not None  # only the input layer has no unit, and it is read apart
     return layer.unit
 
 
-def layer_activations(model: nn.Module, loader, layers: List[NeuronLayer], *, point: str = "post",
-                      raw_input: bool = False, per_class: Optional[int] = None,
-                      n_samples: Optional[int] = None, seed: int = 0, device=None,
-                      progress: bool = True) -> Tuple[Dict[str, Tensor], Optional[Tensor], Tensor,
-                                                      Dict[str, str]]:
+def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], *,
+                      point: str = "post", raw_input: bool = False,
+                      per_class: Optional[int] = None, n_samples: Optional[int] = None,
+                      seed: int = 0, device: Optional[Union[str, torch.device]] = None,
+                      progress: bool = True
+                      ) -> Tuple[Dict[str, Tensor], Optional[Tensor], Tensor, Dict[str, str]]:
     """Activations ``{layer name: [N, size]}`` over a loader: a conv channel is averaged over
     space. ``point='post'`` reads the activation module after the layer, ``'pre'`` the unit (BN or
-    layer) output. Uses :func:`dyngraph.extract_features` (flattened, then reduced per channel).
+    layer) output. Captured by :func:`dyngraph.capture.extract_features` (through
+    :class:`~dyngraph.capture.LayerTaps`, the maps flattened), then reduced per channel.
 
     Returns ``(acts, raw_input [N, P] or None, y [N], points {layer: module read})``.
     """

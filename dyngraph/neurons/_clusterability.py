@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
+from .._json import jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_positive_int
 from ._chain import weight_chain
@@ -45,6 +46,9 @@ class ClusterabilityResult:
             give one value different from ``ncut``, ``0`` when it is the same.
         clusters: ``[num_nodes]`` the network's partition.
         graph: The network's neuron graph.
+
+    ``dg.plot(result)`` draws the partition on the layer graph; ``dg.log(writer, result)`` logs
+    the n-cut, the shuffle statistics and the figure.
     """
 
     ncut: float
@@ -72,7 +76,8 @@ class ClusterabilityResult:
                 "meta": self.meta}
 
     def to_json(self, path: PathLike) -> None:
-        atomic_write_json(path, self.to_dict())
+        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
+        atomic_write_json(path, jsonable(self.to_dict()))
 
     def __repr__(self) -> str:
         return (f"ClusterabilityResult(ncut={self.ncut:.4f}, shuffled={self.shuffled_mean:.4f}"
@@ -92,10 +97,9 @@ def shuffle_weights(model: nn.Module, seed: int = 0, how: str = "all") -> nn.Mod
         The shuffled copy (a deep copy, on the same device).
 
     Example:
-        >>> import torch, torch.nn as nn
-        >>> from dyngraph.neurons._clusterability import shuffle_weights
+        >>> import torch.nn as nn, dyngraph as dg
         >>> m = nn.Linear(3, 2)
-        >>> s = shuffle_weights(m, seed=1)
+        >>> s = dg.neurons.shuffle_weights(m, seed=1)
         >>> sorted(s.weight.flatten().tolist()) == sorted(m.weight.flatten().tolist())
         True
     """
@@ -104,7 +108,8 @@ def shuffle_weights(model: nn.Module, seed: int = 0, how: str = "all") -> nn.Mod
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for layer in weight_chain(out):
-            w = layer.module.weight
+            mod: Any = layer.module
+            w: Tensor = mod.weight
             flat = w.view(-1)
             if how == "all":
                 perm = torch.randperm(flat.numel(), generator=gen).to(w.device)
@@ -140,10 +145,10 @@ def clusterability(model: nn.Module, n_clusters: int, n_shuffles: int = 50, seed
         seed: Seed of the partition (k-means) and of the shuffles (copy ``i`` uses ``seed, i``).
         source: ``'weights'`` or ``'activations'`` (then ``loader`` is required and each shuffled
             copy is run over it).
-        loader: Batches ``(inputs, labels)``, see :func:`dyngraph.neuron_graph`.
+        loader: Batches ``(inputs, labels)``, see :func:`dyngraph.neurons.neuron_graph`.
         shuffle: ``'all'`` or ``'nonzero'``.
-        graph_kwargs: Extra arguments of :func:`dyngraph.neuron_graph` (layers, norm, ...).
-        solver: Eigensolver of :func:`dyngraph.spectral_partition`.
+        graph_kwargs: Extra arguments of :func:`dyngraph.neurons.neuron_graph` (layers, norm, ...).
+        solver: Eigensolver of :func:`dyngraph.neurons.spectral_partition`.
         checkpoint: A JSON file: the shuffled n-cuts are written there (atomically) as they come,
             and a rerun with the same settings resumes from it.
         progress: Progress bar over the shuffles.

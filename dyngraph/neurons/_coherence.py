@@ -21,16 +21,18 @@ Methods:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
+from .._json import jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_choices, check_positive_int, check_tensor
-from ._chain import _model_device, layer_activations, weight_chain
+from ..capture._taps import LayerTaps
+from ._chain import NeuronLayer, _model_device, layer_activations, model_taps, weight_chain
 from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
 from ._importance import _check_alpha, _check_n_random
 from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
@@ -54,10 +56,10 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
         ``[M]`` entropies in ``[0, ln min(K, top_k)]``.
 
     Example:
-        >>> import torch
-        >>> from dyngraph.neurons._coherence import label_entropy
+        >>> import torch, dyngraph as dg
         >>> s = torch.tensor([[3., 0.], [2., 1.], [1., 2.], [0., 3.]])
-        >>> [round(v, 4) for v in label_entropy(s, torch.tensor([0, 0, 1, 1]), 2).tolist()]
+        >>> h = dg.neurons.label_entropy(s, torch.tensor([0, 0, 1, 1]), 2)
+        >>> [round(v, 4) for v in h.tolist()]
         [0.0, 0.0]
     """
     k = num_classes or int(y.max()) + 1
@@ -69,7 +71,7 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
     return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1) + 0.0  # never -0.0
 
 
-def _zscore(a: Tensor) -> tuple:
+def _zscore(a: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     mu = a.mean(0, keepdim=True)
     sd = a.std(0, unbiased=False, keepdim=True)
     sd = torch.where(sd > 0, sd, torch.ones_like(sd))
@@ -118,7 +120,8 @@ class CoherenceResult:
         return {"summary": self.summary(), "groups": self.groups, "meta": self.meta}
 
     def to_json(self, path: PathLike) -> None:
-        atomic_write_json(path, self.to_dict())
+        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
+        atomic_write_json(path, jsonable(self.to_dict()))
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -127,20 +130,21 @@ class CoherenceResult:
                 f"n_random={self.n_random})")
 
 
-def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
+def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
               methods: Sequence[str] = ("labels", "pixels"), n_random: int = 99, seed: int = 0,
               top_k: int = 20, min_size: int = 2, max_fraction: float = 0.99,
               alpha: float = 0.05, point: str = "post", fv_steps: int = 100,
               fv_lr: float = 0.1,
               fv_radius: Optional[float] = None, per_class: Optional[int] = None,
-              n_samples: Optional[int] = None, device=None,
+              n_samples: Optional[int] = None,
+              device: Optional[Union[str, torch.device]] = None,
               groups: Optional[Sequence[NeuronGroup]] = None,
               progress: bool = True) -> CoherenceResult:
     """Coherence test of each cluster ∩ layer group against random same-size groups.
 
     Args:
         model: The network the graph was built from.
-        data: Its neuron graph (:func:`dyngraph.neuron_graph`).
+        data: Its neuron graph (:func:`dyngraph.neurons.neuron_graph`).
         clusters: ``[num_nodes]`` partition.
         loader: Batches ``(inputs, labels)`` whose activations are read.
         methods: Any of ``'labels'``, ``'pixels'``, ``'feature_vis'`` (see the module docs).
@@ -187,13 +191,15 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     dev = torch.device(device) if device is not None else _model_device(model)
     chain = {layer.name: layer for layer in weight_chain(model)}
     layer_idx = sorted({g.layer_index for g in groups})
-    layers = []
+    layers: List[NeuronLayer] = []
     for li in layer_idx:
         name = data.layer_names[li]
         if name not in chain:
             raise ValueError(f"layer {name!r} of data is not a Linear/Conv of this model")
         layers.append(chain[name])
-    acts, raw, y = {}, None, None
+    acts: Dict[str, Tensor] = {}
+    raw: Optional[Tensor] = None
+    y = torch.zeros(0, dtype=torch.long)
     if layers:
         acts, raw, y, _ = layer_activations(model, loader, layers, point=point,
                                             raw_input="pixels" in methods, per_class=per_class,
@@ -207,8 +213,9 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
     by_layer: Dict[int, List[int]] = {}
     for i, g in enumerate(groups):
         by_layer.setdefault(g.layer_index, []).append(i)
-    raw_z = input_stats = None
-    pre = {}
+    raw_z = torch.zeros(0, 0, dtype=torch.float64)
+    input_stats: Dict[str, Any] = {}
+    pre: Dict[str, Tensor] = {}
     if "feature_vis" in methods and groups:
         input_stats = _input_stats(loader, dev)
         # Pre-activations (the unit output) have no dead zone for the gradient.
@@ -232,8 +239,8 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
         if "labels" in methods:
             res["labels"] = label_entropy(mean_act, y, top_k).cpu()
         if "pixels" in methods:
-            g = _zscore(mean_act)[0]
-            res["pixels"] = ((raw_z.T @ g) / raw_z.shape[0]).abs().amax(0).cpu()
+            gz = _zscore(mean_act)[0]
+            res["pixels"] = ((raw_z.T @ gz) / raw_z.shape[0]).abs().amax(0).cpu()
         if "feature_vis" in methods:
             _, mu_pre, sd_pre = _zscore(pre[name].double())
             res["feature_vis"] = _feature_vis(model, chain[name], sel.float(), mu_pre.float(),
@@ -269,18 +276,20 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader, *,
             row["coherent"] = any(row[f"{m}_coherent"] for m in methods)
             rows.append(row)
     meta = {"seed": seed, "top_k": top_k, "point": point,
-            "n_samples": int(y.numel()) if y is not None else 0,
+            "n_samples": int(y.numel()),
             "min_size": min_size, "max_fraction": max_fraction}
     if "feature_vis" in methods:
         meta.update({"fv_steps": fv_steps, "fv_lr": fv_lr,
                      "fv_radius": fv_radius if fv_radius is not None else
-                     (input_stats or {}).get("radius")})
+                     input_stats.get("radius")})
     return CoherenceResult(rows, methods, fisher, n_random, alpha, scores, rnd, meta)
 
 
-def _input_stats(loader, dev) -> Dict[str, Any]:
+def _input_stats(loader: Any, dev: torch.device) -> Dict[str, Any]:
     """Per-feature mean of the model's inputs, their RMS distance from it, and their shape."""
-    total, total_sq, n, shape = None, None, 0, None
+    total: Optional[Tensor] = None
+    total_sq: Optional[Tensor] = None
+    n, shape = 0, None
     for batch in loader:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, Tensor):
@@ -290,16 +299,16 @@ def _input_stats(loader, dev) -> Dict[str, Any]:
         total = f.sum(0) if total is None else total + f.sum(0)
         total_sq = (f * f).sum(0) if total_sq is None else total_sq + (f * f).sum(0)
         n += f.shape[0]
-    if n == 0:
+    if n == 0 or total is None or total_sq is None:
         raise ValueError("the loader produced no samples")
     mean = total / n
     radius = float((total_sq / n - mean * mean).clamp_min(0).sum().sqrt())
     return {"mean": mean.float(), "radius": radius, "shape": shape}
 
 
-def _feature_vis(model: nn.Module, layer, sel: Tensor, mu: Tensor, sd: Tensor,
+def _feature_vis(model: nn.Module, layer: NeuronLayer, sel: Tensor, mu: Tensor, sd: Tensor,
                  stats: Dict[str, Any], steps: int, lr: float, radius: Optional[float],
-                 seed: int, dev) -> Tensor:
+                 seed: int, dev: torch.device) -> Tensor:
     """Mean z-scored pre-activation of each row's group reached by gradient ascent on inputs
     ``x = mean + r · u / ||u||`` (a sphere of radius ``r`` around the data mean)."""
     shape, mean = stats["shape"], stats["mean"]
@@ -309,34 +318,24 @@ def _feature_vis(model: nn.Module, layer, sel: Tensor, mu: Tensor, sd: Tensor,
     m = sel.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     u = torch.randn(m, mean.numel(), generator=gen).to(dev).requires_grad_(True)
-    target = layer.unit
-    mods = dict(model.named_modules())
-    store: Dict[str, Tensor] = {}
+    assert layer.unit is not None
 
-    def hook(mod, inputs, output):
-        store["a"] = output
-
-    def objective(u_: Tensor) -> Tensor:
+    def objective(taps: LayerTaps, u_: Tensor) -> Tensor:
         x = mean.unsqueeze(0) + r * u_ / u_.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        model(x.view(m, *shape))
-        a = store["a"]
+        taps.run(x.view(m, *shape))
+        a = taps.outputs["a"]
         a = a.flatten(2).mean(-1) if a.dim() > 2 else a
         return (((a - mu) / sd) * sel).sum(1)  # [M]
 
-    handle = mods[target].register_forward_hook(hook)
     opt = torch.optim.Adam([u], lr=lr)
-    was = model.training
-    try:
-        model.eval()
+    # The unit's raw output with its autograd graph; a module run twice: the last call counts.
+    with model_taps(model, {layer.unit: "a"}, grad=True, reduce=False, allow_repeat=True) as taps:
         with torch.enable_grad():
             for _ in range(steps):
-                obj = objective(u)
+                obj = objective(taps, u)
                 (grad,) = torch.autograd.grad(-obj.sum(), u)
                 u.grad = grad
                 opt.step()
         with torch.no_grad():
-            obj = objective(u)
-    finally:
-        handle.remove()
-        model.train(was)
+            obj = objective(taps, u)
     return obj.detach().double()

@@ -52,10 +52,9 @@ def spearman_matrix(x: Tensor) -> Tensor:
         ``[D, D]`` float64 correlations.
 
     Example:
-        >>> import torch
-        >>> from dyngraph.neurons._graph import spearman_matrix
+        >>> import torch, dyngraph as dg
         >>> x = torch.tensor([[1., 3.], [2., 2.], [3., 1.]])
-        >>> spearman_matrix(x).round(decimals=6).tolist()
+        >>> dg.neurons.spearman_matrix(x).round(decimals=6).tolist()
         [[1.0, -1.0], [-1.0, 1.0]]
     """
     z = _standardized_ranks(check_features(x, "x"))
@@ -177,8 +176,8 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
             raise ValueError(f"source='weights' joins adjacent layers, but only layer "
                              f"{chosen[0].name!r} was chosen, so the graph has no edges; add "
                              f"include_input=True or include_output=True, or more layers")
-        for a, b in zip(pos[:-1], pos[1:]):
-            if b != a + 1:
+        for p0, p1 in zip(pos[:-1], pos[1:]):
+            if p1 != p0 + 1:
                 names = [c.name for c in chosen]
                 raise ValueError(f"source='weights' needs consecutive layers (edges only join "
                                  f"adjacent layers), got layers={names}; the chain is "
@@ -195,6 +194,7 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
                                                           shapes, dev)
         dead |= no_input
     else:
+        assert acts is not None  # checked above: 'activations' needs a loader
         x = torch.cat([acts[lay.name] for lay in chosen], dim=1)
         edge_index, edge_weight = _activation_edges(x, layer_of, dead, pairs, min_weight,
                                                     chunk_size)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -50,10 +50,11 @@ class NeuronGroup:
                 f"layer_size={self.pool.numel()})")
 
 
-def check_neuron_data(data, name: str = "data") -> Data:
+def check_neuron_data(data: Any, name: str = "data") -> Data:
+    """``data`` itself when it is a neuron graph from :func:`dyngraph.neurons.neuron_graph`."""
     if not isinstance(data, Data):
-        raise TypeError(f"{name} must be the torch_geometric Data returned by dg.neurons.neuron_graph, got "
-                        f"{type(data).__name__}")
+        raise TypeError(f"{name} must be the torch_geometric Data returned by "
+                        f"dg.neurons.neuron_graph, got {type(data).__name__}")
     missing = [a for a in _REQUIRED if getattr(data, a, None) is None]
     if missing:
         raise ValueError(f"{name} lacks the neuron metadata {missing}; build it with "
@@ -66,8 +67,9 @@ def neuron_groups(data: Data, clusters: Tensor, min_size: int = 2, max_fraction:
     """The cluster ∩ layer groups worth testing, in layer then cluster order.
 
     Args:
-        data: A neuron graph from :func:`dyngraph.neuron_graph`.
-        clusters: ``[num_nodes]`` cluster labels (e.g. from :func:`dyngraph.spectral_partition`).
+        data: A neuron graph from :func:`dyngraph.neurons.neuron_graph`.
+        clusters: ``[num_nodes]`` cluster labels (e.g. from
+            :func:`dyngraph.neurons.spectral_partition`).
         min_size: Smallest group kept (the paper: 2 neurons).
         max_fraction: Largest group kept, as a share of the layer's neurons in the graph (0.99).
         skip_input: Leave out groups of input features (they cannot be lesioned).
@@ -77,10 +79,9 @@ def neuron_groups(data: Data, clusters: Tensor, min_size: int = 2, max_fraction:
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
-        >>> from dyngraph.neurons import neuron_groups
         >>> g = dg.neurons.neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4),
         ...                                   nn.ReLU(), nn.Linear(4, 2)))
-        >>> [(x.layer, x.size) for x in neuron_groups(g, torch.tensor([0, 0, 1, 1] * 2))]
+        >>> [(x.layer, x.size) for x in dg.neurons.neuron_groups(g, torch.tensor([0, 0, 1, 1] * 2))]
         [('0', 2), ('0', 2), ('2', 2), ('2', 2)]
     """
     check_neuron_data(data)

@@ -2,10 +2,11 @@
 same-size groups of the same layer (Hod et al. 2022).
 
 A lesion zeroes the group's incoming weights and biases (and, where a BatchNorm follows, its scale
-and shift), so each lesioned neuron's pre-activation is exactly 0. It is applied as a forward hook
-that multiplies the unit module's output (the BatchNorm, else the layer) by a 0/1 mask, which is
-the same thing and leaves the model untouched. Many masks run in one batched forward pass: the
-inputs are repeated once per mask.
+and shift), so each lesioned neuron's pre-activation is exactly 0. It is applied as an edit of
+:class:`dyngraph.capture.LayerTaps` that multiplies the unit module's output (the BatchNorm, else
+the layer) by a 0/1 mask, which is the same thing and leaves the model untouched (no hook is left
+and its training mode is restored, also after an error). Many masks run in one batched forward
+pass: the batch is repeated once per mask.
 
 Per group: the overall drop ``d``, its percentile among the random groups' drops, the p-value
 ``(1 + #{random drop ≥ d}) / (n + 1)``, and the same for the largest per-class drop (a group that
@@ -15,31 +16,33 @@ p-value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
+from .._json import jsonable
 from .._progress import progress_bar
 from .._validate import check_labels, check_positive_int, check_tensor
+from ..capture._taps import Edit
 from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
-from ._chain import _model_device
+from ._chain import _model_device, model_taps
 from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
 from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
 
 MIN_RANDOM = 19
 
 
-def _check_alpha(alpha) -> float:
+def _check_alpha(alpha: Any) -> float:
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     return float(alpha)
 
 
-def _check_n_random(n_random) -> int:
+def _check_n_random(n_random: Any) -> int:
     check_positive_int(n_random, "n_random")
     if n_random < MIN_RANDOM:
         raise ValueError(f"n_random must be >= {MIN_RANDOM} so that a p-value can reach 0.05, "
@@ -47,18 +50,72 @@ def _check_n_random(n_random) -> int:
     return n_random
 
 
+def _intact(output: Tensor) -> Tensor:
+    """The edit of the intact model: its output unchanged."""
+    return output
+
+
+class _Lesion:
+    """The edit that lesions ``module``: its output ``[B, C, ...]`` times a 0/1 mask per channel,
+    for each of the ``M`` masks in :attr:`mask` ``[M, C]``. With ``expand='hook'`` the batch is
+    repeated here (``[M * B, C, ...]``), with ``'input'`` it arrives repeated (``M * B`` rows).
+    ``strict=False`` is the probe of :meth:`LesionRunner._expand_mode`: no shape checks, and the
+    mask keeps its dtype."""
+
+    def __init__(self, module: Optional[str], expand: str, strict: bool = True) -> None:
+        self.module, self.expand, self.strict = module, expand, strict
+        self.mask = torch.ones(1, 1)
+
+    def __call__(self, output: Tensor) -> Tensor:
+        mk = self.mask
+        m = mk.shape[0]
+        if self.strict and (output.dim() < 2 or output.shape[1] != mk.shape[1]):
+            raise ValueError(f"module {self.module!r} gave output {tuple(output.shape)}, which "
+                             f"does not hold {mk.shape[1]} channels per sample")
+        mk = mk.view(m, 1, mk.shape[1], *([1] * (output.dim() - 2)))
+        if self.strict:
+            mk = mk.to(output.dtype)
+        if self.expand == "hook":
+            return (output.unsqueeze(0) * mk).reshape(m * output.shape[0], *output.shape[1:])
+        if self.strict and output.shape[0] % m:
+            raise ValueError(f"module {self.module!r}: batch {output.shape[0]} is not a multiple "
+                             f"of {m} masks")
+        shape = output.shape
+        return (output.reshape(m, shape[0] // m, *shape[1:]) * mk).reshape(shape)
+
+
 class LesionRunner:
     """Accuracy of a model under many neuron masks of one layer, batched.
+
+    Each mask multiplies the output channels of one module (a lesion); the masks run through
+    :class:`dyngraph.capture.LayerTaps` edits, so the model is left unchanged, without hooks and
+    in its own training mode.
 
     Args:
         model: The network (left unchanged).
         loader: Batches ``(inputs, labels)``; read once and kept.
         device: Where to run.
         max_rows: Largest batch (masks × samples) per forward pass.
+        batch_fn: ``batch -> (inputs, labels)`` for batches of another shape.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
+        >>> runner = dg.neurons.LesionRunner(m, DataLoader(ds, batch_size=20))
+        >>> masks = torch.ones(3, 8)
+        >>> masks[1, :4] = 0.0                                  # lesion neurons 0-3 of layer '0'
+        >>> masks[2] = 0.0                                      # the whole layer
+        >>> overall, per_class = runner.accuracy('0', masks)
+        >>> overall.shape, per_class.shape, float(overall[0]) == float(runner.accuracy()[0][0])
+        (torch.Size([3]), torch.Size([3, 2]), True)
     """
 
-    def __init__(self, model: nn.Module, loader, device=None, max_rows: int = 8192,
-                 batch_fn=None):
+    def __init__(self, model: nn.Module, loader: Any,
+                 device: Optional[Union[str, torch.device]] = None, max_rows: int = 8192,
+                 batch_fn: Optional[Callable[[Any], Tuple[Any, Any]]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not hasattr(loader, "__iter__"):
@@ -85,57 +142,31 @@ class LesionRunner:
 
     def _forward_correct(self, module: Optional[str], masks: Tensor, expand: str) -> Tensor:
         """Correct predictions per class ``[M, K]``; ``expand='hook'`` repeats the batch at the
-        lesioned module (upstream runs once), ``'input'`` repeats the inputs (always valid)."""
-        model, dev = self.model, self.device
+        lesioned module (upstream runs once), ``'input'`` repeats the inputs (always valid).
+        ``module=None`` runs the intact model (one row)."""
+        dev = self.device
         m_total = masks.shape[0]
         out = torch.zeros(m_total, self.num_classes, dtype=torch.float64, device=dev)
-        state: Dict[str, Any] = {}
-
-        def hook(mod, inputs, output):
-            mk = state["mask"]
-            m = mk.shape[0]
-            if output.dim() < 2 or output.shape[1] != mk.shape[1]:
-                raise ValueError(f"module {module!r} gave output {tuple(output.shape)}, which does "
-                                 f"not hold {mk.shape[1]} channels per sample")
-            mk = mk.view(m, 1, mk.shape[1], *([1] * (output.dim() - 2))).to(output.dtype)
-            if expand == "hook":
-                return (output.unsqueeze(0) * mk).reshape(m * output.shape[0], *output.shape[1:])
-            if output.shape[0] % m:
-                raise ValueError(f"module {module!r}: batch {output.shape[0]} is not a multiple "
-                                 f"of {m} masks")
-            shape = output.shape
-            return (output.reshape(m, shape[0] // m, *shape[1:]) * mk).reshape(shape)
-
-        handle = None
-        was = model.training
-        try:
-            if module is not None:
-                mods = dict(model.named_modules())
-                if module not in mods:
-                    raise ValueError(f"unknown module {module!r} for the lesion")
-                handle = mods[module].register_forward_hook(hook)
-            model.eval()
+        lesion = _Lesion(module, expand)
+        edits: Dict[str, Edit] = {module: lesion} if module is not None else {"": _intact}
+        with model_taps(self.model, edits=edits) as taps:
             for x, y in self.batches:
                 x, y = _to(x, dev), y.to(dev)
                 b = x.shape[0]
-                step = max(1, self.max_rows // max(b, 1)) if handle is not None else 1
+                step = max(1, self.max_rows // max(b, 1)) if module is not None else 1
                 for s in range(0, m_total, step):
                     e = min(s + step, m_total)
                     m = e - s
-                    state["mask"] = masks[s:e]
+                    lesion.mask = masks[s:e]
                     xr = x.repeat(m, *([1] * (x.dim() - 1))) if (
-                        handle is not None and expand == "input") else x
-                    logits = model(xr)
+                        module is not None and expand == "input") else x
+                    logits = taps.run(xr)
                     if logits.shape[0] != m * b:
                         raise ValueError(f"the model returned {logits.shape[0]} rows for "
                                          f"{m} masks x {b} samples")
                     pred = logits.argmax(-1).view(m, b)
                     hits = (pred == y.unsqueeze(0)).double()
                     out[s:e].index_add_(1, y, hits)
-        finally:
-            if handle is not None:
-                handle.remove()
-            model.train(was)
         return out
 
     def _expand_mode(self, module: str, size: int) -> str:
@@ -148,31 +179,16 @@ class LesionRunner:
         x = _to(x, self.device)
         masks = torch.ones(2, size, device=self.device)
         masks[1, : max(1, size // 2)] = 0.0
-        mods = dict(self.model.named_modules())
-        outs = {}
-        was = self.model.training
-        try:
-            self.model.eval()
-            for mode_try in ("input", "hook"):
-                state = {"mask": masks}
-
-                def hook(mod, inputs, output, mode_try=mode_try, state=state):
-                    mk = state["mask"].view(2, 1, size, *([1] * (output.dim() - 2)))
-                    if mode_try == "hook":
-                        return (output.unsqueeze(0) * mk).reshape(-1, *output.shape[1:])
-                    return (output.reshape(2, -1, *output.shape[1:]) * mk).reshape(output.shape)
-
-                h = mods[module].register_forward_hook(hook)
+        outs: Dict[str, Optional[Tensor]] = {}
+        for mode_try in ("input", "hook"):
+            lesion = _Lesion(module, mode_try, strict=False)
+            lesion.mask = masks
+            with model_taps(self.model, edits={module: lesion}) as taps:
                 try:
-                    with torch.no_grad():
-                        xr = x.repeat(2, *([1] * (x.dim() - 1))) if mode_try == "input" else x
-                        outs[mode_try] = self.model(xr)
+                    xr = x.repeat(2, *([1] * (x.dim() - 1))) if mode_try == "input" else x
+                    outs[mode_try] = taps.run(xr)
                 except Exception:
                     outs[mode_try] = None
-                finally:
-                    h.remove()
-        finally:
-            self.model.train(was)
         a, b = outs.get("input"), outs.get("hook")
         if a is not None and b is not None and a.shape == b.shape and \
                 torch.allclose(a, b, rtol=1e-4, atol=1e-5):
@@ -259,7 +275,8 @@ class ImportanceResult:
                 "base_class_accuracy": self.base_class_accuracy, "meta": self.meta}
 
     def to_json(self, path: PathLike) -> None:
-        atomic_write_json(path, self.to_dict())
+        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
+        atomic_write_json(path, jsonable(self.to_dict()))
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -269,16 +286,17 @@ class ImportanceResult:
                 f"n_random={self.n_random}, base_accuracy={self.base_accuracy:.4f})")
 
 
-def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader, *,
+def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
                       n_random: int = 99, seed: int = 0, min_size: int = 2,
-                      max_fraction: float = 0.99, alpha: float = 0.05, device=None,
+                      max_fraction: float = 0.99, alpha: float = 0.05,
+                      device: Optional[Union[str, torch.device]] = None,
                       max_rows: int = 8192, groups: Optional[Sequence[NeuronGroup]] = None,
                       progress: bool = True) -> ImportanceResult:
     """Lesion test of each cluster ∩ layer group against random same-size groups.
 
     Args:
         model: The network the graph was built from.
-        data: Its neuron graph (:func:`dyngraph.neuron_graph`).
+        data: Its neuron graph (:func:`dyngraph.neurons.neuron_graph`).
         clusters: ``[num_nodes]`` partition of the graph's nodes.
         loader: Evaluation batches ``(inputs, labels)`` (e.g. the test set).
         n_random: Random groups per group (>= 19, so that p can reach 0.05).
@@ -300,8 +318,9 @@ def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader, *,
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> ds = TensorDataset(torch.randn(40, 4), torch.arange(40) % 2)
         >>> g = dg.neurons.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
-        >>> r = dg.neurons.lesion_importance(m, g, torch.arange(10) % 2, DataLoader(ds, batch_size=20),
-        ...                          n_random=19, progress=False)
+        >>> dl = DataLoader(ds, batch_size=20)
+        >>> r = dg.neurons.lesion_importance(m, g, torch.arange(10) % 2, dl, n_random=19,
+        ...                                  progress=False)
         >>> len(r.groups), r.groups[0]['size']
         (2, 4)
     """

@@ -1,120 +1,29 @@
-"""The whole neuron-level analysis in one call: per-group report, figure, TensorBoard logs."""
+"""The whole neuron-level analysis in one call: per-group report, JSON, CSV and markdown tables.
+Its figure and TensorBoard logs are drawn by :func:`dyngraph.plot` and :func:`dyngraph.log`."""
 from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json, atomic_write_text
-from .._validate import check_labels, check_positive_int, check_tensor
+from .._json import jsonable
+from .._validate import check_positive_int
 from ._clusterability import ClusterabilityResult, clusterability
 from ._coherence import CoherenceResult, coherence
 from ._graph import neuron_graph
-from ._groups import check_neuron_data, neuron_groups
+from ._groups import neuron_groups
 from ._importance import ImportanceResult, lesion_importance
 from ._spectral import ncut, spectral_partition
 
 _SKIP_CSV = ("neurons", "class_drops")
-
-
-def plot_neuron_partition(data: Data, clusters: Tensor, path: Optional[PathLike] = None, ax=None,
-                          max_edges: int = 4000, title: Optional[str] = None,
-                          highlight: Optional[Tensor] = None):
-    """Draws a neuron graph layer by layer, nodes coloured by cluster.
-
-    Layers run left to right; within a layer the neurons are sorted by cluster, so a cluster shows
-    as a coloured band. The ``max_edges`` heaviest edges are drawn, with opacity ∝ weight, in the
-    cluster's colour when both ends share a cluster and grey otherwise.
-
-    Args:
-        data: A neuron graph (:func:`dyngraph.neuron_graph`).
-        clusters: ``[num_nodes]`` labels.
-        path: Save a PNG there (atomically).
-        ax: An existing matplotlib axis.
-        max_edges: Edges drawn at most.
-        title: Axis title.
-        highlight: ``[num_nodes]`` bool: nodes circled in black (e.g. important groups).
-
-    Returns:
-        The matplotlib ``Figure``.
-    """
-    from ..outputs._plot import _pyplot, save_figure
-    check_neuron_data(data)
-    check_tensor(clusters, "clusters")
-    clusters = check_labels(clusters, data.num_nodes, "clusters").cpu()
-    check_positive_int(max_edges, "max_edges")
-    plt = _pyplot()
-    from matplotlib.collections import LineCollection
-    layer, neuron = data.layer.cpu(), data.neuron.cpu()
-    n_layers = len(data.layer_names)
-    y = torch.zeros(data.num_nodes)
-    for li in range(n_layers):
-        idx = (layer == li).nonzero().flatten()
-        if idx.numel() == 0:
-            continue
-        order = torch.argsort(clusters[idx] * (int(neuron.max()) + 1) + neuron[idx])
-        pos = torch.empty(idx.numel())
-        pos[order] = torch.linspace(0, 1, idx.numel()) if idx.numel() > 1 else torch.tensor([0.5])
-        y[idx] = pos
-    x = layer.float()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * n_layers + 2), 5.5))
-    else:
-        fig = ax.figure
-    k = int(clusters.max()) + 1
-    cmap = plt.get_cmap("tab20" if k > 10 else "tab10")
-    colours = [cmap(i % cmap.N) for i in range(k)]
-    ei = data.edge_index.cpu()
-    w = data.edge_weight.cpu().double() if data.edge_weight is not None else \
-        torch.ones(ei.shape[1], dtype=torch.float64)
-    once = ei[0] < ei[1]
-    ei, w = ei[:, once], w[once]
-    if w.numel():
-        top = w.topk(min(max_edges, w.numel())).indices
-        ei, w = ei[:, top], w[top]
-        alpha = (w / w.max()).clamp(0.03, 1.0) * 0.6
-        # Adjacent layers: straight lines. Within a layer: an arc to the right; across several
-        # layers: an arc above, so that the line does not run through the layers in between.
-        p0 = torch.stack([x[ei[0]], y[ei[0]]], 1)
-        p1 = torch.stack([x[ei[1]], y[ei[1]]], 1)
-        span = (x[ei[1]] - x[ei[0]]).abs()
-        ctrl = (p0 + p1) / 2
-        ctrl[:, 0] += torch.where(span == 0, 0.25 + 0.3 * (p1[:, 1] - p0[:, 1]).abs(),
-                                  torch.zeros_like(span))
-        ctrl[:, 1] += torch.where(span > 1, 0.08 * span, torch.zeros_like(span))
-        t = torch.linspace(0, 1, 9).view(1, -1, 1)
-        segs = ((1 - t) ** 2 * p0.unsqueeze(1) + 2 * t * (1 - t) * ctrl.unsqueeze(1)
-                + t ** 2 * p1.unsqueeze(1)).numpy()
-        same = clusters[ei[0]] == clusters[ei[1]]
-        cols = [(*colours[int(clusters[a])][:3], float(al)) if s else (0.5, 0.5, 0.5, float(al))
-                for a, s, al in zip(ei[0].tolist(), same.tolist(), alpha.tolist())]
-        ax.add_collection(LineCollection(segs, colors=cols, linewidths=0.6, zorder=1))
-    ax.scatter(x.numpy(), y.numpy(), c=[colours[int(c)] for c in clusters], s=14, zorder=2,
-               edgecolors="none")
-    if highlight is not None:
-        hl = highlight.cpu().bool()
-        ax.scatter(x[hl].numpy(), y[hl].numpy(), s=30, facecolors="none", edgecolors="black",
-                   linewidths=0.7, zorder=3)
-    ax.set_xticks(range(n_layers))
-    ax.set_xticklabels(data.layer_names, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks([])
-    ax.set_xlim(-0.5, n_layers - 0.5)
-    ax.set_ylim(-0.05, 1.05 + (0.08 * (n_layers - 1) if n_layers > 2 else 0.0))
-    ax.set_xlabel("layer")
-    ax.set_ylabel("neurons (sorted by cluster)")
-    ax.set_title(title or f"{data.source} graph, {k} clusters, {data.num_nodes} neurons")
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
 
 
 @dataclass
@@ -143,7 +52,7 @@ class NeuronReport:
     def groups(self) -> List[Dict[str, Any]]:
         """One row per cluster ∩ layer group: layer, cluster, size, importance and coherence
         percentiles, p- and q-values and flags."""
-        rows: Dict[tuple, Dict[str, Any]] = {}
+        rows: Dict[Tuple[int, int], Dict[str, Any]] = {}
         for res in (self.importance, self.coherence):
             if res is None:
                 continue
@@ -190,6 +99,7 @@ class NeuronReport:
         return out
 
     def to_dict(self) -> Dict[str, Any]:
+        """Summary, group rows, graph layout, clusters, the shuffle test and ``meta``."""
         g = self.graph
         return {"summary": self.summary(), "groups": self.groups(),
                 "graph": {"layers": g.layer_names, "layer_sizes": g.layer_sizes,
@@ -201,9 +111,11 @@ class NeuronReport:
                 "meta": self.meta}
 
     def to_json(self, path: PathLike) -> None:
-        atomic_write_json(path, _jsonable(self.to_dict()))
+        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
+        atomic_write_json(path, jsonable(self.to_dict()))
 
     def to_csv(self, path: Optional[PathLike] = None) -> str:
+        """The group rows as CSV (written atomically to ``path`` when given)."""
         rows = self.groups()
         keys: List[str] = []
         for r in rows:
@@ -250,42 +162,10 @@ class NeuronReport:
                 mask |= sel
         return mask
 
-    def plot(self, path: Optional[PathLike] = None, **kw):
-        """The partition on the layer graph (:func:`plot_neuron_partition`); important groups
-        circled."""
-        s = self.summary()
-        title = kw.pop("title", None) or (
-            f"{s['source']} graph: {s['n_nodes']} neurons, {s['n_clusters']} clusters, "
-            f"n-cut {s['ncut']:.3f}" + (f" (shuffled {s['ncut_shuffled_mean']:.3f}, "
-                                        f"p={s['clusterability_p']:.3g})"
-                                        if "clusterability_p" in s else ""))
-        return plot_neuron_partition(self.graph, self.clusters, path=path, title=title,
-                                     highlight=self.highlight(), **kw)
-
-    def to_tensorboard(self, writer, tag: str = "neurons", figure: bool = True) -> None:
-        """Scalars (n-cut, shuffle test, shares), the partition figure and the group table."""
-        for name in ("add_scalar", "add_text"):
-            if not callable(getattr(writer, name, None)):
-                raise TypeError(f"writer must be a SummaryWriter-like object with {name}(), got "
-                                f"{type(writer).__name__}")
-        for k, v in self.summary().items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None \
-                    and math.isfinite(float(v)):
-                writer.add_scalar(f"{tag}/{k}", float(v), global_step=0)
-        writer.add_text(f"{tag}/groups", self.to_markdown())
-        writer.add_text(f"{tag}/summary", "\n".join(f"- **{k}**: {v}"
-                                                    for k, v in self.summary().items()))
-        if figure and callable(getattr(writer, "add_figure", None)):
-            from ..outputs._plot import close
-            fig = self.plot()
-            writer.add_figure(f"{tag}/partition", fig)
-            close(fig)
-        if callable(getattr(writer, "flush", None)):
-            writer.flush()
-
     def save(self, out: PathLike, tensorboard: bool = True) -> Dict[str, str]:
-        """Writes ``report.json``, ``groups.csv``, ``groups.md``, ``partition.png`` and TensorBoard
-        events under ``out``; returns the paths."""
+        """Writes ``report.json``, ``groups.csv``, ``groups.md``, ``partition.png``
+        (:func:`dyngraph.plot`) and TensorBoard events (:func:`dyngraph.log`, prefix
+        ``'neurons'``) under ``out``; returns the paths."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "report.json", "csv": out / "groups.csv",
@@ -293,13 +173,12 @@ class NeuronReport:
         self.to_json(paths["json"])
         self.to_csv(paths["csv"])
         atomic_write_text(paths["markdown"], self.to_markdown(max_rows=10_000) + "\n")
-        from ..outputs._plot import close
-        fig = self.plot(paths["figure"])
-        close(fig)
+        from ..outputs import log, plot
+        plot(self, paths["figure"])
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             with SummaryWriter(str(out / "tensorboard")) as w:
-                self.to_tensorboard(w)
+                log(w, self, prefix="neurons")
             paths["tensorboard"] = out / "tensorboard"
         return {k: str(v) for k, v in paths.items()}
 
@@ -317,7 +196,7 @@ class NeuronReport:
         return "NeuronReport(" + ", ".join(parts) + ")"
 
 
-def _fmt(v) -> str:
+def _fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -328,21 +207,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, Tensor):
-        return obj.tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
-
-
-def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str = "weights",
+def neuron_report(model: nn.Module, loader: Any, n_clusters: int = 8, *,
+                  source: str = "weights",
                   n_shuffles: int = 20, n_random: int = 99,
                   methods: Sequence[str] = ("labels", "pixels"), seed: int = 0,
                   alpha: float = 0.05, min_size: int = 2, max_fraction: float = 0.99,
@@ -350,7 +216,8 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
                   solver: str = "auto", top_k: int = 20,
                   coherence_kwargs: Optional[Dict[str, Any]] = None,
                   checkpoint: Optional[PathLike] = None,
-                  device=None, progress: bool = True) -> NeuronReport:
+                  device: Optional[Union[str, torch.device]] = None,
+                  progress: bool = True) -> NeuronReport:
     """Neuron graph → spectral partition → shuffle test → lesion importance → coherence.
 
     Args:
@@ -365,17 +232,19 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
         seed: Seed of everything random.
         alpha: Benjamini–Hochberg level.
         min_size, max_fraction: Which cluster ∩ layer groups are tested.
-        graph_kwargs: Extra arguments of :func:`dyngraph.neuron_graph` (layers, norm, ...).
+        graph_kwargs: Extra arguments of :func:`dyngraph.neurons.neuron_graph` (layers, norm,
+            ...).
         dead_from_data: With ``'weights'``, also remove neurons that are constant over ``loader``.
         solver: Eigensolver of the spectral partition.
         top_k: Top-activating inputs per group for the label coherence.
-        coherence_kwargs: Extra arguments of :func:`dyngraph.coherence` (``fv_steps``, ...).
+        coherence_kwargs: Extra arguments of :func:`dyngraph.neurons.coherence` (``fv_steps``, ...).
         checkpoint: JSON file where the shuffle test saves its progress (resumable).
         device: Where to run.
         progress: Progress bars.
 
     Returns:
-        :class:`NeuronReport`.
+        :class:`NeuronReport`; draw it with ``dg.plot(report)``, log it with
+        ``dg.log(writer, report)``, write everything with ``report.save(out)``.
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -388,6 +257,8 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
         ...                              top_k=10, progress=False)
         >>> r.summary()['n_clusters'], r.summary()['n_shuffles']
         (2, 3)
+        >>> type(dg.plot(r)).__name__                 # the partition; dg.log(writer, r) logs it
+        'Figure'
     """
     t0 = time.perf_counter()
     check_positive_int(n_clusters, "n_clusters")
@@ -409,7 +280,7 @@ def neuron_report(model: nn.Module, loader, n_clusters: int = 8, *, source: str 
         cl = None
         graph = neuron_graph(model, source=source, loader=graph_loader, **gkw)
         clusters = spectral_partition(graph, n_clusters, seed=seed, solver=solver)
-        value = ncut(graph.edge_index, clusters, graph.edge_weight, graph.num_nodes)
+        value = float(ncut(graph.edge_index, clusters, graph.edge_weight, graph.num_nodes))
     imp = coh = None
     if n_random > 0:
         imp = lesion_importance(model, graph, clusters, loader, n_random=n_random, seed=seed,

@@ -109,9 +109,8 @@ def spectral_embedding(data, n_components: int, seed: int = 0, solver: str = "au
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> from dyngraph.neurons._spectral import spectral_embedding
         >>> a = torch.block_diag(torch.ones(3, 3), torch.ones(3, 3)) - torch.eye(6)
-        >>> spectral_embedding(a, 2).shape
+        >>> dg.neurons.spectral_embedding(a, 2).shape
         torch.Size([6, 2])
     """
     check_choice(solver, "solver", SOLVERS)
@@ -189,10 +188,9 @@ def kmeans(x: Tensor, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter
         ``(labels [N] long, centres [k, D], inertia)``.
 
     Example:
-        >>> import torch
-        >>> from dyngraph.neurons._spectral import kmeans
+        >>> import torch, dyngraph as dg
         >>> x = torch.tensor([[0.], [0.1], [5.], [5.1]])
-        >>> kmeans(x, 2)[0].tolist()
+        >>> dg.neurons.kmeans(x, 2)[0].tolist()
         [0, 0, 1, 1]
     """
     check_features(x, "x")
@@ -249,6 +247,7 @@ def kmeans(x: Tensor, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter
         inertia = float(d.gather(1, labels.unsqueeze(1)).sum())
         if best is None or inertia < best[2] - 1e-12 * max(1.0, abs(best[2])):
             best = (labels, centres, inertia)
+    assert best is not None  # n_init >= 1
     labels, centres, inertia = best
     return _first_appearance(labels), centres, inertia
 
@@ -269,9 +268,9 @@ def spectral_partition(data: Union[Data, Tensor], n_clusters: int, seed: int = 0
     """Partitions a graph's nodes into ``n_clusters`` groups by normalised spectral clustering.
 
     Args:
-        data: A PyG ``Data`` (``edge_index``, ``edge_weight`` or unit weights, ``num_nodes``), e.g.
-            from :func:`dyngraph.neuron_graph`, or a square adjacency tensor. Weights ``>= 0``;
-            every node needs at least one edge.
+        data: A PyG ``Data`` (``edge_index``, ``edge_weight`` or unit weights, ``num_nodes``),
+            e.g. from :func:`dyngraph.neurons.neuron_graph`, or a square adjacency tensor.
+            Weights ``>= 0``; every node needs at least one edge.
         n_clusters: Number of groups ``k``.
         seed: Seeds k-means (and the iterative eigensolvers): same graph + seed → same labels.
         solver: Eigensolver, see :func:`spectral_embedding`.

@@ -33,9 +33,8 @@ def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
         ``[G]`` p-values in ``[1/(n+1), 1]``.
 
     Example:
-        >>> import torch
-        >>> from dyngraph.neurons._stats import empirical_p
-        >>> empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()   # 14 of 19 are >= 5
+        >>> import torch, dyngraph as dg
+        >>> dg.neurons.empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()  # 14 of 19 >= 5
         0.75
     """
     observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
@@ -55,9 +54,8 @@ def percentile_of(observed: Tensor, null: Tensor) -> Tensor:
     """Where ``observed`` falls among the random values, in ``[0, 100]`` (ties count half).
 
     Example:
-        >>> import torch
-        >>> from dyngraph.neurons._stats import percentile_of
-        >>> percentile_of(torch.tensor(2.0), torch.tensor([1., 2., 3., 4.])).item()
+        >>> import torch, dyngraph as dg
+        >>> dg.neurons.percentile_of(torch.tensor(2.0), torch.tensor([1., 2., 3., 4.])).item()
         37.5
     """
     observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
@@ -81,8 +79,8 @@ def fisher_combine(p_values: Union[Tensor, Sequence[float]]) -> float:
         ``Q(m, X/2)``).
 
     Example:
-        >>> from dyngraph.neurons._stats import fisher_combine
-        >>> round(fisher_combine([0.05, 0.05]), 4)
+        >>> import dyngraph as dg
+        >>> round(dg.neurons.fisher_combine([0.05, 0.05]), 4)
         0.0175
     """
     p = _as_tensor(p_values, "p_values").reshape(-1)
@@ -106,8 +104,8 @@ def benjamini_hochberg(p_values: Union[Tensor, Sequence[float]]) -> Tensor:
         where ``q ≤ α``.
 
     Example:
-        >>> from dyngraph.neurons._stats import benjamini_hochberg
-        >>> [round(q, 3) for q in benjamini_hochberg([0.01, 0.04, 0.03, 0.2]).tolist()]
+        >>> import dyngraph as dg
+        >>> [round(q, 3) for q in dg.neurons.benjamini_hochberg([0.01, 0.04, 0.03, 0.2]).tolist()]
         [0.04, 0.053, 0.053, 0.2]
     """
     p = _as_tensor(p_values, "p_values").reshape(-1)

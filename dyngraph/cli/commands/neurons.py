@@ -1,15 +1,17 @@
 """``dyngraph neurons``: neuron-level modularity of a model (spectral partition of its neurons, the
-shuffle test, lesion importance and coherence of each cluster ∩ layer group)."""
+shuffle test, lesion importance and coherence of each cluster ∩ layer group), written by
+``NeuronReport.save`` (JSON, CSV, markdown, ``dg.plot`` figure, ``dg.log`` TensorBoard events)."""
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from .._common import add_common, get_loaders, get_model, print_json
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("neurons", help="spectral partition of a network's neurons, with "
                                        "clusterability, importance and coherence tests",
                        description="Build the neuron graph (weights or activation correlations), "
