@@ -150,6 +150,9 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
                         f"{type(loader).__name__}")
     taps = LayerTaps(model, layers, pool=pool)
     spec = taps.spec
+    if not spec:
+        raise ValueError("layers is empty: choose at least one layer (see dg.list_layers(model) "
+                         "or dg.default_layers(model))")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")

@@ -146,8 +146,10 @@ def _check_model(model) -> None:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
-def _resolve_layers(model: nn.Module, layers: LayerSpec) -> "OrderedDict[str, Tuple[str, str]]":
-    """Returns ``{alias: (module name, 'output' | 'input')}``."""
+def _resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = False
+                    ) -> "OrderedDict[str, Tuple[str, str]]":
+    """Returns ``{alias: (module name, 'output' | 'input')}``; the name ``''`` is the model
+    itself (its output, or ``':input'`` its first input)."""
     if layers is None:
         layers = default_layers(model)
     if isinstance(layers, type) or (isinstance(layers, tuple) and layers
@@ -163,7 +165,7 @@ def _resolve_layers(model: nn.Module, layers: LayerSpec) -> "OrderedDict[str, Tu
         pairs = list(layers.items())
     else:
         pairs = [(n, n) for n in layers]
-    if not pairs:
+    if not pairs and not allow_empty:
         raise ValueError("layers is empty: choose at least one layer (see dg.list_layers(model) "
                          "or dg.default_layers(model))")
     modules = dict(model.named_modules())
@@ -175,7 +177,7 @@ def _resolve_layers(model: nn.Module, layers: LayerSpec) -> "OrderedDict[str, Tu
         where = where or "output"
         if where not in ("output", "input"):
             raise ValueError(f"layer {spec!r}: the point after ':' must be 'input' or 'output'")
-        if name not in modules or name == "":
+        if name not in modules:
             names = [n for n in modules if n]
             close = list(dict.fromkeys(
                 difflib.get_close_matches(name, names, n=5, cutoff=0.6)

@@ -125,16 +125,17 @@ class LayerTaps:
 
     Args:
         model: Any ``nn.Module``.
-        layers: Names (``'layer1.0'``, ``'fc:input'`` for a module's input), a dict
-            ``{name: alias}``, a module type or tuple of types, or ``None`` for
-            :func:`~dyngraph.capture.default_layers`.
+        layers: Names (``'layer1.0'``, ``'fc:input'`` for a module's input, ``''`` for the
+            model's own output), a dict ``{name: alias}``, a module type or tuple of types,
+            ``None`` for :func:`~dyngraph.capture.default_layers` (no taps when only ``edits``
+            are given), or ``[]`` for no taps.
         pool: How a layer's output becomes ``[B, D]``: ``None`` flattens it (the reference),
             ``'avg'``/``'max'`` pool the spatial axes of ``[B, C, *spatial]``, an int
             adaptively average-pools to that spatial size.
         eval: Put the model in eval mode inside the context.
         grad: Keep the autograd graph (``outputs`` then are not detached or copied).
         edits: ``{name: fn}``: replace that module's output by ``fn(output)`` (lesions,
-            interventions); names must be module names.
+            interventions); names are module names, ``''`` the model itself.
         reduce: With ``False``, outputs are kept as the layer returned them (``[B, ...]``).
         allow_repeat: Accept a module that runs several times in one forward (the last call
             wins) instead of raising.
@@ -155,14 +156,15 @@ class LayerTaps:
         _check_model(model)
         self.model = model
         self.pool = check_pool(pool)
-        self.spec = (OrderedDict() if layers is None and edits
-                     else _resolve_layers(model, layers))
+        self.spec = (OrderedDict() if layers is None and edits is not None
+                     else _resolve_layers(model, layers, allow_empty=True))
         self.eval, self.grad, self.reduce, self.allow_repeat = eval, grad, reduce, allow_repeat
         modules = dict(model.named_modules())
         self.edits: Dict[str, Edit] = {}
         for name, fn in (edits or {}).items():
-            if name not in modules or not name:
-                raise ValueError(f"edits: unknown module {name!r} (see dg.list_layers(model))")
+            if name not in modules:
+                raise ValueError(f"edits: unknown module {name!r} of {type(model).__name__} "
+                                 f"(see dg.list_layers(model); '' is the model itself)")
             if not callable(fn):
                 raise TypeError(f"edits[{name!r}] must be callable, got {type(fn).__name__}")
             self.edits[name] = fn
@@ -171,6 +173,7 @@ class LayerTaps:
         self._calls: Dict[str, int] = {}
         self._handles: List[Any] = []
         self._was_training: Optional[bool] = None
+        self._active = False
 
     @property
     def names(self) -> List[str]:
@@ -215,7 +218,7 @@ class LayerTaps:
             self._handles.append(modules[name].register_forward_hook(edit, prepend=True))
 
     def __enter__(self) -> "LayerTaps":
-        if self._handles:
+        if self._active:
             raise RuntimeError("these LayerTaps are already active")
         self._was_training = self.model.training
         try:
@@ -225,6 +228,7 @@ class LayerTaps:
             raise
         if self.eval:
             self.model.eval()
+        self._active = True
         return self
 
     def remove(self) -> None:
@@ -232,6 +236,7 @@ class LayerTaps:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._active = False
         if self._was_training is not None:
             self.model.train(self._was_training)
             self._was_training = None
@@ -255,7 +260,7 @@ class LayerTaps:
     def run(self, inputs: Any) -> Any:
         """One forward pass (``model(*inputs)``, ``model(**inputs)`` or ``model(inputs)``);
         returns the model's own output and leaves the taps' in :attr:`outputs`."""
-        if not self._handles and (self.spec or self.edits):
+        if not self._active:
             raise RuntimeError("LayerTaps must be entered first: `with dg.LayerTaps(...) as taps:`")
         self.clear()
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):

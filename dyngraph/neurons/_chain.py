@@ -190,33 +190,13 @@ def reduced_weights(layer: NeuronLayer, prev_size: int, norm: str = "l1", fold_b
 
 def model_taps(model: nn.Module, layers: Optional[Dict[str, str]] = None, *,
                edits: Optional[Dict[str, Edit]] = None, **options: Any) -> LayerTaps:
-    """:class:`~dyngraph.capture.LayerTaps` on ``model``, where the module name ``''`` is the model
-    itself (a neuron layer may be a bare ``nn.Linear``).
+    """:class:`~dyngraph.capture.LayerTaps` on ``model`` with only the given taps and edits (the
+    module name ``''`` is the model itself: a neuron layer may be a bare ``nn.Linear``).
 
-    The taps are put on a wrapper that holds ``model`` as its child ``'0'`` and shares its training
-    mode, so that ``taps.run(x)`` is ``model(x)`` and on exit ``model`` is back in its mode with no
-    hook left. ``layers`` maps ``'name'`` or ``'name:input'`` to an alias, ``edits`` maps module
-    names to ``fn(output)``; ``options`` go to ``LayerTaps`` (``reduce``, ``grad``, ...). An
-    unknown name raises a ``ValueError`` that quotes it as given.
+    ``layers`` maps ``'name'`` or ``'name:input'`` to an alias, ``edits`` maps module names to
+    ``fn(output)``; ``options`` go to ``LayerTaps`` (``reduce``, ``grad``, ...).
     """
-    modules = dict(model.named_modules())
-    for what, names in (("layers", [s.partition(":")[0] for s in layers or {}]),
-                        ("edits", list(edits or {}))):
-        for name in names:
-            if name not in modules:
-                raise ValueError(f"{what}: unknown module {name!r} of {type(model).__name__} "
-                                 f"(see dg.list_layers(model))")
-    root = nn.Sequential(model)
-    root.training = model.training  # the wrapper's own flag only: no module's mode changes here
-    spec = {_child(name): alias for name, alias in (layers or {}).items()}
-    return LayerTaps(root, spec or None, edits={_child(n): fn for n, fn in (edits or {}).items()},
-                     **options)
-
-
-def _child(spec: str) -> str:
-    """``'a.b'`` → ``'0.a.b'``, ``'a:input'`` → ``'0.a:input'``, ``''`` → ``'0'``."""
-    name, sep, where = spec.partition(":")
-    return ("0." + name if name else "0") + sep + where
+    return LayerTaps(model, layers or [], edits=edits or {}, **options)
 
 
 def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor

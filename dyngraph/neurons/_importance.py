@@ -50,11 +50,6 @@ def _check_n_random(n_random: Any) -> int:
     return n_random
 
 
-def _intact(output: Tensor) -> Tensor:
-    """The edit of the intact model: its output unchanged."""
-    return output
-
-
 class _Lesion:
     """The edit that lesions ``module``: its output ``[B, C, ...]`` times a 0/1 mask per channel,
     for each of the ``M`` masks in :attr:`mask` ``[M, C]``. With ``expand='hook'`` the batch is
@@ -148,7 +143,7 @@ class LesionRunner:
         m_total = masks.shape[0]
         out = torch.zeros(m_total, self.num_classes, dtype=torch.float64, device=dev)
         lesion = _Lesion(module, expand)
-        edits: Dict[str, Edit] = {module: lesion} if module is not None else {"": _intact}
+        edits: Dict[str, Edit] = {module: lesion} if module is not None else {}
         with model_taps(self.model, edits=edits) as taps:
             for x, y in self.batches:
                 x, y = _to(x, dev), y.to(dev)

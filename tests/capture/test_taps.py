@@ -151,3 +151,21 @@ def test_extract_features_is_built_on_the_taps():
         ref = taps(ds.tensors[0])
     for k in ref:
         assert torch.allclose(f[k], ref[k], atol=1e-6)
+
+
+def test_the_model_itself_and_no_taps():
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with dg.LayerTaps(lin, ["", ":input"]) as taps:
+        out = taps(x)
+    assert torch.allclose(out[""], lin(x)) and torch.equal(out[":input"], x)
+    with dg.LayerTaps(lin, [], edits={"": lambda o: o * 0}) as taps:
+        assert taps.names == [] and bool((taps.run(x) == 0).all())
+    with dg.LayerTaps(lin, []) as taps:       # no hooks at all: run() is the plain forward
+        assert torch.allclose(taps.run(x), lin(x)) and taps.outputs == {}
+    assert no_hooks(lin) and lin.training
+    with pytest.raises(RuntimeError, match="entered first"):
+        dg.LayerTaps(lin, []).run(x)
+    with pytest.raises(ValueError, match="layers is empty"):
+        from torch.utils.data import DataLoader, TensorDataset
+        dg.extract_features(lin, DataLoader(TensorDataset(x, torch.arange(4) % 2)), layers=[])
