@@ -412,5 +412,5 @@ def train_cached(model: nn.Module, train_loader, path: PathLike, epochs: int = 3
 
 __all__ = ["ARCHITECTURES", "CifarBasicBlock", "CifarResNet", "DigitsCNN", "DigitsMLP",
            "PadShortcut", "SignalBlock", "SignalCNN", "SignalResNet", "build_model",
-           "cifar_resnet", "evaluate", "resnet110", "resnet20", "resnet56", "train_cached",
+           "cifar_resnet", "resnet110", "resnet20", "resnet56", "train_cached",
            "train_classifier"]
