@@ -1,7 +1,7 @@
 """Representation similarity, side by side with peers on the same features.
 
 1. **Layer × layer minibatch CKA between two models** (Nguyen et al. 2021): dyngraph's
-   ``stream_cka`` (float64, one Gram per layer per batch, all layer pairs as one matrix product)
+   ``dg.compare.stream_cka`` (float64, one Gram per layer per batch, all layer pairs as one matrix product)
    against ``torch-cka`` 0.21 (PyPI; float32, recomputes the Gram and an ``N³`` product for every
    pair). Same models, same loader, same layers. A third setting shifts every activation of the
    hooked layers by a constant (CKA is translation invariant, so the values must not change):
@@ -30,15 +30,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.compare._compare import stream_cka
-from dyngraph.measures._similarity import linear_cka, mutual_knn
 
 
-def timed(fn, repeats):
+def timed(fn, repeats, *args, **kw):
     times, out = [], None
     for _ in range(repeats):
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args, **kw)
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
 
@@ -62,6 +60,11 @@ def mlp(seed: int, d_in: int, shift: float = 0.0) -> nn.Sequential:
     layers = [nn.Linear(d_in, 256), nn.ReLU(), Shift(shift), nn.Linear(256, 256), Shift(shift),
               nn.Linear(256, 10)]
     return nn.Sequential(*layers).eval()
+
+
+def ours_cka(m1, m2, l1, l2, loader) -> torch.Tensor:
+    return dg.compare.stream_cka({"a": m1, "b": m2}, loader, layers={"a": l1, "b": l2},
+                                 within=False, progress=False)[("a", "b")]["cka_minibatch"]
 
 
 def peer_cka(m1, m2, l1, l2, loader):
@@ -138,9 +141,7 @@ def bench_minibatch(repeats):
                                                               mn.tensors[1]), batch_size=500)))
     reference = {}
     for name, a, b, la, lb, loader in settings:
-        ours_t, ours = timed(lambda: stream_cka({"a": a, "b": b}, loader,
-                                                layers={"a": la, "b": lb}, within=False,
-                                                progress=False)[("a", "b")].values, repeats)
+        ours_t, ours = timed(ours_cka, repeats, a, b, la, lb, loader)
         ref64 = np_minibatch_reference(a, b, la, lb, loader)
         row = {"setting": name, "ours_seconds": ours_t, "ours_nan": int(torch.isnan(ours).sum()),
                "cells": ours.numel(),
@@ -151,7 +152,7 @@ def bench_minibatch(repeats):
         else:
             reference[name] = ours
         if have_peer:
-            peer_t, (peer, err) = timed(lambda: peer_cka(a, b, la, lb, loader), repeats)
+            peer_t, (peer, err) = timed(peer_cka, repeats, a, b, la, lb, loader)
             finite = torch.isfinite(peer)
             row.update({"peer_seconds": peer_t, "speedup": peer_t / ours_t,
                         "peer_nan": int((~finite).sum()), "peer_error": err,
@@ -180,9 +181,9 @@ def bench_exact(repeats):
         x = torch.randn(n, dx, generator=g)
         y = torch.tanh(x[:, : min(dx, dy)].repeat(1, dy // min(dx, dy) + 1)[:, :dy]) + \
             torch.randn(n, dy, generator=g)
-        ours_t, ours = timed(lambda: linear_cka(x, y), repeats)
+        ours_t, ours = timed(dg.measures.linear_cka, repeats, x, y)
         xn, yn = x.double().numpy(), y.double().numpy()
-        peer_t, peer = timed(lambda: np_gram_cka(xn, yn), repeats)
+        peer_t, peer = timed(np_gram_cka, repeats, xn, yn)
         rows.append({"n": n, "dx": dx, "dy": dy, "ours_seconds": ours_t, "peer_seconds": peer_t,
                      "speedup": peer_t / ours_t, "abs_diff": abs(ours - peer), "value": ours})
     return rows
@@ -210,8 +211,8 @@ def bench_mutual_knn(repeats, sizes):
     for n in sizes:
         x = torch.randn(n, 128, generator=g)
         y = x @ torch.randn(128, 64, generator=g) + 2 * torch.randn(n, 64, generator=g)
-        ours_t, ours = timed(lambda: mutual_knn(x, y, k=10), repeats)
-        peer_t, peer = timed(lambda: sk_mutual_knn(x.numpy(), y.numpy(), 10), repeats)
+        ours_t, ours = timed(dg.measures.mutual_knn, repeats, x, y, k=10)
+        peer_t, peer = timed(sk_mutual_knn, repeats, x.numpy(), y.numpy(), 10)
         rows.append({"n": n, "d": (128, 64), "k": 10, "ours_seconds": ours_t,
                      "peer_seconds": peer_t, "speedup": peer_t / ours_t,
                      "abs_diff": abs(ours - peer), "value": ours})

@@ -5,7 +5,8 @@ untrained CNN. Part B, MNIST-1D (harder; a random network does not separate its 
 seeds of an MLP and the untrained MLP. Checkpoints are cached in ``--out`` (reruns do not
 retrain). For each part:
 
-1. ``dg.compare`` — every measure between every pair of models, on the whole test split;
+1. ``dg.compare.compare_models`` — every measure between every pair of models, on the whole
+   test split (one ``dg.LayerMatrix`` per pair, heatmaps with ``dg.plot``);
 2. checks: do two seeds of one architecture agree more on corresponding layers than on other
    layers (diagonal vs off-diagonal), and is a trained network told apart from an untrained one
    (seed-to-seed similarity of matched layers vs trained-to-untrained)?
@@ -34,7 +35,7 @@ def trained(name: str, build, seed: int, epochs: int, train, test, out: Path):
     model = build()
     dg.zoo.train_cached(model, train, out / f"model_{name}_seed{seed}_ep{epochs}.pt", epochs,
                            seed=seed, progress=False)
-    return model.eval(), dg.zoo.evaluate(model, test)
+    return model.eval(), dg.prune.evaluate(model, test)
 
 
 def report(res, a: str, b: str, untrained: str, other=None) -> dict:
@@ -45,24 +46,33 @@ def report(res, a: str, b: str, untrained: str, other=None) -> dict:
     print("|---|---|---|---|---|---|" + ("---|" if other else ""))
     checks = {}
     for m in res.measures:
-        seeds = res.matrix(m, a, b)
-        c = seeds.diagonal_contrast()
-        um = res.matrix(m, a, untrained)
-        u = um.diagonal_contrast()["diagonal_mean"]
-        higher = m != "modularity_distance"
+        seeds = res.matrix(a, b)[m]
+        c = res.matrix(a, b).diagonal_contrast(m)
+        um = res.matrix(a, untrained)[m]
+        u = res.matrix(a, untrained).diagonal_contrast(m)["diagonal_mean"]
+        higher = res.higher_is_similar(m)
         checks[m] = {
             "diagonal_more_similar": (c["diagonal_mean"] > c["off_diagonal_mean"]) == higher,
             "trained_told_from_untrained": (c["diagonal_mean"] > u) == higher}
         row = (f"| {m} | {c['diagonal_mean']:.3f} | {c['off_diagonal_mean']:.3f} | {u:.3f} | "
-               f"{' '.join(f'{v:.2f}' for v in seeds.values.diagonal().tolist())} | "
-               f"{' '.join(f'{v:.2f}' for v in um.values.diagonal().tolist())} |")
+               f"{' '.join(f'{v:.2f}' for v in seeds.diagonal().tolist())} | "
+               f"{' '.join(f'{v:.2f}' for v in um.diagonal().tolist())} |")
         if other:
-            cross = res.matrix(m, a, other).values
+            cross = res.matrix(a, other)[m]
             best = (cross.max(1).values if higher else cross.min(1).values).mean()
             row += f" {float(best):.3f} |"
         print(row)
     print("checks:", json.dumps(checks))
     return checks
+
+
+def figures(res, out: Path) -> None:
+    """One grid of every pair of models per measure, and the seed-to-seed heatmaps."""
+    for m in res.measures:
+        dg.plot(res, out / f"grid_{m}.png", metric=m)
+        for a, b in res.matrices:
+            if a != b and a.split("-")[0] == b.split("-")[0]:
+                dg.plot(res, out / f"{m}__{a}__vs__{b}.png", metric=m, pair=(a, b))
 
 
 def permutations(fa, fb, fu, names, args) -> None:
@@ -79,15 +89,18 @@ def communities(name: str, feats, out: Path) -> None:
     seq = dg.DynamicGraph.from_features(feats, k=3, progress=False)
     ev = dg.measures.community_evolution(seq, progress=False)
     ev.to_json(out / f"communities_{name}.json")
-    ev.plot(out / f"figures_{name}")
-    fmt = lambda t: " ".join(f"{v:.3f}" for v in t.tolist())
+    for kind in ("flow", "transitions", "mixing", "profile"):
+        dg.plot(ev, out / f"figures_{name}" / f"{kind}.png", kind=kind)
+    p = ev.profile
+    fmt = lambda metric: " ".join(f"{v:.3f}" for v in p[metric].values.tolist())
     print(f"  {name}: layers {ev.layers}")
-    print(f"    label Q      {fmt(ev.label_modularity)}")
-    print(f"    kNN purity   {fmt(ev.purity)}")
-    print(f"    #communities {ev.n_communities.tolist()}")
-    print(f"    NMI          {fmt(ev.nmi)}")
-    print(f"    ARI          {fmt(ev.ari)}")
-    print(f"    stability    {fmt(ev.stability)}  (NMI between consecutive layers)")
+    print(f"    label Q      {fmt('modularity')}")
+    print(f"    kNN purity   {fmt('graph_purity')}")
+    print(f"    #communities {[int(v) for v in p['n_communities'].values.tolist()]}")
+    print(f"    NMI          {fmt('nmi')}")
+    print(f"    ARI          {fmt('ari')}")
+    print(f"    stability    {' '.join(f'{v:.3f}' for v in ev.stability.tolist())}  "
+          f"(NMI between consecutive layers)")
     off = ev.separation[~torch.eye(ev.separation.shape[0], dtype=torch.bool)]
     done = off[off >= 0]
     print(f"    class pairs separated for good: {done.numel() // 2} of {off.numel() // 2}"
@@ -115,15 +128,15 @@ def main() -> None:
             test, out)
     torch.manual_seed(0)
     models["cnn-untrained"] = dg.zoo.build_model("cnn").eval()
-    acc["cnn-untrained"] = dg.zoo.evaluate(models["cnn-untrained"], test)
+    acc["cnn-untrained"] = dg.prune.evaluate(models["cnn-untrained"], test)
     print("test accuracy:", {n: round(a, 4) for n, a in acc.items()})
     t = time.perf_counter()
-    res = dg.compare(models, test, measures=MEASURES, k=args.k, progress=False,
-                     info={n: {"test_acc": a} for n, a in acc.items()})
+    res = dg.compare.compare_models(models, test, measures=MEASURES, k=args.k, progress=False,
+                                    info={n: {"test_acc": a} for n, a in acc.items()})
     secs = res.meta["seconds"]
     print(f"compare: {len(models)} models, N={res.meta['n_samples']}, {len(MEASURES)} measures, "
-          f"{time.perf_counter() - t:.1f}s (summaries "
-          f"{sum(v for k, v in secs.items() if k.startswith('summaries')):.1f}s, pairwise "
+          f"{time.perf_counter() - t:.1f}s (prepare "
+          f"{sum(v for k, v in secs.items() if k.startswith('prepare')):.1f}s, pairwise "
           f"{secs['pairwise']:.1f}s)")
     report(res, "cnn-seed0", "cnn-seed1", "cnn-untrained", other="mlp-seed0")
     f0, f1, fu = (dg.extract_features(models[n], test, progress=False)
@@ -131,7 +144,7 @@ def main() -> None:
     permutations(f0, f1, fu, ("seed0~seed1", "seed0~untrained"), args)
     res.to_json(out / "digits_report.json")
     res.to_csv(out / "digits_table.csv")
-    res.plot(out / "digits_figures")
+    figures(res, out / "digits_figures")
     print("community evolution (k = 3 snapshots; Leiden without labels):")
     communities("digits_cnn-seed0", f0, out)
     communities("digits_cnn-untrained", fu, out)
@@ -146,16 +159,16 @@ def main() -> None:
             "mnist1d_mlp", build, seed, args.epochs, train, test, out)
     torch.manual_seed(0)
     models["mlp-untrained"] = build().eval()
-    acc["mlp-untrained"] = dg.zoo.evaluate(models["mlp-untrained"], test)
+    acc["mlp-untrained"] = dg.prune.evaluate(models["mlp-untrained"], test)
     print("test accuracy:", {n: round(a, 4) for n, a in acc.items()})
-    res = dg.compare(models, test, measures=MEASURES, k=args.k, progress=False,
-                     info={n: {"test_acc": a} for n, a in acc.items()})
+    res = dg.compare.compare_models(models, test, measures=MEASURES, k=args.k, progress=False,
+                                    info={n: {"test_acc": a} for n, a in acc.items()})
     report(res, "mlp-seed0", "mlp-seed1", "mlp-untrained")
     g0, g1, gu = (dg.extract_features(models[n], test, progress=False)
                   for n in ("mlp-seed0", "mlp-seed1", "mlp-untrained"))
     permutations(g0, g1, gu, ("seed0~seed1", "seed0~untrained"), args)
     res.to_json(out / "mnist1d_report.json")
-    res.plot(out / "mnist1d_figures")
+    figures(res, out / "mnist1d_figures")
     print("community evolution (k = 3 snapshots; Leiden without labels):")
     communities("mnist1d_mlp-seed0", g0, out)
     communities("mnist1d_mlp-untrained", gu, out)

@@ -1,70 +1,74 @@
-"""Compare models (or feature sets) layer by layer: ``dg.compare(...)`` → tidy table + matrices.
+"""Compare models (or feature sets) layer by layer: one :class:`~dyngraph.LayerMatrix` per pair.
 
 The expensive work is done once per model (netrep's pattern): extract the representations, then
-reduce each layer to a :class:`~dyngraph.measures._similarity.RepresentationSummary` (CKA Gram
-matrices or centred features, kNN lists, graph rows, modularity). Every pair of models — and each
-model with itself — is then filled in from the summaries, one layer × layer matrix per measure.
+prepare each layer for every pair measure (the registry's ``prepare``: CKA Gram matrices or
+centred features, kNN lists, graph rows, modularity). Every pair of models — and each model with
+itself — is then scored from the prepared states, exactly as :func:`dyngraph.layer_matrix` scores
+one pair.
 
 :func:`stream_cka` is the bounded-memory alternative for CKA: it runs every model on each batch of
-the loader and accumulates the minibatch CKA of Nguyen et al. (2021) for all layer pairs of all
-models at once, without keeping any features.
+the loader (through :class:`dyngraph.capture.LayerTaps`) and accumulates the minibatch CKA of
+Nguyen et al. (2021) for all layer pairs of all models at once, without keeping any features.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .._curve import Curve
 from .._io import PathLike, atomic_write_json, atomic_write_text
+from .._json import jsonable
 from .._progress import progress_bar
-from .._validate import check_choice, check_labels, check_positive_int
+from .._validate import check_labels, check_positive_int
 from ..capture._features import LayerFeatures
-from ..measures._similarity import (
-    DISTANCES,
-    MEASURES,
-    MinibatchCKA,
-    SimilarityMatrix,
-    fill_matrix,
-    summarize_layers,
-)
+from ..capture._taps import LayerTaps, split_batch, to_device
+from ..measures._registry import Measure, resolve
+from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary, fill_matrix
+from ..profiles._profile import DepthProfile, LayerMatrix
+from ..profiles._runner import _generic_matrix, _options, _states
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
 DEFAULT_MEASURES = ("cka", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
-#: Every measure :func:`compare` accepts: the summary-based ones plus the streamed minibatch CKA.
-COMPARE_MEASURES = MEASURES + ("cka_minibatch",)
+#: The measure :func:`compare_models` streams over the loader with :func:`stream_cka`.
+STREAMED = "cka_minibatch"
+#: The built-in measures :func:`compare_models` accepts (any registered pair measure works too).
+COMPARE_MEASURES = MEASURES + (STREAMED,)
+FORMAT = "dyngraph.Comparison/2"
 
 Item = Union[nn.Module, LayerFeatures, Mapping[str, Tensor]]
+Pair = Tuple[str, str]
 
 
 # ================================================================================== result
 @dataclass
 class Comparison:
-    """The result of :func:`compare`.
+    """The result of :func:`compare_models`.
 
     Attributes:
         names: Model names, in order.
         layers: ``{model: [layer names]}``.
         measures: The measures computed.
-        matrices: ``{measure: {(model_a, model_b): SimilarityMatrix}}`` for every pair with
-            ``a`` before ``b`` in ``names`` and, with ``within=True``, ``(a, a)``.
-        curves: ``{model: {curve name: Curve}}`` — per-model curves that came for free (label
-            modularity, kNN purity).
+        matrices: ``{(model_a, model_b): LayerMatrix}`` for every pair with ``a`` before ``b`` in
+            ``names`` and, with ``within=True``, ``(a, a)``. Each matrix holds every measure as a
+            metric (values ``[La, Lb, M]``), with the permutation p-values as ``'<measure>:p'``.
+        profiles: ``{model: DepthProfile}`` — per-layer values that came for free with the
+            prepared states (``'modularity'`` of the kNN snapshot, ``'knn_purity'``).
         info: ``{model: dict}`` (e.g. accuracy, source) as given.
         meta: Settings and timings.
 
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
-        >>> res = dg.compare([{'l': x}, {'l': 2 * x}], measures=['cka'], progress=False)
-        >>> res.names, round(float(res.matrix('cka', 'features_0', 'features_1').values[0, 0]), 6)
+        >>> res = dg.compare.compare_models([{'l': x}, {'l': 2 * x}], measures=['cka'],
+        ...                                 progress=False)
+        >>> res.names, round(float(res.matrix('features_0', 'features_1')['cka'][0, 0]), 6)
         (['features_0', 'features_1'], 1.0)
         >>> res.table[0]['measure'], len(res.table)
         ('cka', 3)
@@ -73,48 +77,51 @@ class Comparison:
     names: List[str]
     layers: Dict[str, List[str]]
     measures: List[str]
-    matrices: Dict[str, Dict[Tuple[str, str], SimilarityMatrix]]
-    curves: Dict[str, Dict[str, Curve]] = field(default_factory=dict)
+    matrices: Dict[Pair, LayerMatrix]
+    profiles: Dict[str, DepthProfile] = field(default_factory=dict)
     info: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        pairs = len(next(iter(self.matrices.values()))) if self.matrices else 0
-        return (f"Comparison(models={self.names}, measures={self.measures}, pairs={pairs}, "
-                f"n_samples={self.meta.get('n_samples')})")
+        return (f"Comparison(models={self.names}, measures={self.measures}, "
+                f"pairs={len(self.matrices)}, n_samples={self.meta.get('n_samples')})")
 
-    def matrix(self, measure: str, a: str, b: str) -> SimilarityMatrix:
-        """The ``a × b`` matrix of ``measure`` (transposed from ``b × a`` when needed)."""
-        if measure not in self.matrices:
-            raise KeyError(f"measure {measure!r} was not computed; have {self.measures}")
+    def matrix(self, a: str, b: str) -> LayerMatrix:
+        """The ``a × b`` :class:`~dyngraph.LayerMatrix` (transposed from ``b × a`` when needed);
+        ``res.matrix(a, b)['cka']`` is the ``[La, Lb]`` CKA matrix."""
         for n in (a, b):
             if n not in self.names:
                 raise KeyError(f"no model named {n!r}; models are {self.names}")
-        got = self.matrices[measure]
-        if (a, b) in got:
-            return got[(a, b)]
-        if (b, a) in got:
-            m = got[(b, a)]
-            return SimilarityMatrix(m.values.T, m.layers_b, m.layers_a, measure, a, b,
-                                    None if m.p_values is None else m.p_values.T, dict(m.meta))
+        if (a, b) in self.matrices:
+            return self.matrices[(a, b)]
+        if (b, a) in self.matrices:
+            m = self.matrices[(b, a)]
+            meta = dict(m.meta, models=[a, b])
+            return LayerMatrix(m.cols, m.rows, m.metrics, m.values.transpose(0, 1), meta)
         raise KeyError(f"pair ({a!r}, {b!r}) was not computed (within=False?)")
+
+    def higher_is_similar(self, measure: str) -> bool:
+        """``False`` for a distance (``'modularity_distance'``), ``True`` otherwise."""
+        m = next(iter(self.matrices.values()), None)
+        return not (m is not None and m.meta.get("distance", {}).get(measure, False))
 
     @property
     def table(self) -> List[Dict[str, Any]]:
         """Tidy rows: one per (measure, model pair, layer pair)."""
         rows = []
-        for measure, mats in self.matrices.items():
-            for (a, b), m in mats.items():
-                for i, la in enumerate(m.layers_a):
-                    for j, lb in enumerate(m.layers_b):
+        for measure in self.measures:
+            for (a, b), m in self.matrices.items():
+                v = m[measure]
+                p = m[f"{measure}:p"] if f"{measure}:p" in m.metrics else None
+                for i, la in enumerate(m.rows):
+                    for j, lb in enumerate(m.cols):
                         rows.append({"measure": measure, "model_a": a, "model_b": b,
                                      "layer_a": la, "layer_b": lb, "index_a": i, "index_b": j,
-                                     "value": float(m.values[i, j]),
-                                     "p_value": None if m.p_values is None
-                                     else float(m.p_values[i, j])})
+                                     "value": float(v[i, j]),
+                                     "p_value": None if p is None else float(p[i, j])})
         return rows
 
-    def to_pandas(self):
+    def to_pandas(self) -> Any:
         """The tidy table as a ``pandas.DataFrame`` (needs pandas)."""
         try:
             import pandas as pd
@@ -145,32 +152,33 @@ class Comparison:
         square matrices, the diagonal/off-diagonal means and how often each row's best match is
         the corresponding layer."""
         out: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {}
-        for measure, mats in self.matrices.items():
+        for measure in self.measures:
             out[measure] = {}
-            for (a, b), m in mats.items():
-                v = m.values
-                best = v.max(1).values if m.higher_is_similar else v.min(1).values
-                row = {"mean": float(v.mean()), "mean_best_match": float(best.mean())}
+            for (a, b), m in self.matrices.items():
+                v = m[measure]
+                best = v.max(1).values if self.higher_is_similar(measure) else v.min(1).values
+                row: Dict[str, Optional[float]] = {"mean": float(v.mean()),
+                                                   "mean_best_match": float(best.mean())}
                 if v.shape[0] == v.shape[1]:
-                    row.update(m.diagonal_contrast())
-                if m.p_values is not None:
-                    row["share_p_below_0.05"] = float((m.p_values < 0.05).double().mean())
+                    row.update(m.diagonal_contrast(measure))
+                if f"{measure}:p" in m.metrics:
+                    row["share_p_below_0.05"] = float((m[f"{measure}:p"] < 0.05).double().mean())
                 out[measure][f"{a}|{b}"] = row
         return out
 
     def to_dict(self) -> Dict[str, Any]:
-        from .._curve import _jsonable
-        return _jsonable({
-            "format": "dyngraph.Comparison/1",
-            "names": self.names, "layers": self.layers, "measures": self.measures,
-            "matrices": {m: [mat.to_dict() for mat in mats.values()]
-                         for m, mats in self.matrices.items()},
+        """Everything, JSON-ready (non-finite floats as strings)."""
+        return jsonable({
+            "format": FORMAT, "names": self.names, "layers": self.layers,
+            "measures": self.measures,
+            "matrices": [{"pair": [a, b], "matrix": m.to_dict()}
+                         for (a, b), m in self.matrices.items()],
             "summary": self.summary(),
-            "curves": {n: {k: c.to_dict() for k, c in cs.items()} for n, cs in self.curves.items()},
+            "profiles": {n: p.to_dict() for n, p in self.profiles.items()},
             "info": self.info, "meta": self.meta})
 
     def to_json(self, path: Optional[PathLike] = None) -> str:
-        """JSON report (matrices, p-values, summary, curves, settings); atomic when ``path``."""
+        """JSON report (matrices, p-values, summary, profiles, settings); atomic when ``path``."""
         d = self.to_dict()
         if path is not None:
             atomic_write_json(path, d)
@@ -178,129 +186,26 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Comparison":
-        if d.get("format") != "dyngraph.Comparison/1":
-            raise ValueError("not a dyngraph.Comparison report")
-        mats = {}
-        for m, lst in d["matrices"].items():
-            mats[m] = {}
-            for md in lst:
-                sm = SimilarityMatrix.from_dict(md)
-                mats[m][(sm.name_a, sm.name_b)] = sm
-        curves = {n: {k: Curve.from_dict(c) for k, c in cs.items()}
-                  for n, cs in d.get("curves", {}).items()}
-        return cls(d["names"], d["layers"], d["measures"], mats, curves, d.get("info", {}),
+        """The inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} report (format "
+                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        mats = {(str(e["pair"][0]), str(e["pair"][1])): LayerMatrix.from_dict(e["matrix"])
+                for e in d["matrices"]}
+        profiles = {n: DepthProfile.from_dict(p) for n, p in d.get("profiles", {}).items()}
+        return cls(d["names"], d["layers"], d["measures"], mats, profiles, d.get("info", {}),
                    d.get("meta", {}))
 
     @classmethod
     def from_json(cls, path: PathLike) -> "Comparison":
+        """Reads a report written by :meth:`to_json`."""
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
 
-    def plot_grid(self, measure: str, path: Optional[PathLike] = None):
-        """All pairs of one measure in one figure: an upper-triangular grid of heatmaps (rows and
-        columns: models) on a shared colour scale. Returns the figure."""
-        from ..measures._similarity import _LABELS
-        from ..outputs._plot import _pyplot, save_figure
-        if measure not in self.matrices:
-            raise KeyError(f"measure {measure!r} was not computed; have {self.measures}")
-        plt = _pyplot()
-        names = self.names
-        m_ = len(names)
-        got = self.matrices[measure]
-        vals = torch.cat([m.values.flatten() for m in got.values()])
-        distance = measure in DISTANCES
-        vmin = 0.0 if distance else min(0.0, float(vals.min()))
-        vmax = float(vals.max()) if distance else 1.0
-        fig, axes = plt.subplots(m_, m_, figsize=(1.9 * m_ + 1.2, 1.8 * m_ + 0.8), squeeze=False,
-                                 layout="constrained")
-        im = None
-        for i, a in enumerate(names):
-            for j, b in enumerate(names):
-                ax = axes[i][j]
-                if (a, b) not in got:
-                    ax.axis("off")
-                    continue
-                im = ax.imshow(got[(a, b)].values.numpy(), vmin=vmin, vmax=vmax,
-                               cmap="viridis_r" if distance else "viridis", aspect="auto")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0 or (i == j):
-                    ax.set_title(b, fontsize=7)
-                if j == i or (j == i + 1 and (a, a) not in got):
-                    ax.set_ylabel(a, fontsize=7)
-        if im is not None:
-            fig.colorbar(im, ax=axes, fraction=0.02, label=_LABELS.get(measure, measure))
-        fig.suptitle(f"{_LABELS.get(measure, measure)}: layer × layer, every pair of models "
-                     f"(rows: first model's layers, top = input side)", fontsize=9)
-        if path is not None:
-            save_figure(fig, path)
-        return fig
-
-    def plot(self, out_dir: PathLike, measures: Optional[Sequence[str]] = None,
-             per_pair: Optional[bool] = None) -> Dict[str, Path]:
-        """Writes to ``out_dir``: one grid per measure (:meth:`plot_grid`), the per-model curves
-        and, with ``per_pair`` (default: when there are at most 6 model pairs), one annotated
-        heatmap per (measure, pair of different models)."""
-        from ..outputs._plot import close, plot_curves
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths: Dict[str, Path] = {}
-        measures = list(measures or self.measures)
-        between = [(a, b) for (a, b) in next(iter(self.matrices.values())) if a != b] \
-            if self.matrices else []
-        if per_pair is None:
-            per_pair = len(between) <= 6
-        for measure in measures:
-            p = out / f"grid_{measure}.png"
-            close(self.plot_grid(measure, p))
-            paths[f"grid_{measure}"] = p
-            if per_pair:
-                for (a, b), m in self.matrices[measure].items():
-                    if a == b:
-                        continue
-                    key = f"{measure}__{_safe(a)}__vs__{_safe(b)}"
-                    p = out / f"{key}.png"
-                    close(m.plot(p))
-                    paths[key] = p
-        names = sorted({k for cs in self.curves.values() for k in cs})
-        for cname in names:
-            curves = [(n, self.curves[n][cname]) for n in self.names if cname in self.curves[n]]
-            p = out / f"curve_{cname}.png"
-            close(plot_curves([c for _, c in curves], path=p, labels=[n for n, _ in curves],
-                              title=f"{cname} per model"))
-            paths[f"curve_{cname}"] = p
-        return paths
-
-    def to_tensorboard(self, writer, prefix: str = "dyngraph/compare",
-                       per_pair: bool = False) -> None:
-        """Per measure: the grid figure and every pair's values as a markdown table; per model:
-        the free curves as scalars. ``per_pair`` also logs one heatmap per pair."""
-        from ..measures._similarity import _markdown, log_similarity_matrix
-        from ..outputs._log import log_curve
-        from ..outputs._plot import close
-        for measure, mats in self.matrices.items():
-            fig = self.plot_grid(measure)
-            writer.add_figure(f"{prefix}/{measure}/grid", fig)
-            close(fig)
-            for (a, b), m in mats.items():
-                tag = f"{prefix}/{measure}/{_safe(a)}_vs_{_safe(b)}"
-                if per_pair:
-                    log_similarity_matrix(writer, m, tag=tag)
-                else:
-                    writer.add_text(f"{tag}/values", _markdown(m))
-        for n, cs in self.curves.items():
-            for cname, c in cs.items():
-                log_curve(writer, c, tag=f"{prefix}/{cname}/{_safe(n)}", figure=False)
-        if callable(getattr(writer, "flush", None)):
-            writer.flush()
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
-
 
 # ================================================================================== helpers
-def _named_items(items) -> List[Tuple[str, Item]]:
+def _named_items(items: Any) -> List[Tuple[str, Item]]:
+    pairs: List[Tuple[Optional[str], Any]]
     if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and items and \
             all(isinstance(v, (nn.Module, LayerFeatures, Mapping)) for v in items.values()):
         pairs = [(str(k), v) for k, v in items.items()]
@@ -311,7 +216,7 @@ def _named_items(items) -> List[Tuple[str, Item]]:
                         f"models or feature sets, got {type(items).__name__}")
     if len(pairs) < 1:
         raise ValueError("models_or_feature_sets is empty")
-    out = []
+    out: List[Tuple[str, Item]] = []
     for i, (name, v) in enumerate(pairs):
         if not isinstance(v, (nn.Module, LayerFeatures, Mapping)):
             raise TypeError(f"models_or_feature_sets[{i}] must be an nn.Module, LayerFeatures or "
@@ -325,7 +230,7 @@ def _named_items(items) -> List[Tuple[str, Item]]:
     return out
 
 
-def _layers_for(layers, name: str, index: int):
+def _layers_for(layers: Any, name: str, index: int) -> Any:
     if isinstance(layers, Mapping) and (name in layers or index in layers):
         return layers.get(name, layers.get(index))
     if isinstance(layers, Mapping) and any(isinstance(v, (list, tuple)) for v in layers.values()):
@@ -333,7 +238,7 @@ def _layers_for(layers, name: str, index: int):
     return layers
 
 
-def _same_inputs(feats: Dict[str, LayerFeatures], labels: Optional[Tensor]) -> Optional[Tensor]:
+def _same_inputs(feats: Dict[str, LayerFeatures], labels: Optional[Tensor]) -> Tensor:
     first_name = next(iter(feats))
     first = feats[first_name]
     n = first.n_samples
@@ -352,73 +257,41 @@ def _same_inputs(feats: Dict[str, LayerFeatures], labels: Optional[Tensor]) -> O
     return first.y if labels is None else check_labels(labels, n, "labels")
 
 
+def _matrix_meta(measures: Sequence[str], distance: Dict[str, bool], a: str, b: str,
+                 **extra: Any) -> Dict[str, Any]:
+    return {"measures": list(measures), "models": [a, b], "same_model": a == b,
+            "distance": dict(distance), **extra}
+
+
 # ================================================================================== streaming
-class _Taps:
-    """Forward hooks that capture the flattened outputs of chosen layers for one batch."""
-
-    def __init__(self, model: nn.Module, layers):
-        from ..capture._layers import _resolve_layers
-        self.model = model
-        self.spec = _resolve_layers(model, layers)
-        self.out: Dict[str, Tensor] = {}
-        self.handles = []
-
-    def __enter__(self):
-        modules = dict(self.model.named_modules())
-        self.was_training = self.model.training
-        for alias, (name, where) in self.spec.items():
-            def hook(mod, inputs, output=None, alias=alias, where=where):
-                val = inputs[0] if where == "input" else output
-                if not isinstance(val, Tensor):
-                    raise ValueError(f"layer {alias!r} returned {type(val).__name__}, not a "
-                                     f"Tensor")
-                self.out[alias] = val.detach().reshape(val.shape[0], -1)
-            mod = modules[name]
-            self.handles.append(mod.register_forward_pre_hook(hook) if where == "input"
-                                else mod.register_forward_hook(hook))
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.model.train(self.was_training)
-        return False
-
-    def run(self, inputs) -> List[Tensor]:
-        self.out.clear()
-        self.model(*inputs) if isinstance(inputs, (tuple, list)) else self.model(inputs)
-        missing = [a for a in self.spec if a not in self.out]
-        if missing:
-            raise ValueError(f"layers {missing} did not run in the forward pass")
-        return [self.out[a] for a in self.spec]
-
-
-def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], loader,
-               layers=None, unbiased: bool = True, device=None, max_batches: Optional[int] = None,
-               batch_fn: Optional[Callable] = None, within: bool = True,
-               progress: bool = True) -> Dict[Tuple[str, str], SimilarityMatrix]:
+def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], loader: Any,
+               layers: Any = None, unbiased: bool = True,
+               device: Optional[Union[str, torch.device]] = None,
+               max_batches: Optional[int] = None, batch_fn: Optional[Callable[..., Any]] = None,
+               within: bool = True, progress: bool = True) -> Dict[Pair, LayerMatrix]:
     """Minibatch CKA (Nguyen et al. 2021) between every pair of models, streamed from a loader.
 
-    Every model runs on each batch once; each layer's ``B × B`` Gram matrix updates one
-    :class:`~dyngraph.MinibatchCKA` over all layers of all models; then the features are dropped.
-    Memory is ``O((Σ L)·B²)``, independent of the number of samples.
+    Every model runs on each batch once (:class:`dyngraph.capture.LayerTaps`, flattened
+    outputs); each layer's ``B × B`` Gram matrix updates one
+    :class:`dyngraph.measures.MinibatchCKA` over all layers of all models; then the features are
+    dropped. Memory is ``O((Σ L)·B²)``, independent of the number of samples.
 
     Args:
-        models: Models (a list, or ``{name: model}``), already on ``device`` or moved there.
+        models: Models (a list, or ``{name: model}``), already on ``device``.
         loader: Batches ``(inputs, labels)`` (labels unused). Batches with fewer than 4 rows are
             skipped for the unbiased estimator (counted in ``meta['skipped_batches']``).
-        layers: Per-model layer spec as in :func:`~dyngraph.extract_features` (``None``:
-            :func:`~dyngraph.default_layers`), one spec for all or ``{name: spec}``.
+        layers: Per-model layer spec as in :func:`dyngraph.extract_features` (``None``:
+            :func:`dyngraph.default_layers`), one spec for all or ``{name: spec}``.
         unbiased: Unbiased HSIC per batch (the paper's choice).
-        device: Where to run (default: each model's parameters).
+        device: Where to send the inputs (default: each model's parameters).
         max_batches: Stop after this many batches.
         batch_fn: ``batch -> (inputs, labels)``.
         within: Also return each model with itself.
         progress: Progress bar.
 
     Returns:
-        ``{(a, b): SimilarityMatrix}`` with ``measure='cka_minibatch'``.
+        ``{(a, b): LayerMatrix}`` with the one metric ``'cka_minibatch'`` (values
+        ``[La, Lb, 1]``).
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -428,135 +301,184 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
         >>> b = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
         >>> loader = DataLoader(TensorDataset(torch.randn(64, 4), torch.zeros(64)), batch_size=16)
         >>> mats = dg.compare.stream_cka({'a': a, 'b': b}, loader, progress=False)
-        >>> sorted(mats), tuple(mats[('a', 'b')].values.shape)
+        >>> sorted(mats), tuple(mats[('a', 'b')]['cka_minibatch'].shape)
         ([('a', 'a'), ('a', 'b'), ('b', 'b')], (2, 2))
     """
-    from ..capture._layers import default_layers
-    from ..capture._taps import split_batch as _split_batch
-    from ..capture._taps import to_device as _to
-    named = _named_items(dict(models) if isinstance(models, Mapping) else list(models))
-    for n, m in named:
+    named: List[Tuple[str, nn.Module]] = []
+    for n, m in _named_items(dict(models) if isinstance(models, Mapping) else list(models)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"stream_cka needs models, got {type(m).__name__} for {n!r}")
+        named.append((n, m))
     if max_batches is not None:
         check_positive_int(max_batches, "max_batches")
-    taps = []
-    for i, (n, m) in enumerate(named):
-        spec = _layers_for(layers, n, i)
-        taps.append(_Taps(m, spec if spec is not None else default_layers(m)))
     acc = MinibatchCKA(unbiased=unbiased)
-    skipped = 0
-    seen = 0
-    for t in taps:
-        t.__enter__()
-    try:
-        with torch.no_grad():
-            total = len(loader) if hasattr(loader, "__len__") else None
-            for bi, batch in enumerate(progress_bar(loader, desc="stream CKA", total=total,
-                                                    disable=not progress)):
-                if max_batches is not None and bi >= max_batches:
-                    break
-                inputs, targets = _split_batch(batch, batch_fn)
-                b = inputs.shape[0] if isinstance(inputs, Tensor) else len(targets)
-                if b < (4 if unbiased else 2):
-                    skipped += 1
-                    continue
-                feats: List[Tensor] = []
-                dev0 = None
-                for (n, m), t in zip(named, taps):
-                    dev = torch.device(device) if device is not None else \
-                        next(iter(m.parameters()), torch.empty(0)).device
-                    outs = t.run(_to(inputs, dev))
-                    dev0 = dev0 or outs[0].device
-                    feats.extend(o.to(dev0) for o in outs)
-                acc.update(feats)
-                seen += b
-    finally:
-        for t in taps:
-            t.__exit__(None, None, None)
+    skipped = seen = 0
+    with contextlib.ExitStack() as stack:
+        taps = [stack.enter_context(LayerTaps(m, _layers_for(layers, n, i)))
+                for i, (n, m) in enumerate(named)]
+        devices = [torch.device(device) if device is not None else
+                   next(iter(m.parameters()), torch.empty(0)).device for _, m in named]
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for bi, batch in enumerate(progress_bar(loader, desc="stream CKA", total=total,
+                                                disable=not progress)):
+            if max_batches is not None and bi >= max_batches:
+                break
+            inputs, targets = split_batch(batch, batch_fn)
+            b = inputs.shape[0] if isinstance(inputs, Tensor) else len(targets)
+            if b < (4 if unbiased else 2):
+                skipped += 1
+                continue
+            feats: List[Tensor] = []
+            for t, dev in zip(taps, devices):
+                feats.extend(t(to_device(inputs, dev)).values())
+            acc.update([f.to(feats[0].device) for f in feats])
+            seen += b
     if acc.n_batches == 0:
         raise ValueError("stream_cka: the loader produced no usable batch")
     full = acc.compute().cpu()
-    out = {}
     offs = [0]
     for t in taps:
-        offs.append(offs[-1] + len(t.spec))
-    meta = {"unbiased": unbiased, "batches": acc.n_batches, "rows": seen,
-            "skipped_batches": skipped}
+        offs.append(offs[-1] + len(t.names))
+    stats = {"unbiased": unbiased, "batches": acc.n_batches, "rows": seen,
+             "skipped_batches": skipped}
+    out = {}
     for i, (na, _) in enumerate(named):
         for j, (nb, _) in enumerate(named):
             if j < i or (i == j and not within):
                 continue
             block = full[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
-            out[(na, nb)] = SimilarityMatrix(block, list(taps[i].spec), list(taps[j].spec),
-                                             "cka_minibatch", na, nb, None, dict(meta))
+            meta = _matrix_meta([STREAMED], {STREAMED: False}, na, nb, **{STREAMED: stats})
+            out[(na, nb)] = LayerMatrix(taps[i].names, taps[j].names, [STREAMED], block, meta)
     return out
 
 
 # ================================================================================== compare
-def compare_models(models_or_feature_sets, loader=None, measures: Sequence[str] = DEFAULT_MEASURES,
-            names: Optional[Sequence[str]] = None, layers=None, labels: Optional[Tensor] = None,
-            per_class: Optional[int] = None, n_samples: Optional[int] = None, seed: int = 0,
-            k: int = 10, metric: str = "cosine", symmetrize: Optional[str] = "mean",
-            modularity_k: int = 3, backend: str = "auto", permutations: int = 0,
-            within: bool = True, pool=None, device=None, spill_dir: Optional[str] = None,
-            info: Optional[Mapping[str, Dict[str, Any]]] = None,
-            progress: bool = True) -> Comparison:
+def _prepare(feats: LayerFeatures, ms: Sequence[Measure], y: Optional[Tensor],
+             opts: Dict[str, Dict[str, Any]], device: Any, name: str,
+             progress: bool) -> Dict[str, Dict[str, Any]]:
+    """``{measure: {layer: prepared state}}`` of one model: its share of every pair."""
+    return {m.name: _states(feats, m, y if m.labels else None, opts[m.name], device, name,
+                            progress) for m in ms}
+
+
+def _free_profile(states: Dict[str, Dict[str, Any]], y: Optional[Tensor], layers: List[str],
+                  name: str) -> Optional[DepthProfile]:
+    """Per-layer values the prepared states already hold: the label modularity of the kNN
+    snapshot and the kNN purity."""
+    cols: Dict[str, List[float]] = {}
+    meta: Dict[str, Any] = {"label": name}
+    q = states.get("modularity_distance")
+    if q and all(isinstance(s, RepresentationSummary) and s.q is not None for s in q.values()):
+        cols["modularity"] = [float(q[layer].q) for layer in layers]
+        meta["modularity_k"] = q[layers[0]].modularity_k
+    knn = states.get("knn_overlap") or states.get("mutual_knn")
+    if knn and y is not None and all(isinstance(s, RepresentationSummary)
+                                     and s.knn_idx is not None for s in knn.values()):
+        purity = []
+        for layer in layers:
+            idx = knn[layer].knn_idx
+            yy = y.to(idx.device)
+            purity.append(float((yy[idx] == yy.unsqueeze(1)).double().mean()))
+        cols["knn_purity"] = purity
+        meta["k"] = knn[layers[0]].k
+    if not cols:
+        return None
+    samples = torch.tensor(list(cols.values()), dtype=torch.float64).T.unsqueeze(0)  # [1, L, M]
+    return DepthProfile(layers, list(cols), samples, meta)
+
+
+def _as_features(name: str, item: Item, loader: Any, layers: Any, index: int,
+                 labels: Optional[Tensor], progress: bool, **extract: Any) -> LayerFeatures:
+    if isinstance(item, nn.Module):
+        from ..capture._extract import extract_features
+        return extract_features(item, loader, layers=_layers_for(layers, name, index),
+                                progress=progress, **extract)
+    if isinstance(item, LayerFeatures):
+        return item
+    if not item:
+        raise ValueError(f"feature set {name!r} is empty")
+    first = next(iter(item.values()))
+    if not isinstance(first, Tensor):
+        raise TypeError(f"feature set {name!r} must map layer names to Tensors, got "
+                        f"{type(first).__name__}")
+    lab = labels if labels is not None else torch.zeros(first.shape[0], dtype=torch.long)
+    return LayerFeatures(dict(item), check_labels(lab, first.shape[0], "labels"))
+
+
+def compare_models(models_or_feature_sets: Any, loader: Any = None,
+                   measures: Sequence[str] = DEFAULT_MEASURES,
+                   names: Optional[Sequence[str]] = None, layers: Any = None,
+                   labels: Optional[Tensor] = None, per_class: Optional[int] = None,
+                   n_samples: Optional[int] = None, seed: int = 0, k: int = 10,
+                   metric: str = "cosine", symmetrize: Optional[str] = "mean",
+                   modularity_k: int = 3, backend: str = "auto", permutations: int = 0,
+                   within: bool = True, pool: Any = None,
+                   device: Optional[Union[str, torch.device]] = None,
+                   spill_dir: Optional[str] = None,
+                   info: Optional[Mapping[str, Dict[str, Any]]] = None,
+                   measure_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                   progress: bool = True) -> Comparison:
     """Compares two or more models (or feature sets) layer by layer on the same inputs.
 
     Per model, once: extract the representations of the chosen layers (for ``nn.Module`` items,
-    with :func:`~dyngraph.extract_features` on ``loader`` — the same seeded class-balanced sample
-    for every model) and reduce each layer to a summary (one layer in memory at a time). Then
-    every pair is filled in from the summaries.
+    with :func:`dyngraph.extract_features` on ``loader`` — the same seeded class-balanced sample
+    for every model) and prepare each layer for every measure. Then every pair is scored from the
+    prepared states, each cell exactly as :func:`dyngraph.layer_matrix` scores it (same
+    permutation seeds, so the same p-values).
 
     Args:
         models_or_feature_sets: A list, or ``{name: item}``, of ``nn.Module`` (needs ``loader``),
-            :class:`~dyngraph.LayerFeatures` or ``{layer: Tensor[N, ...]}`` (same N inputs, same
+            :class:`dyngraph.LayerFeatures` or ``{layer: Tensor[N, ...]}`` (same N inputs, same
             order).
         loader: DataLoader for the models.
-        measures: Any of ``'cka'``, ``'cka_unbiased'``, ``'knn_overlap'``, ``'mutual_knn'``,
-            ``'graph'``, ``'modularity_distance'`` and ``'cka_minibatch'`` (models only: streamed
-            over the whole ``loader`` with :func:`stream_cka`).
+        measures: Registered pair measures (``'cka'``, ``'cka_unbiased'``, ``'knn_overlap'``,
+            ``'mutual_knn'``, ``'graph'``, ``'modularity_distance'``, or your own) and
+            ``'cka_minibatch'`` (models only: streamed over the whole ``loader`` with
+            :func:`stream_cka`).
         names: Model names (default: the dict keys, or ``<Class>_<i>``).
         layers: Layer spec for extraction (one for all, or ``{name: spec}``); default
-            :func:`~dyngraph.default_layers`.
+            :func:`dyngraph.default_layers`.
         labels: ``[N]`` classes for plain-dict feature sets (LayerFeatures carry theirs).
         per_class, n_samples, seed: Class-balanced sampling of the loader (all samples when both
-            are ``None``).
-        k, metric, symmetrize: kNN-measure and graph settings (``k = 10`` by default).
+            are ``None``); ``seed`` also seeds the permutations.
+        k, metric, symmetrize: kNN-measure and graph settings of the built-in measures.
         modularity_k: Snapshot k for the modularity distance (reference: 3).
         backend: kNN backend.
         permutations: When ``> 0``, a permutation p-value for every cell (costly: ``P`` times the
-            pairwise work).
+            pairwise work), as metric ``'<measure>:p'``.
         within: Also compute each model against itself (layer × layer within a model).
-        pool, device, spill_dir: Passed to :func:`~dyngraph.extract_features`.
+        pool, device, spill_dir: Passed to :func:`dyngraph.extract_features`.
         info: Extra per-model information to carry into the report (e.g. accuracy).
+        measure_options: ``{measure: {option: value}}`` for the measures' ``prepare`` (merged
+            over the settings above for the built-in measures).
         progress: Progress bars.
 
     Returns:
-        A :class:`Comparison` (``.table``, ``.matrices``, ``.summary()``, ``.to_json``, ``.plot``,
-        ``.to_tensorboard``).
+        A :class:`Comparison` (``.matrix(a, b)``, ``.table``, ``.summary()``, ``.to_json``);
+        draw it with ``dg.plot(result, metric=...)`` and log it with ``dg.log(writer, result)``.
 
     Example:
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(120) % 3
-        >>> a = {'l1': torch.randn(120, 8, generator=g), 'l2': torch.randn(120, 8, generator=g) + 4 * torch.eye(8)[y]}
+        >>> a = {'l1': torch.randn(120, 8, generator=g),
+        ...      'l2': torch.randn(120, 8, generator=g) + 4 * torch.eye(8)[y]}
         >>> b = {k: 2 * v for k, v in a.items()}
-        >>> res = dg.compare({'a': a, 'b': b}, measures=['cka', 'mutual_knn'], labels=y, progress=False)
-        >>> [round(v, 6) for v in res.matrix('cka', 'a', 'b').values.diagonal().tolist()]
+        >>> res = dg.compare.compare_models({'a': a, 'b': b}, measures=['cka', 'mutual_knn'],
+        ...                                 labels=y, progress=False)
+        >>> [round(v, 6) for v in res.matrix('a', 'b')['cka'].diagonal().tolist()]
         [1.0, 1.0]
         >>> len(res.table)
         24
     """
     t0 = time.perf_counter()
-    measures = list(measures)
+    measures = [measures] if isinstance(measures, str) else list(measures)
     if not measures:
         raise ValueError("measures is empty")
-    for m in measures:
-        check_choice(m, "measures", COMPARE_MEASURES)
     if len(set(measures)) != len(measures):
         raise ValueError(f"measures lists a measure twice: {measures}")
+    ms = resolve([m for m in measures if m != STREAMED], "pair") \
+        if any(m != STREAMED for m in measures) else []
     check_positive_int(permutations, "permutations", minimum=0)
     items = _named_items(models_or_feature_sets)
     if names is not None:
@@ -569,104 +491,97 @@ def compare_models(models_or_feature_sets, loader=None, measures: Sequence[str] 
     if len(items) < 2 and not within:
         raise ValueError("compare needs two or more models (or within=True)")
     if any(isinstance(v, nn.Module) for _, v in items) and loader is None:
-        raise ValueError("models need a loader: compare(models, loader, ...)")
-    if "cka_minibatch" in measures and not all(isinstance(v, nn.Module) for _, v in items):
-        raise ValueError("measure 'cka_minibatch' streams the models over the loader; every item "
-                         "must then be an nn.Module")
+        raise ValueError("models need a loader: compare_models(models, loader, ...)")
+    models = {n: v for n, v in items if isinstance(v, nn.Module)}
+    if STREAMED in measures and len(models) != len(items):
+        raise ValueError(f"measure {STREAMED!r} streams the models over the loader; every item "
+                         f"must then be an nn.Module")
+    builtin = {"k": k, "metric": metric, "symmetrize": symmetrize, "modularity_k": modularity_k,
+               "backend": backend}
+    given = _options(measure_options, ms)
+    opts = {m.name: {**(builtin if m.name in MEASURES else {}), **given.get(m.name, {})}
+            for m in ms}
 
     # ---- per-model work, once
     feats: Dict[str, LayerFeatures] = {}
     timings: Dict[str, float] = {}
     for i, (name, item) in enumerate(items):
         t = time.perf_counter()
-        if isinstance(item, nn.Module):
-            from ..capture._extract import extract_features
-            f = extract_features(item, loader, layers=_layers_for(layers, name, i),
-                                 per_class=per_class, n_samples=n_samples, seed=seed, pool=pool,
-                                 device=device, spill_dir=spill_dir, progress=progress)
-        elif isinstance(item, LayerFeatures):
-            f = item
-        else:
-            if not item:
-                raise ValueError(f"feature set {name!r} is empty")
-            first = next(iter(item.values()))
-            if not isinstance(first, Tensor):
-                raise TypeError(f"feature set {name!r} must map layer names to Tensors, got "
-                                f"{type(first).__name__}")
-            lab = labels if labels is not None else torch.zeros(first.shape[0], dtype=torch.long)
-            f = LayerFeatures(dict(item), check_labels(lab, first.shape[0], "labels"))
-        feats[name] = f
+        feats[name] = _as_features(name, item, loader, layers, i, labels, progress,
+                                   per_class=per_class, n_samples=n_samples, seed=seed,
+                                   pool=pool, device=device, spill_dir=spill_dir)
         timings[f"extract:{name}"] = round(time.perf_counter() - t, 3)
     has_labels = labels is not None or any(isinstance(v, (nn.Module, LayerFeatures))
                                            for _, v in items)
-    y = _same_inputs(feats, labels)
+    y: Optional[Tensor] = _same_inputs(feats, labels)
     if not has_labels:
-        if "modularity_distance" in measures:
-            raise ValueError("measure 'modularity_distance' needs labels for plain-dict feature "
-                             "sets: pass labels=")
+        for m in ms:
+            if m.labels:
+                raise ValueError(f"measure {m.name!r} needs labels for plain-dict feature sets: "
+                                 f"pass labels=")
         y = None
-    summary_measures = [m for m in measures if m != "cka_minibatch"]
-    summaries = {}
-    curves: Dict[str, Dict[str, Curve]] = {}
+    states: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    profiles: Dict[str, DepthProfile] = {}
     for name, f in feats.items():
         t = time.perf_counter()
-        if summary_measures:
-            summaries[name] = summarize_layers(f, summary_measures, labels=y, name=name,
-                                               device=device, progress=progress, k=k,
-                                               metric=metric, symmetrize=symmetrize,
-                                               modularity_k=modularity_k, backend=backend)
-            curves[name] = _free_curves(summaries[name], y, f.names, name)
-        else:
-            curves[name] = {}
-        timings[f"summaries:{name}"] = round(time.perf_counter() - t, 3)
+        states[name] = _prepare(f, ms, y, opts, device, name, progress)
+        prof = _free_profile(states[name], y, f.names, name)
+        if prof is not None:
+            profiles[name] = prof
+        timings[f"prepare:{name}"] = round(time.perf_counter() - t, 3)
 
     # ---- pairwise fill
     names_ = [n for n, _ in items]
     pairs = [(a, b) for i, a in enumerate(names_) for j, b in enumerate(names_)
              if j > i or (j == i and within)]
-    meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "modularity_k": modularity_k,
-            "n_samples": next(iter(feats.values())).n_samples, "per_class": per_class,
-            "seed": seed, "permutations": permutations, "measures": measures}
-    matrices: Dict[str, Dict[Tuple[str, str], SimilarityMatrix]] = {m: {} for m in measures}
+    distance = {m.name: m.distance for m in ms}
+    blocks: Dict[Pair, Dict[str, Tensor]] = {pair: {} for pair in pairs}
     t = time.perf_counter()
-    for measure in progress_bar(summary_measures, desc="pairs", disable=not progress):
+    for m in progress_bar(ms, desc="pairs", disable=not progress):
         for a, b in pairs:
-            vals, ps = fill_matrix(summaries[a], summaries[b], measure, permutations, seed,
-                                   symmetric=a == b)
-            matrices[measure][(a, b)] = SimilarityMatrix(vals, feats[a].names, feats[b].names,
-                                                         measure, a, b, ps, dict(meta))
+            sa, sb = states[a][m.name], states[b][m.name]
+            if isinstance(next(iter(sa.values())), RepresentationSummary):
+                vals, ps = fill_matrix(sa, sb, m.name, permutations, seed, symmetric=a == b)
+            else:
+                vals, ps = _generic_matrix(sa, sb, feats[a], feats[b], m,
+                                           y if m.labels else None, opts[m.name], permutations,
+                                           seed)
+            blocks[(a, b)][m.name] = vals
+            if ps is not None:
+                blocks[(a, b)][f"{m.name}:p"] = ps
     timings["pairwise"] = round(time.perf_counter() - t, 3)
-    if "cka_minibatch" in measures:
+    streamed: Dict[Pair, LayerMatrix] = {}
+    if STREAMED in measures:
         t = time.perf_counter()
-        got = stream_cka(dict(items), loader, layers=layers, device=device, within=within,
-                         progress=progress)
-        matrices["cka_minibatch"] = got
-        timings["cka_minibatch"] = round(time.perf_counter() - t, 3)
-    meta["seconds"] = timings
-    meta["total_seconds"] = round(time.perf_counter() - t0, 3)
+        streamed = stream_cka(models, loader, layers=layers, device=device, within=within,
+                              progress=progress)
+        distance[STREAMED] = False
+        timings[STREAMED] = round(time.perf_counter() - t, 3)
+    settings = {"k": k, "metric": metric, "symmetrize": symmetrize,
+                "modularity_k": modularity_k, "n_samples": next(iter(feats.values())).n_samples,
+                "per_class": per_class, "seed": seed, "permutations": permutations,
+                "p_resolution": 1.0 / (permutations + 1) if permutations else None,
+                "measure_options": jsonable(opts)}
+    matrices: Dict[Pair, LayerMatrix] = {}
+    for a, b in pairs:
+        extra = dict(settings)
+        if (a, b) in streamed:
+            sm = streamed[(a, b)]
+            if sm.rows != feats[a].names or sm.cols != feats[b].names:
+                raise ValueError(f"stream_cka tapped layers {sm.rows} x {sm.cols}, the features "
+                                 f"have {feats[a].names} x {feats[b].names}")
+            blocks[(a, b)][STREAMED] = sm[STREAMED]
+            extra[STREAMED] = sm.meta[STREAMED]
+        metrics = [x for m in measures for x in (m, f"{m}:p") if x in blocks[(a, b)]]
+        values = torch.stack([blocks[(a, b)][x] for x in metrics], -1)
+        matrices[(a, b)] = LayerMatrix(feats[a].names, feats[b].names, metrics, values,
+                                       _matrix_meta(measures, distance, a, b, **extra))
+    meta = dict(settings, measures=measures, seconds=timings,
+                total_seconds=round(time.perf_counter() - t0, 3))
     meta["layers_hooked"] = {n: f.meta.get("points") for n, f in feats.items()
                              if f.meta.get("points")}
-    return Comparison(names_, {n: feats[n].names for n in names_}, measures, matrices, curves,
+    return Comparison(names_, {n: feats[n].names for n in names_}, measures, matrices, profiles,
                       {n: dict((info or {}).get(n, {})) for n in names_}, meta)
-
-
-def _free_curves(summ, y: Optional[Tensor], layers: List[str], name: str) -> Dict[str, Curve]:
-    """Per-layer curves the summaries already hold: label modularity and kNN purity."""
-    out = {}
-    first = next(iter(summ.values()))
-    if first.q is not None:
-        out["modularity"] = Curve(layers, torch.tensor([summ[l].q for l in layers]),
-                                  name="modularity", meta={"k": first.modularity_k,
-                                                           "label": name})
-    if first.knn_idx is not None and y is not None:
-        vals = []
-        for l in layers:
-            idx = summ[l].knn_idx
-            yy = y.to(idx.device)
-            vals.append(float((yy[idx] == yy.unsqueeze(1)).double().mean()))
-        out["knn_purity"] = Curve(layers, torch.tensor(vals), name="knn_purity",
-                                  meta={"k": first.k, "label": name})
-    return out
 
 
 __all__ = ["Comparison", "compare_models", "stream_cka", "DEFAULT_MEASURES", "COMPARE_MEASURES"]

@@ -26,18 +26,20 @@ Every pairwise value can get a permutation-null p-value (:func:`permutation_test
 ``y`` are shuffled relative to ``x``, reusing the per-representation work (Gram matrices, kNN
 lists, graphs), so a permutation costs ``O(N²)`` for CKA and ``O(N·k²)`` or ``O(E log E)`` for the
 graph measures.
+
+Layer × layer matrices: each measure is registered (bottom of this module) as a pair measure whose
+``prepare`` step is a :class:`RepresentationSummary`; :func:`dyngraph.layer_matrix` prepares every
+layer once and fills the cells with :func:`fill_matrix`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.utils import coalesce, scatter
 
-from .._io import PathLike
 from .._validate import (
     check_choice,
     check_features,
@@ -45,7 +47,6 @@ from .._validate import (
     check_labels,
     check_positive_int,
     check_same_device,
-    layer_names,
 )
 from ..graphs._knn import nearest_neighbors, normalize_rows
 from ._modularity import modularity as _modularity
@@ -88,9 +89,43 @@ def _check_k_opt(k, n: int, name: str = "k") -> Optional[int]:
 
 
 # ================================================================================== linear CKA
+# The one HSIC core: centring (float64), the (U-)centred Gram, the unbiased correction in feature
+# space, the self-HSIC check and the CKA ratio. _CKAState (exact, one representation at a time),
+# StreamingCKA (exact, from sufficient statistics), MinibatchCKA (mean HSIC over batches, hence
+# dg.compare.stream_cka) and the permutation null all go through these functions.
 def _centered(x: Tensor) -> Tensor:
     x = x.to(torch.float64)
     return x - x.mean(0, keepdim=True)
+
+
+def _gram(xc: Tensor, unbiased: bool, float32_product: bool = False) -> Tensor:
+    """The centred (biased) or U-centred (unbiased) Gram ``[N, N]`` of centred features
+    ``xc [N, D]``; the product runs in float32 when asked (the result is float64)."""
+    k = (xc.float() @ xc.float().T).double() if float32_product else xc @ xc.T
+    return u_center(k) if unbiased else k
+
+
+def _unbiased_hsic(h: Tensor, trace_a: Tensor, trace_b: Tensor, row_products: Tensor,
+                   n: int) -> Tensor:
+    """``⟨Ũ_K, Ũ_L⟩`` from the feature-space terms: ``h = ‖AcᵀBc‖²``, the traces of the two
+    centred Grams and ``Σ_i K_ii L_ii`` (any leading batch shape)."""
+    return h + trace_a * trace_b / ((n - 1) * (n - 2)) - n / (n - 2) * row_products
+
+
+def _check_self_hsic(h: Tensor, trace: Tensor, name: str, where: str = "",
+                     hint: str = "") -> None:
+    """Raises unless ``HSIC(x, x)`` is clearly positive (relative to ``tr(K)²``)."""
+    tr = float(trace)
+    if tr > 0 and float(h) > 1e-12 * tr ** 2:
+        return
+    cause = ("zero variance: every row is the same after centring" if not tr > 0
+             else "too few samples or degenerate features")
+    raise ValueError(f"HSIC({name}, {name}) = {float(h):.3g} is not positive{where} ({cause}); "
+                     f"CKA is undefined{hint}")
+
+
+def _cka_ratio(hxy: Tensor, hxx: Tensor, hyy: Tensor) -> Tensor:
+    return hxy / torch.sqrt(hxx * hyy)
 
 
 def u_center(gram: Tensor) -> Tensor:
@@ -108,7 +143,7 @@ def u_center(gram: Tensor) -> Tensor:
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        >>> u = dg.metrics.similarity.u_center(x @ x.T)
+        >>> u = dg.measures.u_center(x @ x.T)
         >>> bool(u.diagonal().abs().max() == 0), bool(u.sum(1).abs().max() < 1e-12)
         (True, True)
     """
@@ -146,51 +181,40 @@ class _CKAState:
         xc = _centered(x)
         self.row_sq = (xc * xc).sum(1)                      # diag of K, [N]
         self.trace = self.row_sq.sum()                      # tr(K)
-        if form == "features":
-            self.xc, self.gram = xc, None
-        else:
-            k = xc @ xc.T
-            self.xc, self.gram = None, (u_center(k) if unbiased else k)
+        self.xc: Optional[Tensor] = xc if form == "features" else None
+        self.gram: Optional[Tensor] = None if form == "features" else _gram(xc, unbiased)
+        self._gram_cache: Optional[Tensor] = None
         self.self_hsic = _hsic(self, self)
-        scale = float(self.trace) ** 2
-        if not scale > 0 or not float(self.self_hsic) > 1e-12 * scale:
-            if not scale > 0:
-                raise ValueError(f"{name} has zero variance (every row is the same after "
-                                 f"centring); CKA is undefined")
-            raise ValueError(f"{'unbiased' if unbiased else 'biased'} HSIC({name}, {name}) = "
-                             f"{float(self.self_hsic):.3g} is not positive; CKA is undefined "
-                             f"(too few samples or degenerate features: use unbiased=False or "
-                             f"more samples)")
+        _check_self_hsic(self.self_hsic, self.trace, name,
+                         hint=" (use unbiased=False or more samples)" if unbiased else "")
 
     def gram_matrix(self) -> Tensor:
         """The (U-)centred Gram; built once from the features when first needed (pairs with a
         Gram-form state), then kept."""
         if self.gram is not None:
             return self.gram
-        if getattr(self, "_gram_cache", None) is None:
-            k = self.xc @ self.xc.T
-            self._gram_cache = u_center(k) if self.unbiased else k
+        if self._gram_cache is None:
+            assert self.xc is not None
+            self._gram_cache = _gram(self.xc, self.unbiased)
         return self._gram_cache
 
 
 def _hsic(a: _CKAState, b: _CKAState) -> Tensor:
     """Unnormalised HSIC: ``⟨HKH, HLH⟩`` (biased) or ``⟨Ũ_K, Ũ_L⟩ = n(n−3)·HSIC_u`` (unbiased)."""
     if a.xc is not None and b.xc is not None:
-        cross = a.xc.T @ b.xc if a.xc.shape[1] * b.xc.shape[1] <= a.n * a.n else None
-        if cross is not None:
+        if a.xc.shape[1] * b.xc.shape[1] <= a.n * a.n:
+            cross = a.xc.T @ b.xc
             h = (cross * cross).sum()
         else:  # ‖XᵀY‖²_F = ⟨XXᵀ, YYᵀ⟩ when the feature product would be larger than N²
             h = ((a.xc @ a.xc.T) * (b.xc @ b.xc.T)).sum()
         if a.unbiased:
-            n = a.n
-            h = (h + a.trace * b.trace / ((n - 1) * (n - 2))
-                 - n / (n - 2) * (a.row_sq * b.row_sq).sum())
+            h = _unbiased_hsic(h, a.trace, b.trace, (a.row_sq * b.row_sq).sum(), a.n)
         return h
     return (a.gram_matrix() * b.gram_matrix()).sum()
 
 
 def _cka_from_states(a: _CKAState, b: _CKAState) -> float:
-    return float(_hsic(a, b) / torch.sqrt(a.self_hsic * b.self_hsic))
+    return float(_cka_ratio(_hsic(a, b), a.self_hsic, b.self_hsic))
 
 
 def linear_cka(x: Tensor, y: Tensor, unbiased: bool = False, form: str = "auto") -> float:
@@ -231,13 +255,16 @@ def linear_cka(x: Tensor, y: Tensor, unbiased: bool = False, form: str = "auto")
     return _cka_from_states(a, b)
 
 
+_STREAM_SUMS = ("rx", "ry", "rxry", "rx2", "ry2")
+
+
 class StreamingCKA:
     """Exact linear CKA (biased or unbiased) of ``(x, y)`` accumulated batch by batch in float64.
 
     Keeps sufficient statistics (``XᵀY``, ``XᵀX``, ``YᵀY``, column sums and row-norm moments,
     rows shifted by the first batch's means against cancellation), so memory is
-    ``O(Dx·Dy + Dx² + Dy²)`` whatever N is, and :meth:`compute` equals :func:`linear_cka` on the
-    concatenated batches up to float64 rounding.
+    ``O(Dx·Dy + Dx² + Dy²)`` whatever N is, and :meth:`compute` equals
+    :func:`~dyngraph.measures.linear_cka` on the concatenated batches up to float64 rounding.
 
     Args:
         unbiased: Unbiased HSIC estimator (Song et al. 2012).
@@ -253,14 +280,15 @@ class StreamingCKA:
         True
     """
 
-    def __init__(self, unbiased: bool = False):
+    def __init__(self, unbiased: bool = False) -> None:
         self.unbiased = bool(unbiased)
         self.reset()
 
     def reset(self) -> None:
+        """Forgets every row seen."""
         self.n = 0
         self._shift: Optional[Tuple[Tensor, Tensor]] = None
-        self._s: Dict[str, Any] = {}
+        self._s: Dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
         return f"StreamingCKA(unbiased={self.unbiased}, n={self.n})"
@@ -280,11 +308,13 @@ class StreamingCKA:
         x, y = x.to(torch.float64), y.to(torch.float64)
         if self._shift is None:
             self._shift = (x.mean(0), y.mean(0))
-            z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=x.device)
             dx, dy = x.shape[1], y.shape[1]
-            self._s = {"sx": z(dx), "sy": z(dy), "xty": z(dx, dy), "xtx": z(dx, dx),
-                       "yty": z(dy, dy), "rx": z(()), "ry": z(()), "rxry": z(()), "rx2": z(()),
-                       "ry2": z(()), "x_ry": z(dx), "y_rx": z(dy), "x_rx": z(dx), "y_ry": z(dy)}
+            shapes: Dict[str, Tuple[int, ...]] = {
+                "sx": (dx,), "sy": (dy,), "xty": (dx, dy), "xtx": (dx, dx), "yty": (dy, dy),
+                "x_ry": (dx,), "y_rx": (dy,), "x_rx": (dx,), "y_ry": (dy,),
+                **{k: () for k in _STREAM_SUMS}}
+            self._s = {k: torch.zeros(v, dtype=torch.float64, device=x.device)
+                       for k, v in shapes.items()}
         sx0, sy0 = self._shift
         if x.shape[1] != sx0.numel() or y.shape[1] != sy0.numel():
             raise ValueError(f"feature sizes changed between batches: first ({sx0.numel()}, "
@@ -309,7 +339,9 @@ class StreamingCKA:
         self.n += x.shape[0]
 
     @staticmethod
-    def _centred_terms(n, sa, sb, atb, ra, rb, rarb, a_rb, b_ra):
+    def _centred_terms(n: int, sa: Tensor, sb: Tensor, atb: Tensor, ra: Tensor, rb: Tensor,
+                       rarb: Tensor, a_rb: Tensor, b_ra: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """From shifted sums: ``‖AcᵀBc‖²``, ``Σ‖ac_i‖²``, ``Σ‖bc_i‖²``, ``Σ‖ac_i‖²‖bc_i‖²``."""
         ma, mb = sa / n, sb / n
         cross = atb - n * torch.outer(ma, mb)
@@ -319,11 +351,6 @@ class StreamingCKA:
         rr = (rarb - 2 * mb @ b_ra + mb2 * ra - 2 * ma @ a_rb + 4 * ma @ atb @ mb
               - 2 * mb2 * (ma @ sa) + ma2 * rb - 2 * ma2 * (mb @ sb) + n * ma2 * mb2)
         return (cross * cross).sum(), tra, trb, rr
-
-    def _hsic(self, n, f, tra, trb, rr) -> Tensor:
-        if not self.unbiased:
-            return f
-        return f + tra * trb / ((n - 1) * (n - 2)) - n / (n - 2) * rr
 
     def compute(self) -> float:
         """CKA of everything seen so far."""
@@ -338,18 +365,16 @@ class StreamingCKA:
                                              s["rx2"], s["x_rx"], s["x_rx"])
         fyy, _, _, ryy = self._centred_terms(n, s["sy"], s["sy"], s["yty"], s["ry"], s["ry"],
                                              s["ry2"], s["y_ry"], s["y_ry"])
-        hxy = self._hsic(n, fxy, trx, try_, rxy)
-        hxx = self._hsic(n, fxx, trx, trx, rxx)
-        hyy = self._hsic(n, fyy, try_, try_, ryy)
-        for name, h, tr in (("x", hxx, trx), ("y", hyy, try_)):
-            if not float(tr) > 0 or not float(h) > 1e-12 * float(tr) ** 2:
-                raise ValueError(f"HSIC({name}, {name}) = {float(h):.3g} is not positive over the "
-                                 f"{n} rows seen (zero variance or too few samples); CKA is "
-                                 f"undefined")
-        return float(hxy / torch.sqrt(hxx * hyy))
+        if self.unbiased:
+            fxy = _unbiased_hsic(fxy, trx, try_, rxy, n)
+            fxx = _unbiased_hsic(fxx, trx, trx, rxx, n)
+            fyy = _unbiased_hsic(fyy, try_, try_, ryy, n)
+        for name, h, tr in (("x", fxx, trx), ("y", fyy, try_)):
+            _check_self_hsic(h, tr, name, where=f" over the {n} rows seen")
+        return float(_cka_ratio(fxy, fxx, fyy))
 
 
-def _as_layer_list(feats, name: str) -> List[Tensor]:
+def _as_layer_list(feats: Any, name: str) -> List[Tensor]:
     if isinstance(feats, Tensor):
         return [feats]
     if isinstance(feats, Mapping):
@@ -370,7 +395,7 @@ class MinibatchCKA:
     Gram matrices (U-centred for the unbiased estimator, the default and the paper's choice);
     the result is ``mean_b HSIC(K, L) / sqrt(mean_b HSIC(K, K) · mean_b HSIC(L, L))``, an
     estimate of the population CKA that needs only one batch of features at a time (memory
-    ``O(L·B²)``). Sums are float64.
+    ``O(L·B²)``). Sums are float64. :func:`dyngraph.compare.stream_cka` feeds it from models.
 
     Args:
         unbiased: Unbiased HSIC per batch (batches need ``B >= 4``).
@@ -391,12 +416,13 @@ class MinibatchCKA:
         (torch.Size([3, 3]), 1.0, True)
     """
 
-    def __init__(self, unbiased: bool = True, float64_gram: bool = False):
+    def __init__(self, unbiased: bool = True, float64_gram: bool = False) -> None:
         self.unbiased = bool(unbiased)
         self.float64_gram = bool(float64_gram)
         self.reset()
 
     def reset(self) -> None:
+        """Forgets every batch seen."""
         self.n_batches = 0
         self.n_rows = 0
         self.cross: Optional[Tensor] = None
@@ -415,23 +441,19 @@ class MinibatchCKA:
             if f.shape[0] != b:
                 raise ValueError(f"{name}[{i}] has {f.shape[0]} rows, {name}[0] has {b}: every "
                                  f"layer must hold the same batch")
-            if not isinstance(f, Tensor) or not f.is_floating_point():
-                raise TypeError(f"{name}[{i}] must be a floating-point Tensor, got "
-                                f"{getattr(f, 'dtype', type(f).__name__)}")
+            if not f.is_floating_point():
+                raise TypeError(f"{name}[{i}] must be a floating-point Tensor, got {f.dtype}")
             f = f.reshape(b, -1)
             # Centre in float64 (this removes the cancellation that makes uncentred float32
             # HSIC go negative); the Gram product then runs in the input's precision (at least
             # float32) and everything after it — U-centring, HSIC sums — in float64.
-            xc = _centered(f)
-            if f.dtype != torch.float64 and not self.float64_gram:
-                k = (xc.float() @ xc.float().T).double()
-            else:
-                k = xc @ xc.T
+            k = _gram(_centered(f), self.unbiased,
+                      float32_product=f.dtype != torch.float64 and not self.float64_gram)
             if not bool(torch.isfinite(k).all()):
                 raise ValueError(f"{name}[{i}] contains NaN or inf values")
             # ⟨k_x, k_y⟩ must be this batch's HSIC: ⟨Ũ_K, Ũ_L⟩ / (b(b−3)) or ⟨HKH, HLH⟩ / (b−1)²,
             # so each Gram carries the square root of the normaliser.
-            k = u_center(k) / math.sqrt(b * (b - 3)) if self.unbiased else k / (b - 1)
+            k = k / math.sqrt(b * (b - 3)) if self.unbiased else k / (b - 1)
             out.append(k.reshape(-1))
         return torch.stack(out)
 
@@ -450,7 +472,7 @@ class MinibatchCKA:
             raise ValueError("update() was called both with and without ys; use one form")
         self._symmetric = symmetric
         gx = self._grams(xs, "xs")
-        if symmetric:
+        if ys is None:
             gy = gx
         else:
             ys = _as_layer_list(ys, "ys")
@@ -461,7 +483,7 @@ class MinibatchCKA:
             gy = self._grams(ys, "ys")
         cross = gx @ gy.T
         sx, sy = (gx * gx).sum(1), (gy * gy).sum(1)
-        if self.cross is None:
+        if self.cross is None or self.self_x is None or self.self_y is None:
             self.cross, self.self_x, self.self_y = cross, sx, sy
         else:
             if cross.shape != self.cross.shape:
@@ -475,15 +497,16 @@ class MinibatchCKA:
 
     def compute(self) -> Tensor:
         """The float64 CKA matrix ``[Lx, Ly]``."""
-        if self.cross is None:
+        if self.cross is None or self.self_x is None or self.self_y is None:
             raise ValueError("MinibatchCKA.compute() before any update()")
         for name, s in (("xs", self.self_x), ("ys", self.self_y)):
             bad = (s <= 0).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(f"mean HSIC of {name}[{bad[0]}] with itself is "
-                                 f"{float(s[bad[0]]):.3g} <= 0 over {self.n_batches} batches (a constant layer or too few "
-                                 f"samples); CKA is undefined for layers {bad[:10]}")
-        return self.cross / torch.sqrt(torch.outer(self.self_x, self.self_y))
+                                 f"{float(s[bad[0]]):.3g} <= 0 over {self.n_batches} batches "
+                                 f"(a constant layer or too few samples); CKA is undefined for "
+                                 f"layers {bad[:10]}")
+        return _cka_ratio(self.cross, self.self_x.unsqueeze(1), self.self_y.unsqueeze(0))
 
 
 # ================================================================================== kNN measures
@@ -521,8 +544,8 @@ def knn_overlap(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
                 backend: str = "auto") -> float:
     """Mean Jaccard index of each input's k-nearest-neighbour sets in ``x`` and in ``y``.
 
-    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / |N_x(i) ∪ N_y(i)|`` with exact kNN from :func:`dyngraph.graphs.nearest_neighbors`
-    (no self-neighbour, ties to the smaller index).
+    ``(1/N) Σ_i |N_x(i) ∩ N_y(i)| / |N_x(i) ∪ N_y(i)|`` with exact kNN from
+    :func:`dyngraph.graphs.nearest_neighbors` (no self-neighbour, ties to the smaller index).
 
     Args:
         x: ``[N, Dx]``.
@@ -567,7 +590,8 @@ def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(200, 8, generator=g)
-        >>> dg.measures.mutual_knn(x, x, k=10), dg.measures.mutual_knn(x, torch.randn(200, 8, generator=g)) < 0.2
+        >>> y = torch.randn(200, 8, generator=g)
+        >>> dg.measures.mutual_knn(x, x, k=10), dg.measures.mutual_knn(x, y) < 0.2
         (1.0, True)
     """
     ia, ib = _knn_pair(x, y, k, metric, backend)
@@ -657,7 +681,7 @@ def adjacency_cosine(edge_index_a: Tensor, edge_weight_a: Optional[Tensor], edge
     Example:
         >>> import torch, dyngraph as dg
         >>> ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
-        >>> dg.metrics.similarity.adjacency_cosine(ei, None, ei, None, 3)
+        >>> dg.measures.adjacency_cosine(ei, None, ei, None, 3)
         1.0
     """
     from .._validate import check_edge_index, check_edge_weight
@@ -744,9 +768,10 @@ def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric
     """``|Q_x − Q_y|``: the modularity distance between two representations (Lu et al. 2022).
 
     Q is the weighted Newman modularity of each representation's kNN snapshot (built as
-    :func:`dyngraph.build_snapshot` builds it: reference conventions by default) with the labels
-    as communities. A distance: 0 for representations whose classes are equally separated. It is
-    a coarse, one-number summary: unrelated representations with the same Q are at distance 0.
+    :func:`dyngraph.graphs.build_snapshot` builds it: reference conventions by default) with the
+    labels as communities. A distance: 0 for representations whose classes are equally separated.
+    It is a coarse, one-number summary: unrelated representations with the same Q are at
+    distance 0.
 
     Args:
         x: ``[N, Dx]``.
@@ -781,8 +806,9 @@ class RepresentationSummary:
 
     Holds the CKA state(s) (centred features or Gram matrices, float64), the kNN lists at
     ``max(k, modularity_k)``, the adjacency rows of the kNN graph and the modularity Q. Pairwise
-    values then cost no feature access: this is how :func:`similarity_matrices` and
-    :func:`dyngraph.compare` fill layer × layer and model × model matrices.
+    values then cost no feature access: it is the ``prepare`` state of the registered pair
+    measures, with which :func:`dyngraph.layer_matrix` and :func:`dyngraph.compare.compare_models`
+    fill layer × layer and model × model matrices.
 
     Args:
         x: ``[N, ...]`` features.
@@ -795,15 +821,16 @@ class RepresentationSummary:
         backend: kNN backend.
         cka_form: ``'auto'``, ``'features'`` or ``'gram'``.
         name: For messages.
+        resolution: Modularity resolution ``γ``.
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> from dyngraph.measures._similarity import RepresentationSummary, summary_similarity
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(80, 5, generator=g)
-        >>> a = RepresentationSummary(x, measures=['cka', 'mutual_knn'], k=5)
-        >>> b = RepresentationSummary(2 * x, measures=['cka', 'mutual_knn'], k=5)
-        >>> round(summary_similarity(a, b, 'cka'), 6), summary_similarity(a, b, 'mutual_knn')
+        >>> a = dg.measures.RepresentationSummary(x, measures=['cka', 'mutual_knn'], k=5)
+        >>> b = dg.measures.RepresentationSummary(2 * x, measures=['cka', 'mutual_knn'], k=5)
+        >>> s = dg.measures.summary_similarity
+        >>> round(s(a, b, 'cka'), 6), s(a, b, 'mutual_knn')
         (1.0, 1.0)
     """
 
@@ -811,7 +838,7 @@ class RepresentationSummary:
                  labels: Optional[Tensor] = None, k: int = 10, metric: str = "cosine",
                  symmetrize: Optional[str] = "mean", modularity_k: int = 3,
                  backend: str = "auto", cka_form: str = "auto", name: str = "x",
-                 resolution: float = 1.0):
+                 resolution: float = 1.0) -> None:
         x = _flat(x, name)
         measures = [_check_measure(m) for m in measures]
         check_choice(metric, "metric", ("cosine", "euclidean"))
@@ -821,41 +848,49 @@ class RepresentationSummary:
         self.modularity_k, self.resolution = modularity_k, resolution
         self.cka = _CKAState(x, False, name, cka_form) if "cka" in measures else None
         self.cka_u = _CKAState(x, True, name, cka_form) if "cka_unbiased" in measures else None
-        need_knn = [m for m in measures if m in ("knn_overlap", "mutual_knn", "graph")]
         kk = []
-        if need_knn:
+        if any(m in _KNN_MEASURES for m in measures):
             kk.append(check_k(k, n))
         if "modularity_distance" in measures:
             kk.append(check_k(modularity_k, n, "modularity_k"))
             if labels is None:
                 raise ValueError("measure 'modularity_distance' needs labels")
         self.labels = None if labels is None else check_labels(labels, n, "labels")
-        self.knn_vals = self.knn_idx = None
+        self.knn_vals: Optional[Tensor] = None
+        self.knn_idx: Optional[Tensor] = None
         self.rows: Optional[_SparseRows] = None
         self.q: Optional[float] = None
         self.q_graph: Optional[Tuple[Tensor, Tensor]] = None
-        if kk:
-            self.knn_vals, self.knn_idx = _knn_lists(x, max(kk), metric, backend, name)
+        if not kk:
+            return
+        vals, idx = _knn_lists(x, max(kk), metric, backend, name)
         if "graph" in measures:
-            ei, w = _graph_from_knn(self.knn_vals[:, :k], self.knn_idx[:, :k], metric, symmetrize)
+            ei, w = _graph_from_knn(vals[:, :k], idx[:, :k], metric, symmetrize)
             self.rows = _SparseRows(ei, w, n, name)
-        if "modularity_distance" in measures:
+        if self.labels is not None and "modularity_distance" in measures:
             mk = modularity_k
-            ei, w = _graph_from_knn(self.knn_vals[:, :mk], self.knn_idx[:, :mk], metric,
-                                    symmetrize or "mean")
+            ei, w = _graph_from_knn(vals[:, :mk], idx[:, :mk], metric, symmetrize or "mean")
             self.q_graph = (ei, w)
-            self.q = _modularity(ei, self.labels.to(ei.device), w, num_nodes=n,
-                                 resolution=resolution)
+            self.q = float(_modularity(ei, self.labels.to(ei.device), w, num_nodes=n,
+                                       resolution=resolution))
         # Only the kNN lists the measures use are kept.
-        if self.knn_idx is not None and not [m for m in measures
-                                             if m in ("knn_overlap", "mutual_knn")]:
-            self.knn_vals = self.knn_idx = None
-        elif self.knn_idx is not None:
-            self.knn_vals, self.knn_idx = self.knn_vals[:, :k], self.knn_idx[:, :k]
+        if any(m in ("knn_overlap", "mutual_knn") for m in measures):
+            self.knn_vals, self.knn_idx = vals[:, :k], idx[:, :k]
 
     def __repr__(self) -> str:
         return (f"RepresentationSummary(name={self.name!r}, n={self.n}, measures={self.measures}, "
                 f"k={self.k}, metric={self.metric!r})")
+
+
+_KNN_MEASURES = ("knn_overlap", "mutual_knn", "graph")
+_T = TypeVar("_T")
+
+
+def _prepared(value: Optional[_T], s: RepresentationSummary, measure: str) -> _T:
+    if value is None:
+        raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
+                         f"{s.measures})")
+    return value
 
 
 def _check_compatible(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> None:
@@ -866,26 +901,41 @@ def _check_compatible(a: RepresentationSummary, b: RepresentationSummary, measur
         if measure not in s.measures:
             raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
                              f"{s.measures})")
-    if measure in ("knn_overlap", "mutual_knn", "graph") and a.k != b.k:
+    if measure in _KNN_MEASURES and a.k != b.k:
         raise ValueError(f"{a.name!r} and {b.name!r} use different k ({a.k} and {b.k})")
 
 
+def _cka_states(a: RepresentationSummary, b: RepresentationSummary,
+                measure: str) -> Tuple[_CKAState, _CKAState]:
+    if measure == "cka":
+        return _prepared(a.cka, a, measure), _prepared(b.cka, b, measure)
+    return _prepared(a.cka_u, a, measure), _prepared(b.cka_u, b, measure)
+
+
 def summary_similarity(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> float:
-    """One measure between two prepared summaries (see :class:`RepresentationSummary`)."""
+    """One measure between two prepared summaries (see :class:`RepresentationSummary`).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+        >>> a = dg.measures.RepresentationSummary(x, ['cka'])
+        >>> round(dg.measures.summary_similarity(a, a, 'cka'), 6)
+        1.0
+    """
     _check_measure(measure)
     _check_compatible(a, b, measure)
-    if measure == "cka":
-        return _cka_from_states(a.cka, b.cka)
-    if measure == "cka_unbiased":
-        return _cka_from_states(a.cka_u, b.cka_u)
+    if measure in ("cka", "cka_unbiased"):
+        return _cka_from_states(*_cka_states(a, b, measure))
     if measure in ("knn_overlap", "mutual_knn"):
-        inter = _overlap_counts(a.knn_idx, b.knn_idx).double()
+        inter = _overlap_counts(_prepared(a.knn_idx, a, measure),
+                                _prepared(b.knn_idx, b, measure)).double()
         k = a.k
         v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
         return float(v.mean())
     if measure == "graph":
-        return float(_row_cosine(a.rows, b.rows).mean())
-    return abs(a.q - b.q)
+        return float(_row_cosine(_prepared(a.rows, a, measure),
+                                 _prepared(b.rows, b, measure)).mean())
+    return abs(_prepared(a.q, a, measure) - _prepared(b.q, b, measure))
 
 
 # ================================================================================== permutation
@@ -898,82 +948,86 @@ class PermutationResult(NamedTuple):
     measure: str
 
 
-def _perms(n: int, count: int, gen: torch.Generator, device) -> Tensor:
+def _perms(n: int, count: int, gen: torch.Generator, device: torch.device) -> Tensor:
     return torch.stack([torch.randperm(n, generator=gen) for _ in range(count)]).to(device)
 
 
-def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: str,
-                 permutations: int, seed: int) -> Tensor:
-    """The measure between ``a`` and ``b`` with ``b``'s rows shuffled, ``permutations`` times."""
-    n = a.n
-    gen = torch.Generator().manual_seed(int(seed))
-    out = []
-    if measure in ("cka", "cka_unbiased"):
-        sa, sb = (a.cka, b.cka) if measure == "cka" else (a.cka_u, b.cka_u)
-        denom = torch.sqrt(sa.self_hsic * sb.self_hsic)
-        device = sa.row_sq.device
-        if sa.xc is not None and sb.xc is not None:
-            step = max(1, _BLOCK // max(n * sb.xc.shape[1], 1))
-            for s in range(0, permutations, step):
-                perms = _perms(n, min(step, permutations - s), gen, device)
-                yp = sb.xc[perms]                                   # [c, N, Dy]
-                cross = torch.einsum("nd,cne->cde", sa.xc, yp)
-                h = (cross * cross).sum((1, 2))
-                if sa.unbiased:
-                    h = (h + sa.trace * sb.trace / ((n - 1) * (n - 2))
-                         - n / (n - 2) * (sa.row_sq.unsqueeze(0) * sb.row_sq[perms]).sum(1))
-                out.append(h / denom)
-        else:
-            ga, gb = sa.gram_matrix(), sb.gram_matrix()
-            step = max(1, _BLOCK // max(n * n, 1))
-            for s in range(0, permutations, step):
-                perms = _perms(n, min(step, permutations - s), gen, device)
-                gp = gb[perms.unsqueeze(2), perms.unsqueeze(1)]     # [c, N, N]
-                out.append((ga.unsqueeze(0) * gp).sum((1, 2)) / denom)
-        return torch.cat(out).cpu()
-    if measure in ("knn_overlap", "mutual_knn"):
-        device = a.knn_idx.device
-        k = a.k
-        step = max(1, _BLOCK // max(n * k * k, 1))
+def _null_cka(sa: _CKAState, sb: _CKAState, permutations: int,
+              gen: torch.Generator) -> List[Tensor]:
+    n, out = sa.n, []
+    device = sa.row_sq.device
+    if sa.xc is not None and sb.xc is not None:
+        step = max(1, _BLOCK // max(n * sb.xc.shape[1], 1))
         for s in range(0, permutations, step):
-            perms = _perms(n, min(step, permutations - s), gen, device)   # [c, N]
-            inv = torch.argsort(perms, dim=1)
-            # neighbours of i in y[π] are π⁻¹(N_y(π(i)))
-            nb = b.knn_idx[perms]                                          # [c, N, k]
-            nb = torch.gather(inv, 1, nb.reshape(nb.shape[0], -1)).reshape(nb.shape)
-            inter = _overlap_counts(a.knn_idx.unsqueeze(0).expand_as(nb), nb).double()
-            v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
-            out.append(v.mean(1))
-        return torch.cat(out).cpu()
-    if measure == "graph":
-        ra, rb = a.rows, b.rows
-        device = ra.key.device
-        nn_ = n * n
-        step = max(1, _BLOCK // max(4 * max(ra.key.numel(), rb.key.numel()), 1))
-        for s in range(0, permutations, step):
-            c = min(step, permutations - s)
-            perms = _perms(n, c, gen, device)
-            inv = torch.argsort(perms, dim=1)
-            off = torch.arange(c, device=device).unsqueeze(1) * nn_
-            # b' has edge (π⁻¹(i), π⁻¹(j)) for every edge (i, j) of b
-            kb = (off + inv[:, rb.row] * n + inv[:, rb.col]).reshape(-1)
-            wb = rb.w.repeat(c)
-            order = kb.argsort()
-            kb, wb = kb[order], wb[order]
-            ka = (off + ra.key.unsqueeze(0)).reshape(-1)
-            pos = torch.searchsorted(kb, ka).clamp_max(kb.numel() - 1)
-            hit = kb[pos] == ka
-            grp = (torch.arange(c, device=device).unsqueeze(1) * n + ra.row.unsqueeze(0))
-            grp = grp.reshape(-1)
-            dot = scatter(ra.w.repeat(c)[hit] * wb[pos[hit]], grp[hit], dim=0, dim_size=c * n,
-                          reduce="sum").view(c, n)
-            nb_norm = rb.norm[perms]                                       # row i of b' = row π(i)
-            out.append((dot / (ra.norm.unsqueeze(0) * nb_norm)).mean(1))
-        return torch.cat(out).cpu()
-    # modularity distance: y[π] with fixed labels = b's graph with labels[π⁻¹]
-    ei, w = b.q_graph
+            perms = _perms(n, min(step, permutations - s), gen, device)
+            yp = sb.xc[perms]                                   # [c, N, Dy]
+            cross = torch.einsum("nd,cne->cde", sa.xc, yp)
+            h = (cross * cross).sum((1, 2))
+            if sa.unbiased:
+                h = _unbiased_hsic(h, sa.trace, sb.trace,
+                                   (sa.row_sq.unsqueeze(0) * sb.row_sq[perms]).sum(1), n)
+            out.append(_cka_ratio(h, sa.self_hsic, sb.self_hsic))
+        return out
+    ga, gb = sa.gram_matrix(), sb.gram_matrix()
+    step = max(1, _BLOCK // max(n * n, 1))
+    for s in range(0, permutations, step):
+        perms = _perms(n, min(step, permutations - s), gen, device)
+        gp = gb[perms.unsqueeze(2), perms.unsqueeze(1)]     # [c, N, N]
+        out.append(_cka_ratio((ga.unsqueeze(0) * gp).sum((1, 2)), sa.self_hsic, sb.self_hsic))
+    return out
+
+
+def _null_knn(ia: Tensor, ib: Tensor, k: int, measure: str, permutations: int,
+              gen: torch.Generator) -> List[Tensor]:
+    n, out = ia.shape[0], []
+    step = max(1, _BLOCK // max(n * k * k, 1))
+    for s in range(0, permutations, step):
+        perms = _perms(n, min(step, permutations - s), gen, ia.device)   # [c, N]
+        inv = torch.argsort(perms, dim=1)
+        # neighbours of i in y[π] are π⁻¹(N_y(π(i)))
+        nb = ib[perms]                                                    # [c, N, k]
+        nb = torch.gather(inv, 1, nb.reshape(nb.shape[0], -1)).reshape(nb.shape)
+        inter = _overlap_counts(ia.unsqueeze(0).expand_as(nb), nb).double()
+        v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
+        out.append(v.mean(1))
+    return out
+
+
+def _null_graph(ra: _SparseRows, rb: _SparseRows, permutations: int,
+                gen: torch.Generator) -> List[Tensor]:
+    n, out = ra.n, []
+    device = ra.key.device
+    nn_ = n * n
+    step = max(1, _BLOCK // max(4 * max(ra.key.numel(), rb.key.numel()), 1))
+    for s in range(0, permutations, step):
+        c = min(step, permutations - s)
+        perms = _perms(n, c, gen, device)
+        inv = torch.argsort(perms, dim=1)
+        off = torch.arange(c, device=device).unsqueeze(1) * nn_
+        # b' has edge (π⁻¹(i), π⁻¹(j)) for every edge (i, j) of b
+        kb = (off + inv[:, rb.row] * n + inv[:, rb.col]).reshape(-1)
+        wb = rb.w.repeat(c)
+        order = kb.argsort()
+        kb, wb = kb[order], wb[order]
+        ka = (off + ra.key.unsqueeze(0)).reshape(-1)
+        pos = torch.searchsorted(kb, ka).clamp_max(kb.numel() - 1)
+        hit = kb[pos] == ka
+        grp = (torch.arange(c, device=device).unsqueeze(1) * n + ra.row.unsqueeze(0))
+        grp = grp.reshape(-1)
+        dot = scatter(ra.w.repeat(c)[hit] * wb[pos[hit]], grp[hit], dim=0, dim_size=c * n,
+                      reduce="sum").view(c, n)
+        nb_norm = rb.norm[perms]                                       # row i of b' = row π(i)
+        out.append((dot / (ra.norm.unsqueeze(0) * nb_norm)).mean(1))
+    return out
+
+
+def _null_modularity(qa: float, b: RepresentationSummary, permutations: int,
+                     gen: torch.Generator) -> List[Tensor]:
+    """``y[π]`` with fixed labels is ``b``'s graph with labels ``[π⁻¹]``."""
+    ei, w = _prepared(b.q_graph, b, "modularity_distance")
+    labels = _prepared(b.labels, b, "modularity_distance").to(ei.device)
+    n, out = b.n, []
     device = ei.device
-    labels = b.labels.to(device)
     e = ei.shape[1]
     step = max(1, _BLOCK // max(4 * e, 1))
     for s in range(0, permutations, step):
@@ -984,9 +1038,26 @@ def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: st
         off = (torch.arange(c, device=device) * n).repeat_interleave(e)
         ei_rep = ei.repeat(1, c) + off.unsqueeze(0)
         batch = torch.arange(c, device=device).repeat_interleave(n)
-        q = _modularity(ei_rep, comm, w.repeat(c), num_nodes=c * n, batch=batch,
-                        resolution=b.resolution)
-        out.append((a.q - q).abs())
+        q = torch.as_tensor(_modularity(ei_rep, comm, w.repeat(c), num_nodes=c * n, batch=batch,
+                                        resolution=b.resolution))
+        out.append((qa - q).abs())
+    return out
+
+
+def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: str,
+                 permutations: int, seed: int) -> Tensor:
+    """The measure between ``a`` and ``b`` with ``b``'s rows shuffled, ``permutations`` times."""
+    gen = torch.Generator().manual_seed(int(seed))
+    if measure in ("cka", "cka_unbiased"):
+        out = _null_cka(*_cka_states(a, b, measure), permutations, gen)
+    elif measure in ("knn_overlap", "mutual_knn"):
+        out = _null_knn(_prepared(a.knn_idx, a, measure), _prepared(b.knn_idx, b, measure), a.k,
+                        measure, permutations, gen)
+    elif measure == "graph":
+        out = _null_graph(_prepared(a.rows, a, measure), _prepared(b.rows, b, measure),
+                          permutations, gen)
+    else:
+        out = _null_modularity(_prepared(a.q, a, measure), b, permutations, gen)
     return torch.cat(out).cpu()
 
 
@@ -1003,7 +1074,15 @@ def _p_value(value: float, null: Tensor, measure: str) -> float:
 
 def summary_permutation_test(a: RepresentationSummary, b: RepresentationSummary, measure: str,
                              permutations: int = 1000, seed: int = 0) -> PermutationResult:
-    """Permutation test between two prepared summaries (see :func:`permutation_test`)."""
+    """Permutation test between two prepared summaries (see :func:`permutation_test`).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+        >>> a = dg.measures.RepresentationSummary(x, ['cka'])
+        >>> dg.measures.summary_permutation_test(a, a, 'cka', permutations=19).p_value
+        0.05
+    """
     _check_measure(measure)
     _check_compatible(a, b, measure)
     check_positive_int(permutations, "permutations")
@@ -1040,193 +1119,35 @@ def permutation_test(measure: str, x: Tensor, y: Tensor, labels: Optional[Tensor
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(100, 6, generator=g)
-        >>> r = dg.measures.permutation_test('cka', x, x + 0.1 * torch.randn(100, 6, generator=g),
-        ...                         permutations=99)
-        >>> r.p_value
+        >>> y = x + 0.1 * torch.randn(100, 6, generator=g)
+        >>> dg.measures.permutation_test('cka', x, y, permutations=99).p_value
         0.01
     """
     _check_measure(measure)
     x, y = _check_pair(x, y)
-    kw = dict(measures=[measure], labels=labels, k=k, metric=metric, symmetrize=symmetrize,
-              modularity_k=modularity_k, backend=backend)
-    a = RepresentationSummary(x, name="x", **kw)
-    b = RepresentationSummary(y, name="y", **kw)
+    a, b = (RepresentationSummary(v, [measure], labels=labels, k=k, metric=metric,
+                                  symmetrize=symmetrize, modularity_k=modularity_k,
+                                  backend=backend, name=name) for v, name in ((x, "x"), (y, "y")))
     return summary_permutation_test(a, b, measure, permutations, seed)
 
 
 # ================================================================================== matrices
-@dataclass
-class SimilarityMatrix:
-    """A layer × layer matrix of one measure between representations A and B.
-
-    Attributes:
-        values: float64 ``[La, Lb]``.
-        layers_a, layers_b: Row and column layer names.
-        measure: The measure (``'cka'``, ...).
-        name_a, name_b: The two models (equal for a within-model matrix).
-        p_values: Permutation p-values ``[La, Lb]``, when computed.
-        meta: Settings (k, metric, N, permutations, ...).
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> m = dg.measures.SimilarityMatrix(torch.tensor([[0.9, 0.2], [0.3, 0.8]]), ['a1', 'a2'],
-        ...                         ['b1', 'b2'], 'cka', 'A', 'B')
-        >>> {k: round(v, 2) for k, v in m.diagonal_contrast().items()}
-        {'diagonal_mean': 0.85, 'off_diagonal_mean': 0.25, 'row_best_is_diagonal': 1.0}
-    """
-
-    values: Tensor
-    layers_a: List[str]
-    layers_b: List[str]
-    measure: str
-    name_a: str = "A"
-    name_b: str = "B"
-    p_values: Optional[Tensor] = None
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.values = torch.as_tensor(self.values, dtype=torch.float64).detach().cpu()
-        if tuple(self.values.shape) != (len(self.layers_a), len(self.layers_b)):
-            raise ValueError(f"values must be [{len(self.layers_a)}, {len(self.layers_b)}], got "
-                             f"{tuple(self.values.shape)}")
-        if self.p_values is not None:
-            self.p_values = torch.as_tensor(self.p_values, dtype=torch.float64).cpu()
-
-    def __repr__(self) -> str:
-        return (f"SimilarityMatrix(measure={self.measure!r}, {self.name_a!r} × {self.name_b!r}, "
-                f"shape={tuple(self.values.shape)}, p_values={self.p_values is not None})")
-
-    @property
-    def higher_is_similar(self) -> bool:
-        return self.measure not in DISTANCES
-
-    def diagonal_contrast(self) -> Dict[str, Optional[float]]:
-        """Mean of the diagonal vs the off-diagonal (square matrices): for two seeds of one
-        architecture, corresponding layers should be the more similar ones."""
-        if self.values.shape[0] != self.values.shape[1]:
-            raise ValueError(f"diagonal_contrast needs a square matrix, got "
-                             f"{tuple(self.values.shape)}")
-        L = self.values.shape[0]
-        eye = torch.eye(L, dtype=torch.bool)
-        diag = float(self.values[eye].mean())
-        off = float(self.values[~eye].mean()) if L > 1 else None
-        # Per row: is the best match the corresponding layer?
-        best = self.values.argmax(1) if self.higher_is_similar else self.values.argmin(1)
-        hits = float((best == torch.arange(L)).double().mean())
-        return {"diagonal_mean": diag, "off_diagonal_mean": off, "row_best_is_diagonal": hits}
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"measure": self.measure, "name_a": self.name_a, "name_b": self.name_b,
-                "layers_a": list(self.layers_a), "layers_b": list(self.layers_b),
-                "values": self.values.tolist(),
-                "p_values": None if self.p_values is None else self.p_values.tolist(),
-                "meta": {k: (v if isinstance(v, (int, float, str, bool, type(None), list))
-                             else str(v)) for k, v in self.meta.items()}}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "SimilarityMatrix":
-        return cls(torch.tensor(d["values"], dtype=torch.float64), d["layers_a"], d["layers_b"],
-                   d["measure"], d["name_a"], d["name_b"],
-                   None if d.get("p_values") is None else torch.tensor(d["p_values"]),
-                   d.get("meta", {}))
-
-    def plot(self, path: Optional[PathLike] = None, ax=None, title: Optional[str] = None,
-             annotate: Optional[bool] = None):
-        """Heatmap (rows: A's layers, columns: B's layers); saved as PNG when ``path`` is given."""
-        return plot_similarity_matrix(self, path=path, ax=ax, title=title, annotate=annotate)
-
-    def to_tensorboard(self, writer, tag: Optional[str] = None) -> None:
-        """Logs the heatmap figure and the values as a markdown table."""
-        log_similarity_matrix(writer, self, tag=tag)
-
-
-def similarity_matrices(features_a, features_b=None, measures: Sequence[str] = ("cka",),
-                        labels: Optional[Tensor] = None, k: int = 10, metric: str = "cosine",
-                        symmetrize: Optional[str] = "mean", modularity_k: int = 3,
-                        backend: str = "auto", permutations: int = 0, seed: int = 0,
-                        name_a: str = "A", name_b: str = "B", device=None,
-                        progress: bool = False) -> Dict[str, SimilarityMatrix]:
-    """Layer × layer matrices of several measures, within one model or between two.
-
-    Each layer is loaded once (one layer's features in memory at a time; spilled
-    :class:`~dyngraph.LayerFeatures` stay on disk until then) and reduced to a
-    :class:`RepresentationSummary`; every cell is then filled from the summaries.
-
-    Args:
-        features_a: :class:`~dyngraph.LayerFeatures` or an ordered ``{layer: Tensor[N, ...]}``.
-        features_b: The second model's features on the same inputs, or ``None`` for A × A.
-        measures: Any of ``MEASURES``.
-        labels: ``[N]`` classes (``'modularity_distance'``; taken from ``features_a.y``).
-        k, metric, symmetrize, modularity_k, backend: Measure settings.
-        permutations: When ``> 0``, a permutation p-value per cell.
-        seed: Seed of the permutations.
-        name_a, name_b: Model names for the figures.
-        device: Where to compute (default: where the features are).
-        progress: Progress bar over layers.
-
-    Returns:
-        ``{measure: SimilarityMatrix}``.
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.randn(100, 8, generator=g)
-        >>> f = {'l1': x, 'l2': torch.tanh(x @ torch.randn(8, 8, generator=g)), 'l3': torch.randn(100, 4, generator=g)}
-        >>> m = dg.measures.similarity_matrices(f, measures=['cka', 'mutual_knn'], k=5)['cka']
-        >>> [round(v, 6) for v in m.values.diagonal().tolist()], bool(m.values[0, 2] < 0.3)
-        ([1.0, 1.0, 1.0], True)
-    """
-    from .._progress import progress_bar
-    measures = [_check_measure(m) for m in measures]
-    if not measures:
-        raise ValueError("measures is empty")
-    if labels is None:
-        labels = getattr(features_a, "y", None)
-    kw = dict(measures=measures, labels=labels, k=k, metric=metric, symmetrize=symmetrize,
-              modularity_k=modularity_k, backend=backend)
-    sa = summarize_layers(features_a, name=name_a, device=device, progress=progress, **kw)
-    sb = sa if features_b is None else summarize_layers(features_b, name=name_b, device=device,
-                                                        progress=progress, **kw)
-    if features_b is None:
-        name_b = name_a
-    out = {}
-    meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "modularity_k": modularity_k,
-            "n_samples": next(iter(sa.values())).n, "permutations": permutations}
-    for m in progress_bar(measures, desc="pairs", disable=not progress):
-        vals, ps = fill_matrix(sa, sb, m, permutations=permutations, seed=seed,
-                               symmetric=features_b is None)
-        out[m] = SimilarityMatrix(vals, list(sa), list(sb), m, name_a, name_b, ps, dict(meta))
-    return out
-
-
-def summarize_layers(features, measures: Sequence[str] = ("cka",), labels=None, name: str = "A",
-                     device=None, progress: bool = False, **kw) -> Dict[str, RepresentationSummary]:
-    """One :class:`RepresentationSummary` per layer, loading one layer at a time."""
-    from .._progress import progress_bar
-    names = layer_names(features)
-    if labels is None:
-        labels = getattr(features, "y", None)
-    out = {}
-    n = None
-    for layer in progress_bar(names, desc=f"summaries {name}", disable=not progress):
-        x = features[layer]
-        if not isinstance(x, Tensor):
-            raise TypeError(f"features[{layer!r}] must be a Tensor, got {type(x).__name__}")
-        if device is not None:
-            x = x.to(device)
-        if n is not None and x.shape[0] != n:
-            raise ValueError(f"features[{layer!r}] has {x.shape[0]} rows, the first layer {n}")
-        n = x.shape[0]
-        lab = None if labels is None else torch.as_tensor(labels).to(x.device)
-        out[str(layer)] = RepresentationSummary(x, measures=measures, labels=lab,
-                                                name=f"{name}/{layer}", **kw)
-    return out
-
-
 def fill_matrix(sa: Mapping[str, RepresentationSummary], sb: Mapping[str, RepresentationSummary],
                 measure: str, permutations: int = 0, seed: int = 0, symmetric: bool = False
                 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Fills ``[La, Lb]`` (and p-values) of one measure from per-layer summaries."""
+    """Fills ``[La, Lb]`` (and p-values) of one measure from per-layer summaries: the cell
+    ``(i, j)`` is :func:`summary_similarity` (or, with ``permutations``, a
+    :func:`summary_permutation_test` seeded ``seed + 7919·i + j``); ``symmetric`` (A × A) mirrors
+    the lower triangle. This is the scoring step of :func:`dyngraph.layer_matrix`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+        >>> s = {'a': dg.measures.RepresentationSummary(x, ['cka'])}
+        >>> vals, ps = dg.measures.fill_matrix(s, s, 'cka')
+        >>> [round(v, 6) for v in vals.flatten().tolist()], ps
+        ([1.0], None)
+    """
     la, lb = list(sa), list(sb)
     vals = torch.empty(len(la), len(lb), dtype=torch.float64)
     ps = torch.empty(len(la), len(lb), dtype=torch.float64) if permutations else None
@@ -1237,7 +1158,7 @@ def fill_matrix(sa: Mapping[str, RepresentationSummary], sb: Mapping[str, Repres
                 if ps is not None:
                     ps[i, j] = ps[j, i]
                 continue
-            if permutations:
+            if ps is not None:
                 r = summary_permutation_test(sa[a], sb[b], measure, permutations,
                                              seed + 7919 * i + j)
                 vals[i, j], ps[i, j] = r.value, r.p_value
@@ -1246,101 +1167,10 @@ def fill_matrix(sa: Mapping[str, RepresentationSummary], sb: Mapping[str, Repres
     return vals, ps
 
 
-# ================================================================================== figures
-_LABELS = {"cka": "linear CKA", "cka_unbiased": "linear CKA (unbiased)",
-           "cka_minibatch": "minibatch CKA", "knn_overlap": "kNN Jaccard overlap",
-           "mutual_knn": "mutual kNN", "graph": "graph similarity (row cosine)",
-           "modularity_distance": "|Q_i − Q_j|"}
-
-
-def plot_similarity_matrix(matrix: SimilarityMatrix, path: Optional[PathLike] = None, ax=None,
-                           title: Optional[str] = None, annotate: Optional[bool] = None,
-                           cmap: Optional[str] = None):
-    """Draws a :class:`SimilarityMatrix` as a heatmap; returns the figure (PNG saved atomically).
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> m = dg.measures.SimilarityMatrix(torch.eye(2), ['a', 'b'], ['a', 'b'], 'cka')
-        >>> fig = m.plot()
-    """
-    from ..outputs._plot import _pyplot, save_figure
-    plt = _pyplot()
-    v = matrix.values
-    la, lb = v.shape
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * lb + 2.5), max(3.5, 0.4 * la + 2.0)))
-    else:
-        fig = ax.figure
-    distance = matrix.measure in DISTANCES
-    cmap = cmap or ("viridis_r" if distance else "viridis")
-    vmin, vmax = (0.0, None) if distance else (min(0.0, float(v.min())), 1.0)
-    im = ax.imshow(v.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", aspect="auto")
-    ax.set_xticks(range(lb))
-    ax.set_xticklabels(matrix.layers_b, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(la))
-    ax.set_yticklabels(matrix.layers_a, fontsize=7)
-    ax.set_xlabel(f"{matrix.name_b} layers")
-    ax.set_ylabel(f"{matrix.name_a} layers")
-    if annotate is None:
-        annotate = la * lb <= 100
-    if annotate:
-        hi = float(v.max()) if v.numel() else 1.0
-        for i in range(la):
-            for j in range(lb):
-                val = float(v[i, j])
-                star = ""
-                if matrix.p_values is not None and float(matrix.p_values[i, j]) < 0.05:
-                    star = "*"
-                ax.text(j, i, f"{val:.2f}{star}", ha="center", va="center", fontsize=6,
-                        color="white" if (val < 0.5 * hi) != distance else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=_LABELS.get(matrix.measure,
-                                                                         matrix.measure))
-    ax.set_title(title or f"{_LABELS.get(matrix.measure, matrix.measure)}: "
-                          f"{matrix.name_a} vs {matrix.name_b}", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
-
-
-def _markdown(matrix: SimilarityMatrix) -> str:
-    head = "| | " + " | ".join(matrix.layers_b) + " |\n|---|" + "---|" * len(matrix.layers_b)
-    body = "\n".join(f"| **{a}** | " + " | ".join(f"{float(v):.4f}" for v in row) + " |"
-                     for a, row in zip(matrix.layers_a, matrix.values))
-    return f"{head}\n{body}"
-
-
-def log_similarity_matrix(writer, matrix: SimilarityMatrix, tag: Optional[str] = None) -> None:
-    """Logs a :class:`SimilarityMatrix` to TensorBoard: the heatmap (``{tag}/heatmap``) and the
-    values as a markdown table (``{tag}/values``).
-
-    Example:
-        >>> import tempfile, torch, dyngraph as dg
-        >>> from torch.utils.tensorboard import SummaryWriter
-        >>> m = dg.measures.SimilarityMatrix(torch.eye(2), ['a', 'b'], ['a', 'b'], 'cka')
-        >>> with SummaryWriter(tempfile.mkdtemp()) as w:
-        ...     dg.measures.log_similarity_matrix(w, m)
-    """
-    for fn in ("add_figure", "add_text"):
-        if not callable(getattr(writer, fn, None)):
-            raise TypeError(f"writer must be a SummaryWriter-like object with {fn}(), got "
-                            f"{type(writer).__name__}")
-    from ..outputs._plot import close
-    tag = tag or f"dyngraph/{matrix.measure}/{matrix.name_a}_vs_{matrix.name_b}"
-    fig = plot_similarity_matrix(matrix)
-    writer.add_figure(f"{tag}/heatmap", fig)
-    close(fig)
-    writer.add_text(f"{tag}/values", _markdown(matrix))
-    if callable(getattr(writer, "flush", None)):
-        writer.flush()
-
-
 __all__ = ["MEASURES", "DISTANCES", "linear_cka", "StreamingCKA", "MinibatchCKA", "u_center",
            "knn_overlap", "mutual_knn", "graph_similarity", "adjacency_cosine",
            "modularity_distance", "RepresentationSummary", "summary_similarity",
-           "PermutationResult", "permutation_test", "summary_permutation_test",
-           "SimilarityMatrix", "similarity_matrices", "summarize_layers", "fill_matrix",
-           "plot_similarity_matrix", "log_similarity_matrix"]
+           "PermutationResult", "permutation_test", "summary_permutation_test", "fill_matrix"]
 
 
 # ============================================================================ registered measures

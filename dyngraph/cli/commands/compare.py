@@ -15,14 +15,14 @@ import json
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from .._common import get_loaders, get_model, print_json
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     from ...compare._compare import COMPARE_MEASURES, DEFAULT_MEASURES
     p = sub.add_parser("compare", help="layer × layer similarity between two or more models",
                        description=__doc__.splitlines()[0] + " Writes report.json, table.csv, "
@@ -105,19 +105,18 @@ def _load_models(args, train, test, num_classes) -> Tuple[Dict[str, torch.nn.Mod
     return models, infos
 
 
-def checks(result, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def checks(result: Any, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Sanity checks of a comparison of reference models: seed-to-seed agreement of matching
     layers, and trained vs untrained separation, for every measure."""
     out: Dict[str, Any] = {"same_architecture_seeds": [], "trained_vs_untrained": []}
     ref = {n: i for n, i in infos.items() if i.get("kind") == "reference"}
     for measure in result.measures:
-        higher = measure != "modularity_distance"
+        higher = result.higher_is_similar(measure)
         for a, b in combinations(result.names, 2):
             ia, ib = ref.get(a), ref.get(b)
             if not ia or not ib or ia["arch"] != ib["arch"]:
                 continue
-            m = result.matrix(measure, a, b)
-            c = m.diagonal_contrast()
+            c = result.matrix(a, b).diagonal_contrast(measure)
             if ia["trained"] and ib["trained"]:
                 better = (c["diagonal_mean"] > c["off_diagonal_mean"]) if higher else \
                     (c["diagonal_mean"] < c["off_diagonal_mean"])
@@ -128,9 +127,9 @@ def checks(result, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             untrained = [n for n, i in ref.items() if i["arch"] == arch and not i["trained"]]
             if len(trained) < 2 or not untrained:
                 continue
-            tt = [float(result.matrix(measure, a, b).values.diagonal().mean())
+            tt = [float(result.matrix(a, b)[measure].diagonal().mean())
                   for a, b in combinations(trained, 2)]
-            tu = [float(result.matrix(measure, a, u).values.diagonal().mean())
+            tu = [float(result.matrix(a, u)[measure].diagonal().mean())
                   for a in trained for u in untrained]
             s_tt, s_tu = sum(tt) / len(tt), sum(tu) / len(tu)
             out["trained_vs_untrained"].append({
@@ -140,11 +139,43 @@ def checks(result, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) -> Dict[str, Path]:
+    """Writes through ``dg.plot``: one grid per measure (``grid_<measure>.png``), one annotated
+    heatmap per (measure, pair of different models) when there are at most 6 such pairs (or
+    ``per_pair``), and each free per-model profile metric overlaid (``curve_<metric>.png``)."""
+    from ...outputs import plot
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: Dict[str, Path] = {}
+    between = [(a, b) for (a, b) in result.matrices if a != b]
+    if per_pair is None:
+        per_pair = len(between) <= 6
+    for measure in result.measures:
+        paths[f"grid_{measure}"] = out_dir / f"grid_{measure}.png"
+        plot(result, paths[f"grid_{measure}"], metric=measure)
+        for a, b in between if per_pair else []:
+            key = f"{measure}__{_safe(a)}__vs__{_safe(b)}"
+            paths[key] = out_dir / f"{key}.png"
+            plot(result, paths[key], metric=measure, pair=(a, b))
+    metrics = sorted({m for p in result.profiles.values() for m in p.metrics})
+    for metric in metrics:
+        have = [n for n in result.names if n in result.profiles
+                and metric in result.profiles[n].metrics]
+        paths[f"curve_{metric}"] = out_dir / f"curve_{metric}.png"
+        plot([result.profiles[n] for n in have], paths[f"curve_{metric}"], metrics=[metric],
+             labels=have, title=f"{metric} per model")
+    return paths
+
+
 def run(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from ...capture import default_layers
-    from ...compare._compare import compare_models as compare
+    from ...compare import compare_models
+    from ...outputs import log
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_models = len(args.models) + len(args.archs) * (len(args.seeds or [args.seed])
@@ -175,11 +206,12 @@ def run(args: argparse.Namespace) -> int:
     train, test, num_classes = get_loaders(args)
     models, infos = _load_models(args, train, test, num_classes)
     layers = {n: default_layers(m, point=args.point) for n, m in models.items()}
-    result = compare(models, test, measures=args.measures, layers=layers,
-                     per_class=args.per_class, seed=args.seed, k=args.k,
-                     modularity_k=args.modularity_k, metric=args.metric,
-                     permutations=args.permutations, within=not args.no_within, pool=args.pool,
-                     device=args.device, info=infos, progress=not args.quiet)
+    result = compare_models(models, test, measures=args.measures, layers=layers,
+                            per_class=args.per_class, seed=args.seed, k=args.k,
+                            modularity_k=args.modularity_k, metric=args.metric,
+                            permutations=args.permutations, within=not args.no_within,
+                            pool=args.pool, device=args.device, info=infos,
+                            progress=not args.quiet)
     result.meta.update({"config": cfg, "config_hash": digest, "point": args.point,
                         "seconds_total": round(time.perf_counter() - t0, 2)})
     chk = checks(result, infos)
@@ -187,9 +219,9 @@ def run(args: argparse.Namespace) -> int:
     d["checks"] = chk
     from ..._io import atomic_write_json
     result.to_csv(out / "table.csv")
-    figs = result.plot(out / "figures")
+    figs = _write_figures(result, out / "figures")
     with SummaryWriter(str(out / "tensorboard")) as writer:
-        result.to_tensorboard(writer)
+        log(writer, result, prefix="dyngraph/compare")
     d["figures"] = {k: str(v) for k, v in figs.items()}
     atomic_write_json(report, d)           # written last: its presence marks a finished run
     print_json({"models": {n: {"test_acc": i.get("test_acc"), "layers": len(layers[n])}
@@ -201,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _short(summary: Dict[str, Any]) -> Dict[str, Any]:
     """The between-model rows of the summary, rounded."""
-    out = {}
+    out: Dict[str, Any] = {}
     for measure, pairs in summary.items():
         for pair, row in pairs.items():
             a, b = pair.split("|")
