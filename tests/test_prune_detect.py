@@ -1,4 +1,5 @@
-"""Redundant-layer rules (against numpy), structural constraints, baselines and linear CKA."""
+"""Redundant-layer rules (against numpy) on one-metric DepthProfiles, structural constraints,
+baselines and the linear CKA they use (dg.measures.linear_cka)."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from dyngraph.zoo._models import resnet20
 
 def _curve(values, names=None):
     names = names or [f"l{i}" for i in range(len(values))]
-    return dg._curve.Curve(names, torch.tensor(values, dtype=torch.float64))
+    return dg.DepthProfile(names, "modularity", torch.tensor(values, dtype=torch.float64))
 
 
 def _random_curve(seed, n=12):
@@ -75,8 +76,13 @@ def test_n_remove_takes_the_most_redundant():
 
 def test_bad_input():
     c = _curve([0.1, 0.2, 0.3])
-    with pytest.raises(TypeError, match="Curve"):
+    with pytest.raises(TypeError, match="DepthProfile"):
         prune.redundant_layers([0.1, 0.2])
+    two = dg.DepthProfile(["a", "b", "c"], ["modularity", "nc1"], torch.rand(3, 2))
+    with pytest.raises(ValueError, match=r"one metric.*\['modularity', 'nc1'\]"):
+        prune.redundant_layers(two)
+    with pytest.raises(ValueError, match="one metric"):
+        prune.layer_scores(two)
     with pytest.raises(ValueError, match="rule"):
         prune.redundant_layers(c, "steep")
     with pytest.raises(ValueError, match="threshold"):
@@ -94,7 +100,8 @@ def test_bad_input():
 # ------------------------------------------------------------------ structure
 def _resnet20_curve(values):
     m = resnet20()
-    return m, dg._curve.Curve(dg.default_layers(m), torch.tensor(values, dtype=torch.float64))
+    return m, dg.DepthProfile(dg.default_layers(m), "modularity",
+                              torch.tensor(values, dtype=torch.float64))
 
 
 def test_constraints_on_resnet20():
@@ -131,12 +138,12 @@ def test_constraints_on_resnet20():
 def test_mlp_classifier_and_post_activation_points():
     mlp = dg.zoo.DigitsMLP(depth=4, width=16)
     layers = dg.default_layers(mlp)  # every Linear, classifier included
-    c = dg._curve.Curve(layers, torch.zeros(len(layers), dtype=torch.float64))
+    c = dg.DepthProfile(layers, "modularity", torch.zeros(len(layers), dtype=torch.float64))
     r = prune.redundant_layers(c, model=mlp)
     assert layers[-1] not in r.layers and "classifier" in r.kept[layers[-1]]
     assert r.layers == layers[1:-1]
     post = dg.default_layers(mlp, point="post")
-    c2 = dg._curve.Curve(post, torch.zeros(len(post), dtype=torch.float64))
+    c2 = dg.DepthProfile(post, "modularity", torch.zeros(len(post), dtype=torch.float64))
     r2 = prune.redundant_layers(c2, model=mlp)
     assert [x.module for x in r2] == layers[1:-1]  # ReLU points map to their Linear
     assert r2.to_dict()["remove"][0]["layer"] == post[1]
@@ -179,13 +186,15 @@ def test_linear_cka_matches_numpy(n, dx, dy):
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, dx, generator=g)
     y = x[:, :min(dx, dy)].repeat(1, 2)[:, :dy] + 0.5 * torch.randn(n, dy, generator=g)
-    assert prune.linear_cka(x, y) == pytest.approx(_np_cka(x, y), rel=1e-9)
+    cka = dg.measures.linear_cka
+    assert cka(x, y) == pytest.approx(_np_cka(x, y), rel=1e-9)
     q, _ = torch.linalg.qr(torch.randn(dx, dx, generator=g))
-    assert prune.linear_cka(x, 2.5 * x @ q + 3.0) == pytest.approx(1.0, abs=1e-9)
-    with pytest.raises(ValueError, match="same samples"):
-        prune.linear_cka(x, y[:-1])
-    with pytest.raises(ValueError, match="constant"):
-        prune.linear_cka(torch.ones(n, 3), y)
+    assert cka(x, 2.5 * x @ q + 3.0) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="same N inputs"):
+        cka(x, y[:-1])
+    with pytest.raises(ValueError, match="zero variance"):
+        cka(torch.ones(n, 3), y)
+    assert not hasattr(dg.prune, "linear_cka")  # one CKA core: dg.measures.linear_cka
 
 
 def test_cka_baseline_on_features():
@@ -194,8 +203,14 @@ def test_cka_baseline_on_features():
     a, b, d = (torch.randn(90, 6, generator=g) for _ in range(3))
     f = dg.LayerFeatures({"s": a, "x": b, "x2": b + 0.01 * d, "z": d}, y)
     cka = prune.adjacent_cka(f, per_class=20, repeats=3)
-    assert cka.layers == ["x", "x2", "z"] and cka.samples.shape == (3, 3)
-    assert cka["x2"] > 0.99 and cka["z"] < 0.9
+    assert cka.layers == ["x", "x2", "z"] and cka.samples.shape == (3, 3, 1)
+    assert cka.metrics == ["adjacent_cka"]
+    assert cka.layer("x2")["adjacent_cka"] > 0.99 and cka.layer("z")["adjacent_cka"] < 0.9
+    # every repeat is dg.measures.linear_cka of adjacent layers on the runner's resampling
+    for r in range(3):
+        sub = f.subset(dg.capture.balanced_indices(f.y, per_class=20, seed=r))
+        for i, (a_, b_) in enumerate([("s", "x"), ("x", "x2"), ("x2", "z")]):
+            assert cka.samples[r, i, 0] == dg.measures.linear_cka(sub[a_], sub[b_])
     r = prune.cka_layers(f, n=1)
     assert r.layers == ["x2"] and "CKA with x" in r[0].reason
     assert prune.cka_layers(f, threshold=0.99).layers == ["x2"]

@@ -83,6 +83,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     torch.save({"x": 1}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="not a dyngraph training checkpoint"):
         prune.finetune(_net(), train, test, 4, checkpoint=tmp_path / "c.pt", progress=False)
+    torch.save(_net(), tmp_path / "d.pt")  # a pickled module is never unpickled here
+    with pytest.raises(ValueError, match="not a dyngraph training checkpoint"):
+        prune.finetune(_net(), train, test, 4, checkpoint=tmp_path / "d.pt", progress=False)
 
 
 def test_train_classifier_is_the_same_loop():

@@ -256,7 +256,8 @@ def test_custom_resnet_style_classes():
     assert isinstance(pruned2.u2, nn.Identity)
     # detection works on the unseen class too: the stem, shape change and classifier are kept
     layers = ["entry", "stages.0.0", "stages.0.1", "stages.0.2", "stages.1.0", "stages.1.1"]
-    curve = dg._curve.Curve(layers, torch.tensor([0.1, 0.15, 0.16, 0.17, 0.18, 0.185]))
+    curve = dg.DepthProfile(layers, "modularity",
+                            torch.tensor([0.1, 0.15, 0.16, 0.17, 0.18, 0.185]))
     r = prune.redundant_layers(curve, model=model, example_input=x)
     assert r.layers == ["stages.0.1", "stages.0.2", "stages.1.1"]
     assert "changes the shape" in r.kept["stages.1.0"] and "stages.0.0" not in r.kept
@@ -340,6 +341,76 @@ def test_projection_is_strided_zero_padded_identity():
         prune.make_projection((4, 8, 8), (4, 16, 16))
     with pytest.raises(ValueError, match="rank"):
         prune.make_projection((4, 8, 8), (256,))
+
+
+def _reference_probe(model, x):
+    """The 0.1 tracer, straight from torch's hooks: per module the order of its first call,
+    its number of calls, and the input/output shapes of its first and of its last call."""
+    seen, handles = {}, []
+
+    def pre(name):
+        def hook(_mod, args):
+            shape = tuple(args[0].shape[1:])
+            if name in seen:
+                seen[name]["calls"] += 1
+            else:
+                seen[name] = {"order": len(seen), "calls": 1, "first_in": shape}
+            seen[name]["last_in"] = shape
+        return hook
+
+    def post(name):
+        def hook(_mod, _args, out):
+            seen[name].setdefault("first_out", tuple(out.shape[1:]))
+            seen[name]["last_out"] = tuple(out.shape[1:])
+        return hook
+
+    for name, mod in model.named_modules():
+        handles += [mod.register_forward_pre_hook(pre(name)), mod.register_forward_hook(post(name))]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train(was)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("make,shape", [
+    (resnet20, (3, 32, 32)), (MyResNet, (3, 16, 16)), (AttrResNet, (3, 16, 16)), (Shared, (4,)),
+    (_vgg, (3, 8, 8)), (lambda: torchvision.models.resnet50(num_classes=3), (3, 32, 32))])
+def test_probe_runs_on_layer_taps_and_matches_raw_hooks(make, shape, monkeypatch):
+    torch.manual_seed(0)
+    model = make().train()
+    x = torch.randn((2,) + shape)
+    ref = _reference_probe(model, x)
+    entered = []
+    enter = dg.capture.LayerTaps.__enter__
+
+    def spy(self):
+        entered.append(self)
+        return enter(self)
+    monkeypatch.setattr(dg.capture.LayerTaps, "__enter__", spy)
+    info = prune.probe(model, x)
+    assert len(entered) == 1 and not entered[0].reduce and entered[0].allow_repeat
+    assert list(info) == list(ref)  # the same modules, in the order of their first call
+    for name, r in ref.items():
+        got = info[name]
+        assert (got.order, got.calls) == (r["order"], r["calls"]), name
+        # shapes of the (last) call; a module called once has only one
+        assert (got.in_shape, got.out_shape) == (r["last_in"], r["last_out"]), name
+        if r["calls"] == 1:
+            assert (got.in_shape, got.out_shape) == (r["first_in"], r["first_out"]), name
+    assert model.training and _hook_count(model) == 0  # mode restored, no hook left
+    assert info[""].order == 0 and info[""].out_shape == tuple(model.eval()(x).shape[1:])
+    if isinstance(model, Shared):
+        assert info["a"].calls == 2
+    leaf = prune.probe(nn.Linear(4, 2), torch.zeros(3, 4))  # a module without children
+    assert list(leaf) == [""] and (leaf[""].in_shape, leaf[""].out_shape) == ((4,), (2,))
 
 
 def test_probe_and_infer_example_input():

@@ -30,9 +30,9 @@ from .._validate import check_labels, check_positive_int
 from ..capture._features import LayerFeatures
 from ..capture._taps import LayerTaps, split_batch, to_device
 from ..measures._registry import Measure, resolve
-from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary, fill_matrix
+from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary
 from ..profiles._profile import DepthProfile, LayerMatrix
-from ..profiles._runner import _generic_matrix, _options, _states
+from ..profiles._runner import check_measure_options, prepare_layers, score_layers
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
 DEFAULT_MEASURES = ("cka", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
@@ -357,8 +357,8 @@ def _prepare(feats: LayerFeatures, ms: Sequence[Measure], y: Optional[Tensor],
              opts: Dict[str, Dict[str, Any]], device: Any, name: str,
              progress: bool) -> Dict[str, Dict[str, Any]]:
     """``{measure: {layer: prepared state}}`` of one model: its share of every pair."""
-    return {m.name: _states(feats, m, y if m.labels else None, opts[m.name], device, name,
-                            progress) for m in ms}
+    return {m.name: prepare_layers(feats, m, y if m.labels else None, opts[m.name], device,
+                                   name, progress) for m in ms}
 
 
 def _free_profile(states: Dict[str, Dict[str, Any]], y: Optional[Tensor], layers: List[str],
@@ -498,7 +498,7 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
                          f"must then be an nn.Module")
     builtin = {"k": k, "metric": metric, "symmetrize": symmetrize, "modularity_k": modularity_k,
                "backend": backend}
-    given = _options(measure_options, ms)
+    given = check_measure_options(measure_options, ms)
     opts = {m.name: {**(builtin if m.name in MEASURES else {}), **given.get(m.name, {})}
             for m in ms}
 
@@ -540,12 +540,8 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
     for m in progress_bar(ms, desc="pairs", disable=not progress):
         for a, b in pairs:
             sa, sb = states[a][m.name], states[b][m.name]
-            if isinstance(next(iter(sa.values())), RepresentationSummary):
-                vals, ps = fill_matrix(sa, sb, m.name, permutations, seed, symmetric=a == b)
-            else:
-                vals, ps = _generic_matrix(sa, sb, feats[a], feats[b], m,
-                                           y if m.labels else None, opts[m.name], permutations,
-                                           seed)
+            vals, ps = score_layers(sa, sb, feats[a], feats[b], m, y if m.labels else None,
+                                    opts[m.name], permutations, seed, symmetric=a == b)
             blocks[(a, b)][m.name] = vals
             if ps is not None:
                 blocks[(a, b)][f"{m.name}:p"] = ps

@@ -38,7 +38,9 @@ def as_layer_features(features: Any, y: Optional[Tensor] = None,
     return LayerFeatures(dict(features), check_labels(y, n, "y"))
 
 
-def _options(options: Options, measures: Sequence[Measure]) -> Dict[str, Dict[str, Any]]:
+def check_measure_options(options: Options, measures: Sequence[Measure]
+                          ) -> Dict[str, Dict[str, Any]]:
+    """Validates ``measure_options``: ``{measure: {option: value}}`` for measures in the run."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -148,7 +150,7 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         raise TypeError(f"graph must be a dg.GraphSpec, got {type(graph).__name__}")
     feats = as_layer_features(features, y)
     ms = resolve(measures, "layer")
-    opts = _options(measure_options, ms)
+    opts = check_measure_options(measure_options, ms)
     need_graph = any(m.graph for m in ms)
     null_ms = [m for m in ms if m.labels] if null_permutations else []
     if null_permutations and not null_ms:
@@ -220,8 +222,10 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
     return DepthProfile(names, base + null_names, out, meta)
 
 
-def _states(feats: LayerFeatures, m: Measure, y: Optional[Tensor], opts: Dict[str, Any],
-            device: Any, tag: str, progress: bool) -> Dict[str, Any]:
+def prepare_layers(feats: LayerFeatures, m: Measure, y: Optional[Tensor], opts: Dict[str, Any],
+                   device: Any = None, tag: str = "", progress: bool = False) -> Dict[str, Any]:
+    """``{layer: state}``: pair measure ``m``'s per-layer preparation, one layer in memory at a
+    time (the layer itself when the measure has no ``prepare``)."""
     prep = m.prepare
     out = {}
     for name in progress_bar(feats.names, desc=f"{m.name} {tag}", disable=not progress):
@@ -234,10 +238,18 @@ def _states(feats: LayerFeatures, m: Measure, y: Optional[Tensor], opts: Dict[st
     return out
 
 
-def _generic_matrix(sa: Dict[str, Any], sb: Dict[str, Any], fa: LayerFeatures,
-                    fb: LayerFeatures, m: Measure, y: Optional[Tensor], opts: Dict[str, Any],
-                    permutations: int, seed: int) -> Tuple[Tensor, Optional[Tensor]]:
-    """A user pair measure: every cell scored; permutations re-prepare B's rows permuted."""
+def score_layers(sa: Dict[str, Any], sb: Dict[str, Any], fa: LayerFeatures, fb: LayerFeatures,
+                 m: Measure, y: Optional[Tensor], opts: Dict[str, Any], permutations: int = 0,
+                 seed: int = 0, symmetric: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """``[La, Lb]`` values (and permutation p-values) of pair measure ``m`` from prepared states.
+
+    Built-in measures (their states are ``RepresentationSummary``) fill the matrix with their
+    permutation test, using symmetry when ``symmetric``; a user's measure scores every cell, and
+    its permutations re-prepare B's rows permuted (``seed + 7919 i + j`` per cell).
+    """
+    if isinstance(next(iter(sa.values())), RepresentationSummary):
+        return fill_matrix(sa, sb, m.name, permutations=permutations, seed=seed,
+                           symmetric=symmetric)
     la, lb = list(sa), list(sb)
     vals = torch.empty(len(la), len(lb), dtype=torch.float64)
     ps = torch.empty_like(vals) if permutations else None
@@ -300,7 +312,7 @@ def layer_matrix(features_a: Any, features_b: Any = None,
         raise ValueError(f"permutations must be an integer >= 0, got {permutations!r}")
     check_flag(progress, "progress")
     ms = resolve(measures, "pair")
-    opts = _options(measure_options, ms)
+    opts = check_measure_options(measure_options, ms)
     labels = y if y is not None else getattr(features_a, "y", None)
     fa = _pair_features(features_a, labels, "features_a")
     fb = fa if features_b is None else _pair_features(features_b, labels, "features_b")
@@ -317,14 +329,10 @@ def layer_matrix(features_a: Any, features_b: Any = None,
     for m in ms:
         o = opts.get(m.name, {})
         lab = labels if m.labels else None
-        sa = _states(fa, m, lab, o, device, "A", progress)
-        sb = sa if features_b is None else _states(fb, m, lab, o, device, "B", progress)
-        first = next(iter(sa.values()))
-        if isinstance(first, RepresentationSummary):
-            vals, ps = fill_matrix(sa, sb, m.name, permutations=permutations, seed=seed,
-                                   symmetric=features_b is None)
-        else:
-            vals, ps = _generic_matrix(sa, sb, fa, fb, m, lab, o, permutations, seed)
+        sa = prepare_layers(fa, m, lab, o, device, "A", progress)
+        sb = sa if features_b is None else prepare_layers(fb, m, lab, o, device, "B", progress)
+        vals, ps = score_layers(sa, sb, fa, fb, m, lab, o, permutations, seed,
+                                symmetric=features_b is None)
         metrics.append(m.name)
         blocks.append(vals)
         if ps is not None:
@@ -345,3 +353,6 @@ def _pair_features(features: Any, labels: Optional[Tensor], name: str) -> LayerF
     n = features[names[0]].shape[0]
     y = labels if labels is not None else torch.zeros(n, dtype=torch.long)
     return LayerFeatures(dict(features), check_labels(y, n, "y"))
+
+
+_options = check_measure_options  # TODO(lead): remove once distributed.py imports the public name

@@ -1,31 +1,30 @@
 """Redundant-layer detection, layer surgery, fine-tuning, cost reports and the pruning study.
 
-The pipeline of the seed paper (Lu et al., "Graph Modularity", ECCV 2022): the modularity curve's
-plateaus and drops mark redundant layers (:func:`redundant_layers`), they are cut out
-(:func:`prune_layers`), the network is fine-tuned (:func:`finetune`), and the result is compared
-on cost (:func:`prune_report`) and accuracy with baselines that remove as many layers at random,
-the least redundant ones, or by adjacent-layer CKA (:mod:`dyngraph.prune.baselines`).
+The pipeline of the seed paper (Lu et al., "Graph Modularity", ECCV 2022): the modularity curve,
+a one-metric :class:`~dyngraph.DepthProfile` from :func:`dg.depth_profile
+<dyngraph.depth_profile>`, marks redundant layers by its plateaus and drops
+(:func:`redundant_layers`); they are cut out (:func:`prune_layers`), the network is fine-tuned
+(:func:`finetune`), and the result is compared on cost (:func:`prune_report`) and accuracy with
+baselines that remove as many layers at random, the least redundant ones, or by adjacent-layer
+CKA. :func:`prune_study` runs it all; ``dg.plot`` / ``dg.log`` draw its :class:`StudyReport`.
 """
-from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, linear_cka, random_layers
+from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
 from ._cost import cost_report, count_flops, count_params, measure_latency, prune_report
-from ._detect import (
-                     DEFAULT_THRESHOLDS,
-                     RULES,
-                     Redundancy,
-                     Removal,
-                     layer_scores,
-                     layer_structure,
-                     redundant_layers,
-)
+from ._detect import DEFAULT_THRESHOLDS, RULES, Redundancy, Removal, layer_scores, redundant_layers
 from ._finetune import evaluate, finetune, fit
-from ._study import format_table, plot_before_after, prune_study, summarize
+from ._study import StudyReport, prune_study
 from ._surgery import infer_example_input, make_projection, probe, prune_layers
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "RULES", "Redundancy", "Removal", "adjacent_cka", "cka_layers",
-    "cost_report", "count_flops", "count_params", "evaluate", "finetune", "fit",
-    "infer_example_input", "layer_scores", "layer_structure", "least_redundant_layers",
-    "linear_cka", "make_projection", "measure_latency", "probe", "prune_layers", "prune_report",
-    "random_layers", "redundant_layers", "format_table", "plot_before_after", "prune_study",
-    "summarize",
+    # detect
+    "redundant_layers", "layer_scores", "Redundancy", "Removal", "RULES", "DEFAULT_THRESHOLDS",
+    # baselines
+    "random_layers", "least_redundant_layers", "cka_layers", "adjacent_cka",
+    # surgery
+    "prune_layers", "probe", "infer_example_input", "make_projection",
+    # training and cost
+    "finetune", "fit", "evaluate", "count_params", "count_flops", "measure_latency",
+    "cost_report", "prune_report",
+    # the study
+    "prune_study", "StudyReport",
 ]

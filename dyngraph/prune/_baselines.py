@@ -8,126 +8,114 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .._curve import Curve
-from .._validate import check_features, check_positive_int
+from .._validate import check_positive_int
 from ..capture._extract import balanced_indices
 from ..capture._features import LayerFeatures
-from ._detect import Redundancy, _as_curve, layer_structure, select_layers
+from ..measures._similarity import linear_cka
+from ..profiles._profile import DepthProfile
+from ._detect import Redundancy, _as_profile, select_layers
 from ._surgery import ExampleInput
 
 
-def _budget(n: int, curve: Curve) -> int:
+def _budget(n: int, profile: DepthProfile) -> int:
     check_positive_int(n, "n")
-    if n >= len(curve):
-        raise ValueError(f"n={n} must be smaller than the number of curve layers ({len(curve)})")
+    if n >= len(profile):
+        raise ValueError(f"n={n} must be smaller than the number of profile layers "
+                         f"({len(profile)})")
     return n
 
 
-def random_layers(curve: Curve, n: int, seed: int = 0, *, model: Optional[nn.Module] = None,
-                  example_input: Optional[ExampleInput] = None, allow_projection: bool = False,
-                  min_per_stage: int = 1) -> Redundancy:
+def _delta(profile: DepthProfile) -> torch.Tensor:
+    """``[L]``: ``Q_l − Q_{l−1}`` (``nan`` at the first layer)."""
+    delta = torch.full_like(profile.values, float("nan"))
+    delta[1:] = profile.diff()
+    return delta
+
+
+def random_layers(profile: DepthProfile, n: int, seed: int = 0, *,
+                  model: Optional[nn.Module] = None, example_input: Optional[ExampleInput] = None,
+                  allow_projection: bool = False, min_per_stage: int = 1) -> Redundancy:
     """``n`` layers drawn uniformly at random (seeded) among those the constraints allow.
+
+    Args:
+        profile: The one-metric profile of the candidate layers (``Q`` is reported per removal).
+        n: How many layers to remove.
+        seed: Seed of the draw (``torch.randperm``).
+        model, example_input, allow_projection, min_per_stage: The structural constraints of
+            :func:`~dyngraph.prune.redundant_layers`.
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> c = dg._curve.Curve(['stem', 'b1', 'b2', 'b3', 'b4'], torch.tensor([.1, .2, .3, .4, .5]))
-        >>> len(dg.prune.random_layers(c, 2, seed=0)), 'stem' in dg.prune.random_layers(c, 2).layers
+        >>> q = dg.DepthProfile(['stem', 'b1', 'b2', 'b3', 'b4'], 'modularity',
+        ...                     torch.tensor([.1, .2, .3, .4, .5]))
+        >>> len(dg.prune.random_layers(q, 2, seed=0)), 'stem' in dg.prune.random_layers(q, 2).layers
         (2, False)
     """
-    curve = _as_curve(curve)
-    n = _budget(n, curve)
-    infos, members = layer_structure(curve.layers, model, example_input, allow_projection)
+    profile = _as_profile(profile)
+    n = _budget(n, profile)
     gen = torch.Generator().manual_seed(int(seed))
-    order = [curve.layers[1:][i] for i in torch.randperm(len(curve) - 1, generator=gen).tolist()]
+    order = [profile.layers[1:][i]
+             for i in torch.randperm(len(profile) - 1, generator=gen).tolist()]
     reasons = {name: f"random draw (seed {seed}), position {k + 1}" for k, name in
                enumerate(order)}
-    delta = torch.full_like(curve.values, float("nan"))
-    delta[1:] = curve.diff()
-    return select_layers(curve.layers, order, reasons, n, infos, members, min_per_stage,
-                         curve.values, delta, f"random/seed{seed}",
+    return select_layers(profile, order, reasons, n, _delta(profile), f"random/seed{seed}",
                          {"n": n, "seed": seed, "allow_projection": allow_projection},
-                         model is not None)
+                         model=model, example_input=example_input,
+                         allow_projection=allow_projection, min_per_stage=min_per_stage)
 
 
-def least_redundant_layers(curve: Curve, n: int, *, model: Optional[nn.Module] = None,
+def least_redundant_layers(profile: DepthProfile, n: int, *, model: Optional[nn.Module] = None,
                            example_input: Optional[ExampleInput] = None,
                            allow_projection: bool = False, min_per_stage: int = 1) -> Redundancy:
     """The ``n`` removable layers with the highest ``ΔQ = Q_l − Q_{l−1}``: the layers the
-    modularity curve calls the *least* redundant. If the curve means anything, removing these
+    modularity profile calls the *least* redundant. If the profile means anything, removing these
     should hurt more than removing the modularity choice.
 
+    Args:
+        profile: The one-metric modularity profile of the candidate layers.
+        n: How many layers to remove.
+        model, example_input, allow_projection, min_per_stage: The structural constraints of
+            :func:`~dyngraph.prune.redundant_layers`.
+
     Example:
         >>> import torch, dyngraph as dg
-        >>> c = dg._curve.Curve(['stem', 'b1', 'b2', 'b3'], torch.tensor([.1, .5, .52, .6]))
-        >>> dg.prune.least_redundant_layers(c, 1).layers
+        >>> q = dg.DepthProfile(['stem', 'b1', 'b2', 'b3'], 'modularity',
+        ...                     torch.tensor([.1, .5, .52, .6]))
+        >>> dg.prune.least_redundant_layers(q, 1).layers
         ['b1']
     """
-    curve = _as_curve(curve)
-    n = _budget(n, curve)
-    infos, members = layer_structure(curve.layers, model, example_input, allow_projection)
-    delta = torch.full_like(curve.values, float("nan"))
-    delta[1:] = curve.diff()
-    order = sorted(range(1, len(curve)), key=lambda i: (-float(delta[i]), i))
-    names = [curve.layers[i] for i in order]
-    reasons = {curve.layers[i]: f"ΔQ = {float(delta[i]):+.4f}, rank {k + 1} from the top"
+    profile = _as_profile(profile)
+    n = _budget(n, profile)
+    delta = _delta(profile)
+    order = sorted(range(1, len(profile)), key=lambda i: (-float(delta[i]), i))
+    names = [profile.layers[i] for i in order]
+    reasons = {profile.layers[i]: f"ΔQ = {float(delta[i]):+.4f}, rank {k + 1} from the top"
                for k, i in enumerate(order)}
-    return select_layers(curve.layers, names, reasons, n, infos, members, min_per_stage,
-                         curve.values, delta, "least_redundant",
-                         {"n": n, "allow_projection": allow_projection}, model is not None)
+    return select_layers(profile, names, reasons, n, delta, "least_redundant",
+                         {"n": n, "allow_projection": allow_projection}, model=model,
+                         example_input=example_input, allow_projection=allow_projection,
+                         min_per_stage=min_per_stage)
 
 
-# ---------------------------------------------------------------------------- linear CKA
-def linear_cka(x: Tensor, y: Tensor) -> float:
-    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations of the
-    same N samples: ``‖Ycᵀ Xc‖²_F / (‖Xcᵀ Xc‖_F ‖Ycᵀ Yc‖_F)`` with column-centred ``Xc, Yc``.
-
-    Computed in float64 through the ``N × N`` Gram matrices when ``N`` is smaller than the
-    feature dimensions, and through the ``D × D`` cross products otherwise (equal results).
+# ---------------------------------------------------------------------------- adjacent CKA
+def adjacent_cka(features: LayerFeatures, per_class: Optional[int] = None, repeats: int = 1,
+                 seed: int = 0) -> DepthProfile:
+    """``CKA(layer_{l−1}, layer_l)`` (:func:`dg.measures.linear_cka
+    <dyngraph.measures.linear_cka>`) for every layer after the first, over class-balanced
+    resamplings (repeat ``r`` uses ``balanced_indices(y, per_class, seed=seed + r)``, as
+    :func:`dg.depth_profile <dyngraph.depth_profile>` does).
 
     Args:
-        x: ``[N, Dx]``; y: ``[N, Dy]`` (extra dimensions are flattened).
+        features: Per-layer representations ``{layer: [N, ...]}`` with labels.
+        per_class: Samples per class in each repeat (``None``: all samples, one repeat).
+        repeats: Number of resamplings.
+        seed: First seed.
 
     Returns:
-        CKA in ``[0, 1]``; 1 for representations equal up to rotation and isotropic scaling.
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
-        >>> q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)))
-        >>> round(dg.prune.linear_cka(x, 3 * x @ q), 6)
-        1.0
-    """
-    x = check_features(x.reshape(x.shape[0], -1) if isinstance(x, Tensor) and x.dim() > 2
-                       else x, "x", min_rows=2)
-    y = check_features(y.reshape(y.shape[0], -1) if isinstance(y, Tensor) and y.dim() > 2
-                       else y, "y", min_rows=2)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same samples, got {x.shape[0]} and {y.shape[0]} "
-                         f"rows")
-    x = x.double()
-    y = y.to(x.device).double()
-    x = x - x.mean(0, keepdim=True)
-    y = y - y.mean(0, keepdim=True)
-    n = x.shape[0]
-    if n < min(x.shape[1], y.shape[1]):
-        k, l_ = x @ x.T, y @ y.T
-        num = (k * l_).sum()
-        den = torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l_)
-    else:
-        num = torch.linalg.matrix_norm(y.T @ x) ** 2
-        den = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    if float(den) == 0.0:
-        raise ValueError("linear_cka is undefined for a constant representation (all rows "
-                         "equal after centring)")
-    return float(num / den)
-
-
-def adjacent_cka(features, per_class: Optional[int] = None, repeats: int = 1,
-                 seed: int = 0) -> Curve:
-    """``CKA(layer_{l−1}, layer_l)`` for every layer after the first, mean ± std over
-    class-balanced resamplings. The returned curve's layers are ``features.names[1:]``.
+        A one-metric :class:`~dyngraph.DepthProfile` ``'adjacent_cka'`` over
+        ``features.names[1:]``, samples ``[repeats, L − 1, 1]``.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -136,7 +124,7 @@ def adjacent_cka(features, per_class: Optional[int] = None, repeats: int = 1,
         >>> f = dg.LayerFeatures({'a': a, 'b': 2 * a, 'c': torch.randn(60, 5, generator=g)},
         ...                      y=torch.arange(60) % 3)
         >>> c = dg.prune.adjacent_cka(f)
-        >>> c.layers, round(c['b'], 4), c['c'] < 0.5
+        >>> c.layers, [round(v, 4) for v in c.values.tolist()][0], bool(c.values[1] < 0.5)
         (['b', 'c'], 1.0, True)
     """
     if not isinstance(features, LayerFeatures):
@@ -145,39 +133,39 @@ def adjacent_cka(features, per_class: Optional[int] = None, repeats: int = 1,
     if len(features) < 2:
         raise ValueError(f"adjacent_cka needs at least 2 layers, got {features.names}")
     check_positive_int(repeats, "repeats")
-    rows = []
+    if per_class is None and repeats > 1:
+        raise ValueError(f"repeats={repeats} needs per_class (each repeat resamples)")
+    samples = torch.empty(repeats, len(features) - 1, dtype=torch.float64)
     for r in range(repeats):
         sub = features
         if per_class is not None:
             sub = features.subset(balanced_indices(features.y, per_class=per_class, seed=seed + r))
-        vals, prev = [], None
-        for name in sub.names:
-            cur = sub[name]
-            if prev is not None:
-                vals.append(linear_cka(prev, cur))
-            prev = cur
-        rows.append(torch.tensor(vals, dtype=torch.float64))
-    return Curve.from_samples(features.names[1:], torch.stack(rows), name="adjacent_cka",
-                              meta={"per_class": per_class, "repeats": repeats, "seed": seed})
+        for i in range(1, len(sub)):
+            samples[r, i - 1] = linear_cka(sub[sub.names[i - 1]], sub[sub.names[i]])
+    return DepthProfile(features.names[1:], "adjacent_cka", samples,
+                        {"per_class": per_class, "repeats": repeats, "seed": seed})
 
 
-def cka_layers(features, n: Optional[int] = None, threshold: float = 0.95, *,
-               model: Optional[nn.Module] = None, example_input: Optional[ExampleInput] = None,
-               per_class: Optional[int] = None, repeats: int = 1, seed: int = 0,
-               allow_projection: bool = False, min_per_stage: int = 1,
-               cka: Optional[Curve] = None, curve: Optional[Curve] = None) -> Redundancy:
+def cka_layers(features: Optional[LayerFeatures], n: Optional[int] = None,
+               threshold: float = 0.95, *, model: Optional[nn.Module] = None,
+               example_input: Optional[ExampleInput] = None, per_class: Optional[int] = None,
+               repeats: int = 1, seed: int = 0, allow_projection: bool = False,
+               min_per_stage: int = 1, cka: Optional[DepthProfile] = None,
+               profile: Optional[DepthProfile] = None) -> Redundancy:
     """Layers whose representation is nearly the previous layer's: adjacent linear CKA above
-    ``threshold``, or the ``n`` highest, under the same constraints as :func:`redundant_layers`.
+    ``threshold``, or the ``n`` highest, under the same constraints as
+    :func:`~dyngraph.prune.redundant_layers`.
 
     Args:
-        features: Per-layer representations (the same layers as the modularity curve); may be
-            ``None`` when ``cka`` and ``curve`` are given.
+        features: Per-layer representations (the same layers as the modularity profile); may
+            be ``None`` when ``cka`` and ``profile`` are given.
         n: Remove exactly this many (highest CKA first); ``None``: all above ``threshold``.
         threshold: CKA above which a layer is redundant (threshold mode).
         model, example_input, allow_projection, min_per_stage: The structural constraints.
         per_class, repeats, seed: Resampling for :func:`adjacent_cka`.
-        cka: A precomputed :func:`adjacent_cka` curve.
-        curve: The modularity curve of the same layers, to report ``Q`` and ``ΔQ`` per removal.
+        cka: A precomputed :func:`adjacent_cka` profile.
+        profile: The one-metric modularity profile of the same layers, to report ``Q`` and
+            ``ΔQ`` per removal.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -187,26 +175,31 @@ def cka_layers(features, n: Optional[int] = None, threshold: float = 0.95, *,
         >>> dg.prune.cka_layers(f, n=1).layers
         ['y']
     """
-    if cka is None:
-        cka = adjacent_cka(features, per_class, repeats, seed)
     if features is not None:
         names = list(features.names)
-    elif curve is not None:
-        names = list(curve.layers)
+    elif profile is not None:
+        names = list(profile.layers)
     else:
-        raise ValueError("cka_layers needs features, or a precomputed cka= with the curve=")
+        raise ValueError("cka_layers needs features, or a precomputed cka= with the profile=")
+    if cka is None:
+        if features is None:
+            raise ValueError("cka_layers needs features when cka= is not given")
+        cka = adjacent_cka(features, per_class, repeats, seed)
+    if not isinstance(cka, DepthProfile) or len(cka.metrics) != 1:
+        raise TypeError(f"cka must be the one-metric DepthProfile of dg.prune.adjacent_cka, got "
+                        f"{cka!r}")
     if names[1:] != cka.layers:
         raise ValueError(f"cka covers layers {cka.layers}, features {names}")
     vals = torch.full((len(names),), float("nan"), dtype=torch.float64)
     vals[1:] = cka.values
-    if curve is not None and list(curve.layers) != names:
-        raise ValueError(f"curve covers layers {curve.layers}, features {names}")
-    q = curve.values if curve is not None else torch.full_like(vals, float("nan"))
+    if profile is None:
+        profile = DepthProfile(names, "modularity", torch.full_like(vals, float("nan")))
+    elif list(profile.layers) != names:
+        raise ValueError(f"profile covers layers {profile.layers}, features {names}")
     if n is not None:
         check_positive_int(n, "n")
         if n >= len(names):
             raise ValueError(f"n={n} must be smaller than the number of layers ({len(names)})")
-    infos, members = layer_structure(names, model, example_input, allow_projection)
     order = sorted(range(1, len(names)), key=lambda i: (-float(vals[i]), i))
     ranking = [names[i] for i in order]
     if n is None:
@@ -216,11 +209,10 @@ def cka_layers(features, n: Optional[int] = None, threshold: float = 0.95, *,
         reasons = {names[i]: f"CKA with {names[i - 1]} = {float(vals[i]):.4f}, rank {k + 1} "
                    f"from the top" for k, i in enumerate(order)}
     # The score (lower = more redundant) is −CKA.
-    return select_layers(names, ranking, reasons, n, infos, members, min_per_stage,
-                         q, -vals, "adjacent_cka",
+    return select_layers(profile, ranking, reasons, n, -vals, "adjacent_cka",
                          {"n": n, "threshold": threshold, "cka": cka.values.tolist()},
-                         model is not None)
+                         model=model, example_input=example_input,
+                         allow_projection=allow_projection, min_per_stage=min_per_stage)
 
 
-__all__ = ["adjacent_cka", "cka_layers", "least_redundant_layers", "linear_cka",
-           "random_layers"]
+__all__ = ["adjacent_cka", "cka_layers", "least_redundant_layers", "random_layers"]

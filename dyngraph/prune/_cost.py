@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .._validate import check_positive_int
-from ._surgery import ExampleInput, _check_model, _run, infer_example_input
+from ..capture._taps import call_model
+from ._surgery import ExampleInput, _check_model, _eval_forward, infer_example_input
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -58,14 +59,9 @@ def count_flops(model: nn.Module, example_input: Optional[ExampleInput] = None, 
         example_input = infer_example_input(model)
     first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
-    was = model.training
-    model.eval()
-    try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            _run(model, example_input)
-    finally:
-        model.train(was)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _eval_forward(model, example_input)
     div = batch if per_input else 1
     total = int(counter.get_total_flops()) // div
     if not by_module:
@@ -113,12 +109,12 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
             torch.set_num_threads(threads)
         with torch.no_grad():
             for _ in range(warmup):
-                _run(model, example_input)
+                call_model(model, example_input)
             for _ in range(repeats):
                 if first.is_cuda:
                     torch.cuda.synchronize(first.device)
                 t0 = time.perf_counter()
-                _run(model, example_input)
+                call_model(model, example_input)
                 if first.is_cuda:
                     torch.cuda.synchronize(first.device)
                 times.append((time.perf_counter() - t0) * 1e3)
@@ -133,7 +129,7 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
 
 def cost_report(model: nn.Module, example_input: Optional[ExampleInput] = None, *,
                 latency: bool = True, latency_input: Optional[ExampleInput] = None,
-                **latency_kw) -> Dict[str, Any]:
+                **latency_kw: Any) -> Dict[str, Any]:
     """Parameters, FLOPs per sample and (optionally) CPU latency of a model.
 
     Args:
@@ -160,8 +156,9 @@ def cost_report(model: nn.Module, example_input: Optional[ExampleInput] = None, 
 
 
 def prune_report(original: nn.Module, pruned: nn.Module,
-                 example_input: Optional[ExampleInput] = None, *, test_loader=None,
-                 latency: bool = True, **latency_kw) -> Dict[str, Any]:
+                 example_input: Optional[ExampleInput] = None, *,
+                 test_loader: Optional[Iterable[Any]] = None, latency: bool = True,
+                 **latency_kw: Any) -> Dict[str, Any]:
     """Before/after costs of a pruning, with relative reductions, and accuracies when a
     ``test_loader`` is given.
 

@@ -1,7 +1,9 @@
-"""Redundant layers from a modularity curve: the reference ΔQ rule, plateaus and degradations,
+"""Redundant layers from a modularity profile: the reference ΔQ rule, plateaus and degradations,
 filtered by structural constraints, each removal with its reason.
 
-Rules (``Q`` is the curve, ``M_{l-1} = max(Q_0, ..., Q_{l-1})`` its running maximum):
+Rules (``Q`` is the one-metric :class:`~dyngraph.DepthProfile`'s mean over repeats, e.g.
+``dg.depth_profile(features)['modularity']``; ``M_{l-1} = max(Q_0, ..., Q_{l-1})`` its running
+maximum):
 
 ========================  ===============================================  ==================
 rule                      layer ``l ≥ 1`` is redundant when                default threshold
@@ -16,7 +18,7 @@ rule                      layer ``l ≥ 1`` is redundant when                def
                           two above)
 ========================  ===============================================  ==================
 
-The first curve layer (the stem) is never removed. With ``model``, the structural constraints are
+The first profile layer (the stem) is never removed. With ``model``, the structural constraints are
 checked on one forward pass: never remove the stem or the classifier; never remove a layer that
 changes the shape unless ``allow_projection`` (then :func:`prune_layers` puts a shape-matching
 projection in its place); keep at least ``min_per_stage`` layers in every stage (a run of
@@ -27,13 +29,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
 
-from .._curve import Curve
 from .._validate import check_choice, check_positive_int
+from ..profiles._profile import DepthProfile
 from ._surgery import (
     ExampleInput,
     Unit,
@@ -56,7 +58,7 @@ class Removal:
     """One layer to remove, and why.
 
     Attributes:
-        layer: The curve's layer name.
+        layer: The profile's layer name.
         module: The module :func:`prune_layers` removes (equal to ``layer`` except for
             post-activation points, which map to their conv/linear layer).
         reason: A sentence with the numbers that triggered the removal.
@@ -64,6 +66,13 @@ class Removal:
         value: ``Q_l``; ``delta``: ``Q_l − Q_{l−1}``.
         projection: ``True`` when the layer changes the shape and will be replaced by a
             shape-matching projection.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> q = dg.DepthProfile(['stem', 'b1', 'b2'], 'modularity', torch.tensor([.1, .3, .31]))
+        >>> r = dg.prune.redundant_layers(q)[0]
+        >>> isinstance(r, dg.prune.Removal), r.module, round(r.delta, 2)
+        (True, 'b2', 0.01)
     """
 
     layer: str
@@ -80,6 +89,17 @@ class Redundancy(Sequence):
 
     Behaves as a sequence of :class:`Removal`; ``layers`` gives the module names to pass to
     :func:`prune_layers` (which also accepts this object directly).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.zoo.resnet20()
+        >>> q = dg.DepthProfile(dg.default_layers(m), 'modularity', torch.zeros(10))
+        >>> red = dg.prune.redundant_layers(q, model=m)
+        >>> len(red), red.layers[:2], red.kept['layer2.0'][:17]
+        (6, ['layer1.0', 'layer1.1'], 'changes the shape')
+        >>> p = dg.prune.prune_layers(m, red)
+        >>> [len(p.layer1), len(p.layer2), len(p.layer3)]
+        [1, 1, 1]
     """
 
     def __init__(self, removals: Sequence[Removal], kept: Dict[str, str], method: str,
@@ -131,19 +151,23 @@ def _rule(rule: str) -> str:
     return check_choice(rule, "rule", RULES)
 
 
-def _as_curve(curve) -> Curve:
-    if not isinstance(curve, Curve):
-        raise TypeError(f"curve must be a dyngraph Curve (dg.profiles._pipeline.modularity_curve(...)), got "
-                        f"{type(curve).__name__}")
-    if len(curve) < 2:
-        raise ValueError(f"curve needs at least 2 layers to find redundant ones, got "
-                         f"{len(curve)}: {curve.layers}")
-    if not bool(torch.isfinite(curve.values).all()):
-        raise ValueError(f"curve has non-finite values: {curve.values.tolist()}")
-    return curve
+def _as_profile(profile: Any, name: str = "profile") -> DepthProfile:
+    """A one-metric profile with at least 2 layers and finite means."""
+    if not isinstance(profile, DepthProfile):
+        raise TypeError(f"{name} must be a one-metric dg.DepthProfile (e.g. "
+                        f"dg.depth_profile(features)['modularity']), got {type(profile).__name__}")
+    if len(profile.metrics) != 1:
+        raise ValueError(f"{name} must hold one metric, got {profile.metrics}: select one with "
+                         f"{name}[{profile.metrics[0]!r}]")
+    if len(profile) < 2:
+        raise ValueError(f"{name} needs at least 2 layers to find redundant ones, got "
+                         f"{len(profile)}: {profile.layers}")
+    if not bool(torch.isfinite(profile.values).all()):
+        raise ValueError(f"{name} has non-finite values: {profile.values.tolist()}")
+    return profile
 
 
-def layer_scores(curve: Curve, rule: str = "delta") -> torch.Tensor:
+def layer_scores(profile: DepthProfile, rule: str = "delta") -> torch.Tensor:
     """Per-layer redundancy score ``[L]`` (lower = more redundant; ``nan`` for layer 0).
 
     ``'delta'``: ``Q_l − Q_{l−1}``; ``'plateau'``: ``|Q_l − M_{l−1}|``; ``'degradation'`` and
@@ -151,14 +175,14 @@ def layer_scores(curve: Curve, rule: str = "delta") -> torch.Tensor:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> c = dg._curve.Curve(['a', 'b', 'c', 'd'], torch.tensor([0.1, 0.5, 0.4, 0.6]))
-        >>> [round(v, 2) for v in dg.prune.layer_scores(c, 'delta').tolist()[1:]]
+        >>> q = dg.DepthProfile(['a', 'b', 'c', 'd'], 'modularity', torch.tensor([.1, .5, .4, .6]))
+        >>> [round(v, 2) for v in dg.prune.layer_scores(q, 'delta').tolist()[1:]]
         [0.4, -0.1, 0.2]
-        >>> [round(v, 2) for v in dg.prune.layer_scores(c, 'degradation').tolist()[1:]]
+        >>> [round(v, 2) for v in dg.prune.layer_scores(q, 'degradation').tolist()[1:]]
         [0.4, -0.1, 0.1]
     """
     rule = _rule(rule)
-    q = _as_curve(curve).values
+    q = _as_profile(profile).values
     out = torch.full_like(q, float("nan"))
     if rule == "delta":
         out[1:] = q[1:] - q[:-1]
@@ -201,17 +225,17 @@ def _flag(rule: str, q: torch.Tensor, l: int, threshold: float, layers: List[str
 # ---------------------------------------------------------------------------- structure
 @dataclass
 class LayerInfo:
-    """Structural facts about one curve layer (from one forward pass)."""
+    """Structural facts about one profile layer (from one forward pass)."""
 
     layer: str
     unit: Optional[Unit]
     blocked: Optional[str]  # why it can never be removed (stem, classifier, shape), or None
 
 
-def layer_structure(curve_layers: Sequence[str], model: Optional[nn.Module] = None,
+def layer_structure(layers: Sequence[str], model: Optional[nn.Module] = None,
                     example_input: Optional[ExampleInput] = None,
                     allow_projection: bool = False) -> Tuple[Dict[str, LayerInfo], Any]:
-    """Per curve layer: its unit (what would be removed), and why it may never be removed.
+    """Per profile layer: its unit (what would be removed), and why it may never be removed.
 
     Returns ``(infos, stage_members)``, where ``stage_members(unit)`` lists the units of the
     stage the layer belongs to. Without ``model`` only the first layer is blocked and stages are
@@ -219,23 +243,23 @@ def layer_structure(curve_layers: Sequence[str], model: Optional[nn.Module] = No
     """
     infos: Dict[str, LayerInfo] = {}
     if model is None:
-        for i, name in enumerate(curve_layers):
-            infos[name] = LayerInfo(name, None, "the first curve layer (stem)" if i == 0 else None)
+        for i, name in enumerate(layers):
+            infos[name] = LayerInfo(name, None, "the first layer (stem)" if i == 0 else None)
 
-        def members(name: str) -> Tuple[str, List[str]]:
+        def by_parent(name: str) -> Tuple[str, List[str]]:
             parent = _parent_name(name)[0]
-            return parent, [n for n in curve_layers if _parent_name(n)[0] == parent]
-        return infos, members
+            return parent, [n for n in layers if _parent_name(n)[0] == parent]
+        return infos, by_parent
     _check_model(model)
     if example_input is None:
         example_input = infer_example_input(model)
     shapes = probe(model, example_input)
-    units = resolve_units(model, list(curve_layers), shapes)
+    units = resolve_units(model, list(layers), shapes)
     modules = dict(model.named_modules())
-    for i, (name, unit) in enumerate(zip(curve_layers, units)):
+    for i, (name, unit) in enumerate(zip(layers, units)):
         blocked = None
         if i == 0:
-            blocked = "the first curve layer (stem)"
+            blocked = "the first layer (stem)"
         elif unit.protected:
             blocked = f"never removed: {unit.protected}"
         elif unit.calls > 1:
@@ -247,23 +271,35 @@ def layer_structure(curve_layers: Sequence[str], model: Optional[nn.Module] = No
         infos[name] = LayerInfo(name, unit, blocked)
 
     def members(name: str) -> Tuple[str, List[str]]:
-        unit = infos[name].unit
+        unit = cast(Unit, infos[name].unit)
         parent = modules[unit.parent]
         return unit.stage, _stage_members(parent, unit.parent, unit.stage, shapes)
     return infos, members
 
 
-def select_layers(curve_layers: Sequence[str], ranking: Sequence[str],
-                  reasons: Dict[str, str], n: Optional[int], infos: Dict[str, LayerInfo],
-                  members, min_per_stage: int, values: torch.Tensor, scores: torch.Tensor,
-                  method: str, params: Dict[str, Any], checked: bool) -> Redundancy:
+def select_layers(profile: DepthProfile, ranking: Sequence[str], reasons: Dict[str, str],
+                  n: Optional[int], scores: torch.Tensor, method: str, params: Dict[str, Any],
+                  *, model: Optional[nn.Module] = None,
+                  example_input: Optional[ExampleInput] = None, allow_projection: bool = False,
+                  min_per_stage: int = 1) -> Redundancy:
     """Greedy pick along ``ranking`` (most redundant first) under the structural constraints.
 
-    ``reasons`` holds the flagged layers (threshold mode, ``n is None``: every flagged layer that
-    fits is removed) or the reason text of every ranked layer (budget mode: the first ``n`` that
-    fit are removed).
+    Args:
+        profile: The one-metric profile (``Q``, reported per removal; may be all ``nan``).
+        ranking: Candidate layers, most redundant first.
+        reasons: The flagged layers (threshold mode, ``n is None``: every flagged layer that
+            fits is removed) or the reason text of every ranked layer (budget mode: the first
+            ``n`` that fit are removed).
+        n: The budget, or ``None``.
+        scores: ``[L]`` the method's score per layer (lower = more redundant).
+        method, params: Recorded in the result.
+        model, example_input, allow_projection, min_per_stage: The structural constraints
+            (:func:`layer_structure`).
     """
-    pos = {name: i for i, name in enumerate(curve_layers)}
+    check_positive_int(min_per_stage, "min_per_stage", minimum=0)
+    layers, values = profile.layers, profile.values
+    infos, members = layer_structure(layers, model, example_input, allow_projection)
+    pos = {name: i for i, name in enumerate(layers)}
     removed_modules: Dict[str, set] = {}
     chosen: List[Removal] = []
     kept: Dict[str, str] = {}
@@ -278,7 +314,7 @@ def select_layers(curve_layers: Sequence[str], ranking: Sequence[str],
             kept[name] = info.blocked
             continue
         module = info.unit.module if info.unit is not None else name
-        if module in taken_modules:  # two curve points on the same layer
+        if module in taken_modules:  # two profile points on the same layer
             continue
         stage, stage_members = members(name)
         gone = removed_modules.setdefault(stage, set())
@@ -298,23 +334,25 @@ def select_layers(curve_layers: Sequence[str], ranking: Sequence[str],
     if n is not None and len(chosen) < n:
         raise ValueError(f"n_remove={n} but only {len(chosen)} layers can be removed under the "
                          f"structural constraints (kept: {kept})")
-    return Redundancy(chosen, kept, method, params, checked, curve_layers)
+    return Redundancy(chosen, kept, method, params, model is not None, layers)
 
 
-def redundant_layers(curve: Curve, rule: str = "delta", threshold: Optional[float] = None, *,
-                     model: Optional[nn.Module] = None,
+def redundant_layers(profile: DepthProfile, rule: str = "delta",
+                     threshold: Optional[float] = None, *, model: Optional[nn.Module] = None,
                      example_input: Optional[ExampleInput] = None,
                      n_remove: Optional[int] = None, allow_projection: bool = False,
                      min_per_stage: int = 1) -> Redundancy:
-    """Layers to remove according to a modularity curve, each with its reason.
+    """Layers to remove according to a modularity profile, each with its reason.
 
     Args:
-        curve: The modularity curve over the candidate layers (e.g. ``dg.profiles._pipeline.modularity_curve`` of
-            ``dg.default_layers(model)``: the stem and every residual block).
+        profile: A one-metric :class:`~dyngraph.DepthProfile` over the candidate layers, e.g.
+            ``dg.depth_profile(features, 'modularity')['modularity']`` of
+            ``dg.default_layers(model)`` (the stem and every residual block); its mean over
+            repeats is ``Q``.
         rule: ``'delta'`` (the reference ΔQ rule; alias ``'reference'``), ``'plateau'``,
             ``'degradation'`` or ``'plateau+degradation'`` (see the module docstring).
         threshold: The rule's threshold (default: 0.03, 0.01, 0.0, 0.01 respectively).
-        model: The network the curve was computed on; enables the structural constraints.
+        model: The network the profile was computed on; enables the structural constraints.
         example_input: An input the model accepts (guessed when ``None``).
         n_remove: Remove exactly this many layers: the most redundant by the rule's score that
             satisfy the constraints (the threshold is then not used).
@@ -327,13 +365,14 @@ def redundant_layers(curve: Curve, rule: str = "delta", threshold: Optional[floa
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> c = dg._curve.Curve(['stem', 'b1', 'b2', 'b3'], torch.tensor([0.10, 0.30, 0.31, 0.50]))
-        >>> r = dg.prune.redundant_layers(c, rule='delta', threshold=0.03)
+        >>> q = dg.DepthProfile(['stem', 'b1', 'b2', 'b3'], 'modularity',
+        ...                     torch.tensor([0.10, 0.30, 0.31, 0.50]))
+        >>> r = dg.prune.redundant_layers(q, rule='delta', threshold=0.03)
         >>> r.layers, r[0].reason
         (['b2'], 'ΔQ = Q(b2) − Q(b1) = 0.3100 − 0.3000 = +0.0100 < 0.03')
     """
     rule = _rule(rule)
-    curve = _as_curve(curve)
+    profile = _as_profile(profile)
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[rule]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
@@ -344,11 +383,9 @@ def redundant_layers(curve: Curve, rule: str = "delta", threshold: Optional[floa
                          f"threshold={threshold}")
     if n_remove is not None:
         check_positive_int(n_remove, "n_remove")
-    check_positive_int(min_per_stage, "min_per_stage", minimum=0)
-    layers = curve.layers
-    q = curve.values
-    scores = layer_scores(curve, rule)
-    infos, members = layer_structure(layers, model, example_input, allow_projection)
+    layers = profile.layers
+    q = profile.values
+    scores = layer_scores(profile, rule)
     cand = list(range(1, len(layers)))
     ranking = [layers[i] for i in sorted(cand, key=lambda i: (float(scores[i]), i))]
     if n_remove is None:
@@ -363,8 +400,9 @@ def redundant_layers(curve: Curve, rule: str = "delta", threshold: Optional[floa
                 f" (rank {rank + 1} of {len(ranking)} by {rule} score)"
     params = {"rule": rule, "threshold": float(threshold), "n_remove": n_remove,
               "allow_projection": allow_projection, "min_per_stage": min_per_stage}
-    return select_layers(layers, ranking, reasons, n_remove, infos, members, min_per_stage, q,
-                         scores, f"modularity/{rule}", params, model is not None)
+    return select_layers(profile, ranking, reasons, n_remove, scores, f"modularity/{rule}",
+                         params, model=model, example_input=example_input,
+                         allow_projection=allow_projection, min_per_stage=min_per_stage)
 
 
 __all__ = ["DEFAULT_THRESHOLDS", "LayerInfo", "RULES", "Redundancy", "Removal",

@@ -1,17 +1,18 @@
 """The one training loop of dyngraph: training from scratch and fine-tuning after pruning.
 
 :func:`fit` is the single implementation; :func:`finetune` (SGD defaults) and
-:func:`dyngraph.models.train_classifier` (AdamW defaults) are thin presets of it. After each
-epoch the loop can save an atomic checkpoint (weights, optimizer, schedule, history and the RNG
-states, including the train loader's generator), so an interrupted run resumes where it stopped
-and ends with exactly the weights an uninterrupted run would have produced.
+:func:`dg.zoo.train_classifier <dyngraph.zoo.train_classifier>` (AdamW defaults) are thin
+presets of it. After each epoch the loop can save an atomic checkpoint (weights, optimizer,
+schedule, history and the RNG states, including the train loader's generator), so an interrupted
+run resumes where it stopped and ends with exactly the weights an uninterrupted run would have
+produced.
 """
 from __future__ import annotations
 
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
 from .._validate import check_choice, check_positive_int
+from ..capture._taps import split_batch
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -30,17 +32,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _split(batch, batch_fn: Optional[Callable]):
-    if batch_fn is not None:
-        return batch_fn(batch)
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError(f"cannot split a batch of type {type(batch).__name__} into (inputs, labels); "
-                    f"pass batch_fn=lambda b: (inputs, labels)")
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: Optional[Union[str, torch.device]] = None,
+def evaluate(model: nn.Module, loader: Iterable[Any],
+             device: Optional[Union[str, torch.device]] = None,
              batch_fn: Optional[Callable] = None) -> float:
     """Top-1 accuracy of ``model`` on ``loader`` (eval mode; training mode restored).
 
@@ -59,7 +53,7 @@ def evaluate(model: nn.Module, loader, device: Optional[Union[str, torch.device]
         >>> m = torch.nn.Linear(2, 2)
         >>> with torch.no_grad(): _ = m.weight.copy_(torch.eye(2)); _ = m.bias.zero_()
         >>> dl = DataLoader(TensorDataset(torch.tensor([[1., 0.], [0., 1.]]), torch.tensor([0, 1])))
-        >>> dg.zoo.evaluate(m, dl)
+        >>> dg.prune.evaluate(m, dl)
         1.0
     """
     if not isinstance(model, nn.Module):
@@ -71,7 +65,7 @@ def evaluate(model: nn.Module, loader, device: Optional[Union[str, torch.device]
     total = 0
     try:
         for batch in loader:
-            xb, yb = _split(batch, batch_fn)
+            xb, yb = split_batch(batch, batch_fn)
             yb = yb.to(device)
             correct += (model(xb.to(device)).argmax(1) == yb).sum()
             total += yb.numel()
@@ -93,9 +87,10 @@ def _make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def fit(model: nn.Module, train_loader, val_loader=None, epochs: int = 10, *,
-        optimizer: str = "sgd", lr: Optional[float] = None, momentum: float = 0.9,
-        nesterov: bool = True, weight_decay: float = 5e-4, schedule: str = "cosine",
+def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iterable[Any]] = None,
+        epochs: int = 10, *, optimizer: str = "sgd", lr: Optional[float] = None,
+        momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
+        schedule: str = "cosine",
         min_lr: float = 0.0, label_smoothing: float = 0.0, grad_clip: Optional[float] = None,
         device: Optional[Union[str, torch.device]] = None, seed: Optional[int] = 0,
         checkpoint: Optional[PathLike] = None, resume: bool = True,
@@ -174,10 +169,14 @@ def fit(model: nn.Module, train_loader, val_loader=None, epochs: int = 10, *,
     start = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        why = ""
+        try:  # a dyngraph checkpoint holds tensors and plain values only
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except Exception as exc:
+            state, why = None, f" ({type(exc).__name__})"
         if not isinstance(state, dict) or state.get("format") != _CKPT_FORMAT:
             raise ValueError(f"checkpoint {str(ckpt_path)!r} is not a dyngraph training "
-                             f"checkpoint; delete it or pass resume=False")
+                             f"checkpoint{why}; delete it or pass resume=False")
         if state["config"] != config:
             diff = {k: (state["config"].get(k), v) for k, v in config.items()
                     if state["config"].get(k) != v}
@@ -208,7 +207,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, epochs: int = 10, *,
         correct = torch.zeros((), dtype=torch.long, device=device)
         n = 0
         for batch in train_loader:
-            xb, yb = _split(batch, batch_fn)
+            xb, yb = split_batch(batch, batch_fn)
             xb, yb = xb.to(device), yb.to(device)
             logits = model(xb)
             loss = criterion(logits, yb)
@@ -251,11 +250,12 @@ def fit(model: nn.Module, train_loader, val_loader=None, epochs: int = 10, *,
     return hist
 
 
-def finetune(model: nn.Module, train_loader, val_loader=None, epochs: int = 10, *,
+def finetune(model: nn.Module, train_loader: Iterable[Any],
+             val_loader: Optional[Iterable[Any]] = None, epochs: int = 10, *,
              optimizer: str = "sgd", lr: Optional[float] = None, weight_decay: float = 5e-4,
              checkpoint: Optional[PathLike] = None, resume: bool = True,
              device: Optional[Union[str, torch.device]] = None, seed: Optional[int] = 0,
-             progress: bool = True, **kw) -> Dict[str, Any]:
+             progress: bool = True, **kw: Any) -> Dict[str, Any]:
     """Fine-tunes a (pruned) model in place: SGD with Nesterov momentum (or AdamW) and a cosine
     schedule, optional atomic per-epoch checkpoints with resume. See :func:`fit` for every option.
 

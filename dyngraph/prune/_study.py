@@ -1,9 +1,11 @@
-"""The whole pruning study in one resumable call: curve → redundant layers → prune → fine-tune,
-side by side with baselines that remove as many layers (random seeds, least redundant, CKA), and
-an unpruned control fine-tuned the same way.
+"""The whole pruning study in one resumable call: modularity curve (a
+:class:`~dyngraph.DepthProfile`) → redundant layers → prune → fine-tune, side by side with
+baselines that remove as many layers (random seeds, least redundant, CKA), and an unpruned
+control fine-tuned the same way.
 
 Every finished row is written atomically to ``<out_dir>/prune_report.json`` and skipped on a
-rerun; a row interrupted during fine-tuning resumes from its per-epoch checkpoint.
+rerun; a row interrupted during fine-tuning resumes from its per-epoch checkpoint. The result,
+a :class:`StudyReport`, is drawn by ``dg.plot`` and logged by ``dg.log``.
 """
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .._curve import Curve
 from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
+from ..capture import default_layers, extract_features
+from ..graphs._spec import GraphSpec
+from ..profiles._profile import DepthProfile
+from ..profiles._runner import depth_profile
 from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
 from ._cost import count_flops, count_params, measure_latency
 from ._detect import Redundancy, redundant_layers
@@ -28,6 +33,52 @@ from ._surgery import ExampleInput, prune_layers
 
 METHODS = ("modularity", "least_redundant", "random", "cka")
 REPORT = "prune_report.json"
+FORMAT = "dyngraph.prune_study/2"
+
+
+class StudyReport(dict):
+    """The report of :func:`prune_study`: the JSON-ready dict that ``prune_report.json`` holds
+    (``config``, ``baseline``, ``curve``, ``selections``, ``rows``, ``summary``, ``table``,
+    ...), with typed views of its profiles. ``dg.plot(report)`` draws the modularity curve
+    before and after pruning; ``dg.log(writer, report)`` logs it to TensorBoard.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> q = dg.DepthProfile(['stem', 'b1', 'b2'], 'modularity', torch.tensor([.2, .5, .51]))
+        >>> r = dg.prune.StudyReport(curve=q.to_dict(), selections={'modularity': {'remove': [
+        ...     {'layer': 'b2'}]}})
+        >>> r.profile == q, r.removed, r.profile_after is None
+        (True, ['b2'], True)
+    """
+
+    @property
+    def profile(self) -> DepthProfile:
+        """The modularity curve before pruning (``'curve'``), samples ``[R, L, 1]``."""
+        if "curve" not in self:
+            raise ValueError(f"this StudyReport has no 'curve' yet (keys: {sorted(self)}); "
+                             f"prune_study writes it")
+        return DepthProfile.from_dict(self["curve"])
+
+    @property
+    def profile_after(self) -> Optional[DepthProfile]:
+        """The curve of the modularity-pruned, fine-tuned model at the kept layers, whose
+        original names are ``meta['original_layers']``; ``None`` when not computed."""
+        d = self.get("curve_after")
+        return None if d is None else DepthProfile.from_dict(d)
+
+    @property
+    def removed(self) -> List[str]:
+        """The profile layers the modularity rule removed."""
+        sel = self.get("selections", {}).get("modularity", {})
+        return [r["layer"] for r in sel.get("remove", [])]
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> "StudyReport":
+        """Reads a ``prune_report.json``."""
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(d, dict) or d.get("config", {}).get("format") != FORMAT:
+            raise ValueError(f"{str(path)!r} is not a {FORMAT} report")
+        return cls(d)
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -61,7 +112,7 @@ def interleaved_latency(models: Dict[str, nn.Module], example_input, rounds: int
     return out
 
 
-def _mean_std(xs: Sequence[float]) -> Dict[str, float]:
+def _mean_std(xs: Sequence[float]) -> Dict[str, Any]:
     xs = [float(x) for x in xs]
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
             "n": len(xs), "values": xs}
@@ -78,8 +129,16 @@ def _first_batch(loader, n: int):
     return torch.cat(xs)[:n]
 
 
-def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, *,
-                layers: Optional[Sequence[str]] = None, curve_loader=None,
+def _modularity(feats: Any, k: int, per_class: int, repeats: int, seed: int,
+                progress: bool) -> DepthProfile:
+    """The modularity curve of the study: one metric, ``repeats`` resamplings of the pool."""
+    return depth_profile(feats, "modularity", graph=GraphSpec(k=k), per_class=per_class,
+                         repeats=repeats, seed=seed, progress=progress)["modularity"]
+
+
+def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iterable[Any],
+                out_dir: PathLike, *, layers: Optional[Sequence[str]] = None,
+                curve_loader: Optional[Iterable[Any]] = None,
                 per_class: int = 50, pool_per_class: int = 100, repeats: int = 5, k: int = 3,
                 rule: str = "delta", threshold: Optional[float] = None,
                 n_remove: Optional[int] = None, allow_projection: bool = False,
@@ -90,7 +149,7 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
                 latency_batch: int = 64, latency_threads: Optional[int] = 1,
                 curves_after: bool = True, device: Optional[str] = None, seed: int = 0,
                 model_info: Optional[Dict[str, Any]] = None, progress: bool = True,
-                log=print) -> Dict[str, Any]:
+                log: Optional[Callable[..., Any]] = print) -> StudyReport:
     """Runs (or resumes) the modularity-pruning study on a trained model.
 
     Args:
@@ -124,11 +183,23 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
         progress: Progress bars. log: ``print``-like function for status lines (``None``: silent).
 
     Returns:
-        The report dict (also in ``prune_report.json``): ``config``, ``baseline``, ``curve``,
-        ``selections``, ``rows`` ({name: row}), ``summary`` and the markdown ``table``.
+        A :class:`StudyReport` (also in ``prune_report.json``): ``config``, ``baseline``,
+        ``curve`` (a :class:`~dyngraph.DepthProfile` dict), ``selections``, ``rows``
+        ({name: row}), ``summary`` and the markdown ``table``.
+
+    Example:
+        >>> import tempfile, torch, dyngraph as dg
+        >>> train, test = dg.zoo.example_loaders('digits', batch_size=256)
+        >>> _ = torch.manual_seed(0)
+        >>> net = dg.zoo.CifarResNet((2, 2, 2), widths=(4, 8, 8), in_channels=1)
+        >>> r = dg.prune.prune_study(net, train, test, tempfile.mkdtemp(), per_class=10,
+        ...                          pool_per_class=10, repeats=1, n_remove=1,
+        ...                          methods=['modularity'], control=False, finetune_epochs=1,
+        ...                          latency=False, progress=False, log=None)
+        >>> r.profile.layers[:2], len(r.removed), list(r['rows'])
+        (['conv1', 'layer1.0'], 1, ['modularity'])
     """
-    from ..capture import default_layers, extract_features
-    from ..profiles._pipeline import modularity_curve
+    from ..outputs import plot
     say = log or (lambda *a, **kw: None)
     for m in methods:
         if m not in METHODS:
@@ -144,16 +215,16 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
         example_input = _first_batch(test_loader, 1).to(dev)
     lat_input = _first_batch(test_loader, latency_batch).to(dev)
     curve_loader = curve_loader if curve_loader is not None else train_loader
-    config = {"model": type(model).__name__, "fingerprint": _fingerprint(model),
+    config = {"format": FORMAT, "model": type(model).__name__, "fingerprint": _fingerprint(model),
               "layers": list(layers), "per_class": per_class, "pool_per_class": pool_per_class,
               "repeats": repeats, "k": k, "rule": rule, "threshold": threshold,
               "n_remove": n_remove, "allow_projection": allow_projection,
               "methods": list(methods), "random_seeds": list(random_seeds), "control": control,
               "finetune_epochs": finetune_epochs, "optimizer": optimizer, "lr": lr,
               "weight_decay": weight_decay, "seed": seed}
-    report: Dict[str, Any] = {}
+    report = StudyReport()
     if path.exists():
-        report = json.loads(path.read_text())
+        report = StudyReport(json.loads(path.read_text()))
         if report.get("config") != config:
             old = report.get("config", {})
             diff = {key: (old.get(key), v) for key, v in config.items() if old.get(key) != v}
@@ -184,23 +255,23 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
         feats = extract_features(model, curve_loader, layers=list(layers),
                                  per_class=pool_per_class, seed=seed, device=dev,
                                  progress=progress)
-        curve = modularity_curve(feats, k=k, per_class=per_class, repeats=repeats, seed=seed,
-                                 progress=progress)
-        curve.meta["label"] = "before pruning"
-        report["curve"] = curve.to_dict()
+        prof = _modularity(feats, k, per_class, repeats, seed, progress)
+        prof.meta["label"] = "before pruning"
+        report["curve"] = prof.to_dict()
         if "cka" in methods:
             report["cka"] = adjacent_cka(feats, per_class=per_class, repeats=repeats,
                                          seed=seed).to_dict()
         report["curve_seconds"] = round(time.perf_counter() - t0, 2)
         del feats
         save()
-    curve = Curve.from_dict(report["curve"])
+    curve = report.profile
     curve.to_json(out / "curve.json")
     say("curve: " + ", ".join(f"{n}={v:.3f}" for n, v in zip(curve.layers, curve.values.tolist())))
 
     # -- selections ----------------------------------------------------------------------------
-    kw = dict(model=model, example_input=example_input, allow_projection=allow_projection)
-    sel: Dict[str, Redundancy] = {}
+    kw: Dict[str, Any] = dict(model=model, example_input=example_input,
+                              allow_projection=allow_projection)
+    sel: Dict[str, Optional[Redundancy]] = {}
     mod = redundant_layers(curve, rule, threshold, n_remove=n_remove, **kw)
     sel["modularity"] = mod
     n = len(mod)
@@ -215,8 +286,8 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
             for s in random_seeds:
                 sel[f"random_seed{s}"] = random_layers(curve, n, seed=s, **kw)
         if "cka" in methods:
-            sel["cka"] = cka_layers(None, n, cka=Curve.from_dict(report["cka"]), curve=curve,
-                                    **kw) if "cka" in report else None
+            sel["cka"] = cka_layers(None, n, cka=DepthProfile.from_dict(report["cka"]),
+                                    profile=curve, **kw) if "cka" in report else None
         for name, r in sel.items():
             if r is not None:
                 report["selections"][name] = r.to_dict()
@@ -232,7 +303,8 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
             return
         t0 = time.perf_counter()
         if layers_to_remove is None:
-            pruned, plog = copy.deepcopy(model), {"removed": {}, "replaced": {}, "renamed": {}}
+            pruned = copy.deepcopy(model)
+            plog: Dict[str, Any] = {"removed": {}, "replaced": {}, "renamed": {}}
         else:
             pruned, plog = prune_layers(model, layers_to_remove, example_input=example_input,
                                         return_log=True)
@@ -261,8 +333,7 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
             feats = extract_features(pruned, curve_loader, layers=new_names,
                                      per_class=pool_per_class, seed=seed, device=dev,
                                      progress=progress)
-            after = modularity_curve(feats, k=k, per_class=per_class, repeats=repeats,
-                                     seed=seed, progress=progress)
+            after = _modularity(feats, k, per_class, repeats, seed, progress)
             after.meta.update({"label": "after pruning + fine-tuning", "original_layers": kept})
             report["curve_after"] = after.to_dict()
             del feats
@@ -297,8 +368,7 @@ def prune_study(model: nn.Module, train_loader, test_loader, out_dir: PathLike, 
     report["table"] = format_table(report)
     save()
     atomic_write_text(out / "prune_table.md", report["table"] + "\n")
-    if "curve_after" in report:
-        plot_before_after(report, out / "curves.png")
+    plot(report, out / "curves.png")
     return report
 
 
@@ -392,37 +462,5 @@ def format_table(report: Dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def plot_before_after(report: Dict[str, Any], path: PathLike) -> None:
-    """The curve before pruning and the pruned, fine-tuned model's curve at the kept layers'
-    original positions; removed layers are marked."""
-    from ..outputs._plot import _pyplot, save_figure
-    plt = _pyplot()
-    before = Curve.from_dict(report["curve"])
-    after = Curve.from_dict(report["curve_after"])
-    kept = after.meta.get("original_layers", [])
-    pos = {n: i for i, n in enumerate(before.layers)}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(before) + 3), 4.0))
-    xs = list(range(len(before)))
-    ax.plot(xs, before.values.tolist(), marker="o", label="before pruning")
-    ax.fill_between(xs, (before.values - before.std).tolist(),
-                    (before.values + before.std).tolist(), alpha=0.2)
-    xa = [pos[n] for n in kept]
-    ax.plot(xa, after.values.tolist(), marker="s", label="after pruning + fine-tuning")
-    ax.fill_between(xa, (after.values - after.std).tolist(), (after.values + after.std).tolist(),
-                    alpha=0.2)
-    removed = [pos[r["layer"]] for r in report["selections"]["modularity"]["remove"]]
-    if removed:
-        ax.scatter(removed, [float(before.values[i]) for i in removed], marker="x", s=80,
-                   color="red", zorder=5, label="removed (modularity rule)")
-    ax.set_xticks(xs)
-    ax.set_xticklabels(before.layers, rotation=60, ha="right", fontsize=7)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("modularity Q")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-__all__ = ["METHODS", "format_table", "interleaved_latency", "plot_before_after", "prune_study",
+__all__ = ["METHODS", "StudyReport", "format_table", "interleaved_latency", "prune_study",
            "summarize"]

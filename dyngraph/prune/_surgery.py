@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import Tensor, nn
 
 from .._validate import check_choice
 from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
+from ..capture._taps import LayerTaps, call_model, first_tensor
 
 WEIGHTED = CONVS + (nn.Linear,)
 FOLLOWERS = ACTIVATIONS + _PASSTHROUGH
@@ -42,34 +43,13 @@ ExampleInput = Union[Tensor, Tuple[Any, ...], List[Any]]
 # ---------------------------------------------------------------------------- shapes
 @dataclass
 class CallInfo:
-    """What one forward pass saw of one module: shapes of its first call, call order, count."""
+    """What one forward pass saw of one module: its input and output shapes (without the batch
+    dimension; the last call's), the order of its first call (the root is 0), its calls."""
 
     order: int
     in_shape: Optional[Shape]
     out_shape: Optional[Shape] = None
     calls: int = 1
-
-
-def _first_tensor(obj) -> Optional[Tensor]:
-    if isinstance(obj, Tensor):
-        return obj
-    if isinstance(obj, (tuple, list)):
-        for o in obj:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    if isinstance(obj, dict):
-        for o in obj.values():
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
-
-
-def _run(model: nn.Module, example_input: ExampleInput):
-    if isinstance(example_input, (tuple, list)):
-        return model(*example_input)
-    return model(example_input)
 
 
 def _check_model(model) -> None:
@@ -81,59 +61,60 @@ def _check_model(model) -> None:
                         f"torch.jit.load)")
 
 
+def _eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
+    """``model(inputs)`` in eval mode under ``torch.no_grad()``; the training mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return call_model(model, inputs)
+    finally:
+        model.train(was)
+
+
 def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:
-    """One eval-mode forward pass recording, per module, the input/output shapes of its first
-    call (batch dimension dropped), the order in which calls started, and the number of calls.
+    """One eval-mode forward pass through :class:`dg.LayerTaps <dyngraph.LayerTaps>` on every
+    module (output and ``'name:input'``), recording per module the input/output shapes (batch
+    dimension dropped; for a module called several times, its last call), the order in which
+    the modules were first called, and the number of calls.
 
     Args:
         model: Any ``nn.Module``; training mode is restored and hooks removed afterwards.
         example_input: A tensor (or a tuple of positional arguments) the model accepts.
 
     Returns:
-        ``{module name: CallInfo}``; the root module is ``''``. Modules that did not run are absent.
+        ``{module name: CallInfo}``; the root module is ``''`` (order 0). Modules that did not run
+        are absent.
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> info = dg.prune.probe(m, torch.zeros(3, 4))
-        >>> info['0'].in_shape, info['0'].out_shape, info[''].out_shape
-        ((4,), (8,), (2,))
+        >>> info['0'].in_shape, info['0'].out_shape, info[''].out_shape, info['2'].order
+        ((4,), (8,), (2,), 3)
     """
     _check_model(model)
-    seen: Dict[str, CallInfo] = {}
-    counter = [0]
-    handles = []
+    points = [p for n, _ in model.named_modules() if n for p in (f"{n}:input", n)]
 
-    def pre(name):
-        def hook(_mod, args):
+    def shape(t: Optional[Tensor]) -> Optional[Shape]:
+        return tuple(t.shape[1:]) if t is not None else None
+
+    if not points:  # a leaf module: the root is all there is
+        out = _eval_forward(model, example_input)
+        return {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
+    # grad=True only means "no copies": shapes are all that is read, under no_grad.
+    with LayerTaps(model, points, reduce=False, allow_repeat=True, grad=True) as taps, \
+            torch.no_grad():
+        out = call_model(model, example_input)
+    seen = {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
+    for alias in taps.order:
+        if alias.endswith(":input"):
+            name = alias[:-len(":input")]
             if name in seen:
                 seen[name].calls += 1
-                return
-            t = _first_tensor(args)
-            seen[name] = CallInfo(counter[0], tuple(t.shape[1:]) if t is not None else None)
-            counter[0] += 1
-        return hook
-
-    def post(name):
-        def hook(_mod, _args, out):
-            info = seen.get(name)
-            if info is not None and info.out_shape is None:
-                t = _first_tensor(out)
-                info.out_shape = tuple(t.shape[1:]) if t is not None else None
-        return hook
-
-    was = model.training
-    try:
-        for name, mod in model.named_modules():
-            handles.append(mod.register_forward_pre_hook(pre(name)))
-            handles.append(mod.register_forward_hook(post(name)))
-        model.eval()
-        with torch.no_grad():
-            _run(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+            else:
+                seen[name] = CallInfo(len(seen), shape(taps.outputs[alias]),
+                                      shape(taps.outputs[name]))
     return seen
 
 
@@ -153,31 +134,27 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
     if first is None:
         raise ValueError(f"cannot guess an input for {type(model).__name__} (no conv or linear "
                          f"layer); pass example_input=")
+    candidates: List[Shape]
     if isinstance(first, nn.Linear):
         candidates = [(first.in_features,)] + [(1, s, s) for s in (8, 28, 32)] + \
                      [(1, first.in_features)]
     else:
         c = first.in_channels
-        sizes = {nn.Conv1d: [(s,) for s in (40, 64, 128, 32, 256, 16)],
-                 nn.Conv2d: [(s, s) for s in (32, 64, 8, 28, 224, 16, 96, 128)],
-                 nn.Conv3d: [(s, s, s) for s in (16, 32, 8)]}[type(first) if type(first) in
-                                                              CONVS else nn.Conv2d]
-        candidates = [(c,) + s for s in sizes]
+        sizes: Dict[type, List[Shape]] = {
+            nn.Conv1d: [(s,) for s in (40, 64, 128, 32, 256, 16)],
+            nn.Conv2d: [(s, s) for s in (32, 64, 8, 28, 224, 16, 96, 128)],
+            nn.Conv3d: [(s, s, s) for s in (16, 32, 8)]}
+        kind = type(first) if type(first) in CONVS else nn.Conv2d
+        candidates = [(c,) + s for s in sizes[kind]]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was = model.training
-    model.eval()
     errors = []
-    try:
-        for shape in candidates:
-            x = torch.zeros((batch,) + shape, device=device)
-            try:
-                with torch.no_grad():
-                    model(x)
-                return x
-            except Exception as exc:
-                errors.append(f"{shape}: {type(exc).__name__}")
-    finally:
-        model.train(was)
+    for shape in candidates:
+        x = torch.zeros((batch,) + shape, device=device)
+        try:
+            _eval_forward(model, x)
+            return x
+        except Exception as exc:
+            errors.append(f"{shape}: {type(exc).__name__}")
     raise ValueError(f"cannot guess an input for {type(model).__name__}: none of the tried "
                      f"shapes ran ({'; '.join(errors[:4])}...); pass example_input=")
 
@@ -336,7 +313,8 @@ def _identity_init_(weight: Tensor) -> None:
         weight[(idx, idx) + (0,) * (weight.dim() - 2)] = 1.0
 
 
-def make_projection(in_shape: Shape, out_shape: Shape, kind: str = "auto") -> nn.Module:
+def make_projection(in_shape: Optional[Shape], out_shape: Optional[Shape],
+                    kind: str = "auto") -> nn.Module:
     """A shape-matching stand-in for a removed layer, built from plain torch modules.
 
     * ``[D_in] → [D_out]`` (or equal leading dims, ``kind='linear'``): ``nn.Linear``;
@@ -381,27 +359,25 @@ def make_projection(in_shape: Shape, out_shape: Shape, kind: str = "auto") -> nn
         strides.append(s)
     conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
     bn_cls = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[nd - 1]
-    conv = conv_cls(in_shape[0], out_shape[0], 1, stride=tuple(strides), bias=False)
+    opts: Dict[str, Any] = {"stride": tuple(strides), "bias": False}
+    conv = conv_cls(in_shape[0], out_shape[0], 1, **opts)
     _identity_init_(conv.weight)
     return nn.Sequential(conv, bn_cls(out_shape[0]))
 
 
-def _shortcut_of(module: nn.Module, in_shape: Shape, out_shape: Shape,
+def _shortcut_of(module: nn.Module, in_shape: Optional[Shape], out_shape: Optional[Shape],
                  device: torch.device) -> Optional[Tuple[str, nn.Module]]:
+    if in_shape is None or out_shape is None:
+        return None
     for attr in SHORTCUT_ATTRS:
         sc = getattr(module, attr, None)
         if not isinstance(sc, nn.Module):
             continue
         cand = copy.deepcopy(sc)
-        was = cand.training
-        cand.eval()
         try:
-            with torch.no_grad():
-                out = cand(torch.zeros((2,) + tuple(in_shape), device=device))
+            out = _eval_forward(cand, torch.zeros((2,) + tuple(in_shape), device=device))
         except Exception:
             continue
-        finally:
-            cand.train(was)
         if isinstance(out, Tensor) and tuple(out.shape[1:]) == tuple(out_shape):
             return attr, cand
     return None
@@ -436,7 +412,7 @@ def _replacement(model: nn.Module, unit: Unit, projection: str,
 
 
 # ---------------------------------------------------------------------------- surgery
-def _names_from(layers) -> List[str]:
+def _names_from(layers: Union[str, Iterable[Any]]) -> List[str]:
     if isinstance(layers, str):
         return [layers]
     out = []
@@ -451,9 +427,24 @@ def _names_from(layers) -> List[str]:
     return out
 
 
-def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInput] = None,
-                 projection: str = "auto", expand: bool = True, inplace: bool = False,
-                 force: bool = False, return_log: bool = False):
+@overload
+def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
+                 example_input: Optional[ExampleInput] = ..., projection: str = ...,
+                 expand: bool = ..., inplace: bool = ..., force: bool = ...,
+                 return_log: Literal[False] = ...) -> nn.Module: ...
+
+
+@overload
+def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
+                 example_input: Optional[ExampleInput] = ..., projection: str = ...,
+                 expand: bool = ..., inplace: bool = ..., force: bool = ...,
+                 return_log: Literal[True]) -> Tuple[nn.Module, Dict[str, Any]]: ...
+
+
+def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
+                 example_input: Optional[ExampleInput] = None, projection: str = "auto",
+                 expand: bool = True, inplace: bool = False, force: bool = False,
+                 return_log: bool = False) -> Union[nn.Module, Tuple[nn.Module, Dict[str, Any]]]:
     """Removes layers or residual blocks by dotted name and returns the pruned model.
 
     Args:
@@ -556,19 +547,14 @@ def prune_layers(model: nn.Module, layers, *, example_input: Optional[ExampleInp
                 parent._modules[_parent_name(u.module)[1]] = rep if rep is not None \
                     else nn.Identity()
     # The pruned network must still run and give the same output shape.
-    was = new.training
-    new.eval()
     try:
-        with torch.no_grad():
-            out = _run(new, example_input)
+        out = _eval_forward(new, example_input)
     except Exception as exc:
         raise ValueError(f"removing {names} breaks the forward pass of {type(model).__name__}: "
                          f"{type(exc).__name__}: {exc}. This structure cannot be pruned there "
                          f"(a layer inside a block's main branch, or code in forward that "
                          f"depends on it?)") from exc
-    finally:
-        new.train(was)
-    got = _first_tensor(out)
+    got = first_tensor(out)
     if out_shape is not None and (got is None or tuple(got.shape[1:]) != tuple(out_shape)):
         raise ValueError(f"removing {names} changes the output shape of {type(model).__name__} "
                          f"from {list(out_shape)} to "

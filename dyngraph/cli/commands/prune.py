@@ -13,7 +13,7 @@ from .._common import add_common, get_model, print_json
 
 
 def register(sub) -> None:
-    from ...prune._detect import RULES
+    from ...prune import RULES
     from ...prune._study import METHODS
     from ...zoo._models import ARCHITECTURES
     p = sub.add_parser(
@@ -104,7 +104,7 @@ def _model(args, train, test, num_classes):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...prune._study import prune_study
+    from ...prune import prune_study
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
