@@ -2,14 +2,16 @@
 
 On the same points in one run (each timed as the best of 3 calls, after a small warm-up of both
 sides; the machine is shared, so the minimum is the least disturbed measurement):
-  * ``dg.measures.twonn`` (float32 search, certified float64 distances; and the all-float64 search) against
-    ``skdim.id.TwoNN()`` — the target is ≥ 2× faster on CPU at N = 10,000, D = 512;
+  * ``dg.measures.twonn`` (float32 search, certified float64 distances; and the all-float64
+    search) against ``skdim.id.TwoNN()`` — the target is ≥ 2× faster on CPU at N = 10,000,
+    D = 512;
   * ``dg.measures.mle_id(k=20)`` against ``skdim.id.MLE().fit(X, n_neighbors=20)``;
-  * ``dg.measures.participation_ratio`` against numpy's ``eigvalsh(np.cov(X))`` and ``dg.measures.pca_dim`` against
-    ``sklearn.decomposition.PCA(0.9)``;
-  * the whole ID curve of a model (DigitsCNN on the 540 digits test images, input + 6 conv layers
-    + logits, TwoNN/MLE/PR/PCA, 5 subsamples of 90%): ``dg.measures.id_curves`` against the same numbers
-    from skdim/numpy/sklearn, layer by layer, on the same subsamples.
+  * ``dg.measures.participation_ratio`` against numpy's ``eigvalsh(np.cov(X))`` and
+    ``dg.measures.pca_dim`` against ``sklearn.decomposition.PCA(0.9)``;
+  * the whole ID profile of a model (DigitsCNN on the 540 digits test images, input + 6 conv
+    layers + logits, TwoNN/MLE/PR/PCA, 5 subsamples of 90%): ``dg.measures.id_curve`` (the runner
+    ``dg.depth_profile``) against the same numbers from skdim/numpy/sklearn, layer by layer, on
+    the same subsamples.
 
 Data: a uniform 20-dimensional ball (``skdim.datasets.hyperBall``) linearly embedded in D = 512.
 
@@ -26,6 +28,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,14 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dyngraph as dg
 from dyngraph._io import atomic_write_json
-from dyngraph.measures._dimension import (
-    id_curves,
-    mle_id,
-    neighbor_distances,
-    participation_ratio,
-    pca_dim,
-    twonn,
-)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 warnings.filterwarnings("ignore")
@@ -49,7 +44,7 @@ warnings.filterwarnings("ignore")
 REPEATS = 3
 
 
-def once(fn, repeats: int = None):
+def once(fn, repeats: Optional[int] = None):
     """Best (minimum) wall-clock seconds over ``repeats`` calls, and the last value: the machine is
     shared, and the minimum is the least disturbed measurement of the same work."""
     ts = []
@@ -81,19 +76,19 @@ def bench_estimators(n: int, big_d: int) -> list:
     x_np = points(n, big_d)
     x = torch.from_numpy(x_np)
     small = x_np[:300]  # warm-up: first-call costs (BLAS threads, kernels) on both sides
-    twonn(torch.from_numpy(small)), skdim.id.TwoNN().fit(small)
-    mle_id(torch.from_numpy(small)), skdim.id.MLE().fit(small, n_neighbors=20)
+    dg.measures.twonn(torch.from_numpy(small)), skdim.id.TwoNN().fit(small)
+    dg.measures.mle_id(torch.from_numpy(small)), skdim.id.MLE().fit(small, n_neighbors=20)
     rows = []
-    _, (d_ours, _, stats) = once(lambda: neighbor_distances(x, 2, return_stats=True), 1)
-    t_ours, v_ours = once(lambda: twonn(x))
+    _, (d_ours, _, stats) = once(lambda: dg.measures.neighbor_distances(x, 2, return_stats=True), 1)
+    t_ours, v_ours = once(lambda: dg.measures.twonn(x))
     t_peer, v_peer = once(lambda: skdim.id.TwoNN().fit(x_np).dimension_)
     r = row(f"TwoNN N={n} D={big_d}", t_ours, "skdim.id.TwoNN", t_peer, v_ours, v_peer)
     r["refined_rows"] = stats["refined_rows"]
     rows.append(r)
-    t64, v64 = once(lambda: twonn(x, search="float64"))
+    t64, v64 = once(lambda: dg.measures.twonn(x, search="float64"))
     rows.append(row(f"TwoNN N={n} D={big_d} (search='float64')", t64, "skdim.id.TwoNN", t_peer,
                     v64, v_peer))
-    t_ours, v_ours = once(lambda: mle_id(x, k=20))
+    t_ours, v_ours = once(lambda: dg.measures.mle_id(x, k=20))
     t_peer, v_peer = once(lambda: skdim.id.MLE().fit(x_np, n_neighbors=20).dimension_)
     rows.append(row(f"MLE k=20 N={n} D={big_d}", t_ours, "skdim.id.MLE", t_peer, v_ours, v_peer))
 
@@ -101,11 +96,11 @@ def bench_estimators(n: int, big_d: int) -> list:
         lam = np.linalg.eigvalsh(np.cov(x_np, rowvar=False))
         return lam.sum() ** 2 / (lam ** 2).sum()
 
-    t_ours, v_ours = once(lambda: participation_ratio(x))
+    t_ours, v_ours = once(lambda: dg.measures.participation_ratio(x))
     t_peer, v_peer = once(np_pr)
     rows.append(row(f"participation ratio N={n} D={big_d}", t_ours, "numpy eigvalsh(cov)",
                     t_peer, v_ours, v_peer))
-    t_ours, v_ours = once(lambda: pca_dim(x, 0.9))
+    t_ours, v_ours = once(lambda: dg.measures.pca_dim(x, 0.9))
     t_peer, v_peer = once(lambda: PCA(0.9, svd_solver="full").fit(x_np).n_components_)
     rows.append(row(f"PCA dim (90%) N={n} D={big_d}", t_ours, "sklearn PCA(0.9)", t_peer,
                     v_ours, v_peer))
@@ -113,7 +108,7 @@ def bench_estimators(n: int, big_d: int) -> list:
 
 
 def bench_model_curve(repeats: int = 5) -> list:
-    """The whole ID curve of a model: dyngraph against the same numbers from the peers."""
+    """The whole ID profile of a model: dyngraph against the same numbers from the peers."""
     import skdim
     from sklearn.decomposition import PCA
     torch.manual_seed(0)
@@ -121,11 +116,12 @@ def bench_model_curve(repeats: int = 5) -> list:
     _, test = dg.zoo.example_loaders("digits")
     layers = ["features.0:input"] + dg.default_layers(model, point="post") + ["classifier.1"]
     t_ext, feats = once(lambda: dg.extract_features(model, test, layers=layers, progress=False), 1)
-    est = ("twonn", "mle", "pr", "pca")
+    est = ("twonn", "mle_id", "participation_ratio", "pca_dim")
     # drop_ties=False: skdim keeps points with r1 = r2 (the digits pixels have a few exact ties),
     # so the like-for-like comparison uses its convention
-    t_ours, curves = once(lambda: id_curves(feats, est, repeats=repeats, fraction=0.9,
-                                            drop_ties=False, progress=False), 2)
+    t_ours, prof = once(lambda: dg.measures.id_curve(feats, est, repeats=repeats, fraction=0.9,
+                                         measure_options={"twonn": {"drop_ties": False}},
+                                         progress=False), 2)
     n = feats.n_samples
     m = int(round(0.9 * n))
 
@@ -137,20 +133,21 @@ def bench_model_curve(repeats: int = 5) -> list:
                 idx = torch.randperm(n, generator=torch.Generator().manual_seed(r))[:m]
                 xs = x[idx.sort().values.numpy()]
                 out["twonn"][r, li] = skdim.id.TwoNN().fit(xs).dimension_
-                out["mle"][r, li] = skdim.id.MLE().fit(xs, n_neighbors=20).dimension_
+                out["mle_id"][r, li] = skdim.id.MLE().fit(xs, n_neighbors=20).dimension_
                 lam = np.linalg.eigvalsh(np.cov(xs, rowvar=False))
-                out["pr"][r, li] = lam.sum() ** 2 / (lam ** 2).sum()
-                out["pca"][r, li] = PCA(0.9, svd_solver="full").fit(xs).n_components_
+                out["participation_ratio"][r, li] = lam.sum() ** 2 / (lam ** 2).sum()
+                out["pca_dim"][r, li] = PCA(0.9, svd_solver="full").fit(xs).n_components_
         return out
 
     t_peer, ref = once(peers, 2)
-    diff = max(float(np.abs(curves[e].samples.numpy() - ref[e]).max()) for e in est)
+    diff = max(float(np.abs(prof.samples[:, :, j].numpy() - ref[e]).max())
+               for j, e in enumerate(est))
     r = row(f"ID curve of DigitsCNN ({len(feats)} layers, N={m}, {repeats} subsamples, "
             f"TwoNN+MLE+PR+PCA)", t_ours, "skdim TwoNN/MLE + numpy PR + sklearn PCA", t_peer,
-            float(curves["twonn"].values.max()), float(ref["twonn"].mean(0).max()))
+            float(prof["twonn"].values.max()), float(ref["twonn"].mean(0).max()))
     r["abs_diff"] = diff
     r["extract_s"] = t_ext
-    r["twonn_curve"] = [round(v, 3) for v in curves["twonn"].values.tolist()]
+    r["twonn_curve"] = [round(v, 3) for v in prof["twonn"].values.tolist()]
     return [r]
 
 

@@ -498,7 +498,7 @@ def test_hooks_removed_and_mode_restored():
         return batch[0], batch[1]
 
     res = neural_collapse_model(model, loader, batch_fn=spy, progress=False, method="subspace")
-    assert seen == [(False, len(res))] * 6    # two passes of three batches
+    assert seen == [(False, len(res) + 1)] * 6    # two passes of three batches; +1: the taps' start-of-forward hook
     assert model.training and _hooks(model) == 0
 
     def failing(n):

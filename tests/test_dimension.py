@@ -1,4 +1,5 @@
-"""Intrinsic dimension: estimators against skdim / numpy / sklearn, robustness, curves, phases."""
+"""Intrinsic dimension: estimators against skdim / numpy / sklearn, robustness, profiles over
+depth, phases, figures and TensorBoard."""
 import itertools
 import json
 import math
@@ -9,23 +10,6 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.measures._dimension import (
-    IDEstimate,
-    block_analysis,
-    id_curve,
-    id_curves,
-    id_phases,
-    local_id,
-    log_id_phases,
-    mle_id,
-    neighbor_distances,
-    participation_ratio,
-    pca_dim,
-    pca_spectrum,
-    plot_depth_profiles,
-    subsample_id,
-    twonn,
-)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -62,7 +46,7 @@ def test_neighbor_distances_match_brute_force(blocks, monkeypatch):
         monkeypatch.setattr(importlib.import_module("dyngraph.graphs._knn"), "DEFAULT_TILE_ELEMENTS",
                             96 * 96)
     x = _embedded_cube(400, 4, 30, seed=1) + 5.0  # an offset: the search centres the data
-    d, idx = neighbor_distances(x, 6)
+    d, idx = dg.measures.neighbor_distances(x, 6)
     full = cdist(x.numpy(), x.numpy())
     np.fill_diagonal(full, np.inf)
     ref = np.sort(full, axis=1)[:, :6]
@@ -79,13 +63,13 @@ def test_neighbor_distances_certificate_fallback_is_exact():
     tight = 1e-5 * torch.randn(150, 8, generator=g, dtype=torch.float64)
     far = 1e3 * torch.randn(20, 8, generator=g, dtype=torch.float64)
     x = torch.cat([tight, far])
-    d, idx, stats = neighbor_distances(x, 3, return_stats=True)
+    d, idx, stats = dg.measures.neighbor_distances(x, 3, return_stats=True)
     assert stats["search"] == "float32" and stats["refined_rows"] >= 100
     assert stats["brute_rows"] > 0  # even the float64 bound cannot certify the tight cluster
     full = cdist(x.numpy(), x.numpy())
     np.fill_diagonal(full, np.inf)
     np.testing.assert_allclose(d.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-13)
-    d64, _ = neighbor_distances(x, 3, search="float64")
+    d64, _ = dg.measures.neighbor_distances(x, 3, search="float64")
     np.testing.assert_allclose(d64.numpy(), np.sort(full, axis=1)[:, :3], rtol=1e-10)
 
 
@@ -96,16 +80,16 @@ def test_twonn_matches_skdim(method, discard):
     skdim = _skdim()
     for name, x in _datasets().items():
         ref = skdim.id.TwoNN(discard_fraction=discard, method=method).fit(x).dimension_
-        ours = twonn(torch.from_numpy(x), discard_fraction=discard, method=method)
+        ours = dg.measures.twonn(torch.from_numpy(x), discard_fraction=discard, method=method)
         assert abs(ours - ref) < 1e-6, (name, ours, ref)
 
 
 def test_twonn_mle_form_is_n_minus_1_over_sum_log_mu():
     x = _embedded_cube(500, 3, 20, seed=2)
-    d, _ = neighbor_distances(x, 2)
+    d, _ = dg.measures.neighbor_distances(x, 2)
     mu = (d[:, 1] / d[:, 0]).numpy()
     expected = (len(mu) - 1) / np.log(mu).sum()
-    assert twonn(x, discard_fraction=0.0, method="mle") == pytest.approx(expected, rel=1e-12)
+    assert dg.measures.twonn(x, discard_fraction=0.0, method="mle") == pytest.approx(expected, rel=1e-12)
 
 
 def _ansuini_reference(x: np.ndarray, fraction: float = 0.9) -> tuple:
@@ -133,8 +117,8 @@ def test_twonn_duplicates_and_ties_dropped_and_counted():
     base = _embedded_cube(300, 3, 10, seed=4)
     dup_rows = torch.randint(0, 300, (40,), generator=g).unique()
     x = torch.cat([base, base[dup_rows]])  # each duplicated point and its copy have r1 = 0
-    est = twonn(x, return_details=True)
-    assert isinstance(est, IDEstimate) and math.isfinite(est.dimension)
+    est = dg.measures.twonn(x, return_details=True)
+    assert isinstance(est, dg.measures.IDEstimate) and math.isfinite(est.dimension)
     assert est.dropped["duplicates"] == 2 * dup_rows.numel()
     ref, n_zero, _ = _ansuini_reference(x.numpy())
     assert n_zero == est.dropped["duplicates"]
@@ -142,7 +126,7 @@ def test_twonn_duplicates_and_ties_dropped_and_counted():
     # a lattice has exact ties r1 = r2: dropped, counted, as Ansuini does
     grid = torch.tensor(list(itertools.product(range(12), range(12))), dtype=torch.float64)
     jitter = torch.cat([grid, torch.rand(100, 2, generator=g, dtype=torch.float64) * 11])
-    est = twonn(jitter, return_details=True)
+    est = dg.measures.twonn(jitter, return_details=True)
     ref, _, n_ties = _ansuini_reference(jitter.numpy())
     assert est.dropped["ties"] == n_ties > 10
     assert est.dimension == pytest.approx(ref, abs=1e-9) and math.isfinite(est.dimension)
@@ -151,18 +135,18 @@ def test_twonn_duplicates_and_ties_dropped_and_counted():
 def test_twonn_all_duplicates_is_an_error_not_nan():
     x = torch.ones(50, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="duplicates"):
-        twonn(x)
+        dg.measures.twonn(x)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 4, 5])
 def test_twonn_recovers_known_dimension(d):
     x = _embedded_cube(4000, d, 100, seed=10 + d)
-    assert abs(twonn(x) - d) <= 0.1 * d
+    assert abs(dg.measures.twonn(x) - d) <= 0.1 * d
 
 
 def test_twonn_underestimates_large_dimension():
     x = _embedded_cube(2000, 30, 100, seed=5)
-    assert twonn(x) < 0.9 * 30  # the known finite-N underestimate, documented
+    assert dg.measures.twonn(x) < 0.9 * 30  # the known finite-N underestimate, documented
 
 
 # ------------------------------------------------------------------------ MLE
@@ -173,7 +157,7 @@ def test_mle_matches_skdim(k, unbiased, comb):
     skdim = _skdim()
     for name, x in _datasets().items():
         ref = skdim.id.MLE(unbiased=unbiased).fit(x, n_neighbors=k, comb=comb).dimension_
-        ours = mle_id(torch.from_numpy(x), k=k, unbiased=unbiased, comb=comb)
+        ours = dg.measures.mle_id(torch.from_numpy(x), k=k, unbiased=unbiased, comb=comb)
         assert abs(ours - ref) < 1e-6, (name, ours, ref)
 
 
@@ -181,18 +165,18 @@ def test_local_mle_matches_skdim_pointwise():
     skdim = _skdim()
     x = _datasets()["hyperBall"]
     ref = skdim.id.MLE().fit(x, n_neighbors=15).dimension_pw_
-    ours = local_id(torch.from_numpy(x), k=15, method="mle")
+    ours = dg.measures.local_id(torch.from_numpy(x), k=15, method="mle")
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-9)
 
 
 def test_mle_duplicates_finite_and_counted():
     base = _embedded_cube(300, 3, 10, seed=6)
     x = torch.cat([base, base[:25]])
-    est = mle_id(x, k=10, return_details=True)
+    est = dg.measures.mle_id(x, k=10, return_details=True)
     assert math.isfinite(est.dimension) and est.dropped["duplicates"] == 50
     assert est.n_used == 300 - 25 and est.fit["local"].numel() == 275
     with pytest.warns(RuntimeWarning, match="50 of 325"):
-        loc = local_id(x, k=10)
+        loc = dg.measures.local_id(x, k=10)
     assert int(loc.isnan().sum()) == 50
 
 
@@ -202,7 +186,7 @@ def test_participation_ratio_matches_numpy_eigenvalues(n, d):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n, d)) * np.linspace(3, 0.1, d) + 2.0
     lam = np.linalg.eigvalsh(np.cov(x, rowvar=False))
-    assert participation_ratio(torch.from_numpy(x)) == pytest.approx(
+    assert dg.measures.participation_ratio(torch.from_numpy(x)) == pytest.approx(
         lam.sum() ** 2 / (lam ** 2).sum(), rel=1e-10)
 
 
@@ -221,10 +205,10 @@ def test_bias_corrected_pr_equals_brute_force_u_statistics():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 3)) * np.array([2.0, 1.0, 0.5]) + np.array([3.0, -1.0, 0.5])
     tr2, tr_sq = _brute_force_moments(x)
-    ours = participation_ratio(torch.from_numpy(x), bias_correction=True)
+    ours = dg.measures.participation_ratio(torch.from_numpy(x), bias_correction=True)
     assert ours == pytest.approx(tr2 / tr_sq, rel=1e-9)
     # invariant to a shift of the data
-    assert participation_ratio(torch.from_numpy(x + 100.0), bias_correction=True) == \
+    assert dg.measures.participation_ratio(torch.from_numpy(x + 100.0), bias_correction=True) == \
         pytest.approx(ours, rel=1e-7)
 
 
@@ -235,8 +219,8 @@ def test_bias_corrected_pr_removes_finite_sample_bias():
     plain, corrected = [], []
     for _ in range(30):
         x = torch.randn(50, 200, generator=g, dtype=torch.float64) * lam.sqrt()
-        plain.append(participation_ratio(x))
-        corrected.append(participation_ratio(x, bias_correction=True))
+        plain.append(dg.measures.participation_ratio(x))
+        corrected.append(dg.measures.participation_ratio(x, bias_correction=True))
     assert np.mean(plain) < 0.8 * true  # the plain estimate is biased low
     assert abs(np.mean(corrected) - true) < 0.15 * true
 
@@ -248,9 +232,9 @@ def test_pca_dim_matches_sklearn(n, d):
     x = rng.standard_normal((n, d)) * np.geomspace(5, 0.05, d)
     for thr in (0.3, 0.5, 0.8, 0.9, 0.95, 0.99):
         ref = PCA(n_components=thr, svd_solver="full").fit(x).n_components_
-        assert pca_dim(torch.from_numpy(x), thr) == ref, thr
+        assert dg.measures.pca_dim(torch.from_numpy(x), thr) == ref, thr
     ev = PCA(svd_solver="full").fit(x).explained_variance_
-    np.testing.assert_allclose(pca_spectrum(torch.from_numpy(x))[:len(ev)].numpy(), ev,
+    np.testing.assert_allclose(dg.measures.pca_spectrum(torch.from_numpy(x))[:len(ev)].numpy(), ev,
                                rtol=1e-8, atol=1e-12)
 
 
@@ -261,46 +245,51 @@ def test_local_linear_dimensions_match_numpy_per_neighbourhood():
     t = torch.rand(400, generator=g, dtype=torch.float64) * 6.0
     x = torch.stack([t.cos(), t.sin(), 0.3 * t], 1)  # a helix: locally 1-D
     k = 8
-    pr = local_id(x, k=k, method="pr")
-    pc = local_id(x, k=k, method="pca", threshold=0.9)
+    pr = dg.measures.local_id(x, k=k, method="pr")
+    pc = dg.measures.local_id(x, k=k, method="pca", threshold=0.9)
     _, nb = NearestNeighbors(n_neighbors=k).fit(x.numpy()).kneighbors()
     for i in (0, 17, 123, 399):
         z = x.numpy()[np.r_[i, nb[i]]]
         lam = np.linalg.eigvalsh(np.cov(z, rowvar=False))
         assert float(pr[i]) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(), rel=1e-9)
         assert float(pc[i]) == PCA(n_components=0.9, svd_solver="full").fit(z).n_components_
-    assert float(pc.median()) == 1.0 and pca_dim(x, 0.9) >= 2  # local < global on a curve
+    assert float(pc.median()) == 1.0 and dg.measures.pca_dim(x, 0.9) >= 2  # local < global on a curve
 
 
 # ------------------------------------------------------------------------ robustness
 def test_subsample_id_is_mean_std_of_seeded_subsamples():
     x = _embedded_cube(600, 3, 12, seed=9)
-    mean, std, vals = subsample_id(x, "twonn", fraction=0.8, repeats=4, seed=5)
+    mean, std, vals = dg.measures.subsample_id(x, "twonn", fraction=0.8, repeats=4, seed=5)
     ref = []
     for r in range(4):
         gen = torch.Generator().manual_seed(5 + r)
         idx = torch.randperm(600, generator=gen)[:480].sort().values
-        ref.append(twonn(x[idx]))
+        ref.append(dg.measures.twonn(x[idx]))
     np.testing.assert_allclose(vals.numpy(), ref, rtol=1e-12)
     assert mean == pytest.approx(np.mean(ref)) and std == pytest.approx(np.std(ref, ddof=1))
-    m2, s2, _ = subsample_id(x, "mle", fraction=1.0, repeats=1, k=10)
-    assert s2 == 0.0 and m2 == pytest.approx(mle_id(x, k=10), rel=1e-12)
+    m2, s2, _ = dg.measures.subsample_id(x, "mle_id", fraction=1.0, repeats=1, k=10)
+    assert s2 == 0.0 and m2 == pytest.approx(dg.measures.mle_id(x, k=10), rel=1e-12)
 
 
 def test_block_analysis_uses_disjoint_blocks():
     x = _embedded_cube(1200, 2, 10, seed=11)
-    b = block_analysis(x, "twonn", n_blocks=(1, 3, 6), seed=2)
+    b = dg.measures.block_analysis(x, "twonn", n_blocks=(1, 3, 6), seed=2)
     assert b.block_size == [1200, 400, 200] and [len(s) for s in b.samples] == [1, 3, 6]
-    assert b.mean[0] == pytest.approx(twonn(x), rel=1e-12)  # one block = all points
+    assert b.mean[0] == pytest.approx(dg.measures.twonn(x), rel=1e-12)  # one block = all points
     perm = torch.randperm(1200, generator=torch.Generator().manual_seed(2))
-    blocks = [twonn(x[perm[i * 400:(i + 1) * 400]]) for i in range(3)]
+    blocks = [dg.measures.twonn(x[perm[i * 400:(i + 1) * 400]]) for i in range(3)]
     np.testing.assert_allclose(b.samples[1], blocks, rtol=1e-12)
     assert b.std[1] == pytest.approx(np.std(blocks, ddof=1))
     assert abs(b.relative_change()) < 0.15  # TwoNN at d = 2 does not depend on N
     assert set(b.to_dict()) >= {"block_size", "mean", "std", "relative_change"}
+    assert dg.measures.BlockAnalysis.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+    # the estimator's options pass through; the pca_dim measure equals pca_dim
+    b2 = dg.measures.block_analysis(x, "pca_dim", n_blocks=(2,), threshold=0.5)
+    assert b2.samples[0] == [dg.measures.pca_dim(x[perm[:600]], 0.5),
+                             dg.measures.pca_dim(x[perm[600:]], 0.5)]
 
 
-# ------------------------------------------------------------------------ curves
+# ------------------------------------------------------------------------ profiles over depth
 def _features():
     g = torch.Generator().manual_seed(12)
     z = torch.rand(500, 3, generator=g, dtype=torch.float64)
@@ -311,142 +300,221 @@ def _features():
     }
 
 
-def test_id_curves_match_the_estimators_on_the_same_subsamples():
+def test_every_estimator_is_a_registered_label_free_measure():
+    assert set(dg.measures.ESTIMATORS) <= set(dg.measures.available("layer"))
+    for name in dg.measures.ESTIMATORS:
+        m = dg.measures.get(name)
+        assert not m.graph and not m.labels and m.metrics == (name,)
+
+
+def test_id_curve_matches_the_estimators_on_the_same_subsamples():
     feats = _features()
-    curves = id_curves(feats, ("twonn", "mle", "pr", "pca", "local_pca"), repeats=2,
-                       fraction=0.8, seed=1, k=10, local_k=10, progress=False)
-    assert set(curves) == {"twonn", "mle", "pr", "pca", "local_pca"}
-    c = curves["twonn"]
-    assert c.name == "id_twonn" and c.layers == ["low", "high", "conv"]
-    assert tuple(c.samples.shape) == (2, 3) and c.meta["dims"] == [40, 8, 32]
-    for li, name in enumerate(c.layers):
+    est = ("twonn", "mle_id", "participation_ratio", "pca_dim", "local_pca_dim")
+    p = dg.measures.id_curve(feats, est, repeats=2, fraction=0.8, seed=1,
+                             measure_options={"mle_id": {"k": 10}, "local_pca_dim": {"k": 10}},
+                             progress=False)
+    assert isinstance(p, dg.DepthProfile) and p.metrics == list(est)
+    assert p.layers == ["low", "high", "conv"]
+    assert tuple(p.samples.shape) == (2, 3, 5) and p.meta["dims"] == [40, 8, 32]
+    for li, name in enumerate(p.layers):
         x = feats[name].flatten(1)
         for r in range(2):
             idx = torch.randperm(500, generator=torch.Generator().manual_seed(1 + r))[:400]
             xs = x[idx.sort().values]
-            assert float(c.samples[r, li]) == pytest.approx(twonn(xs), rel=1e-12)
-            assert float(curves["mle"].samples[r, li]) == pytest.approx(mle_id(xs, k=10), rel=1e-12)
-            assert float(curves["pr"].samples[r, li]) == pytest.approx(participation_ratio(xs))
-            assert float(curves["pca"].samples[r, li]) == pca_dim(xs)
-            loc = float(local_id(xs, k=10, method="pca").mean())
-            assert float(curves["local_pca"].samples[r, li]) == pytest.approx(loc)
-    assert round(c["low"]) == 3 and c["high"] > 6  # each layer's own dimension
+            s = p.samples[r, li]
+            assert float(s[0]) == pytest.approx(dg.measures.twonn(xs), rel=1e-12)
+            assert float(s[1]) == pytest.approx(dg.measures.mle_id(xs, k=10), rel=1e-12)
+            assert float(s[2]) == pytest.approx(dg.measures.participation_ratio(xs))
+            assert float(s[3]) == dg.measures.pca_dim(xs)
+            loc = float(dg.measures.local_id(xs, k=10, method="pca").mean())
+            assert float(s[4]) == pytest.approx(loc)
+    c = p["twonn"]
+    assert round(c.layer("low")["twonn"]) == 3 and c.layer("high")["twonn"] > 6  # own dimension
 
 
-def test_id_curve_from_layer_features_and_resume(tmp_path):
-    feats = dg.LayerFeatures({k: v.float() for k, v in _features().items()},
-                             y=torch.arange(500) % 5)
-    cp = tmp_path / "id.json"
-    c1 = id_curve(feats, "twonn", repeats=2, checkpoint=cp, progress=False)
-    saved = json.loads(cp.read_text())
-    assert list(saved["layers"]) == ["low", "high", "conv"]
-    saved["layers"]["high"]["values"]["twonn"] = [123.0, 123.0]  # a finished layer is reused
-    cp.write_text(json.dumps(saved))
-    c2 = id_curve(feats, "twonn", repeats=2, checkpoint=cp, progress=False)
-    assert c2["high"] == 123.0 and c2["low"] == pytest.approx(c1["low"])
-    c3 = id_curve(feats, "twonn", repeats=2, seed=1, checkpoint=cp, progress=False)
-    assert c3["high"] != 123.0  # other settings: recomputed, not reused
+def test_id_curve_is_depth_profile_bitwise_and_ignores_labels():
+    raw = _features()
+    feats = dg.LayerFeatures({k: v.float() for k, v in raw.items()}, y=torch.arange(500) % 5)
+    est = ["twonn", "twonn_mle", "participation_ratio_corrected", "local_participation_ratio"]
+    p = dg.measures.id_curve(feats, est, repeats=3, fraction=0.9, seed=4, progress=False)
+    # the runner with every sample in one class: a plain seeded subsample of 450 points
+    ref = dg.depth_profile(feats, est, y=torch.zeros(500, dtype=torch.long), repeats=3,
+                           n_samples=450, seed=4, progress=False)
+    assert torch.equal(p.samples, ref.samples) and p.metrics == ref.metrics
+    # the features' own labels play no part
+    plain = dg.measures.id_curve({k: v.float() for k, v in raw.items()}, est, repeats=3,
+                                 seed=4, progress=False)
+    assert torch.equal(plain.samples, p.samples)
+    assert p.meta["fraction"] == 0.9 and p.meta["n_samples"] == 450
+    one = dg.measures.id_curve(feats, "twonn", repeats=3, seed=4, progress=False)
+    assert one.metrics == ["twonn"] and torch.equal(one.samples[..., 0], p.samples[..., 0])
 
 
-def test_id_curve_records_dropped_points():
+def test_id_curve_with_duplicate_points_stays_finite():
     g = torch.Generator().manual_seed(13)
     x = torch.rand(200, 5, generator=g, dtype=torch.float64)
-    c = id_curve({"a": x, "dup": torch.cat([x[:150], x[:50]])}, "twonn", fraction=1.0,
-                 repeats=1, progress=False)
-    assert "a" not in c.meta["dropped"]
-    assert c.meta["dropped"]["dup"]["twonn_duplicates"] == 100
+    dup = torch.cat([x[:150], x[:50]])
+    c = dg.measures.id_curve({"a": x, "dup": dup}, "twonn", fraction=1.0, repeats=1,
+                             progress=False)
+    assert dg.measures.twonn(x, return_details=True).dropped["duplicates"] == 0
+    est = dg.measures.twonn(dup, return_details=True)
+    assert est.dropped["duplicates"] == 100
+    assert float(c.samples[0, 1, 0]) == est.dimension
     assert torch.isfinite(c.values).all()
 
 
 # ------------------------------------------------------------------------ phases, logging, figure
+def _profile(layers, values, name="twonn"):
+    return dg.DepthProfile(list(layers), name, torch.tensor(values))
+
+
 def test_id_phases_shapes():
-    c = dg._curve.Curve(list("abcdef"), torch.tensor([10.0, 20, 40, 35, 15, 12]))
-    p = id_phases(c)
+    p = dg.measures.id_phases(_profile("abcdef", [10.0, 20, 40, 35, 15, 12]))
     assert (p.shape, p.peak_layer, p.start_index, p.end_index) == ("hunchback", "c", 0, 5)
     assert p.expansion == ["a", "b", "c"] and p.compression == list("cdef")
     assert p.rise == pytest.approx(30.0) and p.fall == pytest.approx(28.0)
-    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([1.0, 2, 3]))).shape == "rising"
-    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([3.0, 2, 1]))).shape == "falling"
-    assert id_phases(dg._curve.Curve(list("abc"), torch.tensor([10.0, 10.5, 10.2]))).shape == "flat"
+    assert dg.measures.id_phases(_profile("abc", [1.0, 2, 3])).shape == "rising"
+    assert dg.measures.id_phases(_profile("abc", [3.0, 2, 1])).shape == "falling"
+    assert dg.measures.id_phases(_profile("abc", [10.0, 10.5, 10.2])).shape == "flat"
     # a bump within the noise of the repeats is not a phase
-    noisy = dg._curve.Curve.from_samples(list("abc"), torch.tensor([[8.0, 14, 8], [12, 12, 12]]))
-    assert id_phases(noisy).shape == "flat" and id_phases(noisy, n_sigma=0).shape == "hunchback"
+    noisy = _profile("abc", [[8.0, 14, 8], [12, 12, 12]])
+    assert dg.measures.id_phases(noisy).shape == "flat"
+    assert dg.measures.id_phases(noisy, n_sigma=0).shape == "hunchback"
     assert "hunchback" in p.summary() and p.to_dict()["peak_index"] == 2
+    assert p.estimator == "twonn" and p.profile.values.tolist() == [10.0, 20, 40, 35, 15, 12]
+    d = json.loads(json.dumps(p.to_dict()))
+    assert dg.measures.IDPhases.from_dict(d).to_dict() == p.to_dict()
 
 
-def test_log_id_phases_writes_tensorboard(tmp_path):
+def test_id_phases_reads_one_metric_of_a_profile():
+    two = dg.DepthProfile(list("abc"), ["modularity", "twonn"],
+                          torch.tensor([[0.1, 5.0], [0.5, 9.0], [0.9, 2.0]]))
+    p = dg.measures.id_phases(two, "twonn")
+    assert p.shape == "hunchback" and p.estimator == "twonn" and p.profile.metrics == ["twonn"]
+    assert dg.measures.id_phases(two, metric="modularity").shape == "rising"
+    with pytest.raises(ValueError, match="metric="):
+        dg.measures.id_phases(two)
+    with pytest.raises(ValueError, match="metric='nc1'"):
+        dg.measures.id_phases(two, "nc1")
+    with pytest.raises(ValueError, match="non-finite"):
+        dg.measures.id_phases(_profile("ab", [1.0, float("nan")]))
+
+
+def test_log_id_phases_writes_the_convention_tags(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
-    ident = dg._curve.Curve(list("abcd"), torch.tensor([5.0, 9, 7, 3]), name="id_twonn")
-    mod = dg._curve.Curve(list("abcd"), torch.tensor([0.1, 0.2, 0.5, 0.8]), name="modularity")
+    ident = _profile("abcd", [5.0, 9, 7, 3])
+    mod = _profile("abcd", [0.1, 0.2, 0.5, 0.8], "modularity")
+    p = dg.measures.id_phases(ident)
     with SummaryWriter(str(tmp_path)) as w:
-        p = log_id_phases(w, ident, others=[mod])
+        dg.log(w, p, profiles=mod)
     acc = EventAccumulator(str(tmp_path)).Reload()
     tags = acc.Tags()["scalars"]
-    assert {"dyngraph/id_twonn", "dyngraph/modularity",
+    assert {"dyngraph/twonn", "dyngraph/modularity",
             "dyngraph/id_phases/peak_index"} <= set(tags)
-    assert [e.value for e in acc.Scalars("dyngraph/id_twonn")] == [5.0, 9.0, 7.0, 3.0]
+    assert [e.value for e in acc.Scalars("dyngraph/twonn")] == [5.0, 9.0, 7.0, 3.0]
+    assert [e.step for e in acc.Scalars("dyngraph/twonn")] == [0, 1, 2, 3]
     assert acc.Scalars("dyngraph/id_phases/peak_index")[0].value == p.peak_index == 1
-    assert "dyngraph/depth_profiles" in acc.Tags()["images"]
+    assert "dyngraph/figure" in acc.Tags()["images"]
+    assert "dyngraph/layers/text_summary" in acc.Tags()["tensors"]
 
 
-def test_plot_depth_profiles_any_curves(tmp_path):
+def test_log_block_analysis_writes_tags(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    b = dg.measures.block_analysis(_embedded_cube(600, 2, 6, seed=3), n_blocks=(1, 2, 4))
+    with SummaryWriter(str(tmp_path)) as w:
+        dg.log(w, b, prefix="run")
+    acc = EventAccumulator(str(tmp_path)).Reload()
+    assert sorted((e.step, e.value) for e in acc.Scalars("run/twonn")) == \
+        [(s, pytest.approx(m)) for s, m in zip(b.block_size[::-1], b.mean[::-1])]
+    assert "run/twonn_std" in acc.Tags()["scalars"] and "run/figure" in acc.Tags()["images"]
+    assert "run/blocks/text_summary" in acc.Tags()["tensors"]
+
+
+def test_plot_id_phases_beside_other_profiles(tmp_path):
+    from matplotlib.figure import Figure
     layers = list("abcde")
-    curves = [dg._curve.Curve(layers, torch.rand(5), name=n) for n in ("modularity", "nc1")]
-    ident = dg._curve.Curve.from_samples(layers, torch.tensor([[3.0, 8, 9, 4, 2], [3.2, 7, 9.5, 4, 2]]),
-                                  name="id_twonn")
+    other = dg.DepthProfile(layers, ["modularity", "nc1"], torch.rand(5, 2))
+    ident = _profile(layers, [[3.0, 8, 9, 4, 2], [3.2, 7, 9.5, 4, 2]])
     out = tmp_path / "fig.png"
-    fig = plot_depth_profiles(curves + [ident], phases=id_phases(ident), path=out)
-    assert len(fig.axes) == 3 and out.stat().st_size > 1000
-    assert [a.get_ylabel() for a in fig.axes] == ["modularity", "nc1", "id_twonn"]
-    with pytest.raises(TypeError, match=r"curves\[1\]"):
-        plot_depth_profiles([ident, "nc1"])
+    fig = dg.plot(dg.measures.id_phases(ident), path=out, profiles=other)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3 and out.stat().st_size > 1000
+    assert [a.get_ylabel() for a in fig.axes] == ["modularity", "nc1", "twonn"]
+    phases = dg.measures.id_phases(ident)
+    assert len(dg.plot(phases).axes) == 1
+    with pytest.raises(TypeError, match=r"profiles\[1\]"):
+        dg.plot(phases, profiles=[ident, "nc1"])
+    with pytest.raises(ValueError, match="labels"):
+        dg.plot(phases, labels=["a", "b"])
+
+
+def test_plot_block_analysis(tmp_path):
+    from matplotlib.figure import Figure
+    x = _embedded_cube(600, 2, 6, seed=3)
+    b = dg.measures.block_analysis(x, "twonn", n_blocks=(1, 2, 4))
+    out = tmp_path / "blocks.png"
+    fig = dg.plot(b, path=out)
+    assert isinstance(fig, Figure) and out.stat().st_size > 1000
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_ylabel() == "ID (twonn)"
+    m = dg.measures.block_analysis(x, "mle_id", n_blocks=(1, 2, 4), k=10)
+    both = dg.plot([b, m])
+    assert [t.get_text() for t in both.axes[0].get_legend().get_texts()] == ["twonn", "mle_id"]
 
 
 # ------------------------------------------------------------------------ bad input
 def test_bad_inputs_raise_naming_the_argument():
     x = _embedded_cube(50, 2, 5)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        twonn(x.numpy())
+        dg.measures.twonn(x.numpy())
     with pytest.raises(TypeError, match="floating-point"):
-        mle_id(torch.ones(10, 3, dtype=torch.long))
+        dg.measures.mle_id(torch.ones(10, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
-        participation_ratio(torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [1.0, 2.0]]))
+        dg.measures.participation_ratio(
+            torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [1.0, 2.0]]))
     with pytest.raises(ValueError, match="discard_fraction"):
-        twonn(x, discard_fraction=1.0)
+        dg.measures.twonn(x, discard_fraction=1.0)
     with pytest.raises(ValueError, match="method"):
-        twonn(x, method="fit")
+        dg.measures.twonn(x, method="fit")
     with pytest.raises(ValueError, match="k must be smaller"):
-        mle_id(x, k=50)
+        dg.measures.mle_id(x, k=50)
     with pytest.raises(ValueError, match="k must be >= 2"):
-        mle_id(x, k=1)
+        dg.measures.mle_id(x, k=1)
     with pytest.raises(ValueError, match="threshold"):
-        pca_dim(x, threshold=1.5)
+        dg.measures.pca_dim(x, threshold=1.5)
     with pytest.raises(ValueError, match="identical"):
-        participation_ratio(torch.ones(5, 3))
+        dg.measures.participation_ratio(torch.ones(5, 3))
     with pytest.raises(ValueError, match="N >= 4"):
-        participation_ratio(x[:3], bias_correction=True)
+        dg.measures.participation_ratio(x[:3], bias_correction=True)
     with pytest.raises(ValueError, match="estimator"):
-        id_curve({"a": x}, "tw0nn", repeats=1, fraction=1.0, progress=False)
+        dg.measures.id_curve({"a": x}, "tw0nn", repeats=1, fraction=1.0, progress=False)
     with pytest.raises(ValueError, match="repeats=3 needs fraction < 1"):
-        id_curve({"a": x}, "twonn", repeats=3, fraction=1.0, progress=False)
+        dg.measures.id_curve({"a": x}, "twonn", repeats=3, fraction=1.0, progress=False)
     with pytest.raises(ValueError, match="same number of samples"):
-        id_curve({"a": x, "b": x[:10]}, progress=False)
+        dg.measures.id_curve({"a": x, "b": x[:10]}, progress=False)
+    with pytest.raises(TypeError, match=r"features\['a'\] must be a Tensor"):
+        dg.measures.id_curve({"a": [1.0]}, progress=False)
     with pytest.raises(TypeError, match="unknown estimator settings"):
-        subsample_id(x, "twonn", kk=3)
+        dg.measures.subsample_id(x, "twonn", kk=3)
+    with pytest.raises(ValueError, match="estimator"):
+        dg.measures.subsample_id(x, "mle")
     with pytest.raises(ValueError, match="n_blocks=40"):
-        block_analysis(x, n_blocks=(40,))
-    with pytest.raises(TypeError, match="dyngraph.Curve"):
-        id_phases([1.0, 2.0])
-    with pytest.raises(ValueError, match="layer 'flat'"):  # failures name the layer
-        id_curve({"flat": torch.ones(20, 3)}, "pr", repeats=1, fraction=1.0, progress=False)
+        dg.measures.block_analysis(x, n_blocks=(40,))
+    with pytest.raises(TypeError, match="dg.DepthProfile"):
+        dg.measures.id_phases([1.0, 2.0])
+    with pytest.raises(ValueError, match="identical"):  # the estimator's own message
+        dg.measures.id_curve({"flat": torch.ones(20, 3)}, "participation_ratio", repeats=1,
+                             fraction=1.0, progress=False)
+    with pytest.raises(TypeError, match="one IDPhases at a time"):
+        dg.plot([dg.measures.id_phases(_profile("ab", [1.0, 2.0]))] * 2)
 
 
 def test_float32_input_and_high_rank_tensors():
     x = _embedded_cube(600, 3, 16, seed=14)
-    a = twonn(x)
-    b = twonn(x.float().reshape(600, 4, 4))  # flattened, float32 points
+    a = dg.measures.twonn(x)
+    b = dg.measures.twonn(x.float().reshape(600, 4, 4))  # flattened, float32 points
     assert b == pytest.approx(a, rel=1e-5)
 
 
@@ -454,12 +522,15 @@ def test_float32_input_and_high_rank_tensors():
 def test_cuda_matches_cpu():
     x = _embedded_cube(800, 4, 30, seed=15)
     xc = x.cuda()
-    assert twonn(xc) == pytest.approx(twonn(x), rel=1e-9)
-    assert mle_id(xc) == pytest.approx(mle_id(x), rel=1e-9)
-    assert participation_ratio(xc, True) == pytest.approx(participation_ratio(x, True), rel=1e-9)
-    assert pca_dim(xc) == pca_dim(x)
-    assert torch.allclose(local_id(xc, method="pr").cpu(), local_id(x, method="pr"))
-    c = id_curves({"a": xc}, ("twonn", "local_pr"), repeats=2, progress=False)
+    m = dg.measures
+    assert m.twonn(xc) == pytest.approx(m.twonn(x), rel=1e-9)
+    assert m.mle_id(xc) == pytest.approx(m.mle_id(x), rel=1e-9)
+    assert m.participation_ratio(xc, True) == pytest.approx(m.participation_ratio(x, True),
+                                                            rel=1e-9)
+    assert m.pca_dim(xc) == m.pca_dim(x)
+    assert torch.allclose(m.local_id(xc, method="pr").cpu(), m.local_id(x, method="pr"))
+    c = m.id_curve({"a": xc}, ("twonn", "local_participation_ratio"), repeats=2,
+                   progress=False)
     assert c["twonn"].values.device.type == "cpu"
 
 
@@ -468,14 +539,16 @@ def test_untrained_cnn_curve_smoke():
     torch.manual_seed(0)
     model = dg.zoo.DigitsCNN()
     feats = dg.extract_features(model, test, per_class=20, progress=False)
-    curves = id_curves(feats, ("twonn", "pr"), repeats=2, progress=False)
-    assert len(curves["twonn"]) == len(feats) == 6
-    assert torch.isfinite(curves["twonn"].values).all() and (curves["pr"].values >= 1).all()
+    p = dg.measures.id_curve(feats, ("twonn", "participation_ratio"), repeats=2, progress=False)
+    assert len(p) == len(feats) == 6
+    assert torch.isfinite(p["twonn"].values).all()
+    assert (p["participation_ratio"].values >= 1).all()
 
 
 def test_estimator_lists_are_checked():
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="twice"):
-        id_curves({"a": x}, ["twonn", "twonn"], repeats=1, fraction=1.0, progress=False)
+        dg.measures.id_curve({"a": x}, ["twonn", "twonn"], repeats=1, fraction=1.0,
+                             progress=False)
     with pytest.raises(ValueError, match="at least one"):
-        id_curves({"a": x}, [], repeats=1, fraction=1.0, progress=False)
+        dg.measures.id_curve({"a": x}, [], repeats=1, fraction=1.0, progress=False)

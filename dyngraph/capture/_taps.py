@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -121,7 +121,7 @@ class LayerTaps:
     taps runs one forward pass (under ``torch.no_grad()`` unless ``grad=True``) and returns the
     captured representations; :attr:`outputs` holds them too, and :attr:`order` the names in the
     order they ran. A layer may also be tapped while the model is run by other code (a training
-    loop): read :attr:`outputs` after each forward.
+    loop): read :attr:`outputs` after each forward; every forward of the model starts afresh.
 
     Args:
         model: Any ``nn.Module``.
@@ -137,8 +137,10 @@ class LayerTaps:
         edits: ``{name: fn}``: replace that module's output by ``fn(output)`` (lesions,
             interventions); names are module names, ``''`` the model itself.
         reduce: With ``False``, outputs are kept as the layer returned them (``[B, ...]``).
-        allow_repeat: Accept a module that runs several times in one forward (the last call
-            wins) instead of raising.
+        allow_repeat: Accept a module that runs several times in one forward instead of
+            raising: :attr:`outputs` holds its last call, :attr:`calls` every call in order.
+        strict: With ``False``, a tapped value that holds no tensor is recorded in
+            :attr:`empty` (and :attr:`order`) instead of raising.
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -152,13 +154,14 @@ class LayerTaps:
     def __init__(self, model: nn.Module, layers: LayerSpec = None, pool: Pool = None, *,
                  eval: bool = True, grad: bool = False,
                  edits: Optional[Dict[str, Edit]] = None, reduce: bool = True,
-                 allow_repeat: bool = False) -> None:
+                 allow_repeat: bool = False, strict: bool = True) -> None:
         _check_model(model)
         self.model = model
         self.pool = check_pool(pool)
         self.spec = (OrderedDict() if layers is None and edits is not None
                      else _resolve_layers(model, layers, allow_empty=True))
         self.eval, self.grad, self.reduce, self.allow_repeat = eval, grad, reduce, allow_repeat
+        self.strict = strict
         modules = dict(model.named_modules())
         self.edits: Dict[str, Edit] = {}
         for name, fn in (edits or {}).items():
@@ -169,6 +172,8 @@ class LayerTaps:
                 raise TypeError(f"edits[{name!r}] must be callable, got {type(fn).__name__}")
             self.edits[name] = fn
         self.outputs: Dict[str, Tensor] = {}
+        self.calls: Dict[str, List[Tensor]] = {}
+        self.empty: Set[str] = set()
         self.order: List[str] = []
         self._calls: Dict[str, int] = {}
         self._handles: List[Any] = []
@@ -182,6 +187,11 @@ class LayerTaps:
 
     def _capture(self, alias: str, mod: nn.Module, value: Any) -> None:
         val = first_tensor(value)
+        if val is None and not self.strict:
+            self._calls[alias] = self._calls.get(alias, 0) + 1
+            self.order.append(alias)
+            self.empty.add(alias)
+            return
         if val is None:
             raise ValueError(f"layer {alias!r} ({type(mod).__name__}) returned "
                              f"{type(value).__name__} with no tensor in it; hook one of its "
@@ -197,16 +207,24 @@ class LayerTaps:
         if self.reduce:
             val = reduce_output(val, self.pool)
         # Copy now: a later in-place op (ReLU(inplace=True)) would overwrite the output.
-        self.outputs[alias] = val if self.grad else val.clone()
+        val = val if self.grad else val.clone()
+        self.outputs[alias] = val
+        if self.allow_repeat:
+            self.calls.setdefault(alias, []).append(val)
 
     def _register(self) -> None:
         modules = dict(self.model.named_modules())
+        # Each forward of the model starts afresh, also when other code (a training loop) runs
+        # the model: outputs always hold the latest forward pass.
+        self._handles.append(self.model.register_forward_pre_hook(
+            lambda m, args: self.clear(), prepend=True))
         for alias, (name, where) in self.spec.items():
             mod = modules[name]
             if where == "input":
-                def pre(m: nn.Module, args: Any, alias: str = alias) -> None:
-                    self._capture(alias, m, args[0] if isinstance(args, tuple) and args else args)
-                self._handles.append(mod.register_forward_pre_hook(pre))
+                def pre(m: nn.Module, args: Any, kwargs: Any, alias: str = alias) -> None:
+                    # the first positional argument, or (keyword-only calls) the first kwarg
+                    self._capture(alias, m, args[0] if args else list((kwargs or {}).values()))
+                self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(m: nn.Module, args: Any, out: Any, alias: str = alias) -> None:
                     self._capture(alias, m, out)
@@ -247,12 +265,14 @@ class LayerTaps:
     def clear(self) -> None:
         """Forgets the last forward pass's outputs."""
         self.outputs = {}
+        self.calls = {}
+        self.empty = set()
         self.order = []
         self._calls = {}
 
     def check_complete(self) -> None:
         """Raises when a tapped layer did not run in the last forward pass."""
-        missing = [a for a in self.spec if a not in self.outputs]
+        missing = [a for a in self.spec if a not in self.outputs and a not in self.empty]
         if missing:
             raise ValueError(f"layers {missing} did not run in the forward pass (not used by "
                              f"{type(self.model).__name__}.forward?)")

@@ -11,43 +11,43 @@ Estimators (torch, CPU and CUDA, float64 arithmetic):
 * :func:`pca_dim`: principal components needed to explain a share of the variance.
 * :func:`local_id`: one estimate per point (MLE, or the PR / PCA dimension of its neighbourhood).
 
-Robustness: :func:`subsample_id` (mean ± std over random subsamples) and :func:`block_analysis`
-(disjoint blocks of decreasing size: does the estimate depend on N?).
-
-Over depth: :func:`id_curve` / :func:`id_curves` turn :class:`~dyngraph.LayerFeatures` into
-:class:`~dyngraph.Curve` objects; :func:`id_phases` finds the expansion and compression phases;
-:func:`log_id_phases` and :func:`plot_depth_profiles` put ID beside modularity, NC1 or any curve.
+Each estimator is a registered layer measure (:data:`ESTIMATORS`), so
+:func:`dyngraph.depth_profile` computes it over depth with resampling; :func:`id_curve` is that
+runner without labels. Robustness: :func:`subsample_id` (mean ± std over random subsamples) and
+:func:`block_analysis` (disjoint blocks of decreasing size: does the estimate depend on N?).
+:func:`id_phases` finds the expansion and compression phases of a profile; ``dg.plot`` and
+``dg.log`` draw and log :class:`IDPhases` and :class:`BlockAnalysis`.
 
 Conventions follow scikit-dimension (``skdim.id.TwoNN``, ``skdim.id.MLE``) exactly where they
-overlap, so the numbers agree with it to ~1e-12 on the same points; the differences (duplicates and ties are
-dropped and counted, never inf/NaN) are listed in ``docs/intrinsic_dimension.md``.
+overlap, so the numbers agree with it to ~1e-12 on the same points; the differences (duplicates
+and ties are dropped and counted, never inf/NaN) are listed in ``docs/intrinsic_dimension.md``.
 
 Neighbour distances (:func:`neighbor_distances`) are exact float64 distances found at float32
-speed: the core tile kernel (:class:`dyngraph.graphs._knn.BlockTopK`, symmetric self-search: each score
-computed once for both of its points) ranks candidates by float32 squared distances, the
-candidates' distances are recomputed from the float64 differences, and a rigorous rounding-error bound certifies, row by row,
-that no other point can be closer; the rare rows it cannot clear are searched again in float64.
+speed: the core tile kernel (:class:`dyngraph.graphs._knn.BlockTopK`, symmetric self-search: each
+score computed once for both of its points) ranks candidates by float32 squared distances, the
+candidates' distances are recomputed from the float64 differences, and a rigorous rounding-error
+bound certifies, row by row, that no other point can be closer; the rare rows it cannot clear are
+searched again in float64.
 """
 from __future__ import annotations
 
-import json
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._curve import Curve
-from .._io import PathLike, atomic_write_json
-from .._progress import progress_bar
 from .._validate import check_choice, check_choices, check_features, check_positive_int, layer_names
 from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, nearest_neighbors
-from ._registry import register
+from ._registry import get, register
+
+if TYPE_CHECKING:
+    from ..profiles._profile import DepthProfile
 
 __all__ = [
     "ESTIMATORS",
@@ -64,14 +64,14 @@ __all__ = [
     "subsample_id",
     "block_analysis",
     "id_curve",
-    "id_curves",
     "id_phases",
-    "log_id_phases",
-    "plot_depth_profiles",
 ]
 
-#: Estimator names accepted by :func:`id_curve`, :func:`subsample_id` and :func:`block_analysis`.
-ESTIMATORS = ("twonn", "twonn_mle", "mle", "pr", "pr_corrected", "pca", "local_pr", "local_pca")
+#: The registered ID measures: names accepted by :func:`id_curve`, :func:`subsample_id`,
+#: :func:`block_analysis` and :func:`dyngraph.depth_profile`.
+ESTIMATORS = ("twonn", "twonn_mle", "mle_id", "participation_ratio",
+              "participation_ratio_corrected", "pca_dim", "local_participation_ratio",
+              "local_pca_dim")
 SEARCHES = ("auto", "float32", "float64")
 LOCAL_METHODS = ("mle", "pr", "pca")
 COMBS = ("mle", "mean", "median")
@@ -222,14 +222,14 @@ def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
     """The ``kk`` best candidates of every row by the float32 squared distance
     ``|y_i|² + |y_j|² − 2 y_i·y_j`` (``y = xc / r_max``), ranked by the tile scores alone (no
     exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
-    :class:`dyngraph.graphs._knn.BlockTopK`, through its symmetric self-search: each score is computed
-    once and serves both of its points (about half of the GEMM)."""
+    :class:`dyngraph.graphs._knn.BlockTopK`, through its symmetric self-search: each score is
+    computed once and serves both of its points (about half of the GEMM)."""
     y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
     return BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
 
 
 def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "matmul",
-                       return_stats: bool = False):
+                       return_stats: bool = False) -> Tuple[Any, ...]:
     """Exact float64 Euclidean distances to the ``k`` nearest neighbours of every row.
 
     ``search='float32'`` (the default through ``'auto'``): the points are centred and scaled to
@@ -246,15 +246,16 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
     any row that still fails is brute-forced from the differences. The result is the exact
     float64 answer. Exact duplicates give distance 0.
 
-    ``search='float64'``: :func:`dyngraph.graphs.nearest_neighbors` in float64 on the centred points, then the same
-    float64 re-scoring.
+    ``search='float64'``: :func:`dyngraph.graphs.nearest_neighbors` in float64 on the centred
+    points, then the same float64 re-scoring.
 
     Args:
         x: Points ``[N, D]`` (``[N, ...]`` is flattened), floating point, finite.
         k: Neighbours per point, ``1 <= k < N``.
         search: ``'auto'`` (float32 unless the values overflow it), ``'float32'`` or ``'float64'``.
-        backend: :func:`dyngraph.graphs.nearest_neighbors` backend for ``search='float64'`` (``'matmul'`` default: its
-            ``'auto'`` timing mis-picks the KD-tree for high-dimensional features).
+        backend: :func:`dyngraph.graphs.nearest_neighbors` backend for ``search='float64'``
+            (``'matmul'`` default: its ``'auto'`` timing mis-picks the KD-tree for
+            high-dimensional features).
         return_stats: Also return ``{'refined_rows': …, 'brute_rows': …, 'search': …}``: the rows
             searched again in float64 and, of those, the rows brute-forced.
 
@@ -264,8 +265,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> from dyngraph.measures._dimension import neighbor_distances
-        >>> d, i = neighbor_distances(torch.tensor([[0.], [1.], [3.], [7.]]), k=2)
+        >>> d, i = dg.measures.neighbor_distances(torch.tensor([[0.], [1.], [3.], [7.]]), k=2)
         >>> d.tolist(), i.tolist()
         ([[1.0, 3.0], [1.0, 2.0], [2.0, 3.0], [4.0, 6.0]], [[1, 2], [0, 2], [1, 0], [2, 1]])
     """
@@ -565,8 +565,7 @@ def pca_spectrum(x: Tensor) -> Tensor:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> from dyngraph.measures._dimension import pca_spectrum
-        >>> pca_spectrum(torch.tensor([[1., 0.], [-1., 0.], [0., 0.]])).tolist()
+        >>> dg.measures.pca_spectrum(torch.tensor([[1., 0.], [-1., 0.], [0., 0.]])).tolist()
         [1.0, 0.0]
     """
     x = _as_matrix(x, "x", min_rows=2)
@@ -664,21 +663,11 @@ def local_id(x: Tensor, k: int = 20, method: str = "mle", threshold: float = 0.9
         >>> g = torch.Generator().manual_seed(0)
         >>> t = torch.rand(1000, generator=g) * 6.28
         >>> circle = torch.stack([t.cos(), t.sin()], 1)       # a curve: locally 1-D, globally 2-D
-        >>> round(float(dg.measures.local_id(circle, k=10, method='pca').median())), dg.measures.pca_dim(circle, 0.9)
+        >>> local = dg.measures.local_id(circle, k=10, method='pca')
+        >>> round(float(local.median())), dg.measures.pca_dim(circle, 0.9)
         (1, 2)
     """
-    x = _as_matrix(x, "x", min_rows=3)
-    check_choice(method, "method", LOCAL_METHODS)
-    _check_k(k, x.shape[0], 3 if (method == "mle" and unbiased) else 2)
-    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
-    d, idx = neighbor_distances(x, k, search=search, backend=backend)
-    if method == "mle":
-        s, valid, _ = _mle_local(d, k, bool(unbiased))
-        kfac = k - 2 if unbiased else k - 1
-        out = torch.where(valid, kfac / torch.where(valid, s, torch.ones_like(s)),
-                          torch.full_like(s, math.nan))
-    else:
-        out = _local_linear(_centered(x), idx, method, threshold)
+    out = _local(x, k, method, threshold, unbiased, search, backend)
     bad = int(out.isnan().sum())
     if bad:
         warnings.warn(f"local_id(method={method!r}): {bad} of {out.numel()} points have an "
@@ -687,101 +676,74 @@ def local_id(x: Tensor, k: int = 20, method: str = "mle", threshold: float = 0.9
     return out
 
 
-# =============================================================================== dispatch
-@dataclass
-class _Settings:
-    discard_fraction: float = 0.1
-    k: int = 20
-    threshold: float = 0.9
-    local_k: int = 20
-    unbiased: bool = False
-    comb: str = "mle"
-    drop_ties: bool = True
-    search: str = "auto"
-    backend: str = "matmul"
-
-    def check(self, estimators: Sequence[str], n: int) -> None:
-        self.discard_fraction = _check_fraction(self.discard_fraction, "discard_fraction", 0.0, 1.0)
-        self.threshold = _check_fraction(self.threshold, "threshold", 0.0, 1.0, low_open=True)
-        check_choice(self.comb, "comb", COMBS)
-        check_choice(self.search, "search", SEARCHES)
-        check_choice(self.backend, "backend", BACKENDS)
-        if "mle" in estimators:
-            _check_k(self.k, n, 3 if self.unbiased else 2)
-        if any(e.startswith("local_") for e in estimators):
-            _check_k(self.local_k, n, 2, "local_k")
-
-    def neighbours_needed(self, estimators: Sequence[str]) -> int:
-        k = 0
-        if any(e.startswith("twonn") for e in estimators):
-            k = 2
-        if "mle" in estimators:
-            k = max(k, self.k)
-        if any(e.startswith("local_") for e in estimators):
-            k = max(k, self.local_k)
-        return k
+def _local(x: Tensor, k: int, method: str, threshold: float, unbiased: bool, search: str,
+           backend: str) -> Tensor:
+    """:func:`local_id`'s values ``[N]``, without the warning."""
+    x = _as_matrix(x, "x", min_rows=3)
+    check_choice(method, "method", LOCAL_METHODS)
+    _check_k(k, x.shape[0], 3 if (method == "mle" and unbiased) else 2)
+    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
+    d, idx = neighbor_distances(x, k, search=search, backend=backend)
+    if method != "mle":
+        return _local_linear(_centered(x), idx, method, threshold)
+    s, valid, _ = _mle_local(d, k, bool(unbiased))
+    kfac = k - 2 if unbiased else k - 1
+    return torch.where(valid, kfac / torch.where(valid, s, torch.ones_like(s)),
+                       torch.full_like(s, math.nan))
 
 
-def _check_estimators(estimators) -> List[str]:
-    return check_choices(estimators, "estimators", ESTIMATORS)
-
-
-def _estimate_all(x: Tensor, estimators: Sequence[str], cfg: _Settings
-                  ) -> Tuple[Dict[str, float], Dict[str, int]]:
-    """All requested estimates from one neighbour search and one centring of ``x`` ``[N, D]``."""
-    out: Dict[str, float] = {}
-    dropped: Dict[str, int] = {}
-    kmax = cfg.neighbours_needed(estimators)
-    dist = idx = None
-    if kmax:
-        dist, idx = neighbor_distances(x, kmax, search=cfg.search, backend=cfg.backend)
-    xc = _centered(x) if any(e in ("pr", "pr_corrected", "pca") or e.startswith("local_")
-                             for e in estimators) else None
-    ev = None
-    for e in estimators:
-        if e in ("twonn", "twonn_mle"):
-            est = _twonn_from_r(dist[:, 0], dist[:, 1], cfg.discard_fraction,
-                                "linear" if e == "twonn" else "mle", cfg.drop_ties)
-            out[e] = est.dimension
-            for key, v in est.dropped.items():
-                dropped[f"{e}_{key}"] = v
-        elif e == "mle":
-            est = _mle_from_dists(dist, cfg.k, cfg.unbiased, cfg.comb)
-            out[e] = est.dimension
-            for key, v in est.dropped.items():
-                dropped[f"mle_{key}"] = v
-        elif e in ("pr", "pr_corrected"):
-            out[e] = _pr_from(xc, e == "pr_corrected")
-        elif e == "pca":
-            ev = _spectrum(xc) if ev is None else ev
-            out[e] = float(_pca_from_spectrum(ev, cfg.threshold))
-        else:  # local_pr, local_pca: mean over points of the neighbourhood dimension
-            loc = _local_linear(xc, idx[:, :cfg.local_k], e[len("local_"):], cfg.threshold)
-            nan = int(loc.isnan().sum())
-            dropped[f"{e}_undefined"] = nan
-            if nan == loc.numel():
-                raise ValueError(f"{e}: every neighbourhood consists of identical points")
-            out[e] = float(loc.nanmean())
-    return out, dropped
-
-
-def _estimate_one(x: Tensor, estimator: str, cfg: _Settings) -> float:
-    return _estimate_all(x, [estimator], cfg)[0][estimator]
+def _mean_local(x: Tensor, k: int, method: str, threshold: float, search: str,
+                backend: str) -> float:
+    """The mean local PR / PCA dimension over the points where it is defined."""
+    loc = _local(x, k, method, threshold, False, search, backend)
+    if bool(loc.isnan().all()):
+        raise ValueError(f"local {method}: every neighbourhood consists of identical points")
+    return float(loc.nanmean())
 
 
 # =============================================================================== robustness
+def _estimator(estimator: str, settings: Dict[str, Any]) -> Callable[[Tensor], float]:
+    """The registered measure ``estimator`` as ``x -> float``, its ``settings`` checked."""
+    check_choice(estimator, "estimator", ESTIMATORS)
+    fn = get(estimator).fn
+    allowed = sorted(list(inspect.signature(fn).parameters)[3:])
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown estimator settings {unknown} for {estimator!r}; allowed: "
+                        f"{allowed}")
+    return lambda x: float(fn(x, None, None, **settings))
+
+
+def _unlabelled(features: Any) -> Any:
+    """``LayerFeatures`` with every sample in class 0: the ID measures read no labels, and with
+    one class the runner's ``n_samples`` draw is the plain seeded subsample
+    ``torch.randperm(N)[:n]``, sorted."""
+    from ..capture._features import LayerFeatures
+    from ..profiles._runner import as_layer_features
+    if isinstance(features, LayerFeatures):
+        n = features.n_samples
+    else:
+        first = layer_names(features)[0]
+        if not isinstance(features[first], Tensor):
+            raise TypeError(f"features[{first!r}] must be a Tensor, got "
+                            f"{type(features[first]).__name__}")
+        n = int(features[first].shape[0])
+    return as_layer_features(features, torch.zeros(n, dtype=torch.long))
+
+
 def subsample_id(x: Tensor, estimator: str = "twonn", fraction: float = 0.9, repeats: int = 10,
-                 seed: int = 0, **settings) -> Tuple[float, float, Tensor]:
-    """Mean ± std of an estimate over random subsamples without replacement.
+                 seed: int = 0, **settings: Any) -> Tuple[float, float, Tensor]:
+    """Mean ± std of an estimate over seeded random subsamples without replacement (the runner
+    :func:`dyngraph.depth_profile` on one layer).
 
     Args:
         x: Points ``[N, D]`` (``[N, ...]`` is flattened).
-        estimator: One of :data:`ESTIMATORS`.
+        estimator: One of :data:`ESTIMATORS` (registered measure names).
         fraction: Share of the points in each subsample, in ``(0, 1]``; 0.9 by default.
         repeats: Number of subsamples (seeds ``seed, seed + 1, …``).
         seed: First seed.
-        **settings: Estimator settings: ``discard_fraction``, ``k``, ``threshold``, ``local_k``,
-            ``unbiased``, ``comb``, ``drop_ties``, ``search``, ``backend``.
+        **settings: The estimator's options (e.g. ``discard_fraction`` for ``'twonn'``, ``k``
+            for ``'mle_id'``, ``threshold`` for ``'pca_dim'``).
 
     Returns:
         ``(mean, std, samples)``; ``std`` is the sample std (0 for one repeat), ``samples`` is
@@ -795,40 +757,22 @@ def subsample_id(x: Tensor, estimator: str = "twonn", fraction: float = 0.9, rep
         >>> round(m), vals.shape
         (3, torch.Size([4]))
     """
+    from ..profiles._runner import depth_profile
     x = _as_matrix(x, "x", min_rows=3)
-    est = _check_estimators([estimator])
+    _estimator(estimator, settings)
     fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
     check_positive_int(repeats, "repeats")
-    n = x.shape[0]
-    m = max(3, int(round(fraction * n)))
-    cfg = _make_settings(settings)
-    cfg.check(est, m)
-    vals = []
-    for r in range(repeats):
-        idx = _sample(n, m, seed + r, x.device)
-        vals.append(_estimate_one(x[idx], est[0], cfg))
-    t = torch.tensor(vals, dtype=torch.float64)
-    std = float(t.std()) if repeats > 1 else 0.0
-    return float(t.mean()), std, t
-
-
-def _make_settings(settings: Dict[str, Any]) -> _Settings:
-    allowed = set(_Settings.__dataclass_fields__)
-    unknown = sorted(set(settings) - allowed)
-    if unknown:
-        raise TypeError(f"unknown estimator settings {unknown}; allowed: {sorted(allowed)}")
-    return _Settings(**settings)
-
-
-def _sample(n: int, m: int, seed: int, device: torch.device) -> Tensor:
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randperm(n, generator=gen)[:m]
-    return idx.sort().values.to(device)
+    m = max(3, int(round(fraction * x.shape[0])))
+    p = depth_profile(_unlabelled({"x": x}), [estimator], repeats=repeats, n_samples=m, seed=seed,
+                      measure_options={estimator: settings}, progress=False)
+    t = p.samples[:, 0, 0].contiguous()
+    return float(t.mean()), float(t.std()) if repeats > 1 else 0.0, t
 
 
 @dataclass
 class BlockAnalysis:
-    """Estimates on disjoint blocks of decreasing size (Facco et al.'s decimation test).
+    """Estimates on disjoint blocks of decreasing size (Facco et al.'s decimation test); drawn by
+    :func:`dyngraph.plot` (ID against block size) and logged by :func:`dyngraph.log`.
 
     Attributes:
         estimator: The estimator.
@@ -853,32 +797,20 @@ class BlockAnalysis:
         return (big - small) / big if big else math.nan
 
     def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready fields plus ``relative_change``."""
         return {"estimator": self.estimator, "n_blocks": self.n_blocks,
                 "block_size": self.block_size, "mean": self.mean, "std": self.std,
                 "samples": self.samples, "relative_change": self.relative_change()}
 
-    def plot(self, path: Optional[PathLike] = None, ax=None):
-        """ID against block size (log x axis) with ± std bars; saves a PNG when ``path`` is given."""
-        from ..outputs._plot import _pyplot, save_figure
-        plt = _pyplot()
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5.0, 3.5))
-        else:
-            fig = ax.figure
-        ax.errorbar(self.block_size, self.mean, yerr=self.std, marker="o", capsize=3)
-        ax.set_xscale("log")
-        ax.set_xlabel("points per block (N)")
-        ax.set_ylabel(f"ID ({self.estimator})")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        if path is not None:
-            save_figure(fig, path)
-        return fig
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "BlockAnalysis":
+        """Inverse of :meth:`to_dict`."""
+        return cls(*(d[k] for k in cls.__dataclass_fields__))
 
 
 def block_analysis(x: Tensor, estimator: str = "twonn",
                    n_blocks: Sequence[int] = (1, 2, 4, 8, 16), seed: int = 0,
-                   **settings) -> BlockAnalysis:
+                   **settings: Any) -> BlockAnalysis:
     """Splits one random permutation of the points into ``b`` disjoint blocks, for each ``b`` in
     ``n_blocks``, and estimates the ID of every block: a flat profile means the estimate does not
     depend on N; a falling one (as N shrinks) shows the finite-sample underestimate.
@@ -888,10 +820,10 @@ def block_analysis(x: Tensor, estimator: str = "twonn",
         estimator: One of :data:`ESTIMATORS`.
         n_blocks: Block counts; each block has ``N // b`` points (at least 3).
         seed: Seed of the permutation.
-        **settings: Estimator settings, as in :func:`subsample_id`.
+        **settings: The estimator's options, as in :func:`subsample_id`.
 
     Returns:
-        A :class:`BlockAnalysis`.
+        A :class:`BlockAnalysis` (``dg.plot(result)`` draws it).
 
     Example:
         >>> import torch, dyngraph as dg
@@ -900,188 +832,89 @@ def block_analysis(x: Tensor, estimator: str = "twonn",
         >>> b = dg.measures.block_analysis(x, n_blocks=(1, 4))
         >>> b.block_size, [round(v) for v in b.mean]
         ([2000, 500], [2, 2])
+        >>> dg.plot(b).axes[0].get_xscale()
+        'log'
     """
     x = _as_matrix(x, "x", min_rows=3)
-    est = _check_estimators([estimator])
+    estimate = _estimator(estimator, settings)
     if isinstance(n_blocks, int):
         n_blocks = [n_blocks]
     n_blocks = [check_positive_int(b, "n_blocks") for b in n_blocks]
     if not n_blocks:
         raise ValueError("n_blocks is empty")
     n = x.shape[0]
-    cfg = _make_settings(settings)
     for b in n_blocks:
         if n // b < 3:
             raise ValueError(f"n_blocks={b} leaves {n // b} points per block (N={n}); "
                              f"each block needs at least 3")
-    cfg.check(est, n // max(n_blocks))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(x.device)
     means, stds, samples, sizes = [], [], [], []
     for b in n_blocks:
         size = n // b
-        vals = [_estimate_one(x[perm[i * size:(i + 1) * size]], est[0], cfg) for i in range(b)]
+        vals = [estimate(x[perm[i * size:(i + 1) * size]]) for i in range(b)]
         t = torch.tensor(vals, dtype=torch.float64)
         means.append(float(t.mean()))
         stds.append(float(t.std()) if b > 1 else 0.0)
         samples.append(vals)
         sizes.append(size)
-    return BlockAnalysis(est[0], list(n_blocks), sizes, means, stds, samples)
+    return BlockAnalysis(estimator, list(n_blocks), sizes, means, stds, samples)
 
 
-# =============================================================================== curves over depth
-def _layer_items(features) -> Tuple[List[str], Callable[[str], Tensor], Dict[str, Any], int]:
-    from ..capture._features import LayerFeatures
-    if isinstance(features, LayerFeatures):
-        return features.names, features.__getitem__, dict(features.meta), features.n_samples
-    names = [str(k) for k in layer_names(features)]
-    n = None
-    for name, v in features.items():
-        if not isinstance(v, Tensor):
-            raise TypeError(f"features[{name!r}] must be a Tensor, got {type(v).__name__}")
-        if n is not None and v.shape[0] != n:
-            raise ValueError(f"every layer must have the same number of samples; "
-                             f"features[{name!r}] has {v.shape[0]}, expected {n}")
-        n = v.shape[0]
-    lookup = {str(k): v for k, v in features.items()}
-    return names, lookup.__getitem__, {}, int(n)
-
-
-def id_curves(features, estimators: Sequence[str] = ("twonn", "mle", "pr", "pca"), *,
-              fraction: float = 0.9, repeats: int = 5, seed: int = 0,
-              discard_fraction: float = 0.1, k: int = 20, threshold: float = 0.9,
-              local_k: int = 20, unbiased: bool = False, comb: str = "mle",
-              drop_ties: bool = True, search: str = "auto", backend: str = "matmul",
-              device: Optional[Union[str, torch.device]] = None,
-              checkpoint: Optional[PathLike] = None, progress: bool = True) -> Dict[str, Curve]:
-    """Intrinsic dimension per layer for several estimators, mean ± std over subsamples.
-
-    Each layer is loaded once (spilled layers one at a time); every repeat draws its own seeded
-    subsample of ``fraction × N`` points, searches neighbours once for all kNN estimators and
-    centres once for the linear ones.
+# =============================================================================== over depth
+def id_curve(features: Any, estimators: Union[str, Sequence[str]] = "twonn", *,
+             fraction: float = 0.9, repeats: int = 5, seed: int = 0,
+             measure_options: Optional[Dict[str, Dict[str, Any]]] = None,
+             device: Optional[Union[str, torch.device]] = None,
+             progress: bool = True) -> "DepthProfile":
+    """Intrinsic dimension per layer, mean ± std over seeded subsamples of ``fraction × N``
+    points: :func:`dyngraph.depth_profile` without labels (a plain, not class-balanced, draw;
+    repeat ``r`` takes the same points in every layer, ``torch.randperm(N)`` seeded ``seed + r``).
 
     Args:
-        features: :class:`~dyngraph.LayerFeatures` or ``{layer: Tensor[N, ...]}`` (flattened).
-        estimators: Names from :data:`ESTIMATORS`: ``'twonn'``, ``'twonn_mle'``, ``'mle'``,
-            ``'pr'``, ``'pr_corrected'``, ``'pca'``, ``'local_pr'``, ``'local_pca'`` (the mean local
-            PR / PCA dimension over ``local_k``-neighbourhoods).
+        features: :class:`~dyngraph.LayerFeatures` (labels ignored) or ``{layer: Tensor[N, ...]}``.
+        estimators: One or several of :data:`ESTIMATORS`: ``'twonn'``, ``'twonn_mle'``,
+            ``'mle_id'``, ``'participation_ratio'``, ``'participation_ratio_corrected'``,
+            ``'pca_dim'``, ``'local_participation_ratio'``, ``'local_pca_dim'``.
         fraction: Share of the points in each subsample, in ``(0, 1]``.
-        repeats: Subsamples per layer; ``repeats > 1`` needs ``fraction < 1``.
-        seed: First seed (repeat ``r`` uses ``seed + r``, the same points in every layer).
-        discard_fraction, drop_ties: TwoNN settings (:func:`twonn`).
-        k, unbiased, comb: MLE settings (:func:`mle_id`).
-        threshold: PCA explained-variance share (:func:`pca_dim`).
-        local_k: Neighbourhood size of the local estimators.
-        search, backend: Neighbour search (:func:`neighbor_distances`).
+        repeats: Subsamples; ``repeats > 1`` needs ``fraction < 1``.
+        seed: First seed.
+        measure_options: ``{estimator: {option: value}}``, e.g. ``{'mle_id': {'k': 10}}``.
         device: Where to compute (default: where each layer's tensor is).
-        checkpoint: A JSON file: layers already there with the same settings are reused, and
-            each finished layer is written atomically, so an interrupted run resumes.
-        progress: Progress bar over layers.
+        progress: Progress bar over repeats × layers.
 
     Returns:
-        ``{estimator: Curve}``; each :class:`~dyngraph.Curve` is named ``'id_<estimator>'`` and
-        has ``samples [repeats, L]``, and in ``meta`` the settings, each layer's dimension ``D``
-        and the points dropped per layer (``meta['dropped']``).
+        A :class:`~dyngraph.DepthProfile`, samples ``[repeats, layers, estimators]``, the metrics
+        named as the estimators; ``meta`` has the settings and each layer's dimension ``dims``.
 
     Example:
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> z = torch.rand(600, 2, generator=g)
-        >>> feats = {'a': z @ torch.randn(2, 30, generator=g), 'b': torch.rand(600, 6, generator=g)}
-        >>> c = dg.measures.id_curves(feats, ('twonn', 'pca'), repeats=3, progress=False)
-        >>> [round(v) for v in c['twonn'].values.tolist()], tuple(c['pca'].samples.shape)
-        ([2, 6], (3, 2))
+        >>> f = {'a': z @ torch.randn(2, 30, generator=g), 'b': torch.rand(600, 6, generator=g)}
+        >>> p = dg.measures.id_curve(f, ['twonn', 'pca_dim'], repeats=3, progress=False)
+        >>> [round(v) for v in p['twonn'].values.tolist()], tuple(p.samples.shape)
+        ([2, 6], (3, 2, 2))
     """
-    est = _check_estimators(estimators)
-    names, get, fmeta, n = _layer_items(features)
+    from ..profiles._runner import depth_profile
+    names = check_choices(estimators, "estimators", ESTIMATORS)
     fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
     check_positive_int(repeats, "repeats")
     if repeats > 1 and fraction == 1.0:
         raise ValueError(f"repeats={repeats} needs fraction < 1 (each repeat subsamples); "
                          f"use repeats=1 for a single estimate on all points")
-    m = max(3, int(round(fraction * n)))
-    cfg = _Settings(discard_fraction, k, threshold, local_k, bool(unbiased), comb,
-                    bool(drop_ties), search, backend)
-    cfg.check(est, m)
-    settings = {"estimators": est, "fraction": fraction, "repeats": repeats, "seed": seed,
-                "n_samples": n, "n_subsample": m, "discard_fraction": cfg.discard_fraction,
-                "k": k, "threshold": cfg.threshold, "local_k": local_k, "unbiased": cfg.unbiased,
-                "comb": comb, "drop_ties": cfg.drop_ties, "layers": names}
-    done: Dict[str, Any] = {}
-    if checkpoint is not None:
-        cp = Path(checkpoint)
-        if cp.exists():
-            try:
-                saved = json.loads(cp.read_text())
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("settings") == json.loads(json.dumps(settings)):
-                done = saved.get("layers", {})
-    idx_cache = [_sample(n, m, seed + r, torch.device("cpu")) if fraction < 1.0
-                 else torch.arange(n) for r in range(repeats)]
-    results: Dict[str, Any] = {}
-    dims: Dict[str, int] = {}
-    for name in progress_bar(names, desc="intrinsic dimension", disable=not progress):
-        if name in done:
-            results[name] = done[name]
-            dims[name] = int(done[name]["dim"])
-            continue
-        x = get(name)
-        if not isinstance(x, Tensor):
-            raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
-        x = x.flatten(1) if x.dim() > 2 else x
-        if device is not None:
-            x = x.to(device)
-        x = check_features(x, f"features[{name!r}]", min_rows=3)
-        dims[name] = int(x.shape[1])
-        per_rep: Dict[str, List[float]] = {e: [] for e in est}
-        drops: Dict[str, List[int]] = {}
-        for r in range(repeats):
-            try:
-                vals, dropped = _estimate_all(x[idx_cache[r].to(x.device)], est, cfg)
-            except ValueError as exc:
-                raise ValueError(f"layer {name!r}: {exc}") from exc
-            for e in est:
-                per_rep[e].append(vals[e])
-            for key, v in dropped.items():
-                drops.setdefault(key, []).append(v)
-        results[name] = {"values": per_rep, "dropped": drops, "dim": dims[name]}
-        if checkpoint is not None:
-            atomic_write_json(checkpoint, {"settings": settings, "layers": results})
-    curves: Dict[str, Curve] = {}
-    for e in est:
-        samples = torch.tensor([[results[nm]["values"][e][r] for nm in names]
-                                for r in range(repeats)], dtype=torch.float64)
-        dropped = {nm: {key: sum(v) / len(v) for key, v in results[nm]["dropped"].items()
-                        if key.startswith(e + "_") and sum(v)} for nm in names}
-        meta = dict(settings)
-        meta.update({"estimator": e, "dims": [dims[nm] for nm in names],
-                     "dropped": {nm: v for nm, v in dropped.items() if v}})
-        meta.update({key: v for key, v in fmeta.items() if key not in meta})
-        curves[e] = Curve.from_samples(names, samples, name=f"id_{e}", meta=meta)
-    return curves
-
-
-def id_curve(features, estimator: str = "twonn", **kwargs) -> Curve:
-    """The intrinsic-dimension curve of one estimator; see :func:`id_curves` for the arguments.
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> g = torch.Generator().manual_seed(0)
-        >>> feats = {'in': torch.rand(500, 8, generator=g), 'out': torch.rand(500, 2, generator=g)}
-        >>> c = dg.measures.id_curve(feats, 'twonn', repeats=3, progress=False)
-        >>> c.name, c.argmax()
-        ('id_twonn', 'in')
-    """
-    if not isinstance(estimator, str):
-        raise TypeError(f"estimator must be a string, got {type(estimator).__name__}: "
-                        f"{estimator!r}; use id_curves for several")
-    return id_curves(features, (estimator,), **kwargs)[estimator]
+    feats = _unlabelled(features)
+    m = max(3, int(round(fraction * feats.n_samples))) if fraction < 1.0 else None
+    p = depth_profile(feats, names, repeats=repeats, n_samples=m, seed=seed,
+                      measure_options=measure_options, device=device, progress=progress)
+    p.meta.update(fraction=fraction, dims=[feats.dims[n] for n in feats.names])
+    return p
 
 
 # =============================================================================== phases
 @dataclass
 class IDPhases:
-    """The expansion and compression phases of an ID curve.
+    """The expansion and compression phases of an ID curve; :func:`dyngraph.plot` draws them
+    (optionally beside other profiles) and :func:`dyngraph.log` logs them.
 
     Attributes:
         layers: The curve's layers.
@@ -1095,6 +928,8 @@ class IDPhases:
             (empty when the rise or fall is not significant).
         significant_rise, significant_fall: Whether each exceeds ``tol`` (relative) and, when the
             curve has repeats, ``n_sigma`` combined standard deviations.
+        estimator: The metric the phases were read from.
+        profile: That metric's one-metric :class:`~dyngraph.DepthProfile`.
     """
 
     layers: List[str]
@@ -1112,10 +947,22 @@ class IDPhases:
     compression: List[str]
     significant_rise: bool
     significant_fall: bool
-    estimator: str = ""
+    estimator: str
+    profile: "DepthProfile"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """JSON-ready fields (the profile as its own dict)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["profile"] = self.profile.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "IDPhases":
+        """Inverse of :meth:`to_dict`."""
+        from ..profiles._profile import DepthProfile
+        kw = {k: d[k] for k in cls.__dataclass_fields__}
+        kw["profile"] = DepthProfile.from_dict(d["profile"])
+        return cls(**kw)
 
     def summary(self) -> str:
         """One line: shape, peak, rise and fall."""
@@ -1125,16 +972,19 @@ class IDPhases:
                 f"{len(self.compression)} layers")
 
 
-def id_phases(curve: Curve, tol: float = 0.1, n_sigma: float = 2.0) -> IDPhases:
+def id_phases(profile: "DepthProfile", metric: Optional[str] = None, tol: float = 0.1,
+              n_sigma: float = 2.0) -> IDPhases:
     """Finds the expansion (rise to the peak) and compression (fall after it) phases.
 
-    The peak is the layer with the largest ID; the expansion phase runs from the lowest layer
-    before it, the compression phase to the lowest layer after it. A phase counts when its change
-    is at least ``tol`` of the peak value and, for curves with repeats, more than ``n_sigma``
-    times ``sqrt(std_peak² + std_end²)``.
+    The peak is the layer with the largest mean ID; the expansion phase runs from the lowest
+    layer before it, the compression phase to the lowest layer after it. A phase counts when its
+    change is at least ``tol`` of the peak value and, for profiles with repeats, more than
+    ``n_sigma`` times ``sqrt(std_peak² + std_end²)``.
 
     Args:
-        curve: An ID curve (any :class:`~dyngraph.Curve`).
+        profile: A :class:`~dyngraph.DepthProfile` (from :func:`id_curve` or
+            :func:`dyngraph.depth_profile`).
+        metric: The metric to read; may be left out for a one-metric profile.
         tol: Smallest relative rise or fall that counts, ``>= 0``.
         n_sigma: Significance in standard deviations over repeats, ``>= 0``.
 
@@ -1143,23 +993,34 @@ def id_phases(curve: Curve, tol: float = 0.1, n_sigma: float = 2.0) -> IDPhases:
 
     Example:
         >>> import torch, dyngraph as dg
-        >>> c = dg._curve.Curve(['in', 'c1', 'c2', 'c3', 'fc'], torch.tensor([10., 25., 30., 12., 6.]))
-        >>> p = dg.measures.id_phases(c)
-        >>> p.shape, p.peak_layer, p.expansion, p.compression
+        >>> p = dg.DepthProfile(['in', 'c1', 'c2', 'c3', 'fc'], 'twonn',
+        ...                     torch.tensor([10., 25., 30., 12., 6.]))
+        >>> ph = dg.measures.id_phases(p)
+        >>> ph.shape, ph.peak_layer, ph.expansion, ph.compression
         ('hunchback', 'c2', ['in', 'c1', 'c2'], ['c2', 'c3', 'fc'])
+        >>> len(dg.plot(ph).axes)   # the curve, phases shaded (profiles=... adds panels)
+        1
     """
-    if not isinstance(curve, Curve):
-        raise TypeError(f"curve must be a dyngraph.Curve, got {type(curve).__name__}")
-    if len(curve) == 0:
-        raise ValueError("curve has no layers")
+    from ..profiles._profile import DepthProfile
+    if not isinstance(profile, DepthProfile):
+        raise TypeError(f"profile must be a dg.DepthProfile, got {type(profile).__name__}")
+    if metric is None:
+        if len(profile.metrics) != 1:
+            raise ValueError(f"profile has metrics {profile.metrics}: choose one with metric=")
+        metric = profile.metrics[0]
+    if not isinstance(metric, str) or metric not in profile.metrics:
+        raise ValueError(f"metric must be one of the profile's metrics {profile.metrics}, got "
+                         f"metric={metric!r}")
+    if len(profile) == 0:
+        raise ValueError("profile has no layers")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ValueError(f"tol must be a number >= 0, got tol={tol!r}")
     if isinstance(n_sigma, bool) or not isinstance(n_sigma, (int, float)) or not n_sigma >= 0:
         raise ValueError(f"n_sigma must be a number >= 0, got n_sigma={n_sigma!r}")
-    v = curve.values
+    one = profile[metric]
+    v, std = one.values, one.errors
     if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"curve {curve.name!r} has non-finite values: {v.tolist()}")
-    std = curve.std if curve.samples.shape[0] > 1 else torch.zeros_like(v)
+        raise ValueError(f"metric {metric!r} has non-finite values: {v.tolist()}")
     peak = int(v.argmax())
     start = int(v[:peak + 1].argmin())
     end = peak + int(v[peak:].argmin())
@@ -1174,161 +1035,63 @@ def id_phases(curve: Curve, tol: float = 0.1, n_sigma: float = 2.0) -> IDPhases:
     sig_r, sig_f = significant(rise, start), significant(fall, end)
     shape = {(True, True): "hunchback", (True, False): "rising", (False, True): "falling",
              (False, False): "flat"}[(sig_r, sig_f)]
-    layers = list(curve.layers)
+    layers = list(one.layers)
     return IDPhases(layers, shape, peak, layers[peak], pv, start, end, rise, fall, rise / scale,
                     fall / scale, layers[start:peak + 1] if sig_r else [],
-                    layers[peak:end + 1] if sig_f else [], sig_r, sig_f,
-                    str(curve.meta.get("estimator", curve.name)))
-
-
-# =============================================================================== figures and logs
-def plot_depth_profiles(curves: Sequence[Curve], phases: Optional[IDPhases] = None,
-                        path: Optional[PathLike] = None, labels: Optional[Sequence[str]] = None,
-                        title: Optional[str] = None):
-    """One panel per curve (modularity, ID, NC1, …) against depth, sharing the layer axis.
-
-    Each panel shows the mean with its ± std band; with ``phases`` the expansion phase is shaded
-    green and the compression phase red in every panel whose layers contain the phase's layers,
-    and the ID peak is marked.
-
-    Args:
-        curves: :class:`~dyngraph.Curve` objects (any metric).
-        phases: The phases of the ID curve, from :func:`id_phases`.
-        path: Where to save a PNG (atomically).
-        labels: Panel y-labels (default: each curve's name).
-        title: Figure title.
-
-    Returns:
-        The matplotlib ``Figure``.
-
-    Example:
-        >>> import torch, dyngraph as dg
-        >>> q = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([0.1, 0.4, 0.7]), name='modularity')
-        >>> i = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([8., 12., 4.]), name='id_twonn')
-        >>> fig = dg.measures.plot_depth_profiles([q, i], phases=dg.measures.id_phases(i))
-        >>> len(fig.axes)
-        2
-    """
-    from ..outputs._plot import _pyplot, save_figure
-    curves = list(curves)
-    if not curves:
-        raise ValueError("curves is empty: give at least one Curve")
-    for i, c in enumerate(curves):
-        if not isinstance(c, Curve):
-            raise TypeError(f"curves[{i}] must be a dyngraph.Curve, got {type(c).__name__}")
-    plt = _pyplot()
-    longest = max(curves, key=len)
-    width = max(6.0, min(16.0, 0.45 * len(longest) + 3))
-    fig, axes = plt.subplots(len(curves), 1, figsize=(width, 2.2 * len(curves) + 1.0),
-                             sharex=True, squeeze=False)
-    axes = axes[:, 0]
-    for i, (ax, c) in enumerate(zip(axes, curves)):
-        xs = list(range(len(c)))
-        ax.plot(xs, c.values.tolist(), marker="o", color=f"C{i}")
-        if c.samples.shape[0] > 1:
-            ax.fill_between(xs, (c.values - c.std).tolist(), (c.values + c.std).tolist(),
-                            alpha=0.2, color=f"C{i}")
-        ax.set_ylabel(labels[i] if labels and i < len(labels) else c.name)
-        ax.grid(alpha=0.3)
-        if phases is not None and all(l in c.layers for l in (phases.expansion
-                                                              + phases.compression)):
-            pos = {l: j for j, l in enumerate(c.layers)}
-            if phases.expansion:
-                ax.axvspan(pos[phases.expansion[0]], pos[phases.expansion[-1]], color="tab:green",
-                           alpha=0.12, lw=0)
-            if phases.compression:
-                ax.axvspan(pos[phases.compression[0]], pos[phases.compression[-1]],
-                           color="tab:red", alpha=0.12, lw=0)
-            if phases.peak_layer in pos:
-                ax.axvline(pos[phases.peak_layer], color="k", ls=":", lw=1)
-    axes[-1].set_xticks(range(len(longest)))
-    axes[-1].set_xticklabels(longest.layers, rotation=60, ha="right", fontsize=7)
-    axes[-1].set_xlabel("layer")
-    if title:
-        axes[0].set_title(title)
-    elif phases is not None:
-        axes[0].set_title(f"ID phases ({phases.estimator}): {phases.shape}, peak at "
-                          f"{phases.peak_layer}", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path)
-    return fig
-
-
-def log_id_phases(writer, id_curve: Curve, others: Sequence[Curve] = (),
-                  phases: Optional[IDPhases] = None, prefix: str = "dyngraph",
-                  figure: bool = True) -> IDPhases:
-    """Logs an ID curve, its phases and other curves (modularity, NC1, …) to TensorBoard.
-
-    Curves go to ``{prefix}/{curve.name}`` (step = layer index, via :func:`dyngraph.log_curves`),
-    so ID and modularity sit side by side; the phases go to ``{prefix}/id_phases/…`` as scalars
-    (``peak_index``, ``peak_value``, ``rise``, ``fall``, ``hunchback``) and as text; with
-    ``figure`` the combined :func:`plot_depth_profiles` figure goes to
-    ``{prefix}/depth_profiles``.
-
-    Args:
-        writer: A ``SummaryWriter``.
-        id_curve: The ID curve.
-        others: Curves to log beside it.
-        phases: Precomputed phases (default: :func:`id_phases` of ``id_curve``).
-        prefix: Tag prefix.
-        figure: Also log figures.
-
-    Returns:
-        The :class:`IDPhases` logged.
-
-    Example:
-        >>> import tempfile, torch, dyngraph as dg
-        >>> from torch.utils.tensorboard import SummaryWriter
-        >>> i = dg._curve.Curve(['a', 'b', 'c'], torch.tensor([8., 12., 4.]), name='id_twonn')
-        >>> with SummaryWriter(tempfile.mkdtemp()) as w:
-        ...     dg.measures.log_id_phases(w, i, figure=False).shape
-        'hunchback'
-    """
-    from ..outputs._log import log_curves
-    from ..outputs._plot import close
-    if not isinstance(id_curve, Curve):
-        raise TypeError(f"id_curve must be a dyngraph.Curve, got {type(id_curve).__name__}")
-    others = list(others)
-    phases = phases or id_phases(id_curve)
-    log_curves(writer, [id_curve] + others, prefix=prefix, figure=figure)
-    tag = f"{prefix}/id_phases"
-    writer.add_scalar(f"{tag}/peak_index", phases.peak_index, 0)
-    writer.add_scalar(f"{tag}/peak_value", phases.peak_value, 0)
-    writer.add_scalar(f"{tag}/rise", phases.rise, 0)
-    writer.add_scalar(f"{tag}/fall", phases.fall, 0)
-    writer.add_scalar(f"{tag}/hunchback", float(phases.shape == "hunchback"), 0)
-    writer.add_text(tag, f"**{phases.summary()}**\n\n- expansion: {phases.expansion}\n"
-                         f"- compression: {phases.compression}")
-    if figure and callable(getattr(writer, "add_figure", None)):
-        fig = plot_depth_profiles(others + [id_curve], phases=phases)
-        writer.add_figure(f"{prefix}/depth_profiles", fig)
-        close(fig)
-    if callable(getattr(writer, "flush", None)):
-        writer.flush()
-    return phases
+                    layers[peak:end + 1] if sig_f else [], sig_r, sig_f, metric, one)
 
 
 # ============================================================================ registered measures
 @register("twonn", graph=False, labels=False, description="TwoNN intrinsic dimension "
-          "(Facco et al. 2017)")
-def _twonn(x: Tensor, y: Tensor, graph: Optional[Data], **kw: Any) -> float:
-    return float(twonn(x, **kw))  # type: ignore[arg-type]
+          "(Facco et al. 2017), linear fit")
+def _twonn(x: Tensor, y: Optional[Tensor], graph: Optional[Data], discard_fraction: float = 0.1,
+           drop_ties: bool = True, search: str = "auto", backend: str = "matmul") -> float:
+    return float(twonn(x, discard_fraction, "linear", drop_ties, search=search, backend=backend))
+
+
+@register("twonn_mle", graph=False, labels=False, description="TwoNN intrinsic dimension, the "
+          "censored Pareto MLE")
+def _twonn_mle(x: Tensor, y: Optional[Tensor], graph: Optional[Data],
+               discard_fraction: float = 0.1, drop_ties: bool = True, search: str = "auto",
+               backend: str = "matmul") -> float:
+    return float(twonn(x, discard_fraction, "mle", drop_ties, search=search, backend=backend))
 
 
 @register("mle_id", graph=False, labels=False, description="Levina-Bickel MLE intrinsic "
           "dimension (k = 20)")
-def _mle_id(x: Tensor, y: Tensor, graph: Optional[Data], **kw: Any) -> float:
-    return float(mle_id(x, **kw))  # type: ignore[arg-type]
+def _mle_id(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
+            unbiased: bool = False, comb: str = "mle", search: str = "auto",
+            backend: str = "matmul") -> float:
+    return float(mle_id(x, k, unbiased, comb, search=search, backend=backend))
 
 
 @register("participation_ratio", graph=False, labels=False, description="participation ratio "
           "(Σλ)²/Σλ² of the covariance spectrum")
-def _pr(x: Tensor, y: Tensor, graph: Optional[Data], bias_correction: bool = False) -> float:
-    return float(participation_ratio(x, bias_correction=bias_correction))
+def _pr(x: Tensor, y: Optional[Tensor], graph: Optional[Data]) -> float:
+    return participation_ratio(x)
+
+
+@register("participation_ratio_corrected", graph=False, labels=False, description="participation "
+          "ratio with the U-statistic finite-sample bias correction")
+def _pr_corrected(x: Tensor, y: Optional[Tensor], graph: Optional[Data]) -> float:
+    return participation_ratio(x, bias_correction=True)
 
 
 @register("pca_dim", graph=False, labels=False, description="principal components explaining "
           "90% of the variance")
-def _pca(x: Tensor, y: Tensor, graph: Optional[Data], threshold: float = 0.9) -> float:
+def _pca(x: Tensor, y: Optional[Tensor], graph: Optional[Data], threshold: float = 0.9) -> float:
     return float(pca_dim(x, threshold=threshold))
+
+
+@register("local_participation_ratio", graph=False, labels=False, description="mean "
+          "participation ratio of the k = 20 nearest-neighbour neighbourhoods")
+def _local_pr(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
+              search: str = "auto", backend: str = "matmul") -> float:
+    return _mean_local(x, k, "pr", 0.9, search, backend)
+
+
+@register("local_pca_dim", graph=False, labels=False, description="mean PCA dimension (90%) of "
+          "the k = 20 nearest-neighbour neighbourhoods")
+def _local_pca(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
+               threshold: float = 0.9, search: str = "auto", backend: str = "matmul") -> float:
+    return _mean_local(x, k, "pca", threshold, search, backend)

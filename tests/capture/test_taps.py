@@ -169,3 +169,59 @@ def test_the_model_itself_and_no_taps():
     with pytest.raises(ValueError, match="layers is empty"):
         from torch.utils.data import DataLoader, TensorDataset
         dg.extract_features(lin, DataLoader(TensorDataset(x, torch.arange(4) % 2)), layers=[])
+
+
+def test_keyword_calls_tensorless_values_and_every_call():
+    class KwOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+            self.meta = nn.Identity()
+
+        def forward(self, x):
+            self.meta("a string")               # a tapped value with no tensor in it
+            return self.inner(input=x) if False else self.inner(x) + self.inner(x * 2)
+
+    class Kw(nn.Module):
+        def forward(self, *, hidden):
+            return hidden * 3
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.kw = Kw()
+
+        def forward(self, x):
+            return self.kw(hidden=x)
+    x = torch.randn(3, 2)
+    with dg.LayerTaps(Outer(), ["kw:input", "kw"]) as taps:
+        out = taps(x)
+    assert torch.equal(out["kw:input"], x) and torch.equal(out["kw"], 3 * x)
+    m = KwOnly()
+    with pytest.raises(ValueError, match="no tensor in it"):
+        with dg.LayerTaps(m, ["meta"]) as taps:
+            taps(x)
+    with dg.LayerTaps(m, ["meta", "inner"], strict=False, allow_repeat=True) as taps:
+        taps.run(x)
+    assert taps.empty == {"meta"} and "meta" not in taps.outputs
+    assert [t.shape for t in taps.calls["inner"]] == [(3, 2), (3, 2)]
+    assert torch.allclose(taps.calls["inner"][0], m.inner(x))
+    assert torch.allclose(taps.outputs["inner"], m.inner(x * 2))
+    assert taps.order == ["meta", "inner", "inner"]
+
+
+def test_taps_during_a_training_loop_start_afresh_each_forward():
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    seen = []
+    with dg.LayerTaps(m, ["1"], eval=False, grad=True) as taps:
+        for _ in range(3):
+            x = torch.randn(4, 3)
+            loss = m(x).pow(2).mean()          # the user's own forward, not taps.run
+            seen.append(taps.outputs["1"].detach().clone())
+            assert torch.equal(seen[-1], torch.relu(m[0](x)).detach())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert m.training and taps.order == ["1"]
+    assert no_hooks(m)
