@@ -504,7 +504,7 @@ def test_bad_inputs_raise_naming_the_argument():
         dg.measures.block_analysis(x, n_blocks=(40,))
     with pytest.raises(TypeError, match="dg.DepthProfile"):
         dg.measures.id_phases([1.0, 2.0])
-    with pytest.raises(ValueError, match="identical"):  # the estimator's own message
+    with pytest.raises(ValueError, match="layer 'flat'.*identical"):  # names the layer
         dg.measures.id_curve({"flat": torch.ones(20, 3)}, "participation_ratio", repeats=1,
                              fraction=1.0, progress=False)
     with pytest.raises(TypeError, match="one IDPhases at a time"):

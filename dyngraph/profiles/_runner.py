@@ -1,12 +1,16 @@
 """The one runner: resampling, graphs, nulls and progress for every measure at once."""
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._json import jsonable
+from .._io import PathLike, atomic_write_json
+from .._json import float_tensor, jsonable
 from .._progress import progress_bar, progress_counter
 from .._validate import check_flag, check_labels, check_positive_int, layer_names
 from ..capture._extract import balanced_indices
@@ -18,6 +22,7 @@ from ..measures._similarity import RepresentationSummary, fill_matrix
 from ._profile import DepthProfile, LayerMatrix
 
 Options = Optional[Mapping[str, Mapping[str, Any]]]
+CHECKPOINT_FORMAT = "dyngraph.depth_profile.checkpoint/1"
 
 
 def as_layer_features(features: Any, y: Optional[Tensor] = None,
@@ -94,12 +99,72 @@ def _check_sampling(repeats: int, per_class: Optional[int], n_samples: Optional[
         raise ValueError(f"null_permutations must be an integer >= 0, got {null_permutations!r}")
 
 
+def _fingerprint(feats: LayerFeatures, settings: Dict[str, Any]) -> str:
+    """A hash of the settings, the labels, every layer's shape and a strided sample of its values:
+    a checkpoint is reused only for the same run on the same features."""
+    h = hashlib.sha256(json.dumps(jsonable(settings), sort_keys=True).encode())
+    h.update(feats.y.cpu().numpy().tobytes())
+    for name in feats.names:
+        stored = feats.stored(name)
+        h.update(f"{name}:{tuple(stored.shape)}".encode())
+        rows = torch.linspace(0, stored.shape[0] - 1, min(16, stored.shape[0])).long()
+        sample = feats[name][rows].reshape(len(rows), -1)
+        cols = torch.linspace(0, sample.shape[1] - 1, min(64, sample.shape[1])).long()
+        h.update(sample[:, cols].detach().cpu().double().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_checkpoint(path: Path, fingerprint: str, shape: Tuple[int, ...]
+                     ) -> Tuple[Tensor, Tensor]:
+    """``(samples, done[R, L])`` from a checkpoint of the same run, or empty ones."""
+    samples = torch.full(shape, float("nan"), dtype=torch.float64)
+    done = torch.zeros(shape[:2], dtype=torch.bool)
+    if not path.exists():
+        return samples, done
+    try:
+        d = json.loads(path.read_text())
+        ok = isinstance(d, dict) and d.get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"checkpoint {path} is not a depth_profile checkpoint (or is corrupt); "
+                         f"delete it to start over")
+    if d["fingerprint"] != fingerprint:
+        raise ValueError(f"checkpoint {path} belongs to another run (other settings or "
+                         f"features); delete it or choose another checkpoint path")
+    stored = float_tensor(d["samples"], "checkpoint samples")
+    if tuple(stored.shape) != shape or _digest(stored) != d.get("digest"):
+        raise ValueError(f"checkpoint {path} is corrupt (its values do not match their "
+                         f"checksum); delete it to start over")
+    return stored, torch.tensor(d["done"], dtype=torch.bool)
+
+
+def _digest(samples: Tensor) -> str:
+    return hashlib.sha256(samples.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _save_checkpoint(path: Path, fingerprint: str, samples: Tensor, done: Tensor) -> None:
+    atomic_write_json(path, {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint,
+                             "done": done.tolist(), "samples": jsonable(samples),
+                             "digest": _digest(samples)})
+
+
+def _call(m: Measure, layer: str, x: Tensor, y: Tensor, g: Any, opts: Dict[str, Any]
+          ) -> List[float]:
+    """One measure on one layer; its errors name the layer and the measure."""
+    try:
+        return _as_floats(m, m.fn(x, y, g, **opts))
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"layer {layer!r}, measure {m.name!r}: {exc}") from exc
+
+
 def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modularity",), *,
                   y: Optional[Tensor] = None, graph: Optional[GraphSpec] = None,
                   repeats: int = 1, per_class: Optional[int] = None,
                   n_samples: Optional[int] = None, null_permutations: int = 0, seed: int = 0,
                   measure_options: Options = None,
                   device: Optional[Union[str, torch.device]] = None,
+                  checkpoint: Optional[PathLike] = None,
                   progress: bool = True) -> DepthProfile:
     """Every chosen measure at every layer, over seeded class-balanced resamplings, with
     label-permutation nulls: the one loop behind every quantity over depth.
@@ -124,6 +189,10 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         measure_options: ``{measure: {option: value}}`` passed to the measures (e.g.
             ``{'knn_purity': {'k': 5}}``, ``{'nc3': {'classifier': model.fc}}``).
         device: Where to compute (default: where the features are).
+        checkpoint: A JSON file updated atomically after every layer of every repeat; a rerun
+            of the same run (same settings, labels and features, checked by a fingerprint)
+            resumes after the last finished layer and gives bitwise the same profile. A
+            checkpoint of another run or a corrupt one is an error, never silently reused.
         progress: A progress bar over repeats × layers.
 
     Returns:
@@ -160,17 +229,28 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
     null_names = [f"{name}:{part}" for m in null_ms for name in m.metrics
                   for part in ("null_mean", "null_std", "z")]
     names = feats.names
-    out = torch.full((repeats, len(names), len(base) + len(null_names)), float("nan"),
-                     dtype=torch.float64)
-    n_used = feats.n_samples
+    meta: Dict[str, Any] = {
+        "measures": [m.name for m in ms], "graph": graph.to_dict() if need_graph else None,
+        "repeats": repeats, "per_class": per_class, "n_samples": feats.n_samples, "seed": seed,
+        "null_permutations": null_permutations,
+        "measure_options": jsonable(opts) if opts else {}}
+    shape = (repeats, len(names), len(base) + len(null_names))
+    ckpt = None if checkpoint is None else Path(checkpoint)
+    fingerprint = _fingerprint(feats, {**meta, "layers": names}) if ckpt else ""
+    out, done = (_load_checkpoint(ckpt, fingerprint, shape) if ckpt else
+                 (torch.full(shape, float("nan"), dtype=torch.float64),
+                  torch.zeros(shape[:2], dtype=torch.bool)))
     bar = progress_counter(repeats * len(names), desc="profile", disable=not progress)
+    bar.update(int(done.sum()))
     try:
         for r in range(repeats):
             sub = feats
             if per_class is not None or n_samples is not None:
                 idx = balanced_indices(feats.y, per_class, n_samples, seed + r)
                 sub = feats.subset(idx)
-                n_used = int(idx.numel())
+                meta["n_samples"] = int(idx.numel())
+            if bool(done[r].all()):
+                continue
             yy = sub.y if device is None else sub.y.to(device)
             check_labels(yy, sub.n_samples, "y", min_classes=2 if need_graph else 1)
             perms: List[Tensor] = []
@@ -181,6 +261,8 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
             nulls = {m.name: torch.empty(null_permutations, len(names), len(m.metrics),
                                          dtype=torch.float64) for m in null_ms}
             for li, name in enumerate(names):
+                if bool(done[r, li]):  # (with nulls a repeat is saved whole, never in part)
+                    continue
                 stored = sub.stored(name)
                 x = sub[name]
                 x = x.reshape(x.shape[0], -1)
@@ -194,30 +276,32 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                                     progress=progress and repeats == 1)
                 col = 0
                 for m in ms:
-                    vals = _as_floats(m, m.fn(x, yy, g, **opts.get(m.name, {})))
-                    for v in vals:
+                    for v in _call(m, name, x, yy, g, opts.get(m.name, {})):
                         out[r, li, col] = v
                         col += 1
                 for m in null_ms:  # [P, outputs] per measure, stats once the repeat is done
                     nulls[m.name][:, li] = torch.tensor(
-                        [_as_floats(m, m.fn(x, yy[p], g, **opts.get(m.name, {}))) for p in perms],
+                        [_call(m, name, x, yy[p], g, opts.get(m.name, {})) for p in perms],
                         dtype=torch.float64)
                 bar.update(1)
-            col = len(base)
-            for m in null_ms:
-                mu, sd = nulls[m.name].mean(0), nulls[m.name].std(0)  # [L, outputs]
-                for j, metric in enumerate(m.metrics):
-                    obs = out[r, :, base.index(metric)]
-                    out[r, :, col:col + 3] = torch.stack([mu[:, j], sd[:, j],
-                                                          (obs - mu[:, j]) / sd[:, j]], 1)
-                    col += 3
+                if not null_ms:
+                    done[r, li] = True
+                    if ckpt:
+                        _save_checkpoint(ckpt, fingerprint, out, done)
+            if null_ms:
+                col = len(base)
+                for m in null_ms:
+                    mu, sd = nulls[m.name].mean(0), nulls[m.name].std(0)  # [L, outputs]
+                    for j, metric in enumerate(m.metrics):
+                        obs = out[r, :, base.index(metric)]
+                        out[r, :, col:col + 3] = torch.stack([mu[:, j], sd[:, j],
+                                                              (obs - mu[:, j]) / sd[:, j]], 1)
+                        col += 3
+                done[r] = True
+                if ckpt:
+                    _save_checkpoint(ckpt, fingerprint, out, done)
     finally:
         bar.close()
-    meta: Dict[str, Any] = {
-        "measures": [m.name for m in ms], "graph": graph.to_dict() if need_graph else None,
-        "repeats": repeats, "per_class": per_class, "n_samples": n_used, "seed": seed,
-        "null_permutations": null_permutations,
-        "measure_options": jsonable(opts) if opts else {}}
     meta.update({k: v for k, v in feats.meta.items() if k not in meta})
     return DepthProfile(names, base + null_names, out, meta)
 

@@ -117,3 +117,58 @@ def test_user_pair_measure_with_permutations():
         assert m["test_corr:p"][0, 0] == pytest.approx(0.1)
     finally:
         dg.measures.unregister("test_corr")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_checkpoint_resumes_bitwise_and_refuses_other_runs(tmp_path):
+    f, y = feats_and_labels()
+    calls = {"n": 0, "stop_at": None}
+
+    @dg.measures.register("test_flaky_norm", graph=False, labels=False)
+    def flaky(x, y_, graph):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise _Interrupt("killed")
+        return float(x.norm())
+    try:
+        kw = dict(y=y, per_class=20, repeats=3, seed=2, progress=False)
+        whole = dg.depth_profile(f, ["modularity", "test_flaky_norm"], **kw)
+        ck = tmp_path / "run.ckpt.json"
+        calls.update(n=0, stop_at=6)                          # dies in repeat 1, layer 2
+        with pytest.raises(_Interrupt):
+            dg.depth_profile(f, ["modularity", "test_flaky_norm"], checkpoint=ck, **kw)
+        calls.update(n=0, stop_at=None)
+        resumed = dg.depth_profile(f, ["modularity", "test_flaky_norm"], checkpoint=ck, **kw)
+        assert calls["n"] == 9 - 5                            # 5 layers were finished before
+        assert resumed == whole
+        with pytest.raises(ValueError, match="belongs to another run"):
+            dg.depth_profile(f, ["modularity", "test_flaky_norm"], checkpoint=ck,
+                             **{**kw, "seed": 3})
+        g = dict(f, l2=f["l2"] + 1e-3)                        # other features, same shapes
+        with pytest.raises(ValueError, match="belongs to another run"):
+            dg.depth_profile(g, ["modularity", "test_flaky_norm"], checkpoint=ck, **kw)
+        text = ck.read_text()
+        ck.write_text(text.replace("0.", "0.9", 1))           # one flipped value
+        with pytest.raises(ValueError, match="corrupt"):
+            dg.depth_profile(f, ["modularity", "test_flaky_norm"], checkpoint=ck, **kw)
+        ck.write_text("{oops")
+        with pytest.raises(ValueError, match="not a depth_profile checkpoint"):
+            dg.depth_profile(f, ["modularity", "test_flaky_norm"], checkpoint=ck, **kw)
+        # with nulls a repeat is checkpointed whole
+        ck2 = tmp_path / "null.json"
+        calls.update(n=0, stop_at=None)
+        a = dg.depth_profile(f, ["modularity"], null_permutations=5, checkpoint=ck2, **kw)
+        assert a == dg.depth_profile(f, ["modularity"], null_permutations=5, checkpoint=ck2, **kw)
+        assert a == dg.depth_profile(f, ["modularity"], null_permutations=5, **kw)
+    finally:
+        dg.measures.unregister("test_flaky_norm")
+
+
+def test_measure_errors_name_the_layer_and_the_measure():
+    f, y = feats_and_labels()
+    f = dict(f, flat=torch.zeros(160, 12))
+    with pytest.raises(ValueError, match="layer 'flat', measure 'twonn'"):
+        dg.depth_profile(f, ["twonn"], y=y, progress=False)
