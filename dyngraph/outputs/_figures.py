@@ -98,8 +98,12 @@ def log_profile(writer: Any, p: DepthProfile, prefix: str, figure: bool = True) 
 @register_plot(LayerMatrix)
 def plot_matrix(m: LayerMatrix, ax: Any = None, metrics: Optional[Sequence[str]] = None,
                 title: Optional[str] = None, annotate: Optional[bool] = None,
-                cmap: Optional[str] = None) -> Any:
-    """One heatmap per metric (rows: layers of A, columns: layers of B)."""
+                cmap: Optional[str] = None, vmin: Optional[float] = None,
+                vmax: Optional[float] = None, alpha: float = 0.05,
+                xlabel: Optional[str] = None, ylabel: Optional[str] = None) -> Any:
+    """One heatmap per metric (rows: layers of A, columns: layers of B). With a permutation
+    p-value metric ``'<m>:p'``, cells with ``p < alpha`` carry a ``*`` (the smallest p is
+    ``1/(P + 1)``: with ``P < 1/alpha − 1`` permutations no cell can be marked)."""
     names = [x for x in m.metrics if not x.endswith(":p")] if metrics is None else list(metrics)
     for x in names:
         if x not in m.metrics:
@@ -109,22 +113,32 @@ def plot_matrix(m: LayerMatrix, ax: Any = None, metrics: Optional[Sequence[str]]
     side = max(3.5, min(12.0, 0.35 * max(len(m.rows), len(m.cols)) + 2))
     fig, axes = new_figure((side * len(names) + 1, side), ax=ax, ncols=len(names))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    models = m.meta.get("models") or ["A", "B"]
     for a, metric in zip(axes, names):
         v = m[metric]
-        dist = m.meta.get("distance", {}).get(metric, False)
+        dist = bool(m.meta.get("distance", {}).get(metric, False))
+        lo = vmin if vmin is not None else (0.0 if dist else min(0.0, float(v.min())))
+        hi = vmax if vmax is not None else (None if dist else 1.0)
         im = a.imshow(v.numpy(), cmap=cmap or ("viridis_r" if dist else "viridis"),
-                      aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=a, fraction=0.046)
+                      aspect="auto", interpolation="nearest", vmin=lo, vmax=hi)
+        fig.colorbar(im, ax=a, fraction=0.046).set_label(metric)
         a.set_yticks(range(len(m.rows)))
         a.set_yticklabels(m.rows, fontsize=7)
         a.set_xticks(range(len(m.cols)))
         a.set_xticklabels(m.cols, rotation=60, ha="right", fontsize=7)
         a.set_title(title or metric, fontsize=9)
+        a.set_xlabel(xlabel or f"layers of {models[-1]}")
+        a.set_ylabel(ylabel or f"layers of {models[0]}")
+        p = m[f"{metric}:p"] if f"{metric}:p" in m.metrics else None
         if annotate or (annotate is None and v.numel() <= 100):
+            top = float(v.abs().max()) or 1.0
             for i in range(v.shape[0]):
                 for j in range(v.shape[1]):
-                    a.text(j, i, f"{float(v[i, j]):.2f}", ha="center", va="center", fontsize=6,
-                           color="w")
+                    val = float(v[i, j])
+                    star = "*" if p is not None and float(p[i, j]) < alpha else ""
+                    light = (val < 0.5 * top) != dist
+                    a.text(j, i, f"{val:.2f}{star}", ha="center", va="center", fontsize=6,
+                           color="white" if light else "black")
     return fig
 
 

@@ -70,3 +70,13 @@ def test_log_convention(tmp_path):
         dg.log(object(), profile())
     with pytest.raises(ValueError, match="prefix"):
         dg.log(SummaryWriter(str(tmp_path / "b")), profile(), prefix="")
+
+
+def test_matrix_marks_significant_cells_and_labels():
+    v = torch.tensor([[[0.9, 0.01], [0.2, 0.5]], [[0.1, 0.5], [0.8, 0.02]]], dtype=torch.float64)
+    m = dg.LayerMatrix(["a1", "a2"], ["b1", "b2"], ["cka", "cka:p"], v,
+                       {"models": ["A", "B"], "distance": {"cka": False}})
+    fig = dg.plot(m)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0.10", "0.20", "0.80*", "0.90*"]
+    assert fig.axes[0].get_ylabel() == "layers of A" and fig.axes[1].get_ylabel() == "cka"
