@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Sequence
 
 from ..compare._compare import Comparison
 from ._dispatch import register_log, register_plot
-from ._figures import log_matrix, log_profile
+from ._figures import log_matrix, log_profile, plot_matrix
 from ._plot import new_figure
 
 LABELS = {"cka": "linear CKA", "cka_unbiased": "linear CKA (unbiased)",
@@ -36,34 +36,10 @@ def _pair_heatmap(c: Comparison, measure: str, pair: Sequence[str], ax: Any,
         m = c.matrix(a, b)
     except KeyError as exc:
         raise ValueError(f"pair: {exc.args[0]}") from None
-    v = m[measure]
-    p = m[f"{measure}:p"] if f"{measure}:p" in m.metrics else None
-    la, lb = v.shape
-    fig, ax = new_figure((max(4.0, 0.45 * lb + 2.5), max(3.5, 0.4 * la + 2.0)), ax=ax)
-    distance = not c.higher_is_similar(measure)
-    # similarities on [min(0, lowest), 1], distances from 0 up
-    vmin, vmax = (0.0, None) if distance else (min(0.0, float(v.min())), 1.0)
-    im = ax.imshow(v.numpy(), cmap=cmap or ("viridis_r" if distance else "viridis"), vmin=vmin,
-                   vmax=vmax, origin="upper", aspect="auto")
-    ax.set_xticks(range(lb))
-    ax.set_xticklabels(m.cols, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(la))
-    ax.set_yticklabels(m.rows, fontsize=7)
-    ax.set_xlabel(f"{b} layers")
-    ax.set_ylabel(f"{a} layers")
-    if annotate is None:
-        annotate = la * lb <= 100
-    if annotate:
-        hi = float(v.max()) if v.numel() else 1.0
-        for i in range(la):
-            for j in range(lb):
-                val = float(v[i, j])
-                star = "*" if p is not None and float(p[i, j]) < 0.05 else ""
-                ax.text(j, i, f"{val:.2f}{star}", ha="center", va="center", fontsize=6,
-                        color="white" if (val < 0.5 * hi) != distance else "black")
     label = LABELS.get(measure, measure)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
-    ax.set_title(title or f"{label}: {a} vs {b}", fontsize=9)
+    fig = plot_matrix(m, ax=ax, metrics=[measure], annotate=annotate, cmap=cmap,
+                      title=title or f"{label}: {a} vs {b}", xlabel=f"{b} layers",
+                      ylabel=f"{a} layers")
     return fig
 
 
