@@ -57,3 +57,15 @@ def test_public_functions_have_docstrings_and_type_hints():
                 if "return" not in obj.__annotations__:
                     missing.append(f"{sub}.{name}: return type")
     assert not missing, missing
+
+
+def test_import_is_quiet_and_lazy():
+    """`import dyngraph` prints no warning and loads no plotting, TensorBoard or oracle library."""
+    import subprocess
+    import sys
+    code = ("import sys, warnings; warnings.simplefilter('default'); import dyngraph; "
+            "print(sorted(m for m in ('matplotlib', 'tensorboard', 'sklearn', 'networkx') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    assert "Warning" not in out.stderr, out.stderr

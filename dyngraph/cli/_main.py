@@ -39,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"dyngraph {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dyngraph: error: {exc}", file=sys.stderr)
         return 2
 
 
