@@ -61,11 +61,7 @@ def child(args) -> None:
     """Runs one configuration and prints one JSON line."""
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import importlib
-
     import dyngraph as dg
-    from dyngraph.capture._features import SpilledArray
-    project = importlib.import_module("dyngraph.graphs._projection").random_projection
     n, d, k, m = args.n, args.d, args.k, args.m
     torch.set_num_threads(args.threads)
     # Warm up kernels and the allocator on a tiny problem so that base includes them.
@@ -90,7 +86,7 @@ def child(args) -> None:
     else:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             # the out-of-core path searches a float32 spill exactly; the JL path projects fp16
-            sp = SpilledArray(Path(tmp) / "layer.bin", d,
+            sp = dg.capture.SpilledArray(Path(tmp) / "layer.bin", d,
                               "float32" if args.mode == "ooc" else "float16")
             for s in range(0, n, 1024):
                 e = min(n, s + 1024)
@@ -102,7 +98,7 @@ def child(args) -> None:
             if args.mode == "ooc":
                 ei, w = dg.knn_edges(sp, k)
             else:
-                z = project(sp, m, seed=0)
+                z = dg.graphs.random_projection(sp, m, seed=0)
                 out["project_seconds"] = time.perf_counter() - t0
         if args.mode != "ooc":
             ei, w = dg.knn_edges(z, k, backend="matmul")

@@ -83,6 +83,13 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
+def layer_q(x: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """Q of one layer's k-NN graph (exact matmul search, reference graph otherwise)."""
+    spec = dg.GraphSpec(k=k, backend="matmul")
+    profile = dg.depth_profile({"layer": x}, ["modularity"], y=y, graph=spec, progress=False)
+    return profile["modularity"].values[0].item()
+
+
 def slope(xs, ys) -> float:
     lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
     return float(np.polyfit(lx, ly, 1)[0]) if len(xs) >= 2 else float("nan")
@@ -169,7 +176,7 @@ def bench_knn(n: int, d: int, k: int, reps: int, nnd: bool) -> dict:
     if nnd:
         import pynndescent
         # numba compiles on first use: a small run of the same width first, not timed
-        pynndescent.NNDescent(xs[:500], metric="cosine", random_state=0).neighbor_graph
+        _ = pynndescent.NNDescent(xs[:500], metric="cosine", random_state=0).neighbor_graph
         t0 = time.perf_counter()
         index = pynndescent.NNDescent(xs, metric="cosine", random_state=0,
                                       n_jobs=torch.get_num_threads())
@@ -190,7 +197,7 @@ def section_knn(args, store: Store) -> dict:
         ns, d_fixed, ds, n_fixed = [2000, 5000, 10000], 256, [64, 256, 1024], 5000
     if args.nnd:  # numba compiles pynndescent on first use: keep that out of the timings
         import pynndescent
-        pynndescent.NNDescent(data(500, 16).numpy(), metric="cosine", random_state=0) \
+        _ = pynndescent.NNDescent(data(500, 16).numpy(), metric="cosine", random_state=0) \
             .neighbor_graph
     print(f"\n## kNN graph, cosine, k={k}: dg vs faiss IndexFlatIP (exact) vs pynndescent "
           f"(approximate) vs the GEMM\n")
@@ -254,14 +261,14 @@ def section_scaling(args, store: Store) -> None:
         xn = torch.nn.functional.normalize(x, dim=1)
         xs = x.numpy()
 
-        def run_faiss():
+        def run_faiss(xs=xs, d=d):
             xf = xs.copy()
             faiss.normalize_L2(xf)
             index = faiss.IndexFlatIP(d)
             index.add(xf)
             index.search(xf, k + 1)
-        methods = {"gemm": lambda: tile_gemm(xn),
-                   "dg": lambda: dg.knn_edges(x, k, backend="matmul"), "faiss": run_faiss}
+        methods = {"gemm": lambda xn=xn: tile_gemm(xn),
+                   "dg": lambda x=x: dg.knn_edges(x, k, backend="matmul"), "faiss": run_faiss}
         times = {name: [] for name in methods}
         for rep in range(3):
             for name, fn in methods.items():
@@ -342,7 +349,7 @@ def section_precision(args, store: Store, feats) -> None:
         t0 = time.perf_counter()
         ref_v, ref_i = dg.graphs.nearest_neighbors(x, k, backend="matmul")
         t_ref = time.perf_counter() - t0
-        q_ref = dg.profiles._pipeline.modularity_curve({"l": x}, y, k=k, backend="matmul", progress=False).values[0]
+        q_ref = layer_q(x, y, k)
         for precision in ("bf16", "fp16"):
             for cand in sorted({k, 2 * k, K.default_candidates(k), 4 * k}):
                 r = neighbour_changes(x, k, precision, cand, ref_i)
@@ -377,8 +384,7 @@ def section_projection(args, store: Store, feats, model_info) -> None:
     for name in feats.names:
         x = feats[name]
         d = x.shape[1]
-        q0 = dg.profiles._pipeline.modularity_curve({name: x}, feats.y, k=k, backend="matmul",
-                                 progress=False).values[0].item()
+        q0 = layer_q(x, feats.y, k)
         _, ref_i = dg.graphs.nearest_neighbors(x, k, backend="matmul")
         cells = []
         row = {"layer": name, "D": d, "q_full": q0, "projected": {}}
@@ -389,8 +395,7 @@ def section_projection(args, store: Store, feats, model_info) -> None:
             qs, overlaps = [], []
             for s in seeds:
                 z = P.random_projection(x, m, seed=s)
-                qs.append(dg.profiles._pipeline.modularity_curve({name: z}, feats.y, k=k, backend="matmul",
-                                              progress=False).values[0].item())
+                qs.append(layer_q(z, feats.y, k))
                 _, zi = dg.graphs.nearest_neighbors(z, k, backend="matmul")
                 overlaps.append(recall(zi.numpy(), ref_i.numpy()))
             qm, qsd = statistics.mean(qs), statistics.stdev(qs) if len(qs) > 1 else 0.0
@@ -413,8 +418,8 @@ def section_projection(args, store: Store, feats, model_info) -> None:
     t0 = time.perf_counter()
     _, zi = dg.graphs.nearest_neighbors(z, k, backend="matmul")
     t_knn = time.perf_counter() - t0
-    q_full = dg.profiles._pipeline.modularity_curve({"w": x}, y, k=k, backend="matmul", progress=False).values[0]
-    q_proj = dg.profiles._pipeline.modularity_curve({"w": z}, y, k=k, backend="matmul", progress=False).values[0]
+    q_full = layer_q(x, y, k)
+    q_proj = layer_q(z, y, k)
     wide = {"N": n, "D": d, "m": m, "knn_full": t_full, "project": t_proj, "knn_projected": t_knn,
             "speedup": t_full / (t_proj + t_knn), "overlap": recall(zi.numpy(), ref_i.numpy()),
             "q_full": float(q_full), "q_projected": float(q_proj)}

@@ -8,29 +8,30 @@ Launch one process per device with ``torchrun``; the same code runs on ``gloo`` 
 
     # my_script.py
     import dyngraph as dg
-    rank, world = dg.distributed.init_distributed()               # nccl if CUDA is available, else gloo
+    rank, world = dg.distributed.init_distributed()     # nccl if CUDA is available, else gloo
     feats = dg.distributed.distributed_extract_features(model, dataset, per_class=500, seed=0)
-    curve = dg.distributed.distributed_modularity_curve(feats, k=3)  # the same Curve on every rank
-    if rank == 0:
-        curve.to_json("curve.json")
+    profile = dg.distributed.distributed_depth_profile(feats, graph=dg.GraphSpec(k=3))
+    if rank == 0:                                       # the same DepthProfile on every rank
+        profile.to_json("profile.json")
 
 How the work is split:
 
 * **Extraction** — every rank draws the same seeded class-balanced sample, a
   :class:`~torch.utils.data.DistributedSampler` (without its padding: duplicated samples would be
   duplicated nodes) gives rank ``r`` the sample positions ``r, r + W, r + 2W, ...``, and
-  :func:`dyngraph.extract_features` runs on that shard (spilling to disk when asked).
+  :func:`dyngraph.extract_features` (its :class:`~dyngraph.LayerTaps`) runs on that shard
+  (spilling to disk when asked).
 * **kNN** — rank ``r`` owns the queries of its rows. Every rank's rows are streamed to all ranks
   in blocks with ``broadcast`` (the next block is in flight while the current one is searched),
-  and each rank merges the exact top-k of its rows against every block with the same tile kernel
-  as :func:`dyngraph.graphs.nearest_neighbors` (:class:`dyngraph.graphs._knn.BlockTopK`). Memory per rank: its rows, two
-  blocks, one score tile.
+  and each rank merges the exact top-k of its rows against every block with the tile kernel of
+  :func:`dyngraph.graphs.nearest_neighbors`. Memory per rank: its rows, two blocks, one score
+  tile.
 * **Modularity** — each rank sums, over the graph entries it holds, the strength ``S_c`` and the
   inside weight of every community; one ``all_reduce`` adds these ``[2, C]`` sums over ranks,
   and every rank computes the same ``Q``.
 
-Node ids are global sample positions (the order of the single-process run), so the graph — and
-the curve — equal those of :func:`dyngraph.modularity_curve` with ``backend='matmul'`` on the
+Node ids are global sample positions (the order of the single-process run), so the graphs — and
+the profile — equal those of :func:`dyngraph.depth_profile` with ``backend='matmul'`` on the
 gathered features; ties go to the smaller global id on every rank.
 
 Everything also runs without an initialised process group (one process, world size 1).
@@ -40,19 +41,31 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Sized,
+    Tuple,
+    Union,
+    cast,
+)
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ._curve import Curve
-from ._progress import progress_bar
-from ._validate import check_choice, check_features, check_labels, check_positive_int, layer_names
+from ._json import jsonable
+from ._progress import progress_counter
+from ._validate import check_choice, check_features, check_flag, check_labels, check_positive_int
 from .capture._extract import _dataset_labels, balanced_indices, extract_features
 from .capture._features import LayerFeatures
-from .graphs._graph import SYMMETRIZE
+from .graphs import _knn as knn_mod
 from .graphs._graph import symmetrize as _symmetrize
 from .graphs._knn import (
     DEFAULT_TILE_ELEMENTS,
@@ -65,13 +78,15 @@ from .graphs._knn import (
     topk_cols,
     topk_rows,
 )
+from .graphs._spec import GraphSpec
 from .measures._modularity import _prepare as _prepare_modularity
 from .measures._modularity import community_sums, terms_from_sums
+from .measures._registry import resolve
+from .profiles._profile import DepthProfile
+from .profiles._runner import Options, _check_sampling, _options, as_layer_features
 
+#: A process group (``None``: the world).
 Group = Optional[Any]
-# The module (``dyngraph.graphs.nearest_neighbors`` the attribute is the function): its block defaults are read at call
-# time, so a user (or a test) may change them.
-from .graphs import _knn as knn_mod  # noqa: E402
 
 __all__ = [
     "init_distributed",
@@ -79,7 +94,7 @@ __all__ = [
     "distributed_nearest_neighbors",
     "distributed_knn_edges",
     "distributed_modularity",
-    "distributed_modularity_curve",
+    "distributed_depth_profile",
     "shard_ids",
 ]
 
@@ -182,10 +197,13 @@ class _ShardSampler(DistributedSampler):
     positions ``r, r+W, ...`` (padding repeats samples, which would be duplicate graph nodes)."""
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(self._positions())
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return len(self._positions())
+
+    def _positions(self) -> range:
+        return range(self.rank, len(cast(Sized, self.dataset)), self.num_replicas)
 
 
 def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, DataLoader],
@@ -229,8 +247,11 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
         >>> f.n_samples, f.meta['shard']
         (15, {'rank': 0, 'world_size': 1, 'n_global': 15})
     """
-    loader = data if isinstance(data, DataLoader) else None
-    dataset = loader.dataset if loader is not None else data
+    loader: Optional[DataLoader] = None
+    if isinstance(data, DataLoader):
+        loader, dataset = data, data.dataset
+    else:
+        dataset = data
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise TypeError(f"data must be a map-style Dataset or a DataLoader over one, got "
                         f"{type(data).__name__}")
@@ -245,11 +266,11 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
                              "that exposes its labels (TensorDataset, .targets, Subset) so every "
                              "rank draws the same sample; or pass a Subset of the samples")
         indices = balanced_indices(labels, per_class, n_samples, seed)
-        pool_ds = Subset(dataset, indices.tolist())
+        pool_ds: Dataset = Subset(dataset, indices.tolist())
     else:
-        indices = torch.arange(len(dataset))
+        indices = torch.arange(len(cast(Sized, dataset)))
         pool_ds = dataset
-    n_global = len(pool_ds)
+    n_global = len(cast(Sized, pool_ds))
     sampler = _ShardSampler(pool_ds, num_replicas=world, rank=rank, shuffle=False)
     collate = loader.collate_fn if loader is not None else None
     shard_loader = DataLoader(pool_ds, batch_size=batch_size, sampler=sampler,
@@ -328,8 +349,8 @@ def _tile_pair(acc: BlockTopK, other: BlockTopK, lo: int, hi: int, keys: Tensor,
 def _local_self_search(acc: BlockTopK, my_ids, chunk_size: Optional[int],
                        col_chunk_size: Optional[int]) -> BlockTopK:
     """Searches this rank's rows among themselves (the symmetric self-search of
-    :func:`dyngraph.graphs.nearest_neighbors`, local ids) in ``acc``, then turns it into the accumulator of the rows'
-    global ids ``my_ids`` (unfilled places stay worst/−1)."""
+    :func:`dyngraph.graphs.nearest_neighbors`, local ids) in ``acc``, then turns it into the
+    accumulator of the rows' global ids ``my_ids`` (unfilled places stay worst/−1)."""
     if acc.q.shape[0] > 1:
         acc.search_self(chunk_size, col_chunk_size)
     idx = acc.idx
@@ -340,21 +361,22 @@ def _local_self_search(acc: BlockTopK, my_ids, chunk_size: Optional[int],
 
 
 def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
-                    global_ids: Optional[Tensor] = None, chunk_size: Optional[int] = None,
-                    col_chunk_size: Optional[int] = None, precision: str = "full",
-                    candidates: Optional[int] = None, group: Group = None
-                    ) -> Tuple[Tensor, Tensor]:
+                                  global_ids: Optional[Tensor] = None,
+                                  chunk_size: Optional[int] = None,
+                                  col_chunk_size: Optional[int] = None, precision: str = "full",
+                                  candidates: Optional[int] = None, group: Group = None
+                                  ) -> Tuple[Tensor, Tensor]:
     """Exact kNN of this rank's rows against the rows of every rank (row-sharded).
 
     Rank ``r`` holds rows ``x`` ``[n_r, D]`` of a global ``[N, D]`` matrix. Each rank searches its
-    own rows among themselves with the symmetric self-search of :func:`dyngraph.graphs.nearest_neighbors`. The rows
-    are then broadcast to all ranks in blocks of ``col_chunk_size`` rows (one block ahead in
-    flight), and every cross-rank pair of rows is scored once, by one of the two ranks (see
-    :func:`_pair_role`: each rank scores about half of the other ranks' rows): a tile's row top-k
-    goes to the scoring rank's rows, its column top-k to the block owner's rows, and the owners
-    collect those with one ``gather`` per rank at the end. Each rank thus computes about
-    ``N²/(2W)`` scores instead of ``N²/W``. Tiles use :class:`dyngraph.graphs._knn.BlockTopK`, the tile
-    kernel of :func:`dyngraph.graphs.nearest_neighbors`.
+    own rows among themselves with the symmetric self-search of
+    :func:`dyngraph.graphs.nearest_neighbors`. The rows are then broadcast to all ranks in blocks
+    of ``col_chunk_size`` rows (one block ahead in flight), and every cross-rank pair of rows is
+    scored once, by one of the two ranks (each rank scores about half of the other ranks' rows):
+    a tile's row top-k goes to the scoring rank's rows, its column top-k to the block owner's
+    rows, and the owners collect those with one ``gather`` per rank at the end. Each rank thus
+    computes about ``N²/(2W)`` scores instead of ``N²/W``. Tiles use the tile kernel of
+    :func:`dyngraph.graphs.nearest_neighbors`.
 
     Args:
         x: This rank's rows ``[n_r, D]`` (``n_r`` may differ between ranks, and be 0).
@@ -363,18 +385,20 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         global_ids: ``[n_r]`` strictly increasing global ids of the local rows, together a
             permutation of ``0..N-1``. Default: rank-ordered contiguous blocks (rank 0 holds
             ``0..n_0-1``, ...). Ties go to the smaller global id.
-        chunk_size, col_chunk_size, precision, candidates: As in :func:`dyngraph.graphs.nearest_neighbors`
-            (``col_chunk_size`` is also the rows per broadcast block).
+        chunk_size, col_chunk_size, precision, candidates: As in
+            :func:`dyngraph.graphs.nearest_neighbors` (``col_chunk_size`` is also the rows per
+            broadcast block).
         group: Process group (default: the world).
 
     Returns:
         ``(values, index)`` ``[n_r, k]``, best first, with global neighbour ids; the same as the
-        corresponding rows of :func:`dyngraph.graphs.nearest_neighbors` on the gathered matrix (matmul backend).
+        corresponding rows of :func:`dyngraph.graphs.nearest_neighbors` on the gathered matrix
+        (matmul backend).
 
     Example:
         >>> import torch, dyngraph as dg
         >>> x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
-        >>> v, i = dg.distributed.distributed_nearest_neighbors(x, 3)     # one process: same as dg.graphs.knn
+        >>> v, i = dg.distributed.distributed_nearest_neighbors(x, 3)  # one process here
         >>> torch.equal(i, dg.graphs.nearest_neighbors(x, 3, backend='matmul')[1])
         True
     """
@@ -412,16 +436,19 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
                                                                          device=x.device)
         m = _all_reduce(m.to(comm), group, dist.ReduceOp.MAX if _active(group) else None)
         scale = 1.0 / float(m) if float(m) > 0 else 1.0
-    opts = dict(precision=precision, candidates=candidates, scale=scale)
-    acc = _local_self_search(BlockTopK(x, k, metric, chunk_size=chunk_size, **opts), my_ids,
-                             chunk_size, col_chunk_size)
+
+    def accumulator(rows: Tensor, ids: Union[int, Tensor]) -> BlockTopK:
+        return BlockTopK(rows, k, metric, query_ids=ids, precision=precision,
+                         candidates=candidates, chunk_size=chunk_size, scale=scale)
+
+    acc = _local_self_search(accumulator(x, 0), my_ids, chunk_size, col_chunk_size)
     plan = _stream_plan(sizes, col_chunk_size or knn_mod.DEFAULT_COL_BLOCK)
     half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
-    others = {src: BlockTopK(x.new_empty(sizes[src], 0), k, metric, query_ids=ids_all[src], **opts)
+    others = {src: accumulator(x.new_empty(sizes[src], 0), ids_all[src])
               for src in range(world) if src != rank}
     x_comm = x.to(comm).contiguous() if _active(group) else x
 
-    def post(step: int):
+    def post(step: int) -> Tuple[Tensor, Any]:
         src, a, b = plan[step]
         if not _active(group):
             return x[a:b], None
@@ -430,7 +457,7 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         work = dist.broadcast(buf, src=_global_src(src, group), group=group, async_op=True)
         return buf, work
 
-    pending = post(0) if plan and world > 1 else None
+    pending = post(0) if plan and world > 1 else (x, None)
     for step in range(len(plan) if world > 1 else 0):
         buf, work = pending
         if work is not None:
@@ -454,15 +481,18 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         mine = others.get(dst)
         v = (mine.vals if mine is not None else acc.vals).to(comm).contiguous()
         i = (mine.idx if mine is not None else acc.idx).to(comm).contiguous()
-        got_v = [torch.empty_like(v) for _ in range(world)] if dst == rank else None
-        got_i = [torch.empty_like(i) for _ in range(world)] if dst == rank else None
         dst_g = _global_src(dst, group)
+        if dst != rank:
+            dist.gather(v, None, dst=dst_g, group=group)
+            dist.gather(i, None, dst=dst_g, group=group)
+            continue
+        got_v = [torch.empty_like(v) for _ in range(world)]
+        got_i = [torch.empty_like(i) for _ in range(world)]
         dist.gather(v, got_v, dst=dst_g, group=group)
         dist.gather(i, got_i, dst=dst_g, group=group)
-        if dst == rank:
-            parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
-                     in enumerate(zip(got_v, got_i)) if r != rank]
-            acc._merge(0, x.shape[0], parts, False)
+        parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
+                 in enumerate(zip(got_v, got_i)) if r != rank]
+        acc._merge(0, x.shape[0], parts, False)
     return acc.result()
 
 
@@ -490,9 +520,10 @@ def distributed_knn_edges(x: Tensor, k: int, metric: str = "cosine", *,
         >>> torch.equal(ei, dg.knn_edges(x, 3, backend='matmul')[0])
         True
     """
-    vals, idx = distributed_nearest_neighbors(x, k, metric, global_ids=global_ids, chunk_size=chunk_size,
-                                col_chunk_size=col_chunk_size, precision=precision,
-                                candidates=candidates, group=group)
+    vals, idx = distributed_nearest_neighbors(x, k, metric, global_ids=global_ids,
+                                              chunk_size=chunk_size,
+                                              col_chunk_size=col_chunk_size, precision=precision,
+                                              candidates=candidates, group=group)
     if global_ids is None:
         rank, _ = _rank_world(group)
         sizes = _all_gather_int([x.shape[0]], group, _comm_device(group, x.device))[:, 0].tolist()
@@ -510,10 +541,11 @@ def _community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor
     return torch.stack(community_sums(edge_index, communities, edge_weight, n_comm))
 
 
-def _q_from_sums(sums: Tensor, resolution: float) -> Tensor:
-    """``[..., 2, C]`` reduced sums → modularity ``[...]`` (float64)."""
-    terms, _ = terms_from_sums(sums[..., 0, :], sums[..., 1, :], resolution)
-    return terms.sum(-1)
+def _q_from_sums(sums: Tensor, resolution: float) -> float:
+    """One graph's ``[2, C]`` reduced sums → ``Q``, with the tensor shapes, hence the rounding,
+    of the ``'modularity'`` measure (``community_contributions(...).sum()``)."""
+    terms, _ = terms_from_sums(sums[0:1], sums[1:2], resolution)
+    return float(terms[0].sum())
 
 
 def distributed_modularity(edge_index: Tensor, communities: Tensor,
@@ -550,7 +582,7 @@ def distributed_modularity(edge_index: Tensor, communities: Tensor,
     n_comm = _agree_n_comm(n_comm, group, ei.device)
     sums = _community_sums(ei, comm, w, n_comm)
     sums = _all_reduce(sums.to(_comm_device(group, sums.device)), group)
-    return float(_q_from_sums(sums, float(resolution)))
+    return _q_from_sums(sums, float(resolution))
 
 
 def _agree_n_comm(n_comm: int, group: Group, device: torch.device) -> int:
@@ -561,9 +593,8 @@ def _agree_n_comm(n_comm: int, group: Group, device: torch.device) -> int:
     return int(t)
 
 
-def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int,
-                   sizes: Sequence[int], group: Group, comm: torch.device
-                   ) -> Tuple[Tensor, Tensor]:
+def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int, group: Group,
+                   comm: torch.device) -> Tuple[Tensor, Tensor]:
     """This rank's share of the stored entries of the symmetrised graph.
 
     ``'mean'``/``'add'`` are linear: each directed edge contributes ``(i, j)`` and ``(j, i)`` with
@@ -592,38 +623,44 @@ def _owner_mask(nodes: Tensor, local_edges: Tensor, rank: int) -> Tensor:
     return local[pos] == nodes if local.numel() else torch.zeros_like(nodes, dtype=torch.bool)
 
 
-def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Tensor]],
-                                 y: Optional[Tensor] = None, k: int = 3, metric: str = "cosine",
-                                 symmetrize: str = "mean", per_class: Optional[int] = None,
-                                 n_samples: Optional[int] = None, repeats: int = 1,
-                                 seed: int = 0, *, global_ids: Optional[Tensor] = None,
-                                 chunk_size: Optional[int] = None,
-                                 col_chunk_size: Optional[int] = None, precision: str = "full",
-                                 candidates: Optional[int] = None, resolution: float = 1.0,
-                                 progress: bool = True, group: Group = None) -> Curve:
-    """Modularity per layer from row-sharded features: the distributed
-    :func:`dyngraph.modularity_curve`.
+def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor]],
+                              measures: Union[str, Sequence[str]] = ("modularity",), *,
+                              y: Optional[Tensor] = None, graph: Optional[GraphSpec] = None,
+                              repeats: int = 1, per_class: Optional[int] = None,
+                              n_samples: Optional[int] = None, seed: int = 0,
+                              measure_options: Options = None,
+                              global_ids: Optional[Tensor] = None, progress: bool = True,
+                              group: Group = None) -> DepthProfile:
+    """:func:`dyngraph.depth_profile` of the ``'modularity'`` measure over row-sharded features.
 
-    For every repeat and layer: :func:`distributed_knn_edges` on the sampled rows, the local share
-    of the symmetrised graph, per-community sums; the sums of all layers are reduced with one
-    ``all_reduce`` per repeat. Every rank returns the same :class:`~dyngraph.Curve`.
+    Every rank draws the same seeded sample of repeat ``r``
+    (``balanced_indices(y, per_class, n_samples, seed + r)`` over the gathered labels) and keeps
+    its own rows of it; for every layer it builds :func:`distributed_knn_edges` on those rows,
+    its local share of the symmetrised graph, and the per-community sums of that share. One
+    ``all_reduce`` per repeat adds the sums of all layers over the ranks, and every rank computes
+    the same ``Q`` with the arithmetic of the ``'modularity'`` measure.
 
     Args:
         features: This rank's shard: :class:`~dyngraph.LayerFeatures` (e.g. from
             :func:`distributed_extract_features`) or ``{layer: Tensor[n_r, ...]}`` with ``y``.
+        measures: ``'modularity'`` (the one measure whose sums reduce over ranks).
         y: ``[n_r]`` labels of the local rows (default ``features.y``).
-        k, metric, symmetrize, per_class, n_samples, repeats, seed: As in
-            :func:`dyngraph.modularity_curve`; resampling draws the same global sample on every
-            rank.
+        graph: The :class:`~dyngraph.GraphSpec` (default: the reference); the search is the
+            exact matmul kernel, so ``backend`` must be ``'auto'`` or ``'matmul'``, and
+            ``out_of_core`` ``False``.
+        repeats, per_class, n_samples, seed: As in :func:`dyngraph.depth_profile`.
+        measure_options: ``{'modularity': {'resolution': γ}}``, as in
+            :func:`dyngraph.depth_profile`.
         global_ids: ``[n_r]`` global ids of the local rows (default: from
             ``features.meta['shard']`` when present, else rank-ordered contiguous blocks).
-        chunk_size, col_chunk_size, precision, candidates: As in :func:`distributed_nearest_neighbors`.
-        resolution: Newman's ``γ``.
-        progress: Progress bar on rank 0.
+        progress: A progress bar over repeats × layers, on rank 0.
         group: Process group (default: the world).
 
     Returns:
-        A :class:`~dyngraph.Curve` equal to ``dg.profiles._pipeline.modularity_curve(gathered, backend='matmul')``.
+        The same :class:`~dyngraph.DepthProfile` on every rank, samples ``[repeats, layers, 1]``:
+        equal to ``dg.depth_profile(gathered, ['modularity'], graph=graph, ...)`` on the
+        gathered features (``graph.backend='matmul'``); ``meta['world_size']`` is the number of
+        ranks.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -631,30 +668,38 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
         >>> y = torch.arange(90) % 3
         >>> f = {'a': torch.randn(90, 8, generator=g),
         ...      'b': torch.randn(90, 8, generator=g) + 4 * torch.eye(8)[y]}
-        >>> c = dg.distributed.distributed_modularity_curve(f, y, progress=False)   # one process here
-        >>> s = dg.profiles._pipeline.modularity_curve(f, y, backend='matmul', progress=False)
-        >>> c.values.tolist() == s.values.tolist()
-        True
+        >>> spec = dg.GraphSpec(k=3, backend='matmul')
+        >>> p = dg.distributed.distributed_depth_profile(f, y=y, graph=spec, progress=False)
+        >>> s = dg.depth_profile(f, ['modularity'], y=y, graph=spec, progress=False)
+        >>> torch.equal(p.samples, s.samples), p.metrics
+        (True, ['modularity'])
     """
-    check_positive_int(repeats, "repeats")
-    check_choice(symmetrize, "symmetrize", SYMMETRIZE)
-    names = layer_names(features)
-    if isinstance(features, LayerFeatures):
-        y = features.y if y is None else y
-        meta_in = dict(features.meta)
-        if global_ids is None:
-            global_ids = shard_ids(meta_in)
-    else:
-        meta_in = {}
-        if y is None:
-            raise ValueError("y is required when features is a plain dict")
-    n_local = features[names[0]].shape[0] if not isinstance(features, LayerFeatures) \
-        else features.n_samples
-    y = check_labels(y, n_local, "y")
-    if (per_class is None and n_samples is None) and repeats > 1:
-        raise ValueError(f"repeats={repeats} needs per_class or n_samples (each repeat resamples)")
+    ms = resolve(measures, "layer")
+    if [m.name for m in ms] != ["modularity"]:
+        raise ValueError(f"distributed_depth_profile computes measures=['modularity'] only (its "
+                         f"per-community sums add up over ranks), got {[m.name for m in ms]}")
+    opts = _options(measure_options, ms).get("modularity", {})
+    unknown = sorted(set(opts) - {"resolution"})
+    if unknown:
+        raise TypeError(f"measure_options['modularity'] has unknown option(s) {unknown}; the "
+                        f"modularity measure takes 'resolution'")
+    resolution = float(opts.get("resolution", 1.0))
+    _check_sampling(repeats, per_class, n_samples, 0)
+    check_flag(progress, "progress")
+    if graph is None:
+        graph = GraphSpec()
+    if not isinstance(graph, GraphSpec):
+        raise TypeError(f"graph must be a dg.GraphSpec, got {type(graph).__name__}")
+    if graph.backend == "torch_cluster" or graph.out_of_core:
+        raise ValueError(f"distributed_depth_profile searches with the matmul kernel in memory: "
+                         f"graph needs backend 'auto' or 'matmul' and out_of_core=False, got "
+                         f"backend={graph.backend!r}, out_of_core={graph.out_of_core!r}")
+    feats = as_layer_features(features, y)
+    if global_ids is None:
+        global_ids = shard_ids(feats.meta)
+    names, n_local = feats.names, feats.n_samples
     rank, world = _rank_world(group)
-    comm = _comm_device(group, y.device)
+    comm = _comm_device(group, feats.y.device)
     sizes = _all_gather_int([n_local], group, comm)[:, 0].tolist()
     n = int(sum(sizes))
     if global_ids is None:
@@ -665,45 +710,50 @@ def distributed_modularity_curve(features: Union[LayerFeatures, Mapping[str, Ten
     # Every rank needs every node's label (both ends of an edge) and draws the same sample.
     y_full = torch.full((n,), -1, dtype=torch.long)
     g_ids = torch.cat([t.cpu() for t in _all_gather_rows(ids.to(comm), sizes, group, comm)])
-    g_y = torch.cat([t.cpu() for t in _all_gather_rows(y.to(comm), sizes, group, comm)])
+    g_y = torch.cat([t.cpu() for t in _all_gather_rows(feats.y.to(comm), sizes, group, comm)])
     if not torch.equal(g_ids.sort().values, torch.arange(n)):
         raise ValueError(f"global ids over all ranks must be a permutation of 0..{n - 1}")
     y_full[g_ids] = g_y
     check_labels(y_full, n, "y", min_classes=2)
-    n_comm = int(y_full.max()) + 1
-    rows = []
+    out = torch.empty(repeats, len(names), dtype=torch.float64)
     n_used = n
-    for r in range(repeats):
-        if per_class is not None or n_samples is not None:
-            sample = balanced_indices(y_full, per_class, n_samples, seed + r)
-            pos = torch.searchsorted(sample, ids).clamp_max_(sample.numel() - 1)
-            local_mask = sample[pos] == ids
-            sub_ids, comm_sub = pos[local_mask], y_full[sample]
-            n_used = int(sample.numel())
-        else:
-            local_mask, sub_ids, comm_sub = None, ids, y_full
-        layer_sums = []
-        it = progress_bar(names, desc="layers", disable=not (progress and rank == 0 and
-                                                             repeats == 1))
-        for name in it:
-            x = features[name]
-            if not isinstance(x, Tensor):
-                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
-            x = x.reshape(x.shape[0], -1)
-            if local_mask is not None:
-                x = x[local_mask.to(x.device)]
-            qid = sub_ids.to(x.device)
-            ei, w = distributed_knn_edges(x, k, metric, global_ids=qid, chunk_size=chunk_size,
-                                          col_chunk_size=col_chunk_size, precision=precision,
-                                          candidates=candidates, group=group)
-            ei_s, w_s = _local_entries(ei, w, symmetrize, comm_sub.numel(), sizes, group,
-                                       _comm_device(group, x.device))
-            cs = comm_sub.to(x.device)
-            layer_sums.append(_community_sums(ei_s, cs, w_s.double(), n_comm))
-        sums = _all_reduce(torch.stack(layer_sums).to(comm), group)
-        rows.append(_q_from_sums(sums.cpu(), float(resolution)))
-    meta = {"k": k, "metric": metric, "symmetrize": symmetrize, "n_samples": n_used,
-            "per_class": per_class, "repeats": repeats, "seed": seed, "layers": names,
-            "world_size": world, "resolution": resolution}
-    meta.update({key: v for key, v in meta_in.items() if key not in meta and key != "shard"})
-    return Curve.from_samples(names, torch.stack(rows), name="modularity", meta=meta)
+    bar = progress_counter(repeats * len(names), desc="profile",
+                           disable=not (progress and rank == 0))
+    try:
+        for r in range(repeats):
+            local_mask: Optional[Tensor] = None
+            sub_ids, comm_sub = ids, y_full
+            if per_class is not None or n_samples is not None:
+                sample = balanced_indices(y_full, per_class, n_samples, seed + r)
+                pos = torch.searchsorted(sample, ids).clamp_max_(sample.numel() - 1)
+                local_mask = sample[pos] == ids
+                sub_ids, comm_sub = pos[local_mask], y_full[sample]
+                n_used = int(sample.numel())
+            n_comm = int(comm_sub.max()) + 1  # as the measure counts the sample's communities
+            layer_sums = []
+            for name in names:
+                x = feats[name]
+                x = x.reshape(x.shape[0], -1)
+                if local_mask is not None:
+                    x = x[local_mask.to(x.device)]
+                ei, w = distributed_knn_edges(
+                    x, graph.k, graph.metric, global_ids=sub_ids.to(x.device),
+                    chunk_size=graph.chunk_size, col_chunk_size=graph.col_chunk_size,
+                    precision=graph.precision, candidates=graph.candidates, group=group)
+                ei_s, w_s = _local_entries(ei, w, graph.symmetrize, comm_sub.numel(), group,
+                                           _comm_device(group, x.device))
+                layer_sums.append(_community_sums(ei_s, comm_sub.to(x.device), w_s.double(),
+                                                  n_comm))
+                bar.update(1)
+            sums = _all_reduce(torch.stack(layer_sums).to(comm), group).cpu()
+            for li in range(len(names)):
+                out[r, li] = _q_from_sums(sums[li], resolution)
+    finally:
+        bar.close()
+    meta: Dict[str, Any] = {
+        "measures": ["modularity"], "graph": graph.replace(backend="matmul").to_dict(),
+        "repeats": repeats, "per_class": per_class, "n_samples": n_used, "seed": seed,
+        "null_permutations": 0, "measure_options": jsonable({"modularity": opts}) if opts else {},
+        "world_size": world}
+    meta.update({key: v for key, v in feats.meta.items() if key not in meta and key != "shard"})
+    return DepthProfile(names, ["modularity"], out, meta)

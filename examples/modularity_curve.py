@@ -1,12 +1,14 @@
-"""The modularity curve of a trained network against the same architecture left untrained.
+"""The modularity profile of a trained network against the same architecture left untrained.
 
     python examples/modularity_curve.py --example digits  --arch cnn --out runs/curve_digits
     python examples/modularity_curve.py --example mnist1d --arch cnn --out runs/curve_mnist1d
 
-Trains the reference model on the bundled data (CPU, about a minute), extracts every layer's
-representations of the held-out test set, builds k=3 cosine kNN snapshots and reports Q per layer
-as mean ± std over 5 class-balanced resamplings (50 per class), for both networks. Writes
-``curves.json`` and ``curves.png`` (both curves on one plot) and TensorBoard logs.
+Trains the reference model on the bundled data (CPU), extracts every layer's representations of
+the held-out test set, and reports Q per layer (``dg.depth_profile`` with the ``'modularity'``
+measure on k=3 cosine kNN graphs) as mean ± std over 5 class-balanced resamplings (50 per class),
+for both networks. Writes ``curves.json`` and ``curves.png`` (both profiles on one plot, drawn by
+``dg.plot``) and TensorBoard logs (``dg.log``). The README's ``docs/img/curve_digits.json`` and
+``docs/img/curve_digits.png`` are these two files of the digits run.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import dyngraph as dg
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--example", default="digits", choices=list(dg.zoo.EXAMPLES))
+    p.add_argument("--example", default="digits", choices=["digits", "mnist1d"])
     p.add_argument("--arch", default="cnn", choices=["cnn", "mlp"])
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--per-class", type=int, default=50)
@@ -44,28 +46,30 @@ def main() -> None:
                                progress=not args.quiet)
     train_s = time.perf_counter() - t0
     report = {"example": args.example, "arch": args.arch, "train_seconds": round(train_s, 1)}
-    curves = []
+    profiles = []
     from torch.utils.tensorboard import SummaryWriter
     for label, net in (("trained", model), ("untrained", untrained)):
-        acc = dg.zoo.evaluate(net, test)
+        acc = dg.prune.evaluate(net, test)
         feats = dg.extract_features(net, test, layers=dg.default_layers(net), seed=args.seed,
                                     progress=not args.quiet)
-        curve = dg.profiles._pipeline.modularity_curve(feats, k=args.k, per_class=args.per_class,
-                                    repeats=args.repeats, seed=args.seed, progress=False)
-        curve.meta["label"] = label
-        curves.append(curve)
+        profile = dg.depth_profile(feats, ["modularity"], graph=dg.GraphSpec(k=args.k),
+                                   per_class=args.per_class, repeats=args.repeats,
+                                   seed=args.seed, progress=False)
+        profile.meta["label"] = label
+        profiles.append(profile)
         with SummaryWriter(str(out / "tensorboard" / label)) as w:
-            curve.to_tensorboard(w)
-        report[label] = {"test_acc": round(acc, 4), "layers": curve.layers,
-                         "modularity": [round(v, 4) for v in curve.values.tolist()],
-                         "std": [round(v, 4) for v in curve.std.tolist()]}
+            dg.log(w, profile, prefix="modularity")
+        q = profile["modularity"]
+        report[label] = {"test_acc": round(acc, 4), "layers": profile.layers,
+                         "modularity": [round(v, 4) for v in q.values.tolist()],
+                         "std": [round(v, 4) for v in q.errors.tolist()]}
         print(f"{label:>9}  acc={acc:.3f}  Q: " +
-              "  ".join(f"{v:.3f}±{s:.3f}" for v, s in zip(curve.values.tolist(),
-                                                            curve.std.tolist())))
-    dg.outputs._plot.plot_curves(curves, path=out / "curves.png", labels=["trained", "untrained"],
-                   title=f"{args.example} / {args.arch}: modularity over depth "
-                         f"(k={args.k}, {args.per_class}/class, {args.repeats} repeats)")
-    dg._io.atomic_write_json(out / "curves.json", report)
+              "  ".join(f"{v:.3f}±{s:.3f}" for v, s in zip(q.values.tolist(),
+                                                            q.errors.tolist())))
+    dg.plot(profiles, path=out / "curves.png", labels=["trained", "untrained"],
+            title=f"{args.example} / {args.arch}: modularity over depth "
+                  f"(k={args.k}, {args.per_class}/class, {args.repeats} repeats)")
+    (out / "curves.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k in ("example", "arch",
                                                                  "train_seconds")}))
 

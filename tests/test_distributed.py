@@ -2,7 +2,8 @@
 
 The module launches ``torchrun --standalone --nproc_per_node=2`` on this very file once (see
 ``_rank_main`` at the bottom); each rank saves what it computed, and the tests compare that with
-the single-process functions: the distributed curve must equal the single-process curve.
+the single-process functions: the distributed depth profile must equal the single-process
+``dg.depth_profile``.
 """
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def test_extraction_is_sharded_by_distributed_sampler(ranks):
             assert torch.equal(r["spilled"][name], r["features"][name])
 
 
+MATMUL = dg.GraphSpec(k=3, backend="matmul")
+
+
 def _gathered(ranks):
     order = torch.cat([r["ids"] for r in ranks]).argsort()
     feats = {name: torch.cat([r["features"][name] for r in ranks])[order]
@@ -105,34 +109,40 @@ def _gathered(ranks):
     return feats, torch.cat([r["y"] for r in ranks])[order]
 
 
-def test_distributed_curve_equals_single_process_curve(ranks):
+def test_distributed_profile_equals_single_process_profile(ranks):
     feats, y = _gathered(ranks)
-    single = dg.profiles._pipeline.modularity_curve(feats, y, k=3, backend="matmul", progress=False)
+    single = dg.depth_profile(feats, ["modularity"], y=y, graph=MATMUL, progress=False)
     for r in ranks:
-        assert r["curve"].layers == single.layers
+        assert r["profile"].layers == single.layers
+        assert r["profile"].metrics == ["modularity"]
         # Same graph, same sums: equal to the last bit here; 1e-12 allows another summation order.
-        assert torch.allclose(r["curve"].values, single.values, rtol=0, atol=1e-12)
-    assert torch.equal(ranks[0]["curve"].values, ranks[1]["curve"].values)
-    assert ranks[0]["curve"].meta["world_size"] == WORLD
+        assert torch.allclose(r["profile"]["modularity"].values, single["modularity"].values,
+                              rtol=0, atol=1e-12)
+    assert torch.equal(ranks[0]["profile"].samples, ranks[1]["profile"].samples)
+    assert ranks[0]["profile"].meta["world_size"] == WORLD
+    assert ranks[0]["profile"].meta["graph"] == MATMUL.to_dict()
 
 
-def test_distributed_resampled_curve_equals_single_process(ranks):
+def test_distributed_resampled_profile_equals_single_process(ranks):
     feats, y = _gathered(ranks)
-    single = dg.profiles._pipeline.modularity_curve(feats, y, k=3, per_class=10, repeats=2, seed=1,
-                                 backend="matmul", progress=False)
+    single = dg.depth_profile(feats, ["modularity"], y=y, graph=MATMUL, per_class=10, repeats=2,
+                              seed=1, progress=False)
     for r in ranks:
-        assert r["curve_rep"].samples.shape == (2, len(single.layers))
-        assert torch.allclose(r["curve_rep"].samples, single.samples, rtol=0, atol=1e-12)
-        assert torch.allclose(r["curve_rep"].std, single.std, rtol=0, atol=1e-12)
+        assert r["profile_rep"].samples.shape == (2, len(single.layers), 1)
+        assert torch.allclose(r["profile_rep"].samples, single.samples, rtol=0, atol=1e-12)
+        assert torch.allclose(r["profile_rep"]["modularity"].errors,
+                              single["modularity"].errors, rtol=0, atol=1e-12)
+        assert r["profile_rep"].meta["n_samples"] == single.meta["n_samples"]
 
 
-def test_distributed_curve_matches_whole_single_process_pipeline(ranks):
-    """Extraction in 2 processes + distributed curve ≈ extraction + curve in one process."""
+def test_distributed_profile_matches_whole_single_process_pipeline(ranks):
+    """Extraction in 2 processes + distributed profile ≈ extraction + profile in one process."""
     ds = dg.zoo.digits_dataset("test")
     single = dg.extract_features(_model(), torch.utils.data.DataLoader(ds, batch_size=32),
                                  per_class=15, seed=0, progress=False)
-    curve = dg.profiles._pipeline.modularity_curve(single, k=3, backend="matmul", progress=False)
-    assert torch.allclose(ranks[0]["curve"].values, curve.values, rtol=0, atol=1e-6)
+    profile = dg.depth_profile(single, ["modularity"], graph=MATMUL, progress=False)
+    assert torch.allclose(ranks[0]["profile"]["modularity"].values,
+                          profile["modularity"].values, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("key, metric, precision", [("knn_cos", "cosine", "full"),
@@ -216,11 +226,21 @@ def test_single_process_fallback_without_a_group():
     assert torch.equal(i, ri) and torch.equal(v, rv)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     feats = {"a": x, "b": x + 0.5 * noise}
-    c = dg.distributed.distributed_modularity_curve(feats, y, progress=False)
-    s = dg.profiles._pipeline.modularity_curve(feats, y, backend="matmul", progress=False)
-    assert torch.equal(c.values, s.values)
+    c = dg.distributed.distributed_depth_profile(feats, y=y, progress=False)
+    s = dg.depth_profile(feats, ["modularity"], y=y, graph=dg.GraphSpec(backend="matmul"),
+                         progress=False)
+    assert torch.equal(c["modularity"].values, s["modularity"].values)
+    # Every option of depth_profile it shares: resampling, resolution, the graph's settings.
+    spec = dg.GraphSpec(k=4, symmetrize="max", backend="matmul", chunk_size=16)
+    kw = dict(graph=spec, per_class=20, repeats=3, seed=5,
+              measure_options={"modularity": {"resolution": 0.7}}, progress=False)
+    c = dg.distributed.distributed_depth_profile(feats, y=y, **kw)
+    s = dg.depth_profile(feats, ["modularity"], y=y, **kw)
+    assert torch.equal(c.samples, s.samples)
+    assert {k: v for k, v in c.meta.items() if k != "world_size"} == s.meta
     ei, w, comm = _split_graph()
-    assert abs(dg.distributed.distributed_modularity(ei, comm, w) - dg.modularity(ei, comm, w)) < 1e-12
+    q = dg.distributed.distributed_modularity(ei, comm, w)
+    assert abs(q - dg.modularity(ei, comm, w)) < 1e-12
 
 
 def test_permuted_global_ids_give_the_same_graph():
@@ -242,12 +262,21 @@ def test_distributed_bad_input():
         dg.distributed.distributed_nearest_neighbors(x.long(), 3)
     with pytest.raises(ValueError, match="precision"):
         dg.distributed.distributed_nearest_neighbors(x, 3, precision="int8")
+    profile = dg.distributed.distributed_depth_profile
     with pytest.raises(ValueError, match="symmetrize"):
-        dg.distributed.distributed_modularity_curve({"a": x}, y, symmetrize="min", progress=False)
+        profile({"a": x}, y=y, graph=dg.GraphSpec(symmetrize="min"), progress=False)
     with pytest.raises(ValueError, match="y is required"):
-        dg.distributed.distributed_modularity_curve({"a": x}, progress=False)
+        profile({"a": x}, progress=False)
     with pytest.raises(ValueError, match="repeats"):
-        dg.distributed.distributed_modularity_curve({"a": x}, y, repeats=2, progress=False)
+        profile({"a": x}, y=y, repeats=2, progress=False)
+    with pytest.raises(ValueError, match="only"):
+        profile({"a": x}, ["modularity", "twonn"], y=y, progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        profile({"a": x}, y=y, graph=dg.GraphSpec(backend="torch_cluster"), progress=False)
+    with pytest.raises(TypeError, match="GraphSpec"):
+        profile({"a": x}, y=y, graph={"k": 3}, progress=False)
+    with pytest.raises(TypeError, match="resolution"):
+        profile({"a": x}, y=y, measure_options={"modularity": {"gamma": 2}}, progress=False)
     bad = x.clone()
     bad[5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -272,9 +301,10 @@ def _rank_main(out: str) -> None:
                                                   batch_size=32, spill_dir=tmp, progress=False)
         res["spilled_on_disk"] = spilled.on_disk
         res["spilled"] = {n: spilled[n] for n in spilled.names}
-    res["curve"] = dg.distributed.distributed_modularity_curve(feats, k=3, progress=False)
-    res["curve_rep"] = dg.distributed.distributed_modularity_curve(feats, k=3, per_class=10, repeats=2,
-                                                       seed=1, progress=False)
+    spec = dg.GraphSpec(k=3)
+    res["profile"] = dg.distributed.distributed_depth_profile(feats, graph=spec, progress=False)
+    res["profile_rep"] = dg.distributed.distributed_depth_profile(
+        feats, graph=spec, per_class=10, repeats=2, seed=1, progress=False)
     x, _ = _synthetic()
     rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N_SYN)
     res["knn_cos"] = dg.distributed.distributed_knn_edges(x[rows], 4)

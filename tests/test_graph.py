@@ -98,14 +98,22 @@ def test_multidim_features_are_flattened():
     assert snap.x.shape == (30, 18)
 
 
-def test_modularity_curve_repeats():
+def test_depth_profile_modularity_repeats():
     feats, y = make_features()
-    c = dg.profiles._pipeline.modularity_curve(feats, y, per_class=20, repeats=4, seed=0, progress=False)
-    assert c.samples.shape == (4, 4)
-    assert torch.allclose(c.values, c.samples.mean(0))
-    assert torch.allclose(c.std, torch.tensor(np.std(c.samples.numpy(), axis=0, ddof=1)))
-    assert c.meta["n_samples"] == 80 and c.meta["repeats"] == 4
-    assert not torch.allclose(c.samples[0], c.samples[1])  # different resamplings
+    p = dg.depth_profile(feats, ["modularity"], y=y, per_class=20, repeats=4, seed=0,
+                         progress=False)
+    c = p["modularity"]
+    assert p.samples.shape == (4, 4, 1)
+    assert torch.allclose(c.values, p.samples[:, :, 0].mean(0))
+    assert torch.allclose(c.errors, torch.tensor(np.std(p.samples[:, :, 0].numpy(), axis=0,
+                                                        ddof=1)))
+    assert p.meta["n_samples"] == 80 and p.meta["repeats"] == 4
+    assert not torch.allclose(p.samples[0], p.samples[1])  # different resamplings
+    # Each repeat is the DynamicGraph of its resampling, bit for bit.
+    idx = dg.capture.balanced_indices(y, per_class=20, seed=2)
+    seq = dg.DynamicGraph.from_features({n: f[idx] for n, f in feats.items()}, y=y[idx],
+                                        progress=False)
+    assert torch.equal(p.samples[2, :, 0], seq.modularity().values)
 
 
 def test_bad_input():
@@ -135,7 +143,7 @@ def test_bad_input():
     with pytest.raises(TypeError, match="features"):
         dg.DynamicGraph.from_features([feats["layer0"]], y=y)
     with pytest.raises(ValueError, match="repeats"):
-        dg.profiles._pipeline.modularity_curve(feats, y, repeats=3)
+        dg.depth_profile(feats, ["modularity"], y=y, repeats=3)
 
 
 def test_knn_options_pass_through_to_the_snapshots():
@@ -149,7 +157,11 @@ def test_knn_options_pass_through_to_the_snapshots():
     assert torch.equal(snap.edge_index, ref_ei) and torch.equal(snap.edge_weight, ref_w)
     seq = dg.DynamicGraph.from_features({"a": x}, y=y, k=3, precision="bf16", progress=False)
     assert seq.meta["precision"] == "bf16"
-    curve = dg.profiles._pipeline.modularity_curve({"a": x}, y, k=3, precision="fp16", candidates=8, progress=False)
-    assert curve.meta["precision"] == "fp16"
+    spec = dg.GraphSpec(k=3, precision="fp16", candidates=8)
+    profile = dg.depth_profile({"a": x}, ["modularity"], y=y, graph=spec, progress=False)
+    assert profile.meta["graph"]["precision"] == "fp16"
+    snap = dg.graphs.build_snapshot(x, y, k=3, precision="fp16", candidates=8)
+    q = dg.modularity(snap.edge_index, y, snap.edge_weight)
+    assert abs(profile["modularity"].values.item() - q) < 1e-12
     with pytest.raises(ValueError, match="precision"):
         dg.graphs.build_snapshot(x, y, precision="int8")

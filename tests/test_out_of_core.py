@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.capture._features import SpilledArray
 from dyngraph.testing import reference_knn
 from tests.conftest import clustered
 
@@ -53,9 +52,9 @@ def test_float64_and_float16_arrays_and_half_precision_tiles(tmp_path):
     assert (i.numpy() == ref_i).all(1).mean() > 0.98
 
 
-def test_spilled_layer_snapshot_and_curve_equal_the_loaded_ones(tmp_path):
+def test_spilled_layer_snapshot_and_profile_equal_the_loaded_ones(tmp_path):
     x, y = clustered(50, 4, 32, 1.2, seed=7)
-    sp = SpilledArray(tmp_path / "layer.bin", 32)
+    sp = dg.capture.SpilledArray(tmp_path / "layer.bin", 32)
     for s in range(0, 200, 64):
         sp.append(x[s:s + 64])
     loaded = sp.load()
@@ -69,6 +68,10 @@ def test_spilled_layer_snapshot_and_curve_equal_the_loaded_ones(tmp_path):
     ref = dg.DynamicGraph.from_features(feats, k=3, backend="matmul", progress=False)
     torch.testing.assert_close(seq.modularity().values, ref.modularity().values, rtol=0,
                                atol=1e-9)
+    spec = dg.GraphSpec(k=3, out_of_core=True, chunk_size=64)
+    profile = dg.depth_profile(feats, ["modularity"], graph=spec, progress=False)
+    torch.testing.assert_close(profile["modularity"].values, seq.modularity().values, rtol=0,
+                               atol=1e-12)
     with pytest.raises(ValueError, match="keep_x"):
         dg.graphs.build_snapshot(sp, y, keep_x=True)
 
@@ -104,7 +107,7 @@ def test_bad_out_of_core_input():
 
 
 def test_spilled_rows_out_of_range_raise(tmp_path):
-    sp = SpilledArray(tmp_path / "l.bin", 4)
+    sp = dg.capture.SpilledArray(tmp_path / "l.bin", 4)
     sp.append(torch.randn(10, 4))
     assert sp.read_rows(2, 5).shape == (3, 4)
     for a, b in ((-1, 3), (3, 11), (6, 5)):

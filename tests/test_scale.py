@@ -252,8 +252,7 @@ def test_projection_is_seeded_and_independent_of_blocking(tmp_path):
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     same_blocks = dg.graphs.random_projection(x, 64, seed=7, block_rows=16)
     assert torch.equal(dg.graphs.random_projection(mm, 64, seed=7, block_rows=16), same_blocks)
-    from dyngraph.capture._features import SpilledArray
-    sp = SpilledArray(tmp_path / "x.bin", 2500)
+    sp = dg.capture.SpilledArray(tmp_path / "x.bin", 2500)
     sp.append(x[:30])
     sp.append(x[30:])
     assert torch.equal(dg.graphs.random_projection(sp, 64, seed=7, block_rows=16), same_blocks)
@@ -278,12 +277,14 @@ def test_projection_keeps_modularity_close_on_real_features():
     x, y = ds.tensors[0].reshape(len(ds), -1).float(), ds.tensors[1]
     g = torch.Generator().manual_seed(0)
     wide = torch.relu(x @ torch.randn(64, 4096, generator=g))  # a wide ReLU layer
-    q0 = dg.profiles._pipeline.modularity_curve({"wide": wide}, y, k=3, backend="matmul", progress=False).values[0]
-    qs = {}
-    for m in (64, 512):
-        z = dg.graphs.random_projection(wide, m, seed=0)
-        qs[m] = dg.profiles._pipeline.modularity_curve({"wide": z}, y, k=3, backend="matmul",
-                                    progress=False).values[0]
+    spec = dg.GraphSpec(k=3, backend="matmul")
+
+    def q(x):
+        return dg.depth_profile({"wide": x}, ["modularity"], y=y, graph=spec,
+                                progress=False)["modularity"].values[0]
+
+    q0 = q(wide)
+    qs = {m: q(dg.graphs.random_projection(wide, m, seed=0)) for m in (64, 512)}
     assert abs(float(qs[512] - q0)) < 0.03
     assert abs(float(qs[512] - q0)) <= abs(float(qs[64] - q0)) + 0.01
 
@@ -335,7 +336,7 @@ def test_projection_bad_input(bad, err, match):
 def test_public_api_is_exported():
     for name in ("random_projection", "project_features", "jl_min_dim", "init_distributed",
                  "distributed_extract_features", "distributed_nearest_neighbors", "distributed_knn_edges",
-                 "distributed_modularity", "distributed_modularity_curve"):
+                 "distributed_modularity", "distributed_depth_profile"):
         home = dg.distributed if name.startswith(("distributed", "init")) else dg.graphs
         assert name in home.__all__ and callable(getattr(home, name))
     assert dg.graphs.random_projection is P.random_projection

@@ -92,9 +92,9 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
     Features with more than two dimensions are flattened to ``[N, D]``. ``backend``,
     ``chunk_size``, ``col_chunk_size``, ``precision`` and ``candidates`` go to
     :func:`~dyngraph.knn_edges`. ``x`` may also be a spilled layer
-    (:class:`~dyngraph.features.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
-    searched out of core, on ``y``'s device (see :func:`~dyngraph.graphs.nearest_neighbors`). ``progress`` shows a
-    bar over the score tiles of a large search.
+    (:class:`~dyngraph.capture.SpilledArray`) or a ``[N, D]`` NumPy array / memmap: it is then
+    searched out of core, on ``y``'s device (see :func:`~dyngraph.graphs.nearest_neighbors`).
+    ``progress`` shows a bar over the score tiles of a large search.
 
     Returns:
         ``Data(edge_index, edge_weight, y, num_nodes, layer_name, layer_index[, x])``.
@@ -106,9 +106,11 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
         (60, 'fc1', True)
     """
-    knn_options = dict(metric=metric, backend=backend, chunk_size=chunk_size,
-                       col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
-                       progress=progress)
+    def edges(rows: Any, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+        return knn_edges(rows, k, metric, backend, chunk_size, col_chunk_size=col_chunk_size,
+                         precision=precision, candidates=candidates, device=device,
+                         progress=progress)
+
     if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
         if keep_x:
             raise ValueError("keep_x=True needs the features in memory; got an out-of-core "
@@ -116,10 +118,10 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         n = row_source_info(x, "features")[0]
         if y is not None:
             y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = knn_edges(x, k, device=None if y is None else y.device,
-                                            **knn_options)
+        edge_index, edge_weight = edges(x, None if y is None else y.device)
     else:
-        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)  # nearest_neighbors checks
+        # (finiteness: nearest_neighbors checks it)
+        check_features(x, "features", ndim=None, min_rows=2, check_finite=False)
         if x.dim() == 1:
             raise ValueError(f"features for layer {layer_name!r} must be [N, ...] with a feature "
                              f"axis, got shape {tuple(x.shape)}")
@@ -128,7 +130,7 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         if y is not None:
             check_same_device(features=x, y=y)
             y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = knn_edges(x, k, **knn_options)
+        edge_index, edge_weight = edges(x)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
     if metric == "cosine" and bool((edge_weight <= 0).any()):
         warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
@@ -148,16 +150,21 @@ class DynamicGraph:
     """An ordered sequence of kNN snapshots, one PyG ``Data`` per layer: a discrete-time dynamic
     graph whose nodes are the samples and whose time axis is depth.
 
+    :meth:`modularity` and :meth:`modularity_null` return a :class:`~dyngraph.DepthProfile`
+    (draw it with :func:`dyngraph.plot`, log it with :func:`dyngraph.log`). Resampled profiles
+    of many measures at once come from :func:`dyngraph.depth_profile`, which builds the same
+    snapshots with a :class:`~dyngraph.GraphSpec`.
+
     Example:
         >>> import torch, dyngraph as dg
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(90) % 3
         >>> feats = {'noise': torch.randn(90, 16, generator=g),
         ...          'separated': torch.randn(90, 16, generator=g) + 6 * torch.eye(16)[y]}
-        >>> seq = dg.DynamicGraph.from_features(feats, y=y, k=3)
-        >>> curve = seq.modularity()
-        >>> curve.layers, curve.values[1] > curve.values[0] + 0.3
-        (['noise', 'separated'], tensor(True))
+        >>> seq = dg.DynamicGraph.from_features(feats, y=y, k=3, progress=False)
+        >>> profile = seq.modularity()
+        >>> profile.layers, bool(profile.values[1] > profile.values[0] + 0.3)
+        (['noise', 'separated'], True)
     """
 
     def __init__(self, snapshots: Sequence[Data], meta: Optional[Dict[str, Any]] = None):
@@ -189,7 +196,8 @@ class DynamicGraph:
             y: ``[N]`` integer labels; taken from ``features.y`` when omitted.
             k: Neighbours per node (3 in the reference).
             metric: ``'cosine'`` (reference) or ``'euclidean'``.
-            symmetrize: ``'mean'`` (reference: ``(A + Aᵀ)/2``), ``'max'``, ``'add'`` or ``'mutual'``.
+            symmetrize: ``'mean'`` (reference: ``(A + Aᵀ)/2``), ``'max'``, ``'add'`` or
+                ``'mutual'``.
             backend, chunk_size: Passed to :func:`~dyngraph.knn_edges`.
             keep_x: Store the flattened features as ``data.x``.
             device: Where to build the graphs (default: where the features are).
@@ -216,8 +224,9 @@ class DynamicGraph:
         meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
         snaps = []
         for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
-            stored = features.stored(name) if hasattr(features, "stored") else None
-            x = stored if out_of_core and is_row_source(stored) else features[name]
+            # A tensor, or (out of core) the spilled layer / NumPy memmap itself.
+            stored: Any = features.stored(name) if hasattr(features, "stored") else None
+            x: Any = stored if out_of_core and is_row_source(stored) else features[name]
             if not isinstance(x, Tensor) and not is_row_source(x):
                 raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
             yy = y if isinstance(y, Tensor) else torch.as_tensor(y)
@@ -316,7 +325,19 @@ class DynamicGraph:
         return ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1
 
     def class_contributions(self, resolution: float = 1.0) -> Tensor:
-        """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to the curve."""
+        """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to
+        ``modularity().values``.
+
+        Example:
+            >>> import torch, dyngraph as dg
+            >>> y = torch.arange(60) % 3
+            >>> g = torch.Generator().manual_seed(0)
+            >>> x = torch.randn(60, 8, generator=g) + 4 * torch.eye(8)[y]
+            >>> seq = dg.DynamicGraph.from_features({'a': x}, y=y, progress=False)
+            >>> c = seq.class_contributions()
+            >>> tuple(c.shape), torch.allclose(c.sum(1), seq.modularity().values)
+            ((1, 3), True)
+        """
         ei, comm, w, batch, n_graphs, n_comm = self._batched()
         contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
         return contrib
@@ -330,8 +351,18 @@ class DynamicGraph:
             communities: Per-snapshot community tensors to use instead of ``y``.
 
         Returns:
-            A one-metric :class:`~dyngraph.DepthProfile` (``.values`` one per layer, ``.layers`` the
-            names).
+            A one-metric :class:`~dyngraph.DepthProfile` ``'modularity'``, samples ``[1, L, 1]``
+            (``.values`` ``[L]``, ``.layers`` the names, ``.meta`` the graph settings).
+
+        Example:
+            >>> import torch, dyngraph as dg
+            >>> y = torch.arange(60) % 3
+            >>> x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+            >>> seq = dg.DynamicGraph.from_features({'raw': x, 'sep': x + 4 * torch.eye(8)[y]},
+            ...                                     y=y, progress=False)
+            >>> p = seq.modularity()
+            >>> p.metrics, tuple(p.samples.shape), bool(p.values[1] > p.values[0])
+            (['modularity'], (1, 2, 1), True)
         """
         if not self.snapshots:
             raise ValueError("this DynamicGraph has no snapshots")
@@ -359,9 +390,10 @@ class DynamicGraph:
             resolution: Newman's ``γ``.
 
         Returns:
-            A one-metric :class:`~dyngraph.DepthProfile` ``'modularity_null'``, ``samples`` ``[P, L, 1]``,
-            ``values`` the null mean and ``std`` its standard deviation per layer. The z-score of
-            the observed curve is ``(seq.modularity().values − null.values) / null.std``.
+            A one-metric :class:`~dyngraph.DepthProfile` ``'modularity_null'``, ``samples``
+            ``[P, L, 1]``: ``.values`` the null mean and ``.errors`` its standard deviation per
+            layer. The z-score of the observed profile is
+            ``(seq.modularity().values − null.values) / null.errors``.
 
         Example:
             >>> import torch, dyngraph as dg

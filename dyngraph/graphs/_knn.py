@@ -21,9 +21,9 @@ by rounding can change the result.
 
 Neighbour order is deterministic: best first, ties broken by the smaller node index.
 
-The tile kernel, :class:`BlockTopK`, is the single implementation behind :func:`nearest_neighbors` and the
-row-sharded :func:`dyngraph.distributed.distributed_nearest_neighbors`, where the key blocks arrive from other
-ranks through collectives.
+The tile kernel, :class:`BlockTopK`, is the single implementation behind :func:`nearest_neighbors`
+and the row-sharded :func:`dyngraph.distributed.distributed_nearest_neighbors`, where the key
+blocks arrive from other ranks through collectives.
 """
 from __future__ import annotations
 
@@ -238,8 +238,8 @@ def topk_rows(scores: Tensor, k: int, largest: bool = True,
         >>> from dyngraph.graphs._knn import topk_rows
         >>> s = torch.tensor([[0.1, 0.9, 0.5, 0.9], [0.3, 0.2, 0.8, 0.0]])
         >>> v, i = topk_rows(s, 2)
-        >>> v.tolist(), i.tolist()
-        ([[0.8999999761581421, 0.8999999761581421], [0.800000011920929, 0.30000001192092896]], [[1, 3], [2, 0]])
+        >>> [[round(a, 2) for a in row] for row in v.tolist()], i.tolist()
+        ([[0.9, 0.9], [0.8, 0.3]], [[1, 3], [2, 0]])
     """
     _check_tile(scores, k, "rows")
     check_flag(sorted, "sorted")
@@ -332,8 +332,9 @@ def _exact_scores(q: Tensor, keys: Tensor, local_idx: Tensor, metric: str) -> Te
 class BlockTopK:
     """Running exact top-k of a set of query rows against key blocks streamed in any order.
 
-    This is the tile kernel of the matmul backend: :func:`nearest_neighbors` streams the column blocks of ``x``
-    itself, :func:`dyngraph.distributed.distributed_nearest_neighbors` streams blocks received from other ranks.
+    This is the tile kernel of the matmul backend: :func:`nearest_neighbors` streams the column
+    blocks of ``x`` itself, :func:`dyngraph.distributed.distributed_nearest_neighbors` streams
+    blocks received from other ranks.
     Both therefore give the same neighbours and the same values.
 
     Each :meth:`update` cuts the queries into row blocks of ``chunk_size`` rows, computes the
@@ -356,7 +357,7 @@ class BlockTopK:
             ``q·k`` inside fp16's range; ranking is scale-invariant). ``None``: ``1/max‖query‖``.
         refine: Re-score each tile's candidates exactly before merging (default: for Euclidean
             and half precision). ``False`` ranks by the tile scores alone, for callers that
-            certify the candidates themselves (:func:`dyngraph.measures._dimension.neighbor_distances`).
+            certify the candidates themselves (:func:`dyngraph.measures.neighbor_distances`).
     """
 
     def __init__(self, query: Tensor, k: int, metric: str = "cosine", *, query_ids: KeyIds = 0,
@@ -429,13 +430,15 @@ class BlockTopK:
                 k_low: Optional[Tensor], sq_k: Optional[Tensor]) -> Tensor:
         """A fresh ``[rows, keys]`` tile: cosine similarities or squared distances
         (``|q|² + |k|² − 2q·k``, clamped at 0 against cancellation)."""
-        if self.low is not None:
+        # The half-precision copies exist exactly in the half-precision modes (see _side), the
+        # squared norms exactly under the Euclidean metric.
+        if q_low is not None and k_low is not None:
             s = q_low @ k_low.T
             if not self.cosine:
                 s = s.to(q.dtype)
         else:
             s = q @ keys.T
-        if not self.cosine:
+        if sq_q is not None and sq_k is not None:
             s.mul_(-2).add_(sq_q.unsqueeze(1)).add_(sq_k.unsqueeze(0)).clamp_min_(0)
         return s
 
@@ -703,7 +706,7 @@ def _pick_backend(x: Tensor, k: int, metric: str, chunk_size: Optional[int]) -> 
             alpha = min(max(math.log(ts[1] / ts[0]) / math.log(m2 / m1), 1.0), 2.0) \
                 if m2 > m1 else 2.0
             predicted[name] = ts[1] * (n / m2) ** alpha
-        _AUTO_CACHE[key] = min(predicted, key=predicted.get)
+        _AUTO_CACHE[key] = min(predicted, key=lambda b: predicted[b])
     return _AUTO_CACHE[key]
 
 
@@ -746,18 +749,20 @@ def prepare_features(x: Tensor, metric: str, name: str = "x") -> Tensor:
     return x
 
 
-def _prepare(x: Tensor, k: int, metric: str, backend: str, chunk_size: Optional[int],
+def _prepare(x: object, k: int, metric: str, backend: str, chunk_size: Optional[int],
              col_chunk_size: Optional[int] = None, precision: str = "full",
              candidates: Optional[int] = None) -> Tensor:
-    check_features(x, "x", min_rows=2, check_finite=False)
+    """Checks ``x`` (a floating-point ``[N, D]`` tensor, ``N >= 2``) and the search options, and
+    returns the prepared rows."""
+    x = check_features(x, "x", min_rows=2, check_finite=False)
     check_knn_options(k, x.shape[0], metric, backend, chunk_size, col_chunk_size, precision,
                       candidates)
     return prepare_features(x, metric)
 
 
 def is_row_source(x) -> bool:
-    """Whether ``x`` is searched out of core by :func:`nearest_neighbors`: a NumPy array (a ``np.memmap``
-    included) or a :class:`dyngraph.features.SpilledArray`, rather than a tensor."""
+    """Whether ``x`` is searched out of core by :func:`nearest_neighbors`: a NumPy array (a
+    ``np.memmap`` included) or a :class:`dyngraph.capture.SpilledArray`, rather than a tensor."""
     return not isinstance(x, Tensor) and (isinstance(x, np.ndarray) or hasattr(x, "read_rows"))
 
 
@@ -812,11 +817,12 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     return acc.update_self(block, rows=fetch, progress=progress).result()
 
 
-def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine", backend: str = "auto",
-        chunk_size: Optional[int] = None, *, col_chunk_size: Optional[int] = None,
-        precision: str = "full", candidates: Optional[int] = None,
-        device: Optional[Union[str, torch.device]] = None,
-        progress: bool = False) -> Tuple[Tensor, Tensor]:
+def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
+                      backend: str = "auto", chunk_size: Optional[int] = None, *,
+                      col_chunk_size: Optional[int] = None, precision: str = "full",
+                      candidates: Optional[int] = None,
+                      device: Optional[Union[str, torch.device]] = None,
+                      progress: bool = False) -> Tuple[Tensor, Tensor]:
     """Exact k nearest neighbours of every row of ``x`` among the other rows.
 
     Args:
@@ -839,7 +845,7 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
             one tile shows none). ``DYNGRAPH_QUIET=1`` turns every bar off.
 
     ``x`` may also be a NumPy array, a ``np.memmap`` or a spilled layer
-    (:class:`dyngraph.features.SpilledArray`): it is then searched out of core, two blocks of
+    (:class:`dyngraph.capture.SpilledArray`): it is then searched out of core, two blocks of
     rows in memory at a time (read, cast to float32 — float64 stays float64 — checked and
     normalised block by block), with the matmul backend. Peak memory: two ``block × D`` row
     blocks, one ``block × block`` tile and ``O(N·k)``, whatever ``N`` is; e.g.
@@ -910,11 +916,14 @@ def knn_edges(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
         k: Neighbours per node, ``1 <= k < N``.
         metric: ``'cosine'`` or ``'euclidean'``.
         backend: ``'matmul'``, ``'torch_cluster'`` or ``'auto'``.
-        chunk_size, col_chunk_size: Tile shape (query rows × key rows); see :func:`nearest_neighbors`.
-        precision, candidates: Half-precision tiles with exact re-scoring; see :func:`nearest_neighbors`.
+        chunk_size, col_chunk_size: Tile shape (query rows × key rows); see
+            :func:`nearest_neighbors`.
+        precision, candidates: Half-precision tiles with exact re-scoring; see
+            :func:`nearest_neighbors`.
         device: Where an out-of-core ``x`` (NumPy array or spilled layer) is searched; see
             :func:`nearest_neighbors`.
-        progress: A progress bar over the score tiles of large searches; see :func:`nearest_neighbors`.
+        progress: A progress bar over the score tiles of large searches; see
+            :func:`nearest_neighbors`.
 
     Returns:
         ``edge_index`` ``[2, N*k]`` (long) and ``edge_weight`` ``[N*k]``.
@@ -927,6 +936,6 @@ def knn_edges(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",
         (torch.Size([2, 300]), torch.Size([300]))
     """
     vals, idx = nearest_neighbors(x, k, metric=metric, backend=backend, chunk_size=chunk_size,
-                    col_chunk_size=col_chunk_size, precision=precision, candidates=candidates,
-                    device=device, progress=progress)
+                                  col_chunk_size=col_chunk_size, precision=precision,
+                                  candidates=candidates, device=device, progress=progress)
     return edges_from_knn(vals, idx, metric)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import mmap
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -88,10 +88,14 @@ def projection_matrix(d: int, dim: int, seed: int = 0, kind: str = "gaussian",
     and tests; :func:`random_projection` never needs it whole.
 
     Example:
-        >>> import dyngraph as dg
-        >>> R = dg.projection.projection_matrix(3000, 64, seed=0)
+        >>> import torch, dyngraph as dg
+        >>> from dyngraph.graphs._projection import projection_matrix   # not exported
+        >>> R = projection_matrix(3000, 64, seed=0)
         >>> tuple(R.shape), bool(abs(R.pow(2).sum(1).mean() - 1) < 0.05)
         ((3000, 64), True)
+        >>> x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(dg.graphs.random_projection(x, 64, seed=0), x @ R, atol=1e-4)
+        True
     """
     check_positive_int(d, "d")
     check_positive_int(dim, "dim")
@@ -112,6 +116,9 @@ class _Rows:
     """Uniform row-block reader over a tensor, a NumPy array/memmap or a spilled file."""
 
     def __init__(self, x: Any, name: str = "x"):
+        self.tensor: Optional[Tensor] = None       # kind 'tensor'
+        self.array: Optional[np.ndarray] = None    # kind 'numpy'
+        self.shape: Tuple[int, ...]
         if isinstance(x, SpilledArray):
             x.close()
             self.kind, self.shape = "file", (x.rows, x.dim)
@@ -122,28 +129,31 @@ class _Rows:
             self.kind, self.shape = "file", (x.shape[0], int(np.prod(x.shape[1:])))
             self.path, self.np_dtype, self.offset = x.filename, x.dtype, int(x.offset)
         elif isinstance(x, np.ndarray):
-            self.kind, self.x = "numpy", x.reshape(x.shape[0], -1) if x.ndim > 2 else x
-            self.shape = self.x.shape
+            self.kind = "numpy"
+            self.array = x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+            self.shape = self.array.shape
         elif isinstance(x, Tensor):
-            self.kind, self.x = "tensor", x.reshape(x.shape[0], -1) if x.dim() > 2 else x
-            self.shape = tuple(self.x.shape)
+            self.kind = "tensor"
+            self.tensor = x.reshape(x.shape[0], -1) if x.dim() > 2 else x
+            self.shape = tuple(self.tensor.shape)
         else:
             raise TypeError(f"{name} must be a torch.Tensor, a NumPy array or a SpilledArray, got "
                             f"{type(x).__name__}")
         if len(self.shape) != 2:
             raise ValueError(f"{name} must be [N, D] (or [N, ...], flattened), got shape "
                              f"{tuple(self.shape)}")
-        dt = self.x.dtype if self.kind != "file" else self.np_dtype
+        dt: Any = self.tensor.dtype if self.tensor is not None else \
+            self.array.dtype if self.array is not None else self.np_dtype
         floating = dt.is_floating_point if isinstance(dt, torch.dtype) else \
             np.issubdtype(dt, np.floating)
         if not floating:
             raise TypeError(f"{name} must be floating point, got dtype={dt}")
 
     def read(self, r0: int, r1: int, device: torch.device) -> Tensor:
-        if self.kind == "tensor":
-            return self.x[r0:r1].to(device=device, dtype=torch.float32)
-        if self.kind == "numpy":
-            return torch.from_numpy(np.ascontiguousarray(self.x[r0:r1], dtype=np.float32)) \
+        if self.tensor is not None:
+            return self.tensor[r0:r1].to(device=device, dtype=torch.float32)
+        if self.array is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.array[r0:r1], dtype=np.float32)) \
                 .to(device)
         d = self.shape[1]
         arr = np.fromfile(self.path, dtype=self.np_dtype, count=(r1 - r0) * d,
@@ -160,7 +170,7 @@ def random_projection(x: ArrayLike, dim: Optional[int] = None, *, eps: float = 0
 
     Args:
         x: ``[N, D]`` (or ``[N, ...]``, flattened) floating-point rows: a tensor (any device), a
-            NumPy array or memmap, or a :class:`~dyngraph.features.SpilledArray` written by
+            NumPy array or memmap, or a :class:`~dyngraph.capture.SpilledArray` written by
             ``extract_features(spill_dir=...)``. Files are read block by block with plain reads.
         dim: Output dimension ``m < D``. ``None``: :func:`jl_min_dim` ``(N, eps)``.
         eps: Distortion for the automatic ``dim``.
@@ -204,7 +214,7 @@ def random_projection(x: ArrayLike, dim: Optional[int] = None, *, eps: float = 0
     if block_rows is not None:
         check_positive_int(block_rows, "block_rows")
     if device is None:
-        device = rows.x.device if rows.kind == "tensor" else torch.device("cpu")
+        device = rows.tensor.device if rows.tensor is not None else torch.device("cpu")
     device = torch.device(device)
     r_step = block_rows or max(1, min(n, DEFAULT_BLOCK_ELEMENTS // d))
     cached = d * dim * 4 <= cache_bytes
@@ -215,7 +225,7 @@ def random_projection(x: ArrayLike, dim: Optional[int] = None, *, eps: float = 0
     for r0 in progress_bar(range(0, n, r_step), desc="project", disable=not progress):
         r1 = min(n, r0 + r_step)
         xb = rows.read(r0, r1, device)
-        if cached:
+        if r_cache is not None:
             out[r0:r1] = xb @ r_cache
             continue
         acc = torch.zeros(r1 - r0, dim, dtype=torch.float32, device=device)
@@ -235,8 +245,8 @@ def project_features(features: Union[LayerFeatures, Mapping], dim: Optional[int]
                      kind: str = "gaussian", device: Optional[Union[str, torch.device]] = None,
                      progress: bool = False) -> LayerFeatures:
     """Projects every layer wider than ``min_dim`` (default: ``dim``) with
-    :func:`random_projection`, one layer at a time (spilled layers are streamed from disk); narrower layers are kept as they
-    are.
+    :func:`random_projection`, one layer at a time (spilled layers are streamed from disk);
+    narrower layers are kept as they are.
 
     Args:
         features: :class:`~dyngraph.LayerFeatures` (or a dict of ``[N, ...]`` tensors, then
