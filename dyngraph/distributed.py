@@ -83,7 +83,7 @@ from .measures._modularity import _prepare as _prepare_modularity
 from .measures._modularity import community_sums, terms_from_sums
 from .measures._registry import resolve
 from .profiles._profile import DepthProfile
-from .profiles._runner import Options, _check_sampling, _options, as_layer_features
+from .profiles._runner import Options, as_layer_features, check_measure_options, check_sampling
 
 #: A process group (``None``: the world).
 Group = Optional[Any]
@@ -678,13 +678,13 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
     if [m.name for m in ms] != ["modularity"]:
         raise ValueError(f"distributed_depth_profile computes measures=['modularity'] only (its "
                          f"per-community sums add up over ranks), got {[m.name for m in ms]}")
-    opts = _options(measure_options, ms).get("modularity", {})
+    opts = check_measure_options(measure_options, ms).get("modularity", {})
     unknown = sorted(set(opts) - {"resolution"})
     if unknown:
         raise TypeError(f"measure_options['modularity'] has unknown option(s) {unknown}; the "
                         f"modularity measure takes 'resolution'")
     resolution = float(opts.get("resolution", 1.0))
-    _check_sampling(repeats, per_class, n_samples, 0)
+    check_sampling(repeats, per_class, n_samples, 0)
     check_flag(progress, "progress")
     if graph is None:
         graph = GraphSpec()

@@ -48,7 +48,8 @@ def get_loaders(args) -> Tuple[object, object, int]:
 
 def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Module, dict]:
     """The user's model file, or the reference architecture trained once and cached in --out."""
-    from ..zoo._models import build_model, evaluate, train_cached
+    from ..prune import evaluate
+    from ..zoo._models import build_model, train_cached
     device = torch.device(args.device)
     if args.model:
         if not os.path.exists(args.model):

@@ -4,4 +4,3 @@ from ._profile import DepthProfile, LayerMatrix
 from ._runner import depth_profile, layer_matrix
 
 __all__ = ["DepthProfile", "LayerMatrix", "depth_profile", "layer_matrix"]
-from . import _pipeline  # noqa: F401  (0.1 modularity_curve, until every caller uses depth_profile)

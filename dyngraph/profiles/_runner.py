@@ -82,7 +82,7 @@ def _as_floats(measure: Measure, value: Any) -> List[float]:
                         f"got {type(value).__name__}") from None
 
 
-def _check_sampling(repeats: int, per_class: Optional[int], n_samples: Optional[int],
+def check_sampling(repeats: int, per_class: Optional[int], n_samples: Optional[int],
                     null_permutations: int) -> None:
     check_positive_int(repeats, "repeats")
     if per_class is not None and n_samples is not None:
@@ -211,7 +211,7 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         >>> bool(p['modularity:z'].values[1] > 10)
         True
     """
-    _check_sampling(repeats, per_class, n_samples, null_permutations)
+    check_sampling(repeats, per_class, n_samples, null_permutations)
     check_flag(progress, "progress")
     if graph is None:
         graph = GraphSpec()
@@ -437,6 +437,3 @@ def _pair_features(features: Any, labels: Optional[Tensor], name: str) -> LayerF
     n = features[names[0]].shape[0]
     y = labels if labels is not None else torch.zeros(n, dtype=torch.long)
     return LayerFeatures(dict(features), check_labels(y, n, "y"))
-
-
-_options = check_measure_options  # TODO(lead): remove once distributed.py imports the public name

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from .._io import PathLike, atomic_torch_save
 from .._validate import check_choice, check_positive_int
-from ..prune._finetune import evaluate, fit
+from ..prune._finetune import fit
 
 
 class DigitsMLP(nn.Module):

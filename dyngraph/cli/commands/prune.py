@@ -85,7 +85,8 @@ def _loaders(args):
 def _model(args, train, test, num_classes):
     """``--model`` or ``--example``: the shared loader/trainer; ``--data`` alone: a CIFAR
     ResNet56 trained here and cached in ``--out``."""
-    from ...zoo._models import evaluate, resnet56, train_cached
+    from ...prune import evaluate
+    from ...zoo._models import resnet56, train_cached
     if args.model or not args.data:
         return get_model(args, train, test, num_classes)
     if args.arch != "resnet":
