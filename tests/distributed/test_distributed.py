@@ -50,7 +50,7 @@ def _split_graph():
 # ---------------------------------------------------------------------------- one launch
 def _launch(out: Path, world: int, *args: str) -> list:
     env = dict(os.environ, OMP_NUM_THREADS="1", DYNGRAPH_QUIET="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                            os.environ.get("PYTHONPATH", "")]))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
