@@ -29,21 +29,20 @@ def plot_study(report: StudyReport, ax: Any = None, title: Optional[str] = None)
     before = report.profile
     after = report.profile_after
     fig, ax = new_figure((max(6.0, 0.45 * len(before) + 3), 4.0), ax=ax)
-    xs = list(range(len(before)))
-    q, err = before.values, before.errors
-    ax.plot(xs, q.tolist(), marker="o", label="before pruning")
-    ax.fill_between(xs, (q - err).tolist(), (q + err).tolist(), alpha=0.2)
     pos = {n: i for i, n in enumerate(before.layers)}
+    curves = [(before, list(range(len(before))), "o", "before pruning")]
     if after is not None:
         xa = [pos[n] for n in after.meta.get("original_layers", after.layers)]
-        qa, ea = after.values, after.errors
-        ax.plot(xa, qa.tolist(), marker="s", label="after pruning + fine-tuning")
-        ax.fill_between(xa, (qa - ea).tolist(), (qa + ea).tolist(), alpha=0.2)
+        curves.append((after, xa, "s", "after pruning + fine-tuning"))
+    for p, xs, marker, label in curves:  # mean ± std
+        q, err = p.values, p.errors
+        ax.plot(xs, q.tolist(), marker=marker, label=label)
+        ax.fill_between(xs, (q - err).tolist(), (q + err).tolist(), alpha=0.2)
     removed = [pos[n] for n in report.removed]
     if removed:
-        ax.scatter(removed, [float(q[i]) for i in removed], marker="x", s=80, color="red",
-                   zorder=5, label="removed (modularity rule)")
-    ax.set_xticks(xs)
+        ax.scatter(removed, [float(before.values[i]) for i in removed], marker="x", s=80,
+                   color="red", zorder=5, label="removed (modularity rule)")
+    ax.set_xticks(range(len(before)))
     ax.set_xticklabels(before.layers, rotation=60, ha="right", fontsize=7)
     ax.set_xlabel("layer")
     ax.set_ylabel("modularity Q")

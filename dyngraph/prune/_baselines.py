@@ -22,8 +22,7 @@ from ._surgery import ExampleInput
 def _budget(n: int, profile: DepthProfile) -> int:
     check_positive_int(n, "n")
     if n >= len(profile):
-        raise ValueError(f"n={n} must be smaller than the number of profile layers "
-                         f"({len(profile)})")
+        raise ValueError(f"n={n} must be smaller than the number of layers ({len(profile)})")
     return n
 
 
@@ -197,9 +196,7 @@ def cka_layers(features: Optional[LayerFeatures], n: Optional[int] = None,
     elif list(profile.layers) != names:
         raise ValueError(f"profile covers layers {profile.layers}, features {names}")
     if n is not None:
-        check_positive_int(n, "n")
-        if n >= len(names):
-            raise ValueError(f"n={n} must be smaller than the number of layers ({len(names)})")
+        _budget(n, profile)
     order = sorted(range(1, len(names)), key=lambda i: (-float(vals[i]), i))
     ranking = [names[i] for i in order]
     if n is None:

@@ -22,13 +22,8 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
         33
     """
     _check_model(model)
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    # parameters() yields a tensor shared by several modules once
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def count_flops(model: nn.Module, example_input: Optional[ExampleInput] = None, *,
@@ -59,16 +54,14 @@ def count_flops(model: nn.Module, example_input: Optional[ExampleInput] = None, 
         example_input = infer_example_input(model)
     first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with FlopCounterMode(display=False) as counter:
         _eval_forward(model, example_input)
     div = batch if per_input else 1
     total = int(counter.get_total_flops()) // div
     if not by_module:
         return total
-    mods = {name: int(sum(ops.values())) // div
-            for name, ops in counter.get_flop_counts().items()}
-    return total, mods
+    return total, {name: int(sum(ops.values())) // div
+                   for name, ops in counter.get_flop_counts().items()}
 
 
 def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = None, *,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,7 +38,6 @@ from .._validate import check_choice, check_positive_int
 from ..profiles._profile import DepthProfile
 from ._surgery import (
     ExampleInput,
-    Unit,
     _check_model,
     _parent_name,
     _stage_members,
@@ -117,9 +116,6 @@ class Redundancy(Sequence):
     def __len__(self) -> int:
         return len(self.removals)
 
-    def __iter__(self) -> Iterator[Removal]:
-        return iter(self.removals)
-
     @property
     def layers(self) -> List[str]:
         """Module names to remove, in depth order."""
@@ -147,8 +143,7 @@ class Redundancy(Sequence):
 
 # ---------------------------------------------------------------------------- scores
 def _rule(rule: str) -> str:
-    rule = _ALIASES.get(rule, rule)
-    return check_choice(rule, "rule", RULES)
+    return check_choice(_ALIASES.get(rule, rule), "rule", RULES)
 
 
 def _as_profile(profile: Any, name: str = "profile") -> DepthProfile:
@@ -196,8 +191,7 @@ def layer_scores(profile: DepthProfile, rule: str = "delta") -> torch.Tensor:
 def _flag(rule: str, q: torch.Tensor, l: int, threshold: float, layers: List[str]) \
         -> Optional[str]:
     """The reason layer ``l`` is flagged by the rule, or ``None``."""
-    prev = float(q[l - 1])
-    val = float(q[l])
+    prev, val = float(q[l - 1]), float(q[l])
     if rule == "delta":
         d = val - prev
         if d < threshold:
@@ -208,11 +202,10 @@ def _flag(rule: str, q: torch.Tensor, l: int, threshold: float, layers: List[str
     mx = float(q[j])
     gap = val - mx
     plateau = abs(gap) <= threshold
-    degraded = gap < -threshold
     if rule == "plateau" and plateau:
         return (f"plateau: Q = {val:.4f} stays within {threshold:g} of the running maximum "
                 f"{mx:.4f} (at {layers[j]})")
-    if rule == "degradation" and degraded:
+    if rule == "degradation" and gap < -threshold:
         return (f"degradation: Q = {val:.4f} is {-gap:.4f} below the running maximum {mx:.4f} "
                 f"(at {layers[j]})")
     if rule == "plateau+degradation" and gap <= threshold:
@@ -228,34 +221,33 @@ class LayerInfo:
     """Structural facts about one profile layer (from one forward pass)."""
 
     layer: str
-    unit: Optional[Unit]
+    module: str  # what prune_layers removes for it
+    stage: str
+    stage_members: List[str]  # the removable units of its stage
     blocked: Optional[str]  # why it can never be removed (stem, classifier, shape), or None
+    projection: bool = False  # it changes the shape: a projection takes its place
 
 
 def layer_structure(layers: Sequence[str], model: Optional[nn.Module] = None,
                     example_input: Optional[ExampleInput] = None,
-                    allow_projection: bool = False) -> Tuple[Dict[str, LayerInfo], Any]:
-    """Per profile layer: its unit (what would be removed), and why it may never be removed.
-
-    Returns ``(infos, stage_members)``, where ``stage_members(unit)`` lists the units of the
-    stage the layer belongs to. Without ``model`` only the first layer is blocked and stages are
-    the parents in the dotted names.
+                    allow_projection: bool = False) -> Dict[str, LayerInfo]:
+    """Per profile layer: its unit (what would be removed), its stage, and why it may never be
+    removed. Without ``model`` only the first layer is blocked and stages are the parents in the
+    dotted names.
     """
-    infos: Dict[str, LayerInfo] = {}
     if model is None:
-        for i, name in enumerate(layers):
-            infos[name] = LayerInfo(name, None, "the first layer (stem)" if i == 0 else None)
-
-        def by_parent(name: str) -> Tuple[str, List[str]]:
-            parent = _parent_name(name)[0]
-            return parent, [n for n in layers if _parent_name(n)[0] == parent]
-        return infos, by_parent
+        parents = [_parent_name(name)[0] for name in layers]
+        return {name: LayerInfo(name, name, parent,
+                                [n for n, p in zip(layers, parents) if p == parent],
+                                "the first layer (stem)" if i == 0 else None)
+                for i, (name, parent) in enumerate(zip(layers, parents))}
     _check_model(model)
     if example_input is None:
         example_input = infer_example_input(model)
     shapes = probe(model, example_input)
     units = resolve_units(model, list(layers), shapes)
     modules = dict(model.named_modules())
+    infos = {}
     for i, (name, unit) in enumerate(zip(layers, units)):
         blocked = None
         if i == 0:
@@ -268,13 +260,10 @@ def layer_structure(layers: Sequence[str], model: Optional[nn.Module] = None,
             blocked = (f"changes the shape {list(unit.in_shape or ())} → "
                        f"{list(unit.out_shape or ())} (allow_projection=True would replace it "
                        f"by a projection)")
-        infos[name] = LayerInfo(name, unit, blocked)
-
-    def members(name: str) -> Tuple[str, List[str]]:
-        unit = cast(Unit, infos[name].unit)
-        parent = modules[unit.parent]
-        return unit.stage, _stage_members(parent, unit.parent, unit.stage, shapes)
-    return infos, members
+        members = _stage_members(modules[unit.parent], unit.parent, unit.stage, shapes)
+        infos[name] = LayerInfo(name, unit.module, unit.stage, members, blocked,
+                                unit.shape_change)
+    return infos
 
 
 def select_layers(profile: DepthProfile, ranking: Sequence[str], reasons: Dict[str, str],
@@ -298,39 +287,33 @@ def select_layers(profile: DepthProfile, ranking: Sequence[str], reasons: Dict[s
     """
     check_positive_int(min_per_stage, "min_per_stage", minimum=0)
     layers, values = profile.layers, profile.values
-    infos, members = layer_structure(layers, model, example_input, allow_projection)
+    infos = layer_structure(layers, model, example_input, allow_projection)
     pos = {name: i for i, name in enumerate(layers)}
     removed_modules: Dict[str, set] = {}
     chosen: List[Removal] = []
     kept: Dict[str, str] = {}
-    taken_modules = set()
-    for name in ranking:
+    for name in [r for r in ranking if r in reasons]:
         if n is not None and len(chosen) >= n:
             break
-        if name not in reasons:
-            continue
         info = infos[name]
         if info.blocked:
             kept[name] = info.blocked
             continue
-        module = info.unit.module if info.unit is not None else name
-        if module in taken_modules:  # two profile points on the same layer
+        gone = removed_modules.setdefault(info.stage, set())
+        if info.module in gone:  # two profile points on the same layer
             continue
-        stage, stage_members = members(name)
-        gone = removed_modules.setdefault(stage, set())
-        remaining = [m for m in stage_members if m not in gone and m != module]
+        remaining = [m for m in info.stage_members if m not in gone and m != info.module]
         if len(remaining) < min_per_stage:
-            kept[name] = (f"keeps {min_per_stage} layer(s) in stage {stage!r} "
-                          f"({len(stage_members)} there)")
+            kept[name] = (f"keeps {min_per_stage} layer(s) in stage {info.stage!r} "
+                          f"({len(info.stage_members)} there)")
             continue
-        gone.add(module)
-        taken_modules.add(module)
+        gone.add(info.module)
         i = pos[name]
         delta = float(values[i] - values[i - 1]) if i > 0 else float("nan")
-        proj = bool(info.unit is not None and info.unit.shape_change)
-        reason = reasons[name] + (" — replaced by a shape-matching projection" if proj else "")
-        chosen.append(Removal(name, module, reason, float(scores[i]), float(values[i]), delta,
-                              proj))
+        reason = reasons[name] + (" — replaced by a shape-matching projection"
+                                  if info.projection else "")
+        chosen.append(Removal(name, info.module, reason, float(scores[i]), float(values[i]),
+                              delta, info.projection))
     if n is not None and len(chosen) < n:
         raise ValueError(f"n_remove={n} but only {len(chosen)} layers can be removed under the "
                          f"structural constraints (kept: {kept})")
@@ -383,25 +366,21 @@ def redundant_layers(profile: DepthProfile, rule: str = "delta",
                          f"threshold={threshold}")
     if n_remove is not None:
         check_positive_int(n_remove, "n_remove")
-    layers = profile.layers
-    q = profile.values
+    layers, q = profile.layers, profile.values
     scores = layer_scores(profile, rule)
-    cand = list(range(1, len(layers)))
-    ranking = [layers[i] for i in sorted(cand, key=lambda i: (float(scores[i]), i))]
-    if n_remove is None:
-        reasons = {layers[i]: why for i in cand
-                   if (why := _flag(rule, q, i, float(threshold), layers)) is not None}
-    else:
-        reasons = {}
-        for rank, name in enumerate(ranking):
-            i = layers.index(name)
-            why = _flag(rule, q, i, float(threshold), layers)
-            reasons[name] = (why or f"{rule} score {float(scores[i]):+.4f}") + \
-                f" (rank {rank + 1} of {len(ranking)} by {rule} score)"
+    order = sorted(range(1, len(layers)), key=lambda i: (float(scores[i]), i))
+    reasons = {}
+    for rank, i in enumerate(order):
+        why = _flag(rule, q, i, float(threshold), layers)
+        if n_remove is not None:  # budget mode: every layer is ranked, flagged or not
+            why = (why or f"{rule} score {float(scores[i]):+.4f}") + \
+                f" (rank {rank + 1} of {len(order)} by {rule} score)"
+        if why is not None:
+            reasons[layers[i]] = why
     params = {"rule": rule, "threshold": float(threshold), "n_remove": n_remove,
               "allow_projection": allow_projection, "min_per_stage": min_per_stage}
-    return select_layers(profile, ranking, reasons, n_remove, scores, f"modularity/{rule}",
-                         params, model=model, example_input=example_input,
+    return select_layers(profile, [layers[i] for i in order], reasons, n_remove, scores,
+                         f"modularity/{rule}", params, model=model, example_input=example_input,
                          allow_projection=allow_projection, min_per_stage=min_per_stage)
 
 

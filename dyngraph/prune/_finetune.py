@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -20,16 +20,18 @@ from torch import nn
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
 from .._validate import check_choice, check_positive_int
+from ..capture._layers import _check_model
 from ..capture._taps import split_batch
+from ._surgery import _model_device
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 _CKPT_FORMAT = "dyngraph.fit/1"
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def _changed(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """``{setting: (saved, now)}`` for every setting that differs."""
+    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
 
 
 @torch.no_grad()
@@ -56,8 +58,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
         >>> dg.prune.evaluate(m, dl)
         1.0
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     device = torch.device(device) if device is not None else _model_device(model)
     was = model.training
     model.eval()
@@ -74,17 +75,6 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
     if total == 0:
         raise ValueError("evaluate: the loader produced no samples")
     return int(correct) / total
-
-
-def _make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float,
-                    weight_decay: float, nesterov: bool) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov and momentum > 0)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iterable[Any]] = None,
@@ -137,8 +127,7 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         >>> len(h['loss']), h['loss'][-1] < h['loss'][0], h['val_acc'][-1] > 0.8
         (5, True, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     check_positive_int(epochs, "epochs")
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     check_choice(schedule, "schedule", SCHEDULES)
@@ -155,8 +144,14 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip!r}")
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
-    opt = _make_optimizer(model, optimizer, float(lr), float(momentum), float(weight_decay),
-                          nesterov)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"model {type(model).__name__} has no trainable parameters")
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(params, lr=float(lr), momentum=float(momentum),
+                        weight_decay=float(weight_decay), nesterov=nesterov and momentum > 0)
+        if optimizer == "sgd" else
+        torch.optim.AdamW(params, lr=float(lr), weight_decay=float(weight_decay)))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=min_lr)
              if schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
     config = {"epochs": epochs, "optimizer": optimizer, "lr": float(lr),
@@ -178,10 +173,9 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
             raise ValueError(f"checkpoint {str(ckpt_path)!r} is not a dyngraph training "
                              f"checkpoint{why}; delete it or pass resume=False")
         if state["config"] != config:
-            diff = {k: (state["config"].get(k), v) for k, v in config.items()
-                    if state["config"].get(k) != v}
             raise ValueError(f"checkpoint {str(ckpt_path)!r} was written with other settings "
-                             f"(saved, now): {diff}; delete it or pass resume=False")
+                             f"(saved, now): {_changed(state['config'], config)}; delete it or "
+                             f"pass resume=False")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:

@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,9 +26,9 @@ from ..graphs._spec import GraphSpec
 from ..profiles._profile import DepthProfile
 from ..profiles._runner import depth_profile
 from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
-from ._cost import count_flops, count_params, measure_latency
+from ._cost import cost_report, measure_latency
 from ._detect import Redundancy, redundant_layers
-from ._finetune import evaluate, finetune
+from ._finetune import _changed, evaluate, finetune
 from ._surgery import ExampleInput, prune_layers
 
 METHODS = ("modularity", "least_redundant", "random", "cka")
@@ -90,10 +90,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def _costs(model: nn.Module, flop_input) -> Dict[str, Any]:
-    return {"params": count_params(model), "flops": count_flops(model, flop_input)}
-
-
 def interleaved_latency(models: Dict[str, nn.Module], example_input, rounds: int = 5,
                         repeats: int = 4, threads: Optional[int] = 1) -> Dict[str, Dict]:
     """CPU latency of several models measured in interleaved rounds (model A, B, C, A, B, C,
@@ -104,12 +100,9 @@ def interleaved_latency(models: Dict[str, nn.Module], example_input, rounds: int
         for name, m in models.items():
             t = measure_latency(m, example_input, repeats=repeats, warmup=1, threads=threads)
             times[name] += [t["min_ms"], t["median_ms"]]
-    out = {}
-    for name, ts in times.items():
-        out[name] = {"min_ms": round(min(ts), 3), "median_ms": round(statistics.median(ts), 3),
-                     "batch": int(example_input.shape[0]), "threads": threads,
-                     "runs": rounds * repeats}
-    return out
+    return {name: {"min_ms": round(min(ts), 3), "median_ms": round(statistics.median(ts), 3),
+                   "batch": int(example_input.shape[0]), "threads": threads,
+                   "runs": rounds * repeats} for name, ts in times.items()}
 
 
 def _mean_std(xs: Sequence[float]) -> Dict[str, Any]:
@@ -119,21 +112,12 @@ def _mean_std(xs: Sequence[float]) -> Dict[str, Any]:
 
 
 def _first_batch(loader, n: int):
-    xs, seen = [], 0
+    xs = []
     for batch in loader:
-        x = batch[0]
-        xs.append(x)
-        seen += x.shape[0]
-        if seen >= n:
+        xs.append(batch[0])
+        if sum(x.shape[0] for x in xs) >= n:
             break
     return torch.cat(xs)[:n]
-
-
-def _modularity(feats: Any, k: int, per_class: int, repeats: int, seed: int,
-                progress: bool) -> DepthProfile:
-    """The modularity curve of the study: one metric, ``repeats`` resamplings of the pool."""
-    return depth_profile(feats, "modularity", graph=GraphSpec(k=k), per_class=per_class,
-                         repeats=repeats, seed=seed, progress=progress)["modularity"]
 
 
 def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iterable[Any],
@@ -226,44 +210,46 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     if path.exists():
         report = StudyReport(json.loads(path.read_text()))
         if report.get("config") != config:
-            old = report.get("config", {})
-            diff = {key: (old.get(key), v) for key, v in config.items() if old.get(key) != v}
             raise ValueError(f"{str(out)!r} holds a study with other settings (saved, now): "
-                             f"{diff}; use another output folder or delete {path}")
+                             f"{_changed(report.get('config', {}), config)}; use another output "
+                             f"folder or delete {path}")
         say(f"resuming {path}: {len(report.get('rows', {}))} rows already done")
     report.setdefault("config", config)
     report.setdefault("model_info", model_info or {})
     report.setdefault("rows", {})
 
-    def save() -> None:
-        atomic_write_json(path, report)
+    def modularity(net: nn.Module, names: List[str], **meta: Any) -> Tuple[DepthProfile, Any]:
+        """The curve of ``net`` at ``names``: one metric, ``repeats`` resamplings of a pool of
+        ``pool_per_class`` samples per class; also returns the pool's features."""
+        feats = extract_features(net, curve_loader, layers=names, per_class=pool_per_class,
+                                 seed=seed, device=dev, progress=progress)
+        prof = depth_profile(feats, "modularity", graph=GraphSpec(k=k), per_class=per_class,
+                             repeats=repeats, seed=seed, progress=progress)["modularity"]
+        prof.meta.update(meta)
+        return prof, feats
 
     # -- baseline ---------------------------------------------------------------------------
     if "baseline" not in report:
         t0 = time.perf_counter()
         n_test = sum(int(b[1].numel()) for b in test_loader)
         report["baseline"] = {"acc": evaluate(model, test_loader, dev), "test_samples": n_test,
-                              **_costs(model, example_input),
+                              **cost_report(model, example_input, latency=False),
                               "layers": len(layers), "seconds": round(time.perf_counter() - t0, 2)}
-        save()
+        atomic_write_json(path, report)
     base = report["baseline"]
     say(f"baseline: acc {base['acc']:.4f}, params {base['params']:,}, FLOPs {base['flops']:,}")
 
     # -- curve (and adjacent CKA on the same features) ---------------------------------------
     if "curve" not in report:
         t0 = time.perf_counter()
-        feats = extract_features(model, curve_loader, layers=list(layers),
-                                 per_class=pool_per_class, seed=seed, device=dev,
-                                 progress=progress)
-        prof = _modularity(feats, k, per_class, repeats, seed, progress)
-        prof.meta["label"] = "before pruning"
+        prof, feats = modularity(model, list(layers), label="before pruning")
         report["curve"] = prof.to_dict()
         if "cka" in methods:
             report["cka"] = adjacent_cka(feats, per_class=per_class, repeats=repeats,
                                          seed=seed).to_dict()
         report["curve_seconds"] = round(time.perf_counter() - t0, 2)
         del feats
-        save()
+        atomic_write_json(path, report)
     curve = report.profile
     curve.to_json(out / "curve.json")
     say("curve: " + ", ".join(f"{n}={v:.3f}" for n, v in zip(curve.layers, curve.values.tolist())))
@@ -271,11 +257,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     # -- selections ----------------------------------------------------------------------------
     kw: Dict[str, Any] = dict(model=model, example_input=example_input,
                               allow_projection=allow_projection)
-    sel: Dict[str, Optional[Redundancy]] = {}
-    mod = redundant_layers(curve, rule, threshold, n_remove=n_remove, **kw)
-    sel["modularity"] = mod
-    n = len(mod)
-    report["selections"] = {"modularity": mod.to_dict()}
+    sel = {"modularity": redundant_layers(curve, rule, threshold, n_remove=n_remove, **kw)}
+    n = len(sel["modularity"])
     if n == 0:
         say(f"the {rule!r} rule (threshold {threshold}) finds no redundant layer; nothing to "
             f"prune (try n_remove= or another threshold)")
@@ -285,23 +268,21 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
         if "random" in methods:
             for s in random_seeds:
                 sel[f"random_seed{s}"] = random_layers(curve, n, seed=s, **kw)
-        if "cka" in methods:
+        if "cka" in methods and "cka" in report:
             sel["cka"] = cka_layers(None, n, cka=DepthProfile.from_dict(report["cka"]),
-                                    profile=curve, **kw) if "cka" in report else None
-        for name, r in sel.items():
-            if r is not None:
-                report["selections"][name] = r.to_dict()
+                                    profile=curve, **kw)
+    report["selections"] = {name: r.to_dict() for name, r in sel.items()}
     if "modularity" not in methods:
         sel.pop("modularity")
-    save()
+    atomic_write_json(path, report)
 
     # -- rows ----------------------------------------------------------------------------------
     def run_row(name: str, layers_to_remove: Optional[Redundancy]) -> None:
         if name in report["rows"]:
-            r = report["rows"][name]
-            say(f"{name}: done before (acc {r['acc_finetuned']:.4f})")
+            say(f"{name}: done before (acc {report['rows'][name]['acc_finetuned']:.4f})")
             return
         t0 = time.perf_counter()
+        removed = list(layers_to_remove.layers) if layers_to_remove is not None else []
         if layers_to_remove is None:
             pruned = copy.deepcopy(model)
             plog: Dict[str, Any] = {"removed": {}, "replaced": {}, "renamed": {}}
@@ -309,7 +290,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
             pruned, plog = prune_layers(model, layers_to_remove, example_input=example_input,
                                         return_log=True)
         acc_pruned = evaluate(pruned, test_loader, dev)
-        costs = _costs(pruned, example_input)
+        costs = cost_report(pruned, example_input, latency=False)
         ckpt = out / "checkpoints" / f"{name}.pt"
         gen = getattr(train_loader, "generator", None)
         if gen is not None:  # every row sees the same batch order, whatever ran before it
@@ -319,26 +300,20 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                         progress=progress, desc=f"finetune {name}")
         acc_ft = evaluate(pruned, test_loader, dev)
         atomic_torch_save(pruned, out / "models" / f"{name}.pt")
-        row = {"removed": list(layers_to_remove.layers) if layers_to_remove is not None else [],
-               "n_removed": len(layers_to_remove) if layers_to_remove is not None else 0,
-               "replaced": plog["replaced"], "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
+        row = {"removed": removed, "n_removed": len(removed), "replaced": plog["replaced"],
+               "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
                **costs, "params_reduction": 1 - costs["params"] / base["params"],
                "flops_reduction": 1 - costs["flops"] / base["flops"],
                "finetune_loss": hist["loss"][-1], "finetune_train_acc": hist["train_acc"][-1],
                "seconds": round(time.perf_counter() - t0, 2)}
         if name == "modularity" and curves_after and layers_to_remove is not None:
-            kept = [l for l in curve.layers if l not in set(layers_to_remove.layers)
+            kept = [l for l in curve.layers if l not in set(removed)
                     and l not in {r.layer for r in layers_to_remove}]
-            new_names = [plog["renamed"].get(l, l) for l in kept]
-            feats = extract_features(pruned, curve_loader, layers=new_names,
-                                     per_class=pool_per_class, seed=seed, device=dev,
-                                     progress=progress)
-            after = _modularity(feats, k, per_class, repeats, seed, progress)
-            after.meta.update({"label": "after pruning + fine-tuning", "original_layers": kept})
+            after, _ = modularity(pruned, [plog["renamed"].get(l, l) for l in kept],
+                                  label="after pruning + fine-tuning", original_layers=kept)
             report["curve_after"] = after.to_dict()
-            del feats
         report["rows"][name] = row
-        save()
+        atomic_write_json(path, report)
         if ckpt.exists():
             ckpt.unlink()
         say(f"{name}: removed {row['n_removed']}, acc straight after pruning "
@@ -346,8 +321,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
 
     if n > 0:
         for name, r in sel.items():
-            if r is not None:
-                run_row(name, r)
+            run_row(name, r)
     if control:
         run_row("unpruned_finetuned", None)
 
@@ -366,7 +340,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                              "statistic": "minimum over interleaved rounds"}
     report["summary"] = summarize(report)
     report["table"] = format_table(report)
-    save()
+    atomic_write_json(path, report)
     atomic_write_text(out / "prune_table.md", report["table"] + "\n")
     plot(report, out / "curves.png")
     return report
@@ -401,12 +375,10 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
             if other in rows:
                 s[f"beats_{other}"] = mod["acc_finetuned"] > rows[other]["acc_finetuned"]
                 s[f"beats_{other}_before_finetune"] = mod["acc_pruned"] > rows[other]["acc_pruned"]
-        diffs = {}
-        if rand:
-            diffs["random"] = mod["acc_finetuned"] - s["random_finetuned"]["mean"]
-        for other in ("least_redundant", "cka", "unpruned_finetuned"):
-            if other in rows:
-                diffs[other] = mod["acc_finetuned"] - rows[other]["acc_finetuned"]
+        others = {"random": s["random_finetuned"]["mean"]} if rand else {}
+        others.update({other: rows[other]["acc_finetuned"] for other in
+                       ("least_redundant", "cka", "unpruned_finetuned") if other in rows})
+        diffs = {k: mod["acc_finetuned"] - acc for k, acc in others.items()}
         s["modularity_minus"] = diffs
         checks = [s.get("beats_random"), s.get("beats_least_redundant")]
         s["claim_holds"] = all(c is True for c in checks) if None not in checks else None

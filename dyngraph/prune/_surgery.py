@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice
 from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
+from ..capture._layers import _check_model as _check_module
 from ..capture._taps import LayerTaps, call_model, first_tensor
 
 WEIGHTED = CONVS + (nn.Linear,)
@@ -53,12 +54,15 @@ class CallInfo:
 
 
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_module(model)
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError(f"model is a TorchScript module ({type(model).__name__}); layer surgery "
                         f"needs the Python nn.Module (load the model with torch.load, not "
                         f"torch.jit.load)")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
@@ -138,15 +142,12 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
     if isinstance(first, nn.Linear):
         candidates = [(first.in_features,)] + [(1, s, s) for s in (8, 28, 32)] + \
                      [(1, first.in_features)]
-    else:
-        c = first.in_channels
-        sizes: Dict[type, List[Shape]] = {
-            nn.Conv1d: [(s,) for s in (40, 64, 128, 32, 256, 16)],
-            nn.Conv2d: [(s, s) for s in (32, 64, 8, 28, 224, 16, 96, 128)],
-            nn.Conv3d: [(s, s, s) for s in (16, 32, 8)]}
-        kind = type(first) if type(first) in CONVS else nn.Conv2d
-        candidates = [(c,) + s for s in sizes[kind]]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    else:  # sizes per number of spatial dimensions (a conv subclass is tried as 2-D)
+        sizes = {1: (40, 64, 128, 32, 256, 16), 2: (32, 64, 8, 28, 224, 16, 96, 128),
+                 3: (16, 32, 8)}
+        nd = CONVS.index(type(first)) + 1 if type(first) in CONVS else 2
+        candidates = [(first.in_channels,) + (s,) * nd for s in sizes[nd]]
+    device = _model_device(model)
     errors = []
     for shape in candidates:
         x = torch.zeros((batch,) + shape, device=device)
@@ -196,6 +197,10 @@ def _parent_name(name: str) -> Tuple[str, str]:
     return parent, attr
 
 
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
 def _is_weighted(mod: nn.Module) -> bool:
     """A layer that counts as a unit: conv/linear, or a container with parameters (a block)."""
     if isinstance(mod, WEIGHTED):
@@ -212,46 +217,33 @@ def _unknown(name: str, modules: Dict[str, nn.Module]) -> ValueError:
                       f"the {len(modules) - 1} available names.")
 
 
-def _ordered_children(parent: nn.Module, parent_name: str,
-                      shapes: Dict[str, CallInfo]) -> List[Tuple[str, nn.Module]]:
-    kids = list(parent.named_children())
-    if isinstance(parent, nn.Sequential):
-        return kids
-    full = [(f"{parent_name}.{k}" if parent_name else k, k, m) for k, m in kids]
-    ran = [(shapes[f].order, k, m) for f, k, m in full if f in shapes]
-    return [(k, m) for _, k, m in sorted(ran, key=lambda t: t[0])]
-
-
-def _stage_of(parent: nn.Module, parent_name: str, child: str,
-              shapes: Dict[str, CallInfo]) -> str:
-    seg = 0
-    for k, _m in _ordered_children(parent, parent_name, shapes):
-        full = f"{parent_name}.{k}" if parent_name else k
+def _segments(parent: nn.Module, parent_name: str,
+              shapes: Dict[str, CallInfo]) -> List[Tuple[str, nn.Module, str]]:
+    """``(full name, module, stage)`` of the children in call order (a Sequential's in its own
+    order), where the stage ``'<parent>#<segment>'`` advances at every child that changes the
+    shape."""
+    kids = [(_join(parent_name, k), m) for k, m in parent.named_children()]
+    if not isinstance(parent, nn.Sequential):
+        kids = sorted(((f, m) for f, m in kids if f in shapes), key=lambda t: shapes[t[0]].order)
+    out, seg = [], 0
+    for full, m in kids:
         info = shapes.get(full)
         if info is not None and info.in_shape != info.out_shape:
             seg += 1
-        if k == child:
-            break
-    return f"{parent_name}#{seg}"
+        out.append((full, m, f"{parent_name}#{seg}"))
+    return out
 
 
 def _stage_members(parent: nn.Module, parent_name: str, stage: str,
                    shapes: Dict[str, CallInfo]) -> List[str]:
-    out = []
-    for k, m in _ordered_children(parent, parent_name, shapes):
-        full = f"{parent_name}.{k}" if parent_name else k
-        if full in shapes and _is_weighted(m) and _stage_of(parent, parent_name, k,
-                                                             shapes) == stage:
-            out.append(full)
-    return out
+    return [full for full, m, st in _segments(parent, parent_name, shapes)
+            if full in shapes and _is_weighted(m) and st == stage]
 
 
 def _stem_and_classifier(model: nn.Module, shapes: Dict[str, CallInfo]) -> Tuple[str, str]:
     ran = sorted((info.order, n) for n, m in model.named_modules()
                  if isinstance(m, WEIGHTED) and (info := shapes.get(n)) is not None)
-    if not ran:
-        return "", ""
-    return ran[0][1], ran[-1][1]
+    return (ran[0][1], ran[-1][1]) if ran else ("", "")
 
 
 def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, CallInfo],
@@ -265,8 +257,6 @@ def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, Cal
     stem, clf = _stem_and_classifier(model, shapes)
     units = []
     for req in layers:
-        if not isinstance(req, str):
-            raise TypeError(f"layer names must be strings, got {type(req).__name__}: {req!r}")
         name = req.partition(":")[0]
         if name == "" or name not in modules:
             raise _unknown(name, modules)
@@ -279,13 +269,13 @@ def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, Cal
             while i > 0 and isinstance(parent._modules[keys[i - 1]], FOLLOWERS):
                 i -= 1
             if i > 0 and _is_weighted(parent._modules[keys[i - 1]]):
-                main = f"{parent_name}.{keys[i - 1]}" if parent_name else keys[i - 1]
+                main = _join(parent_name, keys[i - 1])
         members = [main]
         if expand and isinstance(parent, nn.Sequential) and isinstance(modules[main], WEIGHTED):
             keys = list(parent._modules)
             j = keys.index(_parent_name(main)[1]) + 1
             while j < len(keys) and isinstance(parent._modules[keys[j]], FOLLOWERS):
-                members.append(f"{parent_name}.{keys[j]}" if parent_name else keys[j])
+                members.append(_join(parent_name, keys[j]))
                 j += 1
         missing = [m for m in members if m not in shapes]
         if missing:
@@ -295,7 +285,9 @@ def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, Cal
         first, last = shapes[members[0]], shapes[members[-1]]
         unit = Unit(req, main, members, parent_name, first.in_shape, last.out_shape,
                     calls=shapes[main].calls)
-        unit.stage = _stage_of(parent, parent_name, _parent_name(main)[1], shapes)
+        segments = _segments(parent, parent_name, shapes)
+        unit.stage = next((st for full, _m, st in segments if full == main),
+                          segments[-1][2] if segments else f"{parent_name}#0")
         for m in members:
             for tag, target in (("the stem (first layer)", stem), ("the classifier", clf)):
                 if target and (target == m or target.startswith(m + ".")):
@@ -350,13 +342,11 @@ def make_projection(in_shape: Optional[Shape], out_shape: Optional[Shape],
     nd = len(in_shape) - 1
     if nd not in (1, 2, 3):
         raise ValueError(f"no conv projection for {nd}-D feature maps ({in_shape} → {out_shape})")
-    strides = []
-    for a, b in zip(in_shape[1:], out_shape[1:]):
-        s = next((s for s in range(1, a + 1) if -(-a // s) == b), None)
-        if s is None:
-            raise ValueError(f"no strided 1×1 projection maps spatial size {in_shape[1:]} to "
-                             f"{out_shape[1:]} (up-sampling or a non-integer stride)")
-        strides.append(s)
+    strides = [next((s for s in range(1, a + 1) if -(-a // s) == b), None)
+               for a, b in zip(in_shape[1:], out_shape[1:])]
+    if None in strides:
+        raise ValueError(f"no strided 1×1 projection maps spatial size {in_shape[1:]} to "
+                         f"{out_shape[1:]} (up-sampling or a non-integer stride)")
     conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
     bn_cls = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[nd - 1]
     opts: Dict[str, Any] = {"stride": tuple(strides), "bias": False}
@@ -387,8 +377,7 @@ def _replacement(model: nn.Module, unit: Unit, projection: str,
                  device: torch.device) -> Tuple[Optional[nn.Module], str]:
     if not unit.shape_change:
         return None, "removed"
-    modules = dict(model.named_modules())
-    main = modules[unit.module]
+    main = model.get_submodule(unit.module)
     where = (f"layer {unit.request!r} changes the shape from {list(unit.in_shape or ())} to "
              f"{list(unit.out_shape or ())}")
     if projection == "none":
@@ -489,7 +478,7 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
     if example_input is None:
         example_input = infer_example_input(model)
     shapes = probe(model, example_input)
-    out_shape = shapes[""].out_shape if "" in shapes else None
+    out_shape = shapes[""].out_shape
     units = resolve_units(model, names, shapes, expand=expand)
     # Overlaps: the same module reached twice, or one unit inside another.
     owner: Dict[str, str] = {}
@@ -511,7 +500,7 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
             raise ValueError(f"layer {u.request!r} ({u.module}) runs {u.calls} times in one "
                              f"forward pass (shared weights); it cannot be pruned as one layer")
     new = model if inplace else copy.deepcopy(model)
-    device = next((p.device for p in new.parameters()), torch.device("cpu"))
+    device = _model_device(new)
     modules = dict(new.named_modules())
     log: Dict[str, Any] = {"removed": {}, "replaced": {}, "renamed": {}}
     by_parent: Dict[str, List[Tuple[Unit, Optional[nn.Module]]]] = {}
@@ -523,23 +512,21 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
     for parent_name, items in by_parent.items():
         parent = modules[parent_name]
         if isinstance(parent, nn.Sequential):
-            drop = {_parent_name(m)[1]: (u, rep) for u, rep in items for m in u.members}
+            # A unit's members go; its replacement, if any, takes the place of its first member.
+            drop = {_parent_name(m)[1]: rep if i == 0 else None
+                    for u, rep in items for i, m in enumerate(u.members)}
             kept: List[Tuple[str, nn.Module]] = []
             for key, child in parent._modules.items():
-                if key in drop:
-                    u, rep = drop[key]
-                    if rep is not None and key == _parent_name(u.members[0])[1]:
-                        kept.append((key, rep))
-                    continue
-                kept.append((key, child))
+                if key not in drop:
+                    kept.append((key, child))
+                elif (rep := drop[key]) is not None:
+                    kept.append((key, rep))
             renumber = all(k.isdigit() for k in parent._modules)
             new_items = OrderedDict()
             for i, (key, child) in enumerate(kept):
                 new_key = str(i) if renumber else key
                 if new_key != key:
-                    old_full = f"{parent_name}.{key}" if parent_name else key
-                    log["renamed"][old_full] = f"{parent_name}.{new_key}" if parent_name \
-                        else new_key
+                    log["renamed"][_join(parent_name, key)] = _join(parent_name, new_key)
                 new_items[new_key] = child
             parent._modules = new_items
         else:

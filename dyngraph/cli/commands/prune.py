@@ -75,9 +75,8 @@ def register(sub) -> None:
 def _loaders(args):
     from ...zoo._data import example_loaders, image_folder_loaders
     if args.data:
-        train, test, num_classes = image_folder_loaders(args.data, image_size=args.image_size,
-                                                        batch_size=args.batch_size)
-        return train, test, num_classes
+        return image_folder_loaders(args.data, image_size=args.image_size,
+                                    batch_size=args.batch_size)
     train, test = example_loaders(args.example, batch_size=args.batch_size, seed=args.seed)
     return train, test, 10
 
@@ -134,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     for layer, why in sel["kept"].items():
         print(f"  keep   {layer}: {why}")
     print("\n" + report["table"] + "\n")
-    s = report["summary"]
-    print_json({"summary": s, "seconds": round(time.perf_counter() - t0, 1),
+    print_json({"summary": report["summary"], "seconds": round(time.perf_counter() - t0, 1),
                 "report": str(out / "prune_report.json")})
     return 0
