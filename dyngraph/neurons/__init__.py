@@ -24,29 +24,8 @@ from ._report import NeuronReport, neuron_report
 from ._spectral import kmeans, ncut, spectral_embedding, spectral_partition
 from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
 
-__all__ = [
-    "ClusterabilityResult",
-    "CoherenceResult",
-    "ImportanceResult",
-    "LesionRunner",
-    "NeuronGroup",
-    "NeuronReport",
-    "benjamini_hochberg",
-    "clusterability",
-    "coherence",
-    "empirical_p",
-    "fisher_combine",
-    "kmeans",
-    "label_entropy",
-    "lesion_importance",
-    "ncut",
-    "neuron_graph",
-    "neuron_groups",
-    "neuron_report",
-    "percentile_of",
-    "rank_average",
-    "shuffle_weights",
-    "spearman_matrix",
-    "spectral_embedding",
-    "spectral_partition",
-]
+__all__ = ["ClusterabilityResult", "CoherenceResult", "ImportanceResult", "LesionRunner",
+           "NeuronGroup", "NeuronReport", "benjamini_hochberg", "clusterability", "coherence",
+           "empirical_p", "fisher_combine", "kmeans", "label_entropy", "lesion_importance", "ncut",
+           "neuron_graph", "neuron_groups", "neuron_report", "percentile_of", "rank_average",
+           "shuffle_weights", "spearman_matrix", "spectral_embedding", "spectral_partition"]

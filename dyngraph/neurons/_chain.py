@@ -13,6 +13,7 @@ VGG-style CNNs, torchvision's VGG/AlexNet). For each one the helpers find
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from ..capture._extract import extract_features
 from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS, _check_model
-from ..capture._taps import Edit, LayerTaps
+from ..capture._taps import LayerTaps
 
 WEIGHT_TYPES = (nn.Linear,) + CONVS
 NORMS = ("l1", "max_col_sum", "l2")
@@ -39,10 +40,6 @@ class NeuronLayer:
     act: Optional[str]             # activation module after it, if any
     bn: Optional[nn.Module]        # BatchNorm folded into its incoming weights, if any
 
-    @property
-    def is_conv(self) -> bool:
-        return isinstance(self.module, CONVS)
-
 
 def weight_chain(model: nn.Module) -> List[NeuronLayer]:
     """Every Linear/Conv of ``model`` in registration order, with its BatchNorm and activation."""
@@ -51,7 +48,6 @@ def weight_chain(model: nn.Module) -> List[NeuronLayer]:
     if isinstance(model, WEIGHT_TYPES):  # a bare layer
         leaves = [("", model)]
     chain: List[NeuronLayer] = []
-    act_users: Dict[str, int] = {}
     for pos, (name, mod) in enumerate(leaves):
         if not isinstance(mod, WEIGHT_TYPES):
             continue
@@ -68,12 +64,11 @@ def weight_chain(model: nn.Module) -> List[NeuronLayer]:
                 break
             if not isinstance(m2, _PASSTHROUGH):
                 break
-        if act is not None:
-            act_users[act] = act_users.get(act, 0) + 1
         chain.append(NeuronLayer(name, mod, size, in_size, unit, act, bn))
     if not chain:
         raise ValueError(f"model {type(model).__name__} has no nn.Linear or nn.Conv layer; a "
                          f"neuron graph needs weight layers")
+    act_users = Counter(layer.act for layer in chain)
     for layer in chain:  # an activation module shared by several layers cannot be hooked
         if layer.act is not None and act_users[layer.act] > 1:
             layer.act = None
@@ -84,10 +79,8 @@ def select_layers(chain: List[NeuronLayer], layers: Optional[Sequence[str]],
                   include_input: bool, include_output: bool) -> List[int]:
     """Positions in ``chain`` of the layers whose neurons become nodes (-1 stands for the input)."""
     names = [layer.name for layer in chain]
-    if layers is None:
-        pos = list(range(len(chain) - 1)) if len(chain) > 1 else [0]
-        if include_output and len(chain) > 1:
-            pos.append(len(chain) - 1)
+    if layers is None:  # the hidden layers (and the output), or a lone layer
+        pos = list(range(len(chain) if include_output else len(chain) - 1)) or [0]
     else:
         if isinstance(layers, str):
             layers = [layers]
@@ -118,13 +111,12 @@ def input_layer(chain: List[NeuronLayer]) -> NeuronLayer:
 # ----------------------------------------------------------------------------- weights
 def bn_scale(bn: Any) -> Tensor:
     """``γ / sqrt(running_var + eps)`` per channel (γ = 1 without affine; var = 1 without stats)."""
-    gamma = bn.weight.detach() if bn.weight is not None else None
+    gamma = bn.weight.detach().float() if bn.weight is not None else None
     if bn.running_var is not None:
         denom = torch.sqrt(bn.running_var.detach().float() + bn.eps)
     else:
-        denom = torch.ones(bn.num_features, device=(gamma.device if gamma is not None else "cpu"))
-    scale = (gamma.float() if gamma is not None else torch.ones_like(denom)) / denom
-    return scale
+        denom = torch.ones(bn.num_features, device=gamma.device if gamma is not None else "cpu")
+    return (gamma if gamma is not None else torch.ones_like(denom)) / denom
 
 
 def _reduce_kernel(w: Tensor, norm: str) -> Tensor:
@@ -153,50 +145,32 @@ def reduced_weights(layer: NeuronLayer, prev_size: int, norm: str = "l1", fold_b
     """
     mod: Any = layer.module
     w = mod.weight.detach().float()
-    if isinstance(mod, nn.Linear):
-        if w.shape[1] == prev_size:
-            a = w.abs()
-        elif prev_size > 0 and w.shape[1] % prev_size == 0:
-            s = w.shape[1] // prev_size
-            if spatial is not None and len(spatial) and math.prod(spatial) != s:
-                spatial = None
-            if spatial is None or not len(spatial):
-                side = math.isqrt(s)
-                spatial = (side, side) if side * side == s else (s,)
-            a = _reduce_kernel(w.reshape(w.shape[0], prev_size, *spatial), norm)
-        else:
-            raise ValueError(f"layer {layer.name!r} reads {w.shape[1]} features, which does not "
-                             f"match the {prev_size} neurons of the layer before it; neuron graphs "
-                             f"from weights need a sequential chain of layers")
+    linear = isinstance(mod, nn.Linear)
+    n_in = w.shape[1] if linear else mod.in_channels
+    if n_in != prev_size and not (linear and prev_size > 0 and n_in % prev_size == 0):
+        raise ValueError(f"layer {layer.name!r} reads {n_in} {'features' if linear else 'channels'}"
+                         f", which does not match the {prev_size} neurons of the layer before it; "
+                         f"neuron graphs from weights need a sequential chain of layers")
+    if linear and n_in == prev_size:
+        a = w.abs()
+    elif linear:  # a flattened [prev_size, *spatial] map
+        s = n_in // prev_size
+        if not spatial or math.prod(spatial) != s:
+            side = math.isqrt(s)
+            spatial = (side, side) if side * side == s else (s,)
+        a = _reduce_kernel(w.reshape(w.shape[0], prev_size, *spatial), norm)
+    elif mod.groups == 1:
+        a = _reduce_kernel(w, norm)
     else:
-        groups = mod.groups
-        if mod.in_channels != prev_size:
-            raise ValueError(f"layer {layer.name!r} reads {mod.in_channels} channels, which does "
-                             f"not match the {prev_size} neurons of the layer before it; neuron "
-                             f"graphs from weights need a sequential chain of layers")
         red = _reduce_kernel(w, norm)  # [out, in/groups]
-        if groups == 1:
-            a = red
-        else:
-            out_pg, in_pg = mod.out_channels // groups, mod.in_channels // groups
-            a = torch.zeros(mod.out_channels, mod.in_channels, device=w.device, dtype=red.dtype)
-            g = torch.arange(mod.out_channels, device=w.device) // out_pg
-            cols = g.unsqueeze(1) * in_pg + torch.arange(in_pg, device=w.device)
-            a.scatter_(1, cols, red)
+        out_pg, in_pg = mod.out_channels // mod.groups, mod.in_channels // mod.groups
+        a = torch.zeros(mod.out_channels, mod.in_channels, device=w.device, dtype=red.dtype)
+        g = torch.arange(mod.out_channels, device=w.device) // out_pg
+        cols = g.unsqueeze(1) * in_pg + torch.arange(in_pg, device=w.device)
+        a.scatter_(1, cols, red)
     if fold_bn and layer.bn is not None:
         a = a * bn_scale(layer.bn).to(a.device).abs().unsqueeze(1)
     return a
-
-
-def model_taps(model: nn.Module, layers: Optional[Dict[str, str]] = None, *,
-               edits: Optional[Dict[str, Edit]] = None, **options: Any) -> LayerTaps:
-    """:class:`~dyngraph.capture.LayerTaps` on ``model`` with only the given taps and edits (the
-    module name ``''`` is the model itself: a neuron layer may be a bare ``nn.Linear``).
-
-    ``layers`` maps ``'name'`` or ``'name:input'`` to an alias, ``edits`` maps module names to
-    ``fn(output)``; ``options`` go to ``LayerTaps`` (``reduce``, ``grad``, ...).
-    """
-    return LayerTaps(model, layers or [], edits=edits or {}, **options)
 
 
 def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
@@ -204,9 +178,10 @@ def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
     """For each weight layer, ``'<name>:input'`` → the spatial shape of the last feature map
     produced before it runs (for a Linear after a flatten: the map that was flattened).
 
-    One forward pass through :func:`model_taps`: the inputs of the weight layers are tapped and
-    every leaf module's output shape is recorded, with its place among the tapped inputs, by an
-    edit that returns the output unchanged. A weight layer's own input counts when it is a map.
+    One forward pass through :class:`~dyngraph.capture.LayerTaps`: the inputs of the weight
+    layers are tapped and every leaf module's output shape is recorded, with its place among the
+    tapped inputs, by an edit that returns the output unchanged. A weight layer's own input
+    counts when it is a map.
     """
     events: List[Tuple[int, Tuple[int, ...]]] = []  # (inputs tapped so far, spatial shape)
 
@@ -216,33 +191,22 @@ def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
         return out
 
     leaves = [n for n, m in model.named_modules() if n and next(m.children(), None) is None]
-    taps = model_taps(model, {f"{layer.name}:input": layer.name for layer in chain},
-                      edits={n: record for n in leaves}, reduce=False, allow_repeat=True)
+    taps = LayerTaps(model, {f"{layer.name}:input": layer.name for layer in chain},
+                     edits={n: record for n in leaves}, reduce=False, allow_repeat=True)
     with taps, torch.no_grad():
         model(example)
     order = taps.order
     shapes: Dict[str, Tuple[int, ...]] = {}
     for layer in chain:
-        if layer.name not in order:
-            continue
-        i = len(order) - 1 - order[::-1].index(layer.name)  # its last call
-        x = taps.outputs[layer.name]
-        if x.dim() > 2:
-            shapes[layer.name + ":input"] = tuple(x.shape[2:])
-        else:
-            before = [shape for pos, shape in events if pos <= i]
-            shapes[layer.name + ":input"] = before[-1] if before else ()
+        if layer.name in order:
+            i = len(order) - 1 - order[::-1].index(layer.name)  # its last call
+            x = taps.outputs[layer.name]
+            before: List[Tuple[int, ...]] = [(), *(shape for pos, shape in events if pos <= i)]
+            shapes[layer.name + ":input"] = tuple(x.shape[2:]) if x.dim() > 2 else before[-1]
     return shapes
 
 
 # ----------------------------------------------------------------------------- activations
-def _value_module(layer: NeuronLayer, point: str) -> str:
-    if point == "post" and layer.act is not None:
-        return layer.act
-    assert layer.unit is not None  # only the input layer has no unit, and it is read apart
-    return layer.unit
-
-
 def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], *,
                       point: str = "post", raw_input: bool = False,
                       per_class: Optional[int] = None, n_samples: Optional[int] = None,
@@ -256,18 +220,16 @@ def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], 
 
     Returns ``(acts, raw_input [N, P] or None, y [N], points {layer: module read})``.
     """
-    spec: Dict[str, str] = {}
     points: Dict[str, str] = {}
     for layer in layers:
-        if layer.module is None:
-            continue
-        m = _value_module(layer, point)
-        spec[m] = layer.name
-        points[layer.name] = m
+        if layer.module is not None:  # the input layer (no unit) is read apart
+            assert layer.unit is not None
+            act = layer.act if point == "post" else None
+            points[layer.name] = act if act is not None else layer.unit
+    spec = {m: name for name, m in points.items()}
     if raw_input or any(lay.module is None for lay in layers):
-        first_name = f"{_first_weight_name(model)}:input"
-        spec[first_name] = "__input__"
-        points["input"] = first_name
+        points["input"] = f"{weight_chain(model)[0].name}:input"
+        spec[points["input"]] = "__input__"
     try:
         feats = extract_features(model, loader, layers=spec, per_class=per_class,
                                  n_samples=n_samples, seed=seed, pool=None, device=device,
@@ -281,23 +243,16 @@ def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], 
         raise
     dev = torch.device(device) if device is not None else _model_device(model)
     acts: Dict[str, Tensor] = {}
-    raw = None
     for layer in layers:
-        key = "__input__" if layer.module is None else layer.name
-        x = feats[key].to(dev)
+        x = feats["__input__" if layer.module is None else layer.name].to(dev)
         if x.shape[1] != layer.size:
             if x.shape[1] % layer.size:
                 raise ValueError(f"layer {layer.name!r}: {x.shape[1]} recorded features do not "
                                  f"split into its {layer.size} neurons")
             x = x.view(x.shape[0], layer.size, -1).mean(-1)  # channel-major flatten → mean
         acts[layer.name] = x
-    if raw_input:
-        raw = feats["__input__"].to(dev)
+    raw = feats["__input__"].to(dev) if raw_input else None
     return acts, raw, feats.y.to(dev), points
-
-
-def _first_weight_name(model: nn.Module) -> str:
-    return weight_chain(model)[0].name
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -17,25 +17,25 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
-from .._json import jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_positive_int
 from ._chain import weight_chain
 from ._graph import neuron_graph
 from ._spectral import SOLVERS, ncut, spectral_partition
+from ._stats import JsonResult
 
 SHUFFLES = ("all", "nonzero")
 
 
 @dataclass
-class ClusterabilityResult:
+class ClusterabilityResult(JsonResult):
     """The n-cut of a network against its weight-shuffled copies.
 
     Attributes:
@@ -75,10 +75,6 @@ class ClusterabilityResult:
                 "n_shuffles": int(self.shuffled.numel()), "shuffled": self.shuffled.tolist(),
                 "meta": self.meta}
 
-    def to_json(self, path: PathLike) -> None:
-        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
-        atomic_write_json(path, jsonable(self.to_dict()))
-
     def __repr__(self) -> str:
         return (f"ClusterabilityResult(ncut={self.ncut:.4f}, shuffled={self.shuffled_mean:.4f}"
                 f"±{self.shuffled_std:.4f}, n_shuffles={self.shuffled.numel()}, "
@@ -109,26 +105,29 @@ def shuffle_weights(model: nn.Module, seed: int = 0, how: str = "all") -> nn.Mod
     with torch.no_grad():
         for layer in weight_chain(out):
             mod: Any = layer.module
-            w: Tensor = mod.weight
-            flat = w.view(-1)
-            if how == "all":
-                perm = torch.randperm(flat.numel(), generator=gen).to(w.device)
-                flat.copy_(flat[perm].clone())
-            else:
-                nz = (flat != 0).nonzero().flatten()
-                perm = torch.randperm(nz.numel(), generator=gen).to(w.device)
-                flat[nz] = flat[nz[perm]].clone()
+            flat: Tensor = mod.weight.view(-1)
+            idx = (flat != 0).nonzero().flatten() if how == "nonzero" else \
+                torch.arange(flat.numel(), device=flat.device)
+            flat[idx] = flat[idx[torch.randperm(idx.numel(), generator=gen).to(flat.device)]]
     return out
 
 
 def _z(value: float, null: Tensor) -> float:
     """``(value − mean) / std``; ``±inf`` (or 0 when equal) if the null has no spread."""
-    mean = float(null.mean())
     sd = float(null.std()) if null.numel() > 1 else 0.0
-    diff = value - mean
+    diff = value - float(null.mean())
     if sd == 0.0:
         return 0.0 if diff == 0 else math.copysign(math.inf, diff)
     return diff / sd
+
+
+def partition(net: nn.Module, n_clusters: int, seed: int, solver: str, **graph_args: Any
+              ) -> Tuple[float, Tensor, Data]:
+    """``(n-cut, clusters, graph)``: the neuron graph of ``net``, its spectral partition and the
+    partition's n-cut."""
+    g = neuron_graph(net, **graph_args)
+    c = spectral_partition(g, n_clusters, seed=seed, solver=solver)
+    return float(ncut(g.edge_index, c, g.edge_weight, g.num_nodes)), c, g
 
 
 def clusterability(model: nn.Module, n_clusters: int, n_shuffles: int = 50, seed: int = 0, *,
@@ -176,35 +175,27 @@ def clusterability(model: nn.Module, n_clusters: int, n_shuffles: int = 50, seed
         if bad in kw:
             raise ValueError(f"graph_kwargs must not set {bad!r}; pass it to clusterability")
     kw.setdefault("progress", False)
-
-    def graph_ncut(net: nn.Module):
-        g = neuron_graph(net, source=source, loader=loader, **kw)
-        c = spectral_partition(g, n_clusters, seed=seed, solver=solver)
-        return ncut(g.edge_index, c, g.edge_weight, g.num_nodes), c, g
-
-    value, clusters, graph = graph_ncut(model)
+    graph_args = {"source": source, "loader": loader, **kw}
+    value, clusters, graph = partition(model, n_clusters, seed, solver, **graph_args)
     settings = {"n_clusters": n_clusters, "seed": seed, "source": source, "shuffle": shuffle,
                 "solver": solver, "graph_kwargs": {k: repr(v) for k, v in sorted(kw.items())
                                                     if k != "progress"},
                 "ncut": value}
     done: list = []
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("settings") == settings:
-                done = [float(v) for v in saved.get("shuffled", [])][:n_shuffles]
+    if checkpoint is not None and Path(checkpoint).exists():
+        try:
+            saved = json.loads(Path(checkpoint).read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("settings") == settings:
+            done = [float(v) for v in saved.get("shuffled", [])][:n_shuffles]
     for i in progress_bar(range(len(done), n_shuffles), desc="shuffles", disable=not progress):
         net = shuffle_weights(model, seed=int(seed) * 1_000_003 + i + 1, how=shuffle)
-        done.append(graph_ncut(net)[0])
+        done.append(partition(net, n_clusters, seed, solver, **graph_args)[0])
         if checkpoint is not None:
             atomic_write_json(checkpoint, {"settings": settings, "shuffled": done})
     null = torch.tensor(done, dtype=torch.float64)
-    r = int((null <= value).sum())
-    p = (r + 1) / (n_shuffles + 1)
+    p = (int((null <= value).sum()) + 1) / (n_shuffles + 1)
     meta = {k: v for k, v in settings.items() if k != "ncut"}
     meta.update({"n_nodes": int(graph.num_nodes), "n_removed": int(getattr(graph, "n_removed", 0))})
     return ClusterabilityResult(value, null, p, _z(value, null), n_clusters, clusters, graph, meta)

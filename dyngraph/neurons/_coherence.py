@@ -27,15 +27,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .._io import PathLike, atomic_write_json
-from .._json import jsonable
-from .._progress import progress_bar
-from .._validate import check_choice, check_choices, check_positive_int, check_tensor
+from .._validate import check_choice, check_choices, check_positive_int
 from ..capture._taps import LayerTaps
-from ._chain import NeuronLayer, _model_device, layer_activations, model_taps, weight_chain
-from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
-from ._importance import _check_alpha, _check_n_random
-from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
+from ._chain import NeuronLayer, _model_device, layer_activations, weight_chain
+from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
+from ._stats import JsonResult, compare
 
 METHODS = ("labels", "pixels", "feature_vis")
 # Whether a larger score means more coherent.
@@ -79,7 +75,7 @@ def _zscore(a: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass
-class CoherenceResult:
+class CoherenceResult(JsonResult):
     """Coherence of each cluster ∩ layer group, per method.
 
     Attributes:
@@ -119,10 +115,6 @@ class CoherenceResult:
     def to_dict(self) -> Dict[str, Any]:
         return {"summary": self.summary(), "groups": self.groups, "meta": self.meta}
 
-    def to_json(self, path: PathLike) -> None:
-        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
-        atomic_write_json(path, jsonable(self.to_dict()))
-
     def __repr__(self) -> str:
         s = self.summary()
         per = ", ".join(f"{m}={s[f'n_coherent_{m}']}" for m in self.methods)
@@ -133,13 +125,11 @@ class CoherenceResult:
 def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
               methods: Sequence[str] = ("labels", "pixels"), n_random: int = 99, seed: int = 0,
               top_k: int = 20, min_size: int = 2, max_fraction: float = 0.99,
-              alpha: float = 0.05, point: str = "post", fv_steps: int = 100,
-              fv_lr: float = 0.1,
+              alpha: float = 0.05, point: str = "post", fv_steps: int = 100, fv_lr: float = 0.1,
               fv_radius: Optional[float] = None, per_class: Optional[int] = None,
-              n_samples: Optional[int] = None,
-              device: Optional[Union[str, torch.device]] = None,
-              groups: Optional[Sequence[NeuronGroup]] = None,
-              progress: bool = True) -> CoherenceResult:
+              n_samples: Optional[int] = None, device: Optional[Union[str, torch.device]] = None,
+              groups: Optional[Sequence[NeuronGroup]] = None, progress: bool = True
+              ) -> CoherenceResult:
     """Coherence test of each cluster ∩ layer group against random same-size groups.
 
     Args:
@@ -177,26 +167,19 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
         >>> r.methods, len(r.groups)
         (['labels', 'pixels'], 2)
     """
-    check_neuron_data(data)
-    check_tensor(clusters, "clusters")
     methods = check_choices(methods, "methods", METHODS)
-    _check_n_random(n_random)
-    alpha = _check_alpha(alpha)
     check_choice(point, "point", ("pre", "post"))
     check_positive_int(top_k, "top_k")
     check_positive_int(fv_steps, "fv_steps")
-    if groups is None:
-        groups = neuron_groups(data, clusters, min_size=min_size, max_fraction=max_fraction)
-    groups = list(groups)
+    groups, alpha = groups_to_test(data, clusters, groups, n_random, alpha, min_size,
+                                   max_fraction)
     dev = torch.device(device) if device is not None else _model_device(model)
     chain = {layer.name: layer for layer in weight_chain(model)}
-    layer_idx = sorted({g.layer_index for g in groups})
-    layers: List[NeuronLayer] = []
-    for li in layer_idx:
-        name = data.layer_names[li]
+    names = [data.layer_names[li] for li in sorted({g.layer_index for g in groups})]
+    for name in names:
         if name not in chain:
             raise ValueError(f"layer {name!r} of data is not a Linear/Conv of this model")
-        layers.append(chain[name])
+    layers = [chain[name] for name in names]
     acts: Dict[str, Tensor] = {}
     raw: Optional[Tensor] = None
     y = torch.zeros(0, dtype=torch.long)
@@ -210,10 +193,6 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
     g_n = len(groups)
     scores = {m: torch.zeros(g_n, dtype=torch.float64) for m in methods}
     rnd = {m: torch.zeros(g_n, n_random, dtype=torch.float64) for m in methods}
-    by_layer: Dict[int, List[int]] = {}
-    for i, g in enumerate(groups):
-        by_layer.setdefault(g.layer_index, []).append(i)
-    raw_z = torch.zeros(0, 0, dtype=torch.float64)
     input_stats: Dict[str, Any] = {}
     pre: Dict[str, Tensor] = {}
     if "feature_vis" in methods and groups:
@@ -222,23 +201,17 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
         pre, _, _, _ = layer_activations(model, loader, layers, point="pre",
                                          per_class=per_class, n_samples=n_samples, seed=seed,
                                          device=dev, progress=False)
-    if raw is not None and "pixels" in methods:
-        keep = raw.std(0) > 0
-        raw_z = _zscore(raw[:, keep].double())[0]
-    for li in progress_bar(list(by_layer), desc="coherence", disable=not progress):
-        idx = by_layer[li]
+    # raw is read for 'pixels' only; its constant features are left out
+    raw_z = _zscore(raw[:, raw.std(0) > 0].double())[0] if raw is not None else None
+    for li, idx, keep in layer_masks(groups, data, n_random, seed, dev, "coherence", progress):
         name = data.layer_names[li]
-        size = data.layer_sizes[li]
-        keep = group_masks([groups[i] for i in idx], size, n_random, seed, start=idx[0],
-                           device=dev)
         sel = (1.0 - keep).double()  # [M, C] 1 on the group's neurons
         sel = sel / sel.sum(1, keepdim=True)
-        z, mu, sd = _zscore(acts[name].double())
-        mean_act = z @ sel.T  # [N, M]
+        mean_act = _zscore(acts[name].double())[0] @ sel.T  # [N, M]
         res: Dict[str, Tensor] = {}
         if "labels" in methods:
             res["labels"] = label_entropy(mean_act, y, top_k).cpu()
-        if "pixels" in methods:
+        if raw_z is not None:
             gz = _zscore(mean_act)[0]
             res["pixels"] = ((raw_z.T @ gz) / raw_z.shape[0]).abs().amax(0).cpu()
         if "feature_vis" in methods:
@@ -248,35 +221,19 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
                                               fv_radius, seed + li, dev).cpu()
         for m, v in res.items():
             v = v.view(len(idx), 1 + n_random)
-            for j, i in enumerate(idx):
-                scores[m][i], rnd[m][i] = v[j, 0], v[j, 1:]
-    rows: List[Dict[str, Any]] = []
+            scores[m][idx], rnd[m][idx] = v[:, 0], v[:, 1:]
+    rows = [group_row(g) for g in groups]
     fisher: Dict[str, Optional[float]] = {m: None for m in methods}
-    stats: Dict[str, Dict[str, Tensor]] = {}
-    if g_n:
-        for m in methods:
-            greater = GREATER[m]
-            p = empirical_p(scores[m], rnd[m], greater=greater)
-            pct = percentile_of(scores[m], rnd[m])
-            if not greater:
-                pct = 100.0 - pct
-            stats[m] = {"p": p, "q": benjamini_hochberg(p), "pct": pct}
-            fisher[m] = fisher_combine(p)
-        for i, g in enumerate(groups):
-            row: Dict[str, Any] = {"layer": g.layer, "layer_index": g.layer_index,
-                                   "cluster": g.cluster, "size": g.size,
-                                   "layer_size": int(g.pool.numel())}
-            for m in methods:
-                row[f"{m}_score"] = float(scores[m][i])
-                row[f"{m}_random_mean"] = float(rnd[m][i].mean())
-                row[f"{m}_percentile"] = float(stats[m]["pct"][i])
-                row[f"{m}_p_value"] = float(stats[m]["p"][i])
-                row[f"{m}_q_value"] = float(stats[m]["q"][i])
-                row[f"{m}_coherent"] = bool(stats[m]["q"][i] <= alpha)
-            row["coherent"] = any(row[f"{m}_coherent"] for m in methods)
-            rows.append(row)
-    meta = {"seed": seed, "top_k": top_k, "point": point,
-            "n_samples": int(y.numel()),
+    for m in methods if g_n else []:
+        p, q, pct, fisher[m] = compare(scores[m], rnd[m], GREATER[m])
+        for i, row in enumerate(rows):
+            row.update({f"{m}_score": float(scores[m][i]),
+                        f"{m}_random_mean": float(rnd[m][i].mean()),
+                        f"{m}_percentile": float(pct[i]), f"{m}_p_value": float(p[i]),
+                        f"{m}_q_value": float(q[i]), f"{m}_coherent": bool(q[i] <= alpha)})
+    for row in rows:
+        row["coherent"] = any(row[f"{m}_coherent"] for m in methods)
+    meta = {"seed": seed, "top_k": top_k, "point": point, "n_samples": int(y.numel()),
             "min_size": min_size, "max_fraction": max_fraction}
     if "feature_vis" in methods:
         meta.update({"fv_steps": fv_steps, "fv_lr": fv_lr,
@@ -329,7 +286,7 @@ def _feature_vis(model: nn.Module, layer: NeuronLayer, sel: Tensor, mu: Tensor, 
 
     opt = torch.optim.Adam([u], lr=lr)
     # The unit's raw output with its autograd graph; a module run twice: the last call counts.
-    with model_taps(model, {layer.unit: "a"}, grad=True, reduce=False, allow_repeat=True) as taps:
+    with LayerTaps(model, {layer.unit: "a"}, grad=True, reduce=False, allow_repeat=True) as taps:
         with torch.enable_grad():
             for _ in range(steps):
                 obj = objective(taps, u)

@@ -18,7 +18,7 @@ are removed and listed in ``data.removed``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,9 @@ from ._chain import (
 
 SOURCES = ("weights", "activations")
 PAIRS = ("all", "within", "across", "adjacent")
+# Which pairs of layers (positions ``a``, ``b``) an activation edge may join.
+_PAIR_MASKS = {"within": lambda a, b: a == b, "across": lambda a, b: a != b,
+               "adjacent": lambda a, b: (a - b).abs() <= 1}
 
 
 def spearman_matrix(x: Tensor) -> Tensor:
@@ -165,31 +168,23 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
     layer_of = torch.repeat_interleave(torch.arange(len(chosen), device=dev),
                                        torch.tensor(sizes, device=dev))
     neuron_of = torch.arange(n, device=dev) - offsets[layer_of]
-    dead = torch.zeros(n, dtype=torch.bool, device=dev)
-    if acts is not None:
-        for i, lay in enumerate(chosen):
-            a = acts[lay.name]
-            dead[offsets[i]:offsets[i + 1]] = (a.amax(0) - a.amin(0)) <= 0
+    dead = (torch.cat([(acts[lay.name].amax(0) - acts[lay.name].amin(0)) <= 0 for lay in chosen])
+            if acts is not None else torch.zeros(n, dtype=torch.bool, device=dev))
 
     if source == "weights":
         if len(chosen) == 1:
             raise ValueError(f"source='weights' joins adjacent layers, but only layer "
                              f"{chosen[0].name!r} was chosen, so the graph has no edges; add "
                              f"include_input=True or include_output=True, or more layers")
-        for p0, p1 in zip(pos[:-1], pos[1:]):
-            if p1 != p0 + 1:
-                names = [c.name for c in chosen]
-                raise ValueError(f"source='weights' needs consecutive layers (edges only join "
-                                 f"adjacent layers), got layers={names}; the chain is "
-                                 f"{[c.name for c in chain]}")
-        shapes = {}
-        if input_shape is not None or loader is not None:
-            if input_shape is None:
-                first = next(iter(loader))
-                example = (first[0] if isinstance(first, (tuple, list)) else first)[:1]
-            else:
-                example = torch.zeros(1, *tuple(input_shape))
-            shapes = _spatial_shapes(model, chain, example.to(dev))
+        if any(p1 != p0 + 1 for p0, p1 in zip(pos[:-1], pos[1:])):
+            raise ValueError(f"source='weights' needs consecutive layers (edges only join "
+                             f"adjacent layers), got layers={[c.name for c in chosen]}; the chain "
+                             f"is {[c.name for c in chain]}")
+        example = torch.zeros(1, *tuple(input_shape)) if input_shape is not None else None
+        if example is None and loader is not None:
+            first = next(iter(loader))
+            example = (first[0] if isinstance(first, (tuple, list)) else first)[:1]
+        shapes = _spatial_shapes(model, chain, example.to(dev)) if example is not None else {}
         edge_index, edge_weight, no_input = _weight_edges(chain, pos, offsets, norm, fold_bn,
                                                           shapes, dev)
         dead |= no_input
@@ -209,7 +204,8 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
                        reduce="sum")
     isolated = alive & (strength <= 0)
     keep = alive & ~isolated if remove_dead else torch.ones(n, dtype=torch.bool, device=dev)
-    if int(keep.sum()) == 0:
+    n_kept = int(keep.sum())
+    if n_kept == 0:
         raise ValueError(f"every neuron of layers {[c.name for c in chosen]} is dead or isolated; "
                          f"nothing is left to build a graph from")
     edge_index, edge_weight = subgraph(keep, edge_index, edge_weight, relabel_nodes=True,
@@ -217,23 +213,15 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
     removed = {}
     for i, lay in enumerate(chosen):
         sl = slice(int(offsets[i]), int(offsets[i + 1]))
-        removed[lay.name] = {
-            "dead": neuron_of[sl][dead[sl]].tolist(),
-            "isolated": neuron_of[sl][isolated[sl]].tolist(),
-        }
-    data = Data(edge_index=edge_index, edge_weight=edge_weight.float(), num_nodes=int(keep.sum()))
-    data.layer = layer_of[keep]
-    data.neuron = neuron_of[keep]
-    data.layer_names = [lay.name for lay in chosen]
-    data.layer_sizes = sizes
-    data.unit_modules = [lay.unit for lay in chosen]
-    data.act_modules = [(lay.act if point == "post" else None) or lay.unit for lay in chosen]
-    data.removed = removed
-    data.n_removed = int(n - int(keep.sum()))
-    data.source = source
-    data.norm = norm if source == "weights" else None
-    data.points = points
-    return data
+        removed[lay.name] = {"dead": neuron_of[sl][dead[sl]].tolist(),
+                             "isolated": neuron_of[sl][isolated[sl]].tolist()}
+    return Data(edge_index=edge_index, edge_weight=edge_weight.float(), num_nodes=n_kept,
+                layer=layer_of[keep], neuron=neuron_of[keep],
+                layer_names=[lay.name for lay in chosen], layer_sizes=sizes,
+                unit_modules=[lay.unit for lay in chosen],
+                act_modules=[(lay.act if point == "post" else None) or lay.unit for lay in chosen],
+                removed=removed, n_removed=n - n_kept, source=source,
+                norm=norm if source == "weights" else None, points=points)
 
 
 def _weight_edges(chain: List[NeuronLayer], pos: List[int], offsets: Tensor, norm: str,
@@ -258,14 +246,7 @@ def _weight_edges(chain: List[NeuronLayer], pos: List[int], offsets: Tensor, nor
         rows += [src, tgt]
         cols += [tgt, src]
         ws += [w, w]
-    if rows:
-        ei = torch.stack([torch.cat(rows), torch.cat(cols)])
-        w = torch.cat(ws).double()
-    else:
-        ei = torch.empty(2, 0, dtype=torch.long, device=dev)
-        w = torch.empty(0, dtype=torch.float64, device=dev)
-    ei, w = coalesce(ei, w, n)
-    return ei, w, no_input
+    return (*_coalesce(rows, cols, ws, n, dev), no_input)
 
 
 def _activation_edges(x: Tensor, layer_of: Tensor, dead: Tensor, pairs: str, min_weight: float,
@@ -279,20 +260,21 @@ def _activation_edges(x: Tensor, layer_of: Tensor, dead: Tensor, pairs: str, min
     for s in range(0, live.numel(), chunk_size):
         e = min(s + chunk_size, live.numel())
         w = (z[:, s:e].T @ z).pow(2).clamp(0.0, 1.0)  # [b, D]
-        idx = torch.arange(s, e, device=x.device)
-        w[torch.arange(e - s, device=x.device), idx] = 0.0
-        la, lb = lay[s:e].unsqueeze(1), lay.unsqueeze(0)
-        if pairs == "within":
-            w = torch.where(la == lb, w, torch.zeros_like(w))
-        elif pairs == "across":
-            w = torch.where(la != lb, w, torch.zeros_like(w))
-        elif pairs == "adjacent":
-            w = torch.where((la - lb).abs() <= 1, w, torch.zeros_like(w))
+        w[torch.arange(e - s, device=x.device), torch.arange(s, e, device=x.device)] = 0.0
+        if pairs != "all":
+            w = torch.where(_PAIR_MASKS[pairs](lay[s:e].unsqueeze(1), lay.unsqueeze(0)), w,
+                            torch.zeros_like(w))
         r, c = (w > min_weight).nonzero(as_tuple=True)
         rows.append(live[r + s])
         cols.append(live[c])
         ws.append(w[r, c])
-    ei = torch.stack([torch.cat(rows), torch.cat(cols)]) if rows else \
-        torch.empty(2, 0, dtype=torch.long, device=x.device)
-    w = torch.cat(ws) if ws else torch.empty(0, dtype=torch.float64, device=x.device)
-    return coalesce(ei, w, n)
+    return _coalesce(rows, cols, ws, n, x.device)
+
+
+def _coalesce(rows: List[Tensor], cols: List[Tensor], ws: List[Tensor], n: int,
+              dev: torch.device) -> Tuple[Tensor, Tensor]:
+    """The edges ``(rows, cols)`` with weights ``ws`` (lists of blocks), float64, coalesced."""
+    if not rows:
+        return coalesce(torch.empty(2, 0, dtype=torch.long, device=dev),
+                        torch.empty(0, dtype=torch.float64, device=dev), n)
+    return coalesce(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(ws).double(), n)

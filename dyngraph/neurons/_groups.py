@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from .._progress import progress_bar
 from .._validate import check_labels, check_positive_int, check_tensor
 
 _REQUIRED = ("layer", "neuron", "layer_names", "unit_modules", "act_modules")
+MIN_RANDOM = 19
 
 
 @dataclass
@@ -40,10 +42,8 @@ class NeuronGroup:
 
     def random_groups(self, n: int, generator: torch.Generator) -> Tensor:
         """``[n, size]`` random same-size subsets of the layer's neurons (without replacement)."""
-        m = self.pool.numel()
-        keys = torch.rand(n, m, generator=generator)
-        pick = keys.argsort(1)[:, : self.size].to(self.pool.device)
-        return self.pool[pick]
+        pick = torch.rand(n, self.pool.numel(), generator=generator).argsort(1)[:, :self.size]
+        return self.pool[pick.to(self.pool.device)]
 
     def __repr__(self) -> str:
         return (f"NeuronGroup(layer={self.layer!r}, cluster={self.cluster}, size={self.size}, "
@@ -95,16 +95,51 @@ def neuron_groups(data: Data, clusters: Tensor, min_size: int = 2, max_fraction:
         if skip_input and data.unit_modules[li] is None:
             continue
         in_layer = (data.layer == li).nonzero().flatten()
-        if in_layer.numel() == 0:
-            continue
         pool = data.neuron[in_layer]
         cl = clusters[in_layer]
-        for c in torch.unique(cl).tolist():
+        for c in torch.unique(cl).tolist():  # none when the layer has no node left
             sel = in_layer[cl == c]
-            if sel.numel() < min_size or sel.numel() > max_fraction * in_layer.numel():
-                continue
-            groups.append(NeuronGroup(name, li, int(c), data.neuron[sel], sel, pool))
+            if min_size <= sel.numel() <= max_fraction * in_layer.numel():
+                groups.append(NeuronGroup(name, li, int(c), data.neuron[sel], sel, pool))
     return groups
+
+
+def groups_to_test(data: Any, clusters: Any, groups: Optional[Sequence[NeuronGroup]],
+                   n_random: Any, alpha: Any, min_size: int, max_fraction: float
+                   ) -> Tuple[List[NeuronGroup], float]:
+    """The arguments shared by the group tests, checked: ``(groups, alpha)``, the groups being
+    ``neuron_groups(data, clusters, ...)`` unless given."""
+    check_neuron_data(data)
+    check_tensor(clusters, "clusters")
+    check_positive_int(n_random, "n_random")
+    if n_random < MIN_RANDOM:
+        raise ValueError(f"n_random must be >= {MIN_RANDOM} so that a p-value can reach 0.05, "
+                         f"got n_random={n_random}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if groups is None:
+        groups = neuron_groups(data, clusters, min_size=min_size, max_fraction=max_fraction)
+    return list(groups), float(alpha)
+
+
+def group_row(g: NeuronGroup) -> Dict[str, Any]:
+    """The columns that every table row of a group starts with."""
+    return {"layer": g.layer, "layer_index": g.layer_index, "cluster": g.cluster, "size": g.size,
+            "layer_size": int(g.pool.numel())}
+
+
+def layer_masks(groups: List[NeuronGroup], data: Data, n_random: int, seed: int,
+                device: torch.device, desc: str, progress: bool
+                ) -> Iterator[Tuple[int, List[int], Tensor]]:
+    """Layer by layer (with a progress bar): ``(layer index, positions of its groups in
+    groups, their keep-masks from group_masks)``."""
+    by_layer: Dict[int, List[int]] = {}
+    for i, g in enumerate(groups):
+        by_layer.setdefault(g.layer_index, []).append(i)
+    for li in progress_bar(list(by_layer), desc=desc, disable=not progress):
+        idx = by_layer[li]
+        yield li, idx, group_masks([groups[i] for i in idx], data.layer_sizes[li], n_random, seed,
+                                   start=idx[0], device=device)
 
 
 def group_masks(groups: List[NeuronGroup], layer_size: int, n_random: int, seed: int,

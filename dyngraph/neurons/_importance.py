@@ -15,6 +15,7 @@ p-value.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,32 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .._io import PathLike, atomic_write_json
-from .._json import jsonable
-from .._progress import progress_bar
-from .._validate import check_labels, check_positive_int, check_tensor
-from ..capture._taps import Edit
+from .._validate import check_labels, check_positive_int
+from ..capture._taps import Edit, LayerTaps
 from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
-from ._chain import _model_device, model_taps
-from ._groups import NeuronGroup, check_neuron_data, group_masks, neuron_groups
-from ._stats import benjamini_hochberg, empirical_p, fisher_combine, percentile_of
-
-MIN_RANDOM = 19
-
-
-def _check_alpha(alpha: Any) -> float:
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    return float(alpha)
-
-
-def _check_n_random(n_random: Any) -> int:
-    check_positive_int(n_random, "n_random")
-    if n_random < MIN_RANDOM:
-        raise ValueError(f"n_random must be >= {MIN_RANDOM} so that a p-value can reach 0.05, "
-                         f"got n_random={n_random}")
-    return n_random
+from ._chain import _model_device
+from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
+from ._stats import JsonResult, compare
 
 
 class _Lesion:
@@ -62,20 +44,17 @@ class _Lesion:
         self.mask = torch.ones(1, 1)
 
     def __call__(self, output: Tensor) -> Tensor:
-        mk = self.mask
-        m = mk.shape[0]
-        if self.strict and (output.dim() < 2 or output.shape[1] != mk.shape[1]):
-            raise ValueError(f"module {self.module!r} gave output {tuple(output.shape)}, which "
-                             f"does not hold {mk.shape[1]} channels per sample")
-        mk = mk.view(m, 1, mk.shape[1], *([1] * (output.dim() - 2)))
-        if self.strict:
-            mk = mk.to(output.dtype)
+        (m, c), shape = self.mask.shape, output.shape
+        if self.strict and (output.dim() < 2 or shape[1] != c):
+            raise ValueError(f"module {self.module!r} gave output {tuple(shape)}, which "
+                             f"does not hold {c} channels per sample")
+        mk = self.mask.view(m, 1, c, *([1] * (output.dim() - 2)))
+        mk = mk.to(output.dtype) if self.strict else mk
         if self.expand == "hook":
-            return (output.unsqueeze(0) * mk).reshape(m * output.shape[0], *output.shape[1:])
-        if self.strict and output.shape[0] % m:
-            raise ValueError(f"module {self.module!r}: batch {output.shape[0]} is not a multiple "
+            return (output.unsqueeze(0) * mk).reshape(m * shape[0], *shape[1:])
+        if self.strict and shape[0] % m:
+            raise ValueError(f"module {self.module!r}: batch {shape[0]} is not a multiple "
                              f"of {m} masks")
-        shape = output.shape
         return (output.reshape(m, shape[0] // m, *shape[1:]) * mk).reshape(shape)
 
 
@@ -144,24 +123,22 @@ class LesionRunner:
         out = torch.zeros(m_total, self.num_classes, dtype=torch.float64, device=dev)
         lesion = _Lesion(module, expand)
         edits: Dict[str, Edit] = {module: lesion} if module is not None else {}
-        with model_taps(self.model, edits=edits) as taps:
+        with LayerTaps(self.model, [], edits=edits) as taps:
             for x, y in self.batches:
                 x, y = _to(x, dev), y.to(dev)
                 b = x.shape[0]
                 step = max(1, self.max_rows // max(b, 1)) if module is not None else 1
                 for s in range(0, m_total, step):
-                    e = min(s + step, m_total)
-                    m = e - s
-                    lesion.mask = masks[s:e]
+                    lesion.mask = masks[s:s + step]
+                    m = lesion.mask.shape[0]
                     xr = x.repeat(m, *([1] * (x.dim() - 1))) if (
                         module is not None and expand == "input") else x
                     logits = taps.run(xr)
                     if logits.shape[0] != m * b:
                         raise ValueError(f"the model returned {logits.shape[0]} rows for "
                                          f"{m} masks x {b} samples")
-                    pred = logits.argmax(-1).view(m, b)
-                    hits = (pred == y.unsqueeze(0)).double()
-                    out[s:e].index_add_(1, y, hits)
+                    hits = (logits.argmax(-1).view(m, b) == y.unsqueeze(0)).double()
+                    out[s:s + m].index_add_(1, y, hits)
         return out
 
     def _expand_mode(self, module: str, size: int) -> str:
@@ -169,27 +146,22 @@ class LesionRunner:
         (a chain without skips around it), else ``'input'``."""
         if module in self._modes:
             return self._modes[module]
-        mode = "input"
-        x = self.batches[0][0][: min(8, self.batches[0][0].shape[0])]
-        x = _to(x, self.device)
+        x = _to(self.batches[0][0][:8], self.device)
         masks = torch.ones(2, size, device=self.device)
         masks[1, : max(1, size // 2)] = 0.0
         outs: Dict[str, Optional[Tensor]] = {}
         for mode_try in ("input", "hook"):
             lesion = _Lesion(module, mode_try, strict=False)
-            lesion.mask = masks
-            with model_taps(self.model, edits={module: lesion}) as taps:
-                try:
-                    xr = x.repeat(2, *([1] * (x.dim() - 1))) if mode_try == "input" else x
-                    outs[mode_try] = taps.run(xr)
-                except Exception:
-                    outs[mode_try] = None
-        a, b = outs.get("input"), outs.get("hook")
-        if a is not None and b is not None and a.shape == b.shape and \
-                torch.allclose(a, b, rtol=1e-4, atol=1e-5):
-            mode = "hook"
-        self._modes[module] = mode
-        return mode
+            lesion.mask, outs[mode_try] = masks, None
+            with LayerTaps(self.model, [], edits={module: lesion}) as taps, \
+                    contextlib.suppress(Exception):
+                xr = x.repeat(2, *([1] * (x.dim() - 1))) if mode_try == "input" else x
+                outs[mode_try] = taps.run(xr)
+        a, b = outs["input"], outs["hook"]
+        same = a is not None and b is not None and a.shape == b.shape and \
+            torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        self._modes[module] = "hook" if same else "input"
+        return self._modes[module]
 
     def correct(self, module: Optional[str], masks: Optional[Tensor]) -> Tensor:
         """Correct predictions per class ``[M, K]`` with each mask ``[M, C]`` applied to the output
@@ -207,13 +179,11 @@ class LesionRunner:
                  ) -> Tuple[Tensor, Tensor]:
         """``(overall [M], per class [M, K])`` accuracy; classes absent from the data give 0."""
         c = self.correct(module, masks)
-        overall = c.sum(1) / self.n
-        per_class = c / self.class_counts.clamp_min(1)
-        return overall, per_class
+        return c.sum(1) / self.n, c / self.class_counts.clamp_min(1)
 
 
 @dataclass
-class ImportanceResult:
+class ImportanceResult(JsonResult):
     """Lesion importance of each cluster ∩ layer group.
 
     A group is *important* when its Benjamini–Hochberg q-value (over the groups) is ``<= alpha``;
@@ -269,10 +239,6 @@ class ImportanceResult:
         return {"summary": self.summary(), "groups": self.groups,
                 "base_class_accuracy": self.base_class_accuracy, "meta": self.meta}
 
-    def to_json(self, path: PathLike) -> None:
-        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
-        atomic_write_json(path, jsonable(self.to_dict()))
-
     def __repr__(self) -> str:
         s = self.summary()
         fp = "n/a" if s["fisher_p"] is None else f"{s['fisher_p']:.3g}"
@@ -319,63 +285,42 @@ def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader: An
         >>> len(r.groups), r.groups[0]['size']
         (2, 4)
     """
-    check_neuron_data(data)
-    _check_n_random(n_random)
-    alpha = _check_alpha(alpha)
-    check_tensor(clusters, "clusters")
-    if groups is None:
-        groups = neuron_groups(data, clusters, min_size=min_size, max_fraction=max_fraction)
-    groups = list(groups)
+    groups, alpha = groups_to_test(data, clusters, groups, n_random, alpha, min_size,
+                                   max_fraction)
     runner = LesionRunner(model, loader, device=device, max_rows=max_rows)
     base, base_cls = runner.accuracy()
     base, base_cls = base[0], base_cls[0]
-    present = runner.class_counts > 0
-    k = runner.num_classes
-    g_n = len(groups)
+    k, g_n = runner.num_classes, len(groups)
     drops = torch.zeros(g_n, dtype=torch.float64)
     rnd = torch.zeros(g_n, n_random, dtype=torch.float64)
     cdrops = torch.zeros(g_n, k, dtype=torch.float64)
     rcdrops = torch.zeros(g_n, n_random, k, dtype=torch.float64)
-    by_layer: Dict[int, List[int]] = {}
-    for i, g in enumerate(groups):
-        by_layer.setdefault(g.layer_index, []).append(i)
-    for li in progress_bar(list(by_layer), desc="lesions", disable=not progress):
-        idx = by_layer[li]
-        size = data.layer_sizes[li]
-        masks = group_masks([groups[i] for i in idx], size, n_random, seed, start=idx[0],
-                            device=runner.device)
+    for li, idx, masks in layer_masks(groups, data, n_random, seed, runner.device, "lesions",
+                                      progress):
         acc, acc_cls = runner.accuracy(data.unit_modules[li], masks)
         d = (base - acc).view(len(idx), 1 + n_random).cpu()
         dc = (base_cls.unsqueeze(0) - acc_cls).view(len(idx), 1 + n_random, k).cpu()
-        for j, i in enumerate(idx):
-            drops[i], rnd[i] = d[j, 0], d[j, 1:]
-            cdrops[i], rcdrops[i] = dc[j, 0], dc[j, 1:]
-    pres = present.cpu()
+        drops[idx], rnd[idx] = d[:, 0], d[:, 1:]
+        cdrops[idx], rcdrops[idx] = dc[:, 0], dc[:, 1:]
+    pres = (runner.class_counts > 0).cpu()
     cmax = cdrops[:, pres].amax(1) if g_n else torch.zeros(0, dtype=torch.float64)
     rcmax = rcdrops[:, :, pres].amax(2) if g_n else torch.zeros(0, n_random, dtype=torch.float64)
     rows: List[Dict[str, Any]] = []
-    fisher = fisher_c = None
+    fisher: Optional[float] = None
+    fisher_c: Optional[float] = None
     if g_n:
-        p = empirical_p(drops, rnd, greater=True)
-        pc = empirical_p(cmax, rcmax, greater=True)
-        q, qc = benjamini_hochberg(p), benjamini_hochberg(pc)
-        pct, pctc = percentile_of(drops, rnd), percentile_of(cmax, rcmax)
-        fisher, fisher_c = fisher_combine(p), fisher_combine(pc)
+        p, q, pct, fisher = compare(drops, rnd)
+        pc, qc, pctc, fisher_c = compare(cmax, rcmax)
         for i, g in enumerate(groups):
             rows.append({
-                "layer": g.layer, "layer_index": g.layer_index, "cluster": g.cluster,
-                "size": g.size, "layer_size": int(g.pool.numel()),
-                "neurons": g.neurons.tolist(),
+                **group_row(g), "neurons": g.neurons.tolist(),
                 "acc_drop": float(drops[i]), "random_drop_mean": float(rnd[i].mean()),
                 "percentile": float(pct[i]), "p_value": float(p[i]), "q_value": float(q[i]),
-                "important": bool(q[i] <= alpha),
-                "class_drop_max": float(cmax[i]),
+                "important": bool(q[i] <= alpha), "class_drop_max": float(cmax[i]),
                 "class_drop_argmax": int(pres.nonzero().flatten()[cdrops[i, pres].argmax()]),
                 "class_drops": [round(v, 6) for v in cdrops[i].tolist()],
                 "class_percentile": float(pctc[i]), "class_p_value": float(pc[i]),
-                "class_q_value": float(qc[i]), "important_class": bool(qc[i] <= alpha),
-            })
+                "class_q_value": float(qc[i]), "important_class": bool(qc[i] <= alpha)})
+    meta = {"seed": seed, "min_size": min_size, "max_fraction": max_fraction, "n_samples": runner.n}
     return ImportanceResult(rows, float(base), base_cls.cpu().tolist(), fisher, fisher_c,
-                            n_random, alpha, drops, rnd, cdrops, rcdrops,
-                            meta={"seed": seed, "min_size": min_size,
-                                  "max_fraction": max_fraction, "n_samples": runner.n})
+                            n_random, alpha, drops, rnd, cdrops, rcdrops, meta)

@@ -13,21 +13,19 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .._io import PathLike, atomic_write_json, atomic_write_text
-from .._json import jsonable
+from .._io import PathLike, atomic_write_text
 from .._validate import check_positive_int
-from ._clusterability import ClusterabilityResult, clusterability
+from ._clusterability import ClusterabilityResult, clusterability, partition
 from ._coherence import CoherenceResult, coherence
-from ._graph import neuron_graph
-from ._groups import neuron_groups
+from ._groups import group_row, neuron_groups
 from ._importance import ImportanceResult, lesion_importance
-from ._spectral import ncut, spectral_partition
+from ._stats import JsonResult
 
 _SKIP_CSV = ("neurons", "class_drops")
 
 
 @dataclass
-class NeuronReport:
+class NeuronReport(JsonResult):
     """The neuron-level modularity analysis of one network.
 
     Attributes:
@@ -54,20 +52,13 @@ class NeuronReport:
         percentiles, p- and q-values and flags."""
         rows: Dict[Tuple[int, int], Dict[str, Any]] = {}
         for res in (self.importance, self.coherence):
-            if res is None:
-                continue
-            for r in res.groups:
-                key = (r["layer_index"], r["cluster"])
-                rows.setdefault(key, {}).update(r)
+            for r in res.groups if res is not None else []:
+                rows.setdefault((r["layer_index"], r["cluster"]), {}).update(r)
         if not rows:
-            for g in neuron_groups(self.graph, self.clusters, **self._group_kw()):
-                rows[(g.layer_index, g.cluster)] = {
-                    "layer": g.layer, "layer_index": g.layer_index, "cluster": g.cluster,
-                    "size": g.size, "layer_size": int(g.pool.numel())}
+            kw = {k: self.meta[k] for k in ("min_size", "max_fraction") if k in self.meta}
+            for g in neuron_groups(self.graph, self.clusters, **kw):
+                rows[(g.layer_index, g.cluster)] = group_row(g)
         return [rows[k] for k in sorted(rows)]
-
-    def _group_kw(self) -> Dict[str, Any]:
-        return {k: self.meta[k] for k in ("min_size", "max_fraction") if k in self.meta}
 
     def summary(self) -> Dict[str, Any]:
         """Headline numbers: n-cut, shuffle test, shares of important and coherent groups."""
@@ -81,14 +72,11 @@ class NeuronReport:
             out.update({"ncut_shuffled_mean": c.shuffled_mean, "ncut_shuffled_std": c.shuffled_std,
                         "clusterability_p": c.p_value, "clusterability_z": c.z_score,
                         "n_shuffles": int(c.shuffled.numel())})
-        if self.importance is not None:
-            out.update({f"importance_{k}" if not k.startswith(("n_", "share_")) else k: v
-                        for k, v in self.importance.summary().items()
-                        if k not in ("n_random", "alpha", "n_groups")})
-        if self.coherence is not None:
-            out.update({k if k.startswith(("n_", "share_")) else f"coherence_{k}": v
-                        for k, v in self.coherence.summary().items()
-                        if k not in ("n_random", "alpha", "n_groups")})
+        for test, res in (("importance", self.importance), ("coherence", self.coherence)):
+            if res is not None:  # counts and shares keep their names, the rest get the prefix
+                out.update({k if k.startswith(("n_", "share_")) else f"{test}_{k}": v
+                            for k, v in res.summary().items()
+                            if k not in ("n_random", "alpha", "n_groups")})
         rows = self.groups()
         out["n_groups"] = len(rows)
         if self.importance is not None and self.coherence is not None and rows:
@@ -110,21 +98,15 @@ class NeuronReport:
                                    if self.clusterability is not None else None),
                 "meta": self.meta}
 
-    def to_json(self, path: PathLike) -> None:
-        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
-        atomic_write_json(path, jsonable(self.to_dict()))
-
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """The group rows as CSV (written atomically to ``path`` when given)."""
         rows = self.groups()
-        keys: List[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys and k not in _SKIP_CSV]
+        keys = list(dict.fromkeys(k for r in rows for k in r if k not in _SKIP_CSV))
         buf = io.StringIO()
         wr = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         wr.writeheader()
-        for r in rows:
-            wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        wr.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+                     for r in rows)
         text = buf.getvalue()
         if path is not None:
             atomic_write_text(path, text)
@@ -142,10 +124,9 @@ class NeuronReport:
                 ("pixels_p_value", "|r| p"), ("feature_vis_score", "fv z"),
                 ("feature_vis_p_value", "fv p")]
         cols = [(k, h) for k, h in cols if rows and k in rows[0]]
-        lines = ["| " + " | ".join(h for _, h in cols) + " |",
-                 "|" + "---|" * len(cols)]
-        for r in rows[:max_rows]:
-            lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+        lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |"
+                  for r in rows[:max_rows]]
         if len(rows) > max_rows:
             lines.append(f"| … {len(rows) - max_rows} more |")
         return "\n".join(lines)
@@ -158,8 +139,7 @@ class NeuronReport:
         layer, neuron = self.graph.layer.cpu(), self.graph.neuron.cpu()
         for r in self.importance.groups:
             if r["important"] or r["important_class"]:
-                sel = (layer == r["layer_index"]) & torch.isin(neuron, torch.tensor(r["neurons"]))
-                mask |= sel
+                mask |= (layer == r["layer_index"]) & torch.isin(neuron, torch.tensor(r["neurons"]))
         return mask
 
     def save(self, out: PathLike, tensorboard: bool = True) -> Dict[str, str]:
@@ -208,16 +188,15 @@ def _fmt(v: Any) -> str:
 
 
 def neuron_report(model: nn.Module, loader: Any, n_clusters: int = 8, *,
-                  source: str = "weights",
-                  n_shuffles: int = 20, n_random: int = 99,
+                  source: str = "weights", n_shuffles: int = 20, n_random: int = 99,
                   methods: Sequence[str] = ("labels", "pixels"), seed: int = 0,
                   alpha: float = 0.05, min_size: int = 2, max_fraction: float = 0.99,
                   graph_kwargs: Optional[Dict[str, Any]] = None, dead_from_data: bool = False,
                   solver: str = "auto", top_k: int = 20,
                   coherence_kwargs: Optional[Dict[str, Any]] = None,
                   checkpoint: Optional[PathLike] = None,
-                  device: Optional[Union[str, torch.device]] = None,
-                  progress: bool = True) -> NeuronReport:
+                  device: Optional[Union[str, torch.device]] = None, progress: bool = True
+                  ) -> NeuronReport:
     """Neuron graph → spectral partition → shuffle test → lesion importance → coherence.
 
     Args:
@@ -262,10 +241,9 @@ def neuron_report(model: nn.Module, loader: Any, n_clusters: int = 8, *,
     """
     t0 = time.perf_counter()
     check_positive_int(n_clusters, "n_clusters")
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, int) or n_shuffles < 0:
-        raise ValueError(f"n_shuffles must be an int >= 0, got {n_shuffles!r}")
-    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
-        raise ValueError(f"n_random must be an int >= 0, got {n_random!r}")
+    for name, count in (("n_shuffles", n_shuffles), ("n_random", n_random)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {count!r}")
     gkw = dict(graph_kwargs or {})
     gkw.setdefault("progress", False)
     if device is not None:
@@ -278,9 +256,8 @@ def neuron_report(model: nn.Module, loader: Any, n_clusters: int = 8, *,
         graph, clusters, value = cl.graph, cl.clusters, cl.ncut
     else:
         cl = None
-        graph = neuron_graph(model, source=source, loader=graph_loader, **gkw)
-        clusters = spectral_partition(graph, n_clusters, seed=seed, solver=solver)
-        value = float(ncut(graph.edge_index, clusters, graph.edge_weight, graph.num_nodes))
+        value, clusters, graph = partition(model, n_clusters, seed, solver, source=source,
+                                           loader=graph_loader, **gkw)
     imp = coh = None
     if n_random > 0:
         imp = lesion_importance(model, graph, clusters, loader, n_random=n_random, seed=seed,

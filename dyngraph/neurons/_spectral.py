@@ -52,22 +52,20 @@ def _graph_arrays(data) -> Tuple[Tensor, Tensor, int]:
         if n is None:
             raise ValueError("data.num_nodes is not set")
         w = data.edge_weight if "edge_weight" in data else None
-        if w is None:
-            w = torch.ones(ei.shape[1], device=ei.device)
-        w = check_edge_weight(w, ei.shape[1], "data.edge_weight")
-    elif isinstance(data, Tensor):
-        if data.is_sparse:
-            data = data.coalesce()
-            ei, w, n = data.indices(), data.values(), data.shape[0]
-        else:
-            if data.dim() != 2 or data.shape[0] != data.shape[1]:
-                raise ValueError(f"data as a tensor must be a square adjacency [N, N], got shape "
-                                 f"{tuple(data.shape)}")
-            check_features(data, "data")
-            ei = data.nonzero().T
-            w, n = data[ei[0], ei[1]], data.shape[0]
+        w = check_edge_weight(w if w is not None else torch.ones(ei.shape[1], device=ei.device),
+                              ei.shape[1], "data.edge_weight")
+    elif isinstance(data, Tensor) and data.is_sparse:
         if data.shape[0] != data.shape[1]:
             raise ValueError(f"data must be square, got shape {tuple(data.shape)}")
+        data = data.coalesce()
+        ei, w, n = data.indices(), data.values(), data.shape[0]
+    elif isinstance(data, Tensor):
+        if data.dim() != 2 or data.shape[0] != data.shape[1]:
+            raise ValueError(f"data as a tensor must be a square adjacency [N, N], got shape "
+                             f"{tuple(data.shape)}")
+        check_features(data, "data")
+        ei = data.nonzero().T
+        w, n = data[ei[0], ei[1]], data.shape[0]
     else:
         raise TypeError(f"data must be a torch_geometric.data.Data or an [N, N] adjacency tensor, "
                         f"got {type(data).__name__}")
@@ -78,8 +76,7 @@ def _graph_arrays(data) -> Tuple[Tensor, Tensor, int]:
     if ei.numel() and int(ei.max()) >= n:
         raise ValueError(f"edge_index refers to node {int(ei.max())} but num_nodes={n}")
     # Symmetric by construction: A ← (A + Aᵀ) / 2 (a no-op for PyG undirected graphs).
-    ei2 = torch.cat([ei, ei.flip(0)], dim=1)
-    ei2, w2 = coalesce(ei2, torch.cat([w, w]) / 2, n, reduce="sum")
+    ei2, w2 = coalesce(torch.cat([ei, ei.flip(0)], dim=1), torch.cat([w, w]) / 2, n, reduce="sum")
     return ei2, w2, int(n)
 
 
@@ -218,12 +215,9 @@ def kmeans(x: Tensor, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter
         n_trials = 2 + int(torch.log(torch.tensor(float(n_clusters))))
         for _c in range(1, n_clusters):  # greedy k-means++ (as scikit-learn)
             total = float(closest.sum())
-            if total <= 0:
-                cand = torch.randint(n, (n_trials,), generator=gen)
-            else:
-                cand = torch.multinomial((closest / total).float().cpu(), n_trials,
-                                         replacement=True, generator=gen)
-            cand = cand.to(x.device)
+            cand = (torch.randint(n, (n_trials,), generator=gen) if total <= 0 else
+                    torch.multinomial((closest / total).float().cpu(), n_trials, replacement=True,
+                                      generator=gen)).to(x.device)
             d_cand = torch.minimum(closest.unsqueeze(0), dist2(x[cand]).T)  # [trials, N]
             pick = int(d_cand.sum(1).argmin())
             centres = torch.cat([centres, x[cand[pick]].unsqueeze(0)])
@@ -248,8 +242,7 @@ def kmeans(x: Tensor, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter
         if best is None or inertia < best[2] - 1e-12 * max(1.0, abs(best[2])):
             best = (labels, centres, inertia)
     assert best is not None  # n_init >= 1
-    labels, centres, inertia = best
-    return _first_appearance(labels), centres, inertia
+    return _first_appearance(best[0]), best[1], best[2]
 
 
 def _first_appearance(labels: Tensor) -> Tensor:
@@ -327,13 +320,11 @@ def ncut(edge_index: Tensor, clusters: Tensor, edge_weight: Optional[Tensor] = N
     """
     edge_index = check_edge_index(edge_index)
     check_tensor(clusters, "clusters")
-    if num_nodes is None:
-        num_nodes = clusters.numel()
+    num_nodes = clusters.numel() if num_nodes is None else num_nodes
     clusters = check_labels(clusters, num_nodes, "clusters")
     n_edges = edge_index.shape[1]
-    if edge_weight is None:
-        edge_weight = torch.ones(n_edges, device=edge_index.device)
-    edge_weight = check_edge_weight(edge_weight, n_edges)
+    edge_weight = check_edge_weight(edge_weight if edge_weight is not None else
+                                    torch.ones(n_edges, device=edge_index.device), n_edges)
     check_same_device(edge_index=edge_index, clusters=clusters, edge_weight=edge_weight)
     if n_edges and int(edge_index.max()) >= num_nodes:
         raise ValueError(f"edge_index refers to node {int(edge_index.max())} but num_nodes="

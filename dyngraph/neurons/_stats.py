@@ -2,12 +2,21 @@
 Fisher's combination and the Benjamini–Hochberg correction (all in torch)."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._validate import check_tensor
+from .._io import PathLike, atomic_write_json
+from .._json import jsonable
+
+
+class JsonResult:
+    """The JSON writer of the result classes (each defines ``to_dict``)."""
+
+    def to_json(self, path: PathLike) -> None:
+        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
+        atomic_write_json(path, jsonable(self.to_dict()))  # type: ignore[attr-defined]
 
 
 def _as_tensor(x, name: str) -> Tensor:
@@ -18,6 +27,12 @@ def _as_tensor(x, name: str) -> Tensor:
     except Exception as exc:
         raise TypeError(f"{name} must be a tensor or a sequence of numbers, got "
                         f"{type(x).__name__}") from exc
+
+
+def _rows(observed, null) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(observed, null [G, n], observed [G, 1])`` in float64."""
+    observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
+    return observed, null.unsqueeze(0) if null.dim() == 1 else null, observed.reshape(-1, 1)
 
 
 def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
@@ -37,10 +52,7 @@ def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
         >>> dg.neurons.empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()  # 14 of 19 >= 5
         0.75
     """
-    observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
-    if null.dim() == 1:
-        null = null.unsqueeze(0)
-    obs = observed.reshape(-1, 1)
+    observed, null, obs = _rows(observed, null)
     if obs.shape[0] != null.shape[0]:
         raise ValueError(f"observed has {obs.shape[0]} values but null has {null.shape[0]} rows")
     if null.shape[1] == 0:
@@ -58,10 +70,7 @@ def percentile_of(observed: Tensor, null: Tensor) -> Tensor:
         >>> dg.neurons.percentile_of(torch.tensor(2.0), torch.tensor([1., 2., 3., 4.])).item()
         37.5
     """
-    observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
-    if null.dim() == 1:
-        null = null.unsqueeze(0)
-    obs = observed.reshape(-1, 1)
+    observed, null, obs = _rows(observed, null)
     below = (null < obs).double().sum(1)
     ties = (null == obs).double().sum(1)
     pct = 100.0 * (below + 0.5 * ties) / null.shape[1]
@@ -109,7 +118,6 @@ def benjamini_hochberg(p_values: Union[Tensor, Sequence[float]]) -> Tensor:
         [0.04, 0.053, 0.053, 0.2]
     """
     p = _as_tensor(p_values, "p_values").reshape(-1)
-    check_tensor(p, "p_values")
     if bool(((p < 0) | (p > 1) | torch.isnan(p)).any()):
         raise ValueError(f"p_values must lie in [0, 1], got {p.tolist()[:10]}")
     m = p.numel()
@@ -121,3 +129,13 @@ def benjamini_hochberg(p_values: Union[Tensor, Sequence[float]]) -> Tensor:
     q = torch.empty_like(p)
     q[order] = q_sorted
     return q
+
+
+def compare(observed: Tensor, null: Tensor, greater: bool = True
+            ) -> Tuple[Tensor, Tensor, Tensor, float]:
+    """``(p, q, percentile, Fisher's p)`` of each group's ``observed`` against its ``null`` row:
+    :func:`empirical_p`, :func:`benjamini_hochberg`, :func:`percentile_of` (as ``100 − pct`` when
+    small is extreme, ``greater=False``) and :func:`fisher_combine`."""
+    p = empirical_p(observed, null, greater=greater)
+    pct = percentile_of(observed, null)
+    return p, benjamini_hochberg(p), pct if greater else 100.0 - pct, fisher_combine(p)

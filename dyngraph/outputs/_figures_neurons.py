@@ -4,7 +4,7 @@ drawn as the spectral partition of their neuron graph."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -40,12 +40,8 @@ def _draw_partition(data: Data, clusters: Tensor, ax: Any, max_edges: int, title
     y = torch.zeros(data.num_nodes)
     for li in range(n_layers):
         idx = (layer == li).nonzero().flatten()
-        if idx.numel() == 0:
-            continue
         order = torch.argsort(clusters[idx] * (int(neuron.max()) + 1) + neuron[idx])
-        pos = torch.empty(idx.numel())
-        pos[order] = torch.linspace(0, 1, idx.numel()) if idx.numel() > 1 else torch.tensor([0.5])
-        y[idx] = pos
+        y[idx[order]] = torch.linspace(0, 1, idx.numel()) if idx.numel() != 1 else 0.5
     x = layer.float()
     fig, ax = new_figure((max(6.0, 1.6 * n_layers + 2), 5.5), ax=ax)
     k = int(clusters.max()) + 1
@@ -62,9 +58,8 @@ def _draw_partition(data: Data, clusters: Tensor, ax: Any, max_edges: int, title
         alpha = (w / w.max()).clamp(0.03, 1.0) * 0.6
         # Adjacent layers: straight lines. Within a layer: an arc to the right; across several
         # layers: an arc above, so that the line does not run through the layers in between.
-        p0 = torch.stack([x[ei[0]], y[ei[0]]], 1)
-        p1 = torch.stack([x[ei[1]], y[ei[1]]], 1)
-        span = (x[ei[1]] - x[ei[0]]).abs()
+        p0, p1 = torch.stack([x, y], 1)[ei]  # [E, 2] each
+        span = (p1[:, 0] - p0[:, 0]).abs()
         ctrl = (p0 + p1) / 2
         ctrl[:, 0] += torch.where(span == 0, 0.25 + 0.3 * (p1[:, 1] - p0[:, 1]).abs(),
                                   torch.zeros_like(span))
@@ -82,27 +77,25 @@ def _draw_partition(data: Data, clusters: Tensor, ax: Any, max_edges: int, title
         hl = highlight.cpu().bool()
         ax.scatter(x[hl].numpy(), y[hl].numpy(), s=30, facecolors="none", edgecolors="black",
                    linewidths=0.7, zorder=3)
-    ax.set_xticks(range(n_layers))
+    ax.set(xticks=range(n_layers), yticks=[], xlim=(-0.5, n_layers - 0.5),
+           ylim=(-0.05, 1.05 + (0.08 * (n_layers - 1) if n_layers > 2 else 0.0)),
+           xlabel="layer", ylabel="neurons (sorted by cluster)", title=title)
     ax.set_xticklabels(data.layer_names, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks([])
-    ax.set_xlim(-0.5, n_layers - 0.5)
-    ax.set_ylim(-0.05, 1.05 + (0.08 * (n_layers - 1) if n_layers > 2 else 0.0))
-    ax.set_xlabel("layer")
-    ax.set_ylabel("neurons (sorted by cluster)")
-    ax.set_title(title)
     return fig
 
 
-def _scalars(writer: Any, prefix: str, values: Dict[str, Any]) -> None:
-    """Every finite number of ``values`` as a scalar ``'<prefix>/<name>'`` (step 0: these are
-    numbers of the whole network, not of a layer)."""
-    for name, v in values.items():
+def _log(writer: Any, prefix: str, scalars: Dict[str, Any], bullets: Dict[str, Any], text: str,
+         figure: Optional[Callable[[], Any]]) -> None:
+    """Every finite number of ``scalars`` as a scalar ``'<prefix>/<name>'`` (step 0: these are
+    numbers of the whole network, not of a layer), ``bullets`` (then ``text``) as the text
+    ``'<prefix>/layers'``, and ``figure()`` as ``'<prefix>/figure'`` when the writer draws."""
+    for name, v in scalars.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
             writer.add_scalar(f"{prefix}/{name}", float(v), global_step=0)
-
-
-def _bullets(values: Dict[str, Any]) -> str:
-    return "\n".join(f"- **{k}**: {v}" for k, v in values.items())
+    writer.add_text(f"{prefix}/layers",
+                    "\n".join(f"- **{k}**: {v}" for k, v in bullets.items()) + text)
+    if figure is not None and callable(getattr(writer, "add_figure", None)):
+        writer.add_figure(f"{prefix}/figure", figure())
 
 
 @register_plot(NeuronReport)
@@ -126,10 +119,8 @@ def log_neuron_report(writer: Any, report: NeuronReport, prefix: str,
     """Scalars ``'<prefix>/<summary key>'`` (n-cut, shuffle test, counts and shares), the summary
     and the group table as text ``'<prefix>/layers'``, the partition as ``'<prefix>/figure'``."""
     s = report.summary()
-    _scalars(writer, prefix, s)
-    writer.add_text(f"{prefix}/layers", f"{_bullets(s)}\n\n{report.to_markdown()}")
-    if figure and callable(getattr(writer, "add_figure", None)):
-        writer.add_figure(f"{prefix}/figure", plot_neuron_report(report))
+    _log(writer, prefix, s, s, "\n\n" + report.to_markdown(),
+         (lambda: plot_neuron_report(report)) if figure else None)
 
 
 @register_plot(ClusterabilityResult)
@@ -150,9 +141,7 @@ def log_clusterability(writer: Any, result: ClusterabilityResult, prefix: str,
     ``z_score``; the settings as text ``'<prefix>/layers'``; the partition as
     ``'<prefix>/figure'``."""
     d = result.to_dict()
-    _scalars(writer, prefix, {k: d[k] for k in ("ncut", "shuffled_mean", "shuffled_std",
-                                                "p_value", "z_score", "n_shuffles")})
-    writer.add_text(f"{prefix}/layers", _bullets({"layers": result.graph.layer_names,
-                                                  **result.meta}))
-    if figure and callable(getattr(writer, "add_figure", None)):
-        writer.add_figure(f"{prefix}/figure", plot_clusterability(result))
+    _log(writer, prefix, {k: d[k] for k in ("ncut", "shuffled_mean", "shuffled_std", "p_value",
+                                            "z_score", "n_shuffles")},
+         {"layers": result.graph.layer_names, **result.meta}, "",
+         (lambda: plot_clusterability(result)) if figure else None)
