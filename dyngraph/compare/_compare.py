@@ -18,6 +18,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -138,7 +139,6 @@ class Comparison:
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
         for r in self.table:
-            r = dict(r)
             r["value"] = f"{r['value']:.10g}"
             r["p_value"] = "" if r["p_value"] is None else f"{r['p_value']:.6g}"
             w.writerow(r)
@@ -214,7 +214,7 @@ def _named_items(items: Any) -> List[Tuple[str, Item]]:
     else:
         raise TypeError(f"models_or_feature_sets must be a list (or a dict {{name: item}}) of "
                         f"models or feature sets, got {type(items).__name__}")
-    if len(pairs) < 1:
+    if not pairs:
         raise ValueError("models_or_feature_sets is empty")
     out: List[Tuple[str, Item]] = []
     for i, (name, v) in enumerate(pairs):
@@ -255,6 +255,11 @@ def _same_inputs(feats: Dict[str, LayerFeatures], labels: Optional[Tensor]) -> T
             raise ValueError(f"{first_name!r} and {name!r} have different labels for the same "
                              f"positions: the samples are not aligned")
     return first.y if labels is None else check_labels(labels, n, "labels")
+
+
+def _pairs(names: Sequence[str], within: bool) -> List[Pair]:
+    """Every pair ``(a, b)``, ``a`` before ``b`` in ``names``, and ``(a, a)`` with ``within``."""
+    return [(a, b) for i, a in enumerate(names) for b in names[i if within else i + 1:]]
 
 
 def _matrix_meta(measures: Sequence[str], distance: Dict[str, bool], a: str, b: str,
@@ -336,19 +341,16 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
     if acc.n_batches == 0:
         raise ValueError("stream_cka: the loader produced no usable batch")
     full = acc.compute().cpu()
-    offs = [0]
-    for t in taps:
-        offs.append(offs[-1] + len(t.names))
+    offs = [0, *accumulate(len(t.names) for t in taps)]
+    index = {n: i for i, (n, _) in enumerate(named)}
     stats = {"unbiased": unbiased, "batches": acc.n_batches, "rows": seen,
              "skipped_batches": skipped}
     out = {}
-    for i, (na, _) in enumerate(named):
-        for j, (nb, _) in enumerate(named):
-            if j < i or (i == j and not within):
-                continue
-            block = full[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
-            meta = _matrix_meta([STREAMED], {STREAMED: False}, na, nb, **{STREAMED: stats})
-            out[(na, nb)] = LayerMatrix(taps[i].names, taps[j].names, [STREAMED], block, meta)
+    for na, nb in _pairs(list(index), within):
+        i, j = index[na], index[nb]
+        block = full[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
+        meta = _matrix_meta([STREAMED], {STREAMED: False}, na, nb, **{STREAMED: stats})
+        out[(na, nb)] = LayerMatrix(taps[i].names, taps[j].names, [STREAMED], block, meta)
     return out
 
 
@@ -515,10 +517,10 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
                                            for _, v in items)
     y: Optional[Tensor] = _same_inputs(feats, labels)
     if not has_labels:
-        for m in ms:
-            if m.labels:
-                raise ValueError(f"measure {m.name!r} needs labels for plain-dict feature sets: "
-                                 f"pass labels=")
+        needs = [m.name for m in ms if m.labels]
+        if needs:
+            raise ValueError(f"measure {needs[0]!r} needs labels for plain-dict feature sets: "
+                             f"pass labels=")
         y = None
     states: Dict[str, Dict[str, Dict[str, Any]]] = {}
     profiles: Dict[str, DepthProfile] = {}
@@ -532,8 +534,7 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
 
     # ---- pairwise fill
     names_ = [n for n, _ in items]
-    pairs = [(a, b) for i, a in enumerate(names_) for j, b in enumerate(names_)
-             if j > i or (j == i and within)]
+    pairs = _pairs(names_, within)
     distance = {m.name: m.distance for m in ms}
     blocks: Dict[Pair, Dict[str, Tensor]] = {pair: {} for pair in pairs}
     t = time.perf_counter()

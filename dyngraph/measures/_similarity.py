@@ -34,7 +34,19 @@ layer once and fills the cells with :func:`fill_matrix`.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import Tensor
@@ -42,12 +54,16 @@ from torch_geometric.utils import coalesce, scatter
 
 from .._validate import (
     check_choice,
+    check_edge_index,
+    check_edge_weight,
     check_features,
     check_k,
     check_labels,
     check_positive_int,
     check_same_device,
 )
+from ..graphs._graph import SYMMETRIZE
+from ..graphs._graph import symmetrize as _symmetrize
 from ..graphs._knn import nearest_neighbors, normalize_rows
 from ._modularity import modularity as _modularity
 from ._registry import register
@@ -58,6 +74,11 @@ DISTANCES = ("modularity_distance",)
 CKA_FORMS = ("auto", "features", "gram")
 
 _BLOCK = 1 << 24  # elements per temporary block in blocked loops
+
+
+def _step(elements_per_item: int) -> int:
+    """How many items of ``elements_per_item`` elements fit one temporary block (at least 1)."""
+    return max(1, _BLOCK // max(elements_per_item, 1))
 
 
 # ================================================================================== input checks
@@ -76,16 +97,6 @@ def _check_pair(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
                          f"N={x.shape[0]} rows and y with N={y.shape[0]} rows")
     check_same_device(x=x, y=y)
     return x, y
-
-
-def _check_measure(measure: str) -> str:
-    return check_choice(measure, "measure", MEASURES)
-
-
-def _check_k_opt(k, n: int, name: str = "k") -> Optional[int]:
-    if k is None:
-        return None
-    return check_k(k, n, name)
 
 
 # ================================================================================== linear CKA
@@ -183,7 +194,6 @@ class _CKAState:
         self.trace = self.row_sq.sum()                      # tr(K)
         self.xc: Optional[Tensor] = xc if form == "features" else None
         self.gram: Optional[Tensor] = None if form == "features" else _gram(xc, unbiased)
-        self._gram_cache: Optional[Tensor] = None
         self.self_hsic = _hsic(self, self)
         _check_self_hsic(self.self_hsic, self.trace, name,
                          hint=" (use unbiased=False or more samples)" if unbiased else "")
@@ -191,12 +201,10 @@ class _CKAState:
     def gram_matrix(self) -> Tensor:
         """The (U-)centred Gram; built once from the features when first needed (pairs with a
         Gram-form state), then kept."""
-        if self.gram is not None:
-            return self.gram
-        if self._gram_cache is None:
+        if self.gram is None:
             assert self.xc is not None
-            self._gram_cache = _gram(self.xc, self.unbiased)
-        return self._gram_cache
+            self.gram = _gram(self.xc, self.unbiased)
+        return self.gram
 
 
 def _hsic(a: _CKAState, b: _CKAState) -> Tensor:
@@ -250,12 +258,7 @@ def linear_cka(x: Tensor, y: Tensor, unbiased: bool = False, form: str = "auto")
         True
     """
     x, y = _check_pair(x, y)
-    a = _CKAState(x, unbiased, "x", form)
-    b = _CKAState(y, unbiased, "y", form)
-    return _cka_from_states(a, b)
-
-
-_STREAM_SUMS = ("rx", "ry", "rxry", "rx2", "ry2")
+    return _cka_from_states(_CKAState(x, unbiased, "x", form), _CKAState(y, unbiased, "y", form))
 
 
 class StreamingCKA:
@@ -308,48 +311,39 @@ class StreamingCKA:
         x, y = x.to(torch.float64), y.to(torch.float64)
         if self._shift is None:
             self._shift = (x.mean(0), y.mean(0))
-            dx, dy = x.shape[1], y.shape[1]
-            shapes: Dict[str, Tuple[int, ...]] = {
-                "sx": (dx,), "sy": (dy,), "xty": (dx, dy), "xtx": (dx, dx), "yty": (dy, dy),
-                "x_ry": (dx,), "y_rx": (dy,), "x_rx": (dx,), "y_ry": (dy,),
-                **{k: () for k in _STREAM_SUMS}}
-            self._s = {k: torch.zeros(v, dtype=torch.float64, device=x.device)
-                       for k, v in shapes.items()}
         sx0, sy0 = self._shift
         if x.shape[1] != sx0.numel() or y.shape[1] != sy0.numel():
             raise ValueError(f"feature sizes changed between batches: first ({sx0.numel()}, "
                              f"{sy0.numel()}), now ({x.shape[1]}, {y.shape[1]})")
         x, y = x - sx0, y - sy0
         rx, ry = (x * x).sum(1), (y * y).sum(1)
-        s = self._s
-        s["sx"] += x.sum(0)
-        s["sy"] += y.sum(0)
-        s["xty"] += x.T @ y
-        s["xtx"] += x.T @ x
-        s["yty"] += y.T @ y
-        s["rx"] += rx.sum()
-        s["ry"] += ry.sum()
-        s["rxry"] += (rx * ry).sum()
-        s["rx2"] += (rx * rx).sum()
-        s["ry2"] += (ry * ry).sum()
-        s["x_ry"] += x.T @ ry
-        s["y_rx"] += y.T @ rx
-        s["x_rx"] += x.T @ rx
-        s["y_ry"] += y.T @ ry
+        # Each batch term is computed and added in turn: one D × D product in memory at a time.
+        batch: Dict[str, Callable[[], Tensor]] = {
+            "sx": lambda: x.sum(0), "sy": lambda: y.sum(0), "xty": lambda: x.T @ y,
+            "xtx": lambda: x.T @ x, "yty": lambda: y.T @ y, "rx": rx.sum, "ry": ry.sum,
+            "rxry": lambda: (rx * ry).sum(), "rxrx": lambda: (rx * rx).sum(),
+            "ryry": lambda: (ry * ry).sum(), "x_ry": lambda: x.T @ ry, "y_rx": lambda: y.T @ rx,
+            "x_rx": lambda: x.T @ rx, "y_ry": lambda: y.T @ ry}
+        for k, term in batch.items():
+            v = term()
+            if k not in self._s:
+                self._s[k] = torch.zeros_like(v)
+            self._s[k] += v
         self.n += x.shape[0]
 
-    @staticmethod
-    def _centred_terms(n: int, sa: Tensor, sb: Tensor, atb: Tensor, ra: Tensor, rb: Tensor,
-                       rarb: Tensor, a_rb: Tensor, b_ra: Tensor
-                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """From shifted sums: ``‖AcᵀBc‖²``, ``Σ‖ac_i‖²``, ``Σ‖bc_i‖²``, ``Σ‖ac_i‖²‖bc_i‖²``."""
+    def _centred_terms(self, a: str, b: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From the shifted sums of ``a`` and ``b`` (``'x'`` or ``'y'``): ``‖AcᵀBc‖²``,
+        ``Σ‖ac_i‖²``, ``Σ‖bc_i‖²``, ``Σ‖ac_i‖²‖bc_i‖²``."""
+        s, n = self._s, self.n
+        sa, sb, atb, ra, rb = s["s" + a], s["s" + b], s[a + "t" + b], s["r" + a], s["r" + b]
         ma, mb = sa / n, sb / n
         cross = atb - n * torch.outer(ma, mb)
         ma2, mb2 = ma @ ma, mb @ mb
         tra, trb = ra - n * ma2, rb - n * mb2
         # Σ (ra_i − 2 a_i·ma + |ma|²)(rb_i − 2 b_i·mb + |mb|²)
-        rr = (rarb - 2 * mb @ b_ra + mb2 * ra - 2 * ma @ a_rb + 4 * ma @ atb @ mb
-              - 2 * mb2 * (ma @ sa) + ma2 * rb - 2 * ma2 * (mb @ sb) + n * ma2 * mb2)
+        rr = (s[f"r{a}r{b}"] - 2 * mb @ s[f"{b}_r{a}"] + mb2 * ra - 2 * ma @ s[f"{a}_r{b}"]
+              + 4 * ma @ atb @ mb - 2 * mb2 * (ma @ sa) + ma2 * rb - 2 * ma2 * (mb @ sb)
+              + n * ma2 * mb2)
         return (cross * cross).sum(), tra, trb, rr
 
     def compute(self) -> float:
@@ -358,20 +352,14 @@ class StreamingCKA:
         if n < (4 if self.unbiased else 2):
             raise ValueError(f"StreamingCKA has seen {n} rows; need at least "
                              f"{4 if self.unbiased else 2}")
-        s = self._s
-        fxy, trx, try_, rxy = self._centred_terms(n, s["sx"], s["sy"], s["xty"], s["rx"], s["ry"],
-                                                  s["rxry"], s["x_ry"], s["y_rx"])
-        fxx, _, _, rxx = self._centred_terms(n, s["sx"], s["sx"], s["xtx"], s["rx"], s["rx"],
-                                             s["rx2"], s["x_rx"], s["x_rx"])
-        fyy, _, _, ryy = self._centred_terms(n, s["sy"], s["sy"], s["yty"], s["ry"], s["ry"],
-                                             s["ry2"], s["y_ry"], s["y_ry"])
-        if self.unbiased:
-            fxy = _unbiased_hsic(fxy, trx, try_, rxy, n)
-            fxx = _unbiased_hsic(fxx, trx, trx, rxx, n)
-            fyy = _unbiased_hsic(fyy, try_, try_, ryy, n)
-        for name, h, tr in (("x", fxx, trx), ("y", fyy, try_)):
-            _check_self_hsic(h, tr, name, where=f" over the {n} rows seen")
-        return float(_cka_ratio(fxy, fxx, fyy))
+        h: Dict[str, Tensor] = {}
+        tr: Dict[str, Tensor] = {}
+        for a, b in ("xy", "xx", "yy"):
+            f, tr[a], tr[b], rr = self._centred_terms(a, b)
+            h[a + b] = _unbiased_hsic(f, tr[a], tr[b], rr, n) if self.unbiased else f
+        for name in "xy":
+            _check_self_hsic(h[name + name], tr[name], name, where=f" over the {n} rows seen")
+        return float(_cka_ratio(h["xy"], h["xx"], h["yy"]))
 
 
 def _as_layer_list(feats: Any, name: str) -> List[Tensor]:
@@ -525,12 +513,18 @@ def _overlap_counts(ia: Tensor, ib: Tensor) -> Tensor:
     ka, kb = ia.shape[-1], ib.shape[-1]
     flat_a = ia.reshape(-1, ka)
     flat_b = ib.reshape(-1, kb)
-    step = max(1, _BLOCK // max(ka * kb, 1))
+    step = _step(ka * kb)
     out = torch.empty(flat_a.shape[0], dtype=torch.long, device=ia.device)
     for s in range(0, flat_a.shape[0], step):
         eq = flat_a[s:s + step].unsqueeze(2) == flat_b[s:s + step].unsqueeze(1)
         out[s:s + step] = eq.sum((1, 2))
     return out.reshape(ia.shape[:-1])
+
+
+def _knn_score(inter: Tensor, k: int, measure: str) -> Tensor:
+    """Per-sample Jaccard index (``'knn_overlap'``) or shared share (``'mutual_knn'``) of the
+    float64 intersection sizes ``inter``."""
+    return inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
 
 
 def _knn_pair(x: Tensor, y: Tensor, k: int, metric: str, backend: str) -> Tuple[Tensor, Tensor]:
@@ -564,8 +558,7 @@ def knn_overlap(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
         1.0
     """
     ia, ib = _knn_pair(x, y, k, metric, backend)
-    inter = _overlap_counts(ia, ib).double()
-    return float((inter / (2 * k - inter)).mean())
+    return float(_knn_score(_overlap_counts(ia, ib).double(), k, "knn_overlap").mean())
 
 
 def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
@@ -599,26 +592,17 @@ def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
 
 
 # ================================================================================== graph measure
-def _directed_from_knn(vals: Tensor, idx: Tensor, metric: str, weighted: bool
-                       ) -> Tuple[Tensor, Tensor]:
-    """The layout of :func:`dyngraph.knn_edges` from precomputed kNN lists (no recomputation)."""
+def _graph_from_knn(vals: Tensor, idx: Tensor, metric: str, symmetrize: Optional[str],
+                    weighted: bool = True) -> Tuple[Tensor, Tensor]:
+    """The graph of :func:`dyngraph.knn_edges` (then symmetrised) from precomputed kNN lists."""
     n, k = idx.shape
-    target = torch.arange(n, device=idx.device).repeat_interleave(k)
-    ei = torch.stack([idx.reshape(-1), target])
+    ei = torch.stack([idx.reshape(-1), torch.arange(n, device=idx.device).repeat_interleave(k)])
     if metric == "cosine" and weighted:
         w = vals.reshape(-1)
     else:
         w = torch.ones(n * k, dtype=vals.dtype, device=vals.device)
-    return ei, w
-
-
-def _graph_from_knn(vals: Tensor, idx: Tensor, metric: str, symmetrize: Optional[str],
-                    weighted: bool = True) -> Tuple[Tensor, Tensor]:
-    from ..graphs._graph import symmetrize as _sym
-    n = idx.shape[0]
-    ei, w = _directed_from_knn(vals, idx, metric, weighted)
     if symmetrize is not None:
-        return _sym(ei, w, n, symmetrize)
+        return _symmetrize(ei, w, n, symmetrize)
     return ei.flip(0), w          # directed: row i holds i's own k neighbours
 
 
@@ -652,7 +636,7 @@ def _dense_row_cosine(x: Tensor, y: Tensor, chunk_size: Optional[int] = None) ->
     xn = normalize_rows(x.to(torch.float64), "x")
     yn = normalize_rows(y.to(torch.float64), "y")
     n = x.shape[0]
-    step = chunk_size or max(1, _BLOCK // max(n, 1))
+    step = chunk_size or _step(n)
     out = torch.empty(n, dtype=torch.float64, device=x.device)
     for s in range(0, n, step):
         sx, sy = xn[s:s + step] @ xn.T, yn[s:s + step] @ yn.T
@@ -684,7 +668,6 @@ def adjacency_cosine(edge_index_a: Tensor, edge_weight_a: Optional[Tensor], edge
         >>> dg.measures.adjacency_cosine(ei, None, ei, None, 3)
         1.0
     """
-    from .._validate import check_edge_index, check_edge_weight
     check_choice(reduce, "reduce", ("mean", "none"))
     rows = []
     for tag, ei, w in (("a", edge_index_a, edge_weight_a), ("b", edge_index_b, edge_weight_b)):
@@ -741,7 +724,6 @@ def graph_similarity(x: Tensor, y: Tensor, k: Optional[int] = 10, metric: str = 
         return float(_dense_row_cosine(x, y).mean())
     check_k(k, x.shape[0])
     if symmetrize is not None:
-        from ..graphs._graph import SYMMETRIZE
         check_choice(symmetrize, "symmetrize", SYMMETRIZE)
     ra = _rows_for(x, k, metric, symmetrize, weighted, backend, "x")
     rb = _rows_for(y, k, metric, symmetrize, weighted, backend, "y")
@@ -759,7 +741,7 @@ def _snapshot_q(x: Tensor, labels: Tensor, k: int, metric: str, symmetrize: str,
                 resolution: float, name: str = "x"):
     vals, idx = _knn_lists(x, k, metric, backend, name)
     ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
-    return _modularity(ei, labels, w, num_nodes=x.shape[0], resolution=resolution), ei, w
+    return _modularity(ei, labels, w, num_nodes=x.shape[0], resolution=resolution)
 
 
 def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric: str = "cosine",
@@ -795,8 +777,8 @@ def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric
     labels = check_labels(labels, x.shape[0], "labels")
     check_same_device(x=x, labels=labels)
     check_k(k, x.shape[0])
-    qx = _snapshot_q(x, labels, k, metric, symmetrize, backend, resolution)[0]
-    qy = _snapshot_q(y, labels, k, metric, symmetrize, backend, resolution, "y")[0]
+    qx = _snapshot_q(x, labels, k, metric, symmetrize, backend, resolution)
+    qy = _snapshot_q(y, labels, k, metric, symmetrize, backend, resolution, "y")
     return abs(qx - qy)
 
 
@@ -840,7 +822,7 @@ class RepresentationSummary:
                  backend: str = "auto", cka_form: str = "auto", name: str = "x",
                  resolution: float = 1.0) -> None:
         x = _flat(x, name)
-        measures = [_check_measure(m) for m in measures]
+        measures = [check_choice(m, "measure", MEASURES) for m in measures]
         check_choice(metric, "metric", ("cosine", "euclidean"))
         n = x.shape[0]
         self.n, self.name, self.measures = n, name, list(measures)
@@ -883,33 +865,26 @@ class RepresentationSummary:
 
 
 _KNN_MEASURES = ("knn_overlap", "mutual_knn", "graph")
-_T = TypeVar("_T")
+#: The attribute of a summary that holds each measure's prepared state.
+_STATE = {"cka": "cka", "cka_unbiased": "cka_u", "knn_overlap": "knn_idx",
+          "mutual_knn": "knn_idx", "graph": "rows", "modularity_distance": "q"}
 
 
-def _prepared(value: Optional[_T], s: RepresentationSummary, measure: str) -> _T:
-    if value is None:
-        raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
-                         f"{s.measures})")
-    return value
-
-
-def _check_compatible(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> None:
+def _states(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> Tuple[Any, Any]:
+    """Checks that ``measure`` can compare ``a`` with ``b``; returns their prepared states."""
     if a.n != b.n:
         raise ValueError(f"{a.name!r} and {b.name!r} summarise different numbers of inputs "
                          f"({a.n} and {b.n})")
+    states = []
     for s in (a, b):
-        if measure not in s.measures:
+        state = getattr(s, _STATE[measure]) if measure in s.measures else None
+        if state is None:
             raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
                              f"{s.measures})")
+        states.append(state)
     if measure in _KNN_MEASURES and a.k != b.k:
         raise ValueError(f"{a.name!r} and {b.name!r} use different k ({a.k} and {b.k})")
-
-
-def _cka_states(a: RepresentationSummary, b: RepresentationSummary,
-                measure: str) -> Tuple[_CKAState, _CKAState]:
-    if measure == "cka":
-        return _prepared(a.cka, a, measure), _prepared(b.cka, b, measure)
-    return _prepared(a.cka_u, a, measure), _prepared(b.cka_u, b, measure)
+    return states[0], states[1]
 
 
 def summary_similarity(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> float:
@@ -922,20 +897,15 @@ def summary_similarity(a: RepresentationSummary, b: RepresentationSummary, measu
         >>> round(dg.measures.summary_similarity(a, a, 'cka'), 6)
         1.0
     """
-    _check_measure(measure)
-    _check_compatible(a, b, measure)
+    check_choice(measure, "measure", MEASURES)
+    sa, sb = _states(a, b, measure)
     if measure in ("cka", "cka_unbiased"):
-        return _cka_from_states(*_cka_states(a, b, measure))
+        return _cka_from_states(sa, sb)
     if measure in ("knn_overlap", "mutual_knn"):
-        inter = _overlap_counts(_prepared(a.knn_idx, a, measure),
-                                _prepared(b.knn_idx, b, measure)).double()
-        k = a.k
-        v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
-        return float(v.mean())
+        return float(_knn_score(_overlap_counts(sa, sb).double(), a.k, measure).mean())
     if measure == "graph":
-        return float(_row_cosine(_prepared(a.rows, a, measure),
-                                 _prepared(b.rows, b, measure)).mean())
-    return abs(_prepared(a.q, a, measure) - _prepared(b.q, b, measure))
+        return float(_row_cosine(sa, sb).mean())
+    return abs(sa - sb)
 
 
 # ================================================================================== permutation
@@ -948,8 +918,12 @@ class PermutationResult(NamedTuple):
     measure: str
 
 
-def _perms(n: int, count: int, gen: torch.Generator, device: torch.device) -> Tensor:
-    return torch.stack([torch.randperm(n, generator=gen) for _ in range(count)]).to(device)
+def _perm_blocks(n: int, permutations: int, step: int, gen: torch.Generator,
+                 device: torch.device) -> Iterator[Tensor]:
+    """``permutations`` random permutations of ``range(n)``, in blocks ``[c <= step, n]``."""
+    for s in range(0, permutations, step):
+        count = min(step, permutations - s)
+        yield torch.stack([torch.randperm(n, generator=gen) for _ in range(count)]).to(device)
 
 
 def _null_cka(sa: _CKAState, sb: _CKAState, permutations: int,
@@ -957,11 +931,8 @@ def _null_cka(sa: _CKAState, sb: _CKAState, permutations: int,
     n, out = sa.n, []
     device = sa.row_sq.device
     if sa.xc is not None and sb.xc is not None:
-        step = max(1, _BLOCK // max(n * sb.xc.shape[1], 1))
-        for s in range(0, permutations, step):
-            perms = _perms(n, min(step, permutations - s), gen, device)
-            yp = sb.xc[perms]                                   # [c, N, Dy]
-            cross = torch.einsum("nd,cne->cde", sa.xc, yp)
+        for perms in _perm_blocks(n, permutations, _step(n * sb.xc.shape[1]), gen, device):
+            cross = torch.einsum("nd,cne->cde", sa.xc, sb.xc[perms])      # y[π]: [c, N, Dy]
             h = (cross * cross).sum((1, 2))
             if sa.unbiased:
                 h = _unbiased_hsic(h, sa.trace, sb.trace,
@@ -969,9 +940,7 @@ def _null_cka(sa: _CKAState, sb: _CKAState, permutations: int,
             out.append(_cka_ratio(h, sa.self_hsic, sb.self_hsic))
         return out
     ga, gb = sa.gram_matrix(), sb.gram_matrix()
-    step = max(1, _BLOCK // max(n * n, 1))
-    for s in range(0, permutations, step):
-        perms = _perms(n, min(step, permutations - s), gen, device)
+    for perms in _perm_blocks(n, permutations, _step(n * n), gen, device):
         gp = gb[perms.unsqueeze(2), perms.unsqueeze(1)]     # [c, N, N]
         out.append(_cka_ratio((ga.unsqueeze(0) * gp).sum((1, 2)), sa.self_hsic, sb.self_hsic))
     return out
@@ -980,16 +949,13 @@ def _null_cka(sa: _CKAState, sb: _CKAState, permutations: int,
 def _null_knn(ia: Tensor, ib: Tensor, k: int, measure: str, permutations: int,
               gen: torch.Generator) -> List[Tensor]:
     n, out = ia.shape[0], []
-    step = max(1, _BLOCK // max(n * k * k, 1))
-    for s in range(0, permutations, step):
-        perms = _perms(n, min(step, permutations - s), gen, ia.device)   # [c, N]
+    for perms in _perm_blocks(n, permutations, _step(n * k * k), gen, ia.device):   # [c, N]
         inv = torch.argsort(perms, dim=1)
         # neighbours of i in y[π] are π⁻¹(N_y(π(i)))
         nb = ib[perms]                                                    # [c, N, k]
         nb = torch.gather(inv, 1, nb.reshape(nb.shape[0], -1)).reshape(nb.shape)
         inter = _overlap_counts(ia.unsqueeze(0).expand_as(nb), nb).double()
-        v = inter / (2 * k - inter) if measure == "knn_overlap" else inter / k
-        out.append(v.mean(1))
+        out.append(_knn_score(inter, k, measure).mean(1))
     return out
 
 
@@ -997,23 +963,19 @@ def _null_graph(ra: _SparseRows, rb: _SparseRows, permutations: int,
                 gen: torch.Generator) -> List[Tensor]:
     n, out = ra.n, []
     device = ra.key.device
-    nn_ = n * n
-    step = max(1, _BLOCK // max(4 * max(ra.key.numel(), rb.key.numel()), 1))
-    for s in range(0, permutations, step):
-        c = min(step, permutations - s)
-        perms = _perms(n, c, gen, device)
+    step = _step(4 * max(ra.key.numel(), rb.key.numel()))
+    for perms in _perm_blocks(n, permutations, step, gen, device):
+        c = perms.shape[0]
         inv = torch.argsort(perms, dim=1)
-        off = torch.arange(c, device=device).unsqueeze(1) * nn_
+        off = torch.arange(c, device=device).unsqueeze(1) * (n * n)
         # b' has edge (π⁻¹(i), π⁻¹(j)) for every edge (i, j) of b
         kb = (off + inv[:, rb.row] * n + inv[:, rb.col]).reshape(-1)
-        wb = rb.w.repeat(c)
         order = kb.argsort()
-        kb, wb = kb[order], wb[order]
+        kb, wb = kb[order], rb.w.repeat(c)[order]
         ka = (off + ra.key.unsqueeze(0)).reshape(-1)
         pos = torch.searchsorted(kb, ka).clamp_max(kb.numel() - 1)
         hit = kb[pos] == ka
-        grp = (torch.arange(c, device=device).unsqueeze(1) * n + ra.row.unsqueeze(0))
-        grp = grp.reshape(-1)
+        grp = (torch.arange(c, device=device).unsqueeze(1) * n + ra.row.unsqueeze(0)).reshape(-1)
         dot = scatter(ra.w.repeat(c)[hit] * wb[pos[hit]], grp[hit], dim=0, dim_size=c * n,
                       reduce="sum").view(c, n)
         nb_norm = rb.norm[perms]                                       # row i of b' = row π(i)
@@ -1024,22 +986,18 @@ def _null_graph(ra: _SparseRows, rb: _SparseRows, permutations: int,
 def _null_modularity(qa: float, b: RepresentationSummary, permutations: int,
                      gen: torch.Generator) -> List[Tensor]:
     """``y[π]`` with fixed labels is ``b``'s graph with labels ``[π⁻¹]``."""
-    ei, w = _prepared(b.q_graph, b, "modularity_distance")
-    labels = _prepared(b.labels, b, "modularity_distance").to(ei.device)
-    n, out = b.n, []
+    assert b.q_graph is not None and b.labels is not None      # prepared with q
+    ei, w = b.q_graph
+    labels = b.labels.to(ei.device)
+    n, e, out = b.n, ei.shape[1], []
     device = ei.device
-    e = ei.shape[1]
-    step = max(1, _BLOCK // max(4 * e, 1))
-    for s in range(0, permutations, step):
-        c = min(step, permutations - s)
-        perms = _perms(n, c, gen, device)
-        inv = torch.argsort(perms, dim=1)
-        comm = labels[inv].reshape(-1)
+    for perms in _perm_blocks(n, permutations, _step(4 * e), gen, device):
+        c = perms.shape[0]
+        comm = labels[torch.argsort(perms, dim=1)].reshape(-1)
         off = (torch.arange(c, device=device) * n).repeat_interleave(e)
-        ei_rep = ei.repeat(1, c) + off.unsqueeze(0)
         batch = torch.arange(c, device=device).repeat_interleave(n)
-        q = torch.as_tensor(_modularity(ei_rep, comm, w.repeat(c), num_nodes=c * n, batch=batch,
-                                        resolution=b.resolution))
+        q = torch.as_tensor(_modularity(ei.repeat(1, c) + off.unsqueeze(0), comm, w.repeat(c),
+                                        num_nodes=c * n, batch=batch, resolution=b.resolution))
         out.append((qa - q).abs())
     return out
 
@@ -1048,28 +1006,23 @@ def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: st
                  permutations: int, seed: int) -> Tensor:
     """The measure between ``a`` and ``b`` with ``b``'s rows shuffled, ``permutations`` times."""
     gen = torch.Generator().manual_seed(int(seed))
+    sa, sb = _states(a, b, measure)
     if measure in ("cka", "cka_unbiased"):
-        out = _null_cka(*_cka_states(a, b, measure), permutations, gen)
+        out = _null_cka(sa, sb, permutations, gen)
     elif measure in ("knn_overlap", "mutual_knn"):
-        out = _null_knn(_prepared(a.knn_idx, a, measure), _prepared(b.knn_idx, b, measure), a.k,
-                        measure, permutations, gen)
+        out = _null_knn(sa, sb, a.k, measure, permutations, gen)
     elif measure == "graph":
-        out = _null_graph(_prepared(a.rows, a, measure), _prepared(b.rows, b, measure),
-                          permutations, gen)
+        out = _null_graph(sa, sb, permutations, gen)
     else:
-        out = _null_modularity(_prepared(a.q, a, measure), b, permutations, gen)
+        out = _null_modularity(sa, b, permutations, gen)
     return torch.cat(out).cpu()
 
 
 def _p_value(value: float, null: Tensor, measure: str) -> float:
-    p = null.numel()
     # A tolerance so that exact ties (e.g. equal Q) count as "as extreme".
     tol = 1e-12 * max(1.0, abs(value))
-    if measure in DISTANCES:
-        extreme = int((null <= value + tol).sum())
-    else:
-        extreme = int((null >= value - tol).sum())
-    return (1 + extreme) / (p + 1)
+    extreme = null <= value + tol if measure in DISTANCES else null >= value - tol
+    return (1 + int(extreme.sum())) / (null.numel() + 1)
 
 
 def summary_permutation_test(a: RepresentationSummary, b: RepresentationSummary, measure: str,
@@ -1083,8 +1036,8 @@ def summary_permutation_test(a: RepresentationSummary, b: RepresentationSummary,
         >>> dg.measures.summary_permutation_test(a, a, 'cka', permutations=19).p_value
         0.05
     """
-    _check_measure(measure)
-    _check_compatible(a, b, measure)
+    check_choice(measure, "measure", MEASURES)
+    _states(a, b, measure)
     check_positive_int(permutations, "permutations")
     value = summary_similarity(a, b, measure)
     null = _null_values(a, b, measure, permutations, seed).to(torch.float64)
@@ -1123,7 +1076,7 @@ def permutation_test(measure: str, x: Tensor, y: Tensor, labels: Optional[Tensor
         >>> dg.measures.permutation_test('cka', x, y, permutations=99).p_value
         0.01
     """
-    _check_measure(measure)
+    check_choice(measure, "measure", MEASURES)
     x, y = _check_pair(x, y)
     a, b = (RepresentationSummary(v, [measure], labels=labels, k=k, metric=metric,
                                   symmetrize=symmetrize, modularity_k=modularity_k,
@@ -1153,17 +1106,16 @@ def fill_matrix(sa: Mapping[str, RepresentationSummary], sb: Mapping[str, Repres
     ps = torch.empty(len(la), len(lb), dtype=torch.float64) if permutations else None
     for i, a in enumerate(la):
         for j, b in enumerate(lb):
-            if symmetric and j < i:
+            if symmetric and j < i:     # mirror the cell computed at (j, i)
                 vals[i, j] = vals[j, i]
                 if ps is not None:
                     ps[i, j] = ps[j, i]
-                continue
-            if ps is not None:
+            elif ps is None:
+                vals[i, j] = summary_similarity(sa[a], sb[b], measure)
+            else:
                 r = summary_permutation_test(sa[a], sb[b], measure, permutations,
                                              seed + 7919 * i + j)
                 vals[i, j], ps[i, j] = r.value, r.p_value
-            else:
-                vals[i, j] = summary_similarity(sa[a], sb[b], measure)
     return vals, ps
 
 

@@ -36,11 +36,9 @@ def _pair_heatmap(c: Comparison, measure: str, pair: Sequence[str], ax: Any,
         m = c.matrix(a, b)
     except KeyError as exc:
         raise ValueError(f"pair: {exc.args[0]}") from None
-    label = LABELS.get(measure, measure)
-    fig = plot_matrix(m, ax=ax, metrics=[measure], annotate=annotate, cmap=cmap,
-                      title=title or f"{label}: {a} vs {b}", xlabel=f"{b} layers",
-                      ylabel=f"{a} layers")
-    return fig
+    return plot_matrix(m, ax=ax, metrics=[measure], annotate=annotate, cmap=cmap,
+                       title=title or f"{LABELS.get(measure, measure)}: {a} vs {b}",
+                       xlabel=f"{b} layers", ylabel=f"{a} layers")
 
 
 def _grid(c: Comparison, measure: str, ax: Any, title: Optional[str],

@@ -114,14 +114,13 @@ def checks(result: Any, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         higher = result.higher_is_similar(measure)
         for a, b in combinations(result.names, 2):
             ia, ib = ref.get(a), ref.get(b)
-            if not ia or not ib or ia["arch"] != ib["arch"]:
+            if not (ia and ib and ia["arch"] == ib["arch"] and ia["trained"] and ib["trained"]):
                 continue
             c = result.matrix(a, b).diagonal_contrast(measure)
-            if ia["trained"] and ib["trained"]:
-                better = (c["diagonal_mean"] > c["off_diagonal_mean"]) if higher else \
-                    (c["diagonal_mean"] < c["off_diagonal_mean"])
-                out["same_architecture_seeds"].append({
-                    "measure": measure, "pair": [a, b], **c, "diagonal_more_similar": better})
+            out["same_architecture_seeds"].append({
+                "measure": measure, "pair": [a, b], **c,
+                "diagonal_more_similar": _more_similar(c["diagonal_mean"],
+                                                       c["off_diagonal_mean"], higher)})
         for arch in sorted({i["arch"] for i in ref.values()}):
             trained = [n for n, i in ref.items() if i["arch"] == arch and i["trained"]]
             untrained = [n for n, i in ref.items() if i["arch"] == arch and not i["trained"]]
@@ -135,12 +134,13 @@ def checks(result: Any, infos: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             out["trained_vs_untrained"].append({
                 "measure": measure, "architecture": arch,
                 "trained_vs_trained_diagonal": s_tt, "trained_vs_untrained_diagonal": s_tu,
-                "told_apart": (s_tt > s_tu) if higher else (s_tt < s_tu)})
+                "told_apart": _more_similar(s_tt, s_tu, higher)})
     return out
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+def _more_similar(a: float, b: float, higher: bool) -> bool:
+    """Whether value ``a`` means more similar than ``b`` (``higher``: larger is more similar)."""
+    return a > b if higher else a < b
 
 
 def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) -> Dict[str, Path]:
@@ -148,6 +148,7 @@ def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) 
     heatmap per (measure, pair of different models) when there are at most 6 such pairs (or
     ``per_pair``), and each free per-model profile metric overlaid (``curve_<metric>.png``)."""
     from ...outputs import plot
+    from ...outputs._figures_similarity import _safe
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
     between = [(a, b) for (a, b) in result.matrices if a != b]
@@ -215,8 +216,7 @@ def run(args: argparse.Namespace) -> int:
     result.meta.update({"config": cfg, "config_hash": digest, "point": args.point,
                         "seconds_total": round(time.perf_counter() - t0, 2)})
     chk = checks(result, infos)
-    d = result.to_dict()
-    d["checks"] = chk
+    d = {**result.to_dict(), "checks": chk}
     from ..._io import atomic_write_json
     result.to_csv(out / "table.csv")
     figs = _write_figures(result, out / "figures")
