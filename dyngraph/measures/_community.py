@@ -66,30 +66,20 @@ EVOLUTION_FORMAT = "dyngraph.CommunityEvolution/1"
 
 
 # ================================================================================== helpers
-def _edges(edge_index, edge_weight, num_nodes, y=None, y_name="y"):
+def _edges(edge_index, edge_weight, num_nodes, y=None):
+    """Checked ``(edge_index, float64 weights, N)``; ``N`` defaults to ``y.numel()`` (a tensor),
+    else to ``max(edge_index) + 1``."""
     ei = check_edge_index(edge_index)
+    top = int(ei.max()) + 1 if ei.numel() else 0
     if num_nodes is None:
-        if y is not None:
-            num_nodes = int(torch.as_tensor(y).numel())
-        else:
-            num_nodes = int(ei.max()) + 1 if ei.numel() else 0
-    if ei.numel() and int(ei.max()) >= num_nodes:
-        raise ValueError(f"edge_index refers to node {int(ei.max())} but num_nodes={num_nodes}")
+        num_nodes = top if y is None else int(y.numel())
+    if ei.numel() and top > num_nodes:
+        raise ValueError(f"edge_index refers to node {top - 1} but num_nodes={num_nodes}")
     if edge_weight is None:
         edge_weight = torch.ones(ei.shape[1], device=ei.device)
     w = check_edge_weight(edge_weight, ei.shape[1]).to(torch.float64)
     check_same_device(edge_index=ei, edge_weight=w)
     return ei, w, num_nodes
-
-
-def _n_classes(y: Tensor, num_classes: Optional[int], name: str = "y") -> int:
-    top = int(y.max()) + 1 if y.numel() else 0
-    if num_classes is None:
-        return top
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < top:
-        raise ValueError(f"num_classes must be an int >= max({name}) + 1 = {top}, got "
-                         f"{num_classes!r}")
-    return num_classes
 
 
 def _batch_info(batch, num_nodes, device) -> Tuple[Optional[Tensor], int]:
@@ -133,7 +123,12 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     check_tensor(y, "y")
     ei, w, n = _edges(edge_index, edge_weight, num_nodes, y)
     y = check_labels(y, n, "y").to(ei.device)
-    c = _n_classes(y, num_classes)
+    c = int(y.max()) + 1 if y.numel() else 0
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < c:
+            raise ValueError(f"num_classes must be an int >= max(y) + 1 = {c}, got "
+                             f"{num_classes!r}")
+        c = num_classes
     batch, b = _batch_info(batch, n, ei.device)
     row, col = ei
     key = y[row] * c + y[col]
@@ -211,11 +206,8 @@ def separation_depth(mixing: Tensor, threshold: float = 0.1) -> Tensor:
     sep = r < threshold                                  # [L, C, C]
     # stays separated from l on: reverse cumulative AND
     stay = sep.flip(0).to(torch.int64).cumprod(0).flip(0).bool()
-    any_ = stay.any(0)
-    first = stay.to(torch.int64).argmax(0)
-    out = torch.where(any_, first, torch.full_like(first, -1))
-    out.fill_diagonal_(-1)
-    return out
+    out = torch.where(stay.any(0), stay.to(torch.int64).argmax(0), -1)
+    return out.fill_diagonal_(-1)
 
 
 # ================================================================================== purity
@@ -295,15 +287,13 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     node = torch.where(has, same / tot.clamp_min(torch.finfo(w.dtype).tiny),
                        torch.zeros_like(tot))
     g = batch if batch is not None else torch.zeros(n, dtype=torch.long, device=ei.device)
+    c = int(y.max()) + 1 if per_class else 1  # per graph, or per graph and class
+    key = g * c + y if per_class else g
+    num = scatter(node * has, key, dim=0, dim_size=b * c, reduce="sum")
+    den = scatter(has.to(w.dtype), key, dim=0, dim_size=b * c, reduce="sum")
     if per_class:
-        c = int(y.max()) + 1
-        key = g * c + y
-        num = scatter(node * has, key, dim=0, dim_size=b * c, reduce="sum")
-        den = scatter(has.to(w.dtype), key, dim=0, dim_size=b * c, reduce="sum")
         out = torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num)).view(b, c)
         return out[0] if batch is None else out
-    num = scatter(node * has, g, dim=0, dim_size=b, reduce="sum")
-    den = scatter(has.to(w.dtype), g, dim=0, dim_size=b, reduce="sum")
     if bool((den <= 0).any()):
         bad = (den <= 0).nonzero().flatten().tolist()
         raise ValueError(f"graph_purity: graphs {bad[:10]} have no node with incoming edge weight")
@@ -312,14 +302,6 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
 
 
 # ================================================================================== detection
-def _undirected_pairs(ei: Tensor, w: Tensor, n: int) -> Tuple[Tensor, Tensor]:
-    """Each unordered pair once (i < j), weight of the ``(A + Aᵀ)/2`` symmetrisation."""
-    from ..graphs._graph import symmetrize
-    ei2, w2 = symmetrize(ei, w, n, "mean")
-    keep = ei2[0] < ei2[1]
-    return ei2[:, keep], w2[keep]
-
-
 def _relabel_by_size(memb: Tensor) -> Tensor:
     """Community ids ordered by decreasing size, ties by the smallest member (deterministic)."""
     n = memb.numel()
@@ -327,10 +309,9 @@ def _relabel_by_size(memb: Tensor) -> Tensor:
     size = torch.bincount(inv, minlength=uniq.numel())
     first = torch.full((uniq.numel(),), n, dtype=torch.long).scatter_reduce(
         0, inv, torch.arange(n), reduce="amin")
-    order = sorted(range(uniq.numel()), key=lambda c: (-int(size[c]), int(first[c])))
-    rank = torch.empty(uniq.numel(), dtype=torch.long)
-    rank[torch.tensor(order, dtype=torch.long)] = torch.arange(uniq.numel())
-    return rank[inv]
+    # first members are distinct, so this key orders by (-size, first) without ties
+    order = torch.argsort(first - size * (n + 1))
+    return torch.argsort(order)[inv]
 
 
 _PACKAGES = {"leiden": ("igraph",), "louvain_igraph": ("igraph",),
@@ -387,10 +368,10 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
     if not isinstance(resolution, (int, float)) or not resolution > 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")
     _require(method)
-    device = ei.device
-    pairs, pw = _undirected_pairs(ei, w, n)
-    edges = pairs.t().cpu().tolist()
-    weights = pw.cpu().tolist()
+    from ..graphs._graph import symmetrize
+    ei2, w2 = symmetrize(ei, w, n, "mean")
+    keep = ei2[0] < ei2[1]  # each unordered pair once (i < j), the weight of (A + Aᵀ)/2
+    edges, weights = ei2[:, keep].t().cpu().tolist(), w2[keep].cpu().tolist()
     if method == "louvain":
         import networkx as nx
         g = nx.Graph()
@@ -410,10 +391,8 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
             part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition,
                                             weights="weight", resolution_parameter=resolution,
                                             n_iterations=n_iterations, seed=seed)
-            memb = torch.tensor(part.membership, dtype=torch.long)
         else:
-            rng = random.Random(seed)
-            ig.set_random_number_generator(rng)
+            ig.set_random_number_generator(random.Random(seed))
             try:
                 if method == "leiden":
                     part = g.community_leiden(objective_function="modularity", weights="weight",
@@ -422,8 +401,8 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
                     part = g.community_multilevel(weights="weight", resolution=resolution)
             finally:
                 ig.set_random_number_generator(random)
-            memb = torch.tensor(part.membership, dtype=torch.long)
-    return _relabel_by_size(memb).to(device)
+        memb = torch.tensor(part.membership, dtype=torch.long)
+    return _relabel_by_size(memb).to(ei.device)
 
 
 # ================================================================================== NMI / ARI
@@ -475,14 +454,12 @@ def normalized_mutual_info(a: Tensor, b: Tensor) -> float:
     t = contingency_table(a, b).to(torch.float64)
     if t.shape[0] == 1 and t.shape[1] == 1:
         return 1.0
-    n = t.sum()
-    pij = t / n
+    pij = t / t.sum()
     pi, pj = pij.sum(1), pij.sum(0)
     nz = pij > 0
     mi = (pij[nz] * (pij[nz].log() - (pi.unsqueeze(1) * pj.unsqueeze(0))[nz].log())).sum()
-    ha = -(pi[pi > 0] * pi[pi > 0].log()).sum()
-    hb = -(pj[pj > 0] * pj[pj > 0].log()).sum()
-    den = (ha + hb) / 2
+    entropy = lambda p: -(p[p > 0] * p[p > 0].log()).sum()
+    den = (entropy(pi) + entropy(pj)) / 2
     if float(den) <= 0:
         return 0.0
     return float((mi / den).clamp(0.0, 1.0))
@@ -543,15 +520,11 @@ def community_transitions(communities: Sequence[Tensor], normalize: Optional[str
                         f"{type(communities).__name__}")
     if len(communities) < 2:
         raise ValueError(f"community_transitions needs at least 2 layers, got {len(communities)}")
-    out = []
-    for l in range(len(communities) - 1):
-        t = contingency_table(communities[l], communities[l + 1]).to(torch.float64)
-        if normalize == "row":
-            t = t / t.sum(1, keepdim=True)
-        elif normalize == "total":
-            t = t / t.sum()
-        out.append(t)
-    return out
+    tables = [contingency_table(a, b).to(torch.float64)
+              for a, b in zip(communities, communities[1:])]
+    if normalize == "row":
+        return [t / t.sum(1, keepdim=True) for t in tables]
+    return [t / t.sum() for t in tables] if normalize == "total" else tables
 
 
 # ================================================================================== over depth
@@ -646,11 +619,10 @@ def _check_graph(graph: Any) -> None:
         raise ValueError("graph has no snapshots")
 
 
-def _check_resolution(resolution: Any) -> float:
+def _check_resolution(resolution: Any) -> None:
     if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) \
             or not resolution > 0:
         raise ValueError(f"resolution must be a positive number, got {resolution!r}")
-    return resolution
 
 
 def class_contribution_profile(graph: Any, resolution: float = 1.0,
@@ -694,8 +666,7 @@ def _contribution_profile(graph: Any, contrib: Tensor, resolution: float,
     names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     if len(names) != c:
         raise ValueError(f"class_names must have {c} entries, got {len(names)}: {names}")
-    meta = dict(getattr(graph, "meta", {}))
-    meta["resolution"] = resolution
+    meta = dict(getattr(graph, "meta", {}), resolution=resolution)
     return DepthProfile(graph.layers, [f"modularity_class_{n}" for n in names], contrib, meta)
 
 
@@ -805,11 +776,9 @@ class CommunityEvolution:
         return {"format": EVOLUTION_FORMAT, "layers": list(self.layers),
                 "profile": self.profile.to_dict(),
                 "class_contributions": self.class_contributions.to_dict(),
-                "class_mixing": jsonable(self.mixing),
-                "communities": jsonable(self.communities),
-                "transitions": jsonable(self.transitions),
-                "stability_nmi": jsonable(self.stability),
-                "separation_depth": jsonable(self.separation), "labels": jsonable(self.labels)}
+                **jsonable({"class_mixing": self.mixing, "communities": self.communities,
+                            "transitions": self.transitions, "stability_nmi": self.stability,
+                            "separation_depth": self.separation, "labels": self.labels})}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CommunityEvolution":
@@ -879,31 +848,27 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
     check_choice(method, "method", METHODS)
     _check_resolution(resolution)
     layers = graph.layers
-    eis, ws, ys, batch = [], [], [], []
-    offset = 0
-    n0 = None
+    snaps: List[Tuple[Tensor, Tensor, Tensor, int]] = []
+    ys = []
     for i, s in enumerate(graph.snapshots):
         ei, w, y, n = _snapshot_tensors(s, i, layers[i])
-        if n0 is not None and n != n0:
-            raise ValueError(f"snapshot {i} has {n} nodes, snapshot 0 has {n0}: community "
-                             f"transitions need the same samples in every layer")
-        n0 = n
-        eis.append(ei + offset)
-        ws.append(w.to(torch.float64))
+        if snaps and n != snaps[0][3]:
+            raise ValueError(f"snapshot {i} has {n} nodes, snapshot 0 has {snaps[0][3]}: "
+                             f"community transitions need the same samples in every layer")
+        snaps.append((ei, w, y, n))
         ys.append(check_labels(y, n, f"y of snapshot {i}"))
-        batch.append(torch.full((n,), i, dtype=torch.long, device=ei.device))
-        offset += n
-    ei_all, w_all, y_all, b_all = (torch.cat(eis, 1), torch.cat(ws), torch.cat(ys),
-                                   torch.cat(batch))
+    # all snapshots as one graph of L·N nodes, node l·N + i being sample i in layer l
+    ei_all = torch.cat([ei + i * n for i, (ei, _, _, _) in enumerate(snaps)], 1)
+    w_all, y_all = torch.cat([w.to(torch.float64) for _, w, _, _ in snaps]), torch.cat(ys)
+    b_all = torch.arange(len(snaps), device=ei_all.device).repeat_interleave(n)
     c = int(y_all.max()) + 1
     contrib = graph.class_contributions(resolution=resolution)          # [L, C]
-    mixing = class_mixing(ei_all, y_all, w_all, num_nodes=offset, batch=b_all,
+    mixing = class_mixing(ei_all, y_all, w_all, num_nodes=y_all.numel(), batch=b_all,
                           num_classes=c).cpu()
-    purity = cast(Tensor, graph_purity(ei_all, y_all, w_all, num_nodes=offset, batch=b_all))
+    purity = cast(Tensor, graph_purity(ei_all, y_all, w_all, num_nodes=y_all.numel(),
+                                       batch=b_all))
     comms, scores = [], []
-    for i, s in enumerate(progress_bar(graph.snapshots, desc="communities",
-                                       disable=not progress)):
-        ei, w, y, n = _snapshot_tensors(s, i, layers[i])
+    for ei, w, y, n in progress_bar(snaps, desc="communities", disable=not progress):
         comm, score = _detected(ei, w, y, n, method, resolution, seed)
         comms.append(comm.cpu())
         scores.append(score)
@@ -915,19 +880,14 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
                 for k in scores[0]}
     series = {"modularity": contrib.sum(1).cpu(), "graph_purity": purity.cpu(),
               "mixing_ratio": ratio, "separated_pairs": separated, **detected}
-    meta = {k: v for k, v in graph.meta.items() if k in ("k", "metric", "symmetrize",
-                                                           "n_samples")}
-    meta.update({"method": method, "resolution": resolution, "seed": seed,
-                 "separation_threshold": separation_threshold})
-    profile = DepthProfile(layers, list(EVOLUTION_METRICS),
-                           torch.stack([series[m].to(torch.float64) for m in EVOLUTION_METRICS],
-                                       1), meta)
-    return CommunityEvolution(profile=profile,
-                              class_contributions=_contribution_profile(graph, contrib,
-                                                                        resolution),
-                              mixing=mixing,
-                              communities=comms, transitions=trans, stability=stab,
-                              separation=sep, labels=ys[0].cpu())
+    meta = {k: v for k, v in graph.meta.items() if k in ("k", "metric", "symmetrize", "n_samples")}
+    meta.update(method=method, resolution=resolution, seed=seed,
+                separation_threshold=separation_threshold)
+    values = torch.stack([series[m].to(torch.float64) for m in EVOLUTION_METRICS], 1)
+    return CommunityEvolution(
+        profile=DepthProfile(layers, list(EVOLUTION_METRICS), values, meta),
+        class_contributions=_contribution_profile(graph, contrib, resolution), mixing=mixing,
+        communities=comms, transitions=trans, stability=stab, separation=sep, labels=ys[0].cpu())
 
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "class_mixing", "mixing_ratio", "mean_mixing_ratio",

@@ -31,10 +31,10 @@ searched again in float64.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -49,69 +49,41 @@ from ._registry import get, register
 if TYPE_CHECKING:
     from ..profiles._profile import DepthProfile
 
-__all__ = [
-    "ESTIMATORS",
-    "IDEstimate",
-    "IDPhases",
-    "BlockAnalysis",
-    "neighbor_distances",
-    "twonn",
-    "mle_id",
-    "participation_ratio",
-    "pca_dim",
-    "pca_spectrum",
-    "local_id",
-    "subsample_id",
-    "block_analysis",
-    "id_curve",
-    "id_phases",
-]
+__all__ = ["ESTIMATORS", "IDEstimate", "IDPhases", "BlockAnalysis", "neighbor_distances", "twonn",
+           "mle_id", "participation_ratio", "pca_dim", "pca_spectrum", "local_id", "subsample_id",
+           "block_analysis", "id_curve", "id_phases"]
 
-#: The registered ID measures: names accepted by :func:`id_curve`, :func:`subsample_id`,
-#: :func:`block_analysis` and :func:`dyngraph.depth_profile`.
-ESTIMATORS = ("twonn", "twonn_mle", "mle_id", "participation_ratio",
-              "participation_ratio_corrected", "pca_dim", "local_participation_ratio",
-              "local_pca_dim")
-SEARCHES = ("auto", "float32", "float64")
-LOCAL_METHODS = ("mle", "pr", "pca")
-COMBS = ("mle", "mean", "median")
-#: Extra candidates fetched by the float32 search beyond the ``k`` that are needed (at most).
+#: Extra candidates fetched by the float64 fallback search beyond the ``k`` that are needed.
 EXTRA_CANDIDATES = 8
-
-
-def _extra(k: int) -> int:
-    """Spare candidates for the certificate: 2 for TwoNN's k = 2, 4 for larger k (a row the
-    certificate cannot clear is searched again in float64, which is cheap for a few rows)."""
-    return 2 if k <= 2 else 4
 _U32 = 2.0 ** -24  # unit roundoff of float32
 
 
 # =============================================================================== input checks
-def _as_matrix(x, name: str = "x", min_rows: int = 2) -> Tensor:
+def _as_matrix(x, min_rows: int) -> Tensor:
     """A finite floating ``[N, D]`` tensor; ``[N, C, H, W, ...]`` is flattened to ``[N, C*H*W]``."""
     if isinstance(x, Tensor) and x.dim() > 2:
         x = x.flatten(1)
-    return check_features(x, name, min_rows=min_rows)
+    return check_features(x, "x", min_rows=min_rows)
 
 
-def _check_fraction(value, name: str, low: float, high: float, low_open: bool = False,
-                    high_open: bool = True) -> float:
+def _check_fraction(value, name: str, interval: str = "[)") -> float:
+    """``value`` as a float in the unit interval, open or closed at each end as ``interval``
+    (``'[)'``, ``'()'`` or ``'(]'``) says."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}: {value!r}")
     value = float(value)
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high and math.isfinite(value)):
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lb}{low}, {high}{hb}, got {name}={value!r}")
+    above = value > 0.0 if interval[0] == "(" else value >= 0.0
+    below = value < 1.0 if interval[1] == ")" else value <= 1.0
+    if not (above and below):  # NaN fails both
+        raise ValueError(f"{name} must be in {interval[0]}0.0, 1.0{interval[1]}, got "
+                         f"{name}={value!r}")
     return value
 
 
-def _check_k(k, n: int, minimum: int, name: str = "k") -> int:
-    check_positive_int(k, name, minimum=minimum)
+def _check_k(k, n: int, minimum: int) -> int:
+    check_positive_int(k, "k", minimum=minimum)
     if k >= n:
-        raise ValueError(f"{name} must be smaller than the number of points N={n}, got {name}={k}")
+        raise ValueError(f"k must be smaller than the number of points N={n}, got k={k}")
     return k
 
 
@@ -153,9 +125,8 @@ def _direct_distances(x: Tensor, idx: Tensor, rows: Optional[Tensor] = None) -> 
     """``‖x[i] − x[idx[i, j]]‖`` from the differences (no cancellation), in bounded blocks; the
     query points are ``rows`` (default: all rows, in order)."""
     n, kk = idx.shape
-    dim = x.shape[1]
     out = torch.empty(n, kk, dtype=x.dtype, device=x.device)
-    step = max(1, (1 << 24) // max(kk * dim, 1))
+    step = max(1, (1 << 24) // max(kk * x.shape[1], 1))
     for s in range(0, n, step):
         q = x[s:s + step] if rows is None else x[rows[s:s + step]]
         diff = x[idx[s:s + step]]
@@ -164,28 +135,19 @@ def _direct_distances(x: Tensor, idx: Tensor, rows: Optional[Tensor] = None) -> 
     return out
 
 
-def _error_bound(dim: int, unit: float, norms: Tensor, r_max: Tensor) -> Tensor:
-    """Bound on ``|fl(|a|² + |b|² − 2a·b) − ‖a − b‖²|`` for ``a`` = each row and any ``b``, with
-    unit roundoff ``unit`` (the dot products' ``γ_D`` plus the additions and the cast)."""
-    gamma = dim * unit / max(1.0 - dim * unit, 1e-3)
-    return (gamma + 8 * unit) * 1.01 * (norms + r_max) ** 2
-
-
 def _brute_rows(x64: Tensor, rows: Tensor, kk: int) -> Tuple[Tensor, Tensor]:
     """Nearest neighbours of ``rows`` from the float64 differences to every point (no cancellation
     at all); the last resort for rows no bound can certify."""
     n, dim = x64.shape
     step = max(1, (1 << 24) // max(n * dim, 1))
-    out_d, out_i = [], []
+    out = []
     for s in range(0, rows.numel(), step):
         r = rows[s:s + step]
         d = (x64[r].unsqueeze(1) - x64.unsqueeze(0)).pow(2).sum(-1).sqrt()
         d[torch.arange(r.numel(), device=x64.device), r] = math.inf
-        v, i = d.topk(kk, dim=1, largest=False)
-        v, i = _sort_rows(v, i, largest=False)
-        out_d.append(v)
-        out_i.append(i)
-    return torch.cat(out_d), torch.cat(out_i)
+        out.append(_sort_rows(*d.topk(kk, dim=1, largest=False), largest=False))
+    dists, idx = zip(*out)
+    return torch.cat(dists), torch.cat(idx)
 
 
 def _rows_float64(x64: Tensor, xc: Tensor, rows: Tensor, kk: int, k: int, norms: Tensor,
@@ -197,35 +159,27 @@ def _rows_float64(x64: Tensor, xc: Tensor, rows: Tensor, kk: int, k: int, norms:
     sq = (xc * xc).sum(1)
     chunk = max(1, DEFAULT_BLOCK_ELEMENTS // max(n, 1))
     take = min(kk + EXTRA_CANDIDATES, n - 1)
-    out_d, out_i = [], []
+    out = []
     for s in range(0, rows.numel(), chunk):
         r = rows[s:s + chunk]
         d2 = torch.addmm(sq[r].unsqueeze(1) + sq.unsqueeze(0), xc[r], xc.T, beta=1.0, alpha=-2.0)
         d2[torch.arange(r.numel(), device=xc.device), r] = math.inf  # never the point itself
         cand = d2.topk(take, dim=1, largest=False).indices
-        d, cand = _sort_rows(_direct_distances(x64, cand, r), cand, largest=False)
-        out_d.append(d)
-        out_i.append(cand)
-    d, cand = torch.cat(out_d), torch.cat(out_i)
+        out.append(_sort_rows(_direct_distances(x64, cand, r), cand, largest=False))
+    dists, idx = zip(*out)
+    d, cand = torch.cat(dists), torch.cat(idx)
     n_brute = 0
     if take < n - 1:
-        delta = _error_bound(dim, 2.0 ** -53, norms[rows], r_max) + extra_bound[rows]
+        # |fl(|a|² + |b|² − 2a·b) − ‖a − b‖²| for a = each row and any b, with the float64 unit
+        # roundoff u (the dot products' γ_D plus the additions and the cast)
+        u = 2.0 ** -53
+        gamma = dim * u / max(1.0 - dim * u, 1e-3)
+        delta = (gamma + 8 * u) * 1.01 * (norms[rows] + r_max) ** 2 + extra_bound[rows]
         bad = (d[:, k - 1] ** 2 + 2 * delta >= d[:, -1] ** 2).nonzero().flatten()
         if bad.numel():
             n_brute = int(bad.numel())
-            d_b, i_b = _brute_rows(x64, rows[bad], take)
-            d[bad], cand[bad] = d_b, i_b
+            d[bad], cand[bad] = _brute_rows(x64, rows[bad], take)
     return d[:, :kk], cand[:, :kk], n_brute
-
-
-def _candidates32(xc: Tensor, r_max: Tensor, kk: int) -> Tensor:
-    """The ``kk`` best candidates of every row by the float32 squared distance
-    ``|y_i|² + |y_j|² − 2 y_i·y_j`` (``y = xc / r_max``), ranked by the tile scores alone (no
-    exact re-scoring: :func:`neighbor_distances` certifies them). It runs on the core tile kernel
-    :class:`dyngraph.graphs._knn.BlockTopK`, through its symmetric self-search: each score is
-    computed once and serves both of its points (about half of the GEMM)."""
-    y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
-    return BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
 
 
 def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "matmul",
@@ -269,10 +223,10 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         >>> d.tolist(), i.tolist()
         ([[1.0, 3.0], [1.0, 2.0], [2.0, 3.0], [4.0, 6.0]], [[1, 2], [0, 2], [1, 0], [2, 1]])
     """
-    x = _as_matrix(x, "x", min_rows=2)
+    x = _as_matrix(x, min_rows=2)
     n, dim = x.shape
     _check_k(k, n, 1)
-    check_choice(search, "search", SEARCHES)
+    check_choice(search, "search", ("auto", "float32", "float64"))
     check_choice(backend, "backend", BACKENDS)
     x64 = x.to(torch.float64)
     xc = x64 - x64.mean(0, keepdim=True)  # the search runs on centred points (less cancellation)
@@ -285,15 +239,19 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         _, idx = nearest_neighbors(xc, k, metric="euclidean", backend=backend)
         d, idx = _sort_rows(_direct_distances(x64, idx), idx, largest=False)
         return (d, idx, stats) if return_stats else (d, idx)
-    kk = min(k + _extra(k), n - 1)
-    cand = _candidates32(xc, r_max, kk)
+    # spare candidates for the certificate: 2 for TwoNN's k = 2, 4 for larger k (a row the
+    # certificate cannot clear is searched again in float64, which is cheap for a few rows)
+    kk = min(k + (2 if k <= 2 else 4), n - 1)
+    # the kk best candidates of every row by the float32 tile scores alone (no exact re-scoring:
+    # certified below), through the symmetric self-search (each score serves both of its points)
+    y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
+    cand = BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
     # exact distances from the raw float64 differences (centring would round them)
     d, cand = _sort_rows(_direct_distances(x64, cand), cand, largest=False)
     if kk < n - 1:  # with every other point a candidate the result is exact already
         raw = x64.norm(dim=1)
         centring = 16 * 2.0 ** -53 * (raw + raw.max()) ** 2  # rounding of centring and scaling
-        m = dim + 1
-        gamma = m * _U32 / max(1.0 - m * _U32, 1e-3)
+        gamma = (dim + 1) * _U32 / max(1.0 - (dim + 1) * _U32, 1e-3)
         # One tile score |y_q|² + |y_j|² − 2 y_q·y_j (|y| <= 1) is off by at most
         # 2γ|y_q| (the dot product) + γ|y_q|² + γ (the squared norms) + 7u (two additions of
         # terms <= 3 and <= 4) + the float32 cast of y: <= (γ + 8u)(3|y_q| + 2), with 1% slack.
@@ -302,48 +260,13 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
         bad = (d[:, k - 1] ** 2 + 2 * delta >= d[:, -1] ** 2).nonzero().flatten()
         if bad.numel():
             stats["refined_rows"] = int(bad.numel())
-            d_bad, i_bad, stats["brute_rows"] = _rows_float64(x64, xc, bad, kk, k, norms, r_max,
-                                                              centring)
-            d[bad], cand[bad] = d_bad, i_bad
+            d[bad], cand[bad], stats["brute_rows"] = _rows_float64(x64, xc, bad, kk, k, norms,
+                                                                   r_max, centring)
     d, cand = d[:, :k].contiguous(), cand[:, :k].contiguous()
     return (d, cand, stats) if return_stats else (d, cand)
 
 
 # =============================================================================== TwoNN
-def _twonn_from_r(r1: Tensor, r2: Tensor, discard_fraction: float, method: str,
-                  drop_ties: bool) -> IDEstimate:
-    n_points = int(r1.numel())
-    dup = r1 <= 0
-    tie = (r2 <= r1) & ~dup if drop_ties else torch.zeros_like(dup)
-    keep = ~(dup | tie)
-    mu = r2[keep] / r1[keep]
-    n = int(mu.numel())
-    dropped = {"duplicates": int(dup.sum()), "ties": int(tie.sum())}
-    n_keep = int(n * (1 - discard_fraction))  # the skdim / Ansuini convention
-    if method == "linear" and n_keep == n:
-        n_keep = n - 1  # F = 1 at the last point makes -log(1 - F) infinite: leave it out
-    if n_keep < 2:
-        raise ValueError(f"TwoNN needs at least 2 points in the fit, got {n_keep} of "
-                         f"{n_points} after dropping {dropped['duplicates']} duplicates "
-                         f"(r1 = 0) and {dropped['ties']} ties (r1 = r2) and discarding "
-                         f"{discard_fraction:.0%}; use more points")
-    log_mu = mu.sort().values[:n_keep].log()
-    f = torch.arange(1, n_keep + 1, dtype=torch.float64, device=mu.device) / n
-    y = -torch.log1p(-f)
-    if method == "mle":
-        # Unbiased exponential-rate MLE of log μ under type-II censoring (as skdim);
-        # discard_fraction=0 gives (N − 1) / Σ log μ.
-        denom = log_mu.sum() + (n - n_keep) * log_mu[-1]
-    else:  # least squares through the origin of −log(1 − F) on log μ
-        denom = (log_mu * log_mu).sum()
-    if not bool(denom > 0):
-        raise ValueError(f"TwoNN is undefined here: every kept ratio r2/r1 equals 1 "
-                         f"({n_keep} points); the data are degenerate (use drop_ties=True)")
-    d = (n_keep - 1) / denom if method == "mle" else (log_mu * y).sum() / denom
-    return IDEstimate(float(d), "twonn" if method == "linear" else "twonn_mle", n_points, n,
-                      dropped, {"log_mu": log_mu, "neg_log_survival": y})
-
-
 def twonn(x: Tensor, discard_fraction: float = 0.1, method: str = "linear",
           drop_ties: bool = True, return_details: bool = False, search: str = "auto",
           backend: str = "matmul") -> Union[float, IDEstimate]:
@@ -385,16 +308,45 @@ def twonn(x: Tensor, discard_fraction: float = 0.1, method: str = "linear",
         >>> round(dg.measures.twonn(plane), 1)
         2.0
     """
-    x = _as_matrix(x, "x", min_rows=3)
-    discard_fraction = _check_fraction(discard_fraction, "discard_fraction", 0.0, 1.0)
+    x = _as_matrix(x, min_rows=3)
+    discard_fraction = _check_fraction(discard_fraction, "discard_fraction")
     check_choice(method, "method", ("linear", "mle"))
     d, _ = neighbor_distances(x, 2, search=search, backend=backend)
-    est = _twonn_from_r(d[:, 0], d[:, 1], discard_fraction, method, bool(drop_ties))
+    r1, r2 = d[:, 0], d[:, 1]
+    dup = r1 <= 0
+    tie = (r2 <= r1) & ~dup if drop_ties else torch.zeros_like(dup)
+    keep = ~(dup | tie)
+    mu = r2[keep] / r1[keep]
+    n = int(mu.numel())
+    dropped = {"duplicates": int(dup.sum()), "ties": int(tie.sum())}
+    n_keep = int(n * (1 - discard_fraction))  # the skdim / Ansuini convention
+    if method == "linear" and n_keep == n:
+        n_keep = n - 1  # F = 1 at the last point makes -log(1 - F) infinite: leave it out
+    if n_keep < 2:
+        raise ValueError(f"TwoNN needs at least 2 points in the fit, got {n_keep} of "
+                         f"{x.shape[0]} after dropping {dropped['duplicates']} duplicates "
+                         f"(r1 = 0) and {dropped['ties']} ties (r1 = r2) and discarding "
+                         f"{discard_fraction:.0%}; use more points")
+    log_mu = mu.sort().values[:n_keep].log()
+    f = torch.arange(1, n_keep + 1, dtype=torch.float64, device=mu.device) / n
+    y = -torch.log1p(-f)
+    if method == "mle":
+        # Unbiased exponential-rate MLE of log μ under type-II censoring (as skdim);
+        # discard_fraction=0 gives (N − 1) / Σ log μ.
+        denom = log_mu.sum() + (n - n_keep) * log_mu[-1]
+    else:  # least squares through the origin of −log(1 − F) on log μ
+        denom = (log_mu * log_mu).sum()
+    if not bool(denom > 0):
+        raise ValueError(f"TwoNN is undefined here: every kept ratio r2/r1 equals 1 "
+                         f"({n_keep} points); the data are degenerate (use drop_ties=True)")
+    dim = (n_keep - 1) / denom if method == "mle" else (log_mu * y).sum() / denom
+    est = IDEstimate(float(dim), "twonn" if method == "linear" else "twonn_mle", x.shape[0], n,
+                     dropped, {"log_mu": log_mu, "neg_log_survival": y})
     return est if return_details else est.dimension
 
 
 # =============================================================================== Levina–Bickel MLE
-def _mle_local(dist: Tensor, k: int, unbiased: bool) -> Tuple[Tensor, Tensor, Dict[str, int]]:
+def _mle_local(dist: Tensor, k: int) -> Tuple[Tensor, Tensor, Dict[str, int]]:
     """Per-point Levina–Bickel sums ``Σ_{j<k} log(R_k/R_j)``, the valid mask and drop counts."""
     r = dist[:, :k]
     dup = r[:, 0] <= 0
@@ -403,24 +355,6 @@ def _mle_local(dist: Tensor, k: int, unbiased: bool) -> Tuple[Tensor, Tensor, Di
     degenerate = (s <= 0) & ~dup  # all k distances equal: the local estimate is infinite
     valid = ~(dup | degenerate)
     return s, valid, {"duplicates": int(dup.sum()), "degenerate": int(degenerate.sum())}
-
-
-def _mle_from_dists(dist: Tensor, k: int, unbiased: bool, comb: str) -> IDEstimate:
-    s, valid, dropped = _mle_local(dist, k, unbiased)
-    n_points = int(dist.shape[0])
-    s = s[valid]
-    if s.numel() == 0:
-        raise ValueError(f"MLE is undefined: all {n_points} points have a duplicate (r1 = 0) or "
-                         f"{k} equal neighbour distances")
-    kfac = k - 2 if unbiased else k - 1
-    local = kfac / s
-    if comb == "mle":  # MacKay & Ghahramani: average the inverse estimates
-        dim = 1.0 / (s / kfac).mean()
-    elif comb == "mean":  # Levina & Bickel's original average
-        dim = local.mean()
-    else:
-        dim = torch.quantile(local, 0.5)
-    return IDEstimate(float(dim), "mle", n_points, int(s.numel()), dropped, {"local": local})
 
 
 def mle_id(x: Tensor, k: int = 20, unbiased: bool = False, comb: str = "mle",
@@ -452,12 +386,24 @@ def mle_id(x: Tensor, k: int = 20, unbiased: bool = False, comb: str = "mle",
         >>> round(dg.measures.mle_id(cube, k=20))
         3
     """
-    x = _as_matrix(x, "x", min_rows=3)
-    unbiased = bool(unbiased)
+    x = _as_matrix(x, min_rows=3)
     _check_k(k, x.shape[0], 3 if unbiased else 2)
-    check_choice(comb, "comb", COMBS)
+    check_choice(comb, "comb", ("mle", "mean", "median"))
     d, _ = neighbor_distances(x, k, search=search, backend=backend)
-    est = _mle_from_dists(d, k, unbiased, comb)
+    s, valid, dropped = _mle_local(d, k)
+    s = s[valid]
+    if s.numel() == 0:
+        raise ValueError(f"MLE is undefined: all {x.shape[0]} points have a duplicate (r1 = 0) "
+                         f"or {k} equal neighbour distances")
+    kfac = k - 2 if unbiased else k - 1
+    local = kfac / s
+    if comb == "mle":  # MacKay & Ghahramani: average the inverse estimates
+        dim = 1.0 / (s / kfac).mean()
+    elif comb == "mean":  # Levina & Bickel's original average
+        dim = local.mean()
+    else:
+        dim = torch.quantile(local, 0.5)
+    est = IDEstimate(float(dim), "mle", x.shape[0], int(s.numel()), dropped, {"local": local})
     return est if return_details else est.dimension
 
 
@@ -479,38 +425,6 @@ def _gram_frobenius_sq(xc: Tensor) -> Tensor:
         b = xc[s:s + step] @ xc.T
         total = total + (b * b).sum()
     return total
-
-
-def _pr_from(xc: Tensor, bias_correction: bool) -> float:
-    n = xc.shape[0]
-    g = (xc * xc).sum(1)  # diagonal of the Gram matrix
-    a = g.sum()
-    if not bool(a > 0):
-        raise ValueError(f"participation ratio is undefined: all {n} rows of x are identical "
-                         f"(zero variance)")
-    frob = _gram_frobenius_sq(xc)
-    if not bias_correction:
-        return float(a * a / frob)
-    if n < 4:
-        raise ValueError(f"the bias-corrected participation ratio needs N >= 4 points, got N={n}")
-    # U-statistics over distinct indices (Chen, Zhang & Zhong 2010) from Gram-matrix sums:
-    # unbiased for tr(Σ²) and (tr Σ)² under any distribution, invariant to a shift of the data.
-    r = xc @ xc.sum(0)  # row sums of the Gram matrix
-    s = r.sum()
-    sg, sg2 = a, (g * g).sum()
-    u = s - sg  # Σ_{i≠j} G_ij
-    s2 = frob - sg2  # Σ_{i≠j} G_ij²
-    s3 = (r * r).sum() - 2 * (g * r).sum() - frob + 2 * sg2  # Σ_{i,j,k distinct} G_ij G_jk
-    s4 = u * u - 2 * s2 - 4 * s3  # Σ_{i,j,k,l distinct} G_ij G_kl
-    p2, p3, p4 = n * (n - 1.0), n * (n - 1.0) * (n - 2.0), n * (n - 1.0) * (n - 2.0) * (n - 3.0)
-    tr_sq = s2 / p2 - 2 * s3 / p3 + s4 / p4
-    tr2 = (sg * sg - sg2) / p2 - 2 * (u * sg - 2 * (g * (r - g)).sum()) / p3 + s4 / p4
-    if not (bool(tr_sq > 0) and bool(tr2 > 0)):
-        raise ValueError(f"the bias-corrected participation ratio is undefined for these N={n} "
-                         f"points (the unbiased moment estimates are not positive: "
-                         f"tr(Σ²)≈{float(tr_sq):.3g}, (trΣ)²≈{float(tr2):.3g}); use more points "
-                         f"or bias_correction=False")
-    return float(tr2 / tr_sq)
 
 
 def participation_ratio(x: Tensor, bias_correction: bool = False) -> float:
@@ -539,8 +453,35 @@ def participation_ratio(x: Tensor, bias_correction: bool = False) -> float:
         >>> round(dg.measures.participation_ratio(x), 2)
         2.0
     """
-    x = _as_matrix(x, "x", min_rows=2)
-    return _pr_from(_centered(x), bool(bias_correction))
+    xc = _centered(_as_matrix(x, min_rows=2))
+    n = xc.shape[0]
+    g = (xc * xc).sum(1)  # diagonal of the Gram matrix
+    a = g.sum()
+    if not bool(a > 0):
+        raise ValueError(f"participation ratio is undefined: all {n} rows of x are identical "
+                         f"(zero variance)")
+    frob = _gram_frobenius_sq(xc)
+    if not bias_correction:
+        return float(a * a / frob)
+    if n < 4:
+        raise ValueError(f"the bias-corrected participation ratio needs N >= 4 points, got N={n}")
+    # U-statistics over distinct indices (Chen, Zhang & Zhong 2010) from Gram-matrix sums:
+    # unbiased for tr(Σ²) and (tr Σ)² under any distribution, invariant to a shift of the data.
+    r = xc @ xc.sum(0)  # row sums of the Gram matrix
+    sg, sg2 = a, (g * g).sum()
+    u = r.sum() - sg  # Σ_{i≠j} G_ij
+    s2 = frob - sg2  # Σ_{i≠j} G_ij²
+    s3 = (r * r).sum() - 2 * (g * r).sum() - frob + 2 * sg2  # Σ_{i,j,k distinct} G_ij G_jk
+    s4 = u * u - 2 * s2 - 4 * s3  # Σ_{i,j,k,l distinct} G_ij G_kl
+    p2, p3, p4 = n * (n - 1.0), n * (n - 1.0) * (n - 2.0), n * (n - 1.0) * (n - 2.0) * (n - 3.0)
+    tr_sq = s2 / p2 - 2 * s3 / p3 + s4 / p4
+    tr2 = (sg * sg - sg2) / p2 - 2 * (u * sg - 2 * (g * (r - g)).sum()) / p3 + s4 / p4
+    if not (bool(tr_sq > 0) and bool(tr2 > 0)):
+        raise ValueError(f"the bias-corrected participation ratio is undefined for these N={n} "
+                         f"points (the unbiased moment estimates are not positive: "
+                         f"tr(Σ²)≈{float(tr_sq):.3g}, (trΣ)²≈{float(tr2):.3g}); use more points "
+                         f"or bias_correction=False")
+    return float(tr2 / tr_sq)
 
 
 def _eigvalsh(m: Tensor) -> Tensor:
@@ -552,7 +493,8 @@ def _eigvalsh(m: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(m)
 
 
-def _spectrum(xc: Tensor) -> Tensor:
+def _spectrum(x: Tensor) -> Tensor:
+    xc = _centered(x)
     n, dim = xc.shape
     m = xc.T @ xc if dim <= n else xc @ xc.T
     ev = _eigvalsh(m).flip(0).clamp_min(0.0)
@@ -568,18 +510,7 @@ def pca_spectrum(x: Tensor) -> Tensor:
         >>> dg.measures.pca_spectrum(torch.tensor([[1., 0.], [-1., 0.], [0., 0.]])).tolist()
         [1.0, 0.0]
     """
-    x = _as_matrix(x, "x", min_rows=2)
-    return _spectrum(_centered(x))
-
-
-def _pca_from_spectrum(ev: Tensor, threshold: float) -> int:
-    total = ev.sum()
-    if not bool(total > 0):
-        raise ValueError("pca_dim is undefined: all rows of x are identical (zero variance)")
-    ratio = ev.cumsum(0) / total
-    n = int(torch.searchsorted(ratio, torch.tensor([threshold], dtype=ratio.dtype,
-                                                   device=ratio.device), right=True)) + 1
-    return min(n, int(ev.numel()))
+    return _spectrum(_as_matrix(x, min_rows=2))
 
 
 def pca_dim(x: Tensor, threshold: float = 0.9) -> int:
@@ -602,18 +533,24 @@ def pca_dim(x: Tensor, threshold: float = 0.9) -> int:
         >>> dg.measures.pca_dim(x, 0.9), dg.measures.pca_dim(x, 0.999)
         (2, 3)
     """
-    x = _as_matrix(x, "x", min_rows=2)
-    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
-    return _pca_from_spectrum(_spectrum(_centered(x)), threshold)
+    x = _as_matrix(x, min_rows=2)
+    threshold = _check_fraction(threshold, "threshold", "()")
+    ev = _spectrum(x)
+    total = ev.sum()
+    if not bool(total > 0):
+        raise ValueError("pca_dim is undefined: all rows of x are identical (zero variance)")
+    ratio = ev.cumsum(0) / total
+    n = int(torch.searchsorted(ratio, torch.tensor([threshold], dtype=ratio.dtype,
+                                                   device=ratio.device), right=True)) + 1
+    return min(n, int(ev.numel()))
 
 
 # =============================================================================== local ID
 def _local_linear(xc: Tensor, idx: Tensor, method: str, threshold: float) -> Tensor:
     """PR or PCA dimension of each point's neighbourhood ``{i} ∪ kNN(i)``, batched."""
     n, k = idx.shape
-    dim = xc.shape[1]
     out = torch.empty(n, dtype=torch.float64, device=xc.device)
-    step = max(1, (1 << 24) // max((k + 1) * dim, 1))
+    step = max(1, (1 << 24) // max((k + 1) * xc.shape[1], 1))
     nb_all = torch.cat([torch.arange(n, device=xc.device).unsqueeze(1), idx], 1)
     for s in range(0, n, step):
         z = xc[nb_all[s:s + step]]  # [b, k+1, D]
@@ -679,14 +616,14 @@ def local_id(x: Tensor, k: int = 20, method: str = "mle", threshold: float = 0.9
 def _local(x: Tensor, k: int, method: str, threshold: float, unbiased: bool, search: str,
            backend: str) -> Tensor:
     """:func:`local_id`'s values ``[N]``, without the warning."""
-    x = _as_matrix(x, "x", min_rows=3)
-    check_choice(method, "method", LOCAL_METHODS)
+    x = _as_matrix(x, min_rows=3)
+    check_choice(method, "method", ("mle", "pr", "pca"))
     _check_k(k, x.shape[0], 3 if (method == "mle" and unbiased) else 2)
-    threshold = _check_fraction(threshold, "threshold", 0.0, 1.0, low_open=True)
+    threshold = _check_fraction(threshold, "threshold", "()")
     d, idx = neighbor_distances(x, k, search=search, backend=backend)
     if method != "mle":
         return _local_linear(_centered(x), idx, method, threshold)
-    s, valid, _ = _mle_local(d, k, bool(unbiased))
+    s, valid, _ = _mle_local(d, k)
     kfac = k - 2 if unbiased else k - 1
     return torch.where(valid, kfac / torch.where(valid, s, torch.ones_like(s)),
                        torch.full_like(s, math.nan))
@@ -705,13 +642,17 @@ def _mean_local(x: Tensor, k: int, method: str, threshold: float, search: str,
 def _estimator(estimator: str, settings: Dict[str, Any]) -> Callable[[Tensor], float]:
     """The registered measure ``estimator`` as ``x -> float``, its ``settings`` checked."""
     check_choice(estimator, "estimator", ESTIMATORS)
+    _check_settings(estimator, settings)
     fn = get(estimator).fn
-    allowed = sorted(list(inspect.signature(fn).parameters)[3:])
+    return lambda x: float(fn(x, None, None, **settings))
+
+
+def _check_settings(estimator: str, settings: Dict[str, Any]) -> None:
+    allowed = sorted(_OPTIONS[estimator])
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise TypeError(f"unknown estimator settings {unknown} for {estimator!r}; allowed: "
                         f"{allowed}")
-    return lambda x: float(fn(x, None, None, **settings))
 
 
 def _unlabelled(features: Any) -> Any:
@@ -758,9 +699,9 @@ def subsample_id(x: Tensor, estimator: str = "twonn", fraction: float = 0.9, rep
         (3, torch.Size([4]))
     """
     from ..profiles._runner import depth_profile
-    x = _as_matrix(x, "x", min_rows=3)
+    x = _as_matrix(x, min_rows=3)
     _estimator(estimator, settings)
-    fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
+    fraction = _check_fraction(fraction, "fraction", "(]")
     check_positive_int(repeats, "repeats")
     m = max(3, int(round(fraction * x.shape[0])))
     p = depth_profile(_unlabelled({"x": x}), [estimator], repeats=repeats, n_samples=m, seed=seed,
@@ -792,15 +733,13 @@ class BlockAnalysis:
     def relative_change(self) -> float:
         """``(mean at the largest block − mean at the smallest) / mean at the largest``: how much
         the estimate grows with N (about 0 for a scale-free estimate)."""
-        big = self.mean[int(max(range(len(self.block_size)), key=lambda i: self.block_size[i]))]
-        small = self.mean[int(min(range(len(self.block_size)), key=lambda i: self.block_size[i]))]
+        big = self.mean[self.block_size.index(max(self.block_size))]
+        small = self.mean[self.block_size.index(min(self.block_size))]
         return (big - small) / big if big else math.nan
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready fields plus ``relative_change``."""
-        return {"estimator": self.estimator, "n_blocks": self.n_blocks,
-                "block_size": self.block_size, "mean": self.mean, "std": self.std,
-                "samples": self.samples, "relative_change": self.relative_change()}
+        return dict(vars(self), relative_change=self.relative_change())
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "BlockAnalysis":
@@ -835,10 +774,9 @@ def block_analysis(x: Tensor, estimator: str = "twonn",
         >>> dg.plot(b).axes[0].get_xscale()
         'log'
     """
-    x = _as_matrix(x, "x", min_rows=3)
+    x = _as_matrix(x, min_rows=3)
     estimate = _estimator(estimator, settings)
-    if isinstance(n_blocks, int):
-        n_blocks = [n_blocks]
+    n_blocks = [n_blocks] if isinstance(n_blocks, int) else n_blocks
     n_blocks = [check_positive_int(b, "n_blocks") for b in n_blocks]
     if not n_blocks:
         raise ValueError("n_blocks is empty")
@@ -848,16 +786,12 @@ def block_analysis(x: Tensor, estimator: str = "twonn",
             raise ValueError(f"n_blocks={b} leaves {n // b} points per block (N={n}); "
                              f"each block needs at least 3")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(x.device)
-    means, stds, samples, sizes = [], [], [], []
-    for b in n_blocks:
-        size = n // b
-        vals = [estimate(x[perm[i * size:(i + 1) * size]]) for i in range(b)]
-        t = torch.tensor(vals, dtype=torch.float64)
-        means.append(float(t.mean()))
-        stds.append(float(t.std()) if b > 1 else 0.0)
-        samples.append(vals)
-        sizes.append(size)
-    return BlockAnalysis(estimator, list(n_blocks), sizes, means, stds, samples)
+    sizes = [n // b for b in n_blocks]
+    samples = [[estimate(x[perm[i * size:(i + 1) * size]]) for i in range(b)]
+               for b, size in zip(n_blocks, sizes)]
+    levels = [torch.tensor(vals, dtype=torch.float64) for vals in samples]
+    return BlockAnalysis(estimator, n_blocks, sizes, [float(t.mean()) for t in levels],
+                         [float(t.std()) if t.numel() > 1 else 0.0 for t in levels], samples)
 
 
 # =============================================================================== over depth
@@ -897,7 +831,7 @@ def id_curve(features: Any, estimators: Union[str, Sequence[str]] = "twonn", *,
     """
     from ..profiles._runner import depth_profile
     names = check_choices(estimators, "estimators", ESTIMATORS)
-    fraction = _check_fraction(fraction, "fraction", 0.0, 1.0, low_open=True, high_open=False)
+    fraction = _check_fraction(fraction, "fraction", "(]")
     check_positive_int(repeats, "repeats")
     if repeats > 1 and fraction == 1.0:
         raise ValueError(f"repeats={repeats} needs fraction < 1 (each repeat subsamples); "
@@ -952,17 +886,14 @@ class IDPhases:
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready fields (the profile as its own dict)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["profile"] = self.profile.to_dict()
-        return d
+        return dict(vars(self), profile=self.profile.to_dict())
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "IDPhases":
         """Inverse of :meth:`to_dict`."""
         from ..profiles._profile import DepthProfile
         kw = {k: d[k] for k in cls.__dataclass_fields__}
-        kw["profile"] = DepthProfile.from_dict(d["profile"])
-        return cls(**kw)
+        return cls(**{**kw, "profile": DepthProfile.from_dict(d["profile"])})
 
     def summary(self) -> str:
         """One line: shape, peak, rise and fall."""
@@ -1013,10 +944,9 @@ def id_phases(profile: "DepthProfile", metric: Optional[str] = None, tol: float 
                          f"metric={metric!r}")
     if len(profile) == 0:
         raise ValueError("profile has no layers")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got tol={tol!r}")
-    if isinstance(n_sigma, bool) or not isinstance(n_sigma, (int, float)) or not n_sigma >= 0:
-        raise ValueError(f"n_sigma must be a number >= 0, got n_sigma={n_sigma!r}")
+    for name, value in (("tol", tol), ("n_sigma", n_sigma)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {name}={value!r}")
     one = profile[metric]
     v, std = one.values, one.errors
     if not bool(torch.isfinite(v).all()):
@@ -1042,56 +972,38 @@ def id_phases(profile: "DepthProfile", metric: Optional[str] = None, tol: float 
 
 
 # ============================================================================ registered measures
-@register("twonn", graph=False, labels=False, description="TwoNN intrinsic dimension "
-          "(Facco et al. 2017), linear fit")
-def _twonn(x: Tensor, y: Optional[Tensor], graph: Optional[Data], discard_fraction: float = 0.1,
-           drop_ties: bool = True, search: str = "auto", backend: str = "matmul") -> float:
-    return float(twonn(x, discard_fraction, "linear", drop_ties, search=search, backend=backend))
+#: Each estimator's settings (``measure_options``) with their defaults.
+_OPTIONS: Dict[str, Dict[str, Any]] = {}
+_SEARCH = {"search": "auto", "backend": "matmul"}
 
 
-@register("twonn_mle", graph=False, labels=False, description="TwoNN intrinsic dimension, the "
-          "censored Pareto MLE")
-def _twonn_mle(x: Tensor, y: Optional[Tensor], graph: Optional[Data],
-               discard_fraction: float = 0.1, drop_ties: bool = True, search: str = "auto",
-               backend: str = "matmul") -> float:
-    return float(twonn(x, discard_fraction, "mle", drop_ties, search=search, backend=backend))
+def _register(name: str, description: str, compute: Callable[..., Any], **options: Any) -> None:
+    """Registers ``float(compute(x, **settings))`` as the label-free layer measure ``name``;
+    ``options`` are its settings with their defaults."""
+    def measure(x: Tensor, y: Optional[Tensor], graph: Optional[Data], **settings: Any) -> float:
+        _check_settings(name, settings)
+        return float(compute(x, **{**options, **settings}))
+    _OPTIONS[name] = options
+    register(name, graph=False, labels=False, description=description)(measure)
 
 
-@register("mle_id", graph=False, labels=False, description="Levina-Bickel MLE intrinsic "
-          "dimension (k = 20)")
-def _mle_id(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
-            unbiased: bool = False, comb: str = "mle", search: str = "auto",
-            backend: str = "matmul") -> float:
-    return float(mle_id(x, k, unbiased, comb, search=search, backend=backend))
-
-
-@register("participation_ratio", graph=False, labels=False, description="participation ratio "
-          "(Σλ)²/Σλ² of the covariance spectrum")
-def _pr(x: Tensor, y: Optional[Tensor], graph: Optional[Data]) -> float:
-    return participation_ratio(x)
-
-
-@register("participation_ratio_corrected", graph=False, labels=False, description="participation "
-          "ratio with the U-statistic finite-sample bias correction")
-def _pr_corrected(x: Tensor, y: Optional[Tensor], graph: Optional[Data]) -> float:
-    return participation_ratio(x, bias_correction=True)
-
-
-@register("pca_dim", graph=False, labels=False, description="principal components explaining "
-          "90% of the variance")
-def _pca(x: Tensor, y: Optional[Tensor], graph: Optional[Data], threshold: float = 0.9) -> float:
-    return float(pca_dim(x, threshold=threshold))
-
-
-@register("local_participation_ratio", graph=False, labels=False, description="mean "
-          "participation ratio of the k = 20 nearest-neighbour neighbourhoods")
-def _local_pr(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
-              search: str = "auto", backend: str = "matmul") -> float:
-    return _mean_local(x, k, "pr", 0.9, search, backend)
-
-
-@register("local_pca_dim", graph=False, labels=False, description="mean PCA dimension (90%) of "
-          "the k = 20 nearest-neighbour neighbourhoods")
-def _local_pca(x: Tensor, y: Optional[Tensor], graph: Optional[Data], k: int = 20,
-               threshold: float = 0.9, search: str = "auto", backend: str = "matmul") -> float:
-    return _mean_local(x, k, "pca", threshold, search, backend)
+_register("twonn", "TwoNN intrinsic dimension (Facco et al. 2017), linear fit",
+          partial(twonn, method="linear"), discard_fraction=0.1, drop_ties=True, **_SEARCH)
+_register("twonn_mle", "TwoNN intrinsic dimension, the censored Pareto MLE",
+          partial(twonn, method="mle"), discard_fraction=0.1, drop_ties=True, **_SEARCH)
+_register("mle_id", "Levina-Bickel MLE intrinsic dimension (k = 20)", mle_id, k=20,
+          unbiased=False, comb="mle", **_SEARCH)
+_register("participation_ratio", "participation ratio (Σλ)²/Σλ² of the covariance spectrum",
+          participation_ratio)
+_register("participation_ratio_corrected", "participation ratio with the U-statistic "
+          "finite-sample bias correction", partial(participation_ratio, bias_correction=True))
+_register("pca_dim", "principal components explaining 90% of the variance", pca_dim,
+          threshold=0.9)
+_register("local_participation_ratio", "mean participation ratio of the k = 20 "
+          "nearest-neighbour neighbourhoods", partial(_mean_local, method="pr", threshold=0.9),
+          k=20, **_SEARCH)
+_register("local_pca_dim", "mean PCA dimension (90%) of the k = 20 nearest-neighbour "
+          "neighbourhoods", partial(_mean_local, method="pca"), k=20, threshold=0.9, **_SEARCH)
+#: The registered ID measures: names accepted by :func:`id_curve`, :func:`subsample_id`,
+#: :func:`block_analysis` and :func:`dyngraph.depth_profile`.
+ESTIMATORS = tuple(_OPTIONS)

@@ -99,40 +99,43 @@ def _overlay(p: DepthProfile, metrics: Optional[Union[str, Sequence[str]]], ax: 
     return fig
 
 
-def _panels(n: int, ax: Any, size: Tuple[float, float], kind: str) -> Tuple[Any, List[Any]]:
-    """A grid of ``n`` heatmap panels, four per row (``ax``: only for a single panel)."""
+def _heatmaps(mats: Sequence[Tensor], ax: Any, size: Tuple[float, float], kind: str,
+              labels: Sequence[Tuple[str, str, str]], colorbar: str, title: str,
+              **imshow: Any) -> Any:
+    """One heatmap per matrix, four per row (``ax``: only for a single one), on one colour scale;
+    ``labels`` are each panel's ``(title, x label, y label)``."""
+    n = len(mats)
     if ax is not None and n > 1:
         raise ValueError(f"ax= draws one panel; kind={kind!r} draws {n} panels here")
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = new_figure((size[0] * cols, size[1] * rows), ax=ax, nrows=rows, ncols=cols)
-    flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
-    for a in flat[n:]:
+    panels = list(axes.flat) if hasattr(axes, "flat") else [axes]
+    for a in panels[n:]:
         a.axis("off")
-    return fig, flat[:n]
-
-
-def _integer_ticks(a: Any) -> None:
-    a.tick_params(labelsize=6)
-    for axis in (a.xaxis, a.yaxis):
-        axis.get_major_locator().set_params(integer=True)
+    for a, m, (head, xlabel, ylabel) in zip(panels, mats, labels):
+        im = a.imshow(m.numpy(), **imshow)
+        a.set_title(head, fontsize=8)
+        a.set_xlabel(xlabel, fontsize=7)
+        a.set_ylabel(ylabel, fontsize=7)
+        a.tick_params(labelsize=6)
+        for axis in (a.xaxis, a.yaxis):
+            axis.get_major_locator().set_params(integer=True)
+    fig.colorbar(im, ax=panels[n - 1], fraction=0.046, label=colorbar)
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def _transitions(comms: Sequence[Tensor], names: Sequence[str], ax: Any,
                  title: Optional[str]) -> Any:
     if len(comms) < 2:
         raise ValueError(f"kind='transitions' needs at least 2 layers, got {len(comms)}")
-    mats = community_transitions(list(comms), normalize="row")
-    fig, panels = _panels(len(mats), ax, (3.4, 3.0), "transitions")
-    for i, (a, m) in enumerate(zip(panels, mats)):
-        im = a.imshow(m.numpy(), vmin=0, vmax=1, cmap="magma", aspect="auto")
-        a.set_title(f"{names[i]} → {names[i + 1]}", fontsize=8)
-        a.set_ylabel(f"community at {names[i]}", fontsize=7)
-        a.set_xlabel(f"community at {names[i + 1]}", fontsize=7)
-        _integer_ticks(a)
-    fig.colorbar(im, ax=panels[-1], fraction=0.046, label="share of the row community")
-    fig.suptitle(title or "community transitions (row-normalised)", fontsize=10)
-    return fig
+    labels = [(f"{a} → {b}", f"community at {b}", f"community at {a}")
+              for a, b in zip(names, names[1:])]
+    return _heatmaps(community_transitions(list(comms), normalize="row"), ax, (3.4, 3.0),
+                     "transitions", labels, "share of the row community",
+                     title or "community transitions (row-normalised)", vmin=0, vmax=1,
+                     cmap="magma", aspect="auto")
 
 
 def _mixing(mixing: Tensor, names: Sequence[str], ax: Any, normalize: str,
@@ -144,28 +147,22 @@ def _mixing(mixing: Tensor, names: Sequence[str], ax: Any, normalize: str,
         m = torch.where(rs > 0, m / rs.clamp_min(1e-300), torch.zeros_like(m))
     elif normalize == "ratio":
         m = mixing_ratio(m)
-    fig, panels = _panels(m.shape[0], ax, (3.0, 2.8), "mixing")
+    colorbar = {"row": "share of the row class's weight", "total": "share of all weight",
+                "ratio": "observed / expected weight"}[normalize]
+    labels = [(name, "to class", "from class") for name in names]
     vmax = 1.0 if normalize == "row" else float(m.max())
-    for i, a in enumerate(panels):
-        im = a.imshow(m[i].numpy(), vmin=0, vmax=vmax, cmap="viridis")
-        a.set_title(names[i], fontsize=8)
-        _integer_ticks(a)
-        a.set_xlabel("to class", fontsize=7)
-        a.set_ylabel("from class", fontsize=7)
-    fig.colorbar(im, ax=panels[-1], fraction=0.046,
-                 label={"row": "share of the row class's weight", "total": "share of all weight",
-                        "ratio": "observed / expected weight"}[normalize])
-    fig.suptitle(title or "class mixing per layer", fontsize=10)
-    return fig
+    return _heatmaps(list(m), ax, (3.0, 2.8), "mixing", labels, colorbar,
+                     title or "class mixing per layer", vmin=0, vmax=vmax, cmap="viridis")
 
 
-def _ordered_communities(comm: Tensor, labels: Tensor) -> Tuple[List[int], Dict[int, int]]:
-    """Community ids in drawing order (by majority label, then size) and each one's majority."""
+def _ordered_communities(comm: Tensor, labels: Tensor
+                         ) -> Tuple[List[int], Dict[int, int], Dict[int, int]]:
+    """Community ids in drawing order (by majority label, then size), each one's majority label
+    and each one's size."""
     ids, counts = torch.unique(comm, return_counts=True)
     major = {c: int(torch.bincount(labels[comm == c]).argmax()) for c in ids.tolist()}
     size = dict(zip(ids.tolist(), counts.tolist()))
-    order = sorted(size, key=lambda c: (major[c], -size[c], c))
-    return order, major
+    return sorted(size, key=lambda c: (major[c], -size[c], c)), major, size
 
 
 def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], ax: Any,
@@ -184,7 +181,7 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
     pos: List[Dict[int, Tuple[float, float]]] = []
     majors = []
     for l, c in enumerate(comms):
-        order, major = _ordered_communities(c, lab)
+        order, major, size = _ordered_communities(c, lab)
         majors.append(major)
         k = len(order)
         usable = 1.0 - gap * max(k - 1, 0)
@@ -194,7 +191,7 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
         y0 = 0.0
         p = {}
         for cid in order:
-            h = usable * int((c == cid).sum()) / n
+            h = usable * size[cid] / n
             p[cid] = (y0, h)
             ax.add_patch(Rectangle((l - width / 2, 1 - y0 - h), width, h,
                                    color=cmap(major[cid] % cmap.N), ec="black", lw=0.4))
@@ -205,18 +202,17 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
     t = torch.linspace(0, 1, 30)
     s = (3 * t ** 2 - 2 * t ** 3).numpy()              # smoothstep
     for l in range(L - 1):
-        a, b = comms[l], comms[l + 1]
-        kb = int(b.max()) + 1
-        pairs, cnt = torch.unique(a * kb + b, return_counts=True)
-        flows = [(int(p_) // kb, int(p_) % kb, int(c_)) for p_, c_ in zip(pairs, cnt)]
+        kb = int(comms[l + 1].max()) + 1
+        pairs, cnt = torch.unique(comms[l] * kb + comms[l + 1], return_counts=True)
+        flows = [(p // kb, p % kb, c) for p, c in zip(pairs.tolist(), cnt.tolist())]
         order_a = {cid: i for i, cid in enumerate(pos[l])}
         order_b = {cid: i for i, cid in enumerate(pos[l + 1])}
-        out_off = {cid: 0.0 for cid in pos[l]}
-        in_off = {cid: 0.0 for cid in pos[l + 1]}
+        out_off, in_off = dict.fromkeys(pos[l], 0.0), dict.fromkeys(pos[l + 1], 0.0)
         usable_a = sum(h for _, h in pos[l].values())
         usable_b = sum(h for _, h in pos[l + 1].values())
         # outflows sorted by target position, inflows by source position: fewer crossings
         out_start = {}
+        xs = (l + width / 2) + (1 - width) * t.numpy()
         for src, dst, c_ in sorted(flows, key=lambda f: (order_a[f[0]], order_b[f[1]])):
             out_start[(src, dst)] = out_off[src]
             out_off[src] += usable_a * c_ / n
@@ -225,7 +221,6 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
             ya = 1 - pos[l][src][0] - out_start[(src, dst)]
             yb = 1 - pos[l + 1][dst][0] - in_off[dst]
             in_off[dst] += h_b
-            xs = (l + width / 2) + (1 - width) * t.numpy()
             top = ya + (yb - ya) * s
             bottom = (ya - h_a) + ((yb - h_b) - (ya - h_a)) * s
             ax.fill_between(xs, bottom, top, color=cmap(majors[l][src] % cmap.N), alpha=0.35,
@@ -238,8 +233,7 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
     ax.set_xlabel("layer")
     ax.set_title(title or "community flow over depth (blocks: communities, colour: majority "
                           "class)", fontsize=9)
-    classes = sorted(set(int(v) for v in lab.unique()))
-    ax.legend(handles=[Patch(color=cmap(c % cmap.N), label=str(c)) for c in classes],
+    ax.legend(handles=[Patch(color=cmap(c % cmap.N), label=str(c)) for c in lab.unique().tolist()],
               title="class", fontsize=6, title_fontsize=7, loc="center left",
               bbox_to_anchor=(1.0, 0.5))
     return fig

@@ -3,7 +3,7 @@ curve with its expansion and compression phases, optionally beside other profile
 :class:`BlockAnalysis` (ID against block size)."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..measures._dimension import BlockAnalysis, IDPhases
 from ..profiles._profile import DepthProfile
@@ -24,16 +24,14 @@ def _series(phases: IDPhases, profiles: Profiles) -> List[Tuple[DepthProfile, st
     """``(profile, metric)`` per metric of ``profiles`` (each name once), then the ID."""
     profs = [] if profiles is None else (
         [profiles] if isinstance(profiles, DepthProfile) else list(profiles))
-    out: List[Tuple[DepthProfile, str]] = []
-    seen = {phases.estimator}
+    first: Dict[str, DepthProfile] = {}  # each metric from the first profile that has it
     for i, p in enumerate(profs):
         if not isinstance(p, DepthProfile):
             raise TypeError(f"profiles[{i}] must be a dg.DepthProfile, got {type(p).__name__}")
         for m in p.metrics:
-            if m not in seen:
-                seen.add(m)
-                out.append((p, m))
-    return out + [(phases.profile, phases.estimator)]
+            first.setdefault(m, p)
+    first.pop(phases.estimator, None)
+    return [(p, m) for m, p in first.items()] + [(phases.profile, phases.estimator)]
 
 
 @register_plot(IDPhases)
