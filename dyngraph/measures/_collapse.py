@@ -159,10 +159,8 @@ def etf_gram(num_classes: int, dtype: torch.dtype = torch.float64,
         >>> [round(v, 3) for v in g[0].tolist()]
         [1.0, -0.5, -0.5]
     """
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    c = num_classes
-    eye = torch.eye(c, dtype=dtype, device=device)
-    return (eye - 1.0 / c) * (c / (c - 1))
+    c = check_positive_int(num_classes, "num_classes", minimum=2)
+    return (torch.eye(c, dtype=dtype, device=device) - 1.0 / c) * (c / (c - 1))
 
 
 def simplex_etf(num_classes: int, dim: Optional[int] = None, seed: Optional[int] = None,
@@ -184,20 +182,16 @@ def simplex_etf(num_classes: int, dim: Optional[int] = None, seed: Optional[int]
         >>> bool(torch.allclose(m @ m.T, dg.measures.etf_gram(4), atol=1e-12))
         True
     """
-    check_positive_int(num_classes, "num_classes", minimum=2)
-    c = num_classes
-    dim = c if dim is None else dim
-    check_positive_int(dim, "dim")
+    c = check_positive_int(num_classes, "num_classes", minimum=2)
+    dim = check_positive_int(c if dim is None else dim, "dim")
     if dim < c - 1:
         raise ValueError(f"a simplex ETF of {c} vertices needs dim >= C - 1 = {c - 1}, got "
                          f"dim={dim}")
     # Centered standard basis, orthonormally embedded in C - 1 dimensions.
     centered = torch.eye(c, dtype=torch.float64) - 1.0 / c
     u, s, vh = torch.linalg.svd(centered)
-    base = u[:, : c - 1] * s[: c - 1]  # [C, C-1], same Gram as `centered`
-    base = base * math.sqrt(c / (c - 1))
     out = torch.zeros(c, dim, dtype=torch.float64)
-    out[:, : c - 1] = base
+    out[:, : c - 1] = u[:, : c - 1] * s[: c - 1] * math.sqrt(c / (c - 1))  # unit vertices
     if seed is not None:
         g = torch.Generator().manual_seed(int(seed))
         q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
@@ -275,6 +269,14 @@ def _flat(x: Tensor, name: str) -> Tensor:
     return check_features(x, name, ndim=2)
 
 
+def _features_labels(features: Tensor, labels: Tensor, num_classes: Optional[int], name: str
+                     ) -> Tuple[Tensor, Tensor, int]:
+    """``(x [N, D], labels on x's device, C)``, checked."""
+    x = _flat(features, name)
+    y = check_labels(labels, x.shape[0], "labels").to(x.device)
+    return x, y, _check_num_classes(num_classes, y)
+
+
 def _default_chunk(dim: int) -> int:
     return max(1, (1 << 23) // max(dim, 1))  # ≈ 64 MiB of float64 per chunk
 
@@ -291,13 +293,13 @@ class _Stats:
     basis: Optional[Tensor] = None       # [D, r] right singular vectors of M̃ (method 'subspace')
     sing: Optional[Tensor] = None        # [r] singular values of M̃
     proj: Optional[Tensor] = None        # [C, r] Σ_{i∈c} ((h_i − μ_c)·v_j)²
-    n_pass2: int = 0
-    ncc_correct: Optional[int] = None
-    nc4_mismatch: Optional[int] = None
+    n_pass2: int = 0                     # samples of the second pass (0: none)
+    ncc_correct: int = 0
+    nc4_mismatch: int = 0
 
 
-def _global_mean(counts: Tensor, means: Tensor, cv: CollapseConventions) -> Tensor:
-    if cv.global_mean == "samples":
+def _global_mean(counts: Tensor, means: Tensor, mode: str) -> Tensor:
+    if mode == "samples":
         return (counts.unsqueeze(1) * means).sum(0) / counts.sum()
     return means.mean(0)
 
@@ -315,7 +317,7 @@ def _rank(sq: Tensor, num_classes: int, dim: int, cv: CollapseConventions) -> in
 def _subspace_basis(counts: Tensor, means: Tensor, cv: CollapseConventions
                     ) -> Tuple[Tensor, Tensor]:
     """``(V [D, r], s [r])``: the top right singular pairs of ``M̃ = means − μ_G``."""
-    mt = means - _global_mean(counts, means, cv)
+    mt = means - _global_mean(counts, means, cv.global_mean)
     _, s, vh = torch.linalg.svd(mt, full_matrices=False)
     r = _rank(s * s, means.shape[0], means.shape[1], cv)
     return vh[:r].T.contiguous(), s[:r].clone()
@@ -360,48 +362,58 @@ def _second_pass(x: Tensor, y: Tensor, means: Tensor, basis: Optional[Tensor],
     return correct, mismatch
 
 
+def _class_means(x: Tensor, y: Tensor, num_classes: int, dtype: torch.dtype,
+                 chunk: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """``(counts [C], means [C, D])`` in ``dtype``, rows converted ``chunk`` at a time; an empty
+    class gets a zero mean."""
+    counts = torch.bincount(y, minlength=num_classes).to(dtype)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=dtype, device=x.device)
+    chunk = chunk or max(1, x.shape[0])
+    for s in range(0, x.shape[0], chunk):
+        sums.index_add_(0, y[s:s + chunk], x[s:s + chunk].to(dtype))
+    return counts, sums / counts.clamp_min(1).unsqueeze(1)
+
+
+def _zero_scatter(cv: CollapseConventions, num_classes: int, dim: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """The within-class scatter of method 'full': pooled ``[D, D]``, per class with
+    ``within='classes'``."""
+    shape = (num_classes, dim, dim) if cv.within == "classes" else (dim, dim)
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
+def _add_scatter(xc: Tensor, y: Tensor, trace: Tensor, scatter: Optional[Tensor]) -> None:
+    """Adds the centred rows ``xc`` to the per-class ``trace`` and to ``scatter`` (in place)."""
+    trace.index_add_(0, y, (xc * xc).sum(1))
+    if scatter is not None and scatter.dim() == 2:
+        scatter.addmm_(xc.T, xc)
+    elif scatter is not None:
+        for c in y.unique().tolist():
+            xcc = xc[y == c]
+            scatter[c].addmm_(xcc.T, xcc)
+
+
 def _stats_in_memory(x: Tensor, y: Tensor, num_classes: int, method: str,
                      clf: Optional[Tuple[Tensor, Optional[Tensor]]], cv: CollapseConventions,
                      chunk_size: Optional[int]) -> _Stats:
-    """Exact two-pass statistics of an in-memory feature matrix, chunked over rows."""
+    """Exact two-pass statistics of an in-memory feature matrix, chunked over rows (``clf`` in
+    float64 on the features' device)."""
     n, d = x.shape
-    dev = x.device
-    f64 = torch.float64
+    dev, f64 = x.device, torch.float64
     chunk = chunk_size or _default_chunk(d)
-    counts = torch.bincount(y, minlength=num_classes).to(f64)
+    counts, means = _class_means(x, y, num_classes, f64, chunk)
     _check_nonempty(counts)
-    sums = torch.zeros(num_classes, d, dtype=f64, device=dev)
-    for s in range(0, n, chunk):
-        sums.index_add_(0, y[s:s + chunk], x[s:s + chunk].to(f64))
-    means = sums / counts.unsqueeze(1)
-    trace = torch.zeros(num_classes, dtype=f64, device=dev)
-    scatter = None
-    if method == "full":
-        scatter = (torch.zeros(d, d, dtype=f64, device=dev) if cv.within == "samples"
-                   else torch.zeros(num_classes, d, d, dtype=f64, device=dev))
-    for s in range(0, n, chunk):
-        yb = y[s:s + chunk]
-        xc = x[s:s + chunk].to(f64) - means[yb]
-        trace.index_add_(0, yb, (xc * xc).sum(1))
-        if scatter is not None and scatter.dim() == 2:
-            scatter.addmm_(xc.T, xc)
-        elif scatter is not None:
-            for c in yb.unique().tolist():
-                xcc = xc[yb == c]
-                scatter[c].addmm_(xcc.T, xcc)
-    st = _Stats(counts, means, trace, scatter=scatter)
+    scatter = _zero_scatter(cv, num_classes, d, f64, dev) if method == "full" else None
+    st = _Stats(counts, means, torch.zeros(num_classes, dtype=f64, device=dev), scatter, n_pass2=n)
     if method == "subspace":
         st.basis, st.sing = _subspace_basis(counts, means, cv)
         st.proj = torch.zeros(num_classes, st.basis.shape[1], dtype=f64, device=dev)
-    clf64 = _clf64(clf, dev)
-    correct = mismatch = 0
     for s in range(0, n, chunk):
-        c_, m_ = _second_pass(x[s:s + chunk].to(f64), y[s:s + chunk], means, st.basis, clf64, cv,
-                              st.proj)
-        correct += c_
-        mismatch += m_
-    st.n_pass2, st.ncc_correct = n, correct
-    st.nc4_mismatch = mismatch if clf is not None else None
+        xb, yb = x[s:s + chunk].to(f64), y[s:s + chunk]
+        _add_scatter(xb - means[yb], yb, st.trace, st.scatter)
+        correct, mismatch = _second_pass(xb, yb, means, st.basis, clf, cv, st.proj)
+        st.ncc_correct += correct
+        st.nc4_mismatch += mismatch
     return st
 
 
@@ -447,7 +459,7 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
               cv: CollapseConventions) -> Dict[str, float]:
     counts, means = st.counts, st.means
     c, d = means.shape
-    mu_g = _global_mean(counts, means, cv)
+    mu_g = _global_mean(counts, means, cv.global_mean)
     mt = means - mu_g
     wc = _within_weights(counts, cv)
     out: Dict[str, float] = {}
@@ -458,10 +470,9 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
         sb = mt.T @ mt / c
         lam, vec = torch.linalg.eigh(sb)
         lam, vec = lam.flip(0), vec.flip(1)
-        r = _rank(lam, c, d, cv)
-        pinv = (vec[:, :r] / lam[:r]) @ vec[:, :r].T
+        rank = _rank(lam, c, d, cv)
+        pinv = (vec[:, :rank] / lam[:rank]) @ vec[:, :rank].T
         tr = float(torch.trace(sw @ pinv))
-        rank = r
     else:
         if st.proj is None or st.basis is None or st.sing is None:
             raise RuntimeError("subspace statistics are incomplete: the second pass is missing")
@@ -473,8 +484,7 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
     tr_b = float((mt * mt).sum()) / c
     out["nc1_trace"] = tr_w / tr_b
     # ---- NC2 (class means)
-    for k, v in _nc2(mt, cv, "centred class means").items():
-        out[f"nc2_{k}"] = v
+    out.update({f"nc2_{k}": v for k, v in _nc2(mt, cv, "centred class means").items()})
     # ---- CDNV (Galanti et al. 2022): mean over pairs of (σ²_i + σ²_j) / (2‖μ_i − μ_j‖²)
     denom = counts - cv.ddof
     if not bool((denom > 0).all()):
@@ -489,25 +499,21 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
         raise ValueError(f"the means of classes {int(iu[0, bad])} and {int(iu[1, bad])} coincide: "
                          f"CDNV is undefined")
     out["cdnv"] = float(((var[iu[0]] + var[iu[1]]) / (2.0 * pair)).mean())
-    if st.ncc_correct is not None and st.n_pass2:
+    if st.n_pass2:
         out["ncc_accuracy"] = st.ncc_correct / st.n_pass2
     # ---- classifier
     if clf is not None:
         w = clf[0].to(means.device, torch.float64)
         if cv.center_classifier:
             w = w - w.mean(0, keepdim=True)
-        for k, v in _nc2(w, cv, "classifier rows").items():
-            out[f"nc2_{k}_w"] = v
+        out.update({f"nc2_{k}_w": v for k, v in _nc2(w, cv, "classifier rows").items()})
         if float(w.norm()) == 0.0:
             raise ValueError("the classifier weight is all zeros: NC3 is undefined")
         dist = float((w / w.norm() - mt / mt.norm()).norm())
         out["nc3"] = dist * dist if cv.nc3_squared else dist
-        if st.nc4_mismatch is not None and st.n_pass2:
+        if st.n_pass2:
             out["nc4"] = st.nc4_mismatch / st.n_pass2
-    out["num_classes"] = c
-    out["n_samples"] = int(counts.sum())
-    out["dim"] = d
-    out["sb_rank"] = rank
+    out.update(num_classes=c, n_samples=int(counts.sum()), dim=d, sb_rank=rank)
     return out
 
 
@@ -535,26 +541,19 @@ def class_means(features: Tensor, labels: Tensor, num_classes: Optional[int] = N
         >>> m.tolist(), n.tolist()
         ([[1.0, 2.0], [5.0, 5.0]], [2.0, 1.0])
     """
-    x = _flat(features, "features")
-    y = check_labels(labels, x.shape[0], "labels")
-    c = _check_num_classes(num_classes, y)
-    counts = torch.bincount(y.to(x.device), minlength=c).to(torch.float64)
+    x, y, c = _features_labels(features, labels, num_classes, "features")
+    counts, means = _class_means(x, y, c, torch.float64)
     _check_nonempty(counts)
-    sums = torch.zeros(c, x.shape[1], dtype=torch.float64, device=x.device)
-    sums.index_add_(0, y.to(x.device), x.to(torch.float64))
-    return sums / counts.unsqueeze(1), counts
+    return means, counts
 
 
 def _layer_collapse(x: Tensor, y: Tensor, classifier: Any, num_classes: Optional[int], method: str,
                     cv: CollapseConventions, chunk_size: Optional[int], name: str
                     ) -> Dict[str, float]:
-    x = _flat(x, name)
-    y = check_labels(y, x.shape[0], "labels").to(x.device)
-    c = _check_num_classes(num_classes, y)
-    clf = _parse_classifier(classifier, x.shape[1], c)
+    x, y, c = _features_labels(x, y, num_classes, name)
+    clf = _clf64(_parse_classifier(classifier, x.shape[1], c), x.device)
     method = "subspace" if method == "auto" else method
-    st = _stats_in_memory(x, y, c, method, clf, cv, chunk_size)
-    return _finalize(st, clf, cv)
+    return _finalize(_stats_in_memory(x, y, c, method, clf, cv, chunk_size), clf, cv)
 
 
 def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping[str, Tensor], Any],
@@ -714,12 +713,10 @@ class NeuralCollapseAccumulator:
     def __init__(self, num_classes: int, classifier: Any = None, *, method: str = "auto",
                  max_dense_dim: int = 2048, dtype: torch.dtype = torch.float64,
                  conventions: Optional[CollapseConventions] = None, **kw: Any) -> None:
-        check_positive_int(num_classes, "num_classes", minimum=2)
-        self.num_classes = num_classes
+        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
         self.cv = _conventions(conventions, kw)
         self.method_arg = _check_method(method)
-        check_positive_int(max_dense_dim, "max_dense_dim")
-        self.max_dense_dim = max_dense_dim
+        self.max_dense_dim = check_positive_int(max_dense_dim, "max_dense_dim")
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.dtype = dtype
@@ -753,8 +750,7 @@ class NeuralCollapseAccumulator:
         c = self.num_classes
         self.dim = dim
         self.clf = _parse_classifier(self._classifier, dim, c)
-        per_class = self.cv.within == "classes"
-        dense_entries = dim * dim * (c if per_class else 1)
+        dense_entries = dim * dim * (c if self.cv.within == "classes" else 1)
         if self.method_arg == "auto":
             self.method = "full" if dense_entries <= self.max_dense_dim ** 2 else "subspace"
         else:
@@ -763,8 +759,7 @@ class NeuralCollapseAccumulator:
         self.means = torch.zeros(c, dim, dtype=self.dtype, device=device)
         self.trace = torch.zeros(c, dtype=self.dtype, device=device)
         if self.method == "full":
-            shape = (c, dim, dim) if per_class else (dim, dim)
-            self.scatter = torch.zeros(*shape, dtype=self.dtype, device=device)
+            self.scatter = _zero_scatter(self.cv, c, dim, self.dtype, device)
 
     @property
     def needs_second_pass(self) -> bool:
@@ -786,50 +781,31 @@ class NeuralCollapseAccumulator:
                 f"n_samples={0 if self.counts is None else int(self.counts.sum())})")
 
     # ------------------------------------------------------------------ updates
-    def _prepare(self, features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
-        x = _flat(features, "features")
-        y = check_labels(labels, x.shape[0], "labels").to(x.device)
-        if y.numel() and int(y.max()) >= self.num_classes:
-            raise ValueError(f"labels must be < num_classes={self.num_classes}, got "
-                             f"max(labels)={int(y.max())}")
+    def update(self, features: Tensor, labels: Tensor) -> None:
+        """Adds a batch ``[B, D]`` (``[B, ...]`` is flattened) with labels ``[B]`` to the current
+        pass."""
+        x, y, _ = _features_labels(features, labels, self.num_classes, "features")
         if self.dim is None:
             self._init_state(x.shape[1], x.device)
         elif x.shape[1] != self.dim:
             raise ValueError(f"features have D={x.shape[1]} columns but earlier batches had "
                              f"D={self.dim}")
         dev = self._moments()[1].device
-        if x.device != dev:
-            x, y = x.to(dev), y.to(dev)
-        return x.to(self.dtype), y
-
-    def update(self, features: Tensor, labels: Tensor) -> None:
-        """Adds a batch ``[B, D]`` (``[B, ...]`` is flattened) with labels ``[B]`` to the current
-        pass."""
-        x, y = self._prepare(features, labels)
+        x, y = x.to(dev, self.dtype), y.to(dev)
         if x.shape[0] == 0:
             return
-        if self.phase == 1:
-            self._update_first(x, y)
-        else:
-            self._update_second(x, y)
-
-    def _batch_moments(self, x: Tensor, y: Tensor
-                       ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-        c = self.num_classes
-        nb = torch.bincount(y, minlength=c).to(self.dtype)
-        sums = torch.zeros(c, x.shape[1], dtype=self.dtype, device=x.device).index_add_(0, y, x)
-        mb = sums / nb.clamp_min(1).unsqueeze(1)
-        xc = x - mb[y]
-        trb = torch.zeros(c, dtype=self.dtype, device=x.device).index_add_(0, y, (xc * xc).sum(1))
-        sb = None
-        if self.scatter is not None and self.scatter.dim() == 2:
-            sb = xc.T @ xc
-        elif self.scatter is not None:
-            sb = torch.zeros_like(self.scatter)
-            for cls in y.unique().tolist():
-                xcc = xc[y == cls]
-                sb[cls] = xcc.T @ xcc
-        return nb, mb, trb, sb
+        if self.counts2 is None:  # pass 1: merge the batch's moments
+            nb, mb = _class_means(x, y, self.num_classes, self.dtype)
+            trb = torch.zeros(self.num_classes, dtype=self.dtype, device=dev)
+            sb = None if self.scatter is None else torch.zeros_like(self.scatter)
+            _add_scatter(x - mb[y], y, trb, sb)
+            self._merge(nb, mb, trb, sb)
+            return
+        self.counts2.index_add_(0, y, torch.ones_like(y, dtype=self.dtype))
+        c_, m_ = _second_pass(x, y, self._moments()[1], self.basis, _clf64(self.clf, x.device),
+                              self.cv, self.proj)
+        self.ncc_correct += c_
+        self.nc4_mismatch += m_
 
     def _merge(self, nb: Tensor, mb: Tensor, trb: Tensor, sb: Optional[Tensor]) -> None:
         """Chan et al.'s pairwise merge of (counts, means, scatter) into the running state."""
@@ -847,18 +823,6 @@ class NeuralCollapseAccumulator:
             else:
                 self.scatter += sb + coef[:, None, None] * delta.unsqueeze(2) * delta.unsqueeze(1)
         self.counts = n
-
-    def _update_first(self, x: Tensor, y: Tensor) -> None:
-        self._merge(*self._batch_moments(x, y))
-
-    def _update_second(self, x: Tensor, y: Tensor) -> None:
-        if self.counts2 is None:
-            raise ValueError("call next_pass() before the second pass")
-        self.counts2.index_add_(0, y, torch.ones_like(y, dtype=self.dtype))
-        c_, m_ = _second_pass(x, y, self._moments()[1], self.basis, _clf64(self.clf, x.device),
-                              self.cv, self.proj)
-        self.ncc_correct += c_
-        self.nc4_mismatch += m_
 
     def merge(self, other: "NeuralCollapseAccumulator") -> "NeuralCollapseAccumulator":
         """Folds another accumulator's first-pass statistics into this one (Chan's merge), e.g.
@@ -902,22 +866,17 @@ class NeuralCollapseAccumulator:
         """The metric dict of :func:`neural_collapse` from what was streamed."""
         counts, means, trace = self._moments()
         _check_nonempty(counts, "the streamed data")
-        counts2 = self.counts2 if self.phase == 2 else None
-        two = counts2 is not None and bool(counts2.sum() > 0)
-        if self.needs_second_pass and not two:
+        n_pass2 = 0 if self.counts2 is None else int(self.counts2.sum())
+        if self.needs_second_pass and not n_pass2:
             raise ValueError(f"method={self.method!r}"
                              f"{' with a classifier' if self.clf is not None else ''} needs a "
                              f"second pass: call next_pass() and update() with the same data")
-        if counts2 is not None and two and not torch.equal(counts2, counts):
+        if self.counts2 is not None and n_pass2 and not torch.equal(self.counts2, counts):
             raise ValueError(f"the second pass saw other samples (class counts "
-                             f"{counts2.long().tolist()} vs {counts.long().tolist()}); "
+                             f"{self.counts2.long().tolist()} vs {counts.long().tolist()}); "
                              f"use a deterministic loader without augmentation")
-        st = _Stats(counts, means, trace, scatter=self.scatter, basis=self.basis,
-                    sing=self.sing, proj=self.proj)
-        if counts2 is not None and two:
-            st.n_pass2 = int(counts2.sum())
-            st.ncc_correct = self.ncc_correct
-            st.nc4_mismatch = self.nc4_mismatch if self.clf is not None else None
+        st = _Stats(counts, means, trace, self.scatter, self.basis, self.sing, self.proj, n_pass2,
+                    self.ncc_correct, self.nc4_mismatch)
         return _finalize(st, self.clf, self.cv)
 
 
@@ -951,7 +910,6 @@ def neural_collapse_stream(batches: Iterable[Any], num_classes: int, classifier:
     """
     acc = NeuralCollapseAccumulator(num_classes, classifier, method=method,
                                     max_dense_dim=max_dense_dim, conventions=conventions, **kw)
-    one_shot = isinstance(batches, Iterator)
 
     def feed(desc: str) -> None:
         for b in progress_bar(batches, desc=desc, disable=not progress):
@@ -960,7 +918,7 @@ def neural_collapse_stream(batches: Iterable[Any], num_classes: int, classifier:
 
     feed("collapse pass 1")
     if acc.needs_second_pass:
-        if one_shot:
+        if isinstance(batches, Iterator):
             raise TypeError(f"method={acc.method!r}{' with a classifier' if acc.clf else ''} needs "
                             f"a second pass, but batches is a one-shot iterator; pass a "
                             f"re-iterable (a DataLoader or a list)")
@@ -974,9 +932,9 @@ def _find_classifier(model: nn.Module, classifier: Any) -> Optional[Tuple[str, n
     if classifier is None:
         return None
     named = dict(model.named_modules())
+    linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
     if isinstance(classifier, str):
         if classifier == "auto":
-            linears = [n for n, m in named.items() if isinstance(m, nn.Linear)]
             if not linears:
                 raise ValueError("classifier='auto' found no nn.Linear in the model; pass "
                                  "classifier=None or the name of the last layer")
@@ -984,8 +942,7 @@ def _find_classifier(model: nn.Module, classifier: Any) -> Optional[Tuple[str, n
         found = named.get(classifier)
         if not isinstance(found, nn.Linear):
             raise ValueError(f"classifier={classifier!r} is not the name of an nn.Linear in the "
-                             f"model; linear layers: "
-                             f"{[n for n, m in named.items() if isinstance(m, nn.Linear)]}")
+                             f"model; linear layers: {linears}")
         return classifier, found
     if isinstance(classifier, nn.Linear):
         for n, m in named.items():
@@ -1103,10 +1060,7 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
     dev = torch.device(device)
     accs: "OrderedDict[str, NeuralCollapseAccumulator]" = OrderedDict()
     for alias, point in taps.spec.items():
-        clf = None
-        if clf_mod is not None and point == (clf_name, "input"):
-            clf = (clf_mod.weight.detach(),
-                   None if clf_mod.bias is None else clf_mod.bias.detach())
+        clf = clf_mod if point == (clf_name, "input") else None
         accs[alias] = NeuralCollapseAccumulator(num_classes, clf, method=method,
                                                 max_dense_dim=max_dense_dim, conventions=cv)
     with taps:
@@ -1281,17 +1235,14 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
     check_choice(global_mean, "global_mean", ("samples", "classes"))
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < 1:
         raise ValueError(f"atol must be a number in [0, 1), got atol={atol!r}")
-    clf = _parse_classifier(classifier, None, None) if classifier is not None else None
+    clf = _parse_classifier(classifier, None, None)
     k = clf[0].shape[0] if clf is not None else None
     means: Optional[Tensor] = None
     counts: Optional[Tensor] = None
     if features is not None:
         if labels is None:
             raise ValueError("labels is required with features")
-        x = _flat(features, "features")
-        yy = check_labels(labels, x.shape[0], "labels")
-        kk = num_classes if num_classes is not None else k
-        means, counts = class_means(x, yy, kk)
+        means, counts = class_means(features, labels, num_classes if num_classes is not None else k)
         k = means.shape[0] if k is None else k
         if means.shape[0] != k:
             raise ValueError(f"the labels give {means.shape[0]} classes but the classifier has {k}")
@@ -1319,8 +1270,7 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
 
     def block(rows: Tensor, suffix: str) -> None:
         dev = rows.device
-        mi = torch.tensor(minority, device=dev)
-        ma = torch.tensor(majority, device=dev)
+        mi, ma = torch.tensor(minority, device=dev), torch.tensor(majority, device=dev)
         maj_norm = float(rows[ma].norm(dim=1).mean())
         if maj_norm <= 0:
             raise ValueError(f"the majority {suffix} vectors are all zero")
@@ -1337,9 +1287,7 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
             w = w - w.mean(0, keepdim=True)
         block(w, "w")
     if means is not None and counts is not None:
-        mu_g = ((counts.unsqueeze(1) * means).sum(0) / counts.sum() if global_mean == "samples"
-                else means.mean(0))
-        block(means - mu_g, "means")
+        block(means - _global_mean(counts, means, global_mean), "means")
     return out
 
 

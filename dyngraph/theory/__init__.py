@@ -2,14 +2,5 @@
 
 Its results (:class:`LayerPeeledSolution`, :class:`MinorityCollapseCurve`) are drawn by
 ``dg.plot`` and logged by ``dg.log``."""
-from ._lpm import (
-    LayerPeeledSolution,
-    MinorityCollapseCurve,
-    lpm_counts,
-    lpm_minority_curve,
-    minority_collapse_threshold,
-    solve_layer_peeled,
-)
-
-__all__ = ["LayerPeeledSolution", "MinorityCollapseCurve", "lpm_counts", "lpm_minority_curve",
-           "minority_collapse_threshold", "solve_layer_peeled"]
+from ._lpm import *  # noqa: F403
+from ._lpm import __all__ as __all__

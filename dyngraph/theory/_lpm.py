@@ -298,13 +298,11 @@ def _project_nuclear(z: Tensor, radius: float) -> Tensor:
     return (u * _project_l1(s, radius)) @ vh
 
 
-def _solve_convex(p: Tensor, tau: float, max_iter: int, tol: float,
-                  z0: Optional[Tensor] = None) -> Tuple[Tensor, int, float]:
+def _solve_convex(p: Tensor, tau: float, max_iter: int, tol: float) -> Tuple[Tensor, int, float]:
     """FISTA over the nuclear-norm ball, step 1/L with L = ½·max_k p_k (the softmax-CE Hessian is
     at most ½ per column), with gradient restarts (O'Donoghue & Candès 2015)."""
     k = p.numel()
-    z = (torch.zeros(k, k, dtype=p.dtype, device=p.device) if z0 is None
-         else _project_nuclear(z0.to(p.device, p.dtype), tau))
+    z = torch.zeros(k, k, dtype=p.dtype, device=p.device)
     y, t = z.clone(), 1.0
     step = 1.0 / (0.5 * float(p.max()))
     it, gap = 0, _fw_gap(z, p, tau)
@@ -419,8 +417,7 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
         if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
             raise ValueError(f"counts must be finite and > 0, got {counts.tolist()}")
     k = counts.numel()
-    dim = k if dim is None else dim
-    check_positive_int(dim, "dim")
+    dim = check_positive_int(k if dim is None else dim, "dim")
     if max_iter is None:
         max_iter = 5000 if method == "lbfgs" else 20000
     check_positive_int(max_iter, "max_iter")
@@ -442,11 +439,7 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
         sols = [_solve_lbfgs(p, k, dim, E_H, E_W, max_iter, tol, seed + r)
                 for r in range(restarts)]
         losses = [float(_objective(sol[0] @ sol[1].T, p)) for sol in sols]
-        best = 0
-        for r in range(1, restarts):
-            if losses[r] < losses[best]:
-                best = r
-        w, h, iters, gap = sols[best]
+        w, h, iters, gap = sols[min(range(restarts), key=losses.__getitem__)]
     loss = float(_objective(w @ h.T, p))
     return LayerPeeledSolution(W=w, H=h, counts=counts.clone(), E_H=float(E_H), E_W=float(E_W),
                                loss=loss, gap=float(gap), method=method, iterations=int(iters),
@@ -475,9 +468,7 @@ def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majorit
         >>> c['minority_cos_w'][0] < 0 < 0.999 < c['minority_cos_w'][1]
         True
     """
-    ratios = [float(r) for r in ratios]
-    if not ratios:
-        raise ValueError("ratios is empty")
+    ratios = [float(r) for r in ratios]  # MinorityCollapseCurve rejects an empty list
     if n_majority < 1 or num_classes - n_majority < 2:
         raise ValueError(f"n_majority={n_majority} must leave >= 1 majority and >= 2 minority "
                          f"classes out of num_classes={num_classes}")
@@ -488,11 +479,9 @@ def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majorit
     for r in ratios:
         sol = solve_layer_peeled(num_classes=num_classes, n_majority=n_majority, ratio=r,
                                  E_H=E_H, E_W=E_W, **solver_kw)
-        mc = minority_collapse(sol.W, minority=minority)
-        for key in keys:
-            values[key].append(mc[key])
-        values["loss"].append(sol.loss)
-        values["gap"].append(sol.gap)
+        row = {**minority_collapse(sol.W, minority=minority), "loss": sol.loss, "gap": sol.gap}
+        for key in values:
+            values[key].append(row[key])
         solutions.append(sol)
     meta = {"num_classes": num_classes, "n_majority": n_majority, "E_H": E_H, "E_W": E_W,
             "source": "Layer-Peeled Model", "solver": jsonable(solver_kw)}
@@ -533,12 +522,11 @@ def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H:
         return minority_collapse(sol.W, minority=minority)["minority_dist_w"]
 
     rs = torch.logspace(math.log10(r_min), math.log10(r_max), grid, dtype=torch.float64).tolist()
-    seen = []
+    seen: List[Tuple[float, float]] = []
     hi = None
     for r in rs:
-        d = dist(r)
-        seen.append((r, d))
-        if d < collapse_tol:
+        seen.append((r, dist(r)))
+        if seen[-1][1] < collapse_tol:
             hi = r
             break
     res: Dict[str, Any] = {"num_classes": num_classes, "n_majority": n_majority, "E_H": E_H,
@@ -546,11 +534,8 @@ def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H:
     if hi is None:
         res.update(threshold=float("inf"), bracket=(r_max, float("inf")))
         return res
-    if len(seen) == 1:
-        res.update(threshold=hi, bracket=(0.0, hi))
-        return res
-    lo = seen[-2][0]
-    while hi / lo - 1 > rel_precision:
+    lo = seen[-2][0] if len(seen) > 1 else 0.0  # 0: the first grid ratio already collapses
+    while lo > 0 and hi / lo - 1 > rel_precision:
         mid = math.sqrt(lo * hi)
         if dist(mid) < collapse_tol:
             hi = mid
