@@ -3,9 +3,10 @@ the strings ``'nan'``, ``'inf'`` and ``'-inf'`` (strict JSON), and :func:`decode
 that exactly. Floats are written with ``repr`` precision, so a round trip is bit-exact."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -54,3 +55,49 @@ def float_tensor(obj: Any, name: str) -> Tensor:
         return torch.tensor(decode_floats(obj), dtype=torch.float64)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name}: {exc}") from None
+
+
+def read_json(path: Any, formats: Tuple[str, ...]) -> Dict[str, Any]:
+    """A JSON file written by dyngraph, with its ``format`` checked against ``formats``."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            d = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); rebuild it") from None
+    fmt = d.get("format") if isinstance(d, dict) else None
+    if fmt not in formats:
+        raise ValueError(f"{path} is not a {formats[0].split('/')[0]} file (format {fmt!r})")
+    return d
+
+
+def check_format(d: Any, formats: Tuple[str, ...], what: str) -> None:
+    """Raises unless ``d`` is a dict whose ``format`` is one of ``formats``."""
+    fmt = d.get("format") if isinstance(d, dict) else None
+    if fmt not in formats:
+        raise ValueError(f"not a {what} dict (format {fmt!r})")
+
+
+class JsonFile:
+    """JSON files of a result class that defines ``to_dict``/``from_dict`` and ``FORMAT``:
+    strict JSON, written atomically, its format checked on load (``FORMATS`` lists the formats
+    a class still reads)."""
+
+    FORMAT = ""
+    FORMATS: Tuple[str, ...] = ()
+
+    def to_json(self: Any, path: Optional[Any] = None) -> str:
+        """The JSON text; written atomically to ``path`` when given."""
+        from ._io import atomic_write_json
+        d = jsonable(self.to_dict())
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls: Any, path: Any) -> Any:
+        """Reads :meth:`to_json`'s file (an exact round trip)."""
+        return cls.from_dict(read_json(path, cls.FORMATS or (cls.FORMAT,)))
+
+    @classmethod
+    def _check_format(cls: Any, d: Any) -> None:
+        check_format(d, cls.FORMATS or (cls.FORMAT,), cls.__name__)

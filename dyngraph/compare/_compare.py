@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -24,8 +23,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._io import PathLike, atomic_write_json, atomic_write_text
-from .._json import jsonable
+from .._io import PathLike, atomic_write_text
+from .._json import JsonFile, jsonable
 from .._progress import progress_bar
 from .._validate import check_labels, check_positive_int
 from ..capture._features import LayerFeatures
@@ -49,7 +48,7 @@ Pair = Tuple[str, str]
 
 # ================================================================================== result
 @dataclass
-class Comparison:
+class Comparison(JsonFile):
     """The result of :func:`compare_models`.
 
     Attributes:
@@ -75,6 +74,7 @@ class Comparison:
         ('cka', 3)
     """
 
+    FORMAT = FORMAT
     names: List[str]
     layers: Dict[str, List[str]]
     measures: List[str]
@@ -177,30 +177,15 @@ class Comparison:
             "profiles": {n: p.to_dict() for n, p in self.profiles.items()},
             "info": self.info, "meta": self.meta})
 
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        """JSON report (matrices, p-values, summary, profiles, settings); atomic when ``path``."""
-        d = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
-
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Comparison":
         """The inverse of :meth:`to_dict`."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} report (format "
-                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        cls._check_format(d)
         mats = {(str(e["pair"][0]), str(e["pair"][1])): LayerMatrix.from_dict(e["matrix"])
                 for e in d["matrices"]}
         profiles = {n: DepthProfile.from_dict(p) for n, p in d.get("profiles", {}).items()}
         return cls(d["names"], d["layers"], d["measures"], mats, profiles, d.get("info", {}),
                    d.get("meta", {}))
-
-    @classmethod
-    def from_json(cls, path: PathLike) -> "Comparison":
-        """Reads a report written by :meth:`to_json`."""
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
 
 # ================================================================================== helpers

@@ -25,7 +25,6 @@ logged by ``dg.plot`` / ``dg.log`` (``dyngraph/outputs/_figures_collapse.py``).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -39,8 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .._io import PathLike, atomic_write_json
-from .._json import jsonable
+from .._io import PathLike
+from .._json import JsonFile, jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_features, check_labels, check_positive_int, check_tensor
 from ..capture._features import LayerFeatures
@@ -1295,7 +1294,7 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
 HISTORY_FORMAT = "dyngraph.CollapseHistory/1"
 
 
-class CollapseHistory:
+class CollapseHistory(JsonFile):
     """Neural-collapse metrics of every layer at each recorded epoch: one
     :class:`~dyngraph.DepthProfile` per epoch, in epoch order.
 
@@ -1397,6 +1396,9 @@ class CollapseHistory:
                              f"{seen}")
         return out
 
+    FORMAT = HISTORY_FORMAT
+    FORMATS = (HISTORY_FORMAT, "dyngraph.CollapseCallback/1")
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CollapseHistory):
             return NotImplemented
@@ -1418,29 +1420,14 @@ class CollapseHistory:
     def from_dict(cls, d: Dict[str, Any]) -> "CollapseHistory":
         """Inverse of :meth:`to_dict`; also reads the 0.1 callback file
         (``'dyngraph.CollapseCallback/1'``)."""
-        fmt = d.get("format") if isinstance(d, dict) else None
-        if fmt == "dyngraph.CollapseCallback/1":
+        cls._check_format(d)
+        if d["format"] == "dyngraph.CollapseCallback/1":
             recs = d.get("history", [])
             return cls([int(h["epoch"]) for h in recs],
                        [_results_profile(h["layers"], {"epoch": int(h["epoch"])}) for h in recs],
                        {"conventions": d.get("conventions")})
-        if fmt != HISTORY_FORMAT:
-            raise ValueError(f"not a CollapseHistory dict (format {fmt!r})")
         return cls([int(e) for e in d["epochs"]],
                    [DepthProfile.from_dict(p) for p in d["profiles"]], d.get("meta") or {})
-
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        """The JSON text; written atomically to ``path`` when given."""
-        d = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
-
-    @classmethod
-    def from_json(cls, path: PathLike) -> "CollapseHistory":
-        """Reads :meth:`to_json`'s file (an exact round trip)."""
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
 
 class CollapseCallback:

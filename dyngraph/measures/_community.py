@@ -23,7 +23,6 @@ it. The one-layer quantities are registered measures (``'graph_purity'``, ``'knn
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union, cast
@@ -33,8 +32,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from .._io import PathLike, atomic_write_json
-from .._json import float_tensor, jsonable
+from .._json import JsonFile, float_tensor, jsonable
 from .._validate import (
     check_choice,
     check_edge_index,
@@ -695,7 +693,7 @@ def _same_tensors(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
 
 
 @dataclass(eq=False)
-class CommunityEvolution:
+class CommunityEvolution(JsonFile):
     """Community structure of every layer and how it changes with depth
     (:func:`community_evolution`). ``dg.plot(ev, kind=...)`` draws it, ``dg.log(writer, ev)``
     logs it.
@@ -758,6 +756,8 @@ class CommunityEvolution:
                 f"graph_purity={f('graph_purity')}, n_communities="
                 f"{[int(v) for v in self.profile['n_communities'].values.tolist()[:8]]})")
 
+    FORMAT = EVOLUTION_FORMAT
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CommunityEvolution):
             return NotImplemented
@@ -784,9 +784,7 @@ class CommunityEvolution:
     def from_dict(cls, d: Dict[str, Any]) -> "CommunityEvolution":
         """Inverse of :meth:`to_dict`."""
         from ..profiles._profile import DepthProfile
-        if not isinstance(d, dict) or d.get("format") != EVOLUTION_FORMAT:
-            raise ValueError(f"not a CommunityEvolution dict (format "
-                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        cls._check_format(d)
         long = lambda v: torch.tensor(v, dtype=torch.long)
         return cls(profile=DepthProfile.from_dict(d["profile"]),
                    class_contributions=DepthProfile.from_dict(d["class_contributions"]),
@@ -795,19 +793,6 @@ class CommunityEvolution:
                    transitions=[float_tensor(t, "transitions") for t in d["transitions"]],
                    stability=float_tensor(d["stability_nmi"], "stability_nmi"),
                    separation=long(d["separation_depth"]), labels=long(d["labels"]))
-
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        """The JSON text; written atomically to ``path`` when given."""
-        d = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
-
-    @classmethod
-    def from_json(cls, path: PathLike) -> "CommunityEvolution":
-        """Reads :meth:`to_json`'s file (an exact round trip)."""
-        from ..profiles._profile import _read_json
-        return cls.from_dict(_read_json(path, EVOLUTION_FORMAT))
 
 
 def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: float = 1.0,

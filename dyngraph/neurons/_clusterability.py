@@ -24,18 +24,18 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
+from .._json import JsonFile
 from .._progress import progress_bar
 from .._validate import check_choice, check_positive_int
 from ._chain import weight_chain
 from ._graph import neuron_graph
 from ._spectral import SOLVERS, ncut, spectral_partition
-from ._stats import JsonResult
 
 SHUFFLES = ("all", "nonzero")
 
 
 @dataclass
-class ClusterabilityResult(JsonResult):
+class ClusterabilityResult(JsonFile):
     """The n-cut of a network against its weight-shuffled copies.
 
     Attributes:

@@ -27,11 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from .._json import JsonFile
 from .._validate import check_choice, check_choices, check_positive_int
 from ..capture._taps import LayerTaps
 from ._chain import NeuronLayer, _model_device, layer_activations, weight_chain
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
-from ._stats import JsonResult, compare
+from ._stats import compare
 
 METHODS = ("labels", "pixels", "feature_vis")
 # Whether a larger score means more coherent.
@@ -75,7 +76,7 @@ def _zscore(a: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass
-class CoherenceResult(JsonResult):
+class CoherenceResult(JsonFile):
     """Coherence of each cluster ∩ layer group, per method.
 
     Attributes:

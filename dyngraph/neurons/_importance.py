@@ -23,13 +23,14 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from .._json import JsonFile
 from .._validate import check_labels, check_positive_int
 from ..capture._taps import Edit, LayerTaps
 from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
 from ._chain import _model_device
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
-from ._stats import JsonResult, compare
+from ._stats import compare
 
 
 class _Lesion:
@@ -183,7 +184,7 @@ class LesionRunner:
 
 
 @dataclass
-class ImportanceResult(JsonResult):
+class ImportanceResult(JsonFile):
     """Lesion importance of each cluster ∩ layer group.
 
     A group is *important* when its Benjamini–Hochberg q-value (over the groups) is ``<= alpha``;

@@ -14,18 +14,18 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_text
+from .._json import JsonFile
 from .._validate import check_positive_int
 from ._clusterability import ClusterabilityResult, clusterability, partition
 from ._coherence import CoherenceResult, coherence
 from ._groups import group_row, neuron_groups
 from ._importance import ImportanceResult, lesion_importance
-from ._stats import JsonResult
 
 _SKIP_CSV = ("neurons", "class_drops")
 
 
 @dataclass
-class NeuronReport(JsonResult):
+class NeuronReport(JsonFile):
     """The neuron-level modularity analysis of one network.
 
     Attributes:

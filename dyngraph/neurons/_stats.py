@@ -7,17 +7,6 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._io import PathLike, atomic_write_json
-from .._json import jsonable
-
-
-class JsonResult:
-    """The JSON writer of the result classes (each defines ``to_dict``)."""
-
-    def to_json(self, path: PathLike) -> None:
-        """Writes :meth:`to_dict` as strict JSON (non-finite floats as strings), atomically."""
-        atomic_write_json(path, jsonable(self.to_dict()))  # type: ignore[attr-defined]
-
 
 def _as_tensor(x, name: str) -> Tensor:
     if isinstance(x, Tensor):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._io import PathLike, atomic_write_json, atomic_write_text
-from .._json import float_tensor, jsonable
+from .._io import PathLike, atomic_write_text
+from .._json import JsonFile, float_tensor, jsonable
 
 PROFILE_FORMAT = "dyngraph.DepthProfile/1"
 MATRIX_FORMAT = "dyngraph.LayerMatrix/1"
@@ -31,19 +30,37 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
-def _read_json(path: PathLike, fmt: str) -> Dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        try:
-            d = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); rebuild it") from None
-    if not isinstance(d, dict) or d.get("format") != fmt:
-        raise ValueError(f"{path} is not a {fmt.split('/')[0]} file (format "
-                         f"{d.get('format') if isinstance(d, dict) else None!r})")
-    return d
+def _check_meta(meta: Any) -> Dict[str, Any]:
+    if not isinstance(meta, (dict, type(None))):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    return dict(meta or {})
 
 
-class DepthProfile:
+def _csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    text = buf.getvalue()
+    if path is not None:
+        atomic_write_text(path, text)
+    return text
+
+
+class _Result(JsonFile):
+    """What the spine's results share: JSON files (atomic, format-checked) and equality of
+    names, values (NaN-aware) and settings."""
+
+    def __eq__(self: Any, other: Any) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return (self._key() == other._key() and _same(self._data(), other._data())
+                and jsonable(self.meta) == jsonable(other.meta))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class DepthProfile(_Result):
     """Metrics over the layers of a network, every repeat kept.
 
     ``samples[r, l, m]`` is metric ``m`` at layer ``l`` in repeat ``r`` (a class-balanced
@@ -84,9 +101,15 @@ class DepthProfile:
             raise ValueError(f"samples must have shape [repeats, {L} layers, {M} metrics], got "
                              f"{tuple(torch.as_tensor(samples).shape)}")
         self.samples: Tensor = s.clone()
-        self.meta: Dict[str, Any] = dict(meta or {})
-        if not isinstance(meta, (dict, type(None))):
-            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        self.meta = _check_meta(meta)
+
+    FORMAT = PROFILE_FORMAT
+
+    def _key(self) -> Tuple[Any, ...]:
+        return (self.layers, self.metrics)
+
+    def _data(self) -> Tensor:
+        return self.samples
 
     # ------------------------------------------------------------------ derived
     @property
@@ -149,15 +172,6 @@ class DepthProfile:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DepthProfile):
-            return NotImplemented
-        return (self.layers == other.layers and self.metrics == other.metrics
-                and _same(self.samples, other.samples)
-                and jsonable(self.meta) == jsonable(other.meta))
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         head = ", ".join(f"{m}=[" + ", ".join(f"{v:.3f}" for v in self.mean[:6, i].tolist())
                          + (", ..." if len(self) > 6 else "") + "]"
@@ -195,9 +209,7 @@ class DepthProfile:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DepthProfile":
         """Inverse of :meth:`to_dict`. The stored means must agree with the samples."""
-        if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
-            raise ValueError(f"not a DepthProfile dict (format "
-                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        cls._check_format(d)
         prof = cls(d["layers"], d["metrics"], float_tensor(d["samples"], "samples"),
                    d.get("meta") or {})
         stored = d.get("mean")
@@ -209,36 +221,17 @@ class DepthProfile:
                                      f"file was edited or corrupted")
         return prof
 
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        """The JSON text; written atomically to ``path`` when given."""
-        d = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
-
-    @classmethod
-    def from_json(cls, path: PathLike) -> "DepthProfile":
-        """Reads :meth:`to_json`'s file (an exact round trip)."""
-        return cls.from_dict(_read_json(path, PROFILE_FORMAT))
-
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """Long CSV: ``layer_index, layer, metric, mean, std, repeat_0, ...``."""
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["layer_index", "layer", "metric", "mean", "std"]
-                   + [f"repeat_{r}" for r in range(self.repeats)])
         mean, std = self.mean, self.std
-        for i, name in enumerate(self.layers):
-            for j, m in enumerate(self.metrics):
-                w.writerow([i, name, m, repr(float(mean[i, j])), repr(float(std[i, j]))]
-                           + [repr(float(v)) for v in self.samples[:, i, j].tolist()])
-        text = buf.getvalue()
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        rows = ([i, name, m, repr(float(mean[i, j])), repr(float(std[i, j]))]
+                + [repr(float(v)) for v in self.samples[:, i, j].tolist()]
+                for i, name in enumerate(self.layers) for j, m in enumerate(self.metrics))
+        return _csv(["layer_index", "layer", "metric", "mean", "std"]
+                    + [f"repeat_{r}" for r in range(self.repeats)], rows, path)
 
 
-class LayerMatrix:
+class LayerMatrix(_Result):
     """A measure between every pair of layers: ``values[i, j, m]`` for row layer ``i`` (model
     A), column layer ``j`` (model B, or A again) and metric ``m``.
 
@@ -268,9 +261,15 @@ class LayerMatrix:
             raise ValueError(f"values must have shape [rows, cols, metrics] = {list(want)}, got "
                              f"{list(torch.as_tensor(values).shape)}")
         self.values: Tensor = v.clone()
-        if not isinstance(meta, (dict, type(None))):
-            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
-        self.meta: Dict[str, Any] = dict(meta or {})
+        self.meta = _check_meta(meta)
+
+    FORMAT = MATRIX_FORMAT
+
+    def _key(self) -> Tuple[Any, ...]:
+        return (self.rows, self.cols, self.metrics)
+
+    def _data(self) -> Tensor:
+        return self.values
 
     def __getitem__(self, metric: str) -> Tensor:
         """The ``[rows, cols]`` matrix of one metric."""
@@ -295,15 +294,6 @@ class LayerMatrix:
                 "off_diagonal_mean": float(off.mean()) if off.numel() else float("nan"),
                 "row_best_is_diagonal": float((best == torch.arange(n)).double().mean())}
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LayerMatrix):
-            return NotImplemented
-        return (self.rows == other.rows and self.cols == other.cols
-                and self.metrics == other.metrics and _same(self.values, other.values)
-                and jsonable(self.meta) == jsonable(other.meta))
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return (f"LayerMatrix(rows={len(self.rows)}, cols={len(self.cols)}, "
                 f"metrics={self.metrics})")
@@ -315,32 +305,13 @@ class LayerMatrix:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LayerMatrix":
-        if not isinstance(d, dict) or d.get("format") != MATRIX_FORMAT:
-            raise ValueError(f"not a LayerMatrix dict (format "
-                             f"{d.get('format') if isinstance(d, dict) else None!r})")
+        cls._check_format(d)
         return cls(d["rows"], d["cols"], d["metrics"], float_tensor(d["values"], "values"),
                    d.get("meta") or {})
 
-    def to_json(self, path: Optional[PathLike] = None) -> str:
-        d = self.to_dict()
-        if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
-
-    @classmethod
-    def from_json(cls, path: PathLike) -> "LayerMatrix":
-        return cls.from_dict(_read_json(path, MATRIX_FORMAT))
-
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """Long CSV: ``row, col, metric, value``."""
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["row", "col", "metric", "value"])
-        for i, r in enumerate(self.rows):
-            for j, c in enumerate(self.cols):
-                for k, m in enumerate(self.metrics):
-                    w.writerow([r, c, m, repr(float(self.values[i, j, k]))])
-        text = buf.getvalue()
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        rows = ([r, c, m, repr(float(self.values[i, j, k]))]
+                for i, r in enumerate(self.rows) for j, c in enumerate(self.cols)
+                for k, m in enumerate(self.metrics))
+        return _csv(["row", "col", "metric", "value"], rows, path)
