@@ -16,11 +16,11 @@ Launch one process per device with ``torchrun``; the same code runs on ``gloo`` 
 
 How the work is split:
 
-* **Extraction** — every rank draws the same seeded class-balanced sample, a
-  :class:`~torch.utils.data.DistributedSampler` (without its padding: duplicated samples would be
-  duplicated nodes) gives rank ``r`` the sample positions ``r, r + W, r + 2W, ...``, and
-  :func:`dyngraph.extract_features` (its :class:`~dyngraph.LayerTaps`) runs on that shard
-  (spilling to disk when asked).
+* **Extraction** — every rank draws the same seeded class-balanced sample, rank ``r`` takes the
+  sample positions ``r, r + W, r + 2W, ...`` (the shard of a
+  :class:`~torch.utils.data.DistributedSampler` without its padding: duplicated samples would be
+  duplicated nodes), and :func:`dyngraph.extract_features` (its :class:`~dyngraph.LayerTaps`)
+  runs on that shard (spilling to disk when asked).
 * **kNN** — rank ``r`` owns the queries of its rows. Every rank's rows are streamed to all ranks
   in blocks with ``broadcast`` (the next block is in flight while the current one is searched),
   and each rank merges the exact top-k of its rows against every block with the tile kernel of
@@ -41,11 +41,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
+from itertools import accumulate
 from typing import (
     Any,
     Callable,
     Dict,
-    Iterator,
     List,
     Optional,
     Sequence,
@@ -58,21 +58,20 @@ from typing import (
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._json import jsonable
 from ._progress import progress_counter
 from ._validate import check_choice, check_features, check_flag, check_labels, check_positive_int
 from .capture._extract import _dataset_labels, balanced_indices, extract_features
 from .capture._features import LayerFeatures
-from .graphs import _knn as knn_mod
 from .graphs._graph import symmetrize as _symmetrize
 from .graphs._knn import (
-    DEFAULT_TILE_ELEMENTS,
+    DEFAULT_COL_BLOCK,
     BlockTopK,
     _even_blocks,
+    _unit_scale,
     check_knn_options,
-    default_chunk_size,
     edges_from_knn,
     prepare_features,
     topk_cols,
@@ -131,15 +130,14 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
     return dist.get_rank(), dist.get_world_size()
 
 
-def _active(group: Group) -> bool:
-    return dist.is_available() and dist.is_initialized() and \
-        dist.get_world_size(group) > 1
-
-
 def _rank_world(group: Group) -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
+
+
+def _active(group: Group) -> bool:
+    return _rank_world(group)[1] > 1
 
 
 def _comm_device(group: Group, fallback: torch.device) -> torch.device:
@@ -155,12 +153,8 @@ def _global_src(src: int, group: Group) -> int:
 
 def _all_gather_int(values: Sequence[int], group: Group, device: torch.device) -> Tensor:
     """``[W, len(values)]`` long tensor of every rank's ``values``."""
-    t = torch.tensor(list(values), dtype=torch.long, device=device)
-    if not _active(group):
-        return t.unsqueeze(0)
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, t, group=group)
-    return torch.stack(out)
+    t = torch.tensor([list(values)], dtype=torch.long, device=device)
+    return torch.cat(_all_gather_rows(t, [1] * _rank_world(group)[1], group, device))
 
 
 def _all_gather_rows(t: Tensor, sizes: Sequence[int], group: Group, device: torch.device
@@ -176,9 +170,10 @@ def _all_gather_rows(t: Tensor, sizes: Sequence[int], group: Group, device: torc
     return [o[:s] for o, s in zip(out, sizes)]
 
 
-def _all_reduce(t: Tensor, group: Group, op=None) -> Tensor:
+def _all_reduce(t: Tensor, group: Group, op: str = "SUM") -> Tensor:
+    """``t`` reduced in place over the ranks with ``dist.ReduceOp.<op>``."""
     if _active(group):
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op), group=group)
     return t
 
 
@@ -192,20 +187,6 @@ def shard_ids(meta: Mapping) -> Optional[Tensor]:
 
 
 # ---------------------------------------------------------------------------- extraction
-class _ShardSampler(DistributedSampler):
-    """``DistributedSampler(shuffle=False)`` without the padding: rank ``r`` gets exactly the
-    positions ``r, r+W, ...`` (padding repeats samples, which would be duplicate graph nodes)."""
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._positions())
-
-    def __len__(self) -> int:
-        return len(self._positions())
-
-    def _positions(self) -> range:
-        return range(self.rank, len(cast(Sized, self.dataset)), self.num_replicas)
-
-
 def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, DataLoader],
                                  layers=None, *, per_class: Optional[int] = None,
                                  n_samples: Optional[int] = None, seed: int = 0,
@@ -247,16 +228,13 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
         >>> f.n_samples, f.meta['shard']
         (15, {'rank': 0, 'world_size': 1, 'n_global': 15})
     """
-    loader: Optional[DataLoader] = None
-    if isinstance(data, DataLoader):
-        loader, dataset = data, data.dataset
-    else:
-        dataset = data
+    loader = data if isinstance(data, DataLoader) else None
+    dataset = data.dataset if isinstance(data, DataLoader) else data
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise TypeError(f"data must be a map-style Dataset or a DataLoader over one, got "
                         f"{type(data).__name__}")
     if batch_size is None:
-        batch_size = (loader.batch_size if loader is not None else None) or 64
+        batch_size = getattr(loader, "batch_size", None) or 64
     check_positive_int(batch_size, "batch_size")
     rank, world = _rank_world(group)
     if per_class is not None or n_samples is not None:
@@ -271,24 +249,23 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
         indices = torch.arange(len(cast(Sized, dataset)))
         pool_ds = dataset
     n_global = len(cast(Sized, pool_ds))
-    sampler = _ShardSampler(pool_ds, num_replicas=world, rank=rank, shuffle=False)
-    collate = loader.collate_fn if loader is not None else None
-    shard_loader = DataLoader(pool_ds, batch_size=batch_size, sampler=sampler,
-                              num_workers=num_workers, collate_fn=collate)
+    # DistributedSampler(shuffle=False)'s positions r, r+W, ... without its padding (padding
+    # repeats samples, which would be duplicate graph nodes).
+    shard_loader = DataLoader(pool_ds, batch_size=batch_size, sampler=range(rank, n_global, world),
+                              num_workers=num_workers,
+                              collate_fn=getattr(loader, "collate_fn", None))
     feats = extract_features(model, shard_loader, layers, pool=pool, device=device, seed=seed,
                              spill_dir=spill_dir, spill_dtype=spill_dtype, batch_fn=batch_fn,
                              progress=progress and rank == 0)
     ids = torch.arange(rank, n_global, world)
-    meta = dict(feats.meta)
-    meta.update({"shard": {"rank": rank, "world_size": world, "n_global": n_global},
-                 "per_class": per_class, "seed": seed, "n_samples": n_global})
+    meta = {**feats.meta, "shard": {"rank": rank, "world_size": world, "n_global": n_global},
+            "per_class": per_class, "seed": seed, "n_samples": n_global}
     return LayerFeatures(dict(feats._layers), feats.y, indices[ids], meta)
 
 
 # ---------------------------------------------------------------------------- kNN
 def _check_ids(ids: Tensor, n_local: int, name: str = "global_ids") -> Tensor:
-    if not isinstance(ids, Tensor):
-        ids = torch.as_tensor(ids)
+    ids = torch.as_tensor(ids)
     if ids.is_floating_point() or ids.dim() != 1 or ids.numel() != n_local:
         raise ValueError(f"{name} must be an integer tensor [{n_local}] (one id per local row), "
                          f"got {tuple(ids.shape)} {ids.dtype}")
@@ -297,6 +274,16 @@ def _check_ids(ids: Tensor, n_local: int, name: str = "global_ids") -> Tensor:
         raise ValueError(f"{name} must be strictly increasing on each rank (sort the local rows "
                          f"by global id)")
     return ids
+
+
+def _gather_ids(ids: Tensor, sizes: Sequence[int], group: Group, comm: torch.device
+                ) -> List[Tensor]:
+    """Every rank's global ids (on ``comm``), checked: together a permutation of ``0..N−1``."""
+    gathered = _all_gather_rows(ids.to(comm), sizes, group, comm)
+    n = int(sum(sizes))
+    if not torch.equal(torch.cat(gathered).sort().values.cpu(), torch.arange(n)):
+        raise ValueError(f"global_ids over all ranks must be a permutation of 0..{n - 1}")
+    return gathered
 
 
 def _stream_plan(sizes: Sequence[int], block: int) -> List[Tuple[int, int, int]]:
@@ -329,15 +316,13 @@ def _tile_pair(acc: BlockTopK, other: BlockTopK, lo: int, hi: int, keys: Tensor,
     nq, nk = hi - lo, keys.shape[0]
     if nq <= 0 or nk == 0:
         return
-    chunk = _even_blocks(nq, acc.chunk_size or default_chunk_size(nq, nk, DEFAULT_TILE_ELEMENTS))
+    chunk = acc._row_chunk(nq, nk)
     k_low, sq_k = acc._side(keys)
     mine = acc.query_ids
     for s0 in range(lo, hi, chunk):
         s1 = min(hi, s0 + chunk)
-        r = slice(s0, s1)
-        q = acc.q[r]
-        s = acc._scores(q, None if acc.q_low is None else acc.q_low[r],
-                        None if acc.sq_q is None else acc.sq_q[r], keys, k_low, sq_k)
+        q, q_low, sq_q = acc._query(slice(s0, s1))
+        s = acc._scores(q, q_low, sq_q, keys, k_low, sq_k)
         v, i = topk_rows(s, min(acc.n_cand, nk), acc.largest, sorted=False)
         acc._merge(s0, s1, [acc._candidates(v, i, s0, s1, keys, key_ids)], False)
         v, i = topk_cols(s, min(other.n_cand, s1 - s0), other.largest, sorted=False)
@@ -416,52 +401,40 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         raise ValueError("x must have the same dtype on every rank")
     n = int(sum(sizes))
     check_knn_options(k, n, metric, "matmul", chunk_size, col_chunk_size, precision, candidates)
-    offsets = [0]
-    for s in sizes[:-1]:
-        offsets.append(offsets[-1] + s)
+    offsets = [0, *accumulate(sizes[:-1])]
     if global_ids is None:
         ids_all: List[Union[int, Tensor]] = list(offsets)
         my_ids: Union[int, Tensor] = offsets[rank]
     else:
-        local = _check_ids(global_ids, x.shape[0]).to(x.device)
-        gathered = _all_gather_rows(local, sizes, group, comm)
-        full = torch.cat(gathered)
-        if not torch.equal(full.sort().values.cpu(), torch.arange(n)):
-            raise ValueError(f"global_ids over all ranks must be a permutation of 0..{n - 1}")
-        ids_all = [g.to(x.device) for g in gathered]
-        my_ids = local
+        my_ids = _check_ids(global_ids, x.shape[0]).to(x.device)
+        ids_all = [g.to(x.device) for g in _gather_ids(my_ids, sizes, group, comm)]
     scale = None
     if precision != "full" and metric == "euclidean":
-        m = x.norm(dim=1).max().reshape(1) if x.shape[0] else torch.zeros(1, dtype=x.dtype,
-                                                                         device=x.device)
-        m = _all_reduce(m.to(comm), group, dist.ReduceOp.MAX if _active(group) else None)
-        scale = 1.0 / float(m) if float(m) > 0 else 1.0
+        m = torch.cat([x.norm(dim=1), x.new_zeros(1)]).max()  # (0 for an empty shard)
+        scale = _unit_scale(float(_all_reduce(m.reshape(1).to(comm), group, "MAX")))
 
     def accumulator(rows: Tensor, ids: Union[int, Tensor]) -> BlockTopK:
         return BlockTopK(rows, k, metric, query_ids=ids, precision=precision,
                          candidates=candidates, chunk_size=chunk_size, scale=scale)
 
     acc = _local_self_search(accumulator(x, 0), my_ids, chunk_size, col_chunk_size)
-    plan = _stream_plan(sizes, col_chunk_size or knn_mod.DEFAULT_COL_BLOCK)
+    plan = _stream_plan(sizes, col_chunk_size or DEFAULT_COL_BLOCK)
     half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
     others = {src: accumulator(x.new_empty(sizes[src], 0), ids_all[src])
               for src in range(world) if src != rank}
     x_comm = x.to(comm).contiguous() if _active(group) else x
 
-    def post(step: int) -> Tuple[Tensor, Any]:
+    def post(step: int) -> Tuple[Tensor, Any]:  # (only with world > 1)
         src, a, b = plan[step]
-        if not _active(group):
-            return x[a:b], None
         buf = x_comm[a:b] if src == rank else torch.empty(b - a, x.shape[1], dtype=x.dtype,
                                                             device=comm)
         work = dist.broadcast(buf, src=_global_src(src, group), group=group, async_op=True)
         return buf, work
 
-    pending = post(0) if plan and world > 1 else (x, None)
+    pending: Tuple[Tensor, Any] = post(0) if plan and world > 1 else (x, None)
     for step in range(len(plan) if world > 1 else 0):
         buf, work = pending
-        if work is not None:
-            work.wait()
+        work.wait()
         if step + 1 < len(plan):
             pending = post(step + 1)  # the next block travels while this one is searched
         src, a, b = plan[step]
@@ -478,21 +451,15 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
     for dst in range(world):
         if world == 1 or sizes[dst] == 0:
             continue
-        mine = others.get(dst)
-        v = (mine.vals if mine is not None else acc.vals).to(comm).contiguous()
-        i = (mine.idx if mine is not None else acc.idx).to(comm).contiguous()
-        dst_g = _global_src(dst, group)
-        if dst != rank:
-            dist.gather(v, None, dst=dst_g, group=group)
-            dist.gather(i, None, dst=dst_g, group=group)
-            continue
-        got_v = [torch.empty_like(v) for _ in range(world)]
-        got_i = [torch.empty_like(i) for _ in range(world)]
-        dist.gather(v, got_v, dst=dst_g, group=group)
-        dist.gather(i, got_i, dst=dst_g, group=group)
-        parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
-                 in enumerate(zip(got_v, got_i)) if r != rank]
-        acc._merge(0, x.shape[0], parts, False)
+        found = others.get(dst, acc)
+        sent = [t.to(comm).contiguous() for t in (found.vals, found.idx)]
+        got = [[torch.empty_like(t) for _ in range(world)] if dst == rank else None for t in sent]
+        for t, into in zip(sent, got):
+            dist.gather(t, into, dst=_global_src(dst, group), group=group)
+        if dst == rank:
+            parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
+                     in enumerate(zip(*got)) if r != rank]
+            acc._merge(0, x.shape[0], parts, False)
     return acc.result()
 
 
@@ -535,15 +502,10 @@ def distributed_knn_edges(x: Tensor, k: int, metric: str = "cosine", *,
 
 
 # ---------------------------------------------------------------------------- modularity
-def _community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor, n_comm: int
-                    ) -> Tensor:
-    """``[2, C]`` float64 partial sums (``S_c``, ``2·w_in(c)``) over this rank's stored entries."""
-    return torch.stack(community_sums(edge_index, communities, edge_weight, n_comm))
-
-
 def _q_from_sums(sums: Tensor, resolution: float) -> float:
-    """One graph's ``[2, C]`` reduced sums → ``Q``, with the tensor shapes, hence the rounding,
-    of the ``'modularity'`` measure (``community_contributions(...).sum()``)."""
+    """One graph's ``[2, C]`` reduced sums (``S_c``, ``2·w_in(c)``, float64, from
+    ``community_sums`` over each rank's stored entries) → ``Q``, with the tensor shapes, hence
+    the rounding, of the ``'modularity'`` measure (``community_contributions(...).sum()``)."""
     terms, _ = terms_from_sums(sums[0:1], sums[1:2], resolution)
     return float(terms[0].sum())
 
@@ -579,18 +541,11 @@ def distributed_modularity(edge_index: Tensor, communities: Tensor,
     """
     ei, comm, w, _, _, n_comm = _prepare_modularity(edge_index, communities, edge_weight,
                                                     num_nodes, None)
-    n_comm = _agree_n_comm(n_comm, group, ei.device)
-    sums = _community_sums(ei, comm, w, n_comm)
+    n_comm = int(_all_reduce(torch.tensor([n_comm], device=_comm_device(group, ei.device)), group,
+                             "MAX"))
+    sums = torch.stack(community_sums(ei, comm, w, n_comm))  # [2, C]: S_c, 2·w_in(c)
     sums = _all_reduce(sums.to(_comm_device(group, sums.device)), group)
     return _q_from_sums(sums, float(resolution))
-
-
-def _agree_n_comm(n_comm: int, group: Group, device: torch.device) -> int:
-    if not _active(group):
-        return n_comm
-    t = torch.tensor([n_comm], dtype=torch.long, device=_comm_device(group, device))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return int(t)
 
 
 def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int, group: Group,
@@ -612,15 +567,8 @@ def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int, gr
     ei_all = torch.cat(_all_gather_rows(edge_index.t().contiguous(), counts, group, comm)).t()
     w_all = torch.cat(_all_gather_rows(edge_weight, counts, group, comm))
     ei_s, w_s = _symmetrize(ei_all.to(edge_index.device), w_all.to(edge_index.device), n, how)
-    rank, world = _rank_world(group)
-    mine = _owner_mask(ei_s[0], edge_index, rank)
+    mine = torch.isin(ei_s[0], edge_index[1])  # owned: a query of this rank's directed edges
     return ei_s[:, mine], w_s[mine]
-
-
-def _owner_mask(nodes: Tensor, local_edges: Tensor, rank: int) -> Tensor:
-    local = torch.unique(local_edges[1])  # the queries of this rank's directed edges
-    pos = torch.searchsorted(local, nodes).clamp_max_(max(local.numel() - 1, 0))
-    return local[pos] == nodes if local.numel() else torch.zeros_like(nodes, dtype=torch.bool)
 
 
 def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor]],
@@ -686,8 +634,7 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
     resolution = float(opts.get("resolution", 1.0))
     check_sampling(repeats, per_class, n_samples, 0)
     check_flag(progress, "progress")
-    if graph is None:
-        graph = GraphSpec()
+    graph = GraphSpec() if graph is None else graph
     if not isinstance(graph, GraphSpec):
         raise TypeError(f"graph must be a dg.GraphSpec, got {type(graph).__name__}")
     if graph.backend == "torch_cluster" or graph.out_of_core:
@@ -709,11 +656,9 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
         ids = _check_ids(global_ids, n_local)
     # Every rank needs every node's label (both ends of an edge) and draws the same sample.
     y_full = torch.full((n,), -1, dtype=torch.long)
-    g_ids = torch.cat([t.cpu() for t in _all_gather_rows(ids.to(comm), sizes, group, comm)])
-    g_y = torch.cat([t.cpu() for t in _all_gather_rows(feats.y.to(comm), sizes, group, comm)])
-    if not torch.equal(g_ids.sort().values, torch.arange(n)):
-        raise ValueError(f"global ids over all ranks must be a permutation of 0..{n - 1}")
-    y_full[g_ids] = g_y
+    g_ids = torch.cat([t.cpu() for t in _gather_ids(ids, sizes, group, comm)])
+    y_full[g_ids] = torch.cat([t.cpu() for t in _all_gather_rows(feats.y.to(comm), sizes, group,
+                                                                   comm)])
     check_labels(y_full, n, "y", min_classes=2)
     out = torch.empty(repeats, len(names), dtype=torch.float64)
     n_used = n
@@ -742,12 +687,11 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
                     precision=graph.precision, candidates=graph.candidates, group=group)
                 ei_s, w_s = _local_entries(ei, w, graph.symmetrize, comm_sub.numel(), group,
                                            _comm_device(group, x.device))
-                layer_sums.append(_community_sums(ei_s, comm_sub.to(x.device), w_s.double(),
-                                                  n_comm))
+                layer_sums.append(torch.stack(community_sums(ei_s, comm_sub.to(x.device),
+                                                             w_s.double(), n_comm)))
                 bar.update(1)
             sums = _all_reduce(torch.stack(layer_sums).to(comm), group).cpu()
-            for li in range(len(names)):
-                out[r, li] = _q_from_sums(sums[li], resolution)
+            out[r] = torch.tensor([_q_from_sums(s, resolution) for s in sums], dtype=torch.float64)
     finally:
         bar.close()
     meta: Dict[str, Any] = {

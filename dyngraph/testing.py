@@ -17,16 +17,8 @@ def reference_adjacency(x: np.ndarray, k: int) -> np.ndarray:
     n = len(x)
     a = np.zeros((n, n))
     for i in range(n):
-        heap: list = []
-        for j in range(n):
-            if j == i:
-                continue
-            item = (sim[i, j], -j)  # ties: the smaller index wins
-            if len(heap) < k:
-                heapq.heappush(heap, item)
-            elif item > heap[0]:
-                heapq.heapreplace(heap, item)
-        for s, neg_j in heap:
+        # A heap of the k best (similarity, -j) pairs, no self; ties: the smaller index wins.
+        for s, neg_j in heapq.nlargest(k, ((sim[i, j], -j) for j in range(n) if j != i)):
             a[i, -neg_j] = s
     return (a + a.T) / 2
 

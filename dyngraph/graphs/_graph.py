@@ -106,19 +106,13 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
         (60, 'fc1', True)
     """
-    def edges(rows: Any, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
-        return knn_edges(rows, k, metric, backend, chunk_size, col_chunk_size=col_chunk_size,
-                         precision=precision, candidates=candidates, device=device,
-                         progress=progress)
-
+    device: Optional[torch.device] = None  # where an out-of-core search runs: y's device
     if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
         if keep_x:
             raise ValueError("keep_x=True needs the features in memory; got an out-of-core "
                              f"{type(x).__name__} (load it first)")
         n = row_source_info(x, "features")[0]
-        if y is not None:
-            y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = edges(x, None if y is None else y.device)
+        device = None if y is None else y.device
     else:
         # (finiteness: nearest_neighbors checks it)
         check_features(x, "features", ndim=None, min_rows=2, check_finite=False)
@@ -129,15 +123,17 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         n = x.shape[0]
         if y is not None:
             check_same_device(features=x, y=y)
-            y = check_labels(y, n, "y", min_classes=2)
-        edge_index, edge_weight = edges(x)
+    if y is not None:
+        y = check_labels(y, n, "y", min_classes=2)
+    edge_index, edge_weight = knn_edges(x, k, metric, backend, chunk_size,
+                                        col_chunk_size=col_chunk_size, precision=precision,
+                                        candidates=candidates, device=device, progress=progress)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
     if metric == "cosine" and bool((edge_weight <= 0).any()):
         warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
                       f"cosine <= 0; modularity treats weights as given", stacklevel=2)
-    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n)
-    data.layer_name = layer_name
-    data.layer_index = int(layer_index)
+    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n,
+                layer_name=layer_name, layer_index=int(layer_index))
     if keep_x:
         data.x = x
     return data
@@ -222,22 +218,16 @@ class DynamicGraph:
         if precision != "full":
             meta["precision"] = precision
         meta.update({key: v for key, v in getattr(features, "meta", {}).items() if key not in meta})
+        y = torch.as_tensor(y) if device is None else torch.as_tensor(y).to(device)
         snaps = []
         for i, name in enumerate(progress_bar(names, desc="snapshots", disable=not progress)):
             # A tensor, or (out of core) the spilled layer / NumPy memmap itself.
             stored: Any = features.stored(name) if hasattr(features, "stored") else None
             x: Any = stored if out_of_core and is_row_source(stored) else features[name]
-            if not isinstance(x, Tensor) and not is_row_source(x):
-                raise TypeError(f"features[{name!r}] must be a Tensor, got {type(x).__name__}")
-            yy = y if isinstance(y, Tensor) else torch.as_tensor(y)
-            if device is not None:
-                yy = yy.to(device)
-                x = x.to(device) if isinstance(x, Tensor) else x
-            if isinstance(x, Tensor):
-                check_same_device(**{f"features[{name!r}]": x, "y": yy})
-            if i == 0:
-                check_labels(yy, x.shape[0], "y", min_classes=2)
-            snaps.append(build_snapshot(x, yy, k=k, metric=metric, symmetrize=symmetrize,
+            if device is not None and isinstance(x, Tensor):
+                x = x.to(device)
+            # (build_snapshot checks the features, the labels and their devices)
+            snaps.append(build_snapshot(x, y, k=k, metric=metric, symmetrize=symmetrize,
                                         backend=backend, chunk_size=chunk_size, keep_x=keep_x,
                                         layer_name=name, layer_index=i,
                                         col_chunk_size=col_chunk_size, precision=precision,
@@ -283,7 +273,7 @@ class DynamicGraph:
     def save(self, path: PathLike) -> None:
         """Saves atomically (a plain dict of tensors; loads with ``weights_only=True``)."""
         state = {"format": "dyngraph.DynamicGraph/1", "meta": _plain(self.meta),
-                 "snapshots": [{k: v for k, v in s.to_dict().items()} for s in self.snapshots]}
+                 "snapshots": [s.to_dict() for s in self.snapshots]}
         atomic_torch_save(state, path)
 
     @classmethod
@@ -296,6 +286,8 @@ class DynamicGraph:
 
     # ------------------------------------------------------------------ metrics
     def _labels(self, communities: Optional[Sequence[Tensor]] = None) -> List[Tensor]:
+        if not self.snapshots:
+            raise ValueError("this DynamicGraph has no snapshots")
         out = []
         for i, s in enumerate(self.snapshots):
             c = s.y if communities is None else communities[i]
@@ -319,10 +311,19 @@ class DynamicGraph:
             offset += s.num_nodes
         return torch.cat(eis, 1), torch.cat(ws), torch.cat(batch)
 
-    def _batched(self, communities: Optional[Sequence[Tensor]] = None):
+    def _contributions(self, resolution: float, communities: Optional[Sequence[Tensor]] = None
+                       ) -> Tensor:
+        """Each community's modularity term per layer, float64 ``[L, C]``, in one scatter pass."""
         comm = torch.cat(self._labels(communities))
         ei, w, batch = self._batched_edges()
-        return ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1
+        return _community_terms(ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1,
+                                float(resolution))[0]
+
+    def _profile(self, metric: str, samples: Tensor, **meta: Any) -> "DepthProfile":
+        """A one-metric :class:`~dyngraph.DepthProfile` over the layers (``meta`` added to the
+        graph's)."""
+        from ..profiles._profile import DepthProfile
+        return DepthProfile(self.layers, [metric], samples, {**self.meta, **meta})
 
     def class_contributions(self, resolution: float = 1.0) -> Tensor:
         """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to
@@ -338,9 +339,7 @@ class DynamicGraph:
             >>> tuple(c.shape), torch.allclose(c.sum(1), seq.modularity().values)
             ((1, 3), True)
         """
-        ei, comm, w, batch, n_graphs, n_comm = self._batched()
-        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
-        return contrib
+        return self._contributions(resolution)
 
     def modularity(self, resolution: float = 1.0, communities: Optional[Sequence[Tensor]] = None
                    ) -> "DepthProfile":
@@ -364,14 +363,8 @@ class DynamicGraph:
             >>> p.metrics, tuple(p.samples.shape), bool(p.values[1] > p.values[0])
             (['modularity'], (1, 2, 1), True)
         """
-        if not self.snapshots:
-            raise ValueError("this DynamicGraph has no snapshots")
-        ei, comm, w, batch, n_graphs, n_comm = self._batched(communities)
-        contrib, _ = _community_terms(ei, comm, w, batch, n_graphs, n_comm, float(resolution))
-        meta = dict(self.meta)
-        meta["resolution"] = resolution
-        from ..profiles._profile import DepthProfile
-        return DepthProfile(self.layers, ["modularity"], contrib.sum(1), meta)
+        return self._profile("modularity", self._contributions(resolution, communities).sum(1),
+                             resolution=resolution)
 
     def modularity_null(self, permutations: int = 100, seed: int = 0, resolution: float = 1.0
                         ) -> "DepthProfile":
@@ -406,8 +399,6 @@ class DynamicGraph:
             (True, True)
         """
         check_positive_int(permutations, "permutations")
-        if not self.snapshots:
-            raise ValueError("this DynamicGraph has no snapshots")
         labels = self._labels()
         ei, w, batch = self._batched_edges()
         sizes = [int(c.numel()) for c in labels]
@@ -424,11 +415,8 @@ class DynamicGraph:
             contrib, _ = _community_terms(ei, comm, w, batch, len(labels), n_comm,
                                           float(resolution))
             rows.append(contrib.sum(1))
-        meta = dict(self.meta)
-        meta.update({"resolution": resolution, "permutations": int(permutations),
-                     "null_seed": int(seed)})
-        from ..profiles._profile import DepthProfile
-        return DepthProfile(self.layers, ["modularity_null"], torch.stack(rows), meta)
+        return self._profile("modularity_null", torch.stack(rows), resolution=resolution,
+                             permutations=int(permutations), null_seed=int(seed))
 
 
 def _plain(obj):
@@ -436,8 +424,6 @@ def _plain(obj):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, Tensor):
+    if obj is None or isinstance(obj, (str, int, float, bool, Tensor)):
         return obj
     return str(obj)

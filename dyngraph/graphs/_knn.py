@@ -142,12 +142,6 @@ def _unit_scale(max_norm: float) -> float:
     return 1.0 / max_norm if max_norm > 0 else 1.0
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
-        return torch.float32
-    return x.dtype
-
-
 def _sort_rows(vals: Tensor, idx: Tensor, largest: bool) -> Tuple[Tensor, Tensor]:
     """Orders each row by value (best first), ties by ascending index."""
     order = idx.argsort(dim=1, stable=True)
@@ -384,9 +378,7 @@ class BlockTopK:
             if scale is None:
                 scale = _unit_scale(float(query.norm(dim=1).max()) if query.shape[0] else 1.0)
             self.scale = float(scale)
-        q_s = query * self.scale if self.scale != 1.0 else query
-        self.q_low = q_s.to(self.low) if self.low is not None else None
-        self.sq_q = None if self.cosine else (q_s * q_s).sum(1)
+        self.q_low, self.sq_q = self._side(query)
         n = query.shape[0]
         self.vals = torch.full((n, self.k), self.worst, dtype=query.dtype, device=query.device)
         self.idx = torch.full((n, self.k), -1, dtype=torch.long, device=query.device)
@@ -425,6 +417,17 @@ class BlockTopK:
         low = r_s.to(self.low) if self.low is not None else None
         sq = None if self.cosine else (r_s * r_s).sum(1)
         return low, sq
+
+    def _query(self, rows: slice) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Query rows ``rows`` with their half-precision copy and squared norms (see _side)."""
+        return (self.q[rows], None if self.q_low is None else self.q_low[rows],
+                None if self.sq_q is None else self.sq_q[rows])
+
+    def _row_chunk(self, n_queries: int, n_keys: int) -> int:
+        """Query rows per tile against ``n_keys`` keys: ``chunk_size`` (default: as many as fit
+        ``DEFAULT_TILE_ELEMENTS`` scores), evened out so that no thin tail tile is left."""
+        return _even_blocks(n_queries, self.chunk_size or
+                            default_chunk_size(n_queries, n_keys, DEFAULT_TILE_ELEMENTS))
 
     def _scores(self, q: Tensor, q_low: Optional[Tensor], sq_q: Optional[Tensor], keys: Tensor,
                 k_low: Optional[Tensor], sq_k: Optional[Tensor]) -> Tensor:
@@ -485,16 +488,13 @@ class BlockTopK:
         if n_keys == 0:
             return self
         nq = self.q.shape[0]
-        chunk = self.chunk_size or default_chunk_size(nq, n_keys, DEFAULT_TILE_ELEMENTS)
-        chunk = _even_blocks(nq, chunk)  # even row blocks: no thin tail tile
+        chunk = self._row_chunk(nq, n_keys)
         k_low, sq_k = self._side(keys)
         first = self.n_updates == 0
         kk = min(self.n_cand, n_keys)
         for start in range(0, nq, chunk):
             stop = min(nq, start + chunk)
-            a = slice(start, stop)
-            s = self._scores(self.q[a], None if self.q_low is None else self.q_low[a],
-                             None if self.sq_q is None else self.sq_q[a], keys, k_low, sq_k)
+            s = self._scores(*self._query(slice(start, stop)), keys, k_low, sq_k)
             if self.exclude_self:
                 self._mask_self(s, start, key_ids, n_keys)
             v, i = topk_rows(s, kk, self.largest, sorted=False)
@@ -559,8 +559,7 @@ class BlockTopK:
 
         def side(a: int, b: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
             if rows is None:
-                return (self.q[a:b], None if self.q_low is None else self.q_low[a:b],
-                        None if self.sq_q is None else self.sq_q[a:b])
+                return self._query(slice(a, b))
             r = rows(a, b)
             return (r, *self._side(r))
 
@@ -616,25 +615,15 @@ class BlockTopK:
 
 
 def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
-                query: Optional[Tensor] = None, query_offset: int = 0,
-                exclude_self: bool = True, col_chunk_size: Optional[int] = None,
-                precision: str = "full", candidates: Optional[int] = None,
-                progress: bool = False) -> Tuple[Tensor, Tensor]:
-    """Tiled exact kNN of ``query`` rows (default: all of ``x``) against ``x``."""
+                col_chunk_size: Optional[int] = None, precision: str = "full",
+                candidates: Optional[int] = None, progress: bool = False
+                ) -> Tuple[Tensor, Tensor]:
+    """Tiled exact kNN of the rows of ``x`` among themselves (:meth:`BlockTopK.search_self`)."""
     n = x.shape[0]
-    q = x if query is None else query
-    cols = default_col_chunk_size(n, col_chunk_size)
-    chunk = chunk_size or default_chunk_size(q.shape[0], min(cols, n), DEFAULT_TILE_ELEMENTS)
-    scale = None  # for the points themselves, BlockTopK takes it from the queries
-    if precision != "full" and metric == "euclidean" and query is not None:
-        scale = _unit_scale(float(torch.maximum(x.norm(dim=1).max(), q.norm(dim=1).max())))
-    acc = BlockTopK(q, k, metric, query_ids=query_offset, exclude_self=exclude_self,
-                    precision=precision, candidates=candidates, chunk_size=chunk, scale=scale)
-    if query is None and exclude_self and query_offset == 0:
-        return acc.search_self(chunk_size, col_chunk_size, progress).result()
-    for c0 in range(0, n, cols):
-        acc.update(x[c0:c0 + cols], c0)
-    return acc.result()
+    chunk = chunk_size or default_chunk_size(n, default_col_chunk_size(n, col_chunk_size),
+                                             DEFAULT_TILE_ELEMENTS)
+    acc = BlockTopK(x, k, metric, precision=precision, candidates=candidates, chunk_size=chunk)
+    return acc.search_self(chunk_size, col_chunk_size, progress).result()
 
 
 def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
@@ -649,17 +638,11 @@ def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
     q, nb = assign[0], assign[1]
     keep = q != nb
     q, nb = q[keep], nb[keep]
-    if metric == "cosine":
-        val = (xf[q] * xf[nb]).sum(1)
-    else:
-        val = (xf[q] - xf[nb]).pow(2).sum(1)
-    # Group by query, best first, ties by index; exactly k per query.
-    order = torch.argsort(nb, stable=True)
-    q, nb, val = q[order], nb[order], val[order]
-    order = torch.argsort(-val if metric == "cosine" else val, stable=True)
-    q, nb, val = q[order], nb[order], val[order]
-    order = torch.argsort(q, stable=True)
-    q, nb, val = q[order], nb[order], val[order]
+    val = (xf[q] * xf[nb]).sum(1) if metric == "cosine" else (xf[q] - xf[nb]).pow(2).sum(1)
+    # Group by query, best first, ties by index (stable sorts by index, score, then query).
+    for key in (1, 2, 0):
+        order = torch.argsort((q, nb, -val if metric == "cosine" else val)[key], stable=True)
+        q, nb, val = q[order], nb[order], val[order]
     counts = torch.bincount(q, minlength=n)
     if bool((counts < k).any()):  # duplicates of the query displaced it: fall back to exact matmul
         return _matmul_knn(x, k, metric, None)
@@ -723,14 +706,12 @@ def check_knn_options(k: int, n: int, metric: str, backend: str, chunk_size: Opt
     check_choice(metric, "metric", METRICS)
     check_choice(backend, "backend", BACKENDS)
     check_choice(precision, "precision", PRECISIONS)
-    if chunk_size is not None:
-        check_positive_int(chunk_size, "chunk_size")
-    if col_chunk_size is not None:
-        check_positive_int(col_chunk_size, "col_chunk_size")
-    if candidates is not None:
-        check_positive_int(candidates, "candidates")
-        if candidates < k:
-            raise ValueError(f"candidates must be >= k={k}, got candidates={candidates}")
+    for name, value in (("chunk_size", chunk_size), ("col_chunk_size", col_chunk_size),
+                        ("candidates", candidates)):
+        if value is not None:
+            check_positive_int(value, name)
+    if candidates is not None and candidates < k:
+        raise ValueError(f"candidates must be >= k={k}, got candidates={candidates}")
     if precision != "full" and backend == "torch_cluster":
         raise ValueError(f"precision={precision!r} needs the matmul backend; got "
                          f"backend='torch_cluster' (use backend='matmul' or 'auto')")
@@ -739,7 +720,8 @@ def check_knn_options(k: int, n: int, metric: str, backend: str, chunk_size: Opt
 def prepare_features(x: Tensor, metric: str, name: str = "x") -> Tensor:
     """Casts to the compute dtype, checks finiteness (O(N), via the row norms) and L2-normalises
     the rows for cosine. Works on a shard of the rows as well as on all of them."""
-    x = x.to(_compute_dtype(x))
+    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+        x = x.float()
     # NaN/inf in a row make its norm NaN/inf: an O(N) check instead of a pass over N×D values.
     norms = x.norm(dim=1, keepdim=True)
     if not bool(torch.isfinite(norms).all()):
@@ -747,17 +729,6 @@ def prepare_features(x: Tensor, metric: str, name: str = "x") -> Tensor:
     if metric == "cosine":
         x = normalize_rows(x, name, norms=norms)
     return x
-
-
-def _prepare(x: object, k: int, metric: str, backend: str, chunk_size: Optional[int],
-             col_chunk_size: Optional[int] = None, precision: str = "full",
-             candidates: Optional[int] = None) -> Tensor:
-    """Checks ``x`` (a floating-point ``[N, D]`` tensor, ``N >= 2``) and the search options, and
-    returns the prepared rows."""
-    x = check_features(x, "x", min_rows=2, check_finite=False)
-    check_knn_options(k, x.shape[0], metric, backend, chunk_size, col_chunk_size, precision,
-                      candidates)
-    return prepare_features(x, metric)
 
 
 def is_row_source(x) -> bool:
@@ -768,24 +739,15 @@ def is_row_source(x) -> bool:
 
 def row_source_info(x, name: str = "x") -> Tuple[int, int, np.dtype]:
     """``(N, D, dtype)`` of a row source, checked: ``[N, D]``, floating point."""
-    if hasattr(x, "read_rows"):
-        shape, dtype = tuple(x.shape), np.dtype(x.np_dtype)
-    elif isinstance(x, np.ndarray):
-        shape, dtype = x.shape, x.dtype
-    else:
+    if not is_row_source(x):
         raise TypeError(f"{name} must be a Tensor, a NumPy array or a SpilledArray, got "
                         f"{type(x).__name__}")
+    shape, dtype = tuple(x.shape), np.dtype(x.np_dtype if hasattr(x, "read_rows") else x.dtype)
     if len(shape) != 2:
         raise ValueError(f"{name} must be [N, D] when read out of core, got shape {shape}")
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{name} must hold floating-point features, got dtype={dtype}")
     return int(shape[0]), int(shape[1]), dtype
-
-
-def read_rows(x, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a row source (a spilled layer is read with a plain file read, not
-    mapped, so the pages it reads do not stay in the process's resident memory)."""
-    return x.read_rows(start, stop) if hasattr(x, "read_rows") else x[start:stop]
 
 
 def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
@@ -802,7 +764,9 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     np_dtype = np.float64 if src_dtype == np.float64 else np.float32
 
     def fetch(a: int, b: int) -> Tensor:
-        rows = np.asarray(read_rows(source, a, b))
+        # (a spilled layer is read with a plain file read, not mapped, so the pages it reads do
+        # not stay in the process's resident memory)
+        rows = np.asarray(source.read_rows(a, b) if hasattr(source, "read_rows") else source[a:b])
         block = torch.from_numpy(rows.astype(np_dtype, copy=not rows.flags.writeable))
         return prepare_features(block.to(dev), metric, name=f"x[{a}:{b}]")
 
@@ -871,13 +835,15 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
                              "backend; got backend='torch_cluster'")
         return _stream_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates,
                            device, progress)
-    x = _prepare(x, k, metric, backend, chunk_size, col_chunk_size, precision, candidates)
+    x = check_features(x, "x", min_rows=2, check_finite=False)
+    check_knn_options(k, x.shape[0], metric, backend, chunk_size, col_chunk_size, precision,
+                      candidates)
+    x = prepare_features(x, metric)
     if backend == "auto":
         backend = "matmul" if precision != "full" else _pick_backend(x, k, metric, chunk_size)
     if backend == "torch_cluster":
         return _cluster_knn(x, k, metric)
-    return _matmul_knn(x, k, metric, chunk_size, col_chunk_size=col_chunk_size,
-                       precision=precision, candidates=candidates, progress=progress)
+    return _matmul_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates, progress)
 
 
 def edges_from_knn(vals: Tensor, idx: Tensor, metric: str,
@@ -888,10 +854,8 @@ def edges_from_knn(vals: Tensor, idx: Tensor, metric: str,
     target = (torch.arange(n, device=idx.device) if query_ids is None
               else query_ids.to(idx.device)).repeat_interleave(k)
     edge_index = torch.stack([idx.reshape(-1), target])
-    if metric == "cosine":
-        weight = vals.reshape(-1)
-    else:
-        weight = torch.ones(n * k, dtype=vals.dtype, device=vals.device)
+    weight = vals.reshape(-1) if metric == "cosine" else \
+        torch.ones(n * k, dtype=vals.dtype, device=vals.device)
     return edge_index, weight
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import mmap
 from collections.abc import Mapping
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -116,49 +116,44 @@ class _Rows:
     """Uniform row-block reader over a tensor, a NumPy array/memmap or a spilled file."""
 
     def __init__(self, x: Any, name: str = "x"):
-        self.tensor: Optional[Tensor] = None       # kind 'tensor'
-        self.array: Optional[np.ndarray] = None    # kind 'numpy'
+        self.tensor: Optional[Tensor] = None
+        #: Rows ``r0:r1`` of an array or a file, as a NumPy array (``None`` for a tensor).
+        self.read_np: Optional[Callable[[int, int], np.ndarray]] = None
         self.shape: Tuple[int, ...]
-        if isinstance(x, SpilledArray):
-            x.close()
-            self.kind, self.shape = "file", (x.rows, x.dim)
-            self.path, self.np_dtype, self.offset = str(x.path), np.dtype(x.dtype), 0
+        dt: Any
+        if isinstance(x, SpilledArray):  # read_rows: plain file reads, nothing stays mapped
+            self.read_np, self.shape, dt = x.read_rows, x.shape, x.np_dtype
         elif isinstance(x, np.memmap) and isinstance(x.base, mmap.mmap) and \
                 x.flags.c_contiguous and x.ndim >= 2 and getattr(x, "filename", None):
             # Read with plain file reads: mapped pages would count towards the resident set.
-            self.kind, self.shape = "file", (x.shape[0], int(np.prod(x.shape[1:])))
-            self.path, self.np_dtype, self.offset = x.filename, x.dtype, int(x.offset)
+            self.shape, dt = (x.shape[0], int(np.prod(x.shape[1:]))), x.dtype
+            path, offset, d = x.filename, int(x.offset), self.shape[1]
+            self.read_np = lambda r0, r1: np.fromfile(
+                path, dtype=dt, count=(r1 - r0) * d, offset=offset + r0 * d * dt.itemsize
+            ).reshape(r1 - r0, d)
         elif isinstance(x, np.ndarray):
-            self.kind = "numpy"
-            self.array = x.reshape(x.shape[0], -1) if x.ndim > 2 else x
-            self.shape = self.array.shape
+            array = x.reshape(x.shape[0], -1) if x.ndim > 2 else x
+            self.read_np, self.shape, dt = (lambda r0, r1: array[r0:r1]), array.shape, x.dtype
         elif isinstance(x, Tensor):
-            self.kind = "tensor"
             self.tensor = x.reshape(x.shape[0], -1) if x.dim() > 2 else x
-            self.shape = tuple(self.tensor.shape)
+            self.shape, dt = tuple(self.tensor.shape), x.dtype
         else:
             raise TypeError(f"{name} must be a torch.Tensor, a NumPy array or a SpilledArray, got "
                             f"{type(x).__name__}")
         if len(self.shape) != 2:
             raise ValueError(f"{name} must be [N, D] (or [N, ...], flattened), got shape "
                              f"{tuple(self.shape)}")
-        dt: Any = self.tensor.dtype if self.tensor is not None else \
-            self.array.dtype if self.array is not None else self.np_dtype
         floating = dt.is_floating_point if isinstance(dt, torch.dtype) else \
             np.issubdtype(dt, np.floating)
         if not floating:
             raise TypeError(f"{name} must be floating point, got dtype={dt}")
 
     def read(self, r0: int, r1: int, device: torch.device) -> Tensor:
-        if self.tensor is not None:
+        if self.read_np is None:
+            assert self.tensor is not None
             return self.tensor[r0:r1].to(device=device, dtype=torch.float32)
-        if self.array is not None:
-            return torch.from_numpy(np.ascontiguousarray(self.array[r0:r1], dtype=np.float32)) \
-                .to(device)
-        d = self.shape[1]
-        arr = np.fromfile(self.path, dtype=self.np_dtype, count=(r1 - r0) * d,
-                          offset=self.offset + r0 * d * self.np_dtype.itemsize)
-        return torch.from_numpy(arr.astype(np.float32, copy=False).reshape(r1 - r0, d)).to(device)
+        return torch.from_numpy(np.ascontiguousarray(self.read_np(r0, r1), dtype=np.float32)) \
+            .to(device)
 
 
 def random_projection(x: ArrayLike, dim: Optional[int] = None, *, eps: float = 0.1,
@@ -281,6 +276,5 @@ def project_features(features: Union[LayerFeatures, Mapping], dim: Optional[int]
             continue
         out[name] = random_projection(raw, target, seed=seed, kind=kind, device=device)
         record[name] = {"from": d, "to": target, "seed": seed, "kind": kind}
-    meta = dict(features.meta)
-    meta["projection"] = record
-    return LayerFeatures(out, features.y, features.indices, meta)
+    return LayerFeatures(out, features.y, features.indices,
+                         {**features.meta, "projection": record})
