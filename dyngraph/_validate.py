@@ -5,7 +5,7 @@ passed, so bad input never fails deep inside torch and never yields a silent NaN
 """
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -163,3 +163,14 @@ def check_edge_weight(edge_weight, num_edges: int, name: str = "edge_weight",
     if check_finite and num_edges and not bool(torch.isfinite(edge_weight).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return edge_weight
+
+
+def check_model(model: Any) -> None:
+    """Raises a ``TypeError`` unless ``model`` is a ``torch.nn.Module``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def model_device(model: "torch.nn.Module") -> torch.device:
+    """Where the model's first parameter is (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -63,23 +63,22 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ._json import jsonable
 from ._progress import progress_counter
 from ._validate import check_choice, check_features, check_flag, check_labels, check_positive_int
-from .capture._extract import _dataset_labels, balanced_indices, extract_features
+from .capture._extract import balanced_indices, dataset_labels, extract_features
 from .capture._features import LayerFeatures
 from .graphs._graph import symmetrize as _symmetrize
 from .graphs._knn import (
     DEFAULT_COL_BLOCK,
     BlockTopK,
-    _even_blocks,
-    _unit_scale,
     check_knn_options,
     edges_from_knn,
+    even_blocks,
     prepare_features,
     topk_cols,
     topk_rows,
+    unit_scale,
 )
 from .graphs._spec import GraphSpec
-from .measures._modularity import _prepare as _prepare_modularity
-from .measures._modularity import community_sums, terms_from_sums
+from .measures._modularity import community_sums, prepare_partition, terms_from_sums
 from .measures._registry import resolve
 from .profiles._profile import DepthProfile
 from .profiles._runner import Options, as_layer_features, check_measure_options, check_sampling
@@ -238,7 +237,7 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
     check_positive_int(batch_size, "batch_size")
     rank, world = _rank_world(group)
     if per_class is not None or n_samples is not None:
-        labels = _dataset_labels(dataset)
+        labels = dataset_labels(dataset)
         if labels is None:
             raise ValueError("per_class/n_samples with distributed extraction needs a dataset "
                              "that exposes its labels (TensorDataset, .targets, Subset) so every "
@@ -289,7 +288,7 @@ def _gather_ids(ids: Tensor, sizes: Sequence[int], group: Group, comm: torch.dev
 def _stream_plan(sizes: Sequence[int], block: int) -> List[Tuple[int, int, int]]:
     plan = []
     for src, n in enumerate(sizes):
-        step = _even_blocks(n, block) if n else 1
+        step = even_blocks(n, block) if n else 1
         plan += [(src, a, min(n, a + step)) for a in range(0, n, step)]
     return plan
 
@@ -411,7 +410,7 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
     scale = None
     if precision != "full" and metric == "euclidean":
         m = torch.cat([x.norm(dim=1), x.new_zeros(1)]).max()  # (0 for an empty shard)
-        scale = _unit_scale(float(_all_reduce(m.reshape(1).to(comm), group, "MAX")))
+        scale = unit_scale(float(_all_reduce(m.reshape(1).to(comm), group, "MAX")))
 
     def accumulator(rows: Tensor, ids: Union[int, Tensor]) -> BlockTopK:
         return BlockTopK(rows, k, metric, query_ids=ids, precision=precision,
@@ -539,7 +538,7 @@ def distributed_modularity(edge_index: Tensor, communities: Tensor,
         >>> round(dg.distributed.distributed_modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
     """
-    ei, comm, w, _, _, n_comm = _prepare_modularity(edge_index, communities, edge_weight,
+    ei, comm, w, _, _, n_comm = prepare_partition(edge_index, communities, edge_weight,
                                                     num_nodes, None)
     n_comm = int(_all_reduce(torch.tensor([n_comm], device=_comm_device(group, ei.device)), group,
                              "MAX"))

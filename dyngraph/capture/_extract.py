@@ -10,16 +10,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from .._progress import progress_bar
-from .._validate import check_positive_int
+from .._validate import check_model, check_positive_int
 from ._features import LayerFeatures, SpilledArray
-from ._layers import LayerSpec, _check_model
+from ._layers import LayerSpec
 from ._taps import LayerTaps, split_batch, take_rows, to_device
 
 
-def _dataset_labels(dataset) -> Optional[Tensor]:
+def dataset_labels(dataset) -> Optional[Tensor]:
     """Labels of a dataset without running it, when it exposes them."""
     if isinstance(dataset, Subset):
-        base = _dataset_labels(dataset.dataset)
+        base = dataset_labels(dataset.dataset)
         return None if base is None else base[torch.as_tensor(dataset.indices).long()]
     tensors = getattr(dataset, "tensors", None)
     if isinstance(tensors, (tuple, list)) and len(tensors) >= 2:
@@ -144,7 +144,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
         >>> f.names, f.n_samples, f.y.bincount().tolist()
         (['0', '2'], 15, [5, 5, 5])
     """
-    _check_model(model)
+    check_model(model)
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"loader must be an iterable of batches (a DataLoader), got "
                         f"{type(loader).__name__}")
@@ -161,7 +161,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     # Up-front selection when the labels are known.
     indices = None
     dataset = getattr(loader, "dataset", None)
-    labels_known = _dataset_labels(dataset) if dataset is not None else None
+    labels_known = dataset_labels(dataset) if dataset is not None else None
     run_loader = loader
     stream_quota = None
     if (per_class is not None or n_samples is not None) and labels_known is not None:

@@ -9,12 +9,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from torch import nn
 
-from .._validate import check_choice
+from .._validate import check_choice, check_model
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
                nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus,
                nn.GLU)
-_PASSTHROUGH = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+PASSTHROUGH = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
                 nn.modules.instancenorm._InstanceNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                 nn.Dropout3d, nn.Identity)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -44,7 +44,7 @@ def list_layers(model: nn.Module, types: Optional[Union[type, Tuple[type, ...]]]
         >>> dg.list_layers(m, types=nn.Linear)
         ['0', '2']
     """
-    _check_model(model)
+    check_model(model)
     names = []
     for name, mod in model.named_modules():
         if not name:
@@ -90,7 +90,7 @@ def _activation_after(model: nn.Module, name: str) -> Optional[str]:
         if isinstance(m, ACTIVATIONS):
             found = n
             break
-        if not isinstance(m, _PASSTHROUGH):
+        if not isinstance(m, PASSTHROUGH):
             break
     return found
 
@@ -121,7 +121,7 @@ def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
         >>> dg.default_layers(m), dg.default_layers(m, point='post')
         (['0', '3'], ['2', '4'])
     """
-    _check_model(model)
+    check_model(model)
     check_choice(point, "point", ("pre", "post"))
     blocks = residual_blocks(model)
     if blocks:
@@ -141,12 +141,9 @@ def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
 
 
 # ---------------------------------------------------------------------------- extraction
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
-def _resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = False
+def resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = False
                     ) -> "OrderedDict[str, Tuple[str, str]]":
     """Returns ``{alias: (module name, 'output' | 'input')}``; the name ``''`` is the model
     itself (its output, or ``':input'`` its first input)."""

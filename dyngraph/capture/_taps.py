@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ._layers import LayerSpec, _check_model, _resolve_layers
+from .._validate import check_model
+from ._layers import LayerSpec, resolve_layers
 
 Pool = Union[None, str, int]
 POOLS = (None, "avg", "max")
@@ -155,11 +156,11 @@ class LayerTaps:
                  eval: bool = True, grad: bool = False,
                  edits: Optional[Dict[str, Edit]] = None, reduce: bool = True,
                  allow_repeat: bool = False, strict: bool = True) -> None:
-        _check_model(model)
+        check_model(model)
         self.model = model
         self.pool = check_pool(pool)
         self.spec = (OrderedDict() if layers is None and edits is not None
-                     else _resolve_layers(model, layers, allow_empty=True))
+                     else resolve_layers(model, layers, allow_empty=True))
         self.eval, self.grad, self.reduce, self.allow_repeat = eval, grad, reduce, allow_repeat
         self.strict = strict
         modules = dict(model.named_modules())

@@ -31,7 +31,7 @@ from .._validate import (
     check_same_device,
     layer_names,
 )
-from ..measures._modularity import _community_terms
+from ..measures._modularity import community_terms
 from ._knn import is_row_source, knn_edges, row_source_info
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class DynamicGraph:
         """Each community's modularity term per layer, float64 ``[L, C]``, in one scatter pass."""
         comm = torch.cat(self._labels(communities))
         ei, w, batch = self._batched_edges()
-        return _community_terms(ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1,
+        return community_terms(ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1,
                                 float(resolution))[0]
 
     def _profile(self, metric: str, samples: Tensor, **meta: Any) -> "DepthProfile":
@@ -412,7 +412,7 @@ class DynamicGraph:
             else:
                 comm = torch.cat([c[torch.randperm(c.numel(), generator=gen).to(c.device)]
                                   for c in labels])
-            contrib, _ = _community_terms(ei, comm, w, batch, len(labels), n_comm,
+            contrib, _ = community_terms(ei, comm, w, batch, len(labels), n_comm,
                                           float(resolution))
             rows.append(contrib.sum(1))
         return self._profile("modularity_null", torch.stack(rows), resolution=resolution,

@@ -81,7 +81,7 @@ def default_chunk_size(n_rows: int, n_cols: int, budget: Optional[int] = None) -
     return max(1, min(n_rows, budget // max(n_cols, 1)))
 
 
-def _even_blocks(n: int, block: int, align: int = 64) -> int:
+def even_blocks(n: int, block: int, align: int = 64) -> int:
     """Block length that splits ``n`` into equal blocks of about ``block`` (no thin tail), rounded
     up to a multiple of ``align`` when that is larger (odd GEMM sizes are markedly slower)."""
     if n <= block:
@@ -97,7 +97,7 @@ def _even_blocks(n: int, block: int, align: int = 64) -> int:
 def default_col_chunk_size(n_keys: int, block: Optional[int] = None) -> int:
     """Keys per column block: all of them up to ``block`` (default ``DEFAULT_COL_BLOCK``), else
     even blocks of at most ``block`` (rounded to a multiple of 64)."""
-    return _even_blocks(n_keys, DEFAULT_COL_BLOCK if block is None else block)
+    return even_blocks(n_keys, DEFAULT_COL_BLOCK if block is None else block)
 
 
 def self_block(n: int, chunk_size: Optional[int] = None,
@@ -116,7 +116,7 @@ def self_block(n: int, chunk_size: Optional[int] = None,
         cols = col_chunk_size or DEFAULT_COL_BLOCK
         return max(1, min(rows, cols, n))
     cap = math.isqrt(DEFAULT_TILE_ELEMENTS)
-    return n if n <= cap else _even_blocks(n, cap)
+    return n if n <= cap else even_blocks(n, cap)
 
 
 def default_candidates(k: int) -> int:
@@ -136,13 +136,13 @@ def normalize_rows(x: Tensor, name: str = "x", norms: Optional[Tensor] = None) -
     return x / norms.clamp_min(COSINE_EPS)
 
 
-def _unit_scale(max_norm: float) -> float:
+def unit_scale(max_norm: float) -> float:
     """The factor that brings the largest row norm to 1 (keeps half-precision Euclidean tiles
     inside fp16's range; rankings are scale-invariant)."""
     return 1.0 / max_norm if max_norm > 0 else 1.0
 
 
-def _sort_rows(vals: Tensor, idx: Tensor, largest: bool) -> Tuple[Tensor, Tensor]:
+def sort_rows(vals: Tensor, idx: Tensor, largest: bool) -> Tuple[Tensor, Tensor]:
     """Orders each row by value (best first), ties by ascending index."""
     order = idx.argsort(dim=1, stable=True)
     vals, idx = vals.gather(1, order), idx.gather(1, order)
@@ -168,9 +168,9 @@ def _select(vals: Tensor, idx: Optional[Tensor], k: int, largest: bool,
             if idx is None:
                 s_v, s_i = vals[rows].sort(dim=1, descending=largest, stable=True)
             else:
-                s_v, s_i = _sort_rows(vals[rows], idx[rows], largest)
+                s_v, s_i = sort_rows(vals[rows], idx[rows], largest)
             v[rows], i[rows] = s_v[:, :k], s_i[:, :k]
-    return _sort_rows(v, i, largest) if ordered else (v, i)
+    return sort_rows(v, i, largest) if ordered else (v, i)
 
 
 #: Largest number of scores per group in the top-k prefilter of :func:`topk_rows` /
@@ -376,7 +376,7 @@ class BlockTopK:
         self.scale = 1.0
         if self.low is not None and not self.cosine:
             if scale is None:
-                scale = _unit_scale(float(query.norm(dim=1).max()) if query.shape[0] else 1.0)
+                scale = unit_scale(float(query.norm(dim=1).max()) if query.shape[0] else 1.0)
             self.scale = float(scale)
         self.q_low, self.sq_q = self._side(query)
         n = query.shape[0]
@@ -426,7 +426,7 @@ class BlockTopK:
     def _row_chunk(self, n_queries: int, n_keys: int) -> int:
         """Query rows per tile against ``n_keys`` keys: ``chunk_size`` (default: as many as fit
         ``DEFAULT_TILE_ELEMENTS`` scores), evened out so that no thin tail tile is left."""
-        return _even_blocks(n_queries, self.chunk_size or
+        return even_blocks(n_queries, self.chunk_size or
                             default_chunk_size(n_queries, n_keys, DEFAULT_TILE_ELEMENTS))
 
     def _scores(self, q: Tensor, q_low: Optional[Tensor], sq_q: Optional[Tensor], keys: Tensor,
@@ -471,7 +471,7 @@ class BlockTopK:
         v = torch.cat([p[0] for p in parts], 1) if len(parts) > 1 else parts[0][0]
         i = torch.cat([p[1] for p in parts], 1) if len(parts) > 1 else parts[0][1]
         v, i = _select(v, i, self.k, self.largest) if v.shape[1] > self.k else \
-            _sort_rows(v, i, self.largest)
+            sort_rows(v, i, self.largest)
         self.vals[start:stop], self.idx[start:stop] = v, i
 
     def update(self, keys: Tensor, key_ids: KeyIds = 0) -> "BlockTopK":
@@ -541,7 +541,7 @@ class BlockTopK:
             raise TypeError(f"rows must be a callable rows(start, stop) -> Tensor, got "
                             f"{type(rows).__name__}")
         n = self.vals.shape[0]
-        block = _even_blocks(n, block)
+        block = even_blocks(n, block)
         # Each block's candidates wait in ``pending`` and are merged once its last tile is done
         # (or every _MERGE_PARTS tiles): one selection over [rows, k·tiles] instead of a sort
         # per tile.
@@ -773,7 +773,7 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     block = self_block(n, chunk_size, col_chunk_size)
     scale = None
     if precision != "full" and metric == "euclidean":  # fp16 range: one pass for the largest norm
-        scale = _unit_scale(max(float(fetch(a, min(n, a + block)).norm(dim=1).max())
+        scale = unit_scale(max(float(fetch(a, min(n, a + block)).norm(dim=1).max())
                                 for a in range(0, n, block)))
     dtype = torch.float64 if np_dtype == np.float64 else torch.float32
     acc = BlockTopK(torch.empty(n, 0, dtype=dtype, device=dev), k, metric, precision=precision,

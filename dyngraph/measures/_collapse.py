@@ -222,7 +222,7 @@ def _check_nonempty(counts: Tensor, where: str = "labels") -> None:
                          f"needs at least one (remap the labels or pass the right num_classes)")
 
 
-def _parse_classifier(classifier: Any, dim: Optional[int], num_classes: Optional[int]
+def parse_classifier(classifier: Any, dim: Optional[int], num_classes: Optional[int]
                       ) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
     """``nn.Linear`` | ``W [C, D]`` | ``(W, b)`` → detached ``(W, b)``."""
     if classifier is None:
@@ -550,7 +550,7 @@ def _layer_collapse(x: Tensor, y: Tensor, classifier: Any, num_classes: Optional
                     cv: CollapseConventions, chunk_size: Optional[int], name: str
                     ) -> Dict[str, float]:
     x, y, c = _features_labels(x, y, num_classes, name)
-    clf = _clf64(_parse_classifier(classifier, x.shape[1], c), x.device)
+    clf = _clf64(parse_classifier(classifier, x.shape[1], c), x.device)
     method = "subspace" if method == "auto" else method
     return _finalize(_stats_in_memory(x, y, c, method, clf, cv, chunk_size), clf, cv)
 
@@ -748,7 +748,7 @@ class NeuralCollapseAccumulator:
     def _init_state(self, dim: int, device: torch.device) -> None:
         c = self.num_classes
         self.dim = dim
-        self.clf = _parse_classifier(self._classifier, dim, c)
+        self.clf = parse_classifier(self._classifier, dim, c)
         dense_entries = dim * dim * (c if self.cv.within == "classes" else 1)
         if self.method_arg == "auto":
             self.method = "full" if dense_entries <= self.max_dense_dim ** 2 else "subspace"
@@ -1031,9 +1031,9 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
         >>> list(r), 'nc4' in r['2:input']
         (['0', '2:input', '2'], True)
     """
-    from ..capture._extract import _dataset_labels
-    from ..capture._layers import _check_model
-    _check_model(model)
+    from .._validate import check_model
+    from ..capture._extract import dataset_labels
+    check_model(model)
     if not hasattr(loader, "__iter__") or isinstance(loader, Iterator):
         raise TypeError(f"loader must be a re-iterable of batches (a DataLoader), got "
                         f"{type(loader).__name__}")
@@ -1048,7 +1048,7 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
             num_classes = clf_mod.out_features
         else:
             dataset = getattr(loader, "dataset", None)
-            known = _dataset_labels(dataset) if dataset is not None else None
+            known = dataset_labels(dataset) if dataset is not None else None
             if known is None:
                 raise ValueError("num_classes is needed: no classifier and the dataset does not "
                                  "expose its labels")
@@ -1234,7 +1234,7 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
     check_choice(global_mean, "global_mean", ("samples", "classes"))
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 <= atol < 1:
         raise ValueError(f"atol must be a number in [0, 1), got atol={atol!r}")
-    clf = _parse_classifier(classifier, None, None)
+    clf = parse_classifier(classifier, None, None)
     k = clf[0].shape[0] if clf is not None else None
     means: Optional[Tensor] = None
     counts: Optional[Tensor] = None

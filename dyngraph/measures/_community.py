@@ -44,8 +44,8 @@ from .._validate import (
     check_tensor,
 )
 from ..graphs._knn import nearest_neighbors
-from ._modularity import _graph
 from ._modularity import modularity as _modularity
+from ._modularity import require_graph
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -886,7 +886,7 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "class_mixing", "mixing_ratio", "mean_mi
 @register("graph_purity", graph=True, description="share of each node's kNN-graph weight that "
           "comes from its own class")
 def _graph_purity(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
-    g = _graph(graph, "graph_purity")
+    g = require_graph(graph, "graph_purity")
     return float(graph_purity(g.edge_index, y, g.edge_weight, num_nodes=g.num_nodes))
 
 
@@ -900,7 +900,7 @@ def _knn_purity(x: Tensor, y: Tensor, graph: Optional[Data], k: int = 10,
 @register("mixing_ratio", graph=True, description="mean observed / expected kNN-graph weight "
           "between two distinct classes (1: classes ignored, 0: classes separated)")
 def _mixing_ratio(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
-    g = _graph(graph, "mixing_ratio")
+    g = require_graph(graph, "mixing_ratio")
     return float(mean_mixing_ratio(class_mixing(g.edge_index, y, g.edge_weight,
                                                 num_nodes=g.num_nodes)))
 
@@ -912,6 +912,6 @@ def _mixing_ratio(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
 def _detected_communities(x: Tensor, y: Tensor, graph: Optional[Data],
                           method: str = DEFAULT_METHOD, resolution: float = 1.0,
                           seed: int = 0) -> Dict[str, float]:
-    g = _graph(graph, "detected_communities")
+    g = require_graph(graph, "detected_communities")
     return _detected(g.edge_index, g.edge_weight, y, int(g.num_nodes), method, resolution,
                      seed)[1]

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .._validate import check_choice, check_choices, check_features, check_positive_int, layer_names
-from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, _sort_rows, nearest_neighbors
+from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, nearest_neighbors, sort_rows
 from ._registry import get, register
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def _brute_rows(x64: Tensor, rows: Tensor, kk: int) -> Tuple[Tensor, Tensor]:
         r = rows[s:s + step]
         d = (x64[r].unsqueeze(1) - x64.unsqueeze(0)).pow(2).sum(-1).sqrt()
         d[torch.arange(r.numel(), device=x64.device), r] = math.inf
-        out.append(_sort_rows(*d.topk(kk, dim=1, largest=False), largest=False))
+        out.append(sort_rows(*d.topk(kk, dim=1, largest=False), largest=False))
     dists, idx = zip(*out)
     return torch.cat(dists), torch.cat(idx)
 
@@ -165,7 +165,7 @@ def _rows_float64(x64: Tensor, xc: Tensor, rows: Tensor, kk: int, k: int, norms:
         d2 = torch.addmm(sq[r].unsqueeze(1) + sq.unsqueeze(0), xc[r], xc.T, beta=1.0, alpha=-2.0)
         d2[torch.arange(r.numel(), device=xc.device), r] = math.inf  # never the point itself
         cand = d2.topk(take, dim=1, largest=False).indices
-        out.append(_sort_rows(_direct_distances(x64, cand, r), cand, largest=False))
+        out.append(sort_rows(_direct_distances(x64, cand, r), cand, largest=False))
     dists, idx = zip(*out)
     d, cand = torch.cat(dists), torch.cat(idx)
     n_brute = 0
@@ -237,7 +237,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
     stats = {"refined_rows": 0, "brute_rows": 0, "search": search}
     if search == "float64":
         _, idx = nearest_neighbors(xc, k, metric="euclidean", backend=backend)
-        d, idx = _sort_rows(_direct_distances(x64, idx), idx, largest=False)
+        d, idx = sort_rows(_direct_distances(x64, idx), idx, largest=False)
         return (d, idx, stats) if return_stats else (d, idx)
     # spare candidates for the certificate: 2 for TwoNN's k = 2, 4 for larger k (a row the
     # certificate cannot clear is searched again in float64, which is cheap for a few rows)
@@ -247,7 +247,7 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
     y = (xc / r_max if bool(r_max > 0) else xc).to(torch.float32)
     cand = BlockTopK(y, kk, "euclidean", exclude_self=True, refine=False).search_self().result()[1]
     # exact distances from the raw float64 differences (centring would round them)
-    d, cand = _sort_rows(_direct_distances(x64, cand), cand, largest=False)
+    d, cand = sort_rows(_direct_distances(x64, cand), cand, largest=False)
     if kk < n - 1:  # with every other point a candidate the result is exact already
         raw = x64.norm(dim=1)
         centring = 16 * 2.0 ** -53 * (raw + raw.max()) ** 2  # rounding of centring and scaling

@@ -35,7 +35,7 @@ MIXING_SLOTS = 1 << 16
 __all__ = ["community_contributions", "modularity"]
 
 
-def _prepare(edge_index, communities, edge_weight, num_nodes, batch
+def prepare_partition(edge_index, communities, edge_weight, num_nodes, batch
              ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int, int]:
     edge_index = check_edge_index(edge_index)
     check_tensor(communities, "communities")
@@ -136,7 +136,7 @@ def terms_from_sums(s_c: Tensor, in_c: Tensor, resolution: float,
     return in_c / two_w.unsqueeze(-1) - resolution * frac * frac, two_w
 
 
-def _community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor,
+def community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor,
                      batch: Optional[Tensor],
                      n_graphs: int, n_comm: int, resolution: float) -> Tuple[Tensor, Tensor]:
     """Per-(graph, community) contributions ``[B, C]`` and total weight ``2W`` per graph ``[B]``."""
@@ -170,10 +170,10 @@ def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Te
         >>> round(dg.modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
     """
-    ei, comm, w, batch_, n_graphs, n_comm = _prepare(edge_index, communities, edge_weight,
-                                                     num_nodes, batch)
+    ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
+                                                              edge_weight, num_nodes, batch)
     if batch is not None:
-        contrib, _ = _community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
+        contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
         return contrib.sum(1)
     # One graph: Q = Σ 2w_in(c) / 2W − γ Σ S_c² / (2W)², reduced to three host scalars.
     s_c, in_c = community_sums(ei, comm, w, n_comm)
@@ -203,14 +203,14 @@ def community_contributions(edge_index: Tensor, communities: Tensor,
         >>> dg.measures.community_contributions(ei, torch.tensor([0, 0, 1, 1])).tolist()
         [0.25, 0.25]
     """
-    ei, comm, w, batch_, n_graphs, n_comm = _prepare(edge_index, communities, edge_weight,
-                                                     num_nodes, batch)
-    contrib, _ = _community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
+    ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
+                                                              edge_weight, num_nodes, batch)
+    contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
     return contrib[0] if batch is None else contrib
 
 
 # ============================================================================ registered measures
-def _graph(graph: Optional[Data], name: str) -> Data:
+def require_graph(graph: Optional[Data], name: str) -> Data:
     if graph is None:
         raise ValueError(f"measure {name!r} needs the layer's kNN graph; it got graph=None")
     return graph
@@ -219,7 +219,7 @@ def _graph(graph: Optional[Data], name: str) -> Data:
 @register("modularity", graph=True, description="Newman modularity Q of the kNN graph, the "
           "classes as communities (Lu et al. 2022)")
 def _modularity(x: Tensor, y: Tensor, graph: Optional[Data], resolution: float = 1.0) -> float:
-    g = _graph(graph, "modularity")
+    g = require_graph(graph, "modularity")
     # The sum of the community terms: the arithmetic of DynamicGraph.modularity, bit for bit.
     return float(community_contributions(g.edge_index, y, g.edge_weight, num_nodes=g.num_nodes,
                                          resolution=resolution).sum())

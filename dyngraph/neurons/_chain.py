@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_model, model_device
 from ..capture._extract import extract_features
-from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS, _check_model
+from ..capture._layers import ACTIVATIONS, CONVS, PASSTHROUGH
 from ..capture._taps import LayerTaps
 
 WEIGHT_TYPES = (nn.Linear,) + CONVS
@@ -43,7 +44,7 @@ class NeuronLayer:
 
 def weight_chain(model: nn.Module) -> List[NeuronLayer]:
     """Every Linear/Conv of ``model`` in registration order, with its BatchNorm and activation."""
-    _check_model(model)
+    check_model(model)
     leaves = [(n, m) for n, m in model.named_modules() if n and next(m.children(), None) is None]
     if isinstance(model, WEIGHT_TYPES):  # a bare layer
         leaves = [("", model)]
@@ -62,7 +63,7 @@ def weight_chain(model: nn.Module) -> List[NeuronLayer]:
             if isinstance(m2, ACTIVATIONS):
                 act = n2
                 break
-            if not isinstance(m2, _PASSTHROUGH):
+            if not isinstance(m2, PASSTHROUGH):
                 break
         chain.append(NeuronLayer(name, mod, size, in_size, unit, act, bn))
     if not chain:
@@ -173,7 +174,7 @@ def reduced_weights(layer: NeuronLayer, prev_size: int, norm: str = "l1", fold_b
     return a
 
 
-def _spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
+def spatial_shapes(model: nn.Module, chain: List[NeuronLayer], example: Tensor
                     ) -> Dict[str, Tuple[int, ...]]:
     """For each weight layer, ``'<name>:input'`` → the spatial shape of the last feature map
     produced before it runs (for a Linear after a flatten: the map that was flattened).
@@ -241,7 +242,7 @@ def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], 
                              f"layer: pass point='pre' to read the layers before their "
                              f"nonlinearity") from exc
         raise
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     acts: Dict[str, Tensor] = {}
     for layer in layers:
         x = feats["__input__" if layer.module is None else layer.name].to(dev)
@@ -253,8 +254,3 @@ def layer_activations(model: nn.Module, loader: Any, layers: List[NeuronLayer], 
         acts[layer.name] = x
     raw = feats["__input__"].to(dev) if raw_input else None
     return acts, raw, feats.y.to(dev), points
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

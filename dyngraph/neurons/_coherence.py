@@ -28,9 +28,9 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._json import JsonFile
-from .._validate import check_choice, check_choices, check_positive_int
+from .._validate import check_choice, check_choices, check_positive_int, model_device
 from ..capture._taps import LayerTaps
-from ._chain import NeuronLayer, _model_device, layer_activations, weight_chain
+from ._chain import NeuronLayer, layer_activations, weight_chain
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
 from ._stats import compare
 
@@ -174,7 +174,7 @@ def coherence(model: nn.Module, data: Data, clusters: Tensor, loader: Any, *,
     check_positive_int(fv_steps, "fv_steps")
     groups, alpha = groups_to_test(data, clusters, groups, n_random, alpha, min_size,
                                    max_fraction)
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     chain = {layer.name: layer for layer in weight_chain(model)}
     names = [data.layer_names[li] for li in sorted({g.layer_index for g in groups})]
     for name in names:

@@ -29,12 +29,12 @@ from .._validate import check_choice, check_features, check_positive_int
 from ._chain import (
     NORMS,
     NeuronLayer,
-    _model_device,
-    _spatial_shapes,
     input_layer,
     layer_activations,
+    model_device,
     reduced_weights,
     select_layers,
+    spatial_shapes,
     weight_chain,
 )
 
@@ -154,7 +154,7 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
                         f"{type(loader).__name__}")
     pos = select_layers(chain, layers, include_input, include_output)
     chosen: List[NeuronLayer] = [input_layer(chain) if p < 0 else chain[p] for p in pos]
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
 
     acts = None
     points: Dict[str, str] = {}
@@ -184,7 +184,7 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
         if example is None and loader is not None:
             first = next(iter(loader))
             example = (first[0] if isinstance(first, (tuple, list)) else first)[:1]
-        shapes = _spatial_shapes(model, chain, example.to(dev)) if example is not None else {}
+        shapes = spatial_shapes(model, chain, example.to(dev)) if example is not None else {}
         edge_index, edge_weight, no_input = _weight_edges(chain, pos, offsets, norm, fold_bn,
                                                           shapes, dev)
         dead |= no_input

@@ -24,11 +24,10 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._json import JsonFile
-from .._validate import check_labels, check_positive_int
+from .._validate import check_labels, check_positive_int, model_device
 from ..capture._taps import Edit, LayerTaps
 from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
-from ._chain import _model_device
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
 from ._stats import compare
 
@@ -97,7 +96,7 @@ class LesionRunner:
             raise TypeError(f"loader must be an iterable of batches (a DataLoader), got "
                             f"{type(loader).__name__}")
         self.model = model
-        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.max_rows = check_positive_int(max_rows, "max_rows")
         self.batches: List[Tuple[Tensor, Tensor]] = []
         for batch in loader:

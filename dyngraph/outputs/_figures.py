@@ -70,7 +70,7 @@ def plot_profiles(profiles: Union[DepthProfile, Sequence[DepthProfile]], ax: Any
     return fig
 
 
-def _table(p: DepthProfile) -> str:
+def profile_table(p: DepthProfile) -> str:
     head = "| step | layer | " + " | ".join(p.metrics) + " |"
     sep = "|" + "---|" * (len(p.metrics) + 2)
     rows = [f"| {i} | {n} | " + " | ".join(f"{v:.4f}" for v in p.mean[i].tolist()) + " |"
@@ -90,7 +90,7 @@ def log_profile(writer: Any, p: DepthProfile, prefix: str, figure: bool = True) 
             writer.add_scalar(f"{prefix}/{metric}", float(mean[i, j]), global_step=i)
             if p.repeats > 1:
                 writer.add_scalar(f"{prefix}/{metric}_std", float(std[i, j]), global_step=i)
-    writer.add_text(f"{prefix}/layers", f"{_settings(p.meta)}\n\n{_table(p)}")
+    writer.add_text(f"{prefix}/layers", f"{_settings(p.meta)}\n\n{profile_table(p)}")
     if figure and callable(getattr(writer, "add_figure", None)):
         writer.add_figure(f"{prefix}/figure", plot_profiles(p, title=prefix))
 

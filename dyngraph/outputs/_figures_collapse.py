@@ -10,10 +10,10 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..measures._collapse import CollapseHistory, _parse_classifier
+from ..measures._collapse import CollapseHistory, parse_classifier
 from ..theory._lpm import LayerPeeledSolution, MinorityCollapseCurve
 from ._dispatch import register_log, register_plot
-from ._figures import _table
+from ._figures import profile_table
 from ._plot import new_figure
 
 
@@ -86,7 +86,7 @@ def log_collapse_history(writer: Any, history: CollapseHistory, prefix: str,
                 v = float(p.samples[0, i, j])
                 if not math.isnan(v):
                     writer.add_scalar(f"{prefix}/{metric}/{layer}", v, global_step=e)
-        writer.add_text(f"{prefix}/layers", _table(p), global_step=e)
+        writer.add_text(f"{prefix}/layers", profile_table(p), global_step=e)
     if figure and _figure(writer) and len(history):
         writer.add_figure(f"{prefix}/figure", plot_collapse_history(history, title=prefix),
                           global_step=history.epochs[-1])
@@ -110,7 +110,7 @@ def plot_layer_peeled(solution: LayerPeeledSolution, ax: Any = None, classifier:
     k = solution.num_classes
     panels: List[Tuple[str, Tensor]] = []
     if classifier is not None:
-        w = _parse_classifier(classifier, None, k)
+        w = parse_classifier(classifier, None, k)
         assert w is not None
         panels += [("trained W", _cosine_gram(w[0])), ("Layer-Peeled W", _cosine_gram(solution.W))]
     if means is not None:

@@ -15,7 +15,7 @@ LABELS = {"cka": "linear CKA", "cka_unbiased": "linear CKA (unbiased)",
           "modularity_distance": "|Q_i − Q_j|"}
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
@@ -129,6 +129,7 @@ def log_comparison(writer: Any, c: Comparison, prefix: str, figure: bool = True,
         for measure in c.measures:
             writer.add_figure(f"{prefix}/{measure}/figure", _grid(c, measure, None, None, None))
     for (a, b), m in c.matrices.items():
-        log_matrix(writer, m, f"{prefix}/{_safe(a)}_vs_{_safe(b)}", figure=figure and per_pair)
+        log_matrix(writer, m, f"{prefix}/{safe_name(a)}_vs_{safe_name(b)}",
+                   figure=figure and per_pair)
     for name, p in c.profiles.items():
-        log_profile(writer, p, f"{prefix}/{_safe(name)}", figure=False)
+        log_profile(writer, p, f"{prefix}/{safe_name(name)}", figure=False)

@@ -15,7 +15,7 @@ from ..capture._extract import balanced_indices
 from ..capture._features import LayerFeatures
 from ..measures._similarity import linear_cka
 from ..profiles._profile import DepthProfile
-from ._detect import Redundancy, _as_profile, select_layers
+from ._detect import Redundancy, as_profile, select_layers
 from ._surgery import ExampleInput
 
 
@@ -52,7 +52,7 @@ def random_layers(profile: DepthProfile, n: int, seed: int = 0, *,
         >>> len(dg.prune.random_layers(q, 2, seed=0)), 'stem' in dg.prune.random_layers(q, 2).layers
         (2, False)
     """
-    profile = _as_profile(profile)
+    profile = as_profile(profile)
     n = _budget(n, profile)
     gen = torch.Generator().manual_seed(int(seed))
     order = [profile.layers[1:][i]
@@ -85,7 +85,7 @@ def least_redundant_layers(profile: DepthProfile, n: int, *, model: Optional[nn.
         >>> dg.prune.least_redundant_layers(q, 1).layers
         ['b1']
     """
-    profile = _as_profile(profile)
+    profile = as_profile(profile)
     n = _budget(n, profile)
     delta = _delta(profile)
     order = sorted(range(1, len(profile)), key=lambda i: (-float(delta[i]), i))

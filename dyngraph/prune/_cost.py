@@ -10,7 +10,7 @@ from torch import nn
 
 from .._validate import check_positive_int
 from ..capture._taps import call_model
-from ._surgery import ExampleInput, _check_model, _eval_forward, infer_example_input
+from ._surgery import ExampleInput, check_surgery_model, eval_forward, infer_example_input
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -21,7 +21,7 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
         >>> dg.prune.count_params(nn.Linear(10, 3))
         33
     """
-    _check_model(model)
+    check_surgery_model(model)
     # parameters() yields a tensor shared by several modules once
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -49,13 +49,13 @@ def count_flops(model: nn.Module, example_input: Optional[ExampleInput] = None, 
         60
     """
     from torch.utils.flop_counter import FlopCounterMode
-    _check_model(model)
+    check_surgery_model(model)
     if example_input is None:
         example_input = infer_example_input(model)
     first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
     with FlopCounterMode(display=False) as counter:
-        _eval_forward(model, example_input)
+        eval_forward(model, example_input)
     div = batch if per_input else 1
     total = int(counter.get_total_flops()) // div
     if not by_module:
@@ -85,7 +85,7 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
         >>> t['median_ms'] > 0
         True
     """
-    _check_model(model)
+    check_surgery_model(model)
     check_positive_int(repeats, "repeats")
     check_positive_int(warmup, "warmup", minimum=0)
     if threads is not None:

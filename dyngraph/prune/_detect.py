@@ -38,12 +38,12 @@ from .._validate import check_choice, check_positive_int
 from ..profiles._profile import DepthProfile
 from ._surgery import (
     ExampleInput,
-    _check_model,
-    _parent_name,
-    _stage_members,
+    check_surgery_model,
     infer_example_input,
     probe,
     resolve_units,
+    split_name,
+    stage_members,
 )
 
 RULES = ("delta", "plateau", "degradation", "plateau+degradation")
@@ -146,7 +146,7 @@ def _rule(rule: str) -> str:
     return check_choice(_ALIASES.get(rule, rule), "rule", RULES)
 
 
-def _as_profile(profile: Any, name: str = "profile") -> DepthProfile:
+def as_profile(profile: Any, name: str = "profile") -> DepthProfile:
     """A one-metric profile with at least 2 layers and finite means."""
     if not isinstance(profile, DepthProfile):
         raise TypeError(f"{name} must be a one-metric dg.DepthProfile (e.g. "
@@ -177,7 +177,7 @@ def layer_scores(profile: DepthProfile, rule: str = "delta") -> torch.Tensor:
         [0.4, -0.1, 0.1]
     """
     rule = _rule(rule)
-    q = _as_profile(profile).values
+    q = as_profile(profile).values
     out = torch.full_like(q, float("nan"))
     if rule == "delta":
         out[1:] = q[1:] - q[:-1]
@@ -236,12 +236,12 @@ def layer_structure(layers: Sequence[str], model: Optional[nn.Module] = None,
     dotted names.
     """
     if model is None:
-        parents = [_parent_name(name)[0] for name in layers]
+        parents = [split_name(name)[0] for name in layers]
         return {name: LayerInfo(name, name, parent,
                                 [n for n, p in zip(layers, parents) if p == parent],
                                 "the first layer (stem)" if i == 0 else None)
                 for i, (name, parent) in enumerate(zip(layers, parents))}
-    _check_model(model)
+    check_surgery_model(model)
     if example_input is None:
         example_input = infer_example_input(model)
     shapes = probe(model, example_input)
@@ -260,7 +260,7 @@ def layer_structure(layers: Sequence[str], model: Optional[nn.Module] = None,
             blocked = (f"changes the shape {list(unit.in_shape or ())} → "
                        f"{list(unit.out_shape or ())} (allow_projection=True would replace it "
                        f"by a projection)")
-        members = _stage_members(modules[unit.parent], unit.parent, unit.stage, shapes)
+        members = stage_members(modules[unit.parent], unit.parent, unit.stage, shapes)
         infos[name] = LayerInfo(name, unit.module, unit.stage, members, blocked,
                                 unit.shape_change)
     return infos
@@ -355,7 +355,7 @@ def redundant_layers(profile: DepthProfile, rule: str = "delta",
         (['b2'], 'ΔQ = Q(b2) − Q(b1) = 0.3100 − 0.3000 = +0.0100 < 0.03')
     """
     rule = _rule(rule)
-    profile = _as_profile(profile)
+    profile = as_profile(profile)
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[rule]
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \

@@ -19,17 +19,15 @@ from torch import nn
 
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
-from .._validate import check_choice, check_positive_int
-from ..capture._layers import _check_model
+from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._taps import split_batch
-from ._surgery import _model_device
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 _CKPT_FORMAT = "dyngraph.fit/1"
 
 
-def _changed(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+def settings_changed(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     """``{setting: (saved, now)}`` for every setting that differs."""
     return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
 
@@ -58,8 +56,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
         >>> dg.prune.evaluate(m, dl)
         1.0
     """
-    _check_model(model)
-    device = torch.device(device) if device is not None else _model_device(model)
+    check_model(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -127,7 +125,7 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         >>> len(h['loss']), h['loss'][-1] < h['loss'][0], h['val_acc'][-1] > 0.8
         (5, True, True)
     """
-    _check_model(model)
+    check_model(model)
     check_positive_int(epochs, "epochs")
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     check_choice(schedule, "schedule", SCHEDULES)
@@ -142,7 +140,7 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         raise ValueError("lr must be > 0, got lr=0")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -174,8 +172,8 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
                              f"checkpoint{why}; delete it or pass resume=False")
         if state["config"] != config:
             raise ValueError(f"checkpoint {str(ckpt_path)!r} was written with other settings "
-                             f"(saved, now): {_changed(state['config'], config)}; delete it or "
-                             f"pass resume=False")
+                             f"(saved, now): {settings_changed(state['config'], config)}; "
+                             f"delete it or pass resume=False")
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:

@@ -28,7 +28,7 @@ from ..profiles._runner import depth_profile
 from ._baselines import adjacent_cka, cka_layers, least_redundant_layers, random_layers
 from ._cost import cost_report, measure_latency
 from ._detect import Redundancy, redundant_layers
-from ._finetune import _changed, evaluate, finetune
+from ._finetune import evaluate, finetune, settings_changed
 from ._surgery import ExampleInput, prune_layers
 
 METHODS = ("modularity", "least_redundant", "random", "cka")
@@ -211,8 +211,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
         report = StudyReport(json.loads(path.read_text()))
         if report.get("config") != config:
             raise ValueError(f"{str(out)!r} holds a study with other settings (saved, now): "
-                             f"{_changed(report.get('config', {}), config)}; use another output "
-                             f"folder or delete {path}")
+                             f"{settings_changed(report.get('config', {}), config)}; use another "
+                             f"output folder or delete {path}")
         say(f"resuming {path}: {len(report.get('rows', {}))} rows already done")
     report.setdefault("config", config)
     report.setdefault("model_info", model_info or {})

@@ -27,13 +27,12 @@ from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice
-from ..capture._layers import _PASSTHROUGH, ACTIVATIONS, CONVS
-from ..capture._layers import _check_model as _check_module
+from .._validate import check_choice, check_model, model_device
+from ..capture._layers import ACTIVATIONS, CONVS, PASSTHROUGH
 from ..capture._taps import LayerTaps, call_model, first_tensor
 
 WEIGHTED = CONVS + (nn.Linear,)
-FOLLOWERS = ACTIVATIONS + _PASSTHROUGH
+FOLLOWERS = ACTIVATIONS + PASSTHROUGH
 SHORTCUT_ATTRS = ("downsample", "shortcut", "skip", "skip_connection", "proj", "projection",
                   "identity_map")
 PROJECTIONS = ("auto", "shortcut", "new", "none")
@@ -53,19 +52,17 @@ class CallInfo:
     calls: int = 1
 
 
-def _check_model(model) -> None:
-    _check_module(model)
+def check_surgery_model(model) -> None:
+    check_model(model)
     if isinstance(model, torch.jit.ScriptModule):
         raise TypeError(f"model is a TorchScript module ({type(model).__name__}); layer surgery "
                         f"needs the Python nn.Module (load the model with torch.load, not "
                         f"torch.jit.load)")
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def _eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
+def eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
     """``model(inputs)`` in eval mode under ``torch.no_grad()``; the training mode is restored."""
     was = model.training
     model.eval()
@@ -97,14 +94,14 @@ def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:
         >>> info['0'].in_shape, info['0'].out_shape, info[''].out_shape, info['2'].order
         ((4,), (8,), (2,), 3)
     """
-    _check_model(model)
+    check_surgery_model(model)
     points = [p for n, _ in model.named_modules() if n for p in (f"{n}:input", n)]
 
     def shape(t: Optional[Tensor]) -> Optional[Shape]:
         return tuple(t.shape[1:]) if t is not None else None
 
     if not points:  # a leaf module: the root is all there is
-        out = _eval_forward(model, example_input)
+        out = eval_forward(model, example_input)
         return {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
     # grad=True only means "no copies": shapes are all that is read, under no_grad.
     with LayerTaps(model, points, reduce=False, allow_repeat=True, grad=True) as taps, \
@@ -133,7 +130,7 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
         >>> tuple(dg.prune.infer_example_input(dg.zoo.DigitsCNN()).shape)
         (2, 1, 8, 8)
     """
-    _check_model(model)
+    check_surgery_model(model)
     first = next((m for m in model.modules() if isinstance(m, WEIGHTED)), None)
     if first is None:
         raise ValueError(f"cannot guess an input for {type(model).__name__} (no conv or linear "
@@ -147,12 +144,12 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
                  3: (16, 32, 8)}
         nd = CONVS.index(type(first)) + 1 if type(first) in CONVS else 2
         candidates = [(first.in_channels,) + (s,) * nd for s in sizes[nd]]
-    device = _model_device(model)
+    device = model_device(model)
     errors = []
     for shape in candidates:
         x = torch.zeros((batch,) + shape, device=device)
         try:
-            _eval_forward(model, x)
+            eval_forward(model, x)
             return x
         except Exception as exc:
             errors.append(f"{shape}: {type(exc).__name__}")
@@ -192,7 +189,7 @@ class Unit:
         return self.in_shape != self.out_shape
 
 
-def _parent_name(name: str) -> Tuple[str, str]:
+def split_name(name: str) -> Tuple[str, str]:
     parent, _, attr = name.rpartition(".")
     return parent, attr
 
@@ -234,7 +231,7 @@ def _segments(parent: nn.Module, parent_name: str,
     return out
 
 
-def _stage_members(parent: nn.Module, parent_name: str, stage: str,
+def stage_members(parent: nn.Module, parent_name: str, stage: str,
                    shapes: Dict[str, CallInfo]) -> List[str]:
     return [full for full, m, st in _segments(parent, parent_name, shapes)
             if full in shapes and _is_weighted(m) and st == stage]
@@ -260,7 +257,7 @@ def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, Cal
         name = req.partition(":")[0]
         if name == "" or name not in modules:
             raise _unknown(name, modules)
-        parent_name, attr = _parent_name(name)
+        parent_name, attr = split_name(name)
         parent = modules[parent_name]
         main = name
         if expand and isinstance(parent, nn.Sequential) and isinstance(modules[name], FOLLOWERS):
@@ -273,7 +270,7 @@ def resolve_units(model: nn.Module, layers: Sequence[str], shapes: Dict[str, Cal
         members = [main]
         if expand and isinstance(parent, nn.Sequential) and isinstance(modules[main], WEIGHTED):
             keys = list(parent._modules)
-            j = keys.index(_parent_name(main)[1]) + 1
+            j = keys.index(split_name(main)[1]) + 1
             while j < len(keys) and isinstance(parent._modules[keys[j]], FOLLOWERS):
                 members.append(_join(parent_name, keys[j]))
                 j += 1
@@ -365,7 +362,7 @@ def _shortcut_of(module: nn.Module, in_shape: Optional[Shape], out_shape: Option
             continue
         cand = copy.deepcopy(sc)
         try:
-            out = _eval_forward(cand, torch.zeros((2,) + tuple(in_shape), device=device))
+            out = eval_forward(cand, torch.zeros((2,) + tuple(in_shape), device=device))
         except Exception:
             continue
         if isinstance(out, Tensor) and tuple(out.shape[1:]) == tuple(out_shape):
@@ -469,7 +466,7 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
         >>> [len(p.layer1), len(p.layer2), len(p.layer3)], p(torch.zeros(1, 3, 32, 32)).shape
         ([2, 2, 3], torch.Size([1, 10]))
     """
-    _check_model(model)
+    check_surgery_model(model)
     check_choice(projection, "projection", PROJECTIONS)
     names = _names_from(layers)
     if len(set(names)) != len(names):
@@ -500,7 +497,7 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
             raise ValueError(f"layer {u.request!r} ({u.module}) runs {u.calls} times in one "
                              f"forward pass (shared weights); it cannot be pruned as one layer")
     new = model if inplace else copy.deepcopy(model)
-    device = _model_device(new)
+    device = model_device(new)
     modules = dict(new.named_modules())
     log: Dict[str, Any] = {"removed": {}, "replaced": {}, "renamed": {}}
     by_parent: Dict[str, List[Tuple[Unit, Optional[nn.Module]]]] = {}
@@ -513,7 +510,7 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
         parent = modules[parent_name]
         if isinstance(parent, nn.Sequential):
             # A unit's members go; its replacement, if any, takes the place of its first member.
-            drop = {_parent_name(m)[1]: rep if i == 0 else None
+            drop = {split_name(m)[1]: rep if i == 0 else None
                     for u, rep in items for i, m in enumerate(u.members)}
             kept: List[Tuple[str, nn.Module]] = []
             for key, child in parent._modules.items():
@@ -531,11 +528,11 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
             parent._modules = new_items
         else:
             for u, rep in items:
-                parent._modules[_parent_name(u.module)[1]] = rep if rep is not None \
+                parent._modules[split_name(u.module)[1]] = rep if rep is not None \
                     else nn.Identity()
     # The pruned network must still run and give the same output shape.
     try:
-        out = _eval_forward(new, example_input)
+        out = eval_forward(new, example_input)
     except Exception as exc:
         raise ValueError(f"removing {names} breaks the forward pass of {type(model).__name__}: "
                          f"{type(exc).__name__}: {exc}. This structure cannot be pruned there "

@@ -93,11 +93,11 @@ def test_tiles_never_exceed_chunk_times_col_chunk(monkeypatch):
 
 def test_even_blocks_have_no_thin_tail():
     for n, b in [(20000, 8192), (50000, 8192), (1000, 333), (8193, 8192)]:
-        size = K._even_blocks(n, b)
+        size = K.even_blocks(n, b)
         assert size <= max(b, 64)
         tail = n - (math.ceil(n / size) - 1) * size
         assert tail > 0.5 * size or n <= b
-    assert K._even_blocks(5000, 8192) == 5000
+    assert K.even_blocks(5000, 8192) == 5000
 
 
 def test_block_topk_streams_blocks_in_any_order_with_ids():

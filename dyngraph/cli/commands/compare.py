@@ -148,7 +148,7 @@ def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) 
     heatmap per (measure, pair of different models) when there are at most 6 such pairs (or
     ``per_pair``), and each free per-model profile metric overlaid (``curve_<metric>.png``)."""
     from ...outputs import plot
-    from ...outputs._figures_similarity import _safe
+    from ...outputs._figures_similarity import safe_name
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
     between = [(a, b) for (a, b) in result.matrices if a != b]
@@ -158,7 +158,7 @@ def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) 
         paths[f"grid_{measure}"] = out_dir / f"grid_{measure}.png"
         plot(result, paths[f"grid_{measure}"], metric=measure)
         for a, b in between if per_pair else []:
-            key = f"{measure}__{_safe(a)}__vs__{_safe(b)}"
+            key = f"{measure}__{safe_name(a)}__vs__{safe_name(b)}"
             paths[key] = out_dir / f"{key}.png"
             plot(result, paths[key], metric=measure, pair=(a, b))
     metrics = sorted({m for p in result.profiles.values() for m in p.metrics})
