@@ -64,7 +64,7 @@ from .._validate import (
 )
 from ..graphs._graph import SYMMETRIZE
 from ..graphs._graph import symmetrize as _symmetrize
-from ..graphs._knn import nearest_neighbors, normalize_rows
+from ..graphs._knn import edges_from_knn, nearest_neighbors, normalize_rows
 from ._modularity import modularity as _modularity
 from ._registry import register
 
@@ -594,15 +594,11 @@ def mutual_knn(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine",
 # ================================================================================== graph measure
 def _graph_from_knn(vals: Tensor, idx: Tensor, metric: str, symmetrize: Optional[str],
                     weighted: bool = True) -> Tuple[Tensor, Tensor]:
-    """The graph of :func:`dyngraph.knn_edges` (then symmetrised) from precomputed kNN lists."""
-    n, k = idx.shape
-    ei = torch.stack([idx.reshape(-1), torch.arange(n, device=idx.device).repeat_interleave(k)])
-    if metric == "cosine" and weighted:
-        w = vals.reshape(-1)
-    else:
-        w = torch.ones(n * k, dtype=vals.dtype, device=vals.device)
+    """The graph of :func:`dyngraph.knn_edges` (then symmetrised) from precomputed kNN lists;
+    unit weights when not ``weighted``."""
+    ei, w = edges_from_knn(vals, idx, metric if weighted else "euclidean")
     if symmetrize is not None:
-        return _symmetrize(ei, w, n, symmetrize)
+        return _symmetrize(ei, w, idx.shape[0], symmetrize)
     return ei.flip(0), w          # directed: row i holds i's own k neighbours
 
 
