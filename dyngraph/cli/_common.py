@@ -33,8 +33,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--untrained", action="store_true",
                      help="use the architecture with its random initial weights (the baseline)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of model initialisation, training, sampling and permutations")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run the model and the graphs (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

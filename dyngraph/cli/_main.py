@@ -1,7 +1,8 @@
-"""``dyngraph`` / ``python -m dyngraph``: subcommands are discovered in :mod:`dyngraph.commands`.
+"""dyngraph: layer-by-layer kNN graphs of a network's representations (modularity profiles,
+model comparison, neuron-level modularity, depth pruning).
 
-A command module defines ``register(subparsers)``, which adds its parser and sets
-``func=run`` where ``run(args) -> int``.
+Subcommands are discovered in ``dyngraph.cli.commands``: a command module defines
+``register(subparsers)``, which adds its parser and sets ``func=run`` where ``run(args) -> int``.
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import pkgutil
 import sys
 from typing import List, Optional
 
+import torch
+
 from . import commands as _commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    parser = argparse.ArgumentParser(prog="dyngraph", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dyngraph", description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="Run 'dyngraph COMMAND --help' for a command's options and their defaults.")
     parser.add_argument("--version", action="version", version=f"dyngraph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
@@ -25,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f"{_commands.__name__}.{info.name}")
         mod.register(sub)
+    for p in sub.choices.values():  # every option's help shows its default
+        p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     return parser
 
 
@@ -36,6 +43,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if getattr(args, "quiet", False):
         os.environ["DYNGRAPH_QUIET"] = "1"
+    device = str(getattr(args, "device", "") or "")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"dyngraph: error: --device {device}: no CUDA device is available here "
+              f"(use --device cpu)", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:

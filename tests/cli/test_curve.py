@@ -50,3 +50,24 @@ def test_curve_untrained_and_bad_args(tmp_path, capsys):
     assert "--null must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["curve", "--example", "cifar", "--out", str(out)])
+
+
+def test_help_shows_defaults_and_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert ":mod:" not in top and "``" not in top and "COMMAND --help" in top
+    for cmd in ("curve", "compare", "neurons", "prune"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: 0)" in text and "--seed" in text and "--device" in text, cmd
+
+
+def test_cuda_without_a_gpu_is_a_named_error(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["curve", "--out", "unused", "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dyngraph: error: --device cuda") and "Traceback" not in err

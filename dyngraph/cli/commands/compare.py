@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
                    help="skip each model against itself")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="data split and sampling seed")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run the models (cpu, cuda, cuda:1, ...)")
     p.add_argument("--force", action="store_true", help="recompute even if report.json matches")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
