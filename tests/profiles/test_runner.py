@@ -172,3 +172,16 @@ def test_measure_errors_name_the_layer_and_the_measure():
     f = dict(f, flat=torch.zeros(160, 12))
     with pytest.raises(ValueError, match="layer 'flat', measure 'twonn'"):
         dg.depth_profile(f, ["twonn"], y=y, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_depth_profile_on_cuda_matches_cpu():
+    f, y = feats_and_labels()
+    kw = dict(y=y, per_class=20, repeats=2, null_permutations=10, progress=False)
+    cpu = dg.depth_profile(f, ["modularity", "twonn", "nc1"], **kw)
+    gpu = dg.depth_profile(f, ["modularity", "twonn", "nc1"], device="cuda", **kw)
+    assert torch.allclose(gpu.samples, cpu.samples, rtol=1e-5, atol=1e-6)
+    m = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU()).cuda()
+    with dg.LayerTaps(m, ["0", "1"]) as taps:
+        out = taps(f["l1"].cuda())
+    assert out["1"].is_cuda and torch.equal(out["1"], torch.relu(out["0"]))
