@@ -7,7 +7,7 @@ warning instead of a failed ``import dyngraph``.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Mapping, Union
+from typing import Mapping, Union
 
 import torch
 from torch import Tensor
@@ -34,8 +34,6 @@ WITH_TORCH_SCATTER: bool = torch_scatter is not None
 
 FeatureDict = Mapping[str, Tensor]
 Device = Union[str, torch.device]
-Array = Tensor
-CurveDict = Dict[str, list]
 
 
 def extensions_summary() -> str:
