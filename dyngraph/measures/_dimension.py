@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -267,6 +269,26 @@ def neighbor_distances(x: Tensor, k: int, search: str = "auto", backend: str = "
 
 
 # =============================================================================== TwoNN
+_SHARED: Dict[str, Any] = {}  # the last layer's neighbour distances (one entry)
+_PREFETCH_K: ContextVar[int] = ContextVar("dyngraph_id_prefetch_k", default=0)
+
+
+def _shared_distances(x: Tensor, k: int, search: str, backend: str) -> Tensor:
+    """:func:`neighbor_distances` ``[N, k]`` shared by the distance-based estimators of one
+    layer: the search of the largest ``k`` asked for (or prefetched by :func:`id_curve`) serves
+    every smaller ``k``; the nearest distances are a prefix, bit for bit."""
+    c = _SHARED
+    ref = c.get("x")
+    if (ref is not None and ref() is x and c["version"] == x._version
+            and c["opts"] == (search, backend) and c["k"] >= k):
+        return c["d"][:, :k]
+    kk = min(max(k, _PREFETCH_K.get()), x.shape[0] - 1)
+    d, _ = neighbor_distances(x, kk, search=search, backend=backend)
+    c.clear()
+    c.update(x=weakref.ref(x), version=x._version, opts=(search, backend), k=kk, d=d)
+    return d[:, :k]
+
+
 def twonn(x: Tensor, discard_fraction: float = 0.1, method: str = "linear",
           drop_ties: bool = True, return_details: bool = False, search: str = "auto",
           backend: str = "matmul") -> Union[float, IDEstimate]:
@@ -311,7 +333,7 @@ def twonn(x: Tensor, discard_fraction: float = 0.1, method: str = "linear",
     x = _as_matrix(x, min_rows=3)
     discard_fraction = _check_fraction(discard_fraction, "discard_fraction")
     check_choice(method, "method", ("linear", "mle"))
-    d, _ = neighbor_distances(x, 2, search=search, backend=backend)
+    d = _shared_distances(x, 2, search, backend)
     r1, r2 = d[:, 0], d[:, 1]
     dup = r1 <= 0
     tie = (r2 <= r1) & ~dup if drop_ties else torch.zeros_like(dup)
@@ -389,7 +411,7 @@ def mle_id(x: Tensor, k: int = 20, unbiased: bool = False, comb: str = "mle",
     x = _as_matrix(x, min_rows=3)
     _check_k(k, x.shape[0], 3 if unbiased else 2)
     check_choice(comb, "comb", ("mle", "mean", "median"))
-    d, _ = neighbor_distances(x, k, search=search, backend=backend)
+    d = _shared_distances(x, k, search, backend)
     s, valid, dropped = _mle_local(d, k)
     s = s[valid]
     if s.numel() == 0:
@@ -838,8 +860,16 @@ def id_curve(features: Any, estimators: Union[str, Sequence[str]] = "twonn", *,
                          f"use repeats=1 for a single estimate on all points")
     feats = _unlabelled(features)
     m = max(3, int(round(fraction * feats.n_samples))) if fraction < 1.0 else None
-    p = depth_profile(feats, names, repeats=repeats, n_samples=m, seed=seed,
-                      measure_options=measure_options, device=device, progress=progress)
+    # One neighbour search per layer serves every distance-based estimator (TwoNN: k = 2, MLE).
+    wanted = [2 if n.startswith("twonn") else int((measure_options or {}).get(n, {}).get("k", 20))
+              for n in names if n in ("twonn", "twonn_mle", "mle_id")]
+    token = _PREFETCH_K.set(max(wanted, default=0))
+    try:
+        p = depth_profile(feats, names, repeats=repeats, n_samples=m, seed=seed,
+                          measure_options=measure_options, device=device, progress=progress)
+    finally:
+        _PREFETCH_K.reset(token)
+        _SHARED.clear()
     p.meta.update(fraction=fraction, dims=[feats.dims[n] for n in feats.names])
     return p
 

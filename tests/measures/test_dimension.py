@@ -552,3 +552,23 @@ def test_estimator_lists_are_checked():
                              progress=False)
     with pytest.raises(ValueError, match="at least one"):
         dg.measures.id_curve({"a": x}, [], repeats=1, fraction=1.0, progress=False)
+
+
+def test_id_curve_shares_one_neighbour_search_per_layer(monkeypatch):
+    from dyngraph.measures import _dimension
+    g = torch.Generator().manual_seed(0)
+    feats = {"a": torch.randn(300, 10, generator=g),
+             "b": torch.randint(0, 6, (300, 6), generator=g).float()}   # many exact ties
+    kw = dict(repeats=2, fraction=0.8, seed=1, progress=False)
+    alone = {e: dg.measures.id_curve(feats, e, **kw) for e in ("twonn", "mle_id", "twonn_mle")}
+    calls = []
+    real = _dimension.neighbor_distances
+    monkeypatch.setattr(_dimension, "neighbor_distances",
+                        lambda x, k, **o: calls.append(k) or real(x, k, **o))
+    both = dg.measures.id_curve(feats, ["twonn", "mle_id", "twonn_mle"], **kw)
+    assert calls == [20] * 4                      # 2 repeats x 2 layers, one search each
+    for e, p in alone.items():
+        assert torch.equal(both[e].samples, p[e].samples)
+    calls.clear()
+    dg.measures.id_curve(feats, ["twonn"], measure_options=None, **kw)
+    assert calls == [2] * 4
