@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,9 +25,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     archs = sorted({a for per_example in ARCHITECTURES.values() for a in per_example})
     src.add_argument("--arch", default="cnn", choices=archs,
                      help="reference architecture for --example (default: cnn)")
-    src.add_argument("--model", default=None,
-                     help="a model file of your own: a whole pickled nn.Module (torch.save(model)) "
-                          "or a TorchScript file; replaces --arch")
+    add_model_args(src)
     src.add_argument("--data", default=None,
                      help="an ImageFolder tree (root/<class>/<image>) of your own, e.g. CIFAR-10; "
                           "replaces --example")
@@ -48,22 +50,146 @@ def get_loaders(args) -> Tuple[object, object, int]:
     return train, test, 10
 
 
+def add_model_args(group: Any) -> None:
+    """--model / --model-def / --model-args / --trust-pickle: the user's own model."""
+    group.add_argument("--model", default=None,
+                       help="your model's weights: a state_dict file (torch.save(model."
+                            "state_dict())) read with weights_only=True, for --model-def or "
+                            "--arch; or a whole pickled nn.Module, only with --trust-pickle")
+    group.add_argument("--model-def", default=None, metavar="FILE.py:Name|module:Name",
+                       help="the model's class (or a function returning the model), from a "
+                            "Python file or an importable module; replaces --arch")
+    group.add_argument("--model-args", default="{}", metavar="JSON",
+                       help="keyword arguments of --model-def, as a JSON object")
+    group.add_argument("--trust-pickle", action="store_true",
+                       help="allow --model to be a whole pickled nn.Module: unpickling runs "
+                            "code from the file, so only use it for files you trust")
+
+
+def _model_class(spec: str) -> Callable[..., nn.Module]:
+    """``'path/to/file.py:Name'`` or ``'package.module:Name'`` → the named attribute."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise ValueError(f"--model-def must be FILE.py:Name or module:Name, got {spec!r}")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"--model-def: no file {where!r}")
+        spec_ = importlib.util.spec_from_file_location("dyngraph_user_model", where)
+        if spec_ is None or spec_.loader is None:
+            raise ValueError(f"--model-def: cannot import {where!r}")
+        module = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(module)  # its `if __name__ == "__main__":` block does not run
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ValueError(f"--model-def: cannot import module {where!r} ({exc})") from None
+    if not hasattr(module, name):
+        raise ValueError(f"--model-def: {where!r} defines no {name!r}")
+    return getattr(module, name)
+
+
+def _state_dict(obj: Any) -> Optional[Dict[str, Any]]:
+    """The state_dict inside a weights file: the dict itself, or under 'model'/'state_dict'."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[nn.Module, dict]:
+    """The user's model from --model-def (+ --model-args) and/or --model, safely: weights are
+    read with ``weights_only=True``; a pickled module only with --trust-pickle."""
+    path = getattr(args, "model", None)
+    model: Optional[nn.Module] = None
+    if getattr(args, "model_def", None):
+        try:
+            kwargs = json.loads(getattr(args, "model_args", "{}") or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--model-args must be a JSON object, got "
+                             f"{args.model_args!r} ({exc})") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r}")
+        built = _model_class(args.model_def)(**kwargs)
+        if not isinstance(built, nn.Module):
+            raise TypeError(f"--model-def {args.model_def!r} returned {type(built).__name__}, "
+                            f"not an nn.Module")
+        model = built
+    if path is None:
+        if model is None:
+            raise ValueError("--model-args needs --model-def")
+        return model.to(device), {"source": args.model_def, "weights": None}
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--model {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except RuntimeError as exc:
+        if "jit" in str(exc).lower() or "torchscript" in str(exc).lower():
+            raise ValueError(f"--model {path!r} is a TorchScript file: forward hooks cannot be "
+                             f"registered on TorchScript modules; pass the Python model "
+                             f"(--model-def FILE.py:Name and its state_dict as --model)") from None
+        raise ValueError(f"--model {path!r} could not be read ({exc})") from None
+    except Exception as exc:  # an object that weights_only refuses: a pickled module
+        if not getattr(args, "trust_pickle", False):
+            raise ValueError(f"--model {path!r} holds a pickled Python object (torch.save(model)): "
+                             f"loading it runs code from the file. Save model.state_dict() and "
+                             f"pass --model-def (or --arch), or pass --trust-pickle if you trust "
+                             f"the file") from None
+        obj = _unpickle_trusted(path, device, getattr(args, "model_def", None), exc)
+    if isinstance(obj, nn.Module):
+        return obj.to(device), {"source": path, "trusted_pickle": True}
+    state = _state_dict(obj)
+    if state is None:
+        raise ValueError(f"--model {path!r} holds {type(obj).__name__}, neither a state_dict "
+                         f"nor a model")
+    if model is None:
+        return None, {"state_dict": state, "source": path}  # type: ignore[return-value]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"--model {path!r} does not fit --model-def {args.model_def!r}: "
+                         f"{exc}") from None
+    return model.to(device), {"source": path, "model_def": args.model_def}
+
+
+def _unpickle_trusted(path: str, device: torch.device, model_def: Optional[str],
+                      first: Exception) -> Any:
+    warnings.warn(f"--trust-pickle: unpickling {path!r} runs code from the file", stacklevel=2)
+    if model_def:  # a class defined in the training script's __main__ resolves to --model-def
+        cls = _model_class(model_def)
+        setattr(sys.modules["__main__"], cls.__name__, cls)
+    try:
+        return torch.load(path, map_location=device, weights_only=False)  # --trust-pickle only
+    except AttributeError as exc:
+        raise ValueError(f"--model {path!r}: its class is not importable here ({exc}); a "
+                         f"model saved from a script's __main__ needs --model-def "
+                         f"script.py:Name") from None
+
+
 def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Module, dict]:
-    """The user's model file, or the reference architecture trained once and cached in --out."""
+    """The user's model (--model-def/--model), or the reference architecture trained once and
+    cached in --out."""
     from ..prune import evaluate
     from ..zoo._models import build_model, train_cached
     device = torch.device(args.device)
-    if args.model:
-        if not os.path.exists(args.model):
-            raise FileNotFoundError(f"--model {args.model!r} does not exist")
-        try:  # a pickled nn.Module (trusted file: the user's own model)
-            model = torch.load(args.model, map_location=device, weights_only=False)
-        except Exception:
-            model = torch.jit.load(args.model, map_location=device)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"--model {args.model!r} holds {type(model).__name__}, not an "
-                            f"nn.Module (save it with torch.save(model, path))")
-        return model.to(device), {"source": args.model, "test_acc": evaluate(model, test_loader)}
+    if getattr(args, "model", None) or getattr(args, "model_def", None):
+        model, info = load_user_model(args, num_classes, device)
+        if model is None:  # a state_dict for a reference architecture
+            state = info.pop("state_dict")
+            model = build_model(args.arch or "cnn", args.example, num_classes=num_classes)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"--model {args.model!r} does not fit --arch "
+                                 f"{args.arch!r}: {exc}; pass --model-def") from None
+            model = model.to(device)
+            info["arch"] = args.arch
+        info["test_acc"] = evaluate(model, test_loader)
+        return model, info
     torch.manual_seed(args.seed)
     model = build_model(args.arch, args.example, num_classes=num_classes).to(device)
     info = {"example": args.example, "arch": args.arch, "trained": not args.untrained,

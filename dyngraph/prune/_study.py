@@ -299,7 +299,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                         weight_decay=weight_decay, checkpoint=ckpt, device=dev, seed=seed,
                         progress=progress, desc=f"finetune {name}")
         acc_ft = evaluate(pruned, test_loader, dev)
-        atomic_torch_save(pruned, out / "models" / f"{name}.pt")
+        # weights only: the architecture is rebuilt from the model and the row's selection
+        atomic_torch_save(pruned.state_dict(), out / "models" / f"{name}.pt")
         row = {"removed": removed, "n_removed": len(removed), "replaced": plog["replaced"],
                "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
                **costs, "params_reduction": 1 - costs["params"] / base["params"],
@@ -330,7 +331,11 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
         for name in report["rows"]:
             f = out / "models" / f"{name}.pt"
             if f.exists():
-                models[name] = torch.load(f, map_location=dev, weights_only=False)
+                chosen = sel.get(name)
+                rebuilt = copy.deepcopy(model) if chosen is None else \
+                    prune_layers(model, chosen, example_input=example_input)
+                rebuilt.load_state_dict(torch.load(f, map_location=dev, weights_only=True))
+                models[name] = rebuilt.to(dev)
         lat = interleaved_latency(models, lat_input, threads=latency_threads)
         for name, t in lat.items():
             target = report["baseline"] if name == "baseline" else report["rows"][name]

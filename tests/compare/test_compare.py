@@ -229,7 +229,12 @@ def test_compare_command_trains_compares_and_resumes(tmp_path, capsys):
     torch.save(dg.zoo.DigitsMLP(depth=3), tmp_path / "b.pt")
     assert main(["compare", "--models", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
                  "--measures", "cka", "--per-class", "6", "--out", str(tmp_path / "files"),
-                 "--quiet"]) == 0
+                 "--quiet"]) == 2                             # pickled modules need the flag
+    assert "--trust-pickle" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="runs code from the file"):
+        assert main(["compare", "--models", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
+                     "--measures", "cka", "--per-class", "6", "--out", str(tmp_path / "files"),
+                     "--trust-pickle", "--quiet"]) == 0
     rep = json.loads((tmp_path / "files" / "report.json").read_text())
     assert rep["names"] == ["a", "b"] and rep["layers"]["b"] == ["net.1", "net.3", "net.5",
                                                                  "net.7"]

@@ -151,3 +151,27 @@ def test_latency_restores_state():
         prune.measure_latency(m, torch.zeros(8, 6), repeats=0)
     r = prune.cost_report(copy.deepcopy(m), torch.zeros(2, 6), repeats=2, warmup=0)
     assert r["params"] == prune.count_params(m) and "latency" in r
+
+
+def test_study_latency_reloads_weights_only(tmp_path, monkeypatch):
+    """The latency step rebuilds each pruned model from its selection and loads the saved
+    weights with weights_only=True (no pickled module is ever written or read)."""
+    train, test = dg.zoo.example_loaders("digits", batch_size=256)
+    torch.manual_seed(0)
+    net = dg.zoo.CifarResNet((2, 2, 2), widths=(4, 8, 8), in_channels=1)
+    loads = []
+    real = torch.load
+
+    def spy(*a, **kw):
+        loads.append(kw.get("weights_only"))
+        return real(*a, **kw)
+    monkeypatch.setattr(torch, "load", spy)
+    r = dg.prune.prune_study(net, train, test, tmp_path, per_class=10, pool_per_class=10,
+                             repeats=1, n_remove=1, methods=["modularity"], control=True,
+                             finetune_epochs=1, latency=True, latency_batch=8, progress=False,
+                             log=None)
+    assert {"modularity", "unpruned_finetuned"} <= set(r["rows"])
+    assert all(r["rows"][n]["latency_ms"] > 0 for n in r["rows"]) and r["baseline"]["latency_ms"] > 0
+    assert loads and all(w is True for w in loads)
+    sd = real(tmp_path / "models" / "modularity.pt", weights_only=True)
+    assert isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())

@@ -34,8 +34,15 @@ def register(sub: Any) -> None:
                      help="an ImageFolder tree of your own (replaces --example; use --models)")
     src.add_argument("--image-size", type=int, default=32, help="image size for --data")
     src.add_argument("--models", nargs="+", default=[], metavar="FILE",
-                     help="model files: whole pickled nn.Modules (torch.save(model)) or "
-                          "TorchScript")
+                     help="model files: state_dicts of --model-def (read with weights_only=True), "
+                          "or whole pickled nn.Modules with --trust-pickle")
+    src.add_argument("--model-def", default=None, metavar="FILE.py:Name|module:Name",
+                     help="the class of the --models files' state_dicts")
+    src.add_argument("--model-args", default="{}", metavar="JSON",
+                     help="keyword arguments of --model-def, as a JSON object")
+    src.add_argument("--trust-pickle", action="store_true",
+                     help="allow --models to be whole pickled nn.Modules: unpickling runs code "
+                          "from the files, so only use it for files you trust")
     src.add_argument("--archs", nargs="+", default=[], choices=["cnn", "mlp"],
                      help="reference architectures trained on --example (one per seed)")
     src.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -85,7 +92,7 @@ def _load_models(args, train, test, num_classes) -> Tuple[Dict[str, torch.nn.Mod
     models, infos = {}, {}
     for path in args.models:
         ns = copy.copy(args)
-        ns.model, ns.arch, ns.untrained = path, None, False
+        ns.model, ns.untrained = path, False
         model, info = get_model(ns, train, test, num_classes)
         name = Path(path).stem
         while name in models:
@@ -98,7 +105,7 @@ def _load_models(args, train, test, num_classes) -> Tuple[Dict[str, torch.nn.Mod
             runs.append((seeds[0], True))
         for s, untrained in runs:
             ns = copy.copy(args)
-            ns.model, ns.arch, ns.seed, ns.untrained = None, arch, s, untrained
+            ns.model, ns.model_def, ns.arch, ns.seed, ns.untrained = None, None, arch, s, untrained
             model, info = get_model(ns, train, test, num_classes)
             name = f"{arch}-untrained" if untrained else f"{arch}-seed{s}"
             models[name], infos[name] = model, {**info, "kind": "reference", "arch": arch,
