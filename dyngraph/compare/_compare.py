@@ -161,8 +161,10 @@ class Comparison(JsonFile):
                                                    "mean_best_match": float(best.mean())}
                 if v.shape[0] == v.shape[1]:
                     row.update(m.diagonal_contrast(measure))
-                if f"{measure}:p" in m.metrics:
-                    row["share_p_below_0.05"] = float((m[f"{measure}:p"] < 0.05).double().mean())
+                if f"{measure}:p" in m.metrics:  # a permutation test at 0.05 rejects p <= 0.05
+                    row["share_p_at_most_0.05"] = float((m[f"{measure}:p"] <= 0.05)
+                                                        .double().mean())
+                    row["p_resolution"] = m.meta.get("p_resolution")
                 out[measure][f"{a}|{b}"] = row
         return out
 

@@ -102,8 +102,9 @@ def plot_matrix(m: LayerMatrix, ax: Any = None, metrics: Optional[Sequence[str]]
                 vmax: Optional[float] = None, alpha: float = 0.05,
                 xlabel: Optional[str] = None, ylabel: Optional[str] = None) -> Any:
     """One heatmap per metric (rows: layers of A, columns: layers of B). With a permutation
-    p-value metric ``'<m>:p'``, cells with ``p < alpha`` carry a ``*`` (the smallest p is
-    ``1/(P + 1)``: with ``P < 1/alpha − 1`` permutations no cell can be marked)."""
+    p-value metric ``'<m>:p'``, cells with ``p <= alpha`` carry a ``*``: the permutation test at
+    level ``alpha`` (the smallest p is ``1/(P + 1)``, so ``P >= 1/alpha − 1`` permutations are
+    needed to mark any cell)."""
     names = [x for x in m.metrics if not x.endswith(":p")] if metrics is None else list(metrics)
     for x in names:
         if x not in m.metrics:
@@ -135,7 +136,7 @@ def plot_matrix(m: LayerMatrix, ax: Any = None, metrics: Optional[Sequence[str]]
             for i in range(v.shape[0]):
                 for j in range(v.shape[1]):
                     val = float(v[i, j])
-                    star = "*" if p is not None and float(p[i, j]) < alpha else ""
+                    star = "*" if p is not None and float(p[i, j]) <= alpha else ""
                     light = (val < 0.5 * top) != dist
                     a.text(j, i, f"{val:.2f}{star}", ha="center", va="center", fontsize=6,
                            color="white" if light else "black")

@@ -91,7 +91,7 @@ def plot_comparison(c: Comparison, ax: Any = None, metric: Optional[str] = None,
                     annotate: Optional[bool] = None, cmap: Optional[str] = None) -> Any:
     """One measure of a comparison: every pair of models as an upper-triangular grid of heatmaps
     on a shared colour scale (rows and columns: models), or with ``pair=(a, b)`` one annotated
-    heatmap (``*``: permutation p < 0.05).
+    heatmap (``*``: permutation p <= 0.05).
 
     Args:
         c: A :class:`dyngraph.compare.Comparison`.

@@ -80,3 +80,13 @@ def test_matrix_marks_significant_cells_and_labels():
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     assert texts == ["0.10", "0.20", "0.80*", "0.90*"]
     assert fig.axes[0].get_ylabel() == "layers of A" and fig.axes[1].get_ylabel() == "cka"
+
+
+def test_nineteen_permutations_can_mark_a_cell():
+    """With P = 19 the smallest p is 1/20 = 0.05: a permutation test at 0.05 rejects p <= 0.05,
+    so a model compared with itself is marked (0.1 tested p < 0.05 and never could)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    m = dg.layer_matrix({"a": x}, {"a": x}, ["cka"], permutations=19)
+    assert float(m["cka:p"][0, 0]) == pytest.approx(0.05)
+    assert [t.get_text() for t in dg.plot(m).axes[0].texts] == ["1.00*"]
