@@ -89,6 +89,22 @@ def first_tensor(value: Any) -> Optional[Tensor]:
     return None
 
 
+def logits_of(output: Any) -> Tensor:
+    """A classifier's logits ``[B, C]`` from its output: a tensor, a dict / Hugging Face
+    ``ModelOutput`` (its ``'logits'``), or a tuple (its first tensor)."""
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        out: Optional[Tensor] = output["logits"]
+    else:
+        out = first_tensor(output)
+    if out is None or out.dim() != 2:
+        shape = None if out is None else tuple(out.shape)
+        raise ValueError(f"the model's output ({type(output).__name__}"
+                         f"{'' if shape is None else f' with logits of shape {shape}'}) has no "
+                         f"[batch, classes] logits: return a tensor, a tuple whose first tensor "
+                         f"is the logits, or a dict with 'logits'")
+    return out
+
+
 def check_pool(pool: Pool) -> Pool:
     """Validates a ``pool`` option (``None``, ``'avg'``, ``'max'`` or a positive int)."""
     if isinstance(pool, bool) or not (pool in POOLS or (isinstance(pool, int) and pool >= 1)):

@@ -20,7 +20,7 @@ from torch import nn
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
-from ..capture._taps import split_batch
+from ..capture._taps import call_model, logits_of, split_batch, to_device
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -39,7 +39,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
     """Top-1 accuracy of ``model`` on ``loader`` (eval mode; training mode restored).
 
     Args:
-        model: A classifier returning logits ``[B, C]``.
+        model: A classifier returning logits ``[B, C]`` (or a tuple / dict / Hugging Face
+            ``ModelOutput`` holding them; dict batches run as ``model(**inputs)``).
         loader: Yields ``(inputs, labels)`` batches (or anything ``batch_fn`` splits).
         device: Where to run; defaults to the model's device.
         batch_fn: Optional ``batch -> (inputs, labels)``.
@@ -63,11 +64,13 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     try:
-        for batch in loader:
-            xb, yb = split_batch(batch, batch_fn)
-            yb = yb.to(device)
-            correct += (model(xb.to(device)).argmax(1) == yb).sum()
-            total += yb.numel()
+        with torch.no_grad():
+            for batch in loader:
+                xb, yb = split_batch(batch, batch_fn)
+                yb = yb.to(device)
+                logits = logits_of(call_model(model, to_device(xb, device)))
+                correct += (logits.argmax(1) == yb).sum()
+                total += yb.numel()
     finally:
         model.train(was)
     if total == 0:
@@ -200,8 +203,8 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         n = 0
         for batch in train_loader:
             xb, yb = split_batch(batch, batch_fn)
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
+            xb, yb = to_device(xb, device), yb.to(device)
+            logits = logits_of(call_model(model, xb))
             loss = criterion(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

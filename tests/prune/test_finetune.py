@@ -175,3 +175,30 @@ def test_study_latency_reloads_weights_only(tmp_path, monkeypatch):
     assert loads and all(w is True for w in loads)
     sd = real(tmp_path / "models" / "modularity.pt", weights_only=True)
     assert isinstance(sd, dict) and all(isinstance(v, torch.Tensor) for v in sd.values())
+
+
+def test_evaluate_and_fit_understand_tuple_and_dict_outputs():
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"hidden": x, "logits": self.lin(x)}
+
+    class TupleOut(DictOut):
+        def forward(self, x):
+            return self.lin(x), x
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(30, 4, generator=g), torch.arange(30) % 3)
+    dl = DataLoader(ds, batch_size=10)
+    torch.manual_seed(0)
+    plain = nn.Linear(4, 3)
+    for cls in (DictOut, TupleOut):
+        m = cls()
+        m.lin.load_state_dict(plain.state_dict())
+        assert prune.evaluate(m, dl) == prune.evaluate(plain, dl)
+        prune.fit(m, dl, epochs=1, lr=0.1, progress=False)
+    with pytest.raises(ValueError, match=r"no \[batch, classes\] logits"):
+        prune.evaluate(nn.Sequential(nn.Linear(4, 3), nn.Flatten(0)), dl)
