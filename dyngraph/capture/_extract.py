@@ -10,29 +10,32 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from .._progress import progress_bar
-from .._validate import check_model, check_positive_int
+from .._validate import check_labels, check_model, check_positive_int
 from ._features import LayerFeatures, SpilledArray
 from ._layers import LayerSpec
 from ._taps import LayerTaps, split_batch, take_rows, to_device
 
 
-def dataset_labels(dataset) -> Optional[Tensor]:
-    """Labels of a dataset without running it, when it exposes them."""
+def dataset_labels(dataset: Any) -> Optional[Tensor]:
+    """Labels of a dataset without running it, when it exposes them unambiguously (the second
+    tensor of a two-tensor ``TensorDataset``, or ``.targets``/``.labels``/``.y``); integer labels
+    only (float labels are an error, never truncated)."""
     if isinstance(dataset, Subset):
         base = dataset_labels(dataset.dataset)
         return None if base is None else base[torch.as_tensor(dataset.indices).long()]
     tensors = getattr(dataset, "tensors", None)
-    if isinstance(tensors, (tuple, list)) and len(tensors) >= 2:
-        return torch.as_tensor(tensors[1]).long().reshape(-1)
+    if isinstance(tensors, (tuple, list)) and len(tensors) == 2:
+        return check_labels(tensors[1], len(tensors[1]), "the dataset's labels (tensors[1])")
     for attr in ("targets", "labels", "y"):
         val = getattr(dataset, attr, None)
-        if val is not None:
-            try:
-                t = torch.as_tensor(val).long().reshape(-1)
-            except Exception:
-                continue
-            if t.numel() == len(dataset):
-                return t
+        if val is None:
+            continue
+        try:
+            t = torch.as_tensor(val)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if t.numel() == len(dataset):
+            return check_labels(t.reshape(-1), t.numel(), f"the dataset's .{attr}")
     return None
 
 
@@ -58,7 +61,7 @@ def balanced_indices(labels: Tensor, per_class: Optional[int] = None,
     if (per_class is None) == (n_samples is None):
         raise ValueError("give exactly one of per_class or n_samples, got "
                          f"per_class={per_class!r}, n_samples={n_samples!r}")
-    labels = torch.as_tensor(labels).long().cpu()
+    labels = check_labels(labels, torch.as_tensor(labels).numel(), "labels").cpu()
     classes, counts = labels.unique(return_counts=True)
     gen = torch.Generator().manual_seed(int(seed))
     if per_class is not None:
@@ -161,7 +164,8 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     # Up-front selection when the labels are known.
     indices = None
     dataset = getattr(loader, "dataset", None)
-    labels_known = dataset_labels(dataset) if dataset is not None else None
+    # batch_fn defines the labels: the dataset's own attributes are then not used
+    labels_known = dataset_labels(dataset) if dataset is not None and batch_fn is None else None
     run_loader = loader
     stream_quota = None
     if (per_class is not None or n_samples is not None) and labels_known is not None:
@@ -195,8 +199,11 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     total = len(run_loader) if hasattr(run_loader, "__len__") else None
     with taps:
         for batch in progress_bar(run_loader, desc="extract", total=total, disable=not progress):
+            if batch_fn is None and isinstance(batch, (tuple, list)) and len(batch) > 2:
+                raise ValueError(f"the loader yields {len(batch)} items per batch; say which are "
+                                 f"the inputs and the labels with batch_fn=lambda b: (b[0], b[2])")
             inputs, yb = split_batch(batch, batch_fn)
-            yb = torch.as_tensor(yb).reshape(-1).long()
+            yb = check_labels(yb, torch.as_tensor(yb).numel(), "labels", check_min=False)
             if stream_quota is not None:
                 keep = _stream_select(yb.cpu(), counts, stream_quota, gen)
                 if keep.numel() == 0:

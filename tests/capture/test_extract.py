@@ -265,3 +265,24 @@ def test_errors_restore_state():
     with pytest.raises(ValueError, match="class 0 has only 10"):
         dg.extract_features(nn.Sequential(nn.Linear(4, 2)), DataLoader(ds), layers=nn.Linear, per_class=11,
                             progress=False)
+
+
+def test_labels_are_checked_not_guessed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    y = torch.arange(40) % 2
+    w = torch.rand(40, generator=g)                   # per-sample weights, not labels
+    m = nn.Sequential(nn.Linear(4, 3))
+    three = TensorDataset(x, w, y)
+    with pytest.raises(ValueError, match="3 items per batch.*batch_fn"):
+        dg.extract_features(m, DataLoader(three, batch_size=8), layers=["0"], per_class=5,
+                            progress=False)
+    f = dg.extract_features(m, DataLoader(three, batch_size=8), layers=["0"], per_class=5,
+                            batch_fn=lambda b: (b[0], b[2]), progress=False)
+    assert f.y.bincount().tolist() == [5, 5]
+    floats = TensorDataset(x, y.float() + 0.5)
+    with pytest.raises(TypeError, match="integer class labels"):
+        dg.extract_features(m, DataLoader(floats, batch_size=8), layers=["0"], per_class=5,
+                            progress=False)
+    with pytest.raises(TypeError, match="integer class labels"):
+        dg.capture.balanced_indices(torch.tensor([0.0, 1.0, 1.0]), per_class=1)
