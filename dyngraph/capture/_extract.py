@@ -88,10 +88,13 @@ def balanced_indices(labels: Tensor, per_class: Optional[int] = None,
                 want[c] += 1
                 budget -= 1
             i += 1
+    short = {c: cnt for c, cnt in zip(classes.tolist(), counts.tolist()) if want[c] > cnt}
+    if short:  # every short class at once
+        listing = ", ".join(f"class {c} has only {cnt}" for c, cnt in short.items())
+        raise ValueError(f"{listing} samples, fewer than per_class={max(want.values())} "
+                         f"({len(short)} of {len(want)} classes short)")
     picked = []
     for c, cnt in zip(classes.tolist(), counts.tolist()):
-        if want[c] > cnt:
-            raise ValueError(f"class {c} has only {cnt} samples, fewer than per_class={want[c]}")
         pos = (labels == c).nonzero().flatten()
         picked.append(pos[torch.randperm(cnt, generator=gen)[:want[c]]])
     return torch.cat(picked).sort().values

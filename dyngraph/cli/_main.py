@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 from typing import List, Optional
 
@@ -51,8 +52,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"dyngraph: error: {exc}", file=sys.stderr)
+        print(f"dyngraph: error: {_flags(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
+
+
+def _flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """The command's option names in an error message as the user types them: ``per_class`` →
+    ``--per-class`` (messages from the library name Python arguments)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag and "_" in action.dest and not action.dest.startswith("_"):
+            # the argument checks' phrasing: "per_class must be ...", "got per_class=0"
+            message = re.sub(rf"(?<![\w-]){action.dest}(?= must| is |=)", flag, message)
+    return message
 
 
 if __name__ == "__main__":  # pragma: no cover

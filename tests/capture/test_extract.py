@@ -286,3 +286,10 @@ def test_labels_are_checked_not_guessed():
                             progress=False)
     with pytest.raises(TypeError, match="integer class labels"):
         dg.capture.balanced_indices(torch.tensor([0.0, 1.0, 1.0]), per_class=1)
+
+
+def test_every_short_class_is_reported_at_once():
+    y = torch.tensor([0] * 10 + [1] * 3 + [2] * 2 + [3] * 10)
+    with pytest.raises(ValueError, match="class 1 has only 3, class 2 has only 2 samples.*"
+                                         r"per_class=5 \(2 of 4 classes short\)"):
+        dg.capture.balanced_indices(y, per_class=5)

@@ -71,3 +71,9 @@ def test_cuda_without_a_gpu_is_a_named_error(capsys):
     assert main(["curve", "--out", "unused", "--device", "cuda", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dyngraph: error: --device cuda") and "Traceback" not in err
+
+
+def test_errors_name_the_flags_as_typed(tmp_path, capsys):
+    assert main(["curve", "--out", str(tmp_path), "--per-class", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--per-class must be >= 1" in err and "per_class" not in err
