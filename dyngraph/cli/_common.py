@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,6 +40,31 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to run the model and the graphs (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_layers_arg(group: Any) -> None:
+    """--layers: names, a module type, or the default preset."""
+    group.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                       help="layers to hook: module names (see dg.list_layers(model); "
+                            "'name:input' for a module's input), a module type such as Conv2d or "
+                            "Linear, or 'default' (the reference preset; with --point)")
+
+
+def cli_layers(model: nn.Module, layers: Optional[List[str]], point: str) -> List[str]:
+    """The layer names that --layers and --point choose in ``model``."""
+    from ..capture._layers import default_layers, list_layers, resolve_layers
+    if not layers or layers == ["default"]:
+        return default_layers(model, point=point)
+    if len(layers) == 1 and isinstance(getattr(nn, layers[0], None), type) and \
+            issubclass(getattr(nn, layers[0]), nn.Module):
+        found = list_layers(model, getattr(nn, layers[0]))
+        if not found:
+            raise ValueError(f"--layers {layers[0]}: the model has no {layers[0]} module")
+        return found
+    try:
+        return list(resolve_layers(model, list(layers)))
+    except ValueError as exc:
+        raise ValueError(f"--layers: {exc}") from None
 
 
 def get_loaders(args) -> Tuple[object, object, int]:

@@ -77,3 +77,21 @@ def test_errors_name_the_flags_as_typed(tmp_path, capsys):
     assert main(["curve", "--out", str(tmp_path), "--per-class", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--per-class must be >= 1" in err and "per_class" not in err
+
+
+def test_layers_by_name_type_or_preset(tmp_path, capsys):
+    base = ["curve", "--example", "digits", "--arch", "mlp", "--epochs", "1", "--per-class", "8",
+            "--repeats", "1", "--null", "0", "--quiet"]
+    out = tmp_path / "named"
+    assert main(base + ["--out", str(out), "--layers", "net.3", "net.7"]) == 0
+    assert json.loads((out / "curve.json").read_text())["layers"] == ["net.3", "net.7"]
+    out = tmp_path / "typed"
+    assert main(base + ["--out", str(out), "--layers", "ReLU"]) == 0
+    layers = json.loads((out / "curve.json").read_text())["layers"]
+    assert layers == ["net.2", "net.4", "net.6", "net.8"]
+    capsys.readouterr()
+    assert main(base + ["--out", str(out), "--layers", "net.33"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dyngraph: error: --layers: unknown layer 'net.33'")
+    assert main(base + ["--out", str(out), "--layers", "Conv2d"]) == 2
+    assert "--layers Conv2d: the model has no Conv2d module" in capsys.readouterr().err

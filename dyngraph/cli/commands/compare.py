@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._common import get_loaders, get_model, print_json
+from .._common import add_layers_arg, cli_layers, get_loaders, get_model, print_json
 
 
 def register(sub: Any) -> None:
@@ -62,6 +62,7 @@ def register(sub: Any) -> None:
                    help="samples per class (default: the whole test split)")
     g.add_argument("--permutations", type=int, default=0,
                    help="permutation-null p-values per cell (0: none)")
+    add_layers_arg(g)
     g.add_argument("--point", default="pre", choices=["pre", "post"],
                    help="hook points: layer outputs or after the activation")
     g.add_argument("--pool", default=None, choices=["avg", "max"],
@@ -80,7 +81,7 @@ def register(sub: Any) -> None:
 def _config(args) -> Dict[str, Any]:
     keys = ("example", "data", "image_size", "models", "archs", "seeds", "include_untrained",
             "epochs", "measures", "k", "modularity_k", "metric", "per_class", "permutations",
-            "point", "pool", "no_within", "seed")
+            "point", "pool", "no_within", "seed", "layers", "model_def", "model_args")
     cfg = {k: getattr(args, k) for k in keys}
     cfg["models"] = [(m, Path(m).stat().st_mtime if Path(m).exists() else None)
                      for m in args.models]
@@ -182,7 +183,6 @@ def _write_figures(result: Any, out_dir: Path, per_pair: Optional[bool] = None) 
 def run(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
-    from ...capture import default_layers
     from ...compare import compare_models
     from ...outputs import log
     out = Path(args.out)
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train, test, num_classes = get_loaders(args)
     models, infos = _load_models(args, train, test, num_classes)
-    layers = {n: default_layers(m, point=args.point) for n, m in models.items()}
+    layers = {n: cli_layers(m, args.layers, args.point) for n, m in models.items()}
     result = compare_models(models, test, measures=args.measures, layers=layers,
                             per_class=args.per_class, seed=args.seed, k=args.k,
                             modularity_k=args.modularity_k, metric=args.metric,

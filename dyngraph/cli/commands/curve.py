@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import torch
 
-from .._common import add_common, get_loaders, get_model, print_json
+from .._common import add_common, add_layers_arg, cli_layers, get_loaders, get_model, print_json
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     g.add_argument("--null", type=int, default=100, metavar="P",
                    help="label permutations per repeat for the chance level of Q and the z-score "
                         "of every layer (0: skip)")
+    add_layers_arg(g)
     g.add_argument("--point", default="pre", choices=["pre", "post"],
                    help="hook points: layer outputs (pre-activation) or after the activation")
     g.add_argument("--pool", default=None, choices=["avg", "max"],
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
     from ..._validate import check_positive_int
-    from ...capture import default_layers, extract_features
+    from ...capture import extract_features
     from ...graphs import GraphSpec
     from ...outputs import log, plot
     from ...profiles import depth_profile
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train, test, num_classes = get_loaders(args)
     model, info = get_model(args, train, test, num_classes)
-    layers = default_layers(model, point=args.point)
+    layers = cli_layers(model, args.layers, args.point)
     feats = extract_features(model, test, layers=layers, seed=args.seed, pool=args.pool,
                              device=args.device, progress=not args.quiet)
     prof = depth_profile(feats, ["modularity"], graph=spec, per_class=args.per_class,
