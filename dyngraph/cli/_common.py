@@ -29,7 +29,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", default=None,
                      help="an ImageFolder tree (root/<class>/<image>) of your own, e.g. CIFAR-10; "
                           "replaces --example")
-    src.add_argument("--image-size", type=int, default=32, help="image size for --data")
+    add_data_args(src)
     src.add_argument("--epochs", type=int, default=40,
                      help="training epochs when training is needed")
     src.add_argument("--untrained", action="store_true",
@@ -67,10 +67,25 @@ def cli_layers(model: nn.Module, layers: Optional[List[str]], point: str) -> Lis
         raise ValueError(f"--layers: {exc}") from None
 
 
+def add_data_args(group: Any) -> None:
+    """--image-size / --eval-data / --normalize for --data."""
+    group.add_argument("--image-size", type=int, default=32, help="image size for --data")
+    group.add_argument("--eval-data", default=None,
+                       help="the held-out ImageFolder for --data (default: found from the "
+                            "layout: root/train + root/val|test, or train/ beside val|test/)")
+    group.add_argument("--normalize", default="cifar10",
+                       help="input normalisation for --data: cifar10, imagenet, none, or "
+                            "'m1,...,mC,s1,...,sC'")
+
+
 def get_loaders(args) -> Tuple[object, object, int]:
-    from ..zoo._data import example_loaders, image_folder_loaders
+    from ..zoo._data import example_loaders, image_folder_loaders, parse_normalize
+    parse_normalize(args.normalize)  # a cheap check before anything runs
+    if getattr(args, "eval_data", None) and not args.data:
+        raise ValueError("--eval-data needs --data (the training images)")
     if args.data:
-        return image_folder_loaders(args.data, image_size=args.image_size)
+        return image_folder_loaders(args.data, image_size=args.image_size,
+                                    eval_root=args.eval_data, normalize=args.normalize)
     train, test = example_loaders(args.example, seed=args.seed)
     return train, test, 10
 
@@ -195,6 +210,23 @@ def _unpickle_trusted(path: str, device: torch.device, model_def: Optional[str],
                          f"script.py:Name") from None
 
 
+def _check_output_size(model: nn.Module, loader: Any, num_classes: int,
+                       device: torch.device) -> None:
+    """The model must have one output per class of the data (else accuracy is silently wrong)."""
+    from ..capture._taps import call_model, logits_of, split_batch, to_device
+    x, _ = split_batch(next(iter(loader)))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            width = logits_of(call_model(model, to_device(x, device))).shape[1]
+    finally:
+        model.train(was)
+    if width != num_classes:
+        raise ValueError(f"--model gives {width} outputs but the data has {num_classes} "
+                         f"classes")
+
+
 def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Module, dict]:
     """The user's model (--model-def/--model), or the reference architecture trained once and
     cached in --out."""
@@ -213,6 +245,7 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
                                  f"{args.arch!r}: {exc}; pass --model-def") from None
             model = model.to(device)
             info["arch"] = args.arch
+        _check_output_size(model, test_loader, num_classes, device)
         info["test_acc"] = evaluate(model, test_loader)
         return model, info
     torch.manual_seed(args.seed)

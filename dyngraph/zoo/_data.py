@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+import warnings
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -121,30 +122,108 @@ def example_loaders(name: str = "digits", batch_size: int = 64, seed: int = 0,
             DataLoader(test, batch_size=256, shuffle=False))
 
 
-def image_folder_loaders(root: str, image_size: int = 32, batch_size: int = 128,
-                         num_workers: int = 2, val_root: Optional[str] = None,
-                         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)):
-    """Loaders over a torchvision ``ImageFolder`` tree (``root/<class>/<image>``), e.g. CIFAR-10
-    exported to folders. ``val_root`` defaults to ``root/../test`` or ``root`` itself.
+NORMALIZE = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+             "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+EVAL_SPLITS = ("val", "validation", "valid", "test")
+
+
+def parse_normalize(spec: str) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """``'cifar10'``, ``'imagenet'``, ``'none'`` or ``'m1,...,mC,s1,...,sC'`` (C means then C
+    standard deviations) → ``(mean, std)`` or ``None``."""
+    if spec in NORMALIZE:
+        return NORMALIZE[spec]
+    if spec == "none":
+        return None
+    try:
+        vals = [float(v) for v in spec.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or len(vals) % 2 or any(v <= 0 for v in vals[len(vals) // 2:]):
+        raise ValueError(f"normalize must be cifar10, imagenet, none or 'means,stds' (C means "
+                         f"then C positive stds), got {spec!r}")
+    half = len(vals) // 2
+    return tuple(vals[:half]), tuple(vals[half:])
+
+
+def _class_dirs(path: str) -> list:
+    import os
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+
+
+def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
+    """Where the training and the held-out images are, stated, never guessed silently.
+
+    * ``root`` holds ``train/`` and one of ``val/``, ``validation/``, ``valid/``, ``test/``;
+    * ``root`` is itself ``.../train`` beside such a folder;
+    * or ``eval_root`` names the held-out folder.
 
     Returns:
-        ``(train_loader, test_loader, num_classes)``.
+        ``{'train': path, 'eval': path, 'layout': description}``.
     """
     import os
-
-    from torchvision import datasets, transforms
     if not os.path.isdir(root):
         raise ValueError(f"data folder {root!r} does not exist")
-    norm = transforms.Normalize(mean, std)
-    tf_train = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
-                                   transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm])
-    tf_test = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
-                                  transforms.ToTensor(), norm])
-    train = datasets.ImageFolder(root, transform=tf_train)
-    if val_root is None:
-        sibling = os.path.join(os.path.dirname(os.path.abspath(root)), "test")
-        val_root = sibling if os.path.isdir(sibling) and sibling != os.path.abspath(root) else root
-    test = datasets.ImageFolder(val_root, transform=tf_test)
+    root = os.path.abspath(root)
+    if eval_root is not None:
+        if not os.path.isdir(eval_root):
+            raise ValueError(f"eval data folder {eval_root!r} does not exist")
+        return {"train": root, "eval": os.path.abspath(eval_root),
+                "layout": "explicit training and held-out folders"}
+    subs = _class_dirs(root)
+    held = [d for d in EVAL_SPLITS if d in subs]
+    if "train" in subs and held:
+        return {"train": os.path.join(root, "train"), "eval": os.path.join(root, held[0]),
+                "layout": f"root with train/ and {held[0]}/"}
+    parent = os.path.dirname(root)
+    held = [d for d in EVAL_SPLITS if os.path.isdir(os.path.join(parent, d))]
+    if os.path.basename(root) == "train" and held:
+        return {"train": root, "eval": os.path.join(parent, held[0]),
+                "layout": f"train/ with its sibling {held[0]}/"}
+    splits = sorted(set(subs) & {"train", *EVAL_SPLITS})
+    if splits:
+        raise ValueError(f"{root!r} holds split folders {splits} but not both train/ and one "
+                         f"of {list(EVAL_SPLITS)}: its splits would be read as classes; name "
+                         f"the folders explicitly")
+    raise ValueError(f"{root!r} has no held-out images: use root/train + root/val (or test), "
+                     f"or name the held-out folder explicitly (the training images are never "
+                     f"used as the test set)")
+
+
+def image_folder_loaders(root: str, image_size: int = 32, batch_size: int = 128,
+                         num_workers: int = 2, eval_root: Optional[str] = None,
+                         normalize: str = "cifar10", augment: bool = True):
+    """Loaders over torchvision ``ImageFolder`` trees (``<split>/<class>/<image>``), with the
+    layout of :func:`folder_layout` and the classes matched by name across splits.
+
+    The held-out split's labels are the training split's class indices (a held-out folder that
+    lacks a class keeps the others' indices; a class the training split does not have is an
+    error). The held-out images are never augmented; ``augment`` flips the training images.
+
+    Returns:
+        ``(train_loader, test_loader, num_classes)``; ``test_loader.dataset.dyngraph_data`` records
+        the layout, the folders, the classes and the normalisation.
+    """
+    from torchvision import datasets, transforms
+    where = folder_layout(root, eval_root)
+    stats = parse_normalize(normalize)
+    tail = [transforms.ToTensor()] + ([transforms.Normalize(*stats)] if stats else [])
+    size = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    flip = [transforms.RandomHorizontalFlip()] if augment else []
+    train = datasets.ImageFolder(where["train"], transform=transforms.Compose(size + flip + tail))
+    test = datasets.ImageFolder(where["eval"], transform=transforms.Compose(size + tail))
+    extra = sorted(set(test.classes) - set(train.classes))
+    if extra:
+        raise ValueError(f"the held-out folder {where['eval']!r} has classes the training folder "
+                         f"lacks: {extra[:10]}")
+    missing = sorted(set(train.classes) - set(test.classes))
+    to_train = [train.class_to_idx[c] for c in test.classes]   # by name, not by position
+    test.samples = [(p, to_train[t]) for p, t in test.samples]
+    test.targets = [t for _, t in test.samples]
+    test.dyngraph_data = {**where, "classes": train.classes, "eval_missing_classes": missing,
+                          "normalize": normalize, "image_size": image_size}
+    if missing:
+        warnings.warn(f"the held-out folder lacks classes {missing[:10]}; the others keep the "
+                      f"training indices", stacklevel=2)
     return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers),
             DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers),
             len(train.classes))

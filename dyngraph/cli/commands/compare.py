@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._common import add_layers_arg, cli_layers, get_loaders, get_model, print_json
+from .._common import add_data_args, add_layers_arg, cli_layers, get_loaders, get_model, print_json
 
 
 def register(sub: Any) -> None:
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
                      help="bundled dataset (ships with scikit-learn; no download)")
     src.add_argument("--data", default=None,
                      help="an ImageFolder tree of your own (replaces --example; use --models)")
-    src.add_argument("--image-size", type=int, default=32, help="image size for --data")
+    add_data_args(src)
     src.add_argument("--models", nargs="+", default=[], metavar="FILE",
                      help="model files: state_dicts of --model-def (read with weights_only=True), "
                           "or whole pickled nn.Modules with --trust-pickle")
@@ -81,7 +81,8 @@ def register(sub: Any) -> None:
 def _config(args) -> Dict[str, Any]:
     keys = ("example", "data", "image_size", "models", "archs", "seeds", "include_untrained",
             "epochs", "measures", "k", "modularity_k", "metric", "per_class", "permutations",
-            "point", "pool", "no_within", "seed", "layers", "model_def", "model_args")
+            "point", "pool", "no_within", "seed", "layers", "model_def", "model_args",
+            "eval_data", "normalize")
     cfg = {k: getattr(args, k) for k in keys}
     cfg["models"] = [(m, Path(m).stat().st_mtime if Path(m).exists() else None)
                      for m in args.models]

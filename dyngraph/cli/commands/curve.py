@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                          repeats=args.repeats, seed=args.seed, null_permutations=args.null,
                          progress=not args.quiet)
     label = "untrained" if args.untrained else "trained"
-    prof.meta.update({"label": label, "model": info, "point": args.point,
+    data = getattr(getattr(test, "dataset", None), "dyngraph_data", None)
+    prof.meta.update({"label": label, "model": info, "point": args.point, "data": data,
                       "threads": torch.get_num_threads(),
                       "seconds": round(time.perf_counter() - t0, 2)})
     prof.to_json(out / "curve.json")

@@ -76,7 +76,8 @@ def _loaders(args):
     from ...zoo._data import example_loaders, image_folder_loaders
     if args.data:
         return image_folder_loaders(args.data, image_size=args.image_size,
-                                    batch_size=args.batch_size)
+                                    batch_size=args.batch_size, eval_root=args.eval_data,
+                                    normalize=args.normalize)
     train, test = example_loaders(args.example, batch_size=args.batch_size, seed=args.seed)
     return train, test, 10
 
@@ -116,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     model, info = _model(args, train, test, num_classes)
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
     curve_loader = train if args.curve_split == "train" else test
+    if args.data and args.curve_split == "train":  # the curve never sees augmented images
+        from ...zoo._data import image_folder_loaders
+        curve_loader = image_folder_loaders(args.data, image_size=args.image_size,
+                                            batch_size=args.batch_size, eval_root=args.eval_data,
+                                            normalize=args.normalize, augment=False)[0]
     report = prune_study(
         model, train, test, out, layers=args.layers, curve_loader=curve_loader,
         per_class=args.per_class, pool_per_class=args.pool_per_class, repeats=args.repeats,
