@@ -78,7 +78,7 @@ def add_data_args(group: Any) -> None:
                             "'m1,...,mC,s1,...,sC'")
 
 
-def get_loaders(args) -> Tuple[object, object, int]:
+def get_loaders(args: Any) -> Tuple[Any, Any, int]:
     from ..zoo._data import example_loaders, image_folder_loaders, parse_normalize
     parse_normalize(args.normalize)  # a cheap check before anything runs
     if getattr(args, "eval_data", None) and not args.data:
@@ -154,6 +154,7 @@ def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[
                              f"{args.model_args!r} ({exc})") from None
         if not isinstance(kwargs, dict):
             raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r}")
+        torch.manual_seed(getattr(args, "seed", 0))  # a model without --model weights is seeded
         built = _model_class(args.model_def)(**kwargs)
         if not isinstance(built, nn.Module):
             raise TypeError(f"--model-def {args.model_def!r} returned {type(built).__name__}, "

@@ -165,6 +165,7 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                   measure_options: Options = None,
                   device: Optional[Union[str, torch.device]] = None,
                   checkpoint: Optional[PathLike] = None,
+                  samples: Optional[Sequence[Any]] = None,
                   progress: bool = True) -> DepthProfile:
     """Every chosen measure at every layer, over seeded class-balanced resamplings, with
     label-permutation nulls: the one loop behind every quantity over depth.
@@ -193,6 +194,9 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
             of the same run (same settings, labels and features, checked by a fingerprint)
             resumes after the last finished layer and gives bitwise the same profile. A
             checkpoint of another run or a corrupt one is an error, never silently reused.
+        samples: The rows of each repeat, given instead of drawn (one index tensor per repeat,
+            positions into ``features``): e.g. draws made on a larger pool whose used rows alone
+            were extracted. Replaces ``repeats``, ``per_class`` and ``n_samples``.
         progress: A progress bar over repeats × layers.
 
     Returns:
@@ -211,7 +215,16 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         >>> bool(p['modularity:z'].values[1] > 10)
         True
     """
+    given = None
+    if samples is not None:
+        if per_class is not None or n_samples is not None or repeats != 1:
+            raise ValueError("samples= replaces repeats, per_class and n_samples: give either")
+        given = [torch.as_tensor(s).long().reshape(-1) for s in samples]
+        if not given or any(s.numel() < 2 for s in given):
+            raise ValueError("samples must be a non-empty list of index tensors (>= 2 rows each)")
     check_sampling(repeats, per_class, n_samples, null_permutations)
+    if given is not None:
+        repeats = len(given)
     check_flag(progress, "progress")
     if graph is None:
         graph = GraphSpec()
@@ -234,6 +247,8 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         "repeats": repeats, "per_class": per_class, "n_samples": feats.n_samples, "seed": seed,
         "null_permutations": null_permutations,
         "measure_options": jsonable(opts) if opts else {}}
+    if given is not None:
+        meta["given_rows"] = [s.tolist() for s in given]
     shape = (repeats, len(names), len(base) + len(null_names))
     ckpt = None if checkpoint is None else Path(checkpoint)
     fingerprint = _fingerprint(feats, {**meta, "layers": names}) if ckpt else ""
@@ -245,7 +260,14 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
     try:
         for r in range(repeats):
             sub = feats
-            if per_class is not None or n_samples is not None:
+            if given is not None:
+                idx = given[r]
+                if int(idx.min()) < 0 or int(idx.max()) >= feats.n_samples:
+                    raise ValueError(f"samples[{r}] holds rows outside the features' "
+                                     f"{feats.n_samples} samples")
+                sub = feats.subset(idx)
+                meta["n_samples"] = int(idx.numel())
+            elif per_class is not None or n_samples is not None:
                 idx = balanced_indices(feats.y, per_class, n_samples, seed + r)
                 sub = feats.subset(idx)
                 meta["n_samples"] = int(idx.numel())

@@ -95,3 +95,14 @@ def test_layers_by_name_type_or_preset(tmp_path, capsys):
     assert err.startswith("dyngraph: error: --layers: unknown layer 'net.33'")
     assert main(base + ["--out", str(out), "--layers", "Conv2d"]) == 2
     assert "--layers Conv2d: the model has no Conv2d module" in capsys.readouterr().err
+
+
+def test_only_the_sampled_rows_are_extracted(tmp_path, capsys):
+    out = tmp_path / "few"
+    assert main(["curve", "--example", "digits", "--arch", "mlp", "--epochs", "1", "--out",
+                 str(out), "--per-class", "4", "--repeats", "2", "--null", "0",
+                 "--spill-dir", str(tmp_path), "--quiet"]) == 0
+    meta = json.loads((out / "curve.json").read_text())["meta"]
+    assert meta["extracted"]["rows"] <= 2 * 4 * 10 < meta["extracted"]["of"]
+    assert meta["spill_dir"] is not None and meta["n_samples"] == 40
+    assert not list(tmp_path.glob("dyngraph-features-*"))    # the spill folder is removed

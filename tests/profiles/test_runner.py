@@ -185,3 +185,21 @@ def test_depth_profile_on_cuda_matches_cpu():
     with dg.LayerTaps(m, ["0", "1"]) as taps:
         out = taps(f["l1"].cuda())
     assert out["1"].is_cuda and torch.equal(out["1"], torch.relu(out["0"]))
+
+
+def test_given_samples_reproduce_the_draws_on_a_larger_pool():
+    """Extract only the rows some repeat uses, give the draws: the same profile, bitwise."""
+    f, y = feats_and_labels()
+    full = dg.depth_profile(f, ["modularity", "twonn"], y=y, per_class=10, repeats=3, seed=4,
+                            null_permutations=5, progress=False)
+    draws = [dg.capture.balanced_indices(y, per_class=10, seed=4 + r) for r in range(3)]
+    used = torch.unique(torch.cat(draws))
+    small = {k: v[used] for k, v in f.items()}
+    given = dg.depth_profile(small, ["modularity", "twonn"], y=y[used], seed=4,
+                             null_permutations=5, progress=False,
+                             samples=[torch.searchsorted(used, d) for d in draws])
+    assert torch.equal(given.samples, full.samples) and used.numel() < y.numel()
+    with pytest.raises(ValueError, match="samples= replaces"):
+        dg.depth_profile(small, y=y[used], samples=[torch.arange(5)], per_class=2)
+    with pytest.raises(ValueError, match="outside the features"):
+        dg.depth_profile(small, y=y[used], samples=[torch.tensor([0, 10_000])], progress=False)

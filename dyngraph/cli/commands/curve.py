@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -27,6 +28,9 @@ def register(sub) -> None:
                    help="label permutations per repeat for the chance level of Q and the z-score "
                         "of every layer (0: skip)")
     add_layers_arg(g)
+    g.add_argument("--spill-dir", default=None,
+                   help="append each layer's features to files here while extracting (memory "
+                        "bounded by a batch, not by samples × features)")
     g.add_argument("--point", default="pre", choices=["pre", "post"],
                    help="hook points: layer outputs (pre-activation) or after the activation")
     g.add_argument("--pool", default=None, choices=["avg", "max"],
@@ -35,10 +39,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
     from torch.utils.tensorboard import SummaryWriter
 
     from ..._validate import check_positive_int
-    from ...capture import extract_features
+    from ...capture import balanced_indices, extract_features
+    from ...capture._extract import dataset_labels
     from ...graphs import GraphSpec
     from ...outputs import log, plot
     from ...profiles import depth_profile
@@ -56,11 +62,30 @@ def run(args: argparse.Namespace) -> int:
     train, test, num_classes = get_loaders(args)
     model, info = get_model(args, train, test, num_classes)
     layers = cli_layers(model, args.layers, args.point)
-    feats = extract_features(model, test, layers=layers, seed=args.seed, pool=args.pool,
-                             device=args.device, progress=not args.quiet)
-    prof = depth_profile(feats, ["modularity"], graph=spec, per_class=args.per_class,
-                         repeats=args.repeats, seed=args.seed, null_permutations=args.null,
-                         progress=not args.quiet)
+    extract = dict(layers=layers, seed=args.seed, pool=args.pool, device=args.device,
+                   spill_dir=args.spill_dir, progress=not args.quiet)
+    profile = dict(graph=spec, seed=args.seed, null_permutations=args.null,
+                   progress=not args.quiet)
+    labels = dataset_labels(getattr(test, "dataset", None))
+    if labels is not None:  # sample first: only the rows that some repeat uses run the model
+        draws = [balanced_indices(labels, args.per_class, None, args.seed + r)
+                 for r in range(args.repeats)]
+        used = torch.unique(torch.cat(draws))
+        loader = DataLoader(Subset(test.dataset, used.tolist()), batch_size=test.batch_size or 64,
+                            shuffle=False, num_workers=test.num_workers,
+                            collate_fn=test.collate_fn)
+        feats = extract_features(model, loader, **extract)
+        prof = depth_profile(feats, ["modularity"], samples=[torch.searchsorted(used, d)
+                                                             for d in draws], **profile)
+        prof.meta["extracted"] = {"rows": int(used.numel()), "of": int(labels.numel())}
+    else:
+        feats = extract_features(model, test, **extract)
+        prof = depth_profile(feats, ["modularity"], per_class=args.per_class,
+                             repeats=args.repeats, **profile)
+    spilled = feats.meta.get("spill_dir")
+    if spilled:  # the folder extract_features made for this run (dyngraph-features-*), only it
+        del feats
+        shutil.rmtree(spilled, ignore_errors=True)
     label = "untrained" if args.untrained else "trained"
     data = getattr(getattr(test, "dataset", None), "dyngraph_data", None)
     prof.meta.update({"label": label, "model": info, "point": args.point, "data": data,
