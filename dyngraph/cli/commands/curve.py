@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         prof = depth_profile(feats, ["modularity"], per_class=args.per_class,
                              repeats=args.repeats, **profile)
     spilled = feats.meta.get("spill_dir")
-    if spilled:  # the folder extract_features made for this run (dyngraph-features-*), only it
+    if spilled and Path(spilled).name.startswith("dyngraph-features-"):
+        # the folder extract_features made for this run inside --spill-dir, and only it
         del feats
         shutil.rmtree(spilled, ignore_errors=True)
     label = "untrained" if args.untrained else "trained"
