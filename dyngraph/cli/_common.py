@@ -214,15 +214,10 @@ def _unpickle_trusted(path: str, device: torch.device, model_def: Optional[str],
 def _check_output_size(model: nn.Module, loader: Any, num_classes: int,
                        device: torch.device) -> None:
     """The model must have one output per class of the data (else accuracy is silently wrong)."""
-    from ..capture._taps import call_model, logits_of, split_batch, to_device
+    from ..capture._taps import logits_of, split_batch, to_device
+    from ..prune._surgery import eval_forward
     x, _ = split_batch(next(iter(loader)))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            width = logits_of(call_model(model, to_device(x, device))).shape[1]
-    finally:
-        model.train(was)
+    width = logits_of(eval_forward(model, to_device(x, device))).shape[1]
     if width != num_classes:
         raise ValueError(f"--model gives {width} outputs but the data has {num_classes} "
                          f"classes")
