@@ -116,6 +116,19 @@ def _is_saved_features(path: Path) -> bool:
     return {p.name for p in path.iterdir()} <= ours
 
 
+def _per_sample(value: Any, n: int, name: str) -> Optional[Tensor]:
+    """``None`` or an integer ``[n]`` tensor (one entry per sample), checked."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype={t.dtype}")
+    if t.dim() != 1 or t.numel() != n:
+        raise ValueError(f"{name} must have one entry per sample (length {n}), got shape "
+                         f"{tuple(t.shape)}")
+    return t.long()
+
+
 class LayerFeatures(Mapping):
     """Ordered per-layer representations of the same N samples, with their labels.
 
@@ -124,7 +137,10 @@ class LayerFeatures(Mapping):
 
     Attributes:
         y: ``[N]`` labels.
-        indices: ``[N]`` dataset index of each sample, when known.
+        indices: ``[N]`` dataset index of each sample, when known (with ``pool='tokens'``: the
+            index of the input each token comes from).
+        positions: ``[N]`` token position of each sample within its input when every token is a
+            sample (``pool='tokens'``); ``None`` otherwise.
         meta: How the features were extracted (hook points, pooling, sampling, seed, ...).
 
     Example:
@@ -136,7 +152,8 @@ class LayerFeatures(Mapping):
     """
 
     def __init__(self, features: "Mapping[str, Union[Tensor, SpilledArray]]", y: Tensor,
-                 indices: Optional[Tensor] = None, meta: Optional[Dict[str, Any]] = None):
+                 indices: Optional[Tensor] = None, meta: Optional[Dict[str, Any]] = None,
+                 positions: Optional[Tensor] = None):
         if not isinstance(features, Mapping):
             raise TypeError(f"features must be a mapping {{name: Tensor}}, got "
                             f"{type(features).__name__}")
@@ -154,7 +171,8 @@ class LayerFeatures(Mapping):
             n = rows
         assert n is not None
         self.y = check_labels(y, n, "y")
-        self.indices = None if indices is None else torch.as_tensor(indices).long()
+        self.indices = _per_sample(indices, n, "indices")
+        self.positions = _per_sample(positions, n, "positions")
         self.meta: Dict[str, Any] = dict(meta or {})
 
     def stored(self, name: str) -> "Union[Tensor, SpilledArray]":
@@ -207,14 +225,16 @@ class LayerFeatures(Mapping):
         for k, v in self._layers.items():
             feats[k] = v.load(idx.numpy()) if isinstance(v, SpilledArray) else v[idx]
         return LayerFeatures(feats, self.y[idx],
-                             None if self.indices is None else self.indices[idx], self.meta)
+                             None if self.indices is None else self.indices[idx], self.meta,
+                             None if self.positions is None else self.positions[idx])
 
     def select(self, layers: Sequence[str]) -> "LayerFeatures":
         """Only the named layers, in the given order."""
         missing = [n for n in layers if n not in self._layers]
         if missing:
             raise ValueError(f"unknown layers {missing}; available: {self.names}")
-        return LayerFeatures({n: self._layers[n] for n in layers}, self.y, self.indices, self.meta)
+        return LayerFeatures({n: self._layers[n] for n in layers}, self.y, self.indices, self.meta,
+                             self.positions)
 
     # persistence
     def save(self, path: PathLike) -> Path:
@@ -228,7 +248,8 @@ class LayerFeatures(Mapping):
                 fname = f"layer_{i:03d}.npy"
                 np.save(tmp / fname, self[name].float().cpu().numpy())
                 files[name] = fname
-            torch.save({"y": self.y.cpu(), "indices": self.indices}, tmp / "labels.pt")
+            torch.save({"y": self.y.cpu(), "indices": self.indices, "positions": self.positions},
+                       tmp / "labels.pt")
             meta = json.loads(json.dumps(self.meta, default=str))
             (tmp / "index.json").write_text(json.dumps({"format": "dyngraph.LayerFeatures/1",
                                                         "layers": files, "meta": meta}, indent=2))
@@ -264,4 +285,4 @@ class LayerFeatures(Mapping):
                 feats[name] = SpilledArray.open_npy(path / fname)
             else:
                 feats[name] = torch.from_numpy(np.load(path / fname))
-        return cls(feats, labels["y"], labels["indices"], index["meta"])
+        return cls(feats, labels["y"], labels["indices"], index["meta"], labels.get("positions"))
