@@ -26,9 +26,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     src.add_argument("--arch", default="cnn", choices=archs,
                      help="reference architecture for --example (default: cnn)")
     add_model_args(src)
-    src.add_argument("--data", default=None,
-                     help="an ImageFolder tree (root/<class>/<image>) of your own, e.g. CIFAR-10; "
-                          "replaces --example")
+    src.add_argument("--data", "--train-data", dest="data", default=None,
+                     help="your images, replacing --example: a root holding train/ and val/ (or "
+                          "test/) class folders, or the training ImageFolder (root/<class>/"
+                          "<image>) itself, with the held-out one found beside it or given as "
+                          "--eval-data")
     add_data_args(src)
     src.add_argument("--epochs", type=int, default=40,
                      help="training epochs when training is needed")
@@ -42,12 +44,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_layers_arg(group: Any) -> None:
+def add_layers_arg(group: Any, what: str = "layers to hook") -> None:
     """--layers: names, a module type, or the default preset."""
     group.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
-                       help="layers to hook: module names (see dg.list_layers(model); "
-                            "'name:input' for a module's input), a module type such as Conv2d or "
-                            "Linear, or 'default' (the reference preset; with --point)")
+                       help=f"{what}: module names (see dg.list_layers(model); 'name:input' for "
+                            f"a module's input), a module type such as Conv2d or Linear, or "
+                            f"'default' (the reference preset; with --point)")
 
 
 def cli_layers(model: nn.Module, layers: Optional[List[str]], point: str) -> List[str]:
@@ -92,10 +94,13 @@ def get_loaders(args: Any) -> Tuple[Any, Any, int]:
 
 def add_model_args(group: Any) -> None:
     """--model / --model-def / --model-args / --trust-pickle: the user's own model."""
-    group.add_argument("--model", default=None,
+    group.add_argument("--weights", default=None, metavar="FILE",
                        help="your model's weights: a state_dict file (torch.save(model."
-                            "state_dict())) read with weights_only=True, for --model-def or "
-                            "--arch; or a whole pickled nn.Module, only with --trust-pickle")
+                            "state_dict())), read with weights_only=True, for --model-def or "
+                            "--arch")
+    group.add_argument("--model", default=None, metavar="FILE",
+                       help="a state_dict file like --weights, or a whole pickled nn.Module "
+                            "(torch.save(model)), which is read only with --trust-pickle")
     group.add_argument("--model-def", default=None, metavar="FILE.py:Name|module:Name",
                        help="the model's class (or a function returning the model), from a "
                             "Python file or an importable module; replaces --arch")
@@ -144,7 +149,11 @@ def _state_dict(obj: Any) -> Optional[Dict[str, Any]]:
 def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[nn.Module, dict]:
     """The user's model from --model-def (+ --model-args) and/or --model, safely: weights are
     read with ``weights_only=True``; a pickled module only with --trust-pickle."""
-    path = getattr(args, "model", None)
+    path, flag = getattr(args, "model", None), "--model"
+    if getattr(args, "weights", None):
+        if path:
+            raise ValueError("--weights and --model name the same thing: pass one of them")
+        path, flag = args.weights, "--weights"
     model: Optional[nn.Module] = None
     if getattr(args, "model_def", None):
         try:
@@ -165,34 +174,36 @@ def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[
             raise ValueError("--model-args needs --model-def")
         return model.to(device), {"source": args.model_def, "weights": None}
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--model {path!r} does not exist")
+        raise FileNotFoundError(f"{flag} {path!r} does not exist")
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except RuntimeError as exc:
         if "jit" in str(exc).lower() or "torchscript" in str(exc).lower():
-            raise ValueError(f"--model {path!r} is a TorchScript file: forward hooks cannot be "
+            raise ValueError(f"{flag} {path!r} is a TorchScript file: forward hooks cannot be "
                              f"registered on TorchScript modules; pass the Python model "
-                             f"(--model-def FILE.py:Name and its state_dict as --model)") from None
-        raise ValueError(f"--model {path!r} could not be read ({exc})") from None
+                             f"(--model-def FILE.py:Name and its state_dict as --weights)"
+                             ) from None
+        raise ValueError(f"{flag} {path!r} could not be read ({exc})") from None
     except Exception as exc:  # an object that weights_only refuses: a pickled module
-        if not getattr(args, "trust_pickle", False):
-            raise ValueError(f"--model {path!r} holds a pickled Python object (torch.save(model)): "
+        if flag == "--weights" or not getattr(args, "trust_pickle", False):
+            raise ValueError(f"{flag} {path!r} holds a pickled Python object (torch.save(model)): "
                              f"loading it runs code from the file. Save model.state_dict() and "
-                             f"pass --model-def (or --arch), or pass --trust-pickle if you trust "
-                             f"the file") from None
+                             f"pass it as --weights with --model-def (or --arch), or pass it as "
+                             f"--model with --trust-pickle if you trust the file") from None
         obj = _unpickle_trusted(path, device, getattr(args, "model_def", None), exc)
     if isinstance(obj, nn.Module):
         return obj.to(device), {"source": path, "trusted_pickle": True}
     state = _state_dict(obj)
     if state is None:
-        raise ValueError(f"--model {path!r} holds {type(obj).__name__}, neither a state_dict "
+        raise ValueError(f"{flag} {path!r} holds {type(obj).__name__}, neither a state_dict "
                          f"nor a model")
     if model is None:
-        return None, {"state_dict": state, "source": path}  # type: ignore[return-value]
+        return None, {"state_dict": state, "source": path,  # type: ignore[return-value]
+                      "flag": flag}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"--model {path!r} does not fit --model-def {args.model_def!r}: "
+        raise ValueError(f"{flag} {path!r} does not fit --model-def {args.model_def!r}: "
                          f"{exc}") from None
     return model.to(device), {"source": path, "model_def": args.model_def}
 
@@ -229,15 +240,15 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
     from ..prune import evaluate
     from ..zoo._models import build_model, train_cached
     device = torch.device(args.device)
-    if getattr(args, "model", None) or getattr(args, "model_def", None):
+    if any(getattr(args, a, None) for a in ("model", "weights", "model_def")):
         model, info = load_user_model(args, num_classes, device)
         if model is None:  # a state_dict for a reference architecture
-            state = info.pop("state_dict")
+            state, flag = info.pop("state_dict"), info.pop("flag")
             model = build_model(args.arch or "cnn", args.example, num_classes=num_classes)
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
-                raise ValueError(f"--model {args.model!r} does not fit --arch "
+                raise ValueError(f"{flag} {info['source']!r} does not fit --arch "
                                  f"{args.arch!r}: {exc}; pass --model-def") from None
             model = model.to(device)
             info["arch"] = args.arch

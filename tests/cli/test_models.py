@@ -100,3 +100,40 @@ def test_state_dict_of_a_reference_architecture(tmp_path, capsys):
                  "--out", str(tmp_path / "run")] + ARGS) == 0
     assert json.loads((tmp_path / "run" / "curve.json").read_text())["meta"]["model"]["arch"] \
         == "mlp"
+
+
+def test_weights_flag_reads_only_state_dicts(user_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["curve", "--model-def", f"{user_files}/train.py:Net", "--model-args",
+                 '{"hidden": 12}', "--weights", str(user_files / "weights.pt"),
+                 "--out", str(out)] + ARGS) == 0
+    assert json.loads((out / "curve.json").read_text())["meta"]["model"]["source"] \
+        == str(user_files / "weights.pt")
+    capsys.readouterr()
+    # a pickled module is never unpickled through --weights, even with --trust-pickle
+    assert main(["curve", "--weights", str(user_files / "whole.pt"), "--trust-pickle",
+                 "--out", str(out)] + ARGS) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dyngraph: error: --weights") and "pickled Python object" in err
+    assert main(["curve", "--weights", str(user_files / "weights.pt"), "--model",
+                 str(user_files / "weights.pt"), "--out", str(out)] + ARGS) == 2
+    assert "--weights and --model" in capsys.readouterr().err
+
+
+def test_neurons_layers_and_point(user_files, tmp_path, capsys):
+    base = ["neurons", "--model-def", f"{user_files}/train.py:Net", "--model-args",
+            '{"hidden": 12}', "--weights", str(user_files / "weights.pt"), "--shuffles", "0",
+            "--random-groups", "0", "--clusters", "2", "--quiet"]
+    assert main(base + ["--layers", "net.1", "net.3", "--out", str(tmp_path / "a")]) == 0
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["graph"]["layers"] == ["net.1", "net.3"]
+    capsys.readouterr()
+    # a module type selects every module of that type (here all three Linear layers)
+    assert main(base + ["--layers", "Linear", "--source", "activations", "--point", "pre",
+                        "--out", str(tmp_path / "b")]) == 0
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["graph"]["layers"] == ["net.1", "net.3", "net.5"]
+    capsys.readouterr()
+    assert main(base + ["--layers", "net.9", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dyngraph: error: --layers") and "net.9" in err

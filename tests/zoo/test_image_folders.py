@@ -96,3 +96,20 @@ def test_prune_curve_reads_unaugmented_training_images(tmp_path, monkeypatch):
                      str(tmp_path / "n.pt"), "--trust-pickle", "--out", str(tmp_path / "o"),
                      "--quiet"]) == 2
     assert "RandomHorizontalFlip" in seen["train"] and "RandomHorizontalFlip" not in seen["curve"]
+
+
+def test_cli_explicit_train_and_eval_folders(tmp_path, capsys):
+    make_tree(tmp_path / "d", "train", ["a", "b"], n=8)
+    make_tree(tmp_path / "d", "holdout", ["a", "b"], n=8, seed=4)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "net.py").write_text("import torch\n\ndef Net():\n    return torch.nn.Sequential("
+                                     "torch.nn.Flatten(), torch.nn.Linear(192, 2))\n")
+    assert main(["curve", "--train-data", str(tmp_path / "d" / "train"), "--eval-data",
+                 str(tmp_path / "d" / "holdout"), "--image-size", "8", "--model-def",
+                 f"{tmp_path}/net.py:Net", "--weights", str(tmp_path / "w.pt"), "--per-class",
+                 "4", "--repeats", "1", "--null", "0", "--quiet", "--out",
+                 str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "run" / "curve.json").read_text())["meta"]["data"]
+    assert data["eval"].endswith("d/holdout") and data["train"].endswith("d/train")

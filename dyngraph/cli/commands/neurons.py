@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._common import add_common, get_loaders, get_model, print_json
+from .._common import add_common, add_layers_arg, cli_layers, get_loaders, get_model, print_json
 
 
 def register(sub: Any) -> None:
@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
     g.add_argument("--include-output", action="store_true", help="add the logits as a layer")
     g.add_argument("--dead-from-data", action="store_true",
                    help="with --source weights, also remove neurons constant over the data")
+    add_layers_arg(g, what="the Linear/Conv layers whose output neurons become nodes (default: "
+                           "every one but the last)")
+    g.add_argument("--point", default="post", choices=["pre", "post"],
+                   help="with --source activations: neuron values after the activation module "
+                        "or before it (the layer's or its BatchNorm's output)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train, test, num_classes = get_loaders(args)
     model, info = get_model(args, train, test, num_classes)
-    gkw = {"norm": args.norm, "include_output": args.include_output}
+    gkw = {"norm": args.norm, "include_output": args.include_output, "point": args.point}
+    if args.layers and args.layers != ["default"]:
+        gkw["layers"] = cli_layers(model, args.layers, args.point)
     ckpt = out / (f"shuffles_{args.source}_k{args.clusters}_{args.shuffle}_seed{args.seed}.json")
     report = neuron_report(model, test, n_clusters=args.clusters, source=args.source,
                            n_shuffles=args.shuffles, n_random=args.random_groups,

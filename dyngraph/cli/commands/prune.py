@@ -87,7 +87,7 @@ def _model(args, train, test, num_classes):
     ResNet56 trained here and cached in ``--out``."""
     from ...prune import evaluate
     from ...zoo._models import resnet56, train_cached
-    if args.model or args.model_def or not args.data:
+    if args.model or args.weights or args.model_def or not args.data:
         return get_model(args, train, test, num_classes)
     if args.arch != "resnet":
         raise ValueError(f"--data without --model trains a CIFAR ResNet56 (--arch resnet); "
