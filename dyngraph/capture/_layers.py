@@ -95,6 +95,81 @@ def _activation_after(model: nn.Module, name: str) -> Optional[str]:
     return found
 
 
+# Names of the block list in common libraries; they only break ties between equally long stacks
+# (and let a one-block stack count): Hugging Face ``encoder.layer`` / ``model.layers`` /
+# ``transformer.h`` / T5 ``block``, torchvision ViT and ``nn.TransformerEncoder`` ``layers``,
+# timm ``blocks``, CLIP ``resblocks``.
+_STACK_NAMES = ("layers", "layer", "h", "blocks", "block", "resblocks")
+BlockStack = Union[nn.ModuleList, nn.Sequential]
+
+
+def _stack_candidates(model: nn.Module) -> List[Tuple[str, BlockStack]]:
+    """Every ``nn.ModuleList`` / ``nn.Sequential`` whose items are all instances of one block
+    class (a module with children and parameters, not a bare container), outermost only."""
+    found: List[Tuple[str, BlockStack]] = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)):
+            continue
+        items = list(mod.children())
+        if not items:
+            continue
+        cls = type(items[0])
+        if cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+            continue
+        if not all(type(m) is cls for m in items):
+            continue
+        if not all(next(m.children(), None) is not None and any(True for _ in m.parameters())
+                   for m in items):
+            continue
+        if len(items) < 2 and name.rpartition(".")[2] not in _STACK_NAMES:
+            continue
+        found.append((name, mod))
+    # A stack inside another stack's item (e.g. MoE experts inside a decoder layer) is not it.
+    return [(n, m) for n, m in found
+            if not any(o == "" or n.startswith(o + ".") for o, _ in found if o != n)]
+
+
+def block_stack(model: nn.Module) -> Tuple[str, BlockStack]:
+    """The list of repeated blocks that makes a network's depth, and its dotted path.
+
+    The rule: among the ``nn.ModuleList`` / ``nn.Sequential`` containers whose items all have one
+    block class (not nested in another such list), the longest; a tie goes to a conventional
+    name (``layers``, ``layer``, ``h``, ``blocks``, ``block``, ``resblocks``), then to the first
+    registered (the encoder of an encoder-decoder). This finds Hugging Face ``encoder.layer``
+    (BERT, RoBERTa), ``transformer.h`` (GPT-2), ``model.layers`` (Llama, Mistral, Qwen),
+    torchvision ViT ``encoder.layers`` and ``nn.TransformerEncoder`` ``layers``. For a network
+    built in stages (ResNet, Swin) it is the longest stage.
+
+    Args:
+        model: The network.
+
+    Returns:
+        ``(path, blocks)``: the dotted module name (``''`` when ``model`` is itself the list) and
+        the container; ``blocks[i]`` is block ``i`` in depth order.
+
+    Raises:
+        ValueError: when no such list exists.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from dyngraph.capture._layers import block_stack
+        >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), num_layers=3,
+        ...                             enable_nested_tensor=False)
+        >>> path, blocks = block_stack(enc)
+        >>> path, len(blocks), type(blocks[0]).__name__
+        ('layers', 3, 'TransformerEncoderLayer')
+    """
+    check_model(model)
+    found = _stack_candidates(model)
+    if not found:
+        raise ValueError(f"block_stack found no stack of blocks in {type(model).__name__}: no "
+                         f"nn.ModuleList or nn.Sequential whose items are all one block class; "
+                         f"pass the layer names instead (see dg.list_layers(model))")
+    order = {n: i for i, (n, _) in enumerate(found)}
+    return max(found, key=lambda c: (len(c[1]), c[0].rpartition(".")[2] in _STACK_NAMES,
+                                      -order[c[0]]))
+
+
 def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
     """The preset hook points of the reference paper, or a sensible choice for other models.
 
