@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     label = "untrained" if args.untrained else "trained"
     data = getattr(getattr(test, "dataset", None), "dyngraph_data", None)
     prof.meta.update({"label": label, "model": info, "point": args.point, "data": data,
+                      "per_class": args.per_class,
                       "threads": torch.get_num_threads(),
                       "seconds": round(time.perf_counter() - t0, 2)})
     prof.to_json(out / "curve.json")
