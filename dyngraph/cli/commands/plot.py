@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         [str(p.meta.get("label") or name) for p, name in read]
     if args.labels is None and len(set(labels)) < len(labels):
         labels = [name for _, name in read]
-    for (p, name), run_ in zip(read, args.runs):
+    for p, run_ in zip(profiles, args.runs):
         if args.metric not in p.metrics:
             raise ValueError(f"--metric {args.metric!r}: run {run_!r} has the metrics "
                              f"{[m for m in p.metrics if ':' not in m]}")
