@@ -11,8 +11,10 @@ Two backends compute the same exact neighbours:
   KD-tree, which wins only for very low dimensions; cosine is done by L2-normalising the rows and
   searching in Euclidean distance (torch-cluster rejects ``cosine=True`` on CPU).
 
-``'auto'`` picks between them by timing both on a subsample of the actual input once per
-(device, dimension, size) bucket and extrapolating to the full size.
+``'auto'`` is the matmul kernel, always: the neighbours of a row must not depend on which backend
+measured faster on this machine. torch-cluster's KD-tree keeps an arbitrary one of several tied
+candidates at the k-th place (e.g. ``[3, 30, 70]`` where the tie rule gives ``[3, 27, 30]``), and
+its distances are rounded differently from the GEMM's, so it runs only when asked for by name.
 
 Mixed precision (``precision='bf16'`` or ``'fp16'``, matmul backend): the tiles are computed in
 half precision, each tile keeps ``candidates`` (> k) candidates, and these are re-scored exactly in
@@ -28,7 +30,6 @@ blocks arrive from other ranks through collectives.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -68,8 +69,6 @@ _REFINE_ELEMENTS = 1 << 24
 #: running top-k (bounds the waiting candidates to ``N · k · _MERGE_PARTS``).
 _MERGE_PARTS = 8
 COSINE_EPS = 1e-8
-
-_AUTO_CACHE: Dict[tuple, str] = {}
 
 KeyIds = Union[int, Tensor]
 
@@ -654,45 +653,6 @@ def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
     return vals.to(x.dtype), idx
 
 
-#: On CPU the KD-tree is only timed up to this dimension: above it, KD-trees degrade to brute
-#: force with poor constants (measured 14–35× slower than matmul at D = 64–512), so timing it would
-#: cost seconds to minutes for a known answer.
-KDTREE_MAX_DIM = 32
-
-
-def _pick_backend(x: Tensor, k: int, metric: str, chunk_size: Optional[int]) -> str:
-    """Chooses the faster backend by timing both on subsamples of ``x`` at two sizes, fitting each
-    backend's exponent ``t ∝ n^α``, and extrapolating to the full ``N``. Cached per bucket."""
-    if not _t.WITH_TORCH_CLUSTER:
-        return "matmul"
-    n, d = x.shape
-    if x.device.type == "cpu" and d > KDTREE_MAX_DIM:
-        return "matmul"
-    key = (x.device.type, max(1, d).bit_length(), max(1, n).bit_length(), metric, min(k, 16))
-    if key not in _AUTO_CACHE:
-        m2 = min(n, 2048)
-        m1 = max(k + 2, m2 // 2)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:m2].to(x.device)
-        sub = x[perm]
-        predicted = {}
-        for name, fn in (("matmul", lambda s, kk: _matmul_knn(s, kk, metric, chunk_size)),
-                         ("torch_cluster", lambda s, kk: _cluster_knn(s, kk, metric))):
-            ts = []
-            for m in (m1, m2):
-                part, kk = sub[:m], min(k, m - 1)
-                fn(part, kk)  # warm-up
-                _sync(x.device)
-                t0 = time.perf_counter()
-                fn(part, kk)
-                _sync(x.device)
-                ts.append(max(time.perf_counter() - t0, 1e-7))
-            alpha = min(max(math.log(ts[1] / ts[0]) / math.log(m2 / m1), 1.0), 2.0) \
-                if m2 > m1 else 2.0
-            predicted[name] = ts[1] * (n / m2) ** alpha
-        _AUTO_CACHE[key] = min(predicted, key=lambda b: predicted[b])
-    return _AUTO_CACHE[key]
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -794,7 +754,8 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
         k: Neighbours per node, ``1 <= k < N``. A node is never its own neighbour.
         metric: ``'cosine'`` (rows L2-normalised with eps 1e-8, then dot product) or
             ``'euclidean'``.
-        backend: ``'matmul'``, ``'torch_cluster'`` or ``'auto'`` (chosen by timing).
+        backend: ``'matmul'``, ``'torch_cluster'`` (only by name: it may break exact ties
+            differently) or ``'auto'`` (the matmul kernel, whose tie rule is documented).
         chunk_size: Query rows per score tile. Default: as many as fit 2**23 scores (32 MiB)
             against one column block.
         col_chunk_size: Key rows per column block. Default: all keys up to
@@ -839,8 +800,6 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
     check_knn_options(k, x.shape[0], metric, backend, chunk_size, col_chunk_size, precision,
                       candidates)
     x = prepare_features(x, metric)
-    if backend == "auto":
-        backend = "matmul" if precision != "full" else _pick_backend(x, k, metric, chunk_size)
     if backend == "torch_cluster":
         return _cluster_knn(x, k, metric)
     return _matmul_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates, progress)
