@@ -18,6 +18,9 @@ import torch
 
 from . import commands as _commands
 
+#: ``--threads`` default: the same on every machine, so two runs of a command agree bit for bit.
+DEFAULT_THREADS = 2
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
@@ -31,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod = importlib.import_module(f"{_commands.__name__}.{info.name}")
         mod.register(sub)
-    for p in sub.choices.values():  # every option's help shows its default
-        p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for name, p in sub.choices.items():
+        if name != "plot":
+            p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                           help="torch CPU threads. Fixed by default: parallel reductions and "
+                                "GEMMs round differently with another thread count, which can "
+                                "change training in the last bits and through it a pruning "
+                                "choice; every report records the count")
+        p.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # help shows the defaults
     return parser
 
 
@@ -49,11 +58,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dyngraph: error: --device {device}: no CUDA device is available here "
               f"(use --device cpu)", file=sys.stderr)
         return 2
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if isinstance(threads, bool) or threads < 1:
+            print(f"dyngraph: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+            return 2
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"dyngraph: error: {_flags(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
+    finally:  # an in-process caller (a test, a notebook) gets its own setting back
+        torch.set_num_threads(before)
 
 
 def _flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:

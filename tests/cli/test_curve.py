@@ -106,3 +106,25 @@ def test_only_the_sampled_rows_are_extracted(tmp_path, capsys):
     assert meta["extracted"]["rows"] <= 2 * 4 * 10 < meta["extracted"]["of"]
     assert meta["spill_dir"] is not None and meta["n_samples"] == 40
     assert not list(tmp_path.glob("dyngraph-features-*"))    # the spill folder is removed
+
+
+def test_threads_default_is_fixed_recorded_and_restored(tmp_path, capsys):
+    import torch
+
+    from dyngraph.cli._main import DEFAULT_THREADS
+    before = torch.get_num_threads()
+    args = ["curve", "--arch", "mlp", "--untrained", "--per-class", "8", "--repeats", "1",
+            "--null", "0", "--quiet"]
+    try:
+        torch.set_num_threads(1)
+        assert main(args + ["--out", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 1  # the caller's own setting comes back
+        meta = json.loads((tmp_path / "a" / "curve.json").read_text())["meta"]
+        assert meta["threads"] == DEFAULT_THREADS
+        assert main(args + ["--out", str(tmp_path / "b"), "--threads", "1"]) == 0
+        assert json.loads((tmp_path / "b" / "curve.json").read_text())["meta"]["threads"] == 1
+        capsys.readouterr()
+        assert main(args + ["--out", str(tmp_path / "c"), "--threads", "0"]) == 2
+        assert "dyngraph: error: --threads must be >= 1, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
                             pool=args.pool, device=args.device, info=infos,
                             progress=not args.quiet)
     result.meta.update({"config": cfg, "config_hash": digest, "point": args.point,
-                        "seconds_total": round(time.perf_counter() - t0, 2)})
+                        "seconds_total": round(time.perf_counter() - t0, 2),
+                        "threads": torch.get_num_threads()})
     chk = checks(result, infos)
     d = {**result.to_dict(), "checks": chk}
     from ..._io import atomic_write_json

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._common import add_common, add_layers_arg, cli_layers, get_loaders, get_model, print_json
 
 
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                            graph_kwargs=gkw, dead_from_data=args.dead_from_data,
                            top_k=args.top_k, checkpoint=ckpt if args.shuffles else None,
                            device=args.device, progress=not args.quiet)
-    report.meta.update({"model": info, "seconds_total": round(time.perf_counter() - t0, 2)})
+    report.meta.update({"model": info, "seconds_total": round(time.perf_counter() - t0, 2),
+                        "threads": torch.get_num_threads()})
     paths = report.save(out)
     summary = report.summary()
     keep = ("source", "n_nodes", "n_removed", "n_clusters", "ncut", "ncut_shuffled_mean",

@@ -67,8 +67,6 @@ def register(sub) -> None:
                    help="skip fine-tuning the unpruned model as a control")
     f.add_argument("--batch-size", type=int, default=128, help="training batch size (--example)")
     f.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
-    f.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=run)
 
 
@@ -106,10 +104,6 @@ def _model(args, train, test, num_classes):
 
 def run(args: argparse.Namespace) -> int:
     from ...prune import prune_study
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
