@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 "$PY" -m pip install --upgrade --quiet pip
 # torch first: the compiled extensions build against it.
 "$PY" -m pip install --quiet "torch>=2.2" "torchvision>=0.17"
-"$PY" -m pip install --quiet -e ".[test,bench,examples,hf,models]"
+"$PY" -m pip install --quiet -e ".[test,bench,examples,hf,models,docs]"
 
 WHEELS=../shared/wheels
 if [ -d "$WHEELS" ]; then
