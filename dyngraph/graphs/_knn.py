@@ -16,10 +16,11 @@ measured faster on this machine. torch-cluster's KD-tree keeps an arbitrary one 
 candidates at the k-th place (e.g. ``[3, 30, 70]`` where the tie rule gives ``[3, 27, 30]``), and
 its distances are rounded differently from the GEMM's, so it runs only when asked for by name.
 
-Mixed precision (``precision='bf16'`` or ``'fp16'``, matmul backend): the tiles are computed in
-half precision, each tile keeps ``candidates`` (> k) candidates, and these are re-scored exactly in
-the input precision before the final top-k. Only a true neighbour pushed out of the candidate list
-by rounding can change the result.
+Mixed precision (``precision='bf16'``, ``'fp16'`` or ``'tf32'``, matmul backend): the tiles are
+computed in half precision (``'tf32'``: fp32 tiles with TF32 tensor-core matmuls where the device
+has them, plain fp32 elsewhere), each tile keeps ``candidates`` (> k) candidates, and these are
+re-scored exactly in the input precision before the final top-k. Only a true neighbour pushed
+out of the candidate list by rounding can change the result.
 
 Neighbour order is deterministic: best first, ties broken by the smaller node index.
 
@@ -29,8 +30,9 @@ blocks arrive from other ranks through collectives.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ from .._validate import (
 
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("auto", "matmul", "torch_cluster")
-PRECISIONS = ("full", "bf16", "fp16")
+PRECISIONS = ("full", "bf16", "fp16", "tf32")
 _LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Elements of one block for the callers of :func:`default_chunk_size` (128 MiB in fp32).
@@ -367,8 +369,10 @@ class BlockTopK:
         self.query_ids = query_ids
         self.chunk_size = chunk_size
         self.low = _LOW_DTYPES.get(precision)
-        self.refine = (self.low is not None or not self.cosine) if refine is None else refine
-        if self.low is not None and self.refine:
+        self.tf32 = precision == "tf32"
+        approx = self.low is not None or self.tf32
+        self.refine = (approx or not self.cosine) if refine is None else refine
+        if approx and self.refine:
             self.n_cand = candidates if candidates is not None else default_candidates(self.k)
         else:
             self.n_cand = self.k + (1 if self.refine and not self.cosine else 0)
@@ -438,6 +442,9 @@ class BlockTopK:
             s = q_low @ k_low.T
             if not self.cosine:
                 s = s.to(q.dtype)
+        elif self.tf32:
+            with _tf32_matmuls():
+                s = q @ keys.T
         else:
             s = q @ keys.T
         if sq_q is not None and sq_k is not None:
@@ -653,9 +660,15 @@ def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
     return vals.to(x.dtype), idx
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@contextlib.contextmanager
+def _tf32_matmuls() -> Iterator[None]:
+    """fp32 matmuls may use TF32 tensor cores inside the block (restored after)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def check_knn_options(k: int, n: int, metric: str, backend: str, chunk_size: Optional[int],
@@ -763,7 +776,8 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
             one ``chunk_size × col_chunk_size`` tile plus ``O(N·k)``, independent of N.
         precision: ``'full'`` (the input's precision), or ``'bf16'``/``'fp16'``: score tiles in
             half precision (tensor cores on GPU), ``candidates`` per tile re-scored exactly in the
-            input precision. Matmul backend only.
+            input precision; ``'tf32'``: the same with fp32 tiles on TF32 tensor cores (CUDA).
+            Matmul backend only.
         candidates: Candidates per tile for the half-precision pass (default ``max(2k, k+8)``).
         device: Where an out-of-core ``x`` is searched (default CPU); ignored for tensors.
         progress: Show a progress bar over the score tiles of the self-search (large N only:

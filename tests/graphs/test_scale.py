@@ -139,7 +139,7 @@ def test_knn_graph_accepts_tile_options():
 
 
 # ---------------------------------------------------------------------------- mixed precision
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_half_precision_tiles_refined_in_fp32(precision, metric):
     x, _ = clustered(600, 32, seed=2)
@@ -178,6 +178,13 @@ def test_fp16_euclidean_survives_large_values():
     v, i = dg.graphs.nearest_neighbors(x, 3, metric="euclidean", precision="fp16")
     assert torch.isfinite(v).all()
     assert (i == ref).all(1).float().mean() >= 0.99
+
+
+def test_tf32_leaves_the_matmul_precision_as_it_was():
+    before = torch.get_float32_matmul_precision()
+    x, _ = clustered(300, 16, seed=1)
+    dg.graphs.nearest_neighbors(x, 3, precision="tf32")
+    assert torch.get_float32_matmul_precision() == before
 
 
 def test_precision_bad_options():
@@ -369,7 +376,7 @@ def test_peak_memory_is_set_by_the_tile_not_by_n():
 
 # ---------------------------------------------------------------------------- CUDA (skipped on CPU)
 @CUDA
-@pytest.mark.parametrize("precision", ["full", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["full", "bf16", "fp16", "tf32"])
 def test_cuda_knn_matches_cpu(precision):
     x, _ = clustered(2000, 64, seed=4)
     ref_v, ref_i = dg.graphs.nearest_neighbors(x, 5, backend="matmul")
