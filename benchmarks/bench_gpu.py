@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import dyngraph as dg  # noqa: E402
-from dyngraph._io import atomic_write_json  # noqa: E402
+import dyngraph as dg
+from dyngraph._io import atomic_write_json
 
 
 def _sync(device: torch.device) -> None:
@@ -76,30 +76,35 @@ def faiss_gpu_search(x: torch.Tensor, k: int) -> Callable[[], Any]:
     return lambda: index.search(arr, k + 1)
 
 
+def one_size(x: torch.Tensor, k: int, repeats: int) -> Dict[str, Any]:
+    """The timings and recalls of one ``[N, D]`` input."""
+    n, dim = x.shape
+    device = x.device
+    block = max(1, min(n, (1 << 28) // max(n, 1)))  # a [block, N] fp32 tile ≤ 1 GiB
+    row: Dict[str, Any] = {"N": n, "D": dim, "k": k}
+    row["gemm_s"], _ = timed(lambda: gemm_floor(x, block), device, repeats)
+    row["fp32_s"], (_, ref) = timed(
+        lambda: dg.graphs.nearest_neighbors(x, k, precision="full"), device, repeats)
+    for prec in ("bf16", "tf32"):
+        t, (_, idx) = timed(lambda p=prec: dg.graphs.nearest_neighbors(x, k, precision=p),
+                            device, repeats)
+        same = (torch.sort(idx, 1).values == torch.sort(ref, 1).values).all(1)
+        row[f"{prec}_s"], row[f"{prec}_recall"] = t, float(same.float().mean())
+    if device.type == "cuda":
+        try:
+            row["faiss_gpu_s"], _ = timed(faiss_gpu_search(x, k), device, repeats)
+        except ImportError as exc:
+            row["faiss_gpu"] = f"not run: {exc}"
+    row["fp32/gemm"] = row["fp32_s"] / row["gemm_s"]
+    row["bf16/gemm"] = row["bf16_s"] / row["gemm_s"]
+    return row
+
+
 def run(sizes: List[int], dim: int, k: int, device: torch.device, repeats: int) -> List[Dict]:
     rows = []
     for n in sizes:
-        x = clustered(n, dim, device)
-        block = max(1, min(n, (1 << 28) // max(n, 1)))  # a [block, N] fp32 tile ≤ 1 GiB
-        row: Dict[str, Any] = {"N": n, "D": dim, "k": k}
-        row["gemm_s"], _ = timed(lambda: gemm_floor(x, block), device, repeats)
-        row["fp32_s"], (_, ref) = timed(
-            lambda: dg.graphs.nearest_neighbors(x, k, precision="full"), device, repeats)
-        for prec in ("bf16", "tf32"):
-            t, (_, idx) = timed(lambda p=prec: dg.graphs.nearest_neighbors(x, k, precision=p),
-                                device, repeats)
-            same = (torch.sort(idx, 1).values == torch.sort(ref, 1).values).all(1)
-            row[f"{prec}_s"], row[f"{prec}_recall"] = t, float(same.float().mean())
-        if device.type == "cuda":
-            try:
-                row["faiss_gpu_s"], _ = timed(faiss_gpu_search(x, k), device, repeats)
-            except ImportError as exc:
-                row["faiss_gpu"] = f"not run: {exc}"
-        row["fp32/gemm"] = row["fp32_s"] / row["gemm_s"]
-        row["bf16/gemm"] = row["bf16_s"] / row["gemm_s"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del x
+        rows.append(one_size(clustered(n, dim, device), k, repeats))
+        print(json.dumps(rows[-1]), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
