@@ -170,19 +170,119 @@ def block_stack(model: nn.Module) -> Tuple[str, BlockStack]:
                                       -order[c[0]]))
 
 
+# Block classes of torchvision's branchy and mobile CNNs, by class name (user classes of the same
+# name are the same idea): GoogLeNet, Inception-v3, EfficientNet (v1, v2), MobileNetV2/V3 and
+# ShuffleNetV2, MNASNet, DenseNet (dense blocks and transitions), ConvNeXt, RegNet, SqueezeNet.
+KNOWN_BLOCKS = frozenset({
+    "Inception", "InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE", "MBConv",
+    "FusedMBConv", "InvertedResidual", "_InvertedResidual", "_DenseBlock", "_Transition",
+    "CNBlock", "ResBottleneckBlock", "Fire"})
+_AUX = re.compile(r"(^|\.)aux", re.IGNORECASE)  # aux1, AuxLogits: auxiliary classifiers
+
+
+def _is_branchy(mod: nn.Module) -> bool:
+    """A module whose children are parallel branches (``branch1``, ``branch3x3dbl_1``, ...): an
+    Inception-style block whose output concatenates them."""
+    if isinstance(mod, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    return sum(n.startswith("branch") for n, _ in mod.named_children()) >= 2
+
+
+def _outermost(names: List[str]) -> List[str]:
+    keep = set(names)
+    return [n for n in names if not any(n.startswith(o + ".") for o in keep if o != n)]
+
+
+def _cnn_blocks(model: nn.Module) -> List[str]:
+    """Names of a CNN's blocks, outermost only, in registration order: torchvision's known block
+    classes (:data:`KNOWN_BLOCKS`), Inception-style modules with parallel ``branch*`` children,
+    and the residual blocks of :func:`residual_blocks`. Auxiliary heads (a name part starting
+    with ``aux``) are left out: they do not feed the network's output."""
+    found = set(residual_blocks(model))
+    names = []
+    for name, mod in model.named_modules():
+        if name and (name in found or type(mod).__name__ in KNOWN_BLOCKS or _is_branchy(mod)):
+            names.append(name)
+    return [n for n in _outermost(names) if not _AUX.search(n)]
+
+
+def _has_attention(mod: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__
+               for m in mod.modules())
+
+
+def _transformer_blocks(model: nn.Module) -> List[str]:
+    """Names of a transformer's blocks in depth order, or ``[]`` when the model is not one.
+
+    The blocks are the items of :func:`block_stack` when they contain attention and no
+    convolution, plus the items of the lists beside it (same parent, same block class): the
+    stages of a hierarchical transformer (Swin ``features.1``, ``features.3``, ...). The decoder
+    of an encoder-decoder has its own parent and is not added."""
+    try:
+        path, stack = block_stack(model)
+    except ValueError:
+        return []
+    cls = type(stack[0])
+    if not _has_attention(stack[0]) or any(isinstance(m, CONVS) for m in stack[0].modules()):
+        return []
+    parent = path.rpartition(".")[0]
+    blocks = []
+    for p, lst in model.named_modules():
+        # the stack itself, and the lists beside it of the same block class (any length)
+        beside = bool(path) and p not in (path, "") and p.rpartition(".")[0] == parent
+        if p == path or (beside and isinstance(lst, (nn.ModuleList, nn.Sequential))
+                         and len(lst) > 0 and all(type(m) is cls for m in lst.children())):
+            prefix = p + "." if p else ""
+            blocks += [prefix + n for n, _ in lst.named_children()]
+    return blocks
+
+
+def _unit_after(model: nn.Module, name: str, modules: Dict[str, nn.Module]) -> Optional[str]:
+    """For a conv with no activation module after it: its parent when that is a conv unit (one
+    conv plus norm/activation children, e.g. torchvision's ``BasicConv2d``, which applies ReLU
+    in ``forward``), so the point is the unit's output (after norm and activation)."""
+    parent = name.rpartition(".")[0]
+    if "." not in name or not parent:
+        return None
+    mod = modules[parent]
+    kids = list(mod.children())
+    convs = sum(isinstance(m, CONVS) for m in mod.modules())
+    if convs == 1 and all(isinstance(k, CONVS + PASSTHROUGH + ACTIVATIONS) for k in kids):
+        return parent
+    return None
+
+
 def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
     """The preset hook points of the reference paper, or a sensible choice for other models.
 
-    * ResNet-like (residual blocks found): the stem conv, then every residual block's output.
+    In depth order:
+
+    * Transformers (a :func:`block_stack` of blocks with attention and no convolution: Hugging
+      Face BERT, RoBERTa, GPT-2, Llama/Mistral/Qwen, torchvision ViT and Swin,
+      ``nn.TransformerEncoder``): the embedding output, as ``'<block 0>:input'`` (the hidden
+      state entering block 0; Hugging Face's ``hidden_states[0]``), then every block's output.
+      Swin lists the blocks of every stage.
+    * CNNs built of blocks (residual blocks, torchvision's :data:`KNOWN_BLOCKS`, Inception
+      modules with parallel ``branch*`` children): every block's output, and every convolution
+      outside the blocks — the stem, any downsampling conv between stages, the head conv
+      (ResNet: the stem conv and every residual block, the reference; GoogLeNet: 3 stem convs and
+      9 Inception modules; EfficientNet-B0: stem, 16 MBConv blocks, head conv). Auxiliary
+      classifiers are left out.
     * VGG-like (convolutions, no blocks): every convolution.
     * MLP-like: every ``nn.Linear``.
     * Anything else: every top-level child that has parameters.
 
+    The order is registration order, which is the forward order of these networks.
+
     Args:
         model: The network.
         point: ``'pre'``: the layer's own output (for a conv, before BN and ReLU — the reference);
-            ``'post'``: the activation module that follows it (after BN and ReLU), where one
-            exists. Block outputs are the same for both.
+            ``'post'``: for a conv, the activation module that follows it (after BN and ReLU),
+            or, where the activation is applied in ``forward``, the conv unit that wraps it
+            (GoogLeNet's ``BasicConv2d``). Block outputs and the embedding are the same for
+            both: a block's output is what it returns — after its final ReLU in ResNet and
+            Inception modules, but linear in MobileNet/EfficientNet/ConvNeXt blocks and
+            transformers, which have no post-activation point.
 
     Returns:
         Layer names in depth order. With ``point='post'``, a layer with no activation module after
@@ -195,14 +295,23 @@ def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
         ...                   nn.Conv2d(4, 4, 3), nn.ReLU())
         >>> dg.default_layers(m), dg.default_layers(m, point='post')
         (['0', '3'], ['2', '4'])
+        >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), num_layers=2,
+        ...                             enable_nested_tensor=False)
+        >>> dg.default_layers(enc)
+        ['layers.0:input', 'layers.0', 'layers.1']
     """
     check_model(model)
     check_choice(point, "point", ("pre", "post"))
-    blocks = residual_blocks(model)
+    blocks = _transformer_blocks(model)
+    if blocks:
+        return [blocks[0] + ":input"] + blocks
+    blocks = _cnn_blocks(model)
     if blocks:
         inside = tuple(b + "." for b in blocks)
-        stem = [n for n in list_layers(model, CONVS) if not n.startswith(inside)][:1]
-        base = stem + blocks
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        convs = [n for n in list_layers(model, CONVS)
+                 if not n.startswith(inside) and not _AUX.search(n)]
+        base = sorted(convs + blocks, key=order.__getitem__)
     else:
         base = list_layers(model, CONVS) or list_layers(model, nn.Linear)
         if not base:
@@ -211,7 +320,10 @@ def default_layers(model: nn.Module, point: str = "pre") -> List[str]:
         raise ValueError(f"default_layers found no layers in {type(model).__name__}; pass layer "
                          f"names (see dg.list_layers(model))")
     if point == "post":
-        base = [_activation_after(model, n) or n for n in base]
+        modules = dict(model.named_modules())
+        keep = set(blocks)
+        base = [n if n in keep else (_activation_after(model, n) or _unit_after(model, n, modules)
+                                     or n) for n in base]
     return base
 
 
