@@ -1,5 +1,6 @@
-"""Zoo: bundled real data (scikit-learn digits, MNIST-1D, image folders), reference models and
-the train-or-reuse helper."""
+"""Zoo: bundled real data (scikit-learn digits, MNIST-1D, image folders, pitch tones), reference
+models, a real pretrained CNN offline (CREPE) and the train-or-reuse helper."""
+from ._audio import PITCHES_HZ, crepe, pitch_tones
 from ._data import (
                     digits_dataset,
                     example_loaders,
@@ -24,7 +25,8 @@ from ._models import (
                     train_classifier,
 )
 
-__all__ = ["CifarResNet", "DigitsCNN", "DigitsMLP", "PadShortcut", "SignalCNN", "SignalResNet",
+__all__ = ["PITCHES_HZ", "crepe", "pitch_tones",
+           "CifarResNet", "DigitsCNN", "DigitsMLP", "PadShortcut", "SignalCNN", "SignalResNet",
            "build_model",
            "cifar_resnet", "digits_dataset", "example_loaders", "folder_layout",
            "image_folder_loaders", "parse_normalize",
