@@ -6,8 +6,9 @@ disk, into :class:`LayerFeatures`.
 """
 from ._extract import balanced_indices, extract_features
 from ._features import LayerFeatures, SpilledArray
-from ._layers import default_layers, list_layers, residual_blocks
+from ._layers import BlockStack, block_stack, default_layers, list_layers, residual_blocks
 from ._taps import LayerTaps
 
-__all__ = ["LayerTaps", "LayerFeatures", "SpilledArray", "balanced_indices", "default_layers",
+__all__ = ["BlockStack", "LayerTaps", "LayerFeatures", "SpilledArray", "balanced_indices",
+           "block_stack", "default_layers",
            "extract_features", "list_layers", "residual_blocks"]

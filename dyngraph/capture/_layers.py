@@ -152,7 +152,7 @@ def block_stack(model: nn.Module) -> Tuple[str, BlockStack]:
 
     Example:
         >>> import torch.nn as nn
-        >>> from dyngraph.capture._layers import block_stack
+        >>> from dyngraph.capture import block_stack
         >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), num_layers=3,
         ...                             enable_nested_tensor=False)
         >>> path, blocks = block_stack(enc)
