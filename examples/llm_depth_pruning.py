@@ -16,7 +16,8 @@
    documents before and after healing, parameters, FLOPs and latency.
 
 Run:  python examples/llm_depth_pruning.py [--out runs/llm_pruning] [--quick]
-      python examples/llm_depth_pruning.py --model-dir /path/to/llama --device cuda
+      python examples/llm_depth_pruning.py --model-dir /path/to/llama --device cuda \
+          --dtype bfloat16 --heal-lr 1e-5
         (a real LLM folder: no training; the same corpus, or --text FILE with one text per line)
 Everything is cached in --out: a rerun skips the training and every finished row.
 On a busy shared machine, one torch thread is faster than two (set below).
@@ -128,6 +129,8 @@ def main() -> None:
     ap.add_argument("--model-dir", help="a local Hugging Face causal-LM folder (skips training)")
     ap.add_argument("--text", help="a file with one text per line (instead of the corpus)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="the dtype a --model-dir model is loaded in (default: its own)")
     ap.add_argument("--train-steps", type=int, default=450)
     ap.add_argument("--heal-steps", type=int, default=40)
     ap.add_argument("--heal-lr", type=float, default=3e-4)
@@ -188,7 +191,8 @@ def main() -> None:
         str(model_dir), None, calib_t, out / "study", labels=calib_y, eval_texts=eval_t,
         heal_texts=train_t, fractions=(0.25, 0.5), seeds=(0, 1, 2), heal="partial",
         heal_steps=args.heal_steps, heal_lr=args.heal_lr, max_length=args.max_length,
-        batch_size=args.batch_size, max_windows=None, device=args.device, progress=False)
+        batch_size=args.batch_size, device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None, progress=False)
     print(report["table"])
     print(json.dumps(report["summary"], indent=1))
 

@@ -278,7 +278,8 @@ def _pad_id(tokenizer: Any) -> int:
 
 def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
                batch_size: int = 8, labels: Optional[Sequence[int]] = None,
-               chunk: bool = True, max_windows: Optional[int] = None) -> List[Batch]:
+               chunk: bool = True, max_windows: Optional[int] = None,
+               min_tokens: int = 2) -> List[Batch]:
     """Tokenised batches ``{'input_ids', 'attention_mask'[, 'labels']}`` (right-padded per
     batch) of texts, each text cut into windows of ``max_length`` tokens.
 
@@ -292,6 +293,8 @@ def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
         labels: One integer label per text (kept per window, as ``'labels'``).
         chunk: Cut a long text into consecutive windows (``False``: keep only its first).
         max_windows: Keep at most this many windows (the first ones).
+        min_tokens: Windows shorter than this are left out (2: a causal LM predicts nothing
+            in one token; use 1 for classification).
 
     Returns:
         A list of batches (CPU tensors).
@@ -305,6 +308,7 @@ def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
     """
     check_positive_int(max_length, "max_length", minimum=2)
     check_positive_int(batch_size, "batch_size")
+    check_positive_int(min_tokens, "min_tokens")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, got one string")
     texts = list(texts)
@@ -322,12 +326,12 @@ def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
         starts = range(0, len(ids), max_length) if chunk else range(0, min(len(ids), 1))
         for s in starts:
             w = ids[s:s + max_length]
-            if len(w) >= 2:
+            if len(w) >= min_tokens:
                 windows.append((w, -1 if labels is None else labels[k]))
     if max_windows is not None:
         windows = windows[:check_positive_int(max_windows, "max_windows")]
     if not windows:
-        raise ValueError("no text has 2 tokens or more: nothing to predict")
+        raise ValueError(f"no text has {min_tokens} tokens or more")
     pad = _pad_id(tokenizer)
     out = []
     for s in range(0, len(windows), batch_size):
@@ -1147,7 +1151,8 @@ def transformer_prune_study(
     if eval_texts is None:
         notes.append("evaluated on the calibration texts (no eval_texts given)")
     batch_kw: Dict[str, Any] = dict(max_length=max_length, batch_size=batch_size,
-                                    max_windows=max_windows, chunk=task == "lm")
+                                    max_windows=max_windows, chunk=task == "lm",
+                                    min_tokens=2 if task == "lm" else 1)
     calib = lm_batches(tokenizer, texts, labels=labels, **batch_kw)
     evals = lm_batches(tokenizer, eval_texts if eval_texts is not None else texts,
                        labels=eval_labels if eval_texts is not None else labels, **batch_kw)

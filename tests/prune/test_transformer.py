@@ -371,7 +371,7 @@ def test_lm_batches_checks():
         lm_batches(_tok, "one string")
     with pytest.raises(ValueError, match="labels has 1 entries"):
         lm_batches(_tok, TEXTS[:2], labels=[0])
-    with pytest.raises(ValueError, match="2 tokens or more"):
+    with pytest.raises(ValueError, match="no text has 2 tokens"):
         lm_batches(_tok, ["x"])
     # windows of 3 tokens; a last window of one token predicts nothing and is dropped; each
     # window keeps its text's label
@@ -436,3 +436,27 @@ def test_study_from_a_model_folder(tmp_path):
         transformer_prune_study(str(tmp_path), None, TEXTS, tmp_path / "o2", log=None)
     with pytest.raises(ValueError, match="tokenizer is required"):
         transformer_prune_study(model, None, TEXTS, tmp_path / "o3", log=None)
+
+
+def test_study_of_a_classifier_reports_accuracy(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=4,
+                                  num_attention_heads=2, intermediate_size=32, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    labels = [0, 1, 0, 1, 0, 1]
+    r = transformer_prune_study(model, _tok, TEXTS, tmp_path, labels=labels, task="classify",
+                                criteria=["reverse", "angular"], fractions=[0.5], heal_steps=3,
+                                heal_lr=1e-3, max_length=12, latency=False, log=None)
+    row = r["rows"]["reverse@0.5"]
+    assert row["blocks"] == [2, 3] and row["heal"]["modules"] == [
+        "bert.encoder.layer.1", "bert.pooler", "classifier"]
+    batches = lm_batches(_tok, TEXTS, max_length=12, batch_size=8, labels=labels, chunk=False,
+                         min_tokens=1)
+    with torch.no_grad():
+        pred = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                          .logits.argmax(1) for b in batches])
+    assert r["baseline"]["accuracy"] == pytest.approx(
+        float((pred == torch.tensor(labels)).float().mean()))
+    assert "acc pruned" in r["table"]
+    with pytest.raises(ValueError, match="needs labels"):
+        transformer_prune_study(model, _tok, TEXTS, tmp_path / "x", task="classify", log=None)
