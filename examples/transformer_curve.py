@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import dyngraph as dg
-from dyngraph.zoo._text import DEFAULT_LANGUAGES, load_minilm, text_loader, wordfreq_words
+from dyngraph.zoo import DEFAULT_LANGUAGES, load_minilm, text_loader, wordfreq_words
 
 
 def main() -> None:

