@@ -69,6 +69,74 @@ def cli_layers(model: nn.Module, layers: Optional[List[str]], point: str) -> Lis
         raise ValueError(f"--layers: {exc}") from None
 
 
+def add_hf_args(group: Any) -> None:
+    """--hf / --text / --text-column / --label-column / --languages / --max-length: a Hugging
+    Face model folder and labelled text, offline."""
+    group.add_argument("--hf", default=None, metavar="MODEL_DIR",
+                       help="a local Hugging Face model folder (config.json + weights), loaded "
+                            "offline with AutoModel.from_pretrained and no remote code; "
+                            "'minilm' is the bundled all-MiniLM-L6-v2. Replaces --example/--model")
+    group.add_argument("--text", default=None, metavar="FILE|wordfreq",
+                       help="labelled text for --hf: a .csv/.tsv/.jsonl file (see --text-column, "
+                            "--label-column), or 'wordfreq' (words of --languages, the language "
+                            "as the label)")
+    group.add_argument("--text-column", default="text", help="the text column of --text FILE")
+    group.add_argument("--label-column", default="label", help="the label column of --text FILE")
+    group.add_argument("--languages", nargs="+", default=None, metavar="LANG",
+                       help="languages of --text wordfreq (default: en de fr es it nl pt pl)")
+    group.add_argument("--max-length", type=int, default=128,
+                       help="texts are truncated to this many tokens")
+
+
+def hf_model_and_text(args: Any) -> Tuple[nn.Module, Any, dict]:
+    """The --hf model (or its seeded random-init twin with --untrained) and a loader of the --text
+    data, tokenized with the model's own tokenizer and padded per batch."""
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("--hf needs transformers: pip install 'dyngraph[hf]'")
+    from ..zoo import minilm_path, text_file_dataset, text_loader, wordfreq_words
+    check_positive_int_flag(args.max_length, "--max-length")
+    if args.text is None:
+        raise ValueError("--hf needs --text FILE (or --text wordfreq): the labelled texts")
+    if args.text == "wordfreq":
+        from ..zoo import DEFAULT_LANGUAGES
+        langs = args.languages or list(DEFAULT_LANGUAGES)
+        data = wordfreq_words(langs, per_class=max(80, args.per_class), seed=args.seed)
+        source = {"text": "wordfreq", "languages": langs}
+    else:
+        if args.languages:
+            raise ValueError("--languages is for --text wordfreq")
+        data = text_file_dataset(args.text, args.text_column, args.label_column)
+        source = {"text": str(args.text), "classes": data.classes}
+    folder = minilm_path() if args.hf == "minilm" else Path(args.hf)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--hf {args.hf!r}: no config.json in {str(folder)!r} (pass a "
+                                f"local Hugging Face model folder)")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:  # GPT-2-style tokenizers have none: pad with end-of-text
+        tokenizer.pad_token = tokenizer.eos_token
+    if args.untrained:
+        torch.manual_seed(args.seed)
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    else:
+        model = AutoModel.from_pretrained(folder, trust_remote_code=False)
+    model = model.to(torch.device(args.device)).eval()
+    loader = text_loader(data, tokenizer, batch_size=32, max_length=args.max_length)
+    info = {"hf": str(folder), "class": type(model).__name__, "trained": not args.untrained,
+            "seed": args.seed, "test_acc": None, **source}
+    return model, loader, info
+
+
+def check_positive_int_flag(value: Any, flag: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+    return value
+
+
 def add_data_args(group: Any) -> None:
     """--image-size / --eval-data / --normalize for --data."""
     group.add_argument("--image-size", type=int, default=32, help="image size for --data")

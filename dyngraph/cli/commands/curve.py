@@ -9,7 +9,16 @@ from typing import Any, Dict
 
 import torch
 
-from .._common import add_common, add_layers_arg, cli_layers, get_loaders, get_model, print_json
+from .._common import (
+    add_common,
+    add_hf_args,
+    add_layers_arg,
+    cli_layers,
+    get_loaders,
+    get_model,
+    hf_model_and_text,
+    print_json,
+)
 
 
 def register(sub) -> None:
@@ -18,6 +27,7 @@ def register(sub) -> None:
                                    "and write the modularity curve (curve.json, curve.csv, "
                                    "curve.png, TensorBoard events).")
     add_common(p)
+    add_hf_args(p.add_argument_group("transformers and text"))
     g = p.add_argument_group("graph")
     g.add_argument("--k", type=int, default=3, help="neighbours per sample (reference: 3)")
     g.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
@@ -33,8 +43,11 @@ def register(sub) -> None:
                         "bounded by a batch, not by samples × features)")
     g.add_argument("--point", default="pre", choices=["pre", "post"],
                    help="hook points: layer outputs (pre-activation) or after the activation")
-    g.add_argument("--pool", default=None, choices=["avg", "max"],
-                   help="pool feature maps instead of flattening them (reference: flatten)")
+    g.add_argument("--pool", default=None, choices=["avg", "max", "mean", "cls", "last", "tokens"],
+                   help="conv maps: flatten them (the reference, default), or 'avg'/'max' pool "
+                        "them; token sequences (--hf): 'mean' over the real tokens (the default "
+                        "with --hf), the first ('cls') or last real token, or every real token "
+                        "as a sample ('tokens', --per-class tokens per class)")
     p.set_defaults(func=run)
 
 
@@ -59,15 +72,24 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train, test, num_classes = get_loaders(args)
-    model, info = get_model(args, train, test, num_classes)
+    if args.hf:
+        model, test, info = hf_model_and_text(args)
+        args.pool = args.pool or "mean"
+    else:
+        if args.text or args.languages:
+            raise ValueError("--text is read with --hf MODEL_DIR")
+        if args.pool in ("mean", "cls", "last", "tokens"):
+            raise ValueError(f"--pool {args.pool} pools token sequences: use it with --hf")
+        train, test, num_classes = get_loaders(args)
+        model, info = get_model(args, train, test, num_classes)
     layers = cli_layers(model, args.layers, args.point)
     extract = dict(layers=layers, seed=args.seed, pool=args.pool, device=args.device,
                    spill_dir=args.spill_dir, progress=not args.quiet)
     profile = dict(graph=spec, seed=args.seed, null_permutations=args.null,
                    progress=not args.quiet)
     labels = dataset_labels(getattr(test, "dataset", None))
-    if labels is not None:  # sample first: only the rows that some repeat uses run the model
+    if labels is not None and args.pool != "tokens":
+        # sample first: only the rows that some repeat uses run the model
         draws = [balanced_indices(labels, args.per_class, None, args.seed + r)
                  for r in range(args.repeats)]
         used = torch.unique(torch.cat(draws))
