@@ -3,7 +3,6 @@ the strings ``'nan'``, ``'inf'`` and ``'-inf'`` (strict JSON), and :func:`decode
 that exactly. Floats are written with ``repr`` precision, so a round trip is bit-exact."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -58,12 +57,15 @@ def float_tensor(obj: Any, name: str) -> Tensor:
 
 
 def read_json(path: Any, formats: Tuple[str, ...]) -> Dict[str, Any]:
-    """A JSON file written by dyngraph, with its ``format`` checked against ``formats``."""
-    with open(path, encoding="utf-8") as fh:
-        try:
-            d = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); rebuild it") from None
+    """A JSON file written by dyngraph: its checksum verified (a file without one is read with a
+    warning), then its ``format`` checked against ``formats``; the checksum entry is removed.
+
+    Raises:
+        CorruptFileError: The file is not valid JSON or does not match its checksum.
+        ValueError: It is not one of ``formats``.
+    """
+    from ._io import read_json_file
+    d = read_json_file(path)
     fmt = d.get("format") if isinstance(d, dict) else None
     if fmt not in formats:
         raise ValueError(f"{path} is not a {formats[0].split('/')[0]} file (format {fmt!r})")
@@ -79,19 +81,22 @@ def check_format(d: Any, formats: Tuple[str, ...], what: str) -> None:
 
 class JsonFile:
     """JSON files of a result class that defines ``to_dict``/``from_dict`` and ``FORMAT``:
-    strict JSON, written atomically, its format checked on load (``FORMATS`` lists the formats
-    a class still reads)."""
+    strict JSON, written atomically with a checksum of its contents, the checksum and the format
+    checked on load (``FORMATS`` lists the formats a class still reads). A flipped byte raises
+    :class:`~dyngraph._io.CorruptFileError` naming the file; a file written without a checksum
+    (an older dyngraph) is read with a warning."""
 
     FORMAT = ""
     FORMATS: Tuple[str, ...] = ()
 
     def to_json(self: Any, path: Optional[Any] = None) -> str:
-        """The JSON text; written atomically to ``path`` when given."""
-        from ._io import atomic_write_json
-        d = jsonable(self.to_dict())
+        """The JSON text (with its ``"checksum"`` entry); written atomically to ``path`` when
+        given."""
+        from ._io import atomic_write_text, json_text
+        text = json_text(jsonable(self.to_dict()))
         if path is not None:
-            atomic_write_json(path, d)
-        return json.dumps(d, indent=2)
+            atomic_write_text(path, text)
+        return text.rstrip("\n")
 
     @classmethod
     def from_json(cls: Any, path: Any) -> Any:

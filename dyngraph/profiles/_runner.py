@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._io import PathLike, atomic_write_json
+from .._io import CorruptFileError, PathLike, atomic_write_json, read_json_file, run_environment
 from .._json import float_tensor, jsonable
 from .._progress import progress_bar, progress_counter
 from .._validate import check_flag, check_labels, check_positive_int, layer_names
@@ -116,27 +117,36 @@ def _fingerprint(feats: LayerFeatures, settings: Dict[str, Any]) -> str:
 
 def _load_checkpoint(path: Path, fingerprint: str, shape: Tuple[int, ...]
                      ) -> Tuple[Tensor, Tensor]:
-    """``(samples, done[R, L])`` from a checkpoint of the same run, or empty ones."""
+    """``(samples, done[R, L])`` from a checkpoint of the same run, or empty ones.
+
+    The whole file is checked against its checksum (any flipped byte is a
+    :class:`~dyngraph._io.CorruptFileError`), the samples also against their own digest (the
+    only check of a checkpoint written before checksums)."""
     samples = torch.full(shape, float("nan"), dtype=torch.float64)
     done = torch.zeros(shape[:2], dtype=torch.bool)
     if not path.exists():
         return samples, done
+    fix = "delete it to start over"
     try:
-        d = json.loads(path.read_text())
-        ok = isinstance(d, dict) and d.get("format") == CHECKPOINT_FORMAT
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"checkpoint {path} is not a depth_profile checkpoint (or is corrupt); "
-                         f"delete it to start over")
-    if d["fingerprint"] != fingerprint:
-        raise ValueError(f"checkpoint {path} belongs to another run (other settings or "
+        with warnings.catch_warnings():  # the samples' digest checks a checkpoint without one
+            warnings.simplefilter("ignore", UserWarning)
+            d = read_json_file(path, fix=fix, what="a depth_profile checkpoint")
+    except OSError as exc:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({exc}); {fix}") from None
+    if not (isinstance(d, dict) and d.get("format") == CHECKPOINT_FORMAT):
+        raise ValueError(f"checkpoint {str(path)!r} is not a depth_profile checkpoint; {fix}")
+    if d.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {str(path)!r} belongs to another run (other settings or "
                          f"features); delete it or choose another checkpoint path")
-    stored = float_tensor(d["samples"], "checkpoint samples")
-    if tuple(stored.shape) != shape or _digest(stored) != d.get("digest"):
-        raise ValueError(f"checkpoint {path} is corrupt (its values do not match their "
-                         f"checksum); delete it to start over")
-    return stored, torch.tensor(d["done"], dtype=torch.bool)
+    try:
+        stored = float_tensor(d["samples"], "checkpoint samples")
+        done = torch.tensor(d["done"], dtype=torch.bool)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(path, f"its samples cannot be read ({exc})", fix) from None
+    if tuple(stored.shape) != shape or tuple(done.shape) != shape[:2] \
+            or _digest(stored) != d.get("digest"):
+        raise CorruptFileError(path, "its values do not match their checksum", fix)
+    return stored, done
 
 
 def _digest(samples: Tensor) -> str:
@@ -200,7 +210,9 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
         progress: A progress bar over repeats × layers.
 
     Returns:
-        A :class:`~dyngraph.DepthProfile`, samples ``[repeats, layers, metrics]``.
+        A :class:`~dyngraph.DepthProfile`, samples ``[repeats, layers, metrics]``; its ``meta``
+        holds the settings and ``'environment'`` (torch's thread count and version, the
+        determinism flags).
 
     Example:
         >>> import torch, dyngraph as dg
@@ -252,6 +264,8 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
     shape = (repeats, len(names), len(base) + len(null_names))
     ckpt = None if checkpoint is None else Path(checkpoint)
     fingerprint = _fingerprint(feats, {**meta, "layers": names}) if ckpt else ""
+    # recorded, not fingerprinted: the thread count can change the last bits of a result
+    meta["environment"] = run_environment()
     out, done = (_load_checkpoint(ckpt, fingerprint, shape) if ckpt else
                  (torch.full(shape, float("nan"), dtype=torch.float64),
                   torch.zeros(shape[:2], dtype=torch.bool)))

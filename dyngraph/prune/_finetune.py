@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .._io import PathLike, atomic_torch_save
+from .._io import CorruptFileError, PathLike, atomic_torch_save, run_environment, verify_payload
 from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._taps import call_model, logits_of, split_batch, to_device
@@ -25,6 +26,28 @@ from ..capture._taps import call_model, logits_of, split_batch, to_device
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 _CKPT_FORMAT = "dyngraph.fit/1"
+
+
+def read_checkpoint(path: PathLike, device: Optional[Union[str, torch.device]] = None
+                    ) -> Dict[str, Any]:
+    """A training checkpoint written by :func:`fit`, read with ``weights_only=True`` and
+    checked against its checksum (weights, optimizer and RNG states, history, settings).
+
+    Raises:
+        CorruptFileError: The file cannot be read, or a byte of it changed (named in the
+            message, with the fix: delete it or pass ``resume=False``).
+        ValueError: It is not a dyngraph training checkpoint.
+    """
+    fix = "delete it (or pass resume=False) to train from the start"
+    try:  # a dyngraph checkpoint holds tensors and plain values only
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CorruptFileError.unreadable(path, "a dyngraph training checkpoint", exc,
+                                          fix) from None
+    if not isinstance(state, dict) or state.get("format") != _CKPT_FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} is not a dyngraph training checkpoint; "
+                         f"{fix}")
+    return verify_payload(state, path, fix)
 
 
 def settings_changed(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
@@ -106,8 +129,11 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         grad_clip: Clip the global gradient norm to this value.
         device: Where to train; defaults to the model's device.
         seed: Seeds torch's RNG at the start of a fresh run (``None``: leave it alone).
-        checkpoint: A ``.pt`` path written atomically after every epoch.
-        resume: Continue from ``checkpoint`` when it exists (its settings must match).
+        checkpoint: A ``.pt`` path written atomically after every epoch, with a checksum of
+            everything in it and the run's environment (thread count, torch version).
+        resume: Continue from ``checkpoint`` when it exists (its settings must match; a
+            corrupt one raises :class:`~dyngraph._io.CorruptFileError`, one written with
+            another thread count a warning).
         on_epoch_end: ``callback(epoch, history)`` after each epoch's checkpoint is written.
         batch_fn: Optional ``batch -> (inputs, labels)``.
         progress: Progress bar over epochs (train loss and val accuracy in the postfix).
@@ -165,14 +191,7 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
     start = 0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and resume and ckpt_path.exists():
-        why = ""
-        try:  # a dyngraph checkpoint holds tensors and plain values only
-            state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except Exception as exc:
-            state, why = None, f" ({type(exc).__name__})"
-        if not isinstance(state, dict) or state.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"checkpoint {str(ckpt_path)!r} is not a dyngraph training "
-                             f"checkpoint{why}; delete it or pass resume=False")
+        state = read_checkpoint(ckpt_path, device)
         if state["config"] != config:
             raise ValueError(f"checkpoint {str(ckpt_path)!r} was written with other settings "
                              f"(saved, now): {settings_changed(state['config'], config)}; "
@@ -187,6 +206,13 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
         hist = state["history"]
         start = int(state["epoch"])
         hist["resumed_from"] = start
+        saved_env = state.get("environment") or {}
+        if saved_env.get("threads") not in (None, torch.get_num_threads()):
+            warnings.warn(f"checkpoint {str(ckpt_path)!r} was written with "
+                          f"{saved_env['threads']} threads and is resumed with "
+                          f"{torch.get_num_threads()}: the resumed weights can differ in the last "
+                          f"bits from an uninterrupted run (torch.set_num_threads("
+                          f"{saved_env['threads']}) reproduces it)", UserWarning, stacklevel=2)
         torch.set_rng_state(state["rng"])
         if gen is not None and state.get("loader_rng") is not None:
             gen.set_state(state["loader_rng"])
@@ -237,8 +263,9 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "history": hist,
                                "rng": torch.get_rng_state(),
-                               "loader_rng": gen.get_state() if gen is not None else None},
-                              ckpt_path)
+                               "loader_rng": gen.get_state() if gen is not None else None,
+                               "environment": run_environment()},
+                              ckpt_path, checksum=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, hist)
     model.eval()

@@ -4,14 +4,15 @@ baselines that remove as many layers (random seeds, least redundant, CKA), and a
 control fine-tuned the same way.
 
 Every finished row is written atomically to ``<out_dir>/prune_report.json`` and skipped on a
-rerun; a row interrupted during fine-tuning resumes from its per-epoch checkpoint. The result,
+rerun; a row interrupted during fine-tuning resumes from its per-epoch checkpoint. The report
+carries a checksum and each row the sha256 of its saved model, checked when read again (a report
+edited by hand is read with a warning once its ``"checksum"`` entry is removed). The result,
 a :class:`StudyReport`, is drawn by ``dg.plot`` and logged by ``dg.log``.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +21,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
+from .._io import (
+    PathLike,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_file,
+    run_environment,
+    sha256_file,
+    verify_file,
+)
 from ..capture import default_layers, extract_features
 from ..graphs._spec import GraphSpec
 from ..profiles._profile import DepthProfile
@@ -33,6 +43,7 @@ from ._surgery import ExampleInput, prune_layers
 
 METHODS = ("modularity", "least_redundant", "random", "cka")
 REPORT = "prune_report.json"
+_REDO = "delete it and rerun the study (finished rows are recomputed, bitwise the same)"
 FORMAT = "dyngraph.prune_study/2"
 
 
@@ -74,8 +85,14 @@ class StudyReport(dict):
 
     @classmethod
     def from_json(cls, path: PathLike) -> "StudyReport":
-        """Reads a ``prune_report.json``."""
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        """Reads a ``prune_report.json``, checked against its checksum (kept in the dict, as in
+        the file; a report without one is read with a warning).
+
+        Raises:
+            CorruptFileError: The file is not valid JSON or does not match its checksum.
+            ValueError: It is not a prune study report of this version.
+        """
+        d = read_json_file(path, keep_checksum=True, fix=_REDO, what="a prune study report")
         if not isinstance(d, dict) or d.get("config", {}).get("format") != FORMAT:
             raise ValueError(f"{str(path)!r} is not a {FORMAT} report")
         return cls(d)
@@ -140,8 +157,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
         model: The trained network (not modified).
         train_loader, test_loader: Fine-tuning data and the held-out evaluation data.
         out_dir: Where ``prune_report.json``, ``prune_table.md``, ``curve.json``,
-            ``curves.png``, the pruned models (``models/<row>.pt``, whole pickled modules) and the
-            fine-tuning checkpoints go.
+            ``curves.png``, the pruned models (``models/<row>.pt``: state_dicts, their sha256 in the
+            row, checked when read again) and the fine-tuning checkpoints go.
         layers: Candidate layers (default ``dg.default_layers(model)``: stem + residual blocks).
         curve_loader: Data for the curve (default: ``train_loader``, so the test set plays no
             part in choosing the layers).
@@ -208,7 +225,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
               "weight_decay": weight_decay, "seed": seed}
     report = StudyReport()
     if path.exists():
-        report = StudyReport(json.loads(path.read_text()))
+        report = StudyReport(read_json_file(path, fix=_REDO, what="a prune study report"))
         if report.get("config") != config:
             raise ValueError(f"{str(out)!r} holds a study with other settings (saved, now): "
                              f"{settings_changed(report.get('config', {}), config)}; use another "
@@ -217,6 +234,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     report.setdefault("config", config)
     report.setdefault("model_info", model_info or {})
     report.setdefault("rows", {})
+    # this run's thread count and torch version (each row also records the threads it ran with)
+    report["environment"] = run_environment()
 
     def modularity(net: nn.Module, names: List[str], **meta: Any) -> Tuple[DepthProfile, Any]:
         """The curve of ``net`` at ``names``: one metric, ``repeats`` resamplings of a pool of
@@ -300,13 +319,14 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                         progress=progress, desc=f"finetune {name}")
         acc_ft = evaluate(pruned, test_loader, dev)
         # weights only: the architecture is rebuilt from the model and the row's selection
-        atomic_torch_save(pruned.state_dict(), out / "models" / f"{name}.pt")
+        weights = atomic_torch_save(pruned.state_dict(), out / "models" / f"{name}.pt")
         row = {"removed": removed, "n_removed": len(removed), "replaced": plog["replaced"],
                "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
                **costs, "params_reduction": 1 - costs["params"] / base["params"],
                "flops_reduction": 1 - costs["flops"] / base["flops"],
                "finetune_loss": hist["loss"][-1], "finetune_train_acc": hist["train_acc"][-1],
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "seconds": round(time.perf_counter() - t0, 2),
+               "threads": torch.get_num_threads(), "weights_sha256": sha256_file(weights)}
         if name == "modularity" and curves_after and layers_to_remove is not None:
             kept = [l for l in curve.layers if l not in set(removed)
                     and l not in {r.layer for r in layers_to_remove}]
@@ -331,6 +351,9 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
         for name in report["rows"]:
             f = out / "models" / f"{name}.pt"
             if f.exists():
+                verify_file(f, report["rows"][name].get("weights_sha256"),
+                            f"delete it and {REPORT} and rerun (every row is recomputed, "
+                            f"bitwise the same)")
                 chosen = sel.get(name)
                 rebuilt = copy.deepcopy(model) if chosen is None else \
                     prune_layers(model, chosen, example_input=example_input)
@@ -351,8 +374,39 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     return report
 
 
+def _same_layers(report: Dict[str, Any]) -> Dict[str, List[str]]:
+    """Per baseline kind (``'random'``, ``'least_redundant'``, ``'cka'``): the rows that removed
+    exactly the layers the modularity row removed (same models: nothing to compare)."""
+    rows = report.get("rows", {})
+    mod = rows.get("modularity")
+    out: Dict[str, List[str]] = {}
+    if mod is None:
+        return out
+    chosen = set(mod.get("removed", []))
+    for name, r in rows.items():
+        kind = "random" if name.startswith("random_seed") else name
+        if kind in ("random", "least_redundant", "cka") and set(r.get("removed", [])) == chosen:
+            out.setdefault(kind, []).append(name)
+    return out
+
+
 def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
-    """Random mean ± std and whether the modularity choice beats each baseline."""
+    """Random mean ± std and whether the modularity choice beats each baseline.
+
+    A baseline row that removed exactly the modularity row's layers is the same network (the
+    structural constraints left no other choice): it is excluded from the comparison and named
+    in ``'same_layers_as_modularity'``. When every random draw did so, ``'beats_random'`` is
+    ``None`` with ``'beats_random_reason'``; when some did, the random comparison uses the
+    other draws (``'random_compared'``). The same holds for ``least_redundant`` and ``cka``.
+
+    Example:
+        >>> rows = {'modularity': {'removed': ['b2'], 'acc_pruned': .9, 'acc_finetuned': .95},
+        ...         'random_seed0': {'removed': ['b2'], 'acc_pruned': .9, 'acc_finetuned': .95},
+        ...         'random_seed1': {'removed': ['b2'], 'acc_pruned': .9, 'acc_finetuned': .95}}
+        >>> s = summarize({'baseline': {'acc': .97}, 'rows': rows})
+        >>> s['beats_random'], s['beats_random_reason']
+        (None, 'random baseline removed the same layers in 2 of 2 draws')
+    """
     rows = report.get("rows", {})
     base = report["baseline"]
     s: Dict[str, Any] = {"baseline_acc": base["acc"]}
@@ -362,27 +416,53 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
         # two of these are not resolved by it
         s["test_samples"] = n
         s["acc_standard_error"] = (p * (1 - p) / n) ** 0.5
-    rand = [r for k, r in rows.items() if k.startswith("random_seed")]
+    rand_names = [k for k in rows if k.startswith("random_seed")]
+    rand = [rows[k] for k in rand_names]
     if rand:
         s["random_finetuned"] = _mean_std([r["acc_finetuned"] for r in rand])
         s["random_pruned"] = _mean_std([r["acc_pruned"] for r in rand])
     mod = rows.get("modularity")
     if mod is not None:
+        same = _same_layers(report)
+        if same:
+            s["same_layers_as_modularity"] = same
         s["modularity_finetuned"] = mod["acc_finetuned"]
         s["modularity_pruned"] = mod["acc_pruned"]
+        others: Dict[str, float] = {}
         if rand:
-            r = s["random_finetuned"]
-            s["beats_random"] = mod["acc_finetuned"] > r["mean"]
-            s["margin_over_random_in_std"] = ((mod["acc_finetuned"] - r["mean"]) / r["std"]
-                                              if r["std"] > 0 else None)
-            s["beats_random_before_finetune"] = mod["acc_pruned"] > s["random_pruned"]["mean"]
+            identical = same.get("random", [])
+            distinct = [rows[k] for k in rand_names if k not in identical]
+            why = (f"random baseline removed the same layers in {len(identical)} of "
+                   f"{len(rand)} draws")
+            if not distinct:
+                s["beats_random"] = None
+                s["beats_random_reason"] = why
+                s["margin_over_random_in_std"] = None
+                s["beats_random_before_finetune"] = None
+            else:
+                r = _mean_std([d["acc_finetuned"] for d in distinct])
+                rp = _mean_std([d["acc_pruned"] for d in distinct])
+                if identical:
+                    s["random_compared"] = {
+                        "finetuned": r, "pruned": rp, "excluded": identical,
+                        "note": f"{why}; compared with the other {len(distinct)}"}
+                s["beats_random"] = mod["acc_finetuned"] > r["mean"]
+                s["margin_over_random_in_std"] = ((mod["acc_finetuned"] - r["mean"]) / r["std"]
+                                                  if r["std"] > 0 else None)
+                s["beats_random_before_finetune"] = mod["acc_pruned"] > rp["mean"]
+                others["random"] = r["mean"]
         for other in ("least_redundant", "cka"):
             if other in rows:
+                if other in same:
+                    s[f"beats_{other}"] = s[f"beats_{other}_before_finetune"] = None
+                    s[f"beats_{other}_reason"] = (f"{other} removed the same layers as "
+                                                  f"modularity")
+                    continue
                 s[f"beats_{other}"] = mod["acc_finetuned"] > rows[other]["acc_finetuned"]
                 s[f"beats_{other}_before_finetune"] = mod["acc_pruned"] > rows[other]["acc_pruned"]
-        others = {"random": s["random_finetuned"]["mean"]} if rand else {}
-        others.update({other: rows[other]["acc_finetuned"] for other in
-                       ("least_redundant", "cka", "unpruned_finetuned") if other in rows})
+                others[other] = rows[other]["acc_finetuned"]
+        if "unpruned_finetuned" in rows:
+            others["unpruned_finetuned"] = rows["unpruned_finetuned"]["acc_finetuned"]
         diffs = {k: mod["acc_finetuned"] - acc for k, acc in others.items()}
         s["modularity_minus"] = diffs
         checks = [s.get("beats_random"), s.get("beats_least_redundant")]
@@ -436,6 +516,20 @@ def format_table(report: Dict[str, Any]) -> str:
         p, f = s["random_pruned"], s["random_finetuned"]
         rows.append(fmt(f"random, mean ± std ({f['n']} seeds)", r0,
                         f"{p['mean']:.4f} ± {p['std']:.4f}", f"{f['mean']:.4f} ± {f['std']:.4f}"))
+    notes = []
+    same = s.get("same_layers_as_modularity") or {}
+    if same.get("random"):
+        n_rand = len([k for k in res if k.startswith("random_seed")])
+        k = len(same["random"])
+        notes.append(f"The random baseline removed the same layers as modularity in {k} of "
+                     f"{n_rand} draws ({', '.join(same['random'])}): "
+                     + ("no random comparison is possible (beats_random: none)" if k == n_rand
+                        else f"modularity is compared with the other {n_rand - k}."))
+    for other in ("least_redundant", "cka"):
+        if same.get(other):
+            notes.append(f"{other} removed the same layers as modularity: not compared.")
+    if notes:
+        rows += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(rows)
 
 

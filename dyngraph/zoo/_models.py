@@ -5,6 +5,8 @@ Training and evaluation share the one loop in :mod:`dyngraph.prune.finetune`.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -12,9 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._io import PathLike, atomic_torch_save
+from .._io import CorruptFileError, PathLike, atomic_torch_save, run_environment, verify_payload
 from .._validate import check_choice, check_positive_int
 from ..prune._finetune import fit
+
+CACHE_FORMAT = "dyngraph.train_cached/1"
 
 
 class DigitsMLP(nn.Module):
@@ -361,7 +365,13 @@ def train_cached(model: nn.Module, train_loader, path: PathLike, epochs: int = 3
     """Trains ``model`` once and caches it: when ``path`` exists, its weights are loaded
     instead (a finished training run is reused, never repeated); otherwise
     :func:`train_classifier` runs and ``{'model': state_dict, 'info': info}`` is written
-    atomically, so an interrupted run leaves no half-written file.
+    atomically with a checksum of its contents and the environment (thread count, torch
+    version), so an interrupted run leaves no half-written file.
+
+    A cached file that is corrupt (unreadable, or a byte changed) is a cache miss: it is moved
+    aside to ``<path>.corrupt`` (never deleted) with a warning and the model is trained again.
+    A file of an older dyngraph (no checksum) is used with a warning; a readable file that is
+    not a cached run is an error.
 
     Args:
         model: The freshly built network (trained or loaded in place).
@@ -394,20 +404,58 @@ def train_cached(model: nn.Module, train_loader, path: PathLike, epochs: int = 3
     info = dict(info or {})
     ckpt = Path(path)
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        if not (isinstance(state, dict) and set(state) == {"model", "info"}):
-            raise ValueError(f"path {str(ckpt)!r} is not a train_cached file (expected the "
-                             f"keys 'model' and 'info'); delete it to retrain")
-        model.load_state_dict(state["model"])
-        info.update(state["info"])
-        info["reused_checkpoint"] = str(ckpt)
-        return info
+        state = _read_cached(ckpt, device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            info.update(state["info"])
+            info["reused_checkpoint"] = str(ckpt)
+            return info
     hist = train_classifier(model, train_loader, epochs=epochs, seed=seed, progress=progress,
                             device=device, **train_kw)
     info.update({"epochs": epochs, "final_loss": hist["loss"][-1]})
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"model": model.state_dict(), "info": info}, ckpt)
+    atomic_torch_save({"format": CACHE_FORMAT, "model": model.state_dict(), "info": info,
+                       "environment": run_environment()}, ckpt, checksum=True)
     return info
+
+
+def _read_cached(ckpt: Path, device: Optional[torch.device]) -> Optional[Dict[str, Any]]:
+    """The cached run in ``ckpt``, or ``None`` after moving a corrupt file aside (with a
+    warning) so that it is rebuilt; a readable file that is not a cached run is an error."""
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+    except Exception as exc:
+        _set_aside(ckpt, f"it cannot be read ({type(exc).__name__})")
+        return None
+    if isinstance(state, dict) and state.get("format") == CACHE_FORMAT:
+        try:
+            state = verify_payload(state, ckpt, required=True)
+        except CorruptFileError:
+            _set_aside(ckpt, "its weights do not match their checksum")
+            return None
+        if isinstance(state.get("model"), dict) and isinstance(state.get("info"), dict):
+            return state
+        _set_aside(ckpt, "its entries are damaged")
+        return None
+    if isinstance(state, dict) and set(state) == {"model", "info"}:  # before checksums
+        warnings.warn(f"cached model {str(ckpt)!r} has no checksum (an older dyngraph): its "
+                      f"weights are used unverified; delete it to retrain", UserWarning,
+                      stacklevel=3)
+        return state
+    raise ValueError(f"path {str(ckpt)!r} is not a train_cached file (expected the keys "
+                     f"'model' and 'info'); delete it to retrain")
+
+
+def _set_aside(ckpt: Path, why: str) -> None:
+    """Moves a corrupt cache file to ``<name>.corrupt[-N]`` (never deleted) and warns."""
+    dest = ckpt.with_name(ckpt.name + ".corrupt")
+    n = 1
+    while dest.exists():
+        dest = ckpt.with_name(f"{ckpt.name}.corrupt-{n}")
+        n += 1
+    os.replace(ckpt, dest)
+    warnings.warn(f"cached model {str(ckpt)!r} is corrupt ({why}): it was moved to "
+                  f"{str(dest)!r} and the model is trained again", UserWarning, stacklevel=4)
 
 
 __all__ = ["ARCHITECTURES", "CifarBasicBlock", "CifarResNet", "DigitsCNN", "DigitsMLP",
