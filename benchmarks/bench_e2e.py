@@ -68,8 +68,14 @@ def resnet18_case(px: int, n: int = 500) -> Case:
 
 
 def minilm_case(pool: str, n_words: int) -> Case:
-    from dyngraph.zoo import _text  # the hf + models extras
-    return _text.benchmark_case(pool, n_words)  # type: ignore[attr-defined]
+    """MiniLM-L6 (the bundled all-MiniLM-L6-v2) on wordfreq words of 10 languages, the language
+    as the label; the embedding output and its 6 blocks."""
+    model, tokenizer = dg.zoo.load_minilm()  # ImportError without the hf + models extras
+    langs = ["en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "fi"]
+    data = dg.zoo.wordfreq_words(langs, per_class=n_words // len(langs), seed=0)
+    loader = dg.zoo.text_loader(data, tokenizer, batch_size=64)
+    return Case(f"minilm-{pool}-{n_words}", model, loader, dg.default_layers(model), pool=pool,
+                forward=lambda batch: model(**{k: v for k, v in batch.items() if k != "labels"}))
 
 
 def _forward_only(case: Case) -> float:
