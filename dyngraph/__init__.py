@@ -21,6 +21,7 @@ from . import (
     capture,
     compare,
     distributed,
+    errors,
     graphs,
     measures,
     neurons,
@@ -50,5 +51,5 @@ __all__ = [
     # the spine's subpackages, in the order of the data flow, then what builds on it
     "capture", "graphs", "measures", "profiles", "outputs",
     "prune", "compare", "neurons", "theory", "distributed", "zoo",
-    "testing", "typing",
+    "errors", "testing", "typing",
 ]

@@ -60,6 +60,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ._io import run_environment
 from ._json import jsonable
 from ._progress import progress_counter
 from ._validate import check_choice, check_features, check_flag, check_labels, check_positive_int
@@ -697,6 +698,6 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
         "measures": ["modularity"], "graph": graph.replace(backend="matmul").to_dict(),
         "repeats": repeats, "per_class": per_class, "n_samples": n_used, "seed": seed,
         "null_permutations": 0, "measure_options": jsonable({"modularity": opts}) if opts else {},
-        "world_size": world}
+        "world_size": world, "environment": run_environment()}
     meta.update({key: v for key, v in feats.meta.items() if key not in meta and key != "shard"})
     return DepthProfile(names, ["modularity"], out, meta)

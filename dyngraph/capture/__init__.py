@@ -5,10 +5,10 @@
 disk, into :class:`LayerFeatures`.
 """
 from ._extract import balanced_indices, extract_features
-from ._features import LayerFeatures, SpilledArray
+from ._features import LayerFeatures, SpilledArray, clean_spill
 from ._layers import BlockStack, block_stack, default_layers, list_layers, residual_blocks
 from ._taps import LayerTaps
 
 __all__ = ["BlockStack", "LayerTaps", "LayerFeatures", "SpilledArray", "balanced_indices",
-           "block_stack", "default_layers",
+           "block_stack", "clean_spill", "default_layers",
            "extract_features", "list_layers", "residual_blocks"]

@@ -1,10 +1,10 @@
 """Class-balanced, streaming extraction of layer representations, built on :class:`LayerTaps`."""
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .._progress import progress_bar
 from .._validate import check_labels, check_model, check_positive_int
-from ._features import LayerFeatures, SpilledArray
+from ._features import LayerFeatures, SpilledArray, make_spill_dir, remove_spill_dir
 from ._layers import LayerSpec
 from ._taps import LayerTaps, split_batch, take_rows, to_device
 
@@ -263,7 +263,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     store: Dict[str, Any] = {}
     tmp_dir = None
     if spill_dir is not None:
-        tmp_dir = tempfile.mkdtemp(prefix="dyngraph-features-", dir=spill_dir)
+        tmp_dir = str(make_spill_dir(spill_dir))
     gen = torch.Generator().manual_seed(int(seed))
     counts: Dict[int, int] = {}
     ys: List[Tensor] = []
@@ -273,7 +273,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
     positions: List[Tensor] = []
     n_inputs = 0
     total = len(run_loader) if hasattr(run_loader, "__len__") else None
-    with taps:
+    with taps, _removed_on_error(tmp_dir, store):
         for batch in progress_bar(run_loader, desc="extract", total=total, disable=not progress):
             if batch_fn is None and isinstance(batch, (tuple, list)) and len(batch) > 2:
                 raise ValueError(f"the loader yields {len(batch)} items per batch; say which are "
@@ -351,6 +351,21 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
         meta.update(n_inputs=n_inputs, tokens_per_class=tokens_per_class,
                     indices="dataset" if dataset_indices else "extraction order")
     return LayerFeatures(feats, y, indices, meta, token_pos)
+
+
+@contextlib.contextmanager
+def _removed_on_error(folder: Optional[str], store: Dict[str, Any]) -> Iterator[None]:
+    """On an error (or an interrupt), closes the spilled layers and removes the spill folder this
+    extraction made, and only it."""
+    try:
+        yield
+    except BaseException:
+        for stored in store.values():
+            if isinstance(stored, SpilledArray):
+                stored.close()
+        if folder is not None:
+            remove_spill_dir(folder)
+        raise
 
 
 def _take(stored: Union[Tensor, SpilledArray], rows: Tensor) -> Union[Tensor, SpilledArray]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -104,11 +103,7 @@ def run(args: argparse.Namespace) -> int:
         feats = extract_features(model, test, **extract)
         prof = depth_profile(feats, ["modularity"], per_class=args.per_class,
                              repeats=args.repeats, **profile)
-    spilled = feats.meta.get("spill_dir")
-    if spilled and Path(spilled).name.startswith("dyngraph-features-"):
-        # the folder extract_features made for this run inside --spill-dir, and only it
-        del feats
-        shutil.rmtree(spilled, ignore_errors=True)
+    feats.close()  # the spill folder extract_features made inside --spill-dir, and only it
     label = "untrained" if args.untrained else "trained"
     data = getattr(getattr(test, "dataset", None), "dyngraph_data", None)
     prof.meta.update({"label": label, "model": info, "point": args.point, "data": data,
