@@ -5,7 +5,9 @@ passed, so bad input never fails deep inside torch and never yields a silent NaN
 """
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional, Sequence
+import math
+import numbers
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -66,27 +68,113 @@ def check_k(k, n: int, name: str = "k") -> int:
 def check_labels(y, n: int, name: str = "y", *, min_classes: int = 1,
                  check_min: bool = True) -> Tensor:
     """Checks integer labels of length ``n`` with values >= 0 (``check_min=False``: the caller
-    checks the sign itself, e.g. from one ``aminmax``)."""
+    checks the sign itself, e.g. from one ``aminmax``).
+
+    Anything ``torch.as_tensor`` reads is accepted (lists, NumPy arrays); float, bool and complex
+    labels are a ``TypeError`` (never truncated). A ``[N, 1]`` or ``[1, N]`` tensor is flattened;
+    any other shape is a ``ValueError``."""
     if not isinstance(y, Tensor):
         try:
             y = torch.as_tensor(y)
         except Exception as exc:
             raise TypeError(f"{name} must be a tensor of integer labels, got "
-                            f"{type(y).__name__}") from exc
+                            f"{type(y).__name__}: {_describe(y)}") from exc
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must hold integer class labels, got dtype={y.dtype}")
-    y = y.reshape(-1) if y.dim() > 1 and y.numel() == n else y
+        raise TypeError(f"{name} must hold integer class labels, got dtype={y.dtype}; float "
+                        f"labels are never truncated: map them to integers first")
+    if y.dim() > 1 and y.numel() == n and sum(d != 1 for d in y.shape) <= 1:
+        y = y.reshape(-1)  # [N, 1] or [1, N]
     if y.dim() != 1 or y.numel() != n:
         raise ValueError(f"{name} must have one label per sample (length {n}), got shape "
                          f"{tuple(y.shape)}")
     if check_min and n and int(y.min()) < 0:
         raise ValueError(f"{name} must hold labels >= 0, got min({name})={int(y.min())}")
     if min_classes > 1:
-        n_cls = int(torch.unique(y).numel())
-        if n_cls < min_classes:
-            raise ValueError(f"{name} must contain at least {min_classes} classes, got {n_cls} "
-                             f"(values {torch.unique(y).tolist()[:10]})")
+        uniq = torch.unique(y)
+        if uniq.numel() < min_classes:
+            raise ValueError(f"{name} must contain at least {min_classes} classes, got "
+                             f"{uniq.numel()} (values {uniq.tolist()[:10]})")
     return y.long()
+
+
+#: Largest class axis (or class × class matrix, in entries) that a result indexed by label value
+#: may have when most of it would belong to absent labels; see :func:`check_class_axis`.
+SPARSE_AXIS_LIMIT = 1 << 20
+
+
+def compact_labels(y: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(codes, classes)``: the sorted distinct labels ``classes`` ``[K]`` and ``codes`` ``[N]``
+    in ``0..K-1`` with ``classes[codes] == y``.
+
+    Time and memory are ``O(N log N)`` (``O(N + max(y))`` when the ids are small), never sized by
+    the label values: ``{0, 1, 10**9}`` gives three classes. Labels already ``0..K-1`` (each
+    present) come back unchanged, the same tensor.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph._validate import compact_labels
+        >>> codes, classes = compact_labels(torch.tensor([7, 10**9, 7, 3]))
+        >>> codes.tolist(), classes.tolist()
+        ([1, 2, 1, 0], [3, 7, 1000000000])
+    """
+    y = y.long()
+    n = y.numel()
+    if n == 0:
+        return y, y
+    lo, hi = (int(v) for v in y.aminmax())
+    if lo >= 0 and hi < 2 * n + 1024:  # small ids: one bincount, no sort
+        present = torch.bincount(y, minlength=hi + 1) > 0
+        if bool(present.all()):
+            return y, torch.arange(hi + 1, device=y.device)
+        return (present.cumsum(0) - 1)[y], present.nonzero().flatten()
+    classes, codes = torch.unique(y, sorted=True, return_inverse=True)
+    return codes, classes
+
+
+def check_class_axis(y: Tensor, size: int, name: str = "y", *, power: int = 1) -> None:
+    """Refuses a result indexed by label value (``size = max(y) + 1`` rows, ``power=2`` for a
+    ``size × size`` matrix) that would be large (``> SPARSE_AXIS_LIMIT`` entries) and mostly
+    empty (over half of it for absent labels): e.g. labels ``{0, 1, 10**9}``. The error says how
+    to compact them."""
+    entries = size ** power
+    if entries <= SPARSE_AXIS_LIMIT:
+        return
+    k = int(torch.unique(y).numel())
+    if entries > 2 * k ** power:
+        shape = " × ".join([str(size)] * power)
+        raise ValueError(f"{name} has {k} distinct values up to {size - 1}: a result with one "
+                         f"entry per label value would be {shape}, mostly empty. Relabel them "
+                         f"0..{k - 1} first: {name} = torch.unique({name}, "
+                         f"return_inverse=True)[1]")
+
+
+def check_number(value, name: str, *, minimum: Optional[float] = None,
+                 strict: bool = False) -> float:
+    """A finite real number (``int``/``float``/NumPy scalar, not ``bool``), ``>= minimum``
+    (``> minimum`` with ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {name}={value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got "
+                         f"{name}={value:g}")
+    return value
+
+
+def check_resolution(value, name: str = "resolution", *, strict: bool = False) -> float:
+    """Newman's resolution ``γ``: a finite number ``>= 0`` (``> 0`` with ``strict``)."""
+    return check_number(value, name, minimum=0.0, strict=strict)
+
+
+def check_num_nodes(value, name: str = "num_nodes") -> int:
+    """A node count: an ``int`` (NumPy integers too, not ``bool``) ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {name}={value}")
+    return int(value)
 
 
 def layer_names(features, name: str = "features") -> List[str]:
@@ -116,8 +204,8 @@ def check_flag(value, name: str) -> bool:
     return value
 
 
-def check_choice(value, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
+def check_choice(value, name: str, choices: Sequence[Any]) -> Any:
+    if not (value is None or isinstance(value, str)) or value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 

@@ -15,6 +15,7 @@ from typing import (
     Union,
 )
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
@@ -24,14 +25,20 @@ from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
 from .._validate import (
     check_choice,
+    check_class_axis,
     check_edge_index,
+    check_edge_weight,
     check_features,
     check_labels,
+    check_num_nodes,
     check_positive_int,
+    check_resolution,
     check_same_device,
+    check_tensor,
+    compact_labels,
     layer_names,
 )
-from ..measures._modularity import community_terms
+from ..measures._modularity import check_undirected, community_terms
 from ._knn import is_row_source, knn_edges, row_source_info
 
 if TYPE_CHECKING:
@@ -40,14 +47,20 @@ if TYPE_CHECKING:
 SYMMETRIZE = ("mean", "max", "add", "mutual")
 
 
+class DegenerateLayerWarning(UserWarning):
+    """A layer whose rows are all identical (zero variance; for cosine, all parallel): every kNN
+    score ties, so its graph, and any modularity of it, is decided by the tie rule and the order
+    of the samples rather than by the representation."""
+
+
 def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
                how: str = "mean") -> Tuple[Tensor, Tensor]:
     """Makes a directed kNN graph undirected (both directions stored, coalesced, no self-loops).
 
     Args:
-        edge_index: ``[2, E]`` directed edges.
-        edge_weight: ``[E]`` weights.
-        num_nodes: ``N``.
+        edge_index: ``[2, E]`` directed edges, node ids in ``[0, num_nodes)``.
+        edge_weight: ``[E]`` finite floating-point weights.
+        num_nodes: ``N`` (an ``int`` above every node id).
         how: ``'mean'``: ``A = (A_dir + A_dirᵀ)/2``, the reference convention (a mutual pair keeps
             ``cos``, a one-way pair gets ``cos/2``); ``'max'``: ``max(A_dir, A_dirᵀ)`` (union);
             ``'add'``: ``A_dir + A_dirᵀ``; ``'mutual'``: only pairs that chose each other, with
@@ -63,8 +76,17 @@ def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
         >>> ei2.tolist(), [round(v, 2) for v in w2.tolist()]
         ([[0, 0, 1, 2], [1, 2, 0, 0]], [0.8, 0.3, 0.8, 0.3])
     """
-    check_choice(how, "symmetrize", SYMMETRIZE)
+    check_choice(how, "how", SYMMETRIZE)
     edge_index = check_edge_index(edge_index)
+    num_nodes = check_num_nodes(num_nodes)
+    check_same_device(edge_index=edge_index,
+                      edge_weight=check_tensor(edge_weight, "edge_weight"))
+    edge_weight = check_edge_weight(edge_weight, edge_index.shape[1])
+    if edge_index.numel():
+        lo, hi = (int(v) for v in edge_index.aminmax())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(f"edge_index must hold node ids in [0, num_nodes={num_nodes}), got "
+                             f"values in [{lo}, {hi}]; pass num_nodes > {hi}")
     keep = edge_index[0] != edge_index[1]
     edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
     if how == "mutual":
@@ -106,6 +128,7 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
         >>> snap.num_nodes, snap.layer_name, bool(snap.is_undirected())
         (60, 'fc1', True)
     """
+    check_choice(symmetrize, "symmetrize", SYMMETRIZE)
     device: Optional[torch.device] = None  # where an out-of-core search runs: y's device
     if is_row_source(x):  # out of core: a spilled layer or a NumPy array / memmap
         if keep_x:
@@ -129,9 +152,17 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
                                         col_chunk_size=col_chunk_size, precision=precision,
                                         candidates=candidates, device=device, progress=progress)
     edge_index, edge_weight = symmetrize_fn(edge_index, edge_weight, n, symmetrize)
-    if metric == "cosine" and bool((edge_weight <= 0).any()):
-        warnings.warn(f"layer {layer_name!r}: {int((edge_weight <= 0).sum())} kNN edges have "
-                      f"cosine <= 0; modularity treats weights as given", stacklevel=2)
+    if metric == "cosine" and bool((edge_weight < 0).any()):
+        warnings.warn(f"layer {layer_name!r}: {int((edge_weight < 0).sum())} kNN edges have "
+                      f"cosine < 0 (rows with fewer than k={k} rows of positive cosine); "
+                      f"modularity is undefined for negative weights and refuses this graph: "
+                      f"use metric='euclidean' (unit weights) for this layer", stacklevel=2)
+    if rows_identical(x, metric):
+        warnings.warn(f"layer {layer_name!r}: all {n} rows are identical"
+                      f"{' up to a positive factor' if metric == 'cosine' else ''} (zero "
+                      f"variance): every kNN score ties, so the graph and its modularity are "
+                      f"decided by the tie rule and the order of the samples, not by the "
+                      f"representation", DegenerateLayerWarning, stacklevel=2)
     data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n,
                 layer_name=layer_name, layer_index=int(layer_index))
     if keep_x:
@@ -140,6 +171,53 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
 
 
 symmetrize_fn = symmetrize
+
+
+def _row_block(x: Any, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of a tensor or of a row source (NumPy array, spilled layer), as a
+    float32/float64 tensor."""
+    if isinstance(x, Tensor):
+        block = x[start:stop]
+    else:
+        block = torch.from_numpy(np.array(x.read_rows(start, stop) if hasattr(x, "read_rows")
+                                          else x[start:stop]))
+    return block if block.dtype in (torch.float32, torch.float64) else block.float()
+
+
+def rows_identical(x: Any, metric: str = "euclidean") -> bool:
+    """Whether every row of ``x`` ``[N, D]`` equals row 0 to float32 rounding (``8·ε`` of row
+    0's largest entry; for ``'cosine'`` after L2-normalising each row, so rows that differ only
+    by a positive factor count as identical). Reads blocks of rows and stops at the first block
+    that differs, so a layer with any spread costs one small block.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.graphs._graph import rows_identical
+        >>> x = torch.ones(5, 3)
+        >>> rows_identical(x), rows_identical(x * torch.arange(1., 6.).unsqueeze(1), 'cosine')
+        (True, True)
+        >>> rows_identical(torch.eye(3))
+        False
+    """
+    n = int(x.shape[0])
+    width = max(int(np.prod(x.shape[1:])), 1)
+    first = _row_block(x, 0, 1).reshape(1, -1)
+    if metric == "cosine":
+        norm = first.norm()
+        if not float(norm) > 0:
+            return False  # zero rows: the cosine search refuses them
+        first = first / norm
+    tol = 8 * torch.finfo(torch.float32).eps * float(first.abs().max())
+    start, step = 1, 16
+    while start < n:
+        stop = min(n, start + step)
+        block = _row_block(x, start, stop).reshape(stop - start, -1).to(first.device)
+        if metric == "cosine":
+            block = block / block.norm(dim=1, keepdim=True).clamp_min(torch.finfo(block.dtype).tiny)
+        if float((block - first).abs().amax()) > tol:
+            return False
+        start, step = stop, max(16, min(4 * step, (1 << 20) // width))
+    return True
 
 
 class DynamicGraph:
@@ -288,6 +366,13 @@ class DynamicGraph:
     def _labels(self, communities: Optional[Sequence[Tensor]] = None) -> List[Tensor]:
         if not self.snapshots:
             raise ValueError("this DynamicGraph has no snapshots")
+        if communities is not None and (isinstance(communities, Tensor)
+                                        or not isinstance(communities, (list, tuple))
+                                        or len(communities) != len(self.snapshots)):
+            got = (f"a {type(communities).__name__}" if not isinstance(communities, (list, tuple))
+                   else f"{len(communities)} entries")
+            raise ValueError(f"communities must be a list of one [N] tensor per snapshot "
+                             f"({len(self.snapshots)}), got {got}")
         out = []
         for i, s in enumerate(self.snapshots):
             c = s.y if communities is None else communities[i]
@@ -298,26 +383,49 @@ class DynamicGraph:
 
     def _batched_edges(self) -> Tuple[Tensor, Tensor, Tensor]:
         """All layers' edges as one disjoint union: ``edge_index`` (offset), float64 weights and
-        the ``batch`` vector."""
+        the ``batch`` vector; each snapshot checked (node ids within its ``num_nodes``, weights
+        finite and ``>= 0``) and the union checked undirected."""
         eis, ws, batch = [], [], []
         offset = 0
         for i, s in enumerate(self.snapshots):
+            where = f"snapshot {i} ({self.layers[i]!r})"
+            ei = check_edge_index(s.edge_index, f"the edge_index of {where}")
+            n = s.num_nodes
+            if n is None:
+                raise ValueError(f"{where} has no num_nodes")
+            if ei.numel():
+                lo, hi = (int(v) for v in ei.aminmax())
+                if lo < 0 or hi >= n:
+                    raise ValueError(f"{where} has edge ids in [{lo}, {hi}] but num_nodes={n}")
             w = s.edge_weight if s.edge_weight is not None else \
-                torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
-            eis.append(s.edge_index + offset)
+                torch.ones(ei.shape[1], device=ei.device)
+            w = check_edge_weight(w, ei.shape[1], f"the edge_weight of {where}")
+            if ei.numel() and bool((w < 0).any()):
+                raise ValueError(f"{where} has {int((w < 0).sum())} negative edge weights; "
+                                 f"modularity is undefined for them (rebuild the layer with "
+                                 f"metric='euclidean')")
+            eis.append(ei + offset)
             ws.append(w.double())
-            batch.append(torch.full((s.num_nodes,), i, dtype=torch.long,
-                                    device=s.edge_index.device))
-            offset += s.num_nodes
-        return torch.cat(eis, 1), torch.cat(ws), torch.cat(batch)
+            batch.append(torch.full((n,), i, dtype=torch.long, device=ei.device))
+            offset += n
+        ei_all, w_all = torch.cat(eis, 1), torch.cat(ws)
+        check_undirected(ei_all, w_all, offset, "DynamicGraph.modularity")
+        return ei_all, w_all, torch.cat(batch)
 
-    def _contributions(self, resolution: float, communities: Optional[Sequence[Tensor]] = None
-                       ) -> Tensor:
-        """Each community's modularity term per layer, float64 ``[L, C]``, in one scatter pass."""
+    def _contributions(self, resolution: float, communities: Optional[Sequence[Tensor]] = None,
+                       compact: bool = False) -> Tensor:
+        """Each community's modularity term per layer, float64 ``[L, C]``, in one scatter pass
+        (``compact``: the columns are the sorted distinct labels, for results that only sum
+        them; otherwise column ``c`` is label ``c``)."""
+        resolution = check_resolution(resolution)
         comm = torch.cat(self._labels(communities))
+        if compact:
+            comm = compact_labels(comm)[0]  # (labels 0..C-1: unchanged)
+        else:
+            check_class_axis(comm, int(comm.max()) + 1, "y")
         ei, w, batch = self._batched_edges()
         return community_terms(ei, comm, w, batch, len(self.snapshots), int(comm.max()) + 1,
-                                float(resolution))[0]
+                               resolution)[0]
 
     def _profile(self, metric: str, samples: Tensor, **meta: Any) -> "DepthProfile":
         """A one-metric :class:`~dyngraph.DepthProfile` over the layers (``meta`` added to the
@@ -327,7 +435,9 @@ class DynamicGraph:
 
     def class_contributions(self, resolution: float = 1.0) -> Tensor:
         """Each class's modularity term per layer, float64 ``[L, C]``; rows sum to
-        ``modularity().values``.
+        ``modularity().values``. Column ``c`` is label ``c`` (``C = max(y) + 1``; absent labels
+        give zero columns); labels so sparse that most of a large axis would be empty are a
+        ``ValueError`` (relabel them ``0..K-1``).
 
         Example:
             >>> import torch, dyngraph as dg
@@ -346,8 +456,13 @@ class DynamicGraph:
         """Modularity of every layer, labels as communities, in one batched scatter pass.
 
         Args:
-            resolution: Newman's resolution ``γ``.
-            communities: Per-snapshot community tensors to use instead of ``y``.
+            resolution: Newman's resolution ``γ``, a finite number ``>= 0``.
+            communities: Per-snapshot community tensors to use instead of ``y`` (a list, one
+                per snapshot; only which nodes share a value matters, not the values).
+
+        Every snapshot must be undirected with finite weights ``>= 0`` and node ids below its
+        ``num_nodes`` (each a ``ValueError`` otherwise; :meth:`from_features` builds such
+        snapshots).
 
         Returns:
             A one-metric :class:`~dyngraph.DepthProfile` ``'modularity'``, samples ``[1, L, 1]``
@@ -363,8 +478,8 @@ class DynamicGraph:
             >>> p.metrics, tuple(p.samples.shape), bool(p.values[1] > p.values[0])
             (['modularity'], (1, 2, 1), True)
         """
-        return self._profile("modularity", self._contributions(resolution, communities).sum(1),
-                             resolution=resolution)
+        contrib = self._contributions(resolution, communities, compact=True)
+        return self._profile("modularity", contrib.sum(1), resolution=resolution)
 
     def modularity_null(self, permutations: int = 100, seed: int = 0, resolution: float = 1.0
                         ) -> "DepthProfile":
@@ -399,10 +514,15 @@ class DynamicGraph:
             (True, True)
         """
         check_positive_int(permutations, "permutations")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+        resolution = check_resolution(resolution)
         labels = self._labels()
-        ei, w, batch = self._batched_edges()
         sizes = [int(c.numel()) for c in labels]
-        n_comm = int(torch.cat(labels).max()) + 1
+        codes = compact_labels(torch.cat(labels))[0]  # (labels 0..C-1: unchanged)
+        labels = list(codes.split(sizes))
+        n_comm = int(codes.max()) + 1
+        ei, w, batch = self._batched_edges()
         gen = torch.Generator().manual_seed(int(seed))
         rows = []
         for _ in range(int(permutations)):
@@ -412,8 +532,7 @@ class DynamicGraph:
             else:
                 comm = torch.cat([c[torch.randperm(c.numel(), generator=gen).to(c.device)]
                                   for c in labels])
-            contrib, _ = community_terms(ei, comm, w, batch, len(labels), n_comm,
-                                          float(resolution))
+            contrib, _ = community_terms(ei, comm, w, batch, len(labels), n_comm, resolution)
             rows.append(contrib.sum(1))
         return self._profile("modularity_null", torch.stack(rows), resolution=resolution,
                              permutations=int(permutations), null_seed=int(seed))

@@ -35,17 +35,22 @@ from torch_geometric.utils import scatter
 from .._json import JsonFile, float_tensor, jsonable
 from .._validate import (
     check_choice,
+    check_class_axis,
     check_edge_index,
     check_edge_weight,
     check_features,
+    check_flag,
     check_k,
     check_labels,
+    check_num_nodes,
+    check_number,
+    check_resolution,
     check_same_device,
     check_tensor,
+    compact_labels,
 )
 from ..graphs._knn import nearest_neighbors
-from ._modularity import modularity as _modularity
-from ._modularity import require_graph
+from ._modularity import _q, check_within_graphs, require_graph
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -64,27 +69,46 @@ EVOLUTION_FORMAT = "dyngraph.CommunityEvolution/1"
 
 
 # ================================================================================== helpers
-def _edges(edge_index, edge_weight, num_nodes, y=None):
+def _edges(edge_index, edge_weight, num_nodes, y=None, *, what: Optional[str] = None):
     """Checked ``(edge_index, float64 weights, N)``; ``N`` defaults to ``y.numel()`` (a tensor),
-    else to ``max(edge_index) + 1``."""
+    else to ``max(edge_index) + 1``. Node ids must lie in ``[0, N)``, weights be finite (and
+    ``>= 0`` when ``what`` names the function that needs it)."""
     ei = check_edge_index(edge_index)
-    top = int(ei.max()) + 1 if ei.numel() else 0
+    lo, hi = (int(v) for v in ei.aminmax()) if ei.numel() else (0, -1)
     if num_nodes is None:
-        num_nodes = top if y is None else int(y.numel())
-    if ei.numel() and top > num_nodes:
-        raise ValueError(f"edge_index refers to node {top - 1} but num_nodes={num_nodes}")
+        num_nodes = hi + 1 if y is None else int(y.numel())
+    num_nodes = check_num_nodes(num_nodes)
+    if lo < 0:
+        raise ValueError(f"edge_index must hold node ids >= 0, got min(edge_index)={lo}")
+    if hi >= num_nodes:
+        raise ValueError(f"edge_index refers to node {hi} but num_nodes={num_nodes}")
     if edge_weight is None:
         edge_weight = torch.ones(ei.shape[1], device=ei.device)
     w = check_edge_weight(edge_weight, ei.shape[1]).to(torch.float64)
     check_same_device(edge_index=ei, edge_weight=w)
+    if what is not None and ei.numel() and bool((w < 0).any()):
+        raise ValueError(f"{what} needs non-negative edge weights; {int((w < 0).sum())} are "
+                         f"negative. Clamp them, or build the graph with metric='euclidean' "
+                         f"(unit weights)")
     return ei, w, num_nodes
 
 
-def _batch_info(batch, num_nodes, device) -> Tuple[Optional[Tensor], int]:
+def _batch_info(batch, num_nodes, device, edge_index: Optional[Tensor] = None
+                ) -> Tuple[Optional[Tensor], int]:
+    """Checked ``batch`` and the number of graphs; no edge of ``edge_index`` may join two."""
     if batch is None:
         return None, 1
     batch = check_labels(batch, num_nodes, "batch").to(device)
-    return batch, (int(batch.max()) + 1 if num_nodes else 0)
+    b = int(batch.max()) + 1 if num_nodes else 0
+    check_class_axis(batch, b, "batch")
+    if edge_index is not None:
+        check_within_graphs(edge_index, batch)
+    return batch, b
+
+
+def _present_codes(y: Tensor) -> Tensor:
+    """Labels as ``0..K-1`` codes of the distinct values (unchanged when already so)."""
+    return compact_labels(y)[0]
 
 
 # ================================================================================== class mixing
@@ -101,10 +125,13 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     Args:
         edge_index: ``[2, E]``.
         y: ``[N]`` integer classes.
-        edge_weight: ``[E]`` (default 1).
+        edge_weight: ``[E]`` finite weights ``>= 0`` (default 1).
         num_nodes: ``N`` (default ``y.numel()``).
-        batch: ``[N]`` graph index, for many graphs (e.g. all layers) in one pass.
-        num_classes: ``C`` (default ``max(y) + 1``).
+        batch: ``[N]`` graph index, for many graphs (e.g. all layers) in one pass (no edge may
+            join two graphs).
+        num_classes: ``C`` (default ``max(y) + 1``): row and column ``c`` are label ``c``. Labels
+            so sparse that the matrix would exceed 2**20 entries, mostly for absent labels,
+            are a ``ValueError`` (relabel them ``0..K-1``).
         normalize: ``'total'`` (entries sum to 1 per graph), ``'row'`` (each row sums to 1: where
             class ``a``'s weight goes; rows of absent classes stay 0) or ``None`` (raw weights).
 
@@ -119,7 +146,7 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     """
     check_choice(normalize, "normalize", NORMALIZE)
     check_tensor(y, "y")
-    ei, w, n = _edges(edge_index, edge_weight, num_nodes, y)
+    ei, w, n = _edges(edge_index, edge_weight, num_nodes, y, what="class_mixing")
     y = check_labels(y, n, "y").to(ei.device)
     c = int(y.max()) + 1 if y.numel() else 0
     if num_classes is not None:
@@ -127,7 +154,8 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
             raise ValueError(f"num_classes must be an int >= max(y) + 1 = {c}, got "
                              f"{num_classes!r}")
         c = num_classes
-    batch, b = _batch_info(batch, n, ei.device)
+    check_class_axis(y, c, "y", power=2)
+    batch, b = _batch_info(batch, n, ei.device, ei)
     row, col = ei
     key = y[row] * c + y[col]
     if batch is not None:
@@ -145,13 +173,41 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     return m[0] if batch is None else m
 
 
+def _check_mixing(mixing: Tensor) -> Tensor:
+    """A total-normalised, symmetric class-mixing matrix ``[C, C]`` or ``[L, C, C]``, checked
+    (finite, ``>= 0``, symmetric and summing to 1 per matrix, to ``1e-6``), as float64."""
+    check_tensor(mixing, "mixing")
+    if mixing.is_complex() or not (mixing.is_floating_point() or mixing.dtype in
+                                   (torch.int32, torch.int64)):
+        raise TypeError(f"mixing must be a real tensor, got dtype={mixing.dtype}")
+    m = mixing.to(torch.float64)
+    if m.dim() not in (2, 3) or m.shape[-1] != m.shape[-2]:
+        raise ValueError(f"mixing must be [C, C] or [L, C, C], got {tuple(m.shape)}")
+    if m.numel() == 0:
+        return m
+    if not bool(torch.isfinite(m).all()) or bool((m < 0).any()):
+        raise ValueError("mixing must hold finite shares >= 0 (class_mixing of an undirected "
+                         "graph with normalize='total')")
+    if not torch.allclose(m, m.transpose(-1, -2), rtol=1e-6, atol=1e-9):
+        gap = float((m - m.transpose(-1, -2)).abs().max())
+        raise ValueError(f"mixing must be symmetric (class_mixing of an undirected graph), got "
+                         f"max |M - Mᵀ| = {gap:.3g}; make the graph undirected with "
+                         f"dg.graphs.symmetrize first")
+    tot = m.sum((-1, -2)).reshape(-1)
+    if not torch.allclose(tot, torch.ones_like(tot), rtol=0, atol=1e-6):
+        raise ValueError(f"mixing must be total-normalised (each matrix sums to 1: "
+                         f"class_mixing(..., normalize='total')), got sums "
+                         f"{[round(v, 6) for v in tot.tolist()[:5]]}")
+    return m
+
+
 def mixing_ratio(mixing: Tensor) -> Tensor:
     """Observed over expected cross-class weight: ``M[a, b] / (s_a s_b)``.
 
     ``mixing`` must be total-normalised and symmetric (:func:`class_mixing` of an undirected
-    graph); ``s_a = Σ_b M[a, b]`` is class ``a``'s share of the strength. Under the configuration
-    model (no class structure) the ratio is 1; it falls to 0 as two classes separate. Entries
-    involving an absent class are 0.
+    graph; anything else is a ``ValueError``); ``s_a = Σ_b M[a, b]`` is class ``a``'s share of
+    the strength. Under the configuration model (no class structure) the ratio is 1; it falls
+    to 0 as two classes separate. Entries involving an absent class are 0.
 
     Args:
         mixing: ``[C, C]`` or ``[L, C, C]``.
@@ -165,13 +221,17 @@ def mixing_ratio(mixing: Tensor) -> Tensor:
         >>> dg.measures.mixing_ratio(mix).tolist()
         [[1.0, 1.0], [1.0, 1.0]]
     """
-    check_tensor(mixing, "mixing")
-    m = mixing.to(torch.float64)
-    if m.dim() not in (2, 3) or m.shape[-1] != m.shape[-2]:
-        raise ValueError(f"mixing must be [C, C] or [L, C, C], got {tuple(m.shape)}")
+    m = _check_mixing(mixing)
     s = m.sum(-1)
     exp = s.unsqueeze(-1) * s.unsqueeze(-2)
     return torch.where(exp > 0, m / exp.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
+
+
+def _check_threshold(threshold: Any, name: str = "threshold") -> float:
+    try:
+        return check_number(threshold, name, minimum=0.0, strict=True)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def separation_depth(mixing: Tensor, threshold: float = 0.1) -> Tensor:
@@ -196,8 +256,7 @@ def separation_depth(mixing: Tensor, threshold: float = 0.1) -> Tensor:
         >>> dg.measures.separation_depth(mix, threshold=0.3).tolist()
         [[-1, 1], [1, -1]]
     """
-    if not isinstance(threshold, (int, float)) or not threshold > 0:
-        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    _check_threshold(threshold)
     r = mixing_ratio(mixing)
     if r.dim() != 3:
         raise ValueError(f"mixing must be [L, C, C] (one matrix per layer), got {tuple(r.shape)}")
@@ -223,7 +282,8 @@ def knn_purity(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine", backen
         k: Neighbours.
         metric: ``'cosine'`` or ``'euclidean'``.
         backend: kNN backend.
-        per_class: Return the mean purity of each class ``[C]`` (float64) instead of the overall.
+        per_class: Return the mean purity of each class ``[C]`` (float64, entry ``c`` for label
+            ``c``) instead of the overall.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -238,6 +298,9 @@ def knn_purity(x: Tensor, y: Tensor, k: int = 10, metric: str = "cosine", backen
     y = check_labels(y, x.shape[0], "y")
     check_same_device(x=x, y=y)
     check_k(k, x.shape[0])
+    check_flag(per_class, "per_class")
+    if per_class:
+        check_class_axis(y, int(y.max()) + 1, "y")
     _, idx = nearest_neighbors(x, k, metric=metric, backend=backend)
     same = (y[idx] == y.unsqueeze(1)).to(torch.float64).mean(1)
     if per_class:
@@ -273,11 +336,12 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
         0.5
     """
     check_tensor(y, "y")
-    ei, w, n = _edges(edge_index, edge_weight, num_nodes, y)
-    if ei.numel() and bool((w < 0).any()):
-        raise ValueError("graph_purity needs non-negative edge weights")
+    check_flag(per_class, "per_class")
+    ei, w, n = _edges(edge_index, edge_weight, num_nodes, y, what="graph_purity")
     y = check_labels(y, n, "y").to(ei.device)
-    batch, b = _batch_info(batch, n, ei.device)
+    if per_class:
+        check_class_axis(y, int(y.max()) + 1, "y")
+    batch, b = _batch_info(batch, n, ei.device, ei)
     row, col = ei
     same = scatter(w * (y[row] == y[col]).to(w.dtype), col, dim=0, dim_size=n, reduce="sum")
     tot = scatter(w, col, dim=0, dim_size=n, reduce="sum")
@@ -356,15 +420,15 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
         [0, 0, 0, 1, 1, 1]
     """
     check_choice(method, "method", METHODS)
-    ei, w, n = _edges(edge_index, edge_weight, num_nodes)
+    ei, w, n = _edges(edge_index, edge_weight, num_nodes, what="detect_communities")
     if n == 0:
         raise ValueError("detect_communities: the graph has no nodes")
-    if ei.numel() and bool((w < 0).any()):
-        raise ValueError(f"detect_communities needs non-negative edge weights; "
-                         f"{int((w < 0).sum())} are negative (modularity is undefined). Clamp "
-                         f"them, or build the graph with metric='euclidean' (unit weights)")
-    if not isinstance(resolution, (int, float)) or not resolution > 0:
-        raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+    resolution = _check_resolution(resolution)
+    _check_seed(seed)
+    if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) \
+            or not (n_iterations == -1 or n_iterations >= 1):
+        raise ValueError(f"n_iterations must be -1 (until stable) or an int >= 1, got "
+                         f"{n_iterations!r}")
     _require(method)
     from ..graphs._graph import symmetrize
     ei2, w2 = symmetrize(ei, w, n, "mean")
@@ -617,10 +681,18 @@ def _check_graph(graph: Any) -> None:
         raise ValueError("graph has no snapshots")
 
 
-def _check_resolution(resolution: Any) -> None:
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) \
-            or not resolution > 0:
-        raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+def _check_resolution(resolution: Any) -> float:
+    """A finite ``γ > 0`` (a ``ValueError`` otherwise, whatever was passed)."""
+    try:
+        return check_resolution(resolution, strict=True)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+    return seed
 
 
 def class_contribution_profile(graph: Any, resolution: float = 1.0,
@@ -681,8 +753,9 @@ def _detected(ei: Tensor, w: Optional[Tensor], y: Tensor, n: int, method: str,
               resolution: float, seed: int) -> Tuple[Tensor, Dict[str, float]]:
     """Communities of one graph and their scores (the ``'detected_communities'`` measure)."""
     comm = detect_communities(ei, w, n, method=method, resolution=resolution, seed=seed)
-    return comm, {"detected_modularity": float(_modularity(ei, comm, w, num_nodes=n,
-                                                           resolution=resolution)),
+    # (the graph is a snapshot already checked undirected, or the runner's own: no O(E) check)
+    return comm, {"detected_modularity": float(_q(ei, comm, w, n, None, resolution,
+                                                  check=False)),
                   "n_communities": float(int(comm.max()) + 1),
                   "nmi": normalized_mutual_info(comm, y), "ari": adjusted_rand_index(comm, y)}
 
@@ -832,6 +905,9 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
     _check_graph(graph)
     check_choice(method, "method", METHODS)
     _check_resolution(resolution)
+    _check_seed(seed)
+    _check_threshold(separation_threshold, "separation_threshold")
+    check_flag(progress, "progress")
     layers = graph.layers
     snaps: List[Tuple[Tensor, Tensor, Tensor, int]] = []
     ys = []
@@ -847,6 +923,7 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
     w_all, y_all = torch.cat([w.to(torch.float64) for _, w, _, _ in snaps]), torch.cat(ys)
     b_all = torch.arange(len(snaps), device=ei_all.device).repeat_interleave(n)
     c = int(y_all.max()) + 1
+    check_class_axis(y_all, c, "y", power=2)  # (the [L, C, C] mixing, indexed by label)
     contrib = graph.class_contributions(resolution=resolution)          # [L, C]
     mixing = class_mixing(ei_all, y_all, w_all, num_nodes=y_all.numel(), batch=b_all,
                           num_classes=c).cpu()
@@ -901,6 +978,7 @@ def _knn_purity(x: Tensor, y: Tensor, graph: Optional[Data], k: int = 10,
           "between two distinct classes (1: classes ignored, 0: classes separated)")
 def _mixing_ratio(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
     g = require_graph(graph, "mixing_ratio")
+    y = _present_codes(check_labels(y, int(g.num_nodes), "y"))  # (a scalar: label values unused)
     return float(mean_mixing_ratio(class_mixing(g.edge_index, y, g.edge_weight,
                                                 num_nodes=g.num_nodes)))
 

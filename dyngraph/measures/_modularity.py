@@ -9,22 +9,37 @@ For one graph with total undirected weight ``W`` (``2W`` = the sum of all stored
     Q = Σ_c [ w_in(c) / W − γ (S_c / 2W)² ]
 
 where ``w_in(c)`` is the undirected weight inside community ``c`` and ``S_c`` its summed strength.
+
+Contract, checked by :func:`modularity` and :func:`community_contributions` (each a clear
+``ValueError``/``TypeError``): the stored entries are undirected (a one-direction edge list such as
+:func:`dyngraph.knn_edges`' output is refused: make it undirected with
+:func:`dyngraph.graphs.symmetrize`), weights are finite and ``>= 0``, with ``batch`` no edge joins
+two graphs, node ids lie in ``[0, num_nodes)``, and ``γ`` is a finite number ``>= 0``. Community
+ids are any integers ``>= 0``: memory and time depend on the number of distinct ids, never on
+their values.
 """
 from __future__ import annotations
 
+import collections
 import math
-from typing import Optional, Tuple, Union
+import weakref
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+from torch_geometric.utils import coalesce
 
 from .._validate import (
+    check_class_axis,
     check_edge_index,
     check_edge_weight,
     check_labels,
+    check_num_nodes,
+    check_resolution,
     check_same_device,
     check_tensor,
+    compact_labels,
 )
 from ._registry import register
 
@@ -35,12 +50,19 @@ MIXING_SLOTS = 1 << 16
 __all__ = ["community_contributions", "modularity"]
 
 
-def prepare_partition(edge_index, communities, edge_weight, num_nodes, batch
-             ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int, int]:
+def prepare_partition(edge_index, communities, edge_weight, num_nodes, batch, compact: bool = True
+                      ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], int, int]:
+    """Checked ``(edge_index, communities, float64 weights, batch, n_graphs, n_comm)``.
+
+    Weights must be ``>= 0`` (NaN/inf are caught on the totals, see :func:`terms_from_sums`).
+    ``compact``: community ids larger than the number of nodes are compacted to ``0..K-1``
+    (sorted distinct ids), so the scatter never has more slots than nodes; otherwise the ids
+    index the result (a sparse, huge axis is refused by ``check_class_axis``)."""
     edge_index = check_edge_index(edge_index)
     check_tensor(communities, "communities")
     if num_nodes is None:
         num_nodes = communities.numel()
+    num_nodes = check_num_nodes(num_nodes)
     communities = check_labels(communities, num_nodes, "communities", check_min=False)
     n_edges = edge_index.shape[1]
     if edge_weight is None:
@@ -53,15 +75,119 @@ def prepare_partition(edge_index, communities, edge_weight, num_nodes, batch
     if int(lo) < 0:
         raise ValueError(f"communities must hold labels >= 0, got min(communities)={int(lo)}")
     n_comm = int(hi) + 1
+    if compact and n_comm > max(num_nodes, 1):  # ids beyond N: slots for distinct ids only
+        codes, classes = compact_labels(communities)
+        communities, n_comm = codes, int(classes.numel())
+    elif not compact:
+        check_class_axis(communities, n_comm, "communities")
     if n_edges and edge_index.device.type != "cpu":  # CPU index_select reports it (see below)
         e_lo, e_hi = edge_index.aminmax()
         _check_node_range(int(e_lo), int(e_hi), num_nodes)
+    if n_edges and bool((edge_weight < 0).any()):
+        neg = edge_weight < 0
+        raise ValueError(f"edge_weight must be >= 0 (modularity is undefined for negative "
+                         f"weights), got {int(neg.sum())} negative values, e.g. "
+                         f"{float(edge_weight[neg][0]):.4g} on edge {int(neg.nonzero()[0])}; "
+                         f"clamp them or build the graph with metric='euclidean' (unit weights)")
     if batch is None:
         n_graphs = 1
     else:
         batch = check_labels(batch, num_nodes, "batch")
         n_graphs = int(batch.max()) + 1 if num_nodes else 0
+        check_class_axis(batch, n_graphs, "batch")
     return edge_index, communities, edge_weight.double(), batch, n_graphs, n_comm
+
+
+_KEYS: Dict[torch.device, Tensor] = {}  # the largest node-key table made so far, per device
+
+
+def _node_keys(n: int, device: torch.device) -> Tensor:
+    """A fixed pseudo-random value in ``[1, 2)`` per node, ``[N]`` float64: an integer hash of
+    the node id, the same on every device (31-bit arithmetic, so nothing overflows). The largest
+    table made so far is kept per device (8 bytes per node) and sliced."""
+    table = _KEYS.get(device)
+    if table is None or table.numel() < n:
+        m31 = (1 << 31) - 1
+        x = (torch.arange(max(n, 1024), device=device, dtype=torch.int64) + 0x2545F491) & m31
+        for mul, shift in ((0x5BD1E995, 15), (0x27D4EB2D, 13), (0x165667B1, 16)):
+            x = (x * mul) & m31
+            x = x ^ (x >> shift)
+        table = x.double() * 2.0 ** -31 + 1.0
+        _KEYS[device] = table
+    return table[:n]
+
+
+def check_undirected(edge_index: Tensor, edge_weight: Optional[Tensor], num_nodes: int,
+                     what: str = "modularity") -> None:
+    """Raises a ``ValueError`` unless the stored entries form an undirected graph: ``A = Aᵀ`` for
+    the adjacency ``A`` that they sum to (repeated entries add up, as ``coalesce`` would).
+
+    One ``O(E)`` pass first: with a fixed pseudo-random value ``f`` in ``[1, 2)`` per node,
+    ``Σ_e w_e f_i f_j · f_j − Σ_e w_e f_i f_j · f_i = Σ_ij (A − Aᵀ)_ij f_i f_j²``, a polynomial in
+    ``f`` that vanishes only when ``A = Aᵀ`` (each ordered pair has its own monomial), so a random
+    ``f`` exposes any asymmetry. For an undirected graph both sums add the same multiset of
+    floats (an entry's first term is its reverse's second, bit for bit) and differ by summation
+    rounding only (under ``4·E·ε·Σw`` each). Only a larger gap triggers the exact comparison of
+    the coalesced ``A`` and ``Aᵀ``, which names the missing reverse entries.
+    """
+    n_edges = edge_index.shape[1]
+    if n_edges == 0:
+        return
+    ends = _gather(_node_keys(num_nodes, edge_index.device), edge_index.reshape(-1),
+                   num_nodes).view(2, n_edges)
+    pair = ends[0] * ends[1]  # f_i f_j (the same bits for the reverse entry)
+    if edge_weight is not None:
+        pair.mul_(edge_weight)
+    total = float(n_edges) if edge_weight is None else edge_weight.sum()
+    a, b, tot = torch.stack([pair.dot(ends[1]), pair.dot(ends[0]),
+                             torch.as_tensor(total, dtype=pair.dtype,
+                                             device=pair.device)]).tolist()
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(tot)):
+        return  # NaN/inf weights: the caller's total-weight check names them
+    if abs(a - b) <= 16.0 * (n_edges + 1) * 2.0 ** -52 * abs(tot):
+        return
+    _exact_undirected(edge_index, edge_weight, num_nodes, what)
+
+
+def _exact_undirected(edge_index: Tensor, edge_weight: Optional[Tensor], num_nodes: int,
+                      what: str) -> None:
+    w = edge_weight if edge_weight is not None else \
+        torch.ones(edge_index.shape[1], dtype=torch.float64, device=edge_index.device)
+    ei, a = coalesce(edge_index, w, num_nodes, reduce="add")
+    ei_t, a_t = coalesce(edge_index.flip(0), w, num_nodes, reduce="add")
+    nz, nz_t = a != 0, a_t != 0  # (a zero entry is the same as no entry)
+    ei, a, ei_t, a_t = ei[:, nz], a[nz], ei_t[:, nz_t], a_t[nz_t]
+    if a.numel() == 0:
+        return
+    atol = 1e-12 * float(a.abs().max())
+    key = ei[0] * num_nodes + ei[1]
+    key_t = ei_t[0] * num_nodes + ei_t[1]
+    pos = torch.searchsorted(key_t, key).clamp_max(key_t.numel() - 1)
+    bad = (key_t[pos] != key) | ~torch.isclose(a, a_t[pos], rtol=1e-9, atol=atol)
+    if not bool(bad.any()):
+        return  # symmetric up to the rounding of repeated entries
+    i, j = (int(v) for v in ei[:, bad.nonzero()[0, 0]])
+    raise ValueError(
+        f"{what} needs an undirected graph (PyG's convention: every edge stored in both "
+        f"directions with the same weight), but {int(bad.sum())} of the {ei.shape[1]} entries of "
+        f"edge_index/edge_weight have no reverse entry of equal weight (e.g. {i}→{j}). A "
+        f"one-direction edge list such as dg.knn_edges' output must be made undirected first: "
+        f"dg.graphs.symmetrize(edge_index, edge_weight, num_nodes) (or "
+        f"torch_geometric.utils.to_undirected)")
+
+
+def check_within_graphs(edge_index: Tensor, batch: Tensor) -> None:
+    """Raises a ``ValueError`` when an edge joins nodes of two graphs of ``batch``."""
+    if edge_index.shape[1] == 0:
+        return
+    ends = _gather(batch, edge_index.reshape(-1), batch.numel()).view(2, -1)
+    cross = ends[0] != ends[1]
+    if bool(cross.any()):
+        e = int(cross.nonzero()[0, 0])
+        i, j = int(edge_index[0, e]), int(edge_index[1, e])
+        raise ValueError(f"with batch, every edge must join two nodes of the same graph, got "
+                         f"{int(cross.sum())} edges across graphs, e.g. edge {e}: {i}→{j} joins "
+                         f"graph {int(ends[0, e])} and graph {int(ends[1, e])}")
 
 
 def _check_node_range(lo: int, hi: int, num_nodes: int) -> None:
@@ -145,18 +271,80 @@ def community_terms(edge_index: Tensor, communities: Tensor, edge_weight: Tensor
                            edge_weight)
 
 
+#: Graphs that passed the contract checks: weak references to their tensors with the tensors'
+#: version counters, so that repeated calls on the same tensors (a label-permutation null, a
+#: benchmark loop) check once. An in-place change bumps a version counter: checked again.
+_CHECKED: "collections.OrderedDict[Tuple[int, ...], Tuple[Any, ...]]" = collections.OrderedDict()
+_CHECKED_SIZE = 8
+
+
+def _checked_key(*tensors: Optional[Tensor]) -> Tuple[Tuple[int, ...], Tuple[Any, ...]]:
+    key = tuple(id(t) for t in tensors)
+    state = tuple((None, None) if t is None else (weakref.ref(t), t._version) for t in tensors)
+    return key, state
+
+
+def _was_checked(key: Tuple[int, ...], state: Tuple[Any, ...], n: int) -> bool:
+    seen = _CHECKED.get(key)
+    if seen is None or seen[0] != n:
+        return False
+    return all((r is None and s is None) or (r is not None and s is not None and r() is s()
+                                             and v == w)
+               for (r, v), (s, w) in zip(seen[1], state))
+
+
+def _check_contract(edge_index: Tensor, edge_weight: Optional[Tensor], batch: Optional[Tensor],
+                    ei: Tensor, w: Tensor, batch_: Optional[Tensor], n: int, what: str) -> None:
+    """The ``O(E)`` checks of a user's graph (undirected; with ``batch``, no edge across
+    graphs), skipped for tensors that passed before and have not changed since."""
+    key, state = _checked_key(edge_index, edge_weight, batch)
+    if _was_checked(key, state, n):
+        return
+    check_undirected(ei, None if edge_weight is None else w, n, what)
+    if batch_ is not None:
+        check_within_graphs(ei, batch_)
+    _CHECKED[key] = (n, state)
+    while len(_CHECKED) > _CHECKED_SIZE:
+        _CHECKED.popitem(last=False)
+
+
+def _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, *, check: bool,
+       what: str = "modularity") -> Union[float, Tensor]:
+    """:func:`modularity`; ``check=False`` skips the ``O(E)`` contract checks (undirected, no
+    edge across graphs) for graphs that dyngraph built itself."""
+    resolution = check_resolution(resolution)
+    ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
+                                                              edge_weight, num_nodes, batch)
+    if check:
+        _check_contract(edge_index, edge_weight, batch, ei, w, batch_, comm.numel(), what)
+    if batch is not None:
+        contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, resolution)
+        return contrib.sum(1)
+    # One graph: Q = Σ 2w_in(c) / 2W − γ Σ S_c² / (2W)², reduced to three host scalars.
+    s_c, in_c = community_sums(ei, comm, w, n_comm)
+    two_w = s_c.sum()
+    two = float(two_w)
+    if not (math.isfinite(two) and two > 0):
+        _bad_total(two_w, edge_weight)
+    return float(in_c.sum()) / two - resolution * float(s_c.dot(s_c)) / (two * two)
+
+
 def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Tensor] = None,
                num_nodes: Optional[int] = None, batch: Optional[Tensor] = None,
                resolution: float = 1.0) -> Union[float, Tensor]:
     r"""Weighted Newman modularity of a given partition, with scatter ops.
 
     Args:
-        edge_index: ``[2, E]`` edges, both directions stored (PyG undirected convention).
-        communities: ``[N]`` integer community (class) of each node, values >= 0.
-        edge_weight: ``[E]`` non-negative weights; ``None`` means 1 for every edge.
+        edge_index: ``[2, E]`` edges of an undirected graph, both directions stored (PyG's
+            convention; a one-direction edge list, such as :func:`~dyngraph.knn_edges`' output,
+            is a ``ValueError``: pass it through :func:`~dyngraph.graphs.symmetrize` first).
+        communities: ``[N]`` integer community (class) of each node, values >= 0 (any values:
+            only which nodes share one matters).
+        edge_weight: ``[E]`` finite weights ``>= 0``; ``None`` means 1 for every edge.
         num_nodes: ``N``; defaults to ``communities.numel()``.
-        batch: ``[N]`` graph index of each node, for many graphs in one pass.
-        resolution: The resolution ``γ`` (1 in the reference).
+        batch: ``[N]`` graph index of each node, for many graphs in one pass (no edge may join
+            two graphs).
+        resolution: The resolution ``γ``, a finite number ``>= 0`` (1 in the reference).
 
     Returns:
         A ``float`` for one graph, or a float64 tensor ``[B]`` with ``batch``.
@@ -169,19 +357,24 @@ def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Te
         >>> ei = torch.tensor([src + dst, dst + src])
         >>> round(dg.modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
+        >>> ids = torch.tensor([0, 0, 0, 10**9, 10**9, 10**9])   # only distinct ids matter
+        >>> round(dg.modularity(ei, ids), 4)
+        0.3571
     """
+    return _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, check=True)
+
+
+def _contributions(edge_index, communities, edge_weight, num_nodes, batch, resolution, *,
+                   check: bool) -> Tensor:
+    resolution = check_resolution(resolution)
     ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
-                                                              edge_weight, num_nodes, batch)
-    if batch is not None:
-        contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
-        return contrib.sum(1)
-    # One graph: Q = Σ 2w_in(c) / 2W − γ Σ S_c² / (2W)², reduced to three host scalars.
-    s_c, in_c = community_sums(ei, comm, w, n_comm)
-    two_w = s_c.sum()
-    two = float(two_w)
-    if not (math.isfinite(two) and two > 0):
-        _bad_total(two_w, edge_weight)
-    return float(in_c.sum()) / two - float(resolution) * float(s_c.dot(s_c)) / (two * two)
+                                                              edge_weight, num_nodes, batch,
+                                                              compact=False)
+    if check:
+        _check_contract(edge_index, edge_weight, batch, ei, w, batch_, comm.numel(),
+                        "community_contributions")
+    contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, resolution)
+    return contrib[0] if batch is None else contrib
 
 
 def community_contributions(edge_index: Tensor, communities: Tensor,
@@ -191,11 +384,13 @@ def community_contributions(edge_index: Tensor, communities: Tensor,
 
     Args:
         edge_index, communities, edge_weight, num_nodes, batch, resolution: As in
-            :func:`modularity`.
+            :func:`modularity` (the same contract is checked).
 
     Returns:
-        float64 ``[C]`` for one graph, or ``[B, C]`` with ``batch`` (``C = max(communities) + 1``;
-        absent communities contribute 0).
+        float64 ``[C]`` for one graph, or ``[B, C]`` with ``batch`` (``C = max(communities) + 1``,
+        indexed by community id; absent communities contribute 0). Ids so sparse that most of
+        that axis would be empty and it would exceed 2**20 entries are a ``ValueError``:
+        relabel them ``0..K-1`` with ``torch.unique(communities, return_inverse=True)[1]``.
 
     Example:
         >>> import torch, dyngraph as dg
@@ -203,10 +398,8 @@ def community_contributions(edge_index: Tensor, communities: Tensor,
         >>> dg.measures.community_contributions(ei, torch.tensor([0, 0, 1, 1])).tolist()
         [0.25, 0.25]
     """
-    ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
-                                                              edge_weight, num_nodes, batch)
-    contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, float(resolution))
-    return contrib[0] if batch is None else contrib
+    return _contributions(edge_index, communities, edge_weight, num_nodes, batch, resolution,
+                          check=True)
 
 
 # ============================================================================ registered measures
@@ -220,6 +413,8 @@ def require_graph(graph: Optional[Data], name: str) -> Data:
           "classes as communities (Lu et al. 2022)")
 def _modularity(x: Tensor, y: Tensor, graph: Optional[Data], resolution: float = 1.0) -> float:
     g = require_graph(graph, "modularity")
+    y = compact_labels(check_labels(y, int(g.num_nodes), "y"))[0]  # (0..C-1 kept as they are)
     # The sum of the community terms: the arithmetic of DynamicGraph.modularity, bit for bit.
-    return float(community_contributions(g.edge_index, y, g.edge_weight, num_nodes=g.num_nodes,
-                                         resolution=resolution).sum())
+    # (The graph is the runner's own undirected snapshot: the O(E) contract checks are skipped.)
+    return float(_contributions(g.edge_index, y, g.edge_weight, g.num_nodes, None, resolution,
+                               check=False).sum())
