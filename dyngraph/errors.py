@@ -9,5 +9,6 @@ Example:
     True
 """
 from ._io import CorruptFileError
+from .graphs._graph import DegenerateLayerWarning
 
-__all__ = ["CorruptFileError"]
+__all__ = ["CorruptFileError", "DegenerateLayerWarning"]
