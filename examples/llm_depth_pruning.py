@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="the dtype a --model-dir model is loaded in (default: its own)")
     ap.add_argument("--train-steps", type=int, default=450)
-    ap.add_argument("--heal-steps", type=int, default=40)
+    ap.add_argument("--heal-steps", type=int, default=60)
     ap.add_argument("--heal-lr", type=float, default=3e-4)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -184,9 +184,9 @@ def main() -> None:
             "heldout_perplexity": ppl["perplexity"]}, indent=2))
 
     # calibration: 64 training documents per source, labelled; healing: the training text
-    # evaluation: 20 held-out documents per source
+    # evaluation: 30 held-out documents per source
     calib_t, calib_y = balanced(train_t, train_y, 64) if train_y else (train_t[:192], None)
-    eval_t = balanced(eval_t, eval_y, 20)[0] if eval_y else eval_t[:60]
+    eval_t = balanced(eval_t, eval_y, 30)[0] if eval_y else eval_t[:90]
     report = transformer_prune_study(
         str(model_dir), None, calib_t, out / "study", labels=calib_y, eval_texts=eval_t,
         heal_texts=train_t, fractions=(0.25, 0.5), seeds=(0, 1, 2), heal="partial",
