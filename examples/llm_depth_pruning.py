@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dyngraph.prune._transformer import heal, lm_batches, perplexity, transformer_prune_study
+from dyngraph.prune import heal, lm_batches, perplexity, transformer_prune_study
 
 SOURCES = ("python reference", "python stdlib docstrings", "numpy docstrings")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dyngraph as dg
-from dyngraph.measures._criteria import angular_distance, block_influence, last_token
+from dyngraph.measures import angular_distance, block_influence, last_token
 
 
 def _np_cos(a, b):

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .._common import add_common, get_model, print_json
+from .._common import (
+    add_common,
+    add_hf_args,
+    check_positive_int_flag,
+    get_model,
+    print_json,
+)
 
 
 def register(sub) -> None:
@@ -67,7 +73,102 @@ def register(sub) -> None:
                    help="skip fine-tuning the unpruned model as a control")
     f.add_argument("--batch-size", type=int, default=128, help="training batch size (--example)")
     f.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    from ...prune import TRANSFORMER_CRITERIA
+    h = p.add_argument_group(
+        "transformers (--hf): depth pruning of a stack's blocks",
+        "Every criterion at every budget in one report (transformer_prune.json / .md): blocks "
+        "chosen by Block Influence, angular distance, adjacent CKA, modularity (needs labels), "
+        "reverse order or at random (--random-seeds), removed with the config and KV-cache "
+        "indices kept right, healed the same way, evaluated by perplexity (--task lm) or "
+        "accuracy (--task classify) on held-out text, with parameters, FLOPs and latency.")
+    add_hf_args(h)
+    h.add_argument("--eval-text", default=None, metavar="FILE",
+                   help="held-out texts for the evaluation (default: a seeded 10%% of --text, "
+                        "kept out of the criteria and the healing)")
+    h.add_argument("--task", default="lm", choices=["lm", "classify"],
+                   help="lm: a causal LM, perplexity; classify: a sequence classifier, accuracy")
+    h.add_argument("--criteria", nargs="+", default=list(TRANSFORMER_CRITERIA),
+                   choices=list(TRANSFORMER_CRITERIA))
+    h.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5],
+                   help="fractions of the blocks to remove")
+    h.add_argument("--heal", default="partial", choices=["partial", "all", "none"],
+                   help="partial: fine-tune the last kept blocks and the head (Lu et al. 2026)")
+    h.add_argument("--heal-steps", type=int, default=100)
+    h.add_argument("--heal-lr", type=float, default=1e-4)
+    h.add_argument("--heal-last-k", type=int, default=None,
+                   help="kept blocks fine-tuned by --heal partial (default: 1)")
+    h.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype the --hf folder is loaded in (default: its own)")
     p.set_defaults(func=run)
+
+
+def _texts(path: str, args: argparse.Namespace):
+    """Texts (and labels when the file has them) of a --text / --eval-text file: .csv/.tsv/.jsonl
+    via the text and label columns, or a .txt file of blank-line separated documents."""
+    from ...zoo import text_file_dataset
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"text file {path!r} does not exist")
+    if p.suffix.lower() == ".txt":
+        docs = [d.strip() for d in p.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+        if not docs:
+            raise ValueError(f"text file {path!r} holds no text")
+        return docs, None
+    try:
+        ds = text_file_dataset(p, args.text_column, args.label_column)
+        return list(ds.texts), ds.labels.tolist()
+    except ValueError as exc:
+        if "label_column" not in str(exc):
+            raise
+        ds = text_file_dataset(p, args.text_column, args.text_column)  # no labels: LM texts
+        return list(ds.texts), None
+
+
+def run_hf(args: argparse.Namespace) -> int:
+    """``dyngraph prune --hf MODEL_DIR --text FILE``: the transformer depth-pruning study."""
+    from ...prune import transformer_prune_study
+    if args.text is None:
+        raise ValueError("--hf needs --text FILE: the calibration (and healing) texts")
+    folder = Path(args.hf)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--hf {args.hf!r}: no config.json in {str(folder)!r} (pass a "
+                                f"local Hugging Face model folder)")
+    check_positive_int_flag(args.heal_steps, "--heal-steps")
+    check_positive_int_flag(args.max_length, "--max-length")
+    if args.heal_last_k is not None:
+        check_positive_int_flag(args.heal_last_k, "--heal-last-k")
+    for f in args.fractions:
+        if not 0 < f < 1:
+            raise ValueError(f"--fractions must lie in (0, 1), got {f}")
+    texts, labels = _texts(args.text, args)
+    if args.eval_text:
+        eval_texts, eval_labels = _texts(args.eval_text, args)
+        split = {"eval": str(args.eval_text)}
+    else:  # a seeded 10% held out: never read by the criteria nor by the healing
+        g = torch.Generator().manual_seed(args.seed)
+        order = torch.randperm(len(texts), generator=g).tolist()
+        n_eval = max(1, len(texts) // 10)
+        if len(texts) - n_eval < 2:
+            raise ValueError(f"--text {args.text!r} has {len(texts)} texts: too few to hold out "
+                             f"an evaluation share (pass --eval-text)")
+        held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
+        eval_texts = [texts[i] for i in held]
+        eval_labels = None if labels is None else [labels[i] for i in held]
+        texts = [texts[i] for i in kept]
+        labels = None if labels is None else [labels[i] for i in kept]
+        split = {"eval": f"seeded 10% of --text ({n_eval} texts)"}
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    report = transformer_prune_study(
+        folder, None, texts, args.out, labels=labels, eval_texts=eval_texts,
+        eval_labels=eval_labels, criteria=args.criteria, fractions=args.fractions,
+        seeds=args.random_seeds, heal=args.heal, heal_last_k=args.heal_last_k,
+        heal_steps=args.heal_steps, heal_lr=args.heal_lr, control=not args.no_control,
+        task=args.task, max_length=args.max_length, batch_size=min(args.batch_size, 64),
+        latency=not args.no_latency, device=args.device, dtype=dtype, seed=args.seed,
+        progress=not args.quiet, log=None if args.quiet else print)
+    print(report["table"])
+    print_json({"out": str(args.out), "split": split, "summary": report.get("summary")})
+    return 0
 
 
 def _loaders(args):
@@ -104,6 +205,10 @@ def _model(args, train, test, num_classes):
 
 def run(args: argparse.Namespace) -> int:
     from ...prune import prune_study
+    if args.hf:
+        return run_hf(args)
+    if args.text:
+        raise ValueError("--text is read with --hf MODEL_DIR")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
