@@ -3,14 +3,36 @@ by the benchmarks. They are deliberately naive and share no code with the packag
 from __future__ import annotations
 
 import heapq
+from typing import Tuple
 
 import numpy as np
+
+__all__ = ["reference_adjacency", "reference_modularity", "reference_knn"]
 
 
 def reference_adjacency(x: np.ndarray, k: int) -> np.ndarray:
     """The reference repository's graph, re-implemented faithfully: a dense cosine matrix (rows
     L2-normalised with eps 1e-8), a Python heap per row for the top-k (no self), directed weights
-    ``cos(i, j)``, then ``A = (A + Aᵀ) / 2``. Returns the dense ``[N, N]`` float64 adjacency."""
+    ``cos(i, j)``, then ``A = (A + Aᵀ) / 2``.
+
+    Args:
+        x: Features ``[N, ...]`` (flattened to ``[N, D]``).
+        k: Neighbours per row (self excluded); ties go to the smaller index.
+
+    Returns:
+        The dense ``[N, N]`` float64 adjacency: ``cos(i, j)`` for a mutual pair, ``cos(i, j)/2``
+        for a one-way pair, 0 elsewhere and on the diagonal.
+
+    Example:
+        >>> import numpy as np
+        >>> from dyngraph.testing import reference_adjacency
+        >>> x = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+        >>> a = reference_adjacency(x, k=1)
+        >>> a.shape, bool((a == a.T).all()), float(a.trace())
+        ((3, 3), True, 0.0)
+        >>> round(float(a[0, 1]), 4), round(float(a[1, 2]), 4)     # mutual pair; one-way pair
+        (0.995, 0.0498)
+    """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
     sim = xn @ xn.T
@@ -25,7 +47,24 @@ def reference_adjacency(x: np.ndarray, k: int) -> np.ndarray:
 
 def reference_modularity(x: np.ndarray, y: np.ndarray, k: int = 3) -> float:
     """The reference per-layer step end to end: dense graph → networkx → modularity with the
-    classes as communities."""
+    classes as communities.
+
+    Args:
+        x: Features ``[N, ...]``.
+        y: Class labels ``[N]`` (the communities).
+        k: Neighbours per row.
+
+    Returns:
+        Newman's weighted modularity (resolution 1) of :func:`reference_adjacency` by
+        ``networkx.community.modularity``.
+
+    Example:
+        >>> import numpy as np
+        >>> from dyngraph.testing import reference_modularity
+        >>> x = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+        >>> round(reference_modularity(x, np.array([0, 0, 1, 1]), k=1), 4)  # two cliques: 1 - 1/2
+        0.5
+    """
     import networkx as nx
     a = reference_adjacency(x, k)
     g = nx.from_numpy_array(a)
@@ -34,9 +73,26 @@ def reference_modularity(x: np.ndarray, y: np.ndarray, k: int = 3) -> float:
     return float(nx.community.modularity(g, parts, weight="weight"))
 
 
-def reference_knn(x: np.ndarray, k: int, metric: str):
+def reference_knn(x: np.ndarray, k: int, metric: str) -> Tuple[np.ndarray, np.ndarray]:
     """Exact kNN oracle in float64: dense scores, self excluded, ties by lexsort (score, index).
-    Returns ``(values, index)`` ``[N, k]``: cosine similarities or Euclidean distances."""
+
+    Args:
+        x: Features ``[N, D]`` (no zero rows under cosine).
+        k: Neighbours per row.
+        metric: ``'cosine'`` (largest similarity first) or ``'euclidean'`` (smallest distance
+            first).
+
+    Returns:
+        ``(values, index)``, both ``[N, k]``: cosine similarities or Euclidean distances, and
+        the neighbours' row indices; equal scores are ordered by index.
+
+    Example:
+        >>> import numpy as np
+        >>> from dyngraph.testing import reference_knn
+        >>> vals, idx = reference_knn(np.array([[0.0], [1.0], [2.0], [4.0]]), 1, "euclidean")
+        >>> idx[:, 0].tolist(), vals[:, 0].tolist()     # row 1 is 1 from rows 0 and 2: row 0 wins
+        ([1, 0, 1, 2], [1.0, 1.0, 1.0, 2.0])
+    """
     x = np.asarray(x, dtype=np.float64)
     if metric == "cosine":
         xn = x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -3,6 +3,11 @@
 The compiled PyG extensions are imported here and nowhere else. A missing extension sets its
 ``WITH_*`` flag to ``False``; a broken binary (for example one built against another torch) gives a
 warning instead of a failed ``import dyngraph``.
+
+Example:
+    >>> import dyngraph as dg
+    >>> isinstance(dg.typing.WITH_TORCH_CLUSTER, bool)
+    True
 """
 from __future__ import annotations
 
@@ -26,17 +31,37 @@ def _try_import(name: str):
         return None
 
 
+# (the extension modules themselves, ``torch_cluster`` and ``torch_scatter``, are internal handles)
+__all__ = ["WITH_TORCH_CLUSTER", "WITH_TORCH_SCATTER", "FeatureDict", "Device",
+           "extensions_summary"]
+
 torch_cluster = _try_import("torch_cluster")
+"""The ``torch_cluster`` module when it is installed and loads, else ``None``."""
 WITH_TORCH_CLUSTER: bool = torch_cluster is not None
+"""Whether ``torch_cluster`` is available: only ``backend='torch_cluster'`` of the kNN needs it."""
 
 torch_scatter = _try_import("torch_scatter")
+"""The ``torch_scatter`` module when it is installed and loads, else ``None``."""
 WITH_TORCH_SCATTER: bool = torch_scatter is not None
+"""Whether ``torch_scatter`` is available (reported only: dyngraph scatters with torch)."""
 
 FeatureDict = Mapping[str, Tensor]
+"""Features per layer: ``{layer name: Tensor [N, D]}``, rows aligned across layers."""
 Device = Union[str, torch.device]
+"""A device as torch accepts it: ``'cpu'``, ``'cuda:0'`` or a ``torch.device``."""
 
 
 def extensions_summary() -> str:
-    """One line saying which optional extensions are active."""
+    """One line saying which optional extensions are active.
+
+    Returns:
+        ``'torch-cluster=yes|no, torch-scatter=yes|no'``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> summary = dg.typing.extensions_summary()
+        >>> ('torch-cluster=yes' in summary) == dg.typing.WITH_TORCH_CLUSTER
+        True
+    """
     return (f"torch-cluster={'yes' if WITH_TORCH_CLUSTER else 'no'}, "
             f"torch-scatter={'yes' if WITH_TORCH_SCATTER else 'no'}")

@@ -15,7 +15,32 @@ _LOADED = False
 
 
 def register_plot(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: ``fn(result, ax=None, **kw) -> Figure`` draws results of type ``cls``."""
+    """Decorator: ``fn(result, ax=None, **kw) -> Figure`` draws results of type ``cls``.
+
+    :func:`plot` then draws any instance of ``cls`` (or of a subclass) with ``fn``, checks the
+    keyword options against ``fn``'s signature, lays the figure out and saves it. A later
+    registration for the same class replaces the earlier one.
+
+    Args:
+        cls: The result class.
+
+    Returns:
+        The decorator; it returns ``fn`` unchanged.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> class Score:
+        ...     def __init__(self, value):
+        ...         self.value = value
+        >>> @dg.outputs.register_plot(Score)
+        ... def draw_score(result, ax=None, color="C0"):
+        ...     fig, ax = dg.outputs.new_figure(ax=ax)
+        ...     ax.bar(["score"], [result.value], color=color)
+        ...     return fig
+        >>> fig = dg.plot(Score(0.5), color="C1")
+        >>> float(fig.axes[0].patches[0].get_height()), "Score" in dg.outputs.drawable_types()
+        (0.5, True)
+    """
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         _PLOTTERS[cls] = fn
         return fn
@@ -23,7 +48,33 @@ def register_plot(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 def register_log(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: ``fn(writer, result, prefix, figure) -> None`` logs results of type ``cls``."""
+    """Decorator: ``fn(writer, result, prefix, figure) -> None`` logs results of type ``cls``.
+
+    :func:`log` then logs any instance of ``cls`` (or of a subclass) with ``fn`` and flushes the
+    writer. A later registration for the same class replaces the earlier one.
+
+    Args:
+        cls: The result class.
+
+    Returns:
+        The decorator; it returns ``fn`` unchanged.
+
+    Example:
+        >>> import tempfile, dyngraph as dg
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> class Score:
+        ...     def __init__(self, value):
+        ...         self.value = value
+        >>> @dg.outputs.register_log(Score)
+        ... def log_score(writer, result, prefix, figure):
+        ...     writer.add_scalar(f"{prefix}/score", result.value, 0)
+        >>> folder = tempfile.mkdtemp()
+        >>> with SummaryWriter(folder) as w:
+        ...     dg.log(w, Score(0.5), prefix="run")
+        >>> from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        >>> [e.value for e in EventAccumulator(folder).Reload().Scalars("run/score")]
+        [0.5]
+    """
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         _LOGGERS[cls] = fn
         return fn
@@ -125,6 +176,15 @@ def log(writer: Any, result: Any, prefix: str = "dyngraph", figure: bool = True,
 
 
 def drawable_types() -> List[str]:
-    """Names of the result types :func:`plot` can draw."""
+    """Names of the result types :func:`plot` can draw.
+
+    Returns:
+        The class names, sorted (subclasses of these are drawn too).
+
+    Example:
+        >>> import dyngraph as dg
+        >>> {"DepthProfile", "LayerMatrix"} <= set(dg.outputs.drawable_types())
+        True
+    """
     _load()
     return sorted(c.__name__ for c in _PLOTTERS)

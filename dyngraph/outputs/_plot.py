@@ -10,7 +10,27 @@ from .._io import PathLike, atomic_write
 
 def new_figure(figsize: Tuple[float, float] = (6.0, 4.0), ax: Any = None,
                nrows: int = 1, ncols: int = 1) -> Tuple[Any, Any]:
-    """``(figure, axes)``: a fresh pyplot-free figure, or ``ax`` and its figure when given."""
+    """``(figure, axes)``: a fresh pyplot-free figure, or ``ax`` and its figure when given.
+
+    The figure is a ``matplotlib.figure.Figure`` made without pyplot, so the user's backend and
+    pyplot state are never touched (drawers registered with :func:`register_plot` use it).
+
+    Args:
+        figsize: ``(width, height)`` in inches of a new figure.
+        ax: An existing matplotlib ``Axes`` to draw into (then ``figsize``, ``nrows`` and
+            ``ncols`` are not used).
+        nrows, ncols: Grid of axes of a new figure.
+
+    Returns:
+        ``(figure, axes)``: ``axes`` is one ``Axes`` for a 1 × 1 grid, else an array
+        ``[nrows, ncols]`` (squeezed).
+
+    Example:
+        >>> import dyngraph as dg
+        >>> fig, axes = dg.outputs.new_figure(nrows=1, ncols=2)
+        >>> axes.shape, dg.outputs.new_figure(ax=axes[0])[0] is fig
+        ((2,), True)
+    """
     if ax is not None:
         return ax.figure, ax
     from matplotlib.figure import Figure
@@ -20,7 +40,25 @@ def new_figure(figsize: Tuple[float, float] = (6.0, 4.0), ax: Any = None,
 
 
 def save_figure(fig: Any, path: PathLike, dpi: int = 120) -> None:
-    """Saves a figure atomically (PNG unless the suffix says otherwise)."""
+    """Saves a figure atomically (PNG unless the suffix says otherwise).
+
+    The figure is written to a temporary file beside ``path`` and moved into place, so an
+    interrupted save never leaves a truncated image.
+
+    Args:
+        fig: A matplotlib ``Figure``.
+        path: Where to save; the suffix picks the format (``.png``, ``.pdf``, ``.svg``, ...).
+        dpi: Resolution, a number > 0.
+
+    Example:
+        >>> import os, tempfile, dyngraph as dg
+        >>> fig, ax = dg.outputs.new_figure()
+        >>> _ = ax.plot([0, 1], [0.2, 0.6])
+        >>> path = os.path.join(tempfile.mkdtemp(), "curve.svg")
+        >>> dg.outputs.save_figure(fig, path)
+        >>> open(path).read(5)
+        '<?xml'
+    """
     fmt = str(path).rsplit(".", 1)[-1] if "." in str(path).rsplit("/", 1)[-1] else "png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt))
 

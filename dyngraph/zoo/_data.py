@@ -107,7 +107,25 @@ def _mnist1d_arrays(num_samples: int) -> dict:
 
 def example_loaders(name: str = "digits", batch_size: int = 64, seed: int = 0,
                     flat: bool = False) -> Tuple[DataLoader, DataLoader]:
-    """Train (shuffled, seeded) and test loaders of a bundled dataset, `digits` or `mnist1d`."""
+    """Train (shuffled, seeded) and test loaders of a bundled dataset, `digits` or `mnist1d`.
+
+    Args:
+        name: ``'digits'`` (:func:`digits_dataset`, images ``[1, 8, 8]``) or ``'mnist1d'``
+            (:func:`mnist1d_dataset`, signals ``[1, 40]``).
+        batch_size: Training batch size (the test loader uses 256).
+        seed: Seed of the digits split and of the training loader's shuffling.
+        flat: Flatten each sample to ``[D]`` (for MLPs).
+
+    Returns:
+        ``(train_loader, test_loader)``: batches ``(x, y)``; the test loader is not shuffled.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> train, test = dg.zoo.example_loaders('digits', batch_size=32)
+        >>> x, y = next(iter(train))
+        >>> tuple(x.shape), tuple(y.shape), len(test.dataset)
+        ((32, 1, 8, 8), (32,), 539)
+    """
     check_choice(name, "example", EXAMPLES)
     if name == "mnist1d":
         train, test = mnist1d_dataset("train"), mnist1d_dataset("test")
@@ -129,7 +147,24 @@ EVAL_SPLITS = ("val", "validation", "valid", "test")
 
 def parse_normalize(spec: str) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
     """``'cifar10'``, ``'imagenet'``, ``'none'`` or ``'m1,...,mC,s1,...,sC'`` (C means then C
-    standard deviations) → ``(mean, std)`` or ``None``."""
+    standard deviations) → ``(mean, std)`` or ``None``.
+
+    Args:
+        spec: The ``--normalize`` value of the command line.
+
+    Returns:
+        ``(means, stds)`` per channel for ``transforms.Normalize``, or ``None`` for ``'none'``.
+
+    Raises:
+        ValueError: Anything else: an odd count, a non-number, or a std that is not positive.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> dg.zoo.parse_normalize('0.5,0.25')
+        ((0.5,), (0.25,))
+        >>> dg.zoo.parse_normalize('none') is None, dg.zoo.parse_normalize('imagenet')[0]
+        (True, (0.485, 0.456, 0.406))
+    """
     if spec in NORMALIZE:
         return NORMALIZE[spec]
     if spec == "none":
@@ -157,8 +192,27 @@ def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
     * ``root`` is itself ``.../train`` beside such a folder;
     * or ``eval_root`` names the held-out folder.
 
+    Args:
+        root: The data folder (see the layouts above).
+        eval_root: The held-out folder, when it is elsewhere.
+
     Returns:
         ``{'train': path, 'eval': path, 'layout': description}``.
+
+    Raises:
+        ValueError: A folder does not exist, split folders are incomplete (they would be read as
+            classes), or there are no held-out images (the training images are never used as
+            the test set).
+
+    Example:
+        >>> import os, tempfile, dyngraph as dg
+        >>> root = tempfile.mkdtemp()
+        >>> for split in ('train', 'val'):
+        ...     os.makedirs(os.path.join(root, split, 'cat'))
+        >>> dg.zoo.folder_layout(root)['layout']
+        'root with train/ and val/'
+        >>> dg.zoo.folder_layout(os.path.join(root, 'train'))['layout']
+        'train/ with its sibling val/'
     """
     import os
     if not os.path.isdir(root):
@@ -191,7 +245,8 @@ def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
 
 def image_folder_loaders(root: str, image_size: int = 32, batch_size: int = 128,
                          num_workers: int = 2, eval_root: Optional[str] = None,
-                         normalize: str = "cifar10", augment: bool = True):
+                         normalize: str = "cifar10", augment: bool = True
+                         ) -> Tuple[DataLoader, DataLoader, int]:
     """Loaders over torchvision ``ImageFolder`` trees (``<split>/<class>/<image>``), with the
     layout of :func:`folder_layout` and the classes matched by name across splits.
 
@@ -199,9 +254,32 @@ def image_folder_loaders(root: str, image_size: int = 32, batch_size: int = 128,
     lacks a class keeps the others' indices; a class the training split does not have is an
     error). The held-out images are never augmented; ``augment`` flips the training images.
 
+    Args:
+        root: The image folder; its layout is read by :func:`folder_layout`.
+        image_size: Images are resized (shorter side) and centre-cropped to this size.
+        batch_size: Batch size of both loaders.
+        num_workers: Loader worker processes.
+        eval_root: The held-out folder, when it is not beside ``root/train``.
+        normalize: ``'cifar10'``, ``'imagenet'``, ``'none'`` or ``'means,stds'``
+            (:func:`parse_normalize`).
+        augment: Random horizontal flips of the training images.
+
     Returns:
         ``(train_loader, test_loader, num_classes)``; ``test_loader.dataset.dyngraph_data`` records
         the layout, the folders, the classes and the normalisation.
+
+    Example:
+        >>> import os, tempfile, dyngraph as dg
+        >>> from PIL import Image
+        >>> root = tempfile.mkdtemp()
+        >>> for split in ('train', 'test'):
+        ...     for c in ('cat', 'dog'):
+        ...         os.makedirs(os.path.join(root, split, c))
+        ...         Image.new('RGB', (40, 30)).save(os.path.join(root, split, c, '0.png'))
+        >>> train, test, n = dg.zoo.image_folder_loaders(root, image_size=16, num_workers=0)
+        >>> x, y = next(iter(test))
+        >>> tuple(x.shape), y.tolist(), n, test.dataset.dyngraph_data['layout']
+        ((2, 3, 16, 16), [0, 1], 2, 'root with train/ and test/')
     """
     from torchvision import datasets, transforms
     where = folder_layout(root, eval_root)
