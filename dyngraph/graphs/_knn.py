@@ -704,6 +704,36 @@ def prepare_features(x: Tensor, metric: str, name: str = "x") -> Tensor:
     return x
 
 
+def _centred_if_far(x: Tensor) -> Tensor:
+    """``x`` shifted towards the origin when its rows sit far from it relative to their spread
+    (``|μ|² > Σ var``): the tiles rank by ``|q|² + |k|² − 2q·k``, whose rounding error grows with
+    ``|x|²`` and would swamp the distances (points at 1000 ± 0.01 in float32). Distances do not
+    change under a shift. The shift of each column is its mean rounded to a power of two no finer
+    than the column's spread, so the subtraction is exact where it matters (Sterbenz) and exact
+    ties stay exact ties (an integer grid stays an integer grid). Most features keep ``x`` itself,
+    without a copy."""
+    if x.shape[0] < 2:
+        return x
+    n = x.shape[0]
+    rows = max(1, (1 << 22) // max(1, x.shape[1]))  # float64 blocks of at most 32 MiB
+    mu = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for s in range(0, n, rows):
+        mu += x[s:s + rows].double().sum(0)
+    mu /= n
+    var = torch.zeros_like(mu)
+    for s in range(0, n, rows):
+        var += (x[s:s + rows].double() - mu).pow(2).sum(0)
+    var /= n
+    if float(mu.dot(mu)) <= float(var.sum()):
+        return x
+    sd = var.sqrt()
+    # the grid of each column's shift: 2^floor(log2 sd) (a zero-spread column: its own value)
+    step = torch.where(sd > 0, torch.exp2(torch.floor(torch.log2(sd.clamp_min(1e-300)))),
+                       torch.ones_like(sd))
+    shift = torch.where(sd > 0, torch.round(mu / step) * step, x[0].double())
+    return x - shift.to(x.dtype)
+
+
 def is_row_source(x) -> bool:
     """Whether ``x`` is searched out of core by :func:`nearest_neighbors`: a NumPy array (a
     ``np.memmap`` included) or a :class:`dyngraph.capture.SpilledArray`, rather than a tensor."""
@@ -814,6 +844,8 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
     check_knn_options(k, x.shape[0], metric, backend, chunk_size, col_chunk_size, precision,
                       candidates)
     x = prepare_features(x, metric)
+    if metric == "euclidean":
+        x = _centred_if_far(x)
     if backend == "torch_cluster":
         return _cluster_knn(x, k, metric)
     return _matmul_knn(x, k, metric, chunk_size, col_chunk_size, precision, candidates, progress)

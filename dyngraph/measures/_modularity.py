@@ -320,13 +320,16 @@ def _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, *, ch
     if batch is not None:
         contrib, _ = community_terms(ei, comm, w, batch_, n_graphs, n_comm, resolution)
         return contrib.sum(1)
-    # One graph: Q = Σ 2w_in(c) / 2W − γ Σ S_c² / (2W)², reduced to three host scalars.
+    # One graph: Q = Σ 2w_in(c) / 2W − γ Σ (S_c / 2W)², reduced to two host scalars. The
+    # strengths are normalised before they are squared, so weights near the limits of float64
+    # (1e-200, 1e200) neither underflow nor overflow.
     s_c, in_c = community_sums(ei, comm, w, n_comm)
     two_w = s_c.sum()
     two = float(two_w)
     if not (math.isfinite(two) and two > 0):
         _bad_total(two_w, edge_weight)
-    return float(in_c.sum()) / two - resolution * float(s_c.dot(s_c)) / (two * two)
+    a_c = s_c / two_w
+    return float(in_c.sum()) / two - resolution * float(a_c.dot(a_c))
 
 
 def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Tensor] = None,

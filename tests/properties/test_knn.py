@@ -168,10 +168,6 @@ def test_cosine_duplicates_any_tiling(x64, k, rows, dtype):
     _check_up_to_rounding(x, k, "cosine", vals, idx, _tolerance(x, "cosine"))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Euclidean kNN ranks candidates by |q|² + |k|² − 2q·k "
-                   "of the raw (uncentred) rows, so points far from the origin relative to their "
-                   "spread get wrong neighbours (float32, 1000 ± 0.01: returned distances 2-4x "
-                   "the true nearest); a shift of the data changes the neighbours")
 @given(float_points(), st.integers(1, 6), st.floats(1e-3, 1.0), st.floats(1e2, 1e4),
        st.sampled_from(sorted(DTYPES)))
 @example(np.array([[0.0], [0.3], [0.1], [0.9], [0.55], [0.2]]), 1, 1e-2, 1e3, "float32")
