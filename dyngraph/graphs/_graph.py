@@ -23,6 +23,7 @@ from torch_geometric.utils import coalesce, to_undirected
 
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
+from .._threads import small_op
 from .._validate import (
     check_choice,
     check_class_axis,
@@ -53,6 +54,7 @@ class DegenerateLayerWarning(UserWarning):
     of the samples rather than by the representation."""
 
 
+@small_op(lambda edge_index, *a, **k: int(getattr(edge_index, "shape", (0, 0))[-1]))
 def symmetrize(edge_index: Tensor, edge_weight: Tensor, num_nodes: int,
                how: str = "mean") -> Tuple[Tensor, Tensor]:
     """Makes a directed kNN graph undirected (both directions stored, coalesced, no self-loops).
@@ -451,6 +453,7 @@ class DynamicGraph:
         """
         return self._contributions(resolution)
 
+    @small_op(lambda self, *a, **k: sum(int(g.edge_index.shape[1]) for g in self.snapshots))
     def modularity(self, resolution: float = 1.0, communities: Optional[Sequence[Tensor]] = None
                    ) -> "DepthProfile":
         """Modularity of every layer, labels as communities, in one batched scatter pass.
@@ -481,6 +484,7 @@ class DynamicGraph:
         contrib = self._contributions(resolution, communities, compact=True)
         return self._profile("modularity", contrib.sum(1), resolution=resolution)
 
+    @small_op(lambda self, *a, **k: sum(int(g.edge_index.shape[1]) for g in self.snapshots))
     def modularity_null(self, permutations: int = 100, seed: int = 0, resolution: float = 1.0
                         ) -> "DepthProfile":
         """Modularity of every layer with the labels randomly permuted: the null distribution

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce
 
+from .._threads import one_thread_if_small
 from .._validate import (
     check_class_axis,
     check_edge_index,
@@ -311,7 +312,16 @@ def _check_contract(edge_index: Tensor, edge_weight: Optional[Tensor], batch: Op
 def _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, *, check: bool,
        what: str = "modularity") -> Union[float, Tensor]:
     """:func:`modularity`; ``check=False`` skips the ``O(E)`` contract checks (undirected, no
-    edge across graphs) for graphs that dyngraph built itself."""
+    edge across graphs) for graphs that dyngraph built itself. Small graphs run on one thread
+    (see :mod:`dyngraph._threads`)."""
+    work = int(edge_index.shape[-1]) if isinstance(edge_index, Tensor) else 0
+    with one_thread_if_small(work):
+        return _q_body(edge_index, communities, edge_weight, num_nodes, batch, resolution,
+                       check=check, what=what)
+
+
+def _q_body(edge_index, communities, edge_weight, num_nodes, batch, resolution, *, check: bool,
+            what: str) -> Union[float, Tensor]:
     resolution = check_resolution(resolution)
     ei, comm, w, batch_, n_graphs, n_comm = prepare_partition(edge_index, communities,
                                                               edge_weight, num_nodes, batch)
