@@ -137,6 +137,9 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     finally:
         for name in set(dg.measures.available()) - before:   # a page's own measures
             dg.measures.unregister(name)
+        for value in namespace.values():                     # TensorBoard writers left open
+            if type(value).__name__ == "SummaryWriter":
+                value.close()
         torch.set_num_threads(threads)
 
 
