@@ -180,6 +180,53 @@ def clean_spill(spill_dir: PathLike) -> List[Path]:
     return removed
 
 
+def resume_file(path: PathLike, nbytes: int, sha256: str, fix: str = _RESAVE) -> Any:
+    """Makes ``path`` hold exactly its first ``nbytes`` bytes after checking them against
+    ``sha256`` (a hex digest of those bytes, recorded when they were written): bytes written
+    after that record (a run killed before its next one) are cut off. Returns the running
+    ``hashlib.sha256`` of the bytes kept, ready for more to be appended. The file is read once,
+    in chunks.
+
+    Raises:
+        CorruptFileError: The file is missing, shorter than ``nbytes``, or its first ``nbytes``
+            do not match ``sha256``.
+
+    Example:
+        >>> import tempfile, pathlib, hashlib, dyngraph.capture._features as F
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / 'a.bin'
+        >>> _ = p.write_bytes(b'abcdef')
+        >>> h = F.resume_file(p, 4, hashlib.sha256(b'abcd').hexdigest())
+        >>> p.read_bytes(), h.hexdigest() == hashlib.sha256(b'abcd').hexdigest()
+        (b'abcd', True)
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if nbytes == 0 and sha256 == h.hexdigest():
+            return h  # nothing was written yet
+        raise CorruptFileError(path, f"it is missing (the progress record counts {nbytes} "
+                               f"bytes in it)", fix) from None
+    if size < nbytes:
+        raise CorruptFileError(path, f"it holds {size} bytes, fewer than the {nbytes} recorded "
+                               f"as written", fix)
+    left = nbytes
+    with open(path, "rb") as fh:
+        while left:
+            block = fh.read(min(left, 1 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    if left or h.hexdigest() != sha256:
+        raise CorruptFileError(path, f"its first {nbytes} bytes do not match the checksum "
+                               f"recorded when they were written", fix)
+    if size > nbytes:
+        os.truncate(path, nbytes)
+    return h
+
+
 class SpilledArray:
     """A row-appendable ``[N, D]`` array in a raw file, read back as a read-only memory map.
 
@@ -236,6 +283,42 @@ class SpilledArray:
         out._readonly = True
         return out
 
+    @classmethod
+    def resume(cls, path: PathLike, dim: int, dtype: str, rows: int, sha256: str,
+               fix: str = _RESAVE) -> "SpilledArray":
+        """The array of ``path`` as it was when its first ``rows`` rows had the running checksum
+        ``sha256`` (from :meth:`sync`): those rows are checked, anything after them is cut off,
+        and appending continues from there (see :func:`resume_file`).
+
+        Example:
+            >>> import tempfile, torch, dyngraph as dg
+            >>> a = dg.capture.SpilledArray(tempfile.mkdtemp() + '/x.bin', 2)
+            >>> a.append(torch.ones(3, 2)); mark = a.sync(); a.append(torch.zeros(1, 2)); a.close()
+            >>> b = dg.capture.SpilledArray.resume(a.path, 2, 'float32', 3, mark)
+            >>> b.append(torch.full((1, 2), 5.)); b.close()
+            >>> b.load()[:, 0].tolist()
+            [1.0, 1.0, 1.0, 5.0]
+        """
+        out = cls(path, dim, dtype)
+        if not (isinstance(rows, int) and rows >= 0):
+            raise ValueError(f"rows must be an int >= 0, got {rows!r}")
+        out._hash = resume_file(out.path, rows * out._row_bytes, sha256, fix)
+        out.rows = rows
+        return out
+
+    def sync(self) -> str:
+        """Flushes the rows appended so far to disk (``fsync``) and returns the sha256 (hex) of
+        every byte written, which :meth:`resume` checks."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        if self._hash is None:
+            if self.rows == 0 and self.offset == 0:
+                return hashlib.sha256().hexdigest()
+            raise ValueError(f"{self.path}: the running checksum of this array is unknown (it "
+                             f"was opened read-only or made before its rows were written)")
+        return str(self._hash.copy().hexdigest())
+
     @property
     def _row_bytes(self) -> int:
         return self.dim * self.np_dtype.itemsize
@@ -243,7 +326,7 @@ class SpilledArray:
     def append(self, rows: Tensor) -> None:
         """Appends ``[B, D]`` rows to the file (converted to the array's dtype)."""
         if getattr(self, "_readonly", False):
-            raise ValueError(f"{self.path} was opened read-only (a saved .npy layer)")
+            raise ValueError(f"{self.path} was opened read-only (a saved or finished layer)")
         self._check_present()
         if self._fh is None:
             self._open_for_append()
@@ -280,8 +363,8 @@ class SpilledArray:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
-            if self._hash is not None:
-                self.sha256 = self._hash.hexdigest()  # checked by the first read after this
+        if self._hash is not None:  # also rows resumed but not appended to since
+            self.sha256 = self._hash.hexdigest()  # checked by the first read after this
 
     def _check_present(self) -> None:
         if self._removed:
@@ -467,8 +550,25 @@ class LayerFeatures(Mapping):
                 f"on_disk={self.on_disk})")
 
     def subset(self, index: Union[Tensor, Sequence[int]]) -> "LayerFeatures":
-        """The same layers restricted to rows ``index`` (loaded in memory)."""
-        idx = torch.as_tensor(index).long()
+        """The same layers restricted to rows ``index`` (loaded in memory).
+
+        Raises:
+            TypeError: ``index`` is not integer (a float index would be truncated).
+            ValueError: An index is outside ``[-N, N)``.
+        """
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool and idx.ndim == 1 and len(idx) == len(self.y):
+            idx = idx.nonzero().flatten()
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(f"index must hold integers (or be a boolean mask of {len(self.y)} "
+                            f"rows), got dtype {idx.dtype} (float indices are not truncated)")
+        idx = idx.long().flatten()
+        n = len(self.y)
+        bad = idx[(idx < -n) | (idx >= n)]
+        if bad.numel():
+            raise ValueError(f"index holds {bad[:5].tolist()} outside the {n} rows of these "
+                             f"features")
+        idx = torch.where(idx < 0, idx + n, idx)
         feats = {}
         for k, v in self._layers.items():
             feats[k] = v.load(idx.numpy()) if isinstance(v, SpilledArray) else v[idx]
@@ -478,6 +578,9 @@ class LayerFeatures(Mapping):
 
     def select(self, layers: Sequence[str]) -> "LayerFeatures":
         """Only the named layers, in the given order."""
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+            raise TypeError(f"layers must be a list of layer names, got {type(layers).__name__} "
+                            f"{layers!r} (a str would be read letter by letter)")
         missing = [n for n in layers if n not in self._layers]
         if missing:
             raise ValueError(f"unknown layers {missing}; available: {self.names}")
@@ -501,7 +604,9 @@ class LayerFeatures(Mapping):
     def close(self) -> None:
         """Removes the spill folder(s) extraction made for these features (``spill_dir=``):
         only ``dyngraph-features-*`` folders carrying dyngraph's marker and holding nothing but
-        dyngraph's files; a folder written by :meth:`save`, or any other, is never touched.
+        dyngraph's files; a folder written by :meth:`save`, the ``checkpoint=`` folder of a
+        resumable extraction (the result itself: a rerun returns it), or any other, is never
+        touched.
 
         Layers in memory stay usable; the spilled ones (also in views made by :meth:`select`)
         raise a ``ValueError`` when read afterwards. ``with features: ...`` calls it on exit,
