@@ -231,6 +231,20 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     return value
 
 
+def check_device(value, name: str = "device") -> Optional[torch.device]:
+    """``None`` or a torch device (``'cpu'``, ``'cuda:1'``, a ``torch.device``)."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a device name or a torch.device, got "
+                        f"{type(value).__name__}: {value!r}")
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} must be a torch device ('cpu', 'cuda', 'cuda:1', 'mps', ...), "
+                         f"got {value!r}") from None
+
+
 def check_edge_index(edge_index, name: str = "edge_index") -> Tensor:
     check_tensor(edge_index, name)
     if edge_index.dtype not in (torch.long, torch.int32, torch.int64):

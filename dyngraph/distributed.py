@@ -38,6 +38,7 @@ Everything also runs without an initialised process group (one process, world si
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from datetime import timedelta
@@ -59,6 +60,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch_geometric.utils import coalesce
 
 from ._io import run_environment
 from ._json import jsonable
@@ -115,6 +117,13 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
         >>> dg.distributed.init_distributed()  # plain python: one process
         (0, 1)
     """
+    # The arguments are checked whether or not a group is created: a typo fails on one process.
+    if backend is not None:
+        check_choice(backend, "backend", ("gloo", "nccl"))
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or \
+            not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got "
+                         f"timeout_s={timeout_s!r}")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
@@ -123,7 +132,6 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
         raise RuntimeError("torch.distributed is not available in this torch build")
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    check_choice(backend, "backend", ("gloo", "nccl"))
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
@@ -180,9 +188,19 @@ def _all_reduce(t: Tensor, group: Group, op: str = "SUM") -> Tensor:
 def shard_ids(meta: Mapping) -> Optional[Tensor]:
     """Global row ids of a shard made by :func:`distributed_extract_features` (``None`` when
     ``meta`` has no shard record): rank ``r`` of ``W`` holds positions ``r, r+W, r+2W, ...``."""
-    shard = meta.get("shard") if isinstance(meta, Mapping) else None
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict (a LayerFeatures' .meta), got "
+                        f"{type(meta).__name__}")
+    shard = meta.get("shard")
     if not shard:
         return None
+    keys = ("rank", "world_size", "n_global")
+    if not isinstance(shard, Mapping) or any(
+            isinstance(shard.get(k), bool) or not isinstance(shard.get(k), int) for k in keys) \
+            or not 0 <= shard["rank"] < shard["world_size"] or shard["n_global"] < 0:
+        raise ValueError(f"meta['shard'] must be {{'rank', 'world_size', 'n_global'}} with "
+                         f"0 <= rank < world_size (as distributed_extract_features writes it), "
+                         f"got {shard!r}")
     return torch.arange(int(shard["rank"]), int(shard["n_global"]), int(shard["world_size"]))
 
 
@@ -236,6 +254,8 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
     if batch_size is None:
         batch_size = getattr(loader, "batch_size", None) or 64
     check_positive_int(batch_size, "batch_size")
+    check_positive_int(num_workers, "num_workers", minimum=0)
+    check_flag(progress, "progress")
     rank, world = _rank_world(group)
     if per_class is not None or n_samples is not None:
         labels = dataset_labels(dataset)
@@ -539,13 +559,52 @@ def distributed_modularity(edge_index: Tensor, communities: Tensor,
         >>> round(dg.distributed.distributed_modularity(ei, torch.tensor([0, 0, 0, 1, 1, 1])), 4)
         0.3571
     """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or \
+            not math.isfinite(resolution) or resolution < 0:
+        raise ValueError(f"resolution must be a finite number >= 0 (Newman's gamma), got "
+                         f"resolution={resolution!r}")
     ei, comm, w, _, _, n_comm = prepare_partition(edge_index, communities, edge_weight,
                                                     num_nodes, None)
+    _check_symmetric(ei, w, comm.numel(), group)
     n_comm = int(_all_reduce(torch.tensor([n_comm], device=_comm_device(group, ei.device)), group,
                              "MAX"))
     sums = torch.stack(community_sums(ei, comm, w, n_comm))  # [2, C]: S_c, 2·w_in(c)
     sums = _all_reduce(sums.to(_comm_device(group, sums.device)), group)
     return _q_from_sums(sums, float(resolution))
+
+
+def _check_symmetric(ei: Tensor, w: Tensor, n: int, group: Group) -> None:
+    """Raises a ``ValueError`` unless the entries (over all ranks) form an undirected graph.
+
+    One process: ``A`` and ``Aᵀ`` are compared exactly after ``coalesce``. Several ranks: with a
+    fixed value ``f_i`` in ``[1, 2)`` per node (golden-ratio sequence), the sums
+    ``Σ w f_i f_j² `` and ``Σ w f_i² f_j`` over every rank's entries (one ``all_reduce``) agree for
+    ``A = Aᵀ`` up to rounding and differ otherwise (a one-direction kNN list differs in every
+    entry)."""
+    if not ei.shape[1]:
+        return
+    if not _active(group):
+        a, wa = coalesce(ei, w, n, reduce="sum")
+        b, wb = coalesce(ei.flip(0), w, n, reduce="sum")
+        if a.shape == b.shape and torch.equal(a, b) and torch.allclose(wa, wb, rtol=1e-9,
+                                                                        atol=0.0):
+            return
+        raise ValueError("edge_index is not an undirected graph: some entries (i, j) have no "
+                         "reverse entry (j, i) of the same weight (a kNN edge list is directed: "
+                         "symmetrize it first, e.g. with dyngraph.graphs.symmetrize)")
+    f = 1.0 + torch.remainder(torch.arange(n, dtype=torch.float64, device=ei.device)
+                              * 0.6180339887498949, 1.0)
+    fi, fj = f[ei[0]], f[ei[1]]
+    pair = w.double() * fi * fj
+    sums = torch.stack([(pair * fj).sum(), (pair * fi).sum(), w.double().abs().sum(),
+                        torch.tensor(float(ei.shape[1]), dtype=torch.float64, device=ei.device)])
+    sums = _all_reduce(sums.to(_comm_device(group, sums.device)), group).cpu()
+    gap, tol = abs(float(sums[0] - sums[1])), 64.0 * (float(sums[3]) + 1) * 2.0 ** -52 * 8 \
+        * float(sums[2])
+    if gap > tol:
+        raise ValueError("the entries over all ranks do not form an undirected graph: some "
+                         "(i, j) have no reverse entry (j, i) of the same weight (a kNN edge "
+                         "list is directed: symmetrize it first)")
 
 
 def _local_entries(edge_index: Tensor, edge_weight: Tensor, how: str, n: int, group: Group,

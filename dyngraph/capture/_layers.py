@@ -344,6 +344,9 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = Fals
         layers = found
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, (dict, list, tuple)):
+        raise TypeError(f"layers must be a layer name, a list of names, a {{name: label}} dict, "
+                        f"a module type or None, got {type(layers).__name__} {layers!r}")
     pairs: List[Tuple[Any, Any]]
     if isinstance(layers, dict):
         pairs = list(layers.items())

@@ -474,6 +474,10 @@ class LayerTaps:
         self.layout = check_layout(layout, self.pool)
         self.spec = (OrderedDict() if layers is None and edits is not None
                      else resolve_layers(model, layers, allow_empty=True))
+        for flag, value in (("eval", eval), ("grad", grad), ("allow_repeat", allow_repeat)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {type(value).__name__} "
+                                f"{value!r}")
         self.eval, self.grad, self.reduce, self.allow_repeat = eval, grad, reduce, allow_repeat
         self.strict = strict
         modules = dict(model.named_modules())

@@ -214,10 +214,20 @@ def _state_dict(obj: Any) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _torch_file(path: str) -> bool:
+    """A torch.save file starts as a zip archive (the default since torch 1.6) or a pickle
+    (protocol 2+ starts with 0x80; the legacy format too)."""
+    if os.path.isdir(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[nn.Module, dict]:
     """The user's model from --model-def (+ --model-args) and/or --model, safely: weights are
     read with ``weights_only=True``; a pickled module only with --trust-pickle."""
-    path, flag = getattr(args, "model", None), "--model"
+    path, flag = getattr(args, "model", None), getattr(args, "model_flag", "--model")
     if getattr(args, "weights", None):
         if path:
             raise ValueError("--weights and --model name the same thing: pass one of them")
@@ -232,7 +242,14 @@ def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[
         if not isinstance(kwargs, dict):
             raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r}")
         torch.manual_seed(getattr(args, "seed", 0))  # a model without --model weights is seeded
-        built = _model_class(args.model_def)(**kwargs)
+        cls = _model_class(args.model_def)
+        try:
+            built = cls(**kwargs)
+        except TypeError as exc:
+            if "argument" not in str(exc):  # a TypeError from inside the user's __init__
+                raise
+            raise ValueError(f"--model-args {json.dumps(kwargs)!r} do not fit --model-def "
+                             f"{args.model_def!r}: {exc}") from None
         if not isinstance(built, nn.Module):
             raise TypeError(f"--model-def {args.model_def!r} returned {type(built).__name__}, "
                             f"not an nn.Module")
@@ -243,6 +260,9 @@ def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[
         return model.to(device), {"source": args.model_def, "weights": None}
     if not os.path.exists(path):
         raise FileNotFoundError(f"{flag} {path!r} does not exist")
+    if not _torch_file(path):
+        raise ValueError(f"{flag} {path!r} is not a file written by torch.save (neither a zip "
+                         f"archive nor a pickle)")
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except RuntimeError as exc:
@@ -312,14 +332,18 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
         model, info = load_user_model(args, num_classes, device)
         if model is None:  # a state_dict for a reference architecture
             state, flag = info.pop("state_dict"), info.pop("flag")
-            model = build_model(args.arch or "cnn", args.example, num_classes=num_classes)
+            arch = getattr(args, "arch", None) or "cnn"
+            model = build_model(arch, args.example, num_classes=num_classes)
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
-                raise ValueError(f"{flag} {info['source']!r} does not fit --arch "
-                                 f"{args.arch!r}: {exc}; pass --model-def") from None
+                first = str(exc).strip().splitlines()
+                raise ValueError(f"{flag} {info['source']!r} is a state_dict that does not fit "
+                                 f"the reference architecture {arch!r} "
+                                 f"({first[1].strip() if len(first) > 1 else first[0]}); "
+                                 f"pass --model-def FILE.py:Class for its class") from None
             model = model.to(device)
-            info["arch"] = args.arch
+            info["arch"] = arch
         _check_output_size(model, test_loader, num_classes, device)
         info["test_acc"] = evaluate(model, test_loader)
         return model, info

@@ -12,7 +12,7 @@ import os
 import pkgutil
 import re
 import sys
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import torch
 
@@ -22,9 +22,18 @@ from . import commands as _commands
 DEFAULT_THREADS = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every usage error, the subcommands' included, is one ``dyngraph: error: ...`` line (after
+    the usage) and exit status 2, the same shape as the errors the commands raise."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"dyngraph: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dyngraph", description=" ".join(__doc__.split("\n\n")[0].split()),
         epilog="Run 'dyngraph COMMAND --help' for a command's options and their defaults.")
     parser.add_argument("--version", action="version", version=f"dyngraph {__version__}")
@@ -54,9 +63,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "quiet", False):
         os.environ["DYNGRAPH_QUIET"] = "1"
     device = str(getattr(args, "device", "") or "")
+    if device:
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            print(f"dyngraph: error: --device {device!r} is not a torch device (cpu, cuda, "
+                  f"cuda:1, mps, ...)", file=sys.stderr)
+            return 2
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"dyngraph: error: --device {device}: no CUDA device is available here "
               f"(use --device cpu)", file=sys.stderr)
+        return 2
+    for flag in ("data", "eval_data"):
+        folder = getattr(args, flag, None)
+        if isinstance(folder, str) and not os.path.exists(folder):
+            print(f"dyngraph: error: --{flag.replace('_', '-')} {folder!r} does not exist (a "
+                  f"folder of class subfolders)", file=sys.stderr)
+            return 2
+    out = getattr(args, "out", None)
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        print(f"dyngraph: error: --out {out!r} is a file, not a folder", file=sys.stderr)
         return 2
     threads = getattr(args, "threads", None)
     if threads is not None:
@@ -69,21 +95,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"dyngraph: error: {_flags(str(exc), parser, args.command)}", file=sys.stderr)
+        print(f"dyngraph: error: {_flags(str(exc), parser, args)}", file=sys.stderr)
         return 2
     finally:  # an in-process caller (a test, a notebook) gets its own setting back
         torch.set_num_threads(before)
 
 
-def _flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+def _flags(message: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The command's option names in an error message as the user types them: ``per_class`` →
-    ``--per-class`` (messages from the library name Python arguments)."""
+    ``--per-class`` (messages from the library name Python arguments). A command whose option
+    feeds a library argument of another name declares it with
+    ``set_defaults(_flag_aliases={"n_random": "--random-groups"})``."""
+    for name, flag in (getattr(args, "_flag_aliases", None) or {}).items():
+        message = re.sub(rf"(?<![\w.-]){name}(?= must| is |=)", flag, message)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for action in sub.choices[command]._actions:
+    for action in sub.choices[args.command]._actions:
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
-        if flag and "_" in action.dest and not action.dest.startswith("_"):
-            # the argument checks' phrasing: "per_class must be ...", "got per_class=0"
-            message = re.sub(rf"(?<![\w-]){action.dest}(?= must| is |=)", flag, message)
+        if flag and not action.dest.startswith("_"):
+            # the argument checks' phrasing: "per_class must be ...", "got per_class=0"; a
+            # one-word name only in those two shapes (a word like 'data' may be prose)
+            after = " must| is |=" if "_" in action.dest else " must|="
+            message = re.sub(rf"(?<![\w.-]){action.dest}(?={after})", flag, message)
     return message
 
 

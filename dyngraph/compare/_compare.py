@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from .._io import PathLike, atomic_write_text
 from .._json import JsonFile, jsonable
 from .._progress import progress_bar
-from .._validate import check_labels, check_positive_int
+from .._validate import check_choice, check_flag, check_labels, check_positive_int
 from ..capture._features import LayerFeatures
 from ..capture._taps import LayerTaps, split_batch, to_device
 from ..measures._registry import Measure, resolve
 from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary
-from ..profiles._profile import DepthProfile, LayerMatrix
+from ..profiles._profile import DepthProfile, LayerMatrix, check_out_path
 from ..profiles._runner import check_measure_options, prepare_layers, score_layers
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
@@ -103,6 +103,8 @@ class Comparison(JsonFile):
 
     def higher_is_similar(self, measure: str) -> bool:
         """``False`` for a distance (``'modularity_distance'``), ``True`` otherwise."""
+        if measure not in self.measures:
+            raise KeyError(f"no measure {measure!r}; the comparison has {self.measures}")
         m = next(iter(self.matrices.values()), None)
         return not (m is not None and m.meta.get("distance", {}).get(measure, False))
 
@@ -133,6 +135,7 @@ class Comparison(JsonFile):
 
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """The tidy table as CSV text, written atomically to ``path`` when given."""
+        check_out_path(path)
         buf = io.StringIO()
         cols = ["measure", "model_a", "model_b", "layer_a", "layer_b", "index_a", "index_b",
                 "value", "p_value"]
@@ -183,6 +186,10 @@ class Comparison(JsonFile):
     def from_dict(cls, d: Dict[str, Any]) -> "Comparison":
         """The inverse of :meth:`to_dict`."""
         cls._check_format(d)
+        missing = [k for k in ("names", "layers", "measures", "matrices") if k not in d]
+        if missing:
+            raise ValueError(f"not a complete Comparison dict: missing {missing} (the file was "
+                             f"cut short or edited)")
         mats = {(str(e["pair"][0]), str(e["pair"][1])): LayerMatrix.from_dict(e["matrix"])
                 for e in d["matrices"]}
         profiles = {n: DepthProfile.from_dict(p) for n, p in d.get("profiles", {}).items()}
@@ -193,6 +200,8 @@ class Comparison(JsonFile):
 # ================================================================================== helpers
 def _named_items(items: Any) -> List[Tuple[str, Item]]:
     pairs: List[Tuple[Optional[str], Any]]
+    if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and not items:
+        raise ValueError("models_or_feature_sets is empty")
     if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and items and \
             all(isinstance(v, (nn.Module, LayerFeatures, Mapping)) for v in items.values()):
         pairs = [(str(k), v) for k, v in items.items()]
@@ -215,6 +224,17 @@ def _named_items(items: Any) -> List[Tuple[str, Item]]:
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique, got {names}")
     return out
+
+
+def _check_layer_keys(layers: Any, names: Sequence[str]) -> None:
+    """A per-model ``layers`` dict may only name models that exist (a typo is an error, not the
+    default layers)."""
+    if isinstance(layers, Mapping) and any(isinstance(v, (list, tuple))
+                                           for v in layers.values()):
+        unknown = [k for k in layers if k not in names and k not in range(len(names))]
+        if unknown:
+            raise ValueError(f"layers names models {unknown} that are not compared; models are "
+                             f"{list(names)}")
 
 
 def _layers_for(layers: Any, name: str, index: int) -> Any:
@@ -296,11 +316,18 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
         >>> sorted(mats), tuple(mats[('a', 'b')]['cka_minibatch'].shape)
         ([('a', 'a'), ('a', 'b'), ('b', 'b')], (2, 2))
     """
+    check_flag(unbiased, "unbiased")
+    check_flag(within, "within")
+    check_flag(progress, "progress")
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of batches (a DataLoader), got "
+                        f"{type(loader).__name__}")
     named: List[Tuple[str, nn.Module]] = []
-    for n, m in _named_items(dict(models) if isinstance(models, Mapping) else list(models)):
+    for n, m in _named_items(dict(models) if isinstance(models, Mapping) else models):
         if not isinstance(m, nn.Module):
             raise TypeError(f"stream_cka needs models, got {type(m).__name__} for {n!r}")
         named.append((n, m))
+    _check_layer_keys(layers, [n for n, _ in named])
     if max_batches is not None:
         check_positive_int(max_batches, "max_batches")
     acc = MinibatchCKA(unbiased=unbiased)
@@ -461,6 +488,9 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         24
     """
     t0 = time.perf_counter()
+    if not isinstance(measures, (str, list, tuple)):
+        raise TypeError(f"measures must be a measure name or a list of names, got "
+                        f"{type(measures).__name__}: {measures!r}")
     measures = [measures] if isinstance(measures, str) else list(measures)
     if not measures:
         raise ValueError("measures is empty")
@@ -469,8 +499,27 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
     ms = resolve([m for m in measures if m != STREAMED], "pair") \
         if any(m != STREAMED for m in measures) else []
     check_positive_int(permutations, "permutations", minimum=0)
+    # The settings, checked before any model runs (extraction is the slow part).
+    from ..graphs._graph import SYMMETRIZE
+    from ..graphs._knn import BACKENDS, METRICS
+    check_positive_int(k, "k")
+    check_positive_int(modularity_k, "modularity_k")
+    check_choice(metric, "metric", METRICS)
+    if symmetrize is not None:
+        check_choice(symmetrize, "symmetrize", SYMMETRIZE)
+    check_choice(backend, "backend", BACKENDS)
+    check_flag(within, "within")
+    check_flag(progress, "progress")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+    if info is not None and not isinstance(info, Mapping):
+        raise TypeError(f"info must be a dict {{model name: {{key: value}}}}, got "
+                        f"{type(info).__name__}")
     items = _named_items(models_or_feature_sets)
     if names is not None:
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise TypeError(f"names must be a list of model names, got {type(names).__name__}: "
+                            f"{names!r}")
         names = [str(n) for n in names]
         if len(names) != len(items):
             raise ValueError(f"names has {len(names)} entries for {len(items)} models")
@@ -481,6 +530,7 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         raise ValueError("compare needs two or more models (or within=True)")
     if any(isinstance(v, nn.Module) for _, v in items) and loader is None:
         raise ValueError("models need a loader: compare_models(models, loader, ...)")
+    _check_layer_keys(layers, [n for n, _ in items])
     models = {n: v for n, v in items if isinstance(v, nn.Module)}
     if STREAMED in measures and len(models) != len(items):
         raise ValueError(f"measure {STREAMED!r} streams the models over the loader; every item "

@@ -42,6 +42,7 @@ from .. import typing as _t
 from .._progress import progress_counter
 from .._validate import (
     check_choice,
+    check_device,
     check_features,
     check_flag,
     check_k,
@@ -833,6 +834,7 @@ def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosin
         ([1, 0, 1, 2], [1.0, 1.0, 2.0, 4.0])
     """
     check_flag(progress, "progress")
+    device = check_device(device)
     if is_row_source(x):
         check_choice(backend, "backend", BACKENDS)
         if backend == "torch_cluster":

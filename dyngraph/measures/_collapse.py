@@ -159,6 +159,8 @@ def etf_gram(num_classes: int, dtype: torch.dtype = torch.float64,
         [1.0, -0.5, -0.5]
     """
     c = check_positive_int(num_classes, "num_classes", minimum=2)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
     return (torch.eye(c, dtype=dtype, device=device) - 1.0 / c) * (c / (c - 1))
 
 
@@ -716,9 +718,10 @@ class NeuralCollapseAccumulator:
         self.cv = _conventions(conventions, kw)
         self.method_arg = _check_method(method)
         self.max_dense_dim = check_positive_int(max_dense_dim, "max_dense_dim")
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
         self.dtype = dtype
+        parse_classifier(classifier, None, self.num_classes)  # its type and shape, now
         self._classifier = classifier
         self.reset()
 

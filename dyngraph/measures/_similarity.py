@@ -57,6 +57,7 @@ from .._validate import (
     check_edge_index,
     check_edge_weight,
     check_features,
+    check_flag,
     check_k,
     check_labels,
     check_positive_int,
@@ -182,6 +183,7 @@ class _CKAState:
 
     def __init__(self, x: Tensor, unbiased: bool, name: str = "x", form: str = "auto"):
         check_choice(form, "cka_form", CKA_FORMS)
+        check_flag(unbiased, "unbiased")
         n, d = x.shape
         if unbiased and n < 4:
             raise ValueError(f"unbiased CKA needs at least 4 samples, got N={n} rows in {name}")
@@ -284,7 +286,7 @@ class StreamingCKA:
     """
 
     def __init__(self, unbiased: bool = False) -> None:
-        self.unbiased = bool(unbiased)
+        self.unbiased = check_flag(unbiased, "unbiased")
         self.reset()
 
     def reset(self) -> None:
@@ -405,8 +407,8 @@ class MinibatchCKA:
     """
 
     def __init__(self, unbiased: bool = True, float64_gram: bool = False) -> None:
-        self.unbiased = bool(unbiased)
-        self.float64_gram = bool(float64_gram)
+        self.unbiased = check_flag(unbiased, "unbiased")
+        self.float64_gram = check_flag(float64_gram, "float64_gram")
         self.reset()
 
     def reset(self) -> None:
@@ -714,6 +716,7 @@ def graph_similarity(x: Tensor, y: Tensor, k: Optional[int] = 10, metric: str = 
     """
     x, y = _check_pair(x, y)
     check_choice(metric, "metric", ("cosine", "euclidean"))
+    check_flag(weighted, "weighted")
     if k is None:
         if metric != "cosine":
             raise ValueError("k=None (the full graph) needs metric='cosine'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -26,7 +27,7 @@ from torch_geometric.data import Data
 from .._io import PathLike, atomic_write_json
 from .._json import JsonFile
 from .._progress import progress_bar
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_flag, check_positive_int
 from ._chain import weight_chain
 from ._graph import neuron_graph
 from ._spectral import SOLVERS, ncut, spectral_partition
@@ -81,6 +82,13 @@ class ClusterabilityResult(JsonFile):
                 f"p={self.p_value:.4g}, z={self.z_score:.3f}, n_clusters={self.n_clusters})")
 
 
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """An ``int`` seed (a string or a float is a ``TypeError``, never converted)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}: {seed!r}")
+    return int(seed)
+
 def shuffle_weights(model: nn.Module, seed: int = 0, how: str = "all") -> nn.Module:
     """A copy of ``model`` whose Linear/Conv weights are permuted within each layer.
 
@@ -99,7 +107,8 @@ def shuffle_weights(model: nn.Module, seed: int = 0, how: str = "all") -> nn.Mod
         >>> sorted(s.weight.flatten().tolist()) == sorted(m.weight.flatten().tolist())
         True
     """
-    check_choice(how, "shuffle", SHUFFLES)
+    check_choice(how, "how (the shuffle)", SHUFFLES)
+    check_seed(seed)
     out = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
@@ -166,10 +175,15 @@ def clusterability(model: nn.Module, n_clusters: int, n_shuffles: int = 50, seed
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_positive_int(n_clusters, "n_clusters")
+    check_positive_int(n_clusters, "n_clusters", minimum=2)  # one cluster: the n-cut is 0
     check_positive_int(n_shuffles, "n_shuffles")
+    check_seed(seed)
     check_choice(shuffle, "shuffle", SHUFFLES)
     check_choice(solver, "solver", SOLVERS)
+    check_flag(progress, "progress")
+    if graph_kwargs is not None and not isinstance(graph_kwargs, dict):
+        raise TypeError(f"graph_kwargs must be a dict of neuron_graph arguments, got "
+                        f"{type(graph_kwargs).__name__}")
     kw = dict(graph_kwargs or {})
     for bad in ("model", "source", "loader"):
         if bad in kw:

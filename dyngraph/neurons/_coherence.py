@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._json import JsonFile
-from .._validate import check_choice, check_choices, check_positive_int, model_device
+from .._validate import (
+    check_choice,
+    check_choices,
+    check_features,
+    check_labels,
+    check_positive_int,
+    model_device,
+)
 from ..capture._taps import LayerTaps
 from ._chain import NeuronLayer, layer_activations, weight_chain
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
@@ -59,7 +66,19 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
         >>> [round(v, 4) for v in h.tolist()]
         [0.0, 0.0]
     """
-    k = num_classes or int(y.max()) + 1
+    check_features(scores, "scores")
+    n = scores.shape[0]
+    y = check_labels(y, n, "y").to(scores.device)
+    check_positive_int(top_k, "top_k")
+    if top_k > n:
+        raise ValueError(f"top_k={top_k} exceeds the number of samples N={n}")
+    k = int(y.max()) + 1
+    if num_classes is not None:
+        check_positive_int(num_classes, "num_classes")
+        if num_classes < k:
+            raise ValueError(f"y holds labels up to {k - 1}, so num_classes={num_classes} is too "
+                             f"small")
+        k = num_classes
     top = scores.topk(top_k, dim=0).indices  # [top_k, M]
     labels = y[top]
     counts = torch.zeros(scores.shape[1], k, dtype=torch.float64, device=scores.device)

@@ -18,6 +18,7 @@ are removed and listed in ``data.removed``.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, scatter, subgraph
 
-from .._validate import check_choice, check_features, check_positive_int
+from .._validate import check_choice, check_features, check_flag, check_positive_int
 from ._chain import (
     NORMS,
     NeuronLayer,
@@ -143,8 +144,15 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
     check_choice(pairs, "pairs", PAIRS)
     check_choice(point, "point", ("pre", "post"))
     check_positive_int(chunk_size, "chunk_size")
-    if not isinstance(min_weight, (int, float)) or isinstance(min_weight, bool) or min_weight < 0:
-        raise ValueError(f"min_weight must be a number >= 0, got {min_weight!r}")
+    if not isinstance(min_weight, (int, float)) or isinstance(min_weight, bool) or \
+            not math.isfinite(min_weight) or min_weight < 0:
+        raise ValueError(f"min_weight must be a finite number >= 0, got {min_weight!r}")
+    for flag, value in (("fold_bn", fold_bn), ("include_input", include_input),
+                        ("include_output", include_output), ("remove_dead", remove_dead)):
+        check_flag(value, flag)
+    if layers is not None and (isinstance(layers, str) or not isinstance(layers, (list, tuple))):
+        raise TypeError(f"layers must be a list of layer names, got {type(layers).__name__}: "
+                        f"{layers!r}")
     chain = weight_chain(model)
     if source == "activations" and loader is None:
         raise ValueError("source='activations' needs a loader of (inputs, labels) batches, got "

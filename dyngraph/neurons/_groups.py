@@ -9,7 +9,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .._progress import progress_bar
-from .._validate import check_labels, check_positive_int, check_tensor
+from .._validate import check_flag, check_labels, check_positive_int, check_tensor
 
 _REQUIRED = ("layer", "neuron", "layer_names", "unit_modules", "act_modules")
 MIN_RANDOM = 19
@@ -88,6 +88,7 @@ def neuron_groups(data: Data, clusters: Tensor, min_size: int = 2, max_fraction:
     check_tensor(clusters, "clusters")
     clusters = check_labels(clusters, data.num_nodes, "clusters").to(data.layer.device)
     check_positive_int(min_size, "min_size")
+    check_flag(skip_input, "skip_input")
     if not isinstance(max_fraction, (int, float)) or not 0 < max_fraction <= 1:
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
     groups: List[NeuronGroup] = []

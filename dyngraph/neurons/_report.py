@@ -15,11 +15,13 @@ from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_text
 from .._json import JsonFile
-from .._validate import check_positive_int
-from ._clusterability import ClusterabilityResult, clusterability, partition
-from ._coherence import CoherenceResult, coherence
-from ._groups import group_row, neuron_groups
+from .._validate import check_choice, check_choices, check_flag, check_positive_int
+from ._clusterability import ClusterabilityResult, check_seed, clusterability, partition
+from ._coherence import METHODS, CoherenceResult, coherence
+from ._graph import SOURCES
+from ._groups import MIN_RANDOM, group_row, neuron_groups
 from ._importance import ImportanceResult, lesion_importance
+from ._spectral import SOLVERS
 
 _SKIP_CSV = ("neurons", "class_drops")
 
@@ -240,10 +242,38 @@ def neuron_report(model: nn.Module, loader: Any, n_clusters: int = 8, *,
         'Figure'
     """
     t0 = time.perf_counter()
-    check_positive_int(n_clusters, "n_clusters")
+    check_positive_int(n_clusters, "n_clusters", minimum=2)  # one cluster: nothing to test
     for name, count in (("n_shuffles", n_shuffles), ("n_random", n_random)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"{name} must be an int >= 0, got {count!r}")
+    # Everything that can be checked before the (slow) graph, partition and shuffles:
+    check_choice(source, "source", SOURCES)
+    check_choice(solver, "solver", SOLVERS)
+    check_seed(seed)
+    check_flag(progress, "progress")
+    check_flag(dead_from_data, "dead_from_data")
+    methods = check_choices(methods, "methods", METHODS) if methods else []
+    check_positive_int(top_k, "top_k")
+    check_positive_int(min_size, "min_size")
+    if isinstance(max_fraction, bool) or not isinstance(max_fraction, (int, float)) or \
+            not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
+    if coherence_kwargs is not None and not isinstance(coherence_kwargs, dict):
+        raise TypeError(f"coherence_kwargs must be a dict of coherence arguments, got "
+                        f"{type(coherence_kwargs).__name__}")
+    if n_random > 0:
+        if n_random < MIN_RANDOM:
+            raise ValueError(f"n_random must be >= {MIN_RANDOM} so that a p-value can reach "
+                             f"0.05 (or 0 to skip the group tests), got n_random={n_random}")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if (n_random > 0 or source == "activations" or dead_from_data) and \
+            not hasattr(loader, "__iter__"):
+        raise TypeError(f"loader must be an iterable of (inputs, labels) batches (a "
+                        f"DataLoader), got {type(loader).__name__}")
+    if graph_kwargs is not None and not isinstance(graph_kwargs, dict):
+        raise TypeError(f"graph_kwargs must be a dict of neuron_graph arguments, got "
+                        f"{type(graph_kwargs).__name__}")
     gkw = dict(graph_kwargs or {})
     gkw.setdefault("progress", False)
     if device is not None:

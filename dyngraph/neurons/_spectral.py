@@ -19,6 +19,8 @@ lower value means a more clusterable graph.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -31,6 +33,7 @@ from .._validate import (
     check_edge_index,
     check_edge_weight,
     check_features,
+    check_flag,
     check_labels,
     check_positive_int,
     check_same_device,
@@ -194,6 +197,11 @@ def kmeans(x: Tensor, n_clusters: int, seed: int = 0, n_init: int = 10, max_iter
     check_positive_int(n_clusters, "n_clusters")
     check_positive_int(n_init, "n_init")
     check_positive_int(max_iter, "max_iter")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or \
+            tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got tol={tol!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
     n = x.shape[0]
     if n_clusters > n:
         raise ValueError(f"n_clusters={n_clusters} exceeds the number of points N={n}")
@@ -320,7 +328,12 @@ def ncut(edge_index: Tensor, clusters: Tensor, edge_weight: Optional[Tensor] = N
     """
     edge_index = check_edge_index(edge_index)
     check_tensor(clusters, "clusters")
-    num_nodes = clusters.numel() if num_nodes is None else num_nodes
+    check_flag(per_cluster, "per_cluster")
+    if num_nodes is not None and (isinstance(num_nodes, bool) or
+                                  not isinstance(num_nodes, numbers.Integral) or num_nodes < 0):
+        raise TypeError(f"num_nodes must be an int >= 0 (or None: clusters.numel()), got "
+                        f"{type(num_nodes).__name__}: {num_nodes!r}")
+    num_nodes = clusters.numel() if num_nodes is None else int(num_nodes)
     clusters = check_labels(clusters, num_nodes, "clusters")
     n_edges = edge_index.shape[1]
     edge_weight = check_edge_weight(edge_weight if edge_weight is not None else
@@ -329,6 +342,8 @@ def ncut(edge_index: Tensor, clusters: Tensor, edge_weight: Optional[Tensor] = N
     if n_edges and int(edge_index.max()) >= num_nodes:
         raise ValueError(f"edge_index refers to node {int(edge_index.max())} but num_nodes="
                          f"{num_nodes}")
+    if n_edges and int(edge_index.min()) < 0:
+        raise ValueError(f"edge_index holds a negative node id ({int(edge_index.min())})")
     if n_edges and bool((edge_weight < 0).any()):
         raise ValueError(f"edge_weight must be >= 0 for the n-cut, got min "
                          f"{float(edge_weight.min()):.4g}")

@@ -7,6 +7,8 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._validate import check_flag
+
 
 def _as_tensor(x, name: str) -> Tensor:
     if isinstance(x, Tensor):
@@ -19,9 +21,24 @@ def _as_tensor(x, name: str) -> Tensor:
 
 
 def _rows(observed, null) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(observed, null [G, n], observed [G, 1])`` in float64."""
+    """``(observed, null [G, n], observed [G, 1])`` in float64, checked: ``observed`` a scalar or
+    ``[G]``, ``null`` ``[n]`` or ``[G, n]`` with at least one value per row, nothing NaN."""
     observed, null = _as_tensor(observed, "observed"), _as_tensor(null, "null")
-    return observed, null.unsqueeze(0) if null.dim() == 1 else null, observed.reshape(-1, 1)
+    if observed.dim() > 1:
+        raise ValueError(f"observed must be a scalar or [G], got shape {tuple(observed.shape)}")
+    if null.dim() not in (1, 2):
+        raise ValueError(f"null must be [n] or [G, n], got shape {tuple(null.shape)}")
+    null = null.unsqueeze(0) if null.dim() == 1 else null
+    obs = observed.reshape(-1, 1)
+    if obs.shape[0] != null.shape[0]:
+        raise ValueError(f"observed has {obs.shape[0]} values but null has {null.shape[0]} rows "
+                         f"(null is [G, n]: one row of random values per observed value)")
+    if null.shape[1] == 0:
+        raise ValueError("null needs at least one random value per group")
+    for name, t in (("observed", obs), ("null", null)):
+        if bool(t.isnan().any()):
+            raise ValueError(f"{name} contains NaN; a p-value or percentile of NaN is undefined")
+    return observed, null, obs
 
 
 def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
@@ -41,11 +58,8 @@ def empirical_p(observed: Tensor, null: Tensor, greater: bool = True) -> Tensor:
         >>> dg.neurons.empirical_p(torch.tensor(5.0), torch.arange(19.0)).item()  # 14 of 19 >= 5
         0.75
     """
+    check_flag(greater, "greater")
     observed, null, obs = _rows(observed, null)
-    if obs.shape[0] != null.shape[0]:
-        raise ValueError(f"observed has {obs.shape[0]} values but null has {null.shape[0]} rows")
-    if null.shape[1] == 0:
-        raise ValueError("null needs at least one random value per group")
     r = (null >= obs).sum(1) if greater else (null <= obs).sum(1)
     p = (r.double() + 1) / (null.shape[1] + 1)
     return p if observed.dim() else p.squeeze(0)

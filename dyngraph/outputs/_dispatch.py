@@ -4,10 +4,12 @@ type. Result modules register their drawers here; figures and TensorBoard code l
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from typing import Any, Callable, Dict, List, Optional
 
 from .._io import PathLike
+from .._validate import check_flag
 
 _PLOTTERS: Dict[type, Callable[..., Any]] = {}
 _LOGGERS: Dict[type, Callable[..., Any]] = {}
@@ -41,7 +43,10 @@ def register_plot(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any
         >>> float(fig.axes[0].patches[0].get_height()), "Score" in dg.outputs.drawable_types()
         (0.5, True)
     """
+    _check_class(cls, "register_plot")
+
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _check_function(fn, "register_plot", cls)
         _PLOTTERS[cls] = fn
         return fn
     return deco
@@ -75,10 +80,44 @@ def register_log(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
         >>> [e.value for e in EventAccumulator(folder).Reload().Scalars("run/score")]
         [0.5]
     """
+    _check_class(cls, "register_log")
+
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _check_function(fn, "register_log", cls)
         _LOGGERS[cls] = fn
         return fn
     return deco
+
+
+def _check_class(cls: Any, what: str) -> None:
+    if not isinstance(cls, type):
+        raise TypeError(f"{what} takes the result class (a type), got {type(cls).__name__}: "
+                        f"{cls!r}"[:200])
+
+
+def _check_function(fn: Any, what: str, cls: type) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what}({cls.__name__}) decorates a function, got "
+                        f"{type(fn).__name__}")
+
+
+def _check_options(fn: Callable[..., Any], kw: Dict[str, Any], what: str, result: Any,
+                   fixed: tuple, positional: int) -> None:
+    """Unknown keyword options of a drawer or logger are a ``TypeError`` that lists the known
+    ones (instead of one from deep inside the drawer)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if n not in fixed and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)][positional:]
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        kind = type(result[0] if isinstance(result, (list, tuple)) else result).__name__
+        raise TypeError(f"{what}() of a {kind} has no option(s) {unknown}; its options are "
+                        f"{known}")
 
 
 def _load() -> None:
@@ -101,6 +140,9 @@ def _package_path() -> List[str]:
 def _find(table: Dict[type, Callable[..., Any]], result: Any, what: str) -> Callable[..., Any]:
     _load()
     key = type(result)
+    if isinstance(result, (list, tuple)) and not result:
+        raise ValueError(f"{what} got an empty {type(result).__name__}: pass a result or a list "
+                         f"of results")
     if isinstance(result, (list, tuple)) and result:
         key = type(result[0])
         if not all(isinstance(r, key) for r in result):
@@ -137,8 +179,12 @@ def plot(result: Any, path: Optional[PathLike] = None, ax: Any = None, **kw: Any
         >>> fig.axes[0].get_ylabel()
         'modularity'
     """
-    fig = _find(_PLOTTERS, result, "plot")(result, ax=ax, **kw)
-    from ._plot import finish
+    from ._plot import check_axis, check_figure_path, finish
+    fn = _find(_PLOTTERS, result, "plot")
+    _check_options(fn, kw, "plot", result, ("ax",), 1)  # fn(result, ax=None, **options)
+    check_figure_path(path)
+    check_axis(ax)
+    fig = fn(result, ax=ax, **kw)
     return finish(fig, path)
 
 
@@ -169,7 +215,10 @@ def log(writer: Any, result: Any, prefix: str = "dyngraph", figure: bool = True,
                             f"{type(writer).__name__}")
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
-    _find(_LOGGERS, result, "log")(writer, result, prefix=prefix, figure=figure, **kw)
+    check_flag(figure, "figure")
+    fn = _find(_LOGGERS, result, "log")
+    _check_options(fn, kw, "log", result, ("prefix", "figure"), 2)  # fn(writer, result, ...)
+    fn(writer, result, prefix=prefix, figure=figure, **kw)
     flush = getattr(writer, "flush", None)
     if callable(flush):
         flush()

@@ -3,9 +3,12 @@ never through pyplot's global state: dyngraph never switches the user's backend,
 made and saved is freed with its last reference."""
 from __future__ import annotations
 
+import numbers
+import os
 from typing import Any, Optional, Tuple
 
 from .._io import PathLike, atomic_write
+from .._validate import check_positive_int
 
 
 def new_figure(figsize: Tuple[float, float] = (6.0, 4.0), ax: Any = None,
@@ -31,12 +34,45 @@ def new_figure(figsize: Tuple[float, float] = (6.0, 4.0), ax: Any = None,
         >>> axes.shape, dg.outputs.new_figure(ax=axes[0])[0] is fig
         ((2,), True)
     """
+    check_positive_int(nrows, "nrows")
+    check_positive_int(ncols, "ncols")
     if ax is not None:
+        check_axis(ax)
         return ax.figure, ax
     from matplotlib.figure import Figure
     fig = Figure(figsize=figsize)
     axes = fig.subplots(nrows, ncols, squeeze=True)
     return fig, axes
+
+
+def check_axis(ax: Any) -> None:
+    """``None`` or a matplotlib ``Axes`` (anything else is a ``TypeError``)."""
+    if ax is None:
+        return
+    from matplotlib.axes import Axes
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes (or None for a new figure), got "
+                        f"{type(ax).__name__}: {ax!r}"[:200])
+
+
+def _format(path: PathLike) -> str:
+    name = os.path.basename(os.fspath(path))
+    return name.rsplit(".", 1)[-1].lower() if "." in name.strip(".") else "png"
+
+
+def check_figure_path(path: Any) -> Optional[PathLike]:
+    """``None`` or a file path whose suffix is a format matplotlib writes (no suffix: PNG), not
+    an existing folder."""
+    from ..profiles._profile import check_out_path
+    if check_out_path(path) is None:
+        return None
+    fmt = _format(path)
+    from matplotlib.backend_bases import FigureCanvasBase
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise ValueError(f"path={os.fspath(path)!r}: matplotlib cannot write {fmt!r} figures; "
+                         f"use a suffix among {sorted(known)}")
+    return path
 
 
 def save_figure(fig: Any, path: PathLike, dpi: int = 120) -> None:
@@ -59,7 +95,13 @@ def save_figure(fig: Any, path: PathLike, dpi: int = 120) -> None:
         >>> open(path).read(5)
         '<?xml'
     """
-    fmt = str(path).rsplit(".", 1)[-1] if "." in str(path).rsplit("/", 1)[-1] else "png"
+    if not callable(getattr(fig, "savefig", None)):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if isinstance(dpi, bool) or not isinstance(dpi, numbers.Real) or not dpi > 0 or \
+            dpi == float("inf"):
+        raise ValueError(f"dpi must be a number > 0, got dpi={dpi!r}")
+    check_figure_path(path)
+    fmt = _format(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import numbers
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,7 +38,43 @@ def _check_meta(meta: Any) -> Dict[str, Any]:
     return dict(meta or {})
 
 
+def _samples(value: Any, name: str) -> Tensor:
+    """``value`` (a tensor, NumPy array or nested lists of numbers) as a float64 CPU tensor."""
+    if isinstance(value, Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got dtype={value.dtype}")
+        return value.detach().to("cpu", torch.float64)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a tensor (or nested lists) of numbers, got "
+                        f"{type(value).__name__}: {value!r}"[:200])
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name} must be a tensor (or nested lists) of numbers with one "
+                         f"length per dimension, got {type(value).__name__}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if t.is_complex() or not (t.is_floating_point() or t.dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"{name} must hold real numbers, got dtype={t.dtype}")
+    return t.to(torch.float64)
+
+
+def check_out_path(path: Any, name: str = "path") -> Optional[PathLike]:
+    """``None`` or a path (``str`` / ``os.PathLike``) that is not an existing folder."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got "
+                        f"{type(path).__name__}: {path!r}"[:200])
+    if not str(path):
+        raise ValueError(f"{name} is empty: give a file path")
+    if os.path.isdir(path):
+        raise ValueError(f"{name}={str(path)!r} is a folder; give a file path inside it")
+    return path
+
+
 def _csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
+    path = check_out_path(path)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
@@ -45,6 +83,25 @@ def _csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
     if path is not None:
         atomic_write_text(path, text)
     return text
+
+
+RESERVED_KEYS = ("format", "layers", "metrics", "samples", "mean", "std", "meta", "checksum")
+
+
+def _require(d: Dict[str, Any], keys: Sequence[str], what: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"not a complete {what} dict: missing {missing} (the file was cut "
+                         f"short or edited)")
+
+
+def _meta_of(d: Dict[str, Any]) -> Dict[str, Any]:
+    meta = d.get("meta")
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    return meta
 
 
 class _Result(JsonFile):
@@ -89,7 +146,7 @@ class DepthProfile(_Result):
         if isinstance(metrics, str):
             metrics = [metrics]
         self.metrics = _names(metrics, "metrics")
-        s = torch.as_tensor(samples).detach().to("cpu", torch.float64)
+        s = _samples(samples, "samples")
         L, M = len(self.layers), len(self.metrics)
         if s.dim() == 1 and M == 1:          # [L]: one metric, one repeat
             s = s.reshape(1, -1, 1)
@@ -99,7 +156,7 @@ class DepthProfile(_Result):
             s = s.unsqueeze(0)
         if s.dim() != 3 or tuple(s.shape[1:]) != (L, M) or s.shape[0] < 1:
             raise ValueError(f"samples must have shape [repeats, {L} layers, {M} metrics], got "
-                             f"{tuple(torch.as_tensor(samples).shape)}")
+                             f"{tuple(_samples(samples, 'samples').shape)}")
         self.samples: Tensor = s.clone()
         self.meta = _check_meta(meta)
 
@@ -151,7 +208,16 @@ class DepthProfile(_Result):
 
     def __getitem__(self, key: Union[str, Sequence[str]]) -> "DepthProfile":
         """One metric (``p['modularity']``) or several (``p[['nc1', 'twonn']]``) as a profile."""
-        keys = [key] if isinstance(key, str) else list(key)
+        if isinstance(key, str):
+            keys = [key]
+        elif isinstance(key, (list, tuple)) and key and all(isinstance(k, str) for k in key):
+            keys = list(key)
+        else:
+            raise TypeError(f"a DepthProfile is indexed by a metric name or a list of names "
+                            f"(metrics are {self.metrics}), got {type(key).__name__}: {key!r}; "
+                            f"use .layer(i) for a layer")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"metrics listed twice: {keys}")
         idx = []
         for k in keys:
             if k not in self.metrics:
@@ -161,7 +227,17 @@ class DepthProfile(_Result):
 
     def layer(self, name: Union[str, int]) -> Dict[str, float]:
         """``{metric: mean}`` at one layer (by name or index)."""
-        i = self.layers.index(name) if isinstance(name, str) else int(name)
+        if isinstance(name, str):
+            if name not in self.layers:
+                raise KeyError(f"no layer {name!r}; layers are {self.layers}")
+            i = self.layers.index(name)
+        elif isinstance(name, bool) or not isinstance(name, numbers.Integral):
+            raise TypeError(f"layer takes a layer name or an int index, got "
+                            f"{type(name).__name__}: {name!r}")
+        elif not -len(self.layers) <= name < len(self.layers):
+            raise IndexError(f"layer index {name} is out of range for {len(self.layers)} layers")
+        else:
+            i = int(name)
         return {m: float(v) for m, v in zip(self.metrics, self.mean[i])}
 
     def diff(self) -> Tensor:
@@ -182,8 +258,13 @@ class DepthProfile(_Result):
     # ------------------------------------------------------------------ combine
     def join(self, other: "DepthProfile") -> "DepthProfile":
         """The metrics of both profiles side by side (same layers and repeats)."""
-        if other.layers != self.layers or other.repeats != self.repeats:
-            raise ValueError("join needs the same layers and number of repeats")
+        if not isinstance(other, DepthProfile):
+            raise TypeError(f"join takes a DepthProfile, got {type(other).__name__}")
+        if other.layers != self.layers:
+            raise ValueError(f"join needs the same layers: {self.layers} vs {other.layers}"[:300])
+        if other.repeats != self.repeats:
+            raise ValueError(f"join needs the same number of repeats: {self.repeats} vs "
+                             f"{other.repeats}")
         clash = set(self.metrics) & set(other.metrics)
         if clash:
             raise ValueError(f"both profiles have metrics {sorted(clash)}")
@@ -194,12 +275,14 @@ class DepthProfile(_Result):
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict: ``layers``, ``metrics``, ``samples``, the derived ``mean`` and
-        ``std`` per metric, each metric's mean list under its own name, and ``meta``."""
+        ``std`` per metric, each metric's mean list under its own name (unless the name is one of
+        these keys), and ``meta``."""
         d: Dict[str, Any] = {"format": PROFILE_FORMAT, "layers": list(self.layers),
                              "metrics": list(self.metrics)}
         mean, std = self.mean, self.std
         for i, m in enumerate(self.metrics):
-            d[m] = jsonable(mean[:, i])
+            if m not in RESERVED_KEYS:  # a metric named like a key: its mean is in d['mean']
+                d[m] = jsonable(mean[:, i])
         d["mean"] = {m: jsonable(mean[:, i]) for i, m in enumerate(self.metrics)}
         d["std"] = {m: jsonable(std[:, i]) for i, m in enumerate(self.metrics)}
         d["samples"] = jsonable(self.samples)
@@ -208,17 +291,30 @@ class DepthProfile(_Result):
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DepthProfile":
-        """Inverse of :meth:`to_dict`. The stored means must agree with the samples."""
+        """Inverse of :meth:`to_dict`. The stored means, standard deviations and per-metric lists
+        must agree with the samples (to the last bit)."""
         cls._check_format(d)
+        _require(d, ("layers", "metrics", "samples"), "DepthProfile")
         prof = cls(d["layers"], d["metrics"], float_tensor(d["samples"], "samples"),
-                   d.get("meta") or {})
-        stored = d.get("mean")
-        if stored is not None:
+                   _meta_of(d))
+        derived = {"mean": prof.mean, "std": prof.std}
+        for part in ("mean", "std"):
+            stored = d.get(part)
+            if stored is None:
+                continue
+            if not isinstance(stored, dict):
+                raise ValueError(f"the stored {part} must be a dict {{metric: values}}, got "
+                                 f"{type(stored).__name__}")
             for i, m in enumerate(prof.metrics):
-                if m not in stored or not _same(float_tensor(stored[m], f"mean[{m!r}]"),
-                                                prof.mean[:, i]):
-                    raise ValueError(f"the stored mean of {m!r} disagrees with its samples: the "
+                if m not in stored or not _same(float_tensor(stored[m], f"{part}[{m!r}]"),
+                                                derived[part][:, i]):
+                    raise ValueError(f"the stored {part} of {m!r} disagrees with its samples: the "
                                      f"file was edited or corrupted")
+        for i, m in enumerate(prof.metrics):
+            if m in d and m not in RESERVED_KEYS and not _same(
+                    float_tensor(d[m], repr(m)), prof.mean[:, i]):
+                raise ValueError(f"the stored values of {m!r} disagree with its samples: the "
+                                 f"file was edited or corrupted")
         return prof
 
     def to_csv(self, path: Optional[PathLike] = None) -> str:
@@ -253,13 +349,13 @@ class LayerMatrix(_Result):
         if isinstance(metrics, str):
             metrics = [metrics]
         self.metrics = _names(metrics, "metrics")
-        v = torch.as_tensor(values).detach().to("cpu", torch.float64)
+        v = _samples(values, "values")
         if v.dim() == 2 and len(self.metrics) == 1:
             v = v.unsqueeze(-1)
         want = (len(self.rows), len(self.cols), len(self.metrics))
         if tuple(v.shape) != want:
             raise ValueError(f"values must have shape [rows, cols, metrics] = {list(want)}, got "
-                             f"{list(torch.as_tensor(values).shape)}")
+                             f"{list(_samples(values, 'values').shape)}")
         self.values: Tensor = v.clone()
         self.meta = _check_meta(meta)
 
@@ -273,6 +369,9 @@ class LayerMatrix(_Result):
 
     def __getitem__(self, metric: str) -> Tensor:
         """The ``[rows, cols]`` matrix of one metric."""
+        if not isinstance(metric, str):
+            raise TypeError(f"a LayerMatrix is indexed by a metric name (metrics are "
+                            f"{self.metrics}), got {type(metric).__name__}: {metric!r}")
         if metric not in self.metrics:
             raise KeyError(f"no metric {metric!r}; metrics are {self.metrics}")
         return self.values[:, :, self.metrics.index(metric)]
@@ -306,8 +405,9 @@ class LayerMatrix(_Result):
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LayerMatrix":
         cls._check_format(d)
+        _require(d, ("rows", "cols", "metrics", "values"), "LayerMatrix")
         return cls(d["rows"], d["cols"], d["metrics"], float_tensor(d["values"], "values"),
-                   d.get("meta") or {})
+                   _meta_of(d))
 
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """Long CSV: ``row, col, metric, value``."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -13,7 +14,13 @@ from torch import Tensor
 from .._io import CorruptFileError, PathLike, atomic_write_json, read_json_file, run_environment
 from .._json import float_tensor, jsonable
 from .._progress import progress_bar, progress_counter
-from .._validate import check_flag, check_labels, check_positive_int, layer_names
+from .._validate import (
+    check_device,
+    check_flag,
+    check_labels,
+    check_positive_int,
+    layer_names,
+)
 from ..capture._extract import balanced_indices
 from ..capture._features import LayerFeatures
 from ..graphs._knn import is_row_source
@@ -231,13 +238,28 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
     if samples is not None:
         if per_class is not None or n_samples is not None or repeats != 1:
             raise ValueError("samples= replaces repeats, per_class and n_samples: give either")
-        given = [torch.as_tensor(s).long().reshape(-1) for s in samples]
+        if isinstance(samples, (str, bytes)) or not isinstance(samples, (list, tuple)):
+            raise TypeError(f"samples must be a list of index tensors (one per repeat), got "
+                            f"{type(samples).__name__}")
+        given = []
+        for i, s_ in enumerate(samples):
+            t_ = torch.as_tensor(s_)
+            if t_.dtype.is_floating_point or t_.dtype.is_complex or t_.dtype == torch.bool:
+                raise TypeError(f"samples[{i}] must hold integer row indices, got dtype "
+                                f"{t_.dtype} (a float index is not truncated)")
+            given.append(t_.long().reshape(-1))
         if not given or any(s.numel() < 2 for s in given):
             raise ValueError("samples must be a non-empty list of index tensors (>= 2 rows each)")
     check_sampling(repeats, per_class, n_samples, null_permutations)
     if given is not None:
         repeats = len(given)
     check_flag(progress, "progress")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
+    device = check_device(device)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got "
+                        f"{type(checkpoint).__name__}: {checkpoint!r}")
     if graph is None:
         graph = GraphSpec()
     if not isinstance(graph, GraphSpec):
@@ -304,6 +326,11 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                 x = x.reshape(x.shape[0], -1)
                 if device is not None:
                     x = x.to(device)
+                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                    bad = int((~torch.isfinite(x)).sum())
+                    raise ValueError(f"layer {name!r} holds {bad} NaN or inf values (of "
+                                     f"{x.numel()}): clean them or drop the layer before "
+                                     f"building graphs")
                 yy = yy.to(x.device)
                 g = None
                 if need_graph:

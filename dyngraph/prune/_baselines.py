@@ -5,6 +5,8 @@ representation as the one before it is redundant), in the spirit of RedTest.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -24,6 +26,12 @@ def _budget(n: int, profile: DepthProfile) -> int:
     if n >= len(profile):
         raise ValueError(f"n={n} must be smaller than the number of layers ({len(profile)})")
     return n
+
+
+def _seed(seed: object, name: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}: {seed!r}")
+    return int(seed)
 
 
 def _delta(profile: DepthProfile) -> torch.Tensor:
@@ -54,7 +62,7 @@ def random_layers(profile: DepthProfile, n: int, seed: int = 0, *,
     """
     profile = as_profile(profile)
     n = _budget(n, profile)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(_seed(seed))
     order = [profile.layers[1:][i]
              for i in torch.randperm(len(profile) - 1, generator=gen).tolist()]
     reasons = {name: f"random draw (seed {seed}), position {k + 1}" for k, name in
@@ -132,6 +140,9 @@ def adjacent_cka(features: LayerFeatures, per_class: Optional[int] = None, repea
     if len(features) < 2:
         raise ValueError(f"adjacent_cka needs at least 2 layers, got {features.names}")
     check_positive_int(repeats, "repeats")
+    _seed(seed)
+    if per_class is not None:
+        check_positive_int(per_class, "per_class")
     if per_class is None and repeats > 1:
         raise ValueError(f"repeats={repeats} needs per_class (each repeat resamples)")
     samples = torch.empty(repeats, len(features) - 1, dtype=torch.float64)
@@ -174,7 +185,14 @@ def cka_layers(features: Optional[LayerFeatures], n: Optional[int] = None,
         >>> dg.prune.cka_layers(f, n=1).layers
         ['y']
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or \
+            not math.isfinite(threshold) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold is a linear CKA in [0, 1): a layer whose CKA with the one "
+                         f"before exceeds it is redundant; got threshold={threshold!r}")
     if features is not None:
+        if not isinstance(features, LayerFeatures):
+            raise TypeError(f"features must be LayerFeatures (dg.extract_features) or None, got "
+                            f"{type(features).__name__}")
         names = list(features.names)
     elif profile is not None:
         names = list(profile.layers)

@@ -8,9 +8,16 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .._validate import check_positive_int
-from ..capture._taps import call_model
-from ._surgery import ExampleInput, check_surgery_model, eval_forward, infer_example_input
+from .._validate import check_flag, check_positive_int
+from ..capture._taps import call_model, first_tensor
+from ._surgery import (
+    ExampleInput,
+    check_example_input,
+    check_surgery_model,
+    infer_example_input,
+    input_error,
+    run_example,
+)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -22,6 +29,7 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
         33
     """
     check_surgery_model(model)
+    check_flag(trainable_only, "trainable_only")
     # parameters() yields a tensor shared by several modules once
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
@@ -50,12 +58,15 @@ def count_flops(model: nn.Module, example_input: Optional[ExampleInput] = None, 
     """
     from torch.utils.flop_counter import FlopCounterMode
     check_surgery_model(model)
+    check_flag(per_input, "per_input")
+    check_flag(by_module, "by_module")
     if example_input is None:
         example_input = infer_example_input(model)
-    first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    check_example_input(example_input)
+    first = first_tensor(example_input)
     batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
     with FlopCounterMode(display=False) as counter:
-        eval_forward(model, example_input)
+        run_example(model, example_input)
     div = batch if per_input else 1
     total = int(counter.get_total_flops()) // div
     if not by_module:
@@ -92,17 +103,22 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
         check_positive_int(threads, "threads")
     if example_input is None:
         example_input = infer_example_input(model)
-    first = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
+    check_example_input(example_input)
+    first = first_tensor(example_input)
+    if first is None:
+        raise TypeError("example_input holds no tensor to time")
     old_threads = torch.get_num_threads()
     was = model.training
     model.eval()
-    times = []
+    times: list = []
+    warmed = 0
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         with torch.no_grad():
             for _ in range(warmup):
                 call_model(model, example_input)
+                warmed += 1
             for _ in range(repeats):
                 if first.is_cuda:
                     torch.cuda.synchronize(first.device)
@@ -111,6 +127,10 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
                 if first.is_cuda:
                     torch.cuda.synchronize(first.device)
                 times.append((time.perf_counter() - t0) * 1e3)
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        if times or warmed:  # it ran before: not the input's fault
+            raise
+        raise input_error(model, example_input, exc) from exc
     finally:
         torch.set_num_threads(old_threads)
         model.train(was)
@@ -138,6 +158,8 @@ def cost_report(model: nn.Module, example_input: Optional[ExampleInput] = None, 
         >>> r['params'], r['flops']
         (33, 60)
     """
+    check_surgery_model(model)
+    check_flag(latency, "latency")
     if example_input is None:
         example_input = infer_example_input(model)
     out: Dict[str, Any] = {"params": count_params(model),
@@ -170,6 +192,9 @@ def prune_report(original: nn.Module, pruned: nn.Module,
         (0.429, 0.602)
     """
     from ._finetune import evaluate
+    check_surgery_model(original)
+    check_surgery_model(pruned)
+    check_flag(latency, "latency")
     if example_input is None:
         example_input = infer_example_input(original)
     before = cost_report(original, example_input, latency=latency, **latency_kw)

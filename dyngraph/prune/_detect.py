@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_flag, check_positive_int
 from ..profiles._profile import DepthProfile
 from ._surgery import (
     ExampleInput,
@@ -286,6 +286,10 @@ def select_layers(profile: DepthProfile, ranking: Sequence[str], reasons: Dict[s
             (:func:`layer_structure`).
     """
     check_positive_int(min_per_stage, "min_per_stage", minimum=0)
+    check_flag(allow_projection, "allow_projection")
+    if model is None and example_input is not None:
+        raise ValueError("example_input= is an input for model=; give the model too (without "
+                         "it the structural checks do not run)")
     layers, values = profile.layers, profile.values
     infos = layer_structure(layers, model, example_input, allow_projection)
     pos = {name: i for i, name in enumerate(layers)}

@@ -31,6 +31,7 @@ from .._io import (
     sha256_file,
     verify_file,
 )
+from .._validate import check_positive_int
 from ..capture import default_layers, extract_features
 from ..graphs._spec import GraphSpec
 from ..profiles._profile import DepthProfile
@@ -202,6 +203,13 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     """
     from ..outputs import plot
     say = log or (lambda *a, **kw: None)
+    for name, value in (("per_class", per_class), ("pool_per_class", pool_per_class),
+                        ("repeats", repeats), ("k", k)):
+        check_positive_int(value, name)
+    if pool_per_class < per_class:
+        raise ValueError(f"pool_per_class must be >= per_class (each graph draws per_class "
+                         f"samples per class from the pool), got pool_per_class="
+                         f"{pool_per_class} < per_class={per_class}")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"methods must be among {list(METHODS)}, got {m!r}")

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice, check_model, model_device
+from .._validate import check_choice, check_flag, check_model, check_positive_int, model_device
 from ..capture._layers import ACTIVATIONS, CONVS, PASSTHROUGH
 from ..capture._taps import LayerTaps, call_model, first_tensor
 
@@ -60,6 +61,42 @@ def check_surgery_model(model) -> None:
                         f"torch.jit.load)")
 
 
+
+
+def check_example_input(example_input: Any, name: str = "example_input") -> None:
+    """An input batch: a tensor, a tuple/list of positional arguments or a dict of keyword
+    arguments (anything else is a ``TypeError`` naming ``name``)."""
+    if not isinstance(example_input, (Tensor, tuple, list, Mapping)):
+        raise TypeError(f"{name} must be a tensor (or a tuple of the model's positional "
+                        f"arguments, or a dict of its keyword arguments), got "
+                        f"{type(example_input).__name__}: {example_input!r}"[:240])
+
+
+def _describe_input(inputs: Any) -> str:
+    t = first_tensor(inputs)
+    if isinstance(inputs, Tensor):
+        return f"of shape {list(inputs.shape)}"
+    return f"({type(inputs).__name__}, first tensor of shape " \
+           f"{None if t is None else list(t.shape)})"
+
+
+def input_error(model: nn.Module, inputs: Any, exc: BaseException,
+                name: str = "example_input") -> ValueError:
+    """The error for an input batch that does not run through ``model``."""
+    why = (str(exc).splitlines() or [""])[0][:200]
+    return ValueError(f"{name} {_describe_input(inputs)} does not run through "
+                      f"{type(model).__name__}: {type(exc).__name__}: {why}; pass an input the "
+                      f"model accepts")
+
+
+def run_example(model: nn.Module, inputs: ExampleInput, name: str = "example_input") -> Any:
+    """:func:`eval_forward` on a user's input batch: a batch the model rejects is a
+    ``ValueError`` naming ``name`` and the input's shape (not an error from deep inside torch)."""
+    check_example_input(inputs, name)
+    try:
+        return eval_forward(model, inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as exc:
+        raise input_error(model, inputs, exc, name) from exc
 
 
 def eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
@@ -95,18 +132,22 @@ def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:
         ((4,), (8,), (2,), 3)
     """
     check_surgery_model(model)
+    check_example_input(example_input)
     points = [p for n, _ in model.named_modules() if n for p in (f"{n}:input", n)]
 
     def shape(t: Optional[Tensor]) -> Optional[Shape]:
         return tuple(t.shape[1:]) if t is not None else None
 
     if not points:  # a leaf module: the root is all there is
-        out = eval_forward(model, example_input)
+        out = run_example(model, example_input)
         return {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
     # grad=True only means "no copies": shapes are all that is read, under no_grad.
     with LayerTaps(model, points, reduce=False, allow_repeat=True, grad=True) as taps, \
             torch.no_grad():
-        out = call_model(model, example_input)
+        try:
+            out = call_model(model, example_input)
+        except (RuntimeError, TypeError, IndexError, AssertionError) as exc:
+            raise input_error(model, example_input, exc) from exc
     seen = {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
     for alias in taps.order:
         if alias.endswith(":input"):
@@ -131,6 +172,7 @@ def infer_example_input(model: nn.Module, batch: int = 2) -> Tensor:
         (2, 1, 8, 8)
     """
     check_surgery_model(model)
+    check_positive_int(batch, "batch")
     first = next((m for m in model.modules() if isinstance(m, WEIGHTED)), None)
     if first is None:
         raise ValueError(f"cannot guess an input for {type(model).__name__} (no conv or linear "
@@ -401,6 +443,9 @@ def _replacement(model: nn.Module, unit: Unit, projection: str,
 def _names_from(layers: Union[str, Iterable[Any]]) -> List[str]:
     if isinstance(layers, str):
         return [layers]
+    if not isinstance(layers, Iterable) or isinstance(layers, (Mapping, Tensor)):
+        raise TypeError(f"layers must be a module name, a list of names or the result of "
+                        f"dg.prune.redundant_layers, got {type(layers).__name__}: {layers!r}"[:240])
     out = []
     for item in layers:
         if isinstance(item, str):
@@ -468,6 +513,11 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
     """
     check_surgery_model(model)
     check_choice(projection, "projection", PROJECTIONS)
+    for flag, value in (("expand", expand), ("inplace", inplace), ("force", force),
+                        ("return_log", return_log)):
+        check_flag(value, flag)
+    if example_input is not None:
+        check_example_input(example_input)
     names = _names_from(layers)
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})

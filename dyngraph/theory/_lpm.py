@@ -25,6 +25,7 @@ Minority Collapse.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -191,9 +192,7 @@ class MinorityCollapseCurve:
     meta: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.ratios = [float(r) for r in self.ratios]
-        if not self.ratios:
-            raise ValueError("ratios is empty")
+        self.ratios = _ratios(self.ratios)
         if not isinstance(self.values, dict) or not self.values:
             raise ValueError(f"values must be a non-empty dict {{metric: [floats]}}, got "
                              f"{self.values!r}")
@@ -231,9 +230,64 @@ class MinorityCollapseCurve:
             raise ValueError(f"not a MinorityCollapseCurve dict (format "
                              f"{d.get('format') if isinstance(d, dict) else None!r})")
         from .._json import decode_floats
+        missing = [k for k in ("ratios", "values") if k not in d]
+        if missing:
+            raise ValueError(f"not a complete MinorityCollapseCurve dict: missing {missing}")
         return cls(d["ratios"], {k: decode_floats(v) for k, v in d["values"].items()},
                    [LayerPeeledSolution.from_dict(s) for s in d.get("solutions", [])],
                    dict(d.get("meta") or {}))
+
+
+def _real(value: Any, name: str, *, positive: bool = True) -> float:
+    """A finite real number (``> 0`` when ``positive``): a string or a bool is a ``TypeError``,
+    never converted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got "
+                         f"{name}={value!r}")
+    return value
+
+
+def _ratios(ratios: Any, name: str = "ratios") -> List[float]:
+    """A non-empty list of finite ratios > 0 from a sequence (a string is not one)."""
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, (Sequence, Tensor)):
+        raise TypeError(f"{name} must be a list of numbers, got {type(ratios).__name__}: "
+                        f"{ratios!r}")
+    out = [_real(r.item() if isinstance(r, Tensor) else r, f"{name}[{i}]")
+           for i, r in enumerate(ratios)]
+    if not out:
+        raise ValueError(f"{name} is empty")
+    return out
+
+
+def _check_layout(num_classes: Any, n_majority: Any) -> None:
+    """The Fang et al. layout of a minority-collapse study: >= 1 majority, >= 2 minority."""
+    check_positive_int(num_classes, "num_classes", minimum=3)
+    if isinstance(n_majority, bool) or not isinstance(n_majority, int) or n_majority < 1 or \
+            num_classes - n_majority < 2:
+        raise ValueError(f"n_majority={n_majority!r} must be an int leaving >= 1 majority and >= 2 "
+                         f"minority classes out of num_classes={num_classes}")
+
+
+def _counts(counts: Any) -> Tensor:
+    """Class sizes ``[K]`` as float64 from a 1-D tensor or a list of numbers."""
+    if isinstance(counts, (str, bytes)):
+        raise TypeError(f"counts must be a 1-D tensor or a list of class sizes, got str: "
+                        f"{counts!r}")
+    try:
+        t = torch.as_tensor(counts)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"counts must be a 1-D tensor or a list of class sizes, got "
+                        f"{type(counts).__name__}: {counts!r}"[:200]) from None
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"counts must hold real numbers, got dtype={t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"counts must be 1-D [K] (one size per class), got shape "
+                         f"{tuple(t.shape)}")
+    return t.to(torch.float64)
 
 
 def _integer_counts(counts: Tensor) -> Tensor:
@@ -257,9 +311,7 @@ def lpm_counts(num_classes: int = 10, n_majority: int = 5, ratio: float = 1.0) -
             not 0 <= n_majority <= num_classes:
         raise ValueError(f"n_majority must be an int in [0, {num_classes}], got "
                          f"n_majority={n_majority!r}")
-    ratio = float(ratio)
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"ratio must be a finite number > 0, got ratio={ratio!r}")
+    ratio = _real(ratio, "ratio")
     counts = torch.ones(num_classes, dtype=torch.float64)
     counts[:n_majority] = ratio
     return counts
@@ -364,7 +416,7 @@ def _solve_lbfgs(p: Tensor, k: int, dim: int, e_h: float, e_w: float, max_iter: 
 
 
 def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, *,
-                       num_classes: int = 10, n_majority: Optional[int] = None,
+                       num_classes: Optional[int] = None, n_majority: Optional[int] = None,
                        ratio: float = 1.0, E_H: float = 5.0, E_W: float = 1.0,
                        dim: Optional[int] = None, method: str = "convex",
                        max_iter: Optional[int] = None, tol: Optional[float] = None,
@@ -376,7 +428,8 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
     Args:
         counts: Samples per class ``[K]`` (only proportions matter). Default: balanced
             ``num_classes`` classes, or Fang et al.'s layout with ``n_majority`` and ``ratio``.
-        num_classes: ``K`` when ``counts`` is not given.
+        num_classes: ``K`` when ``counts`` is not given (default 10); with ``counts`` it may
+            only repeat ``len(counts)``.
         n_majority: ``K_A``: classes ``0..K_A−1`` have ``ratio`` times the samples of the others.
         ratio: Imbalance ratio ``R = n_A / n_B``.
         E_H, E_W: Energy budgets of the features and the classifier.
@@ -399,21 +452,32 @@ def solve_layer_peeled(counts: Optional[Union[Tensor, Sequence[float]]] = None, 
         (True, True)
     """
     check_choice(method, "method", ("lbfgs", "convex"))
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float64 (advised) or torch.float32, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
     if tol is None:
         tol = 1e-9 if method == "convex" else 1e-7
     for name, v in (("E_H", E_H), ("E_W", E_W), ("tol", tol)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {name}={v!r}")
     check_positive_int(restarts, "restarts")
+    if restarts != 1 and method != "lbfgs":
+        raise ValueError(f"restarts={restarts} is for method='lbfgs' (the convex solver has one "
+                         f"optimum and no random start)")
     if counts is None:
-        counts = lpm_counts(num_classes, n_majority if n_majority is not None else 0,
+        counts = lpm_counts(10 if num_classes is None else num_classes,
+                            n_majority if n_majority is not None else 0,
                             ratio if n_majority is not None else 1.0)
     else:
         if n_majority is not None or ratio != 1.0:
             raise ValueError("give either counts or (n_majority, ratio), not both")
-        counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+        counts = _counts(counts)
         if counts.numel() < 2:
             raise ValueError(f"counts needs at least 2 classes, got {counts.tolist()}")
+        if num_classes is not None and num_classes != counts.numel():
+            raise ValueError(f"num_classes={num_classes!r} but counts has {counts.numel()} "
+                             f"classes; give one of them")
         if not bool(torch.isfinite(counts).all()) or bool((counts <= 0).any()):
             raise ValueError(f"counts must be finite and > 0, got {counts.tolist()}")
     k = counts.numel()
@@ -468,10 +532,8 @@ def lpm_minority_curve(ratios: Sequence[float], num_classes: int = 10, n_majorit
         >>> c['minority_cos_w'][0] < 0 < 0.999 < c['minority_cos_w'][1]
         True
     """
-    ratios = [float(r) for r in ratios]  # MinorityCollapseCurve rejects an empty list
-    if n_majority < 1 or num_classes - n_majority < 2:
-        raise ValueError(f"n_majority={n_majority} must leave >= 1 majority and >= 2 minority "
-                         f"classes out of num_classes={num_classes}")
+    ratios = _ratios(ratios)
+    _check_layout(num_classes, n_majority)
     keys = ("minority_cos_w", "minority_dist_w", "minority_norm_ratio_w", "majority_cos_w")
     values: Dict[str, List[float]] = {k: [] for k in keys + ("loss", "gap")}
     solutions = []
@@ -509,11 +571,14 @@ def minority_collapse_threshold(num_classes: int = 10, n_majority: int = 5, E_H:
         >>> 1.0 < t['threshold'] < 1e3
         True
     """
+    _check_layout(num_classes, n_majority)
+    r_min, r_max = _real(r_min, "r_min"), _real(r_max, "r_max")
     if not (0 < r_min < r_max):
         raise ValueError(f"need 0 < r_min < r_max, got r_min={r_min!r}, r_max={r_max!r}")
     check_positive_int(grid, "grid", minimum=2)
-    if not 0 < rel_precision < 1:
+    if not 0 < _real(rel_precision, "rel_precision") < 1:
         raise ValueError(f"rel_precision must be in (0, 1), got {rel_precision!r}")
+    collapse_tol = _real(collapse_tol, "collapse_tol")
     minority = list(range(n_majority, num_classes))
 
     def dist(r: float) -> float:

@@ -4,7 +4,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -74,11 +73,6 @@ def test_json_file_round_trip_is_exact(tmp_path_factory, profile):
     assert_identical(back.samples, profile.samples)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DepthProfile accepts a metric named 'layers', "
-                   "'metrics' or 'format', and to_dict's per-metric entry d[metric] = mean "
-                   "overwrites that key: 'layers' reloads with the layers renamed to the mean "
-                   "values ('0.25', '0.5') silently; 'metrics' and 'format' save but cannot be "
-                   "read back")
 @given(profiles(metric_names=st.sampled_from(KEYS)))
 @example(dg.DepthProfile(["a", "b"], ["layers"], torch.tensor([0.25, 0.5])))
 def test_metric_named_like_a_key_round_trips_or_is_refused(profile):

@@ -165,7 +165,11 @@ def test_public_names():
         "DEFAULT_THRESHOLDS", "random_layers", "least_redundant_layers", "cka_layers",
         "adjacent_cka", "prune_layers", "probe", "infer_example_input", "make_projection",
         "finetune", "fit", "evaluate", "count_params", "count_flops", "measure_latency",
-        "cost_report", "prune_report", "prune_study", "StudyReport"}
+        "cost_report", "prune_report", "prune_study", "StudyReport",
+        # transformer depth pruning (issue 16)
+        "BlockSelection", "BlockStates", "TRANSFORMER_CRITERIA", "block_states", "heal",
+        "lm_batches", "perplexity", "remove_blocks", "select_blocks", "transformer_blocks",
+        "transformer_prune_study"}
     assert sorted(dg.prune.__all__) == sorted(expected)
     for name in dg.prune.__all__:
         assert hasattr(dg.prune, name), name

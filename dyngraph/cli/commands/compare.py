@@ -94,7 +94,7 @@ def _load_models(args, train, test, num_classes) -> Tuple[Dict[str, torch.nn.Mod
     models, infos = {}, {}
     for path in args.models:
         ns = copy.copy(args)
-        ns.model, ns.untrained = path, False
+        ns.model, ns.untrained, ns.model_flag = path, False, "--models"
         model, info = get_model(ns, train, test, num_classes)
         name = Path(path).stem
         while name in models:

@@ -47,7 +47,8 @@ def register(sub: Any) -> None:
     g.add_argument("--point", default="post", choices=["pre", "post"],
                    help="with --source activations: neuron values after the activation module "
                         "or before it (the layer's or its BatchNorm's output)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _flag_aliases={
+        "n_clusters": "--clusters", "n_shuffles": "--shuffles", "n_random": "--random-groups"})
 
 
 def run(args: argparse.Namespace) -> int:

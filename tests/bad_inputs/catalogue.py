@@ -1,0 +1,1352 @@
+"""The bad-inputs catalogue: every row is one bad input to the API or the CLI, the error it must
+raise (type and the words of the message that name the argument and the value), and the test that
+proves it (``tests/bad_inputs/test_catalogue.py``, parametrised over these rows).
+
+``docs/bad_inputs.md`` is generated from this table (``python -m tests.bad_inputs.catalogue
+--write``); ``test_doc_is_the_catalogue`` fails when the two disagree.
+
+A row with an ``owner`` is a known defect in a file of that name: its test is
+``xfail(strict=True)``, so it fails as soon as the defect is fixed (then remove the ``owner``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dyngraph as dg
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad_inputs.md"
+TEST = "tests/bad_inputs/test_catalogue.py"
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    """``call(tmp)`` must raise ``error`` (or warn, for a ``Warning``) with every string of
+    ``says`` in its message."""
+
+    id: str
+    area: str
+    given: str
+    call: Callable[[Path], Any]
+    error: type
+    says: Tuple[str, ...]
+    owner: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class CliCase:
+    """``dyngraph ARGV`` (``{tmp}`` is a fresh folder) must exit with status 2 and print one
+    ``dyngraph: error: ...`` line holding every string of ``says``, never a traceback."""
+
+    id: str
+    argv: Tuple[str, ...]
+    says: Tuple[str, ...]
+    owner: Optional[str] = None
+    given: str = ""
+
+
+# ------------------------------------------------------------------------------ tiny inputs
+def _x(n: int = 20, d: int = 4, seed: int = 0) -> torch.Tensor:
+    """Positive rows: every cosine is positive, so the kNN graphs have positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, d, generator=g) + 0.1
+
+
+def _y(n: int = 20) -> torch.Tensor:
+    return torch.arange(n) % 2
+
+
+def _feats() -> dict:
+    return {"a": _x(20, 4, 0), "b": _x(20, 6, 1)}
+
+
+def _lf() -> dg.LayerFeatures:
+    return dg.LayerFeatures(_feats(), _y())
+
+
+def _mlp() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                             nn.Linear(8, 3))
+
+
+def _loader(n: int = 30) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3),
+                      batch_size=10)
+
+
+def _prof(values=(0.1, 0.2, 0.3)) -> dg.DepthProfile:
+    return dg.DepthProfile(["a", "b", "c"][:len(values)], "modularity", torch.tensor(values))
+
+
+def _ei() -> torch.Tensor:
+    return torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+
+
+def _comm() -> torch.Tensor:
+    return torch.tensor([0, 0, 1, 1])
+
+
+def _dp(**kw: Any) -> Any:
+    kw.setdefault("y", _y())
+    kw.setdefault("progress", False)
+    features = kw.pop("features", _feats())
+    return dg.depth_profile(features, **kw)
+
+
+def _enter(taps: dg.LayerTaps) -> None:
+    with taps:
+        pass
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _profile_file(tmp: Path, edit: Callable[[dict], None]) -> Path:
+    """A profile's JSON edited by hand, its checksum entry removed (read with a warning)."""
+    d = json.loads(_prof().to_json())
+    d.pop("checksum", None)
+    edit(d)
+    return _write(tmp / "p.json", json.dumps(d))
+
+
+def _from_json_quiet(path: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "has no checksum": the check that follows is tested
+        return dg.DepthProfile.from_json(path)
+
+
+def _flipped(tmp: Path) -> Path:
+    path = tmp / "p.json"
+    _prof().to_json(path)
+    path.write_text(path.read_text().replace("0.1", "0.7", 1))
+    return path
+
+
+def _graph() -> Any:
+    return dg.neurons.neuron_graph(_mlp())
+
+
+def _zeros_clusters() -> torch.Tensor:
+    return torch.zeros(_graph().num_nodes, dtype=torch.long)
+
+
+class _Writer:
+    def add_scalar(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def add_text(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def add_figure(self, *a: Any, **k: Any) -> None:
+        pass
+
+
+def _register_twice() -> None:
+    dg.measures.register("modularity")(lambda x, y, graph: 0.0)
+
+
+def _cmp() -> Any:
+    lf = _lf()
+    return dg.compare.compare_models({"m1": lf, "m2": lf}, measures=["cka"], progress=False)
+
+
+# ------------------------------------------------------------------------------ the API rows
+A = ApiCase
+API_CASES: List[ApiCase] = [
+    # ---- capture: LayerTaps, extract_features, LayerFeatures
+    A("taps-model-str", "LayerTaps", "`LayerTaps('model', ['0'])`",
+      lambda t: dg.LayerTaps("model", ["0"]), TypeError,
+      ("model must be a torch.nn.Module", "str")),
+    A("taps-unknown-layer", "LayerTaps", "`LayerTaps(mlp, ['fc1'])` (no such module)",
+      lambda t: _enter(dg.LayerTaps(_mlp(), ["fc1"])), ValueError,
+      ("unknown layer 'fc1'", "Did you mean")),
+    A("taps-pool", "LayerTaps", "`pool='median'`",
+      lambda t: _enter(dg.LayerTaps(_mlp(), ["0"], pool="median")), ValueError,
+      ("pool must be", "'median'")),
+    A("taps-layers-int", "LayerTaps", "`layers=5` (not a name or a list)",
+      lambda t: _enter(dg.LayerTaps(_mlp(), 5)), TypeError, ("layers", "int")),
+    A("taps-layer-twice", "LayerTaps", "`layers=['0', '0']`",
+      lambda t: _enter(dg.LayerTaps(_mlp(), ["0", "0"])), ValueError,
+      ("'0'", "listed twice")),
+    A("taps-eval-str", "LayerTaps", "`eval='no'` (a string is truthy)",
+      lambda t: _enter(dg.LayerTaps(_mlp(), ["0"], eval="no")), TypeError,
+      ("eval must be True or False", "'no'")),
+    A("list-layers-not-module", "LayerTaps", "`dg.list_layers(5)`",
+      lambda t: dg.list_layers(5), TypeError, ("model must be a torch.nn.Module", "int")),
+    A("default-layers-point", "LayerTaps", "`dg.default_layers(model, point='middle')`",
+      lambda t: dg.default_layers(_mlp(), point="middle"), ValueError,
+      ("point must be one of", "'middle'")),
+    A("extract-per-class-zero", "extract_features", "`per_class=0`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class=0, progress=False),
+      ValueError, ("per_class must be >= 1", "per_class=0")),
+    A("extract-per-class-too-many", "extract_features", "`per_class=50` with 10 per class",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class=50, progress=False),
+      ValueError, ("class 0 has only 10", "fewer than per_class=50")),
+    A("extract-per-class-bool", "extract_features", "`per_class=True`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class=True, progress=False),
+      TypeError, ("per_class must be an int", "bool")),
+    A("extract-per-class-str", "extract_features", "`per_class='5'`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class="5", progress=False),
+      TypeError, ("per_class must be an int", "'5'")),
+    A("extract-both-sizes", "extract_features", "`per_class=2, n_samples=5`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class=2, n_samples=5,
+                                    progress=False),
+      ValueError, ("per_class=2", "n_samples=5")),
+    A("extract-float-labels", "extract_features", "a `TensorDataset(x, y.float())`",
+      lambda t: dg.extract_features(
+          _mlp(), DataLoader(TensorDataset(torch.randn(30, 4), torch.rand(30)), batch_size=10),
+          ["0"], progress=False),
+      TypeError, ("labels", "float32", "never truncated")),
+    A("extract-loader-int", "extract_features", "`loader=5`",
+      lambda t: dg.extract_features(_mlp(), 5, ["0"], progress=False), TypeError,
+      ("loader must be an iterable", "int")),
+    A("extract-unknown-layer", "extract_features", "`layers=['nope']`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["nope"], progress=False), ValueError,
+      ("unknown layer 'nope'",)),
+    A("extract-spill-dtype", "extract_features", "`spill_dtype='int8'`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], spill_dir=str(t),
+                                    spill_dtype="int8", progress=False),
+      ValueError, ("spill dtype", "'int8'")),
+    A("extract-seed-str", "extract_features", "`seed='0'`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], per_class=2, seed="0",
+                                    progress=False),
+      TypeError, ("seed must be an int", "'0'")),
+    A("extract-num-classes-zero", "extract_features", "`num_classes=0`",
+      lambda t: dg.extract_features(_mlp(), _loader(), ["0"], num_classes=0, progress=False),
+      ValueError, ("num_classes", "0")),
+    A("extract-input-shape", "extract_features", "batches `[10, 4]` into a model taking 5 inputs",
+      lambda t: dg.extract_features(nn.Sequential(nn.Linear(5, 2)), _loader(), ["0"],
+                                    progress=False),
+      ValueError, ("shape",)),
+    A("features-not-mapping", "LayerFeatures", "`LayerFeatures([x], y)`",
+      lambda t: dg.LayerFeatures([_x()], _y()), TypeError,
+      ("features must be a mapping", "list")),
+    A("features-empty", "LayerFeatures", "`LayerFeatures({}, y)`",
+      lambda t: dg.LayerFeatures({}, _y()), ValueError, ("features is empty",)),
+    A("features-rows-differ", "LayerFeatures", "layers of 20 and 10 rows",
+      lambda t: dg.LayerFeatures({"a": _x(), "b": _x(10)}, _y()), ValueError,
+      ("features['b'] has 10", "expected 20")),
+    A("features-y-length", "LayerFeatures", "5 labels for 20 rows",
+      lambda t: dg.LayerFeatures({"a": _x()}, _y(5)), ValueError,
+      ("y must have one label per sample", "(5,)")),
+    A("features-y-float", "LayerFeatures", "float labels",
+      lambda t: dg.LayerFeatures({"a": _x()}, _y().float()), TypeError,
+      ("y must hold integer class labels", "float32")),
+    A("features-y-negative", "LayerFeatures", "labels `-1, 0`",
+      lambda t: dg.LayerFeatures({"a": _x()}, _y() - 1), ValueError,
+      ("y must hold labels >= 0", "-1")),
+    A("features-ndarray", "LayerFeatures", "a NumPy layer",
+      lambda t: dg.LayerFeatures({"a": _x().numpy()}, _y()), TypeError,
+      ("features['a'] must be a Tensor", "ndarray")),
+    A("features-unknown-layer", "LayerFeatures", "`features['z']`",
+      lambda t: _lf()["z"], KeyError, ("no layer 'z'",)),
+    A("features-select-unknown", "LayerFeatures", "`features.select(['z'])`",
+      lambda t: _lf().select(["z"]), ValueError, ("unknown layers ['z']",)),
+    A("features-select-str", "LayerFeatures", "`features.select('ab')` (a string, not a list)",
+      lambda t: _lf().select("ab"), TypeError, ("layers", "str")),
+    A("features-subset-range", "LayerFeatures", "`features.subset([25])` of 20 rows",
+      lambda t: _lf().subset([25]), ValueError, ("25", "20")),
+    A("features-subset-float", "LayerFeatures", "`features.subset(torch.tensor([0.5]))`",
+      lambda t: _lf().subset(torch.tensor([0.5])), TypeError, ("index", "float")),
+    A("features-indices-float", "LayerFeatures", "`indices=torch.rand(20)`",
+      lambda t: dg.LayerFeatures({"a": _x()}, _y(), indices=torch.rand(20)), TypeError,
+      ("indices must hold integers", "float32")),
+    A("features-load-missing", "LayerFeatures", "`LayerFeatures.load` of a missing folder",
+      lambda t: dg.LayerFeatures.load(t / "nope"), FileNotFoundError, ("nope",)),
+    A("features-load-corrupt", "LayerFeatures", "`load` of a folder whose index.json is garbage",
+      lambda t: dg.LayerFeatures.load(_write(t / "f" / "index.json", "{oops").parent),
+      ValueError, ("index.json", "not valid JSON")),
+    A("features-save-over-user-folder", "LayerFeatures",
+      "`save(path)` onto a folder holding someone's files",
+      lambda t: _lf().save(_write(t / "mine" / "notes.txt", "keep").parent), FileExistsError,
+      ("mine", "refusing to replace it")),
+
+    # ---- graphs: knn_edges, nearest_neighbors, symmetrize, GraphSpec, projections
+    A("knn-k-zero", "knn_edges", "`k=0`", lambda t: dg.knn_edges(_x(), 0), ValueError,
+      ("k must be >= 1", "k=0")),
+    A("knn-k-too-large", "knn_edges", "`k=20` for N=20",
+      lambda t: dg.knn_edges(_x(), 20), ValueError,
+      ("k must be smaller than the number of samples N=20", "k=20")),
+    A("knn-k-bool", "knn_edges", "`k=True`", lambda t: dg.knn_edges(_x(), True), TypeError,
+      ("k must be an int", "bool")),
+    A("knn-k-str", "knn_edges", "`k='3'`", lambda t: dg.knn_edges(_x(), "3"), TypeError,
+      ("k must be an int", "'3'")),
+    A("knn-k-float", "knn_edges", "`k=3.0`", lambda t: dg.knn_edges(_x(), 3.0), TypeError,
+      ("k must be an int", "3.0")),
+    A("knn-nan", "knn_edges", "all-NaN features",
+      lambda t: dg.knn_edges(torch.full((5, 3), float("nan")), 2), ValueError,
+      ("x contains 15 NaN or inf",)),
+    A("knn-inf", "knn_edges", "one `inf` entry",
+      lambda t: dg.knn_edges(torch.tensor([[1.0, float("inf")], [0.0, 1.0], [1.0, 1.0]]), 1),
+      ValueError, ("x contains 1 NaN or inf",)),
+    A("knn-1d", "knn_edges", "a 1-D tensor", lambda t: dg.knn_edges(torch.randn(10), 2),
+      ValueError, ("x must be 2-dimensional", "(10,)")),
+    A("knn-int-dtype", "knn_edges", "integer features",
+      lambda t: dg.knn_edges(torch.ones(10, 3, dtype=torch.long), 2), TypeError,
+      ("x must be a floating-point tensor", "int64")),
+    A("knn-complex", "knn_edges", "complex features",
+      lambda t: dg.knn_edges(torch.randn(5, 3, dtype=torch.cfloat), 2), TypeError,
+      ("floating-point", "complex64")),
+    A("knn-list", "knn_edges", "a nested list",
+      lambda t: dg.knn_edges([[1.0, 2.0], [3.0, 4.0]], 1), TypeError,
+      ("x must be a torch.Tensor", "list")),
+    A("knn-empty", "knn_edges", "`[0, 3]` features", lambda t: dg.knn_edges(torch.empty(0, 3), 1),
+      ValueError, ("x needs at least 2 rows", "(0, 3)")),
+    A("knn-metric", "knn_edges", "`metric='cos'`", lambda t: dg.knn_edges(_x(), 3, metric="cos"),
+      ValueError, ("metric must be one of", "'cos'")),
+    A("knn-backend", "knn_edges", "`backend='faiss'`",
+      lambda t: dg.knn_edges(_x(), 3, backend="faiss"), ValueError,
+      ("backend must be one of", "'faiss'")),
+    A("knn-precision", "knn_edges", "`precision='half'`",
+      lambda t: dg.knn_edges(_x(), 3, precision="half"), ValueError,
+      ("precision must be one of", "'half'")),
+    A("knn-chunk-zero", "knn_edges", "`chunk_size=0`",
+      lambda t: dg.knn_edges(_x(), 3, chunk_size=0), ValueError,
+      ("chunk_size must be >= 1", "chunk_size=0")),
+    A("knn-zero-rows-cosine", "knn_edges", "all-zero rows with the cosine metric",
+      lambda t: dg.knn_edges(torch.zeros(5, 3), 2), ValueError,
+      ("zero", "cosine", "metric='euclidean'")),
+    A("knn-device", "knn_edges", "`device='tpu'` (not a torch device)",
+      lambda t: dg.knn_edges(_x(), 3, device="tpu"), ValueError, ("device", "'tpu'")),
+    A("nearest-k-negative", "nearest_neighbors", "`k=-1`",
+      lambda t: dg.graphs.nearest_neighbors(_x(), -1), ValueError, ("k must be >= 1", "k=-1")),
+    A("symmetrize-num-nodes-small", "symmetrize", "`num_nodes=2` below the largest id 3",
+      lambda t: dg.graphs.symmetrize(_ei(), torch.ones(4), 2), ValueError, ("num_nodes=2",)),
+    A("symmetrize-how", "symmetrize", "`how='avg'`",
+      lambda t: dg.graphs.symmetrize(_ei(), torch.ones(4), 4, how="avg"), ValueError,
+      ("must be one of", "'avg'")),
+    A("symmetrize-weight-length", "symmetrize", "3 weights for 4 edges",
+      lambda t: dg.graphs.symmetrize(_ei(), torch.ones(3), 4), ValueError,
+      ("edge_weight must have shape [E]=[4]", "(3,)")),
+    A("symmetrize-negative-id", "symmetrize", "a node id `-1`",
+      lambda t: dg.graphs.symmetrize(torch.tensor([[-1, 0], [0, 1]]), torch.ones(2), 4),
+      ValueError, ("node ids", "-1")),
+    A("symmetrize-nan-weight", "symmetrize", "a NaN weight",
+      lambda t: dg.graphs.symmetrize(_ei(), torch.tensor([1.0, float("nan"), 1.0, 1.0]), 4),
+      ValueError, ("edge_weight contains NaN",)),
+    A("symmetrize-num-nodes-str", "symmetrize", "`num_nodes='4'`",
+      lambda t: dg.graphs.symmetrize(_ei(), torch.ones(4), "4"), TypeError,
+      ("num_nodes must be an int", "'4'")),
+    A("spec-k-zero", "GraphSpec", "`GraphSpec(k=0)`", lambda t: dg.GraphSpec(k=0), ValueError,
+      ("k must be >= 1", "k=0")),
+    A("spec-k-float", "GraphSpec", "`GraphSpec(k=2.5)`", lambda t: dg.GraphSpec(k=2.5),
+      TypeError, ("k must be an int", "2.5")),
+    A("spec-k-bool", "GraphSpec", "`GraphSpec(k=True)`", lambda t: dg.GraphSpec(k=True),
+      TypeError, ("k must be an int", "bool")),
+    A("spec-metric", "GraphSpec", "`metric='l2'`", lambda t: dg.GraphSpec(metric="l2"),
+      ValueError, ("metric must be one of", "'l2'")),
+    A("spec-symmetrize", "GraphSpec", "`symmetrize='sum'`",
+      lambda t: dg.GraphSpec(symmetrize="sum"), ValueError,
+      ("symmetrize must be one of", "'sum'")),
+    A("spec-out-of-core-str", "GraphSpec", "`out_of_core='yes'`",
+      lambda t: dg.GraphSpec(out_of_core="yes"), TypeError,
+      ("out_of_core must be True or False", "'yes'")),
+    A("spec-replace-unknown", "GraphSpec", "`spec.replace(kk=3)`",
+      lambda t: dg.GraphSpec().replace(kk=3), TypeError, ("no field(s) ['kk']",)),
+    A("spec-from-dict-list", "GraphSpec", "`GraphSpec.from_dict([1])`",
+      lambda t: dg.GraphSpec.from_dict([1]), TypeError, ("from_dict needs a dict", "list")),
+    A("spec-build-k-too-large", "GraphSpec", "`GraphSpec(k=5).build(x)` with 5 rows",
+      lambda t: dg.GraphSpec(k=5).build(_x(5)), ValueError,
+      ("k must be smaller than the number of samples N=5", "k=5")),
+    A("spec-build-float-labels", "GraphSpec", "`build(x, y.float())`",
+      lambda t: dg.GraphSpec(k=2).build(_x(5), torch.ones(5)), TypeError,
+      ("y must hold integer class labels", "float32")),
+    A("projection-dim-zero", "projections", "`random_projection(x, 0)`",
+      lambda t: dg.graphs.random_projection(_x(), 0), ValueError, ("dim must be >= 1", "dim=0")),
+    A("projection-eps", "projections", "`random_projection(x, eps=2.0)`",
+      lambda t: dg.graphs.random_projection(_x(), eps=2.0), ValueError,
+      ("eps must be a float in (0, 1)", "eps=2.0")),
+    A("projection-kind", "projections", "`kind='x'`",
+      lambda t: dg.graphs.random_projection(_x(), 2, kind="x"), ValueError,
+      ("kind must be one of", "'x'")),
+    A("projection-nan", "projections", "NaN features",
+      lambda t: dg.graphs.random_projection(torch.full((4, 3), float("nan")), 2), ValueError,
+      ("x contains NaN",)),
+    A("projection-dim-bool", "projections", "`dim=True`",
+      lambda t: dg.graphs.random_projection(_x(), True), TypeError, ("dim must be an int", "bool")),
+    A("jl-n-zero", "projections", "`jl_min_dim(0)`", lambda t: dg.graphs.jl_min_dim(0),
+      ValueError, ("n_samples must be >= 1", "n_samples=0")),
+    A("project-features-int", "projections", "`project_features(5, 2)`",
+      lambda t: dg.graphs.project_features(5, 2), TypeError,
+      ("features must be LayerFeatures", "int")),
+
+    # ---- modularity
+    A("modularity-float-edges", "modularity", "a float `edge_index`",
+      lambda t: dg.modularity(_ei().float(), _comm()), TypeError,
+      ("edge_index must be an integer tensor", "float32")),
+    A("modularity-edge-shape", "modularity", "a 1-D `edge_index`",
+      lambda t: dg.modularity(torch.tensor([0, 1, 2]), _comm()), ValueError,
+      ("edge_index must have shape [2, E]", "(3,)")),
+    A("modularity-float-communities", "modularity", "float communities",
+      lambda t: dg.modularity(_ei(), _comm().float()), TypeError,
+      ("communities must hold integer", "float32")),
+    A("modularity-negative-community", "modularity", "a community `-1`",
+      lambda t: dg.modularity(_ei(), torch.tensor([0, -1, 1, 1])), ValueError,
+      ("communities must hold labels >= 0", "-1")),
+    A("modularity-negative-weight", "modularity", "a weight `-1`",
+      lambda t: dg.modularity(_ei(), _comm(), torch.tensor([1.0, -1.0, 1.0, 1.0])), ValueError,
+      ("edge_weight must be >= 0", "-1")),
+    A("modularity-nan-weight", "modularity", "a NaN weight",
+      lambda t: dg.modularity(_ei(), _comm(), torch.tensor([1.0, float("nan"), 1.0, 1.0])),
+      ValueError, ("edge_weight contains NaN",)),
+    A("modularity-resolution-nan", "modularity", "`resolution=nan`",
+      lambda t: dg.modularity(_ei(), _comm(), resolution=float("nan")), ValueError,
+      ("resolution", "nan")),
+    A("modularity-resolution-str", "modularity", "`resolution='1'`",
+      lambda t: dg.modularity(_ei(), _comm(), resolution="1"), TypeError,
+      ("resolution", "'1'")),
+    A("modularity-resolution-negative", "modularity", "`resolution=-1`",
+      lambda t: dg.modularity(_ei(), _comm(), resolution=-1.0), ValueError,
+      ("resolution must be >= 0", "-1")),
+    A("modularity-one-direction", "modularity", "a one-direction edge list (`dg.knn_edges`' output)",
+      lambda t: dg.modularity(torch.tensor([[0, 2], [1, 3]]), _comm()), ValueError,
+      ("undirected",)),
+    A("modularity-node-range", "modularity", "node id 9 with 4 communities",
+      lambda t: dg.modularity(torch.tensor([[0, 9], [9, 0]]), _comm()), ValueError,
+      ("node ids in [0, num_nodes=4)", "9")),
+    A("modularity-batch-cross", "modularity", "`batch=` with an edge across two graphs",
+      lambda t: dg.modularity(torch.tensor([[0, 2], [2, 0]]), _comm(),
+                              batch=torch.tensor([0, 0, 1, 1])),
+      ValueError, ("batch", "across graphs")),
+    A("modularity-no-edges", "modularity", "no edges at all",
+      lambda t: dg.modularity(torch.empty(2, 0, dtype=torch.long), _comm()), ValueError,
+      ("no positive total edge weight",)),
+    A("modularity-list", "modularity", "`edge_index` as a list",
+      lambda t: dg.modularity([[0, 1], [1, 0]], _comm()), TypeError,
+      ("edge_index must be a torch.Tensor", "list")),
+
+    # ---- measures: registry and functions
+    A("registry-unknown-close", "measures", "`dg.measures.get('modularty')`",
+      lambda t: dg.measures.get("modularty"), ValueError,
+      ("unknown measure 'modularty'", "Did you mean", "'modularity'")),
+    A("registry-get-int", "measures", "`dg.measures.get(3)`", lambda t: dg.measures.get(3),
+      TypeError, ("measure names are strings", "int: 3")),
+    A("registry-register-twice", "measures", "`@register('modularity')` again",
+      lambda t: _register_twice(), ValueError,
+      ("'modularity' is already registered", "overwrite=True")),
+    A("registry-name-colon", "measures", "`register('a:b')`",
+      lambda t: dg.measures.register("a:b"), ValueError, ("without ':'", "'a:b'")),
+    A("registry-name-reserved", "measures", "`register('mean')`",
+      lambda t: dg.measures.register("mean"), ValueError, ("'mean' is reserved",)),
+    A("registry-kind", "measures", "`register('m', kind='pairs')`",
+      lambda t: dg.measures.register("m_bad", kind="pairs"), ValueError,
+      ("kind must be one of", "'pairs'")),
+    A("registry-graph-str", "measures", "`register('m', graph='yes')`",
+      lambda t: dg.measures.register("m_bad", graph="yes"), TypeError,
+      ("graph must be True or False", "'yes'")),
+    A("registry-not-callable", "measures", "`register('m')(5)`",
+      lambda t: dg.measures.register("m_bad")(5), TypeError, ("decorates a function", "int")),
+    A("registry-outputs-str", "measures", "`outputs='ab'`",
+      lambda t: dg.measures.register("m_bad", outputs="ab"), ValueError,
+      ("outputs must be a non-empty tuple", "'ab'")),
+    A("registry-available-kind", "measures", "`available('both')`",
+      lambda t: dg.measures.available("both"), ValueError,
+      ("kind must be None or one of", "'both'")),
+    A("registry-unregister-unknown", "measures", "`unregister('nope')`",
+      lambda t: dg.measures.unregister("nope"), ValueError, ("unknown measure 'nope'",)),
+    A("cka-rows-differ", "measures", "`linear_cka` of 20 and 10 rows",
+      lambda t: dg.measures.linear_cka(_x(), _x(10)), ValueError, ("N=20 rows", "N=10 rows")),
+    A("cka-unbiased-str", "measures", "`linear_cka(x, y, unbiased='y')`",
+      lambda t: dg.measures.linear_cka(_x(), _x(), unbiased="y"), TypeError,
+      ("unbiased must be True or False", "'y'")),
+    A("cka-unbiased-three-rows", "measures", "unbiased CKA of 3 rows",
+      lambda t: dg.measures.linear_cka(_x(3), _x(3), unbiased=True), ValueError,
+      ("unbiased CKA needs at least 4 samples", "N=3")),
+    A("cka-constant", "measures", "CKA of a constant representation",
+      lambda t: dg.measures.linear_cka(torch.ones(5, 2), _x(5, 2)), ValueError,
+      ("HSIC(x, x) = 0", "zero variance")),
+    A("knn-purity-float-labels", "measures", "`knn_purity(x, y.float())`",
+      lambda t: dg.measures.knn_purity(_x(), _y().float()), TypeError,
+      ("y must hold integer class labels",)),
+    A("graph-similarity-weighted-str", "measures", "`graph_similarity(..., weighted='y')`",
+      lambda t: dg.measures.graph_similarity(_x(), _x(), k=3, weighted="y"), TypeError,
+      ("weighted must be True or False", "'y'")),
+    A("twonn-identical-rows", "measures", "TwoNN of 10 identical rows",
+      lambda t: dg.measures.twonn(torch.ones(10, 3)), ValueError,
+      ("TwoNN needs at least 2 points", "duplicates")),
+    A("local-id-k-too-large", "measures", "`local_id(x, k=25)` for N=20",
+      lambda t: dg.measures.local_id(_x(), k=25), ValueError,
+      ("k must be smaller than the number of points N=20", "k=25")),
+    A("id-curve-estimator", "measures", "`id_curve(f, 'twonx')`",
+      lambda t: dg.measures.id_curve(_feats(), "twonx", progress=False), ValueError,
+      ("estimators must be among", "'twonx'")),
+    A("id-curve-fraction", "measures", "`id_curve(f, fraction=2.0)`",
+      lambda t: dg.measures.id_curve(_feats(), fraction=2.0, progress=False), ValueError,
+      ("fraction must be in (0.0, 1.0]", "fraction=2.0")),
+    A("id-phases-tol", "measures", "`id_phases(p, tol=-1.0)`",
+      lambda t: dg.measures.id_phases(_prof(), tol=-1.0), ValueError,
+      ("tol must be a number >= 0", "tol=-1.0")),
+    A("pca-dim-threshold-nan", "measures", "`pca_dim(x, threshold=nan)`",
+      lambda t: dg.measures.pca_dim(_x(), threshold=float("nan")), ValueError,
+      ("threshold must be in (0.0, 1.0)", "nan")),
+    A("block-analysis-too-many-blocks", "measures", "`block_analysis(x, n_blocks=[64])`, N=20",
+      lambda t: dg.measures.block_analysis(_x(), n_blocks=[64]), ValueError,
+      ("n_blocks=64", "N=20")),
+    A("class-means-num-classes", "measures", "`class_means(x, y, num_classes=1)` with labels 0, 1",
+      lambda t: dg.measures.class_means(_x(), _y(), num_classes=1), ValueError,
+      ("num_classes=1", "max(labels)=1")),
+    A("collapse-classifier-int", "measures", "`NeuralCollapseAccumulator(2, classifier=5)`",
+      lambda t: dg.measures.NeuralCollapseAccumulator(2, classifier=5), TypeError,
+      ("classifier must be an nn.Linear", "int")),
+    A("etf-gram-int-dtype", "measures", "`etf_gram(3, dtype=torch.int64)`",
+      lambda t: dg.measures.etf_gram(3, dtype=torch.int64), TypeError,
+      ("dtype must be a floating", "int64")),
+    A("collapse-curves-metric", "measures", "`collapse_curves(f, y, metrics=['nc9'])`",
+      lambda t: dg.measures.collapse_curves(_feats(), _y(), metrics=["nc9"]), ValueError,
+      ("metrics ['nc9']",)),
+    A("minibatch-cka-small-batch", "measures", "an unbiased `MinibatchCKA` batch of 3 rows",
+      lambda t: dg.measures.MinibatchCKA().update(_x(3), _x(3)), ValueError,
+      ("batch of 3 rows", ">= 4")),
+    A("streaming-cka-empty", "measures", "`StreamingCKA().compute()` before any update",
+      lambda t: dg.measures.StreamingCKA().compute(), ValueError, ("seen 0 rows",)),
+
+    # ---- depth_profile (the runner)
+    A("profile-unknown-measure", "depth_profile", "`measures=['modularty']`",
+      lambda t: _dp(measures=["modularty"]), ValueError,
+      ("unknown measure 'modularty'", "Did you mean")),
+    A("profile-measures-empty", "depth_profile", "`measures=[]`",
+      lambda t: _dp(measures=[]), ValueError, ("measures is empty",)),
+    A("profile-measures-int", "depth_profile", "`measures=5`",
+      lambda t: _dp(measures=5), TypeError, ("measures must be a name or a list", "int")),
+    A("profile-pair-measure", "depth_profile", "`measures=['cka']` (a pair measure)",
+      lambda t: _dp(measures=["cka"]), ValueError, ("'cka' is a pair measure",)),
+    A("profile-repeats-zero", "depth_profile", "`repeats=0`",
+      lambda t: _dp(repeats=0, per_class=3), ValueError, ("repeats must be >= 1", "repeats=0")),
+    A("profile-repeats-bool", "depth_profile", "`repeats=True`",
+      lambda t: _dp(repeats=True, per_class=3), TypeError, ("repeats must be an int", "bool")),
+    A("profile-repeats-without-size", "depth_profile", "`repeats=3` without per_class/n_samples",
+      lambda t: _dp(repeats=3), ValueError, ("repeats=3 needs per_class or n_samples",)),
+    A("profile-per-class-negative", "depth_profile", "`per_class=-2`",
+      lambda t: _dp(per_class=-2), ValueError, ("per_class must be >= 1", "per_class=-2")),
+    A("profile-per-class-str", "depth_profile", "`per_class='5'`",
+      lambda t: _dp(per_class="5"), TypeError, ("per_class must be an int", "'5'")),
+    A("profile-per-class-float", "depth_profile", "`per_class=5.0`",
+      lambda t: _dp(per_class=5.0), TypeError, ("per_class must be an int", "5.0")),
+    A("profile-per-class-too-large", "depth_profile", "`per_class=50` with 10 per class",
+      lambda t: _dp(per_class=50), ValueError, ("fewer than per_class=50",)),
+    A("profile-null-negative", "depth_profile", "`null_permutations=-1`",
+      lambda t: _dp(null_permutations=-1), ValueError,
+      ("null_permutations must be an integer >= 0", "-1")),
+    A("profile-null-float", "depth_profile", "`null_permutations=2.5`",
+      lambda t: _dp(null_permutations=2.5), ValueError, ("null_permutations", "2.5")),
+    A("profile-null-without-labels", "depth_profile", "a null for `['twonn']` (reads no labels)",
+      lambda t: _dp(measures=["twonn"], null_permutations=3), ValueError,
+      ("null_permutations=3", "['twonn']", "reads the labels")),
+    A("profile-seed-str", "depth_profile", "`seed='1'`",
+      lambda t: _dp(per_class=5, seed="1"), TypeError, ("seed must be an int", "'1'")),
+    A("profile-seed-float", "depth_profile", "`seed=1.5`",
+      lambda t: _dp(per_class=5, seed=1.5), TypeError, ("seed must be an int", "1.5")),
+    A("profile-options-unknown-measure", "depth_profile",
+      "`measure_options={'knn_purity': ...}` for a run of `['modularity']`",
+      lambda t: _dp(measure_options={"knn_purity": {"k": 3}}), ValueError,
+      ("measure_options names 'knn_purity'", "['modularity']")),
+    A("profile-options-list", "depth_profile", "`measure_options=[1]`",
+      lambda t: _dp(measure_options=[1]), TypeError, ("measure_options must be a dict", "list")),
+    A("profile-options-unknown-option", "depth_profile", "`{'knn_purity': {'kk': 3}}`",
+      lambda t: _dp(measures=["knn_purity"], measure_options={"knn_purity": {"kk": 3}}),
+      TypeError, ("measure 'knn_purity'", "'kk'")),
+    A("profile-options-bad-value", "depth_profile", "`{'knn_purity': {'k': 0}}`",
+      lambda t: _dp(measures=["knn_purity"], measure_options={"knn_purity": {"k": 0}}),
+      ValueError, ("measure 'knn_purity'", "k=0")),
+    A("profile-graph-dict", "depth_profile", "`graph={'k': 3}`",
+      lambda t: _dp(graph={"k": 3}), TypeError, ("graph must be a dg.GraphSpec", "dict")),
+    A("profile-graph-k-too-large", "depth_profile", "`graph=GraphSpec(k=25)` for N=20",
+      lambda t: _dp(graph=dg.GraphSpec(k=25)), ValueError, ("k must be smaller", "k=25")),
+    A("profile-no-labels", "depth_profile", "a plain dict without `y=`",
+      lambda t: _dp(y=None), ValueError, ("y is required",)),
+    A("profile-float-labels", "depth_profile", "`y=y.float()`",
+      lambda t: _dp(y=_y().float()), TypeError, ("y must hold integer class labels",)),
+    A("profile-one-class", "depth_profile", "every label 0",
+      lambda t: _dp(y=torch.zeros(20, dtype=torch.long)), ValueError,
+      ("at least 2 classes", "got 1")),
+    A("profile-nan-layer", "depth_profile", "layer 'a' all NaN (the error names the layer)",
+      lambda t: _dp(features={"a": torch.full((20, 3), float("nan"))}), ValueError,
+      ("NaN", "'a'")),
+    A("profile-features-list", "depth_profile", "`features=[x]`",
+      lambda t: _dp(features=[_x()]), TypeError,
+      ("features must be LayerFeatures or a dict", "list")),
+    A("profile-features-empty", "depth_profile", "`features={}`",
+      lambda t: _dp(features={}), ValueError, ("features is empty",)),
+    A("profile-progress-str", "depth_profile", "`progress='no'`",
+      lambda t: _dp(progress="no"), TypeError, ("progress must be True or False", "'no'")),
+    A("profile-checkpoint-corrupt", "depth_profile", "`checkpoint=` a file of garbage",
+      lambda t: _dp(checkpoint=_write(t / "ck.json", "garbage")), ValueError,
+      ("ck.json", "corrupt")),
+    A("profile-checkpoint-int", "depth_profile", "`checkpoint=5`",
+      lambda t: _dp(checkpoint=5), TypeError, ("checkpoint", "int")),
+    A("profile-samples-range", "depth_profile", "`samples=[[0, 1, 99]]` of 20 rows",
+      lambda t: _dp(samples=[torch.tensor([0, 1, 99])]), ValueError,
+      ("samples[0] holds rows outside", "20 samples")),
+    A("profile-samples-float", "depth_profile", "`samples=[[0.5, 1.5, 2.5]]` (truncated today)",
+      lambda t: _dp(samples=[torch.tensor([0.5, 1.5, 2.5])]), TypeError, ("samples", "float")),
+    A("profile-device", "depth_profile", "`device='gpu'`",
+      lambda t: _dp(device="gpu"), ValueError, ("device", "'gpu'")),
+    A("profile-degenerate-layer", "depth_profile", "a layer whose rows are all identical (warns)",
+      lambda t: _dp(features={"a": torch.ones(20, 3)}), UserWarning, ("'a'", "identical")),
+
+    # ---- DepthProfile and LayerMatrix
+    A("depthprofile-samples-shape", "DepthProfile", "3 values for 2 layers",
+      lambda t: dg.DepthProfile(["a", "b"], ["q"], torch.ones(3)), ValueError,
+      ("samples must have shape [repeats, 2 layers, 1 metrics]", "(3,)")),
+    A("depthprofile-layers-str", "DepthProfile", "`layers='ab'`",
+      lambda t: dg.DepthProfile("ab", ["q"], torch.ones(2)), TypeError,
+      ("layers must be a list of names", "'ab'")),
+    A("depthprofile-layers-twice", "DepthProfile", "`layers=['a', 'a']`",
+      lambda t: dg.DepthProfile(["a", "a"], ["q"], torch.ones(2)), ValueError,
+      ("layers must be unique", "['a']")),
+    A("depthprofile-samples-str", "DepthProfile", "`samples='x'`",
+      lambda t: dg.DepthProfile(["a"], ["q"], "x"), TypeError,
+      ("samples must be a tensor", "'x'")),
+    A("depthprofile-samples-ragged", "DepthProfile", "`samples=[[1, 2], [3]]`",
+      lambda t: dg.DepthProfile(["a", "b"], ["q"], [[1, 2], [3]]), ValueError,
+      ("samples must be", "one length per dimension")),
+    A("depthprofile-meta-list", "DepthProfile", "`meta=[1]`",
+      lambda t: dg.DepthProfile(["a"], ["q"], torch.ones(1), meta=[1]), TypeError,
+      ("meta must be a dict", "list")),
+    A("depthprofile-unknown-metric", "DepthProfile", "`profile['mod']`",
+      lambda t: _prof()["mod"], KeyError, ("no metric 'mod'", "['modularity']")),
+    A("depthprofile-index-int", "DepthProfile", "`profile[0]` (a layer index)",
+      lambda t: _prof()[0], TypeError, ("indexed by a metric name", "int: 0", ".layer(i)")),
+    A("depthprofile-layer-unknown", "DepthProfile", "`profile.layer('z')`",
+      lambda t: _prof().layer("z"), KeyError, ("no layer 'z'",)),
+    A("depthprofile-layer-range", "DepthProfile", "`profile.layer(10)` of 3 layers",
+      lambda t: _prof().layer(10), IndexError, ("layer index 10", "3 layers")),
+    A("depthprofile-layer-float", "DepthProfile", "`profile.layer(1.5)`",
+      lambda t: _prof().layer(1.5), TypeError, ("layer name or an int index", "1.5")),
+    A("depthprofile-join-layers", "DepthProfile", "`join` of profiles over other layers",
+      lambda t: _prof().join(dg.DepthProfile(["a", "b"], ["x"], torch.ones(2))), ValueError,
+      ("join needs the same layers",)),
+    A("depthprofile-join-same-metric", "DepthProfile", "`p.join(p)`",
+      lambda t: _prof().join(_prof()), ValueError, ("both profiles have metrics ['modularity']",)),
+    A("depthprofile-join-dict", "DepthProfile", "`p.join({'a': 1})`",
+      lambda t: _prof().join({"a": 1}), TypeError, ("join takes a DepthProfile", "dict")),
+    A("depthprofile-values-two-metrics", "DepthProfile", "`.values` of a two-metric profile",
+      lambda t: dg.DepthProfile(["a"], ["p", "q"], torch.ones(1, 2)).values, ValueError,
+      (".values needs a one-metric profile", "['p', 'q']")),
+    A("depthprofile-from-dict-missing", "DepthProfile", "`from_dict` without metrics and samples",
+      lambda t: dg.DepthProfile.from_dict({"format": "dyngraph.DepthProfile/1", "layers": ["a"]}),
+      ValueError, ("missing ['metrics', 'samples']",)),
+    A("depthprofile-from-dict-format", "DepthProfile", "`from_dict({'format': 'x'})`",
+      lambda t: dg.DepthProfile.from_dict({"format": "x"}), ValueError,
+      ("not a DepthProfile dict", "'x'")),
+    A("depthprofile-json-garbage", "DepthProfile", "`from_json` of a file that is not JSON",
+      lambda t: dg.DepthProfile.from_json(_write(t / "p.json", "{oops")), ValueError,
+      ("p.json", "not valid JSON")),
+    A("depthprofile-json-other-format", "DepthProfile", "`from_json` of a LayerMatrix file",
+      lambda t: dg.DepthProfile.from_json(_write(
+          t / "p.json", dg.LayerMatrix(["a"], ["b"], ["cka"], torch.ones(1, 1)).to_json())),
+      ValueError, ("p.json", "dyngraph.LayerMatrix/1")),
+    A("depthprofile-json-flipped", "DepthProfile", "`from_json` after a digit was changed",
+      lambda t: dg.DepthProfile.from_json(_flipped(t)), ValueError, ("p.json", "checksum")),
+    A("depthprofile-json-edited-means", "DepthProfile",
+      "`from_json` of a hand-edited file (checksum removed) whose stored values disagree with "
+      "its samples",
+      lambda t: _from_json_quiet(_profile_file(t, lambda d: d.__setitem__("modularity",
+                                                                          [0.9, 0.2, 0.3]))),
+      ValueError, ("'modularity'", "disagree with its samples")),
+    A("depthprofile-json-missing", "DepthProfile", "`from_json` of a missing file",
+      lambda t: dg.DepthProfile.from_json(t / "nope.json"), FileNotFoundError, ("nope.json",)),
+    A("depthprofile-csv-path-int", "DepthProfile", "`profile.to_csv(5)`",
+      lambda t: _prof().to_csv(5), TypeError, ("path must be a file path", "int")),
+    A("layermatrix-values-shape", "LayerMatrix", "`[2, 2]` values for 1 × 1 layers",
+      lambda t: dg.LayerMatrix(["a"], ["b"], ["cka"], torch.ones(2, 2)), ValueError,
+      ("values must have shape", "[1, 1, 1]")),
+    A("layermatrix-unknown-metric", "LayerMatrix", "`matrix['ckx']`",
+      lambda t: dg.LayerMatrix(["a"], ["b"], ["cka"], torch.ones(1, 1))["ckx"], KeyError,
+      ("no metric 'ckx'",)),
+    A("layermatrix-diagonal-nonsquare", "LayerMatrix", "`diagonal_contrast` of a 1 × 2 matrix",
+      lambda t: dg.LayerMatrix(["a"], ["b", "c"], ["cka"], torch.ones(1, 2))
+      .diagonal_contrast("cka"), ValueError, ("square matrix", "(1, 2)")),
+    A("layer-matrix-layer-measure", "layer_matrix", "`measures=['modularity']`",
+      lambda t: dg.layer_matrix(_feats(), measures=["modularity"]), ValueError,
+      ("'modularity' is a layer measure",)),
+    A("layer-matrix-permutations", "layer_matrix", "`permutations=-1`",
+      lambda t: dg.layer_matrix(_feats(), permutations=-1), ValueError,
+      ("permutations must be an integer >= 0", "-1")),
+    A("layer-matrix-n-differ", "layer_matrix", "A with 20 samples, B with 10",
+      lambda t: dg.layer_matrix(_feats(), {"a": _x(10, 3)}), ValueError,
+      ("features_a has 20 samples and features_b 10",)),
+    A("layer-matrix-k-too-large", "layer_matrix", "`{'mutual_knn': {'k': 30}}` for N=20",
+      lambda t: dg.layer_matrix(_feats(), measures=["mutual_knn"],
+                                measure_options={"mutual_knn": {"k": 30}}),
+      ValueError, ("k must be smaller", "k=30")),
+    A("layer-matrix-needs-labels", "layer_matrix", "`['modularity_distance']` without labels",
+      lambda t: dg.layer_matrix(_feats(), measures=["modularity_distance"]), ValueError,
+      ("'modularity_distance' needs labels",)),
+
+    # ---- outputs: plot and log
+    A("plot-unknown-type", "plot / log", "`dg.plot(5)`", lambda t: dg.plot(5), TypeError,
+      ("plot does not know how to draw a int",)),
+    A("plot-suffix", "plot / log", "`path='p.xyz'`",
+      lambda t: dg.plot(_prof(), path=t / "p.xyz"), ValueError, ("p.xyz", "'xyz'")),
+    A("plot-path-int", "plot / log", "`path=5`", lambda t: dg.plot(_prof(), path=5), TypeError,
+      ("path must be a file path", "int")),
+    A("plot-path-folder", "plot / log", "`path=` an existing folder",
+      lambda t: dg.plot(_prof(), path=t), ValueError, ("is a folder",)),
+    A("plot-ax-int", "plot / log", "`ax=5`", lambda t: dg.plot(_prof(), ax=5), TypeError,
+      ("ax must be a matplotlib Axes", "int")),
+    A("plot-unknown-option", "plot / log", "`dg.plot(profile, colour='r')`",
+      lambda t: dg.plot(_prof(), colour="r"), TypeError, ("no option(s) ['colour']", "metrics")),
+    A("plot-unknown-metric", "plot / log", "`metrics=['zz']`",
+      lambda t: dg.plot(_prof(), metrics=["zz"]), ValueError,
+      ("'zz' is not in the profile's metrics",)),
+    A("plot-labels-length", "plot / log", "2 profiles, 1 label",
+      lambda t: dg.plot([_prof(), _prof()], labels=["a"]), ValueError,
+      ("labels has 1 entries for 2 profiles",)),
+    A("plot-empty-list", "plot / log", "`dg.plot([])`", lambda t: dg.plot([]), ValueError,
+      ("empty list",)),
+    A("plot-mixed-list", "plot / log", "`dg.plot([profile, 5])`",
+      lambda t: dg.plot([_prof(), 5]), TypeError, ("one type", "'int'")),
+    A("log-writer-none", "plot / log", "`dg.log(None, profile)`",
+      lambda t: dg.log(None, _prof()), TypeError,
+      ("writer must be a SummaryWriter-like", "NoneType")),
+    A("log-prefix-int", "plot / log", "`prefix=5`",
+      lambda t: dg.log(_Writer(), _prof(), prefix=5), ValueError,
+      ("prefix must be a non-empty string", "5")),
+    A("log-figure-str", "plot / log", "`figure='no'`",
+      lambda t: dg.log(_Writer(), _prof(), figure="no"), TypeError,
+      ("figure must be True or False", "'no'")),
+    A("log-unknown-type", "plot / log", "`dg.log(writer, 5)`", lambda t: dg.log(_Writer(), 5),
+      TypeError, ("log does not know how to draw a int",)),
+    A("register-plot-not-type", "plot / log", "`register_plot(5)`",
+      lambda t: dg.outputs.register_plot(5), TypeError,
+      ("register_plot takes the result class", "int")),
+    A("save-figure-not-figure", "plot / log", "`save_figure(5, path)`",
+      lambda t: dg.outputs.save_figure(5, t / "f.png"), TypeError,
+      ("fig must be a matplotlib Figure", "int")),
+    A("save-figure-dpi", "plot / log", "`save_figure(fig, path, dpi=0)`",
+      lambda t: dg.outputs.save_figure(dg.plot(_prof()), t / "f.png", dpi=0), ValueError,
+      ("dpi must be a number > 0", "dpi=0")),
+    A("new-figure-rows", "plot / log", "`new_figure(nrows=0)`",
+      lambda t: dg.outputs.new_figure(nrows=0), ValueError, ("nrows must be >= 1", "nrows=0")),
+
+    # ---- prune: rules, layers, budgets, surgery, cost
+    A("redundant-rule", "prune", "`rule='plateaux'`",
+      lambda t: dg.prune.redundant_layers(_prof(), rule="plateaux"), ValueError,
+      ("rule must be one of", "'plateaux'")),
+    A("redundant-threshold-str", "prune", "`threshold='0.1'`",
+      lambda t: dg.prune.redundant_layers(_prof(), threshold="0.1"), ValueError,
+      ("threshold must be a finite number", "'0.1'")),
+    A("redundant-threshold-nan", "prune", "`threshold=nan`",
+      lambda t: dg.prune.redundant_layers(_prof(), threshold=float("nan")), ValueError,
+      ("threshold must be a finite number", "nan")),
+    A("redundant-n-remove-negative", "prune", "`n_remove=-1`",
+      lambda t: dg.prune.redundant_layers(_prof(), n_remove=-1), ValueError,
+      ("n_remove must be >= 1", "n_remove=-1")),
+    A("redundant-n-remove-too-many", "prune", "`n_remove=10` of 3 layers",
+      lambda t: dg.prune.redundant_layers(_prof(), n_remove=10), ValueError,
+      ("n_remove=10", "only 2 layers can be removed")),
+    A("redundant-n-remove-bool", "prune", "`n_remove=True`",
+      lambda t: dg.prune.redundant_layers(_prof(), n_remove=True), TypeError,
+      ("n_remove must be an int", "bool")),
+    A("redundant-two-metrics", "prune", "a two-metric profile",
+      lambda t: dg.prune.redundant_layers(dg.DepthProfile(["a", "b"], ["p", "q"],
+                                                          torch.ones(2, 2))),
+      ValueError, ("profile must hold one metric", "['p', 'q']")),
+    A("redundant-not-profile", "prune", "`redundant_layers({'a': 1})`",
+      lambda t: dg.prune.redundant_layers({"a": 1}), TypeError,
+      ("profile must be a one-metric dg.DepthProfile", "dict")),
+    A("redundant-nan-profile", "prune", "a NaN in the curve",
+      lambda t: dg.prune.redundant_layers(_prof((0.1, float("nan"), 0.3))), ValueError,
+      ("profile has non-finite values",)),
+    A("redundant-one-layer", "prune", "a one-layer profile",
+      lambda t: dg.prune.redundant_layers(_prof((0.1,))), ValueError,
+      ("at least 2 layers", "['a']")),
+    A("redundant-min-per-stage", "prune", "`min_per_stage=-1`",
+      lambda t: dg.prune.redundant_layers(_prof(), min_per_stage=-1), ValueError,
+      ("min_per_stage must be >= 0", "min_per_stage=-1")),
+    A("redundant-model-layers", "prune", "a profile over layers the model does not have",
+      lambda t: dg.prune.redundant_layers(_prof(), model=_mlp()), ValueError,
+      ("unknown layer 'a'",)),
+    A("redundant-input-without-model", "prune", "`example_input=` without `model=`",
+      lambda t: dg.prune.redundant_layers(_prof(), example_input=torch.randn(2, 4)), ValueError,
+      ("example_input=", "model=")),
+    A("redundant-allow-projection-str", "prune", "`allow_projection='yes'`",
+      lambda t: dg.prune.redundant_layers(_prof(), allow_projection="yes"), TypeError,
+      ("allow_projection must be True or False", "'yes'")),
+    A("layer-scores-rule", "prune", "`layer_scores(p, rule='x')`",
+      lambda t: dg.prune.layer_scores(_prof(), rule="x"), ValueError,
+      ("rule must be one of", "'x'")),
+    A("random-layers-too-many", "prune", "`random_layers(p, 5)` of 3 layers",
+      lambda t: dg.prune.random_layers(_prof(), 5), ValueError,
+      ("n=5 must be smaller than the number of layers (3)",)),
+    A("random-layers-seed-float", "prune", "`random_layers(p, 1, seed=1.5)`",
+      lambda t: dg.prune.random_layers(_prof(), 1, seed=1.5), TypeError,
+      ("seed must be an int", "1.5")),
+    A("least-redundant-bool", "prune", "`least_redundant_layers(p, True)`",
+      lambda t: dg.prune.least_redundant_layers(_prof(), True), TypeError,
+      ("n must be an int", "bool")),
+    A("cka-layers-threshold", "prune", "`cka_layers(f, threshold=2.0)`",
+      lambda t: dg.prune.cka_layers(_lf(), threshold=2.0), ValueError,
+      ("threshold", "[0, 1)", "2.0")),
+    A("cka-layers-dict", "prune", "`cka_layers({layer: x})` (no labels)",
+      lambda t: dg.prune.cka_layers(_feats()), TypeError, ("features must be LayerFeatures",
+                                                          "dict")),
+    A("adjacent-cka-one-layer", "prune", "`adjacent_cka` of one layer",
+      lambda t: dg.prune.adjacent_cka(dg.LayerFeatures({"a": _x()}, _y())), ValueError,
+      ("at least 2 layers", "['a']")),
+    A("prune-layers-unknown", "prune", "`prune_layers(model, ['9'])`",
+      lambda t: dg.prune.prune_layers(_mlp(), ["9"], example_input=torch.randn(2, 4)),
+      ValueError, ("unknown layer '9'",)),
+    A("prune-layers-projection", "prune", "`projection='x'`",
+      lambda t: dg.prune.prune_layers(_mlp(), ["2"], example_input=torch.randn(2, 4),
+                                      projection="x"),
+      ValueError, ("projection must be one of", "'x'")),
+    A("prune-layers-stem", "prune", "removing the stem",
+      lambda t: dg.prune.prune_layers(_mlp(), ["0"], example_input=torch.randn(2, 4)),
+      ValueError, ("'0' cannot be pruned", "stem", "force=True")),
+    A("prune-layers-classifier", "prune", "removing the classifier",
+      lambda t: dg.prune.prune_layers(_mlp(), ["4"], example_input=torch.randn(2, 4)),
+      ValueError, ("'4' cannot be pruned", "classifier")),
+    A("prune-layers-twice", "prune", "`['2', '2']`",
+      lambda t: dg.prune.prune_layers(_mlp(), ["2", "2"], example_input=torch.randn(2, 4)),
+      ValueError, ("lists ['2'] more than once",)),
+    A("prune-layers-int", "prune", "`layers=2`",
+      lambda t: dg.prune.prune_layers(_mlp(), 2, example_input=torch.randn(2, 4)), TypeError,
+      ("layers must be a module name", "int")),
+    A("prune-layers-list-of-int", "prune", "`layers=[2]`",
+      lambda t: dg.prune.prune_layers(_mlp(), [2], example_input=torch.randn(2, 4)), TypeError,
+      ("layers must hold module names", "int: 2")),
+    A("prune-layers-inplace-str", "prune", "`inplace='no'` (a string is truthy: the model was "
+      "edited in place)",
+      lambda t: dg.prune.prune_layers(_mlp(), ["2"], example_input=torch.randn(2, 4),
+                                      inplace="no"),
+      TypeError, ("inplace must be True or False", "'no'")),
+    A("prune-layers-input-shape", "prune", "`example_input` of shape [2, 5] for 4 inputs",
+      lambda t: dg.prune.prune_layers(_mlp(), ["2"], example_input=torch.randn(2, 5)),
+      ValueError, ("example_input of shape [2, 5]", "does not run")),
+    A("prune-layers-input-str", "prune", "`example_input='x'`",
+      lambda t: dg.prune.prune_layers(_mlp(), ["2"], example_input="x"), TypeError,
+      ("example_input must be a tensor", "str")),
+    A("count-flops-input-shape", "prune", "`count_flops(model, torch.randn(2, 5))`",
+      lambda t: dg.prune.count_flops(_mlp(), torch.randn(2, 5)), ValueError,
+      ("example_input of shape [2, 5]",)),
+    A("latency-repeats", "prune", "`measure_latency(..., repeats=0)`",
+      lambda t: dg.prune.measure_latency(_mlp(), torch.randn(2, 4), repeats=0), ValueError,
+      ("repeats must be >= 1", "repeats=0")),
+    A("latency-threads", "prune", "`measure_latency(..., threads=0)`",
+      lambda t: dg.prune.measure_latency(_mlp(), torch.randn(2, 4), threads=0), ValueError,
+      ("threads must be >= 1", "threads=0")),
+    A("cost-report-latency-str", "prune", "`cost_report(..., latency='no')`",
+      lambda t: dg.prune.cost_report(_mlp(), torch.randn(2, 4), latency="no"), TypeError,
+      ("latency must be True or False", "'no'")),
+    A("count-params-flag-str", "prune", "`count_params(model, trainable_only='x')`",
+      lambda t: dg.prune.count_params(_mlp(), trainable_only="x"), TypeError,
+      ("trainable_only must be True or False", "'x'")),
+    A("make-projection-kind", "prune", "`make_projection(..., kind='x')`",
+      lambda t: dg.prune.make_projection((2, 4), (2, 8), kind="x"), ValueError,
+      ("kind must be one of", "'x'")),
+    A("make-projection-rank", "prune", "a conv map to a vector",
+      lambda t: dg.prune.make_projection((2, 3, 4, 4), (2, 8)), ValueError,
+      ("no shape-matching projection", "(2, 3, 4, 4)")),
+    A("infer-input-batch", "prune", "`infer_example_input(model, batch=0)`",
+      lambda t: dg.prune.infer_example_input(_mlp(), batch=0), ValueError,
+      ("batch must be >= 1", "batch=0")),
+    A("finetune-epochs", "prune", "`finetune(..., epochs=-1)`",
+      lambda t: dg.prune.finetune(_mlp(), _loader(), epochs=-1, progress=False), ValueError,
+      ("epochs must be >= 1", "epochs=-1")),
+    A("finetune-optimizer", "prune", "`optimizer='rmsprop'`",
+      lambda t: dg.prune.finetune(_mlp(), _loader(), epochs=1, optimizer="rmsprop",
+                                  progress=False),
+      ValueError, ("optimizer must be one of", "'rmsprop'")),
+    A("finetune-lr", "prune", "`lr=-0.1`",
+      lambda t: dg.prune.finetune(_mlp(), _loader(), epochs=1, lr=-0.1, progress=False),
+      ValueError, ("lr must be a finite number >= 0", "lr=-0.1")),
+
+    # ---- compare
+    A("compare-int", "compare", "`compare_models(5)`",
+      lambda t: dg.compare.compare_models(5), TypeError,
+      ("models_or_feature_sets must be a list", "int")),
+    A("compare-empty", "compare", "`compare_models({})`",
+      lambda t: dg.compare.compare_models({}), ValueError, ("models_or_feature_sets is empty",)),
+    A("compare-names-length", "compare", "2 feature sets, `names=['a']`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], names=["a"]), ValueError,
+      ("names has 1 entries for 2 models",)),
+    A("compare-names-twice", "compare", "`names=['a', 'a']`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], names=["a", "a"]), ValueError,
+      ("names must be unique", "['a', 'a']")),
+    A("compare-names-str", "compare", "`names='ab'` (split into letters before)",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], names="ab"), TypeError,
+      ("names must be a list", "'ab'")),
+    A("compare-unknown-measure", "compare", "`measures=['ckx']`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], measures=["ckx"]), ValueError,
+      ("unknown measure 'ckx'", "Did you mean")),
+    A("compare-k-zero", "compare", "`k=0` (checked before any model runs)",
+      lambda t: dg.compare.compare_models([_mlp(), _mlp()], _loader(), k=0), ValueError,
+      ("k must be >= 1", "k=0")),
+    A("compare-symmetrize", "compare", "`symmetrize='sum'`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], symmetrize="sum"), ValueError,
+      ("symmetrize must be one of", "'sum'")),
+    A("compare-within-str", "compare", "`within='no'`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], within="no"), TypeError,
+      ("within must be True or False", "'no'")),
+    A("compare-seed-str", "compare", "`seed='x'`",
+      lambda t: dg.compare.compare_models([_lf(), _lf()], seed="x"), TypeError,
+      ("seed must be an int", "'x'")),
+    A("compare-models-without-loader", "compare", "models and no loader",
+      lambda t: dg.compare.compare_models([_mlp(), _mlp()]), ValueError,
+      ("models need a loader",)),
+    A("compare-n-differ", "compare", "feature sets of 20 and 10 samples",
+      lambda t: dg.compare.compare_models([_lf(), dg.LayerFeatures({"a": _x(10)}, _y(10))],
+                                          measures=["cka"], progress=False),
+      ValueError, ("same inputs", "20 samples", "has 10")),
+    A("compare-labels-misaligned", "compare", "the same samples with other labels",
+      lambda t: dg.compare.compare_models([_lf(), dg.LayerFeatures(_feats(), 1 - _y())],
+                                          measures=["cka"], progress=False),
+      ValueError, ("different labels", "not aligned")),
+    A("compare-one-model", "compare", "one model with `within=False`",
+      lambda t: dg.compare.compare_models([_lf()], within=False), ValueError,
+      ("two or more models",)),
+    A("compare-layers-unknown-model", "compare", "`layers={'m3': [...]}` naming no model",
+      lambda t: dg.compare.compare_models({"m1": _mlp(), "m2": _mlp()}, _loader(),
+                                          layers={"m3": ["0"]}, progress=False),
+      ValueError, ("layers names models ['m3']",)),
+    A("comparison-matrix-unknown", "compare", "`result.matrix('m1', 'zz')`",
+      lambda t: _cmp().matrix("m1", "zz"), KeyError, ("no model named 'zz'",)),
+    A("comparison-from-dict-missing", "compare", "`Comparison.from_dict` of a cut-short dict",
+      lambda t: dg.compare.Comparison.from_dict({"format": dg.compare.Comparison.FORMAT}),
+      ValueError, ("missing ['names'",)),
+    A("comparison-higher-unknown", "compare", "`result.higher_is_similar('zz')`",
+      lambda t: _cmp().higher_is_similar("zz"), KeyError, ("no measure 'zz'",)),
+    A("stream-cka-loader-int", "compare", "`stream_cka(models, 5)`",
+      lambda t: dg.compare.stream_cka([_mlp(), _mlp()], 5, progress=False), TypeError,
+      ("loader must be an iterable", "int")),
+    A("stream-cka-features", "compare", "`stream_cka` of feature sets",
+      lambda t: dg.compare.stream_cka([_lf(), _lf()], _loader(), progress=False), TypeError,
+      ("stream_cka needs models", "LayerFeatures")),
+    A("stream-cka-max-batches", "compare", "`max_batches=0`",
+      lambda t: dg.compare.stream_cka([_mlp(), _mlp()], _loader(), layers=["0"], max_batches=0,
+                                      progress=False),
+      ValueError, ("max_batches must be >= 1",)),
+
+    # ---- neurons
+    A("neuron-graph-source", "neurons", "`source='grads'`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), source="grads"), ValueError,
+      ("source must be one of", "'grads'")),
+    A("neuron-graph-norm", "neurons", "`norm='l3'`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), norm="l3"), ValueError,
+      ("norm must be one of", "'l3'")),
+    A("neuron-graph-min-weight", "neurons", "`min_weight=-1.0`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), min_weight=-1.0), ValueError,
+      ("min_weight must be a finite number >= 0", "-1.0")),
+    A("neuron-graph-min-weight-nan", "neurons", "`min_weight=nan` (kept every edge before)",
+      lambda t: dg.neurons.neuron_graph(_mlp(), min_weight=float("nan")), ValueError,
+      ("min_weight", "nan")),
+    A("neuron-graph-activations-no-loader", "neurons", "`source='activations'` without a loader",
+      lambda t: dg.neurons.neuron_graph(_mlp(), source="activations"), ValueError,
+      ("source='activations' needs a loader",)),
+    A("neuron-graph-unknown-layer", "neurons", "`layers=['9']`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), layers=["9"]), ValueError,
+      ("unknown layer '9'",)),
+    A("neuron-graph-layers-str", "neurons", "`layers='0'`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), layers="0"), TypeError,
+      ("layers must be a list", "'0'")),
+    A("neuron-graph-fold-bn-str", "neurons", "`fold_bn='no'`",
+      lambda t: dg.neurons.neuron_graph(_mlp(), fold_bn="no"), TypeError,
+      ("fold_bn must be True or False", "'no'")),
+    A("spectral-clusters-zero", "neurons", "`spectral_partition(g, 0)`",
+      lambda t: dg.neurons.spectral_partition(_graph(), 0), ValueError,
+      ("n_clusters must be >= 1", "n_clusters=0")),
+    A("spectral-clusters-too-many", "neurons", "`spectral_partition(g, 100)` of 16 nodes",
+      lambda t: dg.neurons.spectral_partition(_graph(), 100), ValueError,
+      ("n_clusters=100 exceeds the number of nodes N=16",)),
+    A("spectral-solver", "neurons", "`solver='arpackk'`",
+      lambda t: dg.neurons.spectral_partition(_graph(), 2, solver="arpackk"), ValueError,
+      ("solver must be one of", "'arpackk'")),
+    A("spectral-data-int", "neurons", "`spectral_partition(5, 2)`",
+      lambda t: dg.neurons.spectral_partition(5, 2), TypeError,
+      ("data must be a torch_geometric.data.Data", "int")),
+    A("spectral-nan-adjacency", "neurons", "a NaN adjacency",
+      lambda t: dg.neurons.spectral_partition(torch.full((4, 4), float("nan")), 2), ValueError,
+      ("data contains 16 NaN",)),
+    A("spectral-negative-adjacency", "neurons", "a negative adjacency entry",
+      lambda t: dg.neurons.spectral_partition(
+          torch.tensor([[0.0, -1, 1], [-1, 0, 1], [1, 1, 0]]), 2),
+      ValueError, ("edge weights must be >= 0", "-1")),
+    A("spectral-isolated-nodes", "neurons", "an all-zero adjacency",
+      lambda t: dg.neurons.spectral_partition(torch.zeros(4, 4), 2), ValueError,
+      ("have no edges",)),
+    A("ncut-float-clusters", "neurons", "float clusters",
+      lambda t: dg.neurons.ncut(_ei(), _comm().float()), TypeError,
+      ("clusters must hold integer",)),
+    A("ncut-negative-weight", "neurons", "a weight `-1`",
+      lambda t: dg.neurons.ncut(_ei(), _comm(), torch.tensor([1.0, -1.0, 1.0, 1.0])),
+      ValueError, ("edge_weight must be >= 0 for the n-cut",)),
+    A("ncut-num-nodes-str", "neurons", "`num_nodes='2'`",
+      lambda t: dg.neurons.ncut(torch.tensor([[0, 1], [1, 0]]), torch.tensor([0, 1]),
+                                num_nodes="2"),
+      TypeError, ("num_nodes must be an int", "'2'")),
+    A("ncut-per-cluster-str", "neurons", "`per_cluster='y'`",
+      lambda t: dg.neurons.ncut(_ei(), _comm(), per_cluster="y"), TypeError,
+      ("per_cluster must be True or False", "'y'")),
+    A("kmeans-too-many", "neurons", "`kmeans(x, 30)` of 20 points",
+      lambda t: dg.neurons.kmeans(_x(), 30), ValueError,
+      ("n_clusters=30 exceeds the number of points N=20",)),
+    A("kmeans-tol", "neurons", "`kmeans(x, 2, tol=-1.0)`",
+      lambda t: dg.neurons.kmeans(_x(), 2, tol=-1.0), ValueError,
+      ("tol must be a finite number >= 0", "tol=-1.0")),
+    A("clusterability-one-cluster", "neurons", "`clusterability(model, 1)` (the n-cut is 0)",
+      lambda t: dg.neurons.clusterability(_mlp(), 1, n_shuffles=2, progress=False), ValueError,
+      ("n_clusters must be >= 2", "n_clusters=1")),
+    A("clusterability-graph-kwargs", "neurons", "`graph_kwargs=5`",
+      lambda t: dg.neurons.clusterability(_mlp(), 2, n_shuffles=2, graph_kwargs=5,
+                                          progress=False),
+      TypeError, ("graph_kwargs must be a dict", "int")),
+    A("shuffle-weights-how", "neurons", "`shuffle_weights(model, how='x')`",
+      lambda t: dg.neurons.shuffle_weights(_mlp(), how="x"), ValueError,
+      ("how (the shuffle) must be one of", "'x'")),
+    A("shuffle-weights-seed", "neurons", "`shuffle_weights(model, seed='x')`",
+      lambda t: dg.neurons.shuffle_weights(_mlp(), seed="x"), TypeError,
+      ("seed must be an int", "'x'")),
+    A("bh-above-one", "neurons", "`benjamini_hochberg([0.1, 1.5])`",
+      lambda t: dg.neurons.benjamini_hochberg([0.1, 1.5]), ValueError,
+      ("p_values must lie in [0, 1]", "1.5")),
+    A("fisher-zero", "neurons", "`fisher_combine([0.0, 0.5])`",
+      lambda t: dg.neurons.fisher_combine([0.0, 0.5]), ValueError,
+      ("p_values must lie in (0, 1]", "0.0")),
+    A("fisher-empty", "neurons", "`fisher_combine([])`",
+      lambda t: dg.neurons.fisher_combine([]), ValueError, ("at least one p-value",)),
+    A("empirical-p-rows", "neurons", "3 observed values, a null of 2 rows",
+      lambda t: dg.neurons.empirical_p(torch.ones(3), torch.ones(2, 4)), ValueError,
+      ("observed has 3 values but null has 2 rows",)),
+    A("empirical-p-greater-str", "neurons", "`greater='x'`",
+      lambda t: dg.neurons.empirical_p(torch.ones(3), torch.ones(3, 4), greater="x"), TypeError,
+      ("greater must be True or False", "'x'")),
+    A("percentile-rows", "neurons", "`percentile_of` with mismatched rows (a torch error before)",
+      lambda t: dg.neurons.percentile_of(torch.ones(3), torch.ones(2, 4)), ValueError,
+      ("observed has 3 values",)),
+    A("label-entropy-top-k-zero", "neurons", "`label_entropy(s, y, 0)` (zeros before)",
+      lambda t: dg.neurons.label_entropy(_x(20, 3), _y(), 0), ValueError,
+      ("top_k must be >= 1",)),
+    A("label-entropy-top-k-large", "neurons", "`top_k=30` of 20 samples",
+      lambda t: dg.neurons.label_entropy(_x(20, 3), _y(), 30), ValueError,
+      ("top_k=30 exceeds the number of samples N=20",)),
+    A("label-entropy-y-length", "neurons", "5 labels for 20 rows",
+      lambda t: dg.neurons.label_entropy(_x(20, 3), _y(5), 3), ValueError,
+      ("y must have one label per sample", "(5,)")),
+    A("label-entropy-nan", "neurons", "NaN scores (a number before)",
+      lambda t: dg.neurons.label_entropy(torch.full((20, 3), float("nan")), _y(), 3), ValueError,
+      ("scores contains 60 NaN",)),
+    A("neuron-groups-max-fraction", "neurons", "`max_fraction=2.0`",
+      lambda t: dg.neurons.neuron_groups(_graph(), _zeros_clusters(), max_fraction=2.0),
+      ValueError, ("max_fraction must be in (0, 1]", "2.0")),
+    A("neuron-groups-skip-input-str", "neurons", "`skip_input='no'`",
+      lambda t: dg.neurons.neuron_groups(_graph(), _zeros_clusters(), skip_input="no"),
+      TypeError, ("skip_input must be True or False", "'no'")),
+    A("neuron-report-one-cluster", "neurons", "`neuron_report(model, loader, 1)`",
+      lambda t: dg.neurons.neuron_report(_mlp(), _loader(), 1, progress=False), ValueError,
+      ("n_clusters must be >= 2", "n_clusters=1")),
+    A("neuron-report-methods", "neurons", "`methods=['x']` (checked before the graph is built)",
+      lambda t: dg.neurons.neuron_report(_mlp(), _loader(), 2, methods=["x"], progress=False),
+      ValueError, ("methods must be among", "'x'")),
+    A("neuron-report-loader-none", "neurons", "`loader=None` with group tests",
+      lambda t: dg.neurons.neuron_report(_mlp(), None, 2, progress=False), TypeError,
+      ("loader must be an iterable", "NoneType")),
+    A("neuron-report-few-random", "neurons", "`n_random=5` (a p-value cannot reach 0.05)",
+      lambda t: dg.neurons.neuron_report(_mlp(), _loader(), 2, n_random=5, progress=False),
+      ValueError, ("n_random must be >= 19", "n_random=5")),
+    A("lesion-alpha", "neurons", "`lesion_importance(..., alpha=0.0)`",
+      lambda t: dg.neurons.lesion_importance(_mlp(), _graph(), _zeros_clusters(), _loader(),
+                                             n_random=19, alpha=0.0, progress=False),
+      ValueError, ("alpha must be in (0, 1)", "0.0")),
+    A("coherence-methods", "neurons", "`coherence(..., methods=['smell'])`",
+      lambda t: dg.neurons.coherence(_mlp(), _graph(), _zeros_clusters(), _loader(),
+                                     methods=["smell"], progress=False),
+      ValueError, ("methods must be among", "'smell'")),
+
+    # ---- theory (Layer-Peeled Model)
+    A("lpm-counts-negative", "theory", "`solve_layer_peeled([1.0, -1.0])`",
+      lambda t: dg.theory.solve_layer_peeled(torch.tensor([1.0, -1.0])), ValueError,
+      ("counts must be finite and > 0", "-1.0")),
+    A("lpm-counts-nan", "theory", "a NaN class size",
+      lambda t: dg.theory.solve_layer_peeled(torch.tensor([1.0, float("nan")])), ValueError,
+      ("counts must be finite", "nan")),
+    A("lpm-counts-2d", "theory", "`counts` of shape [2, 2] (flattened before)",
+      lambda t: dg.theory.solve_layer_peeled(torch.ones(2, 2)), ValueError,
+      ("counts must be 1-D", "(2, 2)")),
+    A("lpm-counts-str", "theory", "`counts='12'`",
+      lambda t: dg.theory.solve_layer_peeled("12"), TypeError,
+      ("counts must be a 1-D tensor", "'12'")),
+    A("lpm-counts-one-class", "theory", "`counts=[1.0]`",
+      lambda t: dg.theory.solve_layer_peeled([1.0]), ValueError,
+      ("at least 2 classes", "[1.0]")),
+    A("lpm-counts-and-num-classes", "theory", "`counts` of 2 classes and `num_classes=5`",
+      lambda t: dg.theory.solve_layer_peeled([1.0, 2.0], num_classes=5), ValueError,
+      ("num_classes=5", "counts has 2 classes")),
+    A("lpm-num-classes-one", "theory", "`num_classes=1`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=1), ValueError,
+      ("num_classes must be >= 2", "num_classes=1")),
+    A("lpm-energy-zero", "theory", "`E_H=0.0`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, E_H=0.0), ValueError,
+      ("E_H must be a finite number > 0", "E_H=0.0")),
+    A("lpm-energy-str", "theory", "`E_H='5'`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, E_H="5"), ValueError,
+      ("E_H", "'5'")),
+    A("lpm-method", "theory", "`method='newton'`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, method="newton"), ValueError,
+      ("method must be one of", "'newton'")),
+    A("lpm-dtype", "theory", "`dtype=torch.int64` (a ZeroDivisionError before)",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, dtype=torch.int64), TypeError,
+      ("dtype must be torch.float64", "int64")),
+    A("lpm-seed-str", "theory", "`seed='x'`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, method="lbfgs", seed="x"),
+      TypeError, ("seed must be an int", "'x'")),
+    A("lpm-restarts-convex", "theory", "`restarts=3` with the convex solver (ignored before)",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3, restarts=3), ValueError,
+      ("restarts=3 is for method='lbfgs'",)),
+    A("lpm-majority-too-many", "theory", "`n_majority=5` of 4 classes",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=4, n_majority=5), ValueError,
+      ("n_majority must be an int in [0, 4]", "n_majority=5")),
+    A("lpm-counts-ratio-str", "theory", "`lpm_counts(4, 2, '2')`",
+      lambda t: dg.theory.lpm_counts(4, 2, "2"), TypeError, ("ratio must be a number", "'2'")),
+    A("lpm-curve-ratios-str", "theory", "`lpm_minority_curve('12')` (ratios 1 and 2 before)",
+      lambda t: dg.theory.lpm_minority_curve("12", num_classes=4, n_majority=2), TypeError,
+      ("ratios must be a list of numbers", "'12'")),
+    A("lpm-curve-empty", "theory", "`lpm_minority_curve([])`",
+      lambda t: dg.theory.lpm_minority_curve([], num_classes=4, n_majority=2), ValueError,
+      ("ratios is empty",)),
+    A("lpm-curve-negative", "theory", "`lpm_minority_curve([-1.0])`",
+      lambda t: dg.theory.lpm_minority_curve([-1.0], num_classes=4, n_majority=2), ValueError,
+      ("ratios[0] must be a finite number > 0", "-1.0")),
+    A("lpm-threshold-bracket", "theory", "`r_min=100, r_max=10`",
+      lambda t: dg.theory.minority_collapse_threshold(4, 2, r_min=100.0, r_max=10.0),
+      ValueError, ("r_min=100.0", "r_max=10.0")),
+    A("lpm-threshold-tol", "theory", "`collapse_tol=0.0`",
+      lambda t: dg.theory.minority_collapse_threshold(4, 2, collapse_tol=0.0), ValueError,
+      ("collapse_tol must be a finite number > 0",)),
+    A("lpm-threshold-majority", "theory", "`n_majority=0`",
+      lambda t: dg.theory.minority_collapse_threshold(4, 0), ValueError,
+      ("n_majority=0", ">= 1 majority")),
+    A("lpm-gram-which", "theory", "`solution.gram('Z')`",
+      lambda t: dg.theory.solve_layer_peeled(num_classes=3).gram("Z"), ValueError,
+      ("which must be one of", "'Z'")),
+    A("lpm-curve-values-length", "theory", "`MinorityCollapseCurve` with 1 value for 2 ratios",
+      lambda t: dg.theory.MinorityCollapseCurve([1.0, 2.0], {"a": [1.0]}), ValueError,
+      ("values['a'] has 1 entries for 2 ratios",)),
+
+    # ---- distributed
+    A("distributed-backend", "distributed", "`init_distributed(backend='mpix')`",
+      lambda t: dg.distributed.init_distributed(backend="mpix"), ValueError,
+      ("backend must be one of", "'mpix'")),
+    A("distributed-timeout", "distributed", "`init_distributed(timeout_s=-1.0)`",
+      lambda t: dg.distributed.init_distributed(timeout_s=-1.0), ValueError,
+      ("timeout_s must be a finite number", "-1.0")),
+    A("distributed-shard-ids-int", "distributed", "`shard_ids(5)` (None before)",
+      lambda t: dg.distributed.shard_ids(5), TypeError, ("meta must be a dict", "int")),
+    A("distributed-shard-ids-partial", "distributed", "`shard_ids({'shard': {'rank': 0}})`",
+      lambda t: dg.distributed.shard_ids({"shard": {"rank": 0}}), ValueError,
+      ("meta['shard']", "{'rank': 0}")),
+    A("distributed-knn-k-str", "distributed", "`distributed_knn_edges(x, '3')`",
+      lambda t: dg.distributed.distributed_knn_edges(_x(), "3"), TypeError,
+      ("k must be an int", "'3'")),
+    A("distributed-global-ids-length", "distributed", "5 global ids for 20 rows",
+      lambda t: dg.distributed.distributed_knn_edges(_x(), 3, global_ids=torch.arange(5)),
+      ValueError, ("global_ids must be an integer tensor [20]", "(5,)")),
+    A("distributed-global-ids-order", "distributed", "global ids not increasing",
+      lambda t: dg.distributed.distributed_knn_edges(_x(), 3,
+                                                     global_ids=torch.zeros(20, dtype=torch.long)),
+      ValueError, ("global_ids must be strictly increasing",)),
+    A("distributed-modularity-resolution", "distributed", "`resolution=nan`",
+      lambda t: dg.distributed.distributed_modularity(_ei(), _comm(), resolution=float("nan")),
+      ValueError, ("resolution", "nan")),
+    A("distributed-modularity-one-direction", "distributed",
+      "a one-direction edge list (a number before)",
+      lambda t: dg.distributed.distributed_modularity(torch.tensor([[0, 2], [1, 3]]), _comm()),
+      ValueError, ("not an undirected graph",)),
+    A("distributed-profile-graph", "distributed", "`distributed_depth_profile(f, graph=5)`",
+      lambda t: dg.distributed.distributed_depth_profile(_feats(), y=_y(), graph=5,
+                                                         progress=False),
+      TypeError, ("graph must be a dg.GraphSpec", "int")),
+    A("distributed-extract-data-int", "distributed", "`distributed_extract_features(m, 5)`",
+      lambda t: dg.distributed.distributed_extract_features(_mlp(), 5, ["0"], progress=False),
+      TypeError, ("data must be a map-style Dataset", "int")),
+    A("distributed-extract-workers", "distributed", "`num_workers=-1`",
+      lambda t: dg.distributed.distributed_extract_features(_mlp(), _loader().dataset, ["0"],
+                                                            num_workers=-1, progress=False),
+      ValueError, ("num_workers must be >= 0", "num_workers=-1")),
+]
+
+
+# ------------------------------------------------------------------------------ the CLI rows
+# Options that make a failing run fast: untrained reference MLP, few samples, no extras.
+FAST = ("--untrained", "--arch", "mlp", "--quiet")
+FAST_PRUNE = FAST + ("--repeats", "1", "--per-class", "5", "--pool-per-class", "5",
+                     "--finetune-epochs", "1", "--no-latency", "--methods", "modularity",
+                     "--no-control")
+# Two state_dicts of net.py:Net, so that compare fails (or not) without training anything.
+MODELS = ("--models", "{tmp}/a.pt", "{tmp}/b.pt", "--model-def", "{tmp}/net.py:Net", "--quiet")
+PREFIX = "dyngraph/cli/_main.py"  # argparse's own errors say 'dyngraph CMD: error:'
+FLAGS = "dyngraph/cli/_main.py"   # _flags() maps only options whose dest has an underscore
+C = CliCase
+CLI_CASES: List[CliCase] = [
+    C("curve-k-zero", ("curve", "--out", "{tmp}/o", "--k", "0"), ("--k", "0")),
+    C("curve-k-not-int", ("curve", "--out", "{tmp}/o", "--k", "abc"), ("--k", "'abc'")),
+    C("curve-repeats-zero", ("curve", "--out", "{tmp}/o", "--repeats", "0"), ("--repeats", "0")),
+    C("curve-per-class-zero", ("curve", "--out", "{tmp}/o", "--per-class", "0"),
+      ("--per-class must be >= 1", "--per-class=0")),
+    C("curve-null-negative", ("curve", "--out", "{tmp}/o", "--null", "-1"),
+      ("--null must be >= 0", "-1")),
+    C("curve-epochs-zero", ("curve", "--out", "{tmp}/o", "--epochs", "0"), ("--epochs", "0")),
+    C("curve-metric", ("curve", "--out", "{tmp}/o", "--metric", "l1"), ("--metric", "'l1'")),
+    C("curve-device", ("curve", "--out", "{tmp}/o", "--device", "gpu"), ("--device", "gpu")),
+    C("curve-no-out", ("curve",), ("--out",)),
+    C("curve-model-missing", ("curve", "--out", "{tmp}/o", "--model", "{tmp}/missing.pt"),
+      ("--model", "missing.pt", "does not exist")),
+    C("curve-model-not-torch", ("curve", "--out", "{tmp}/o", "--model", "{tmp}/garbage.pt"),
+      ("--model", "garbage.pt")),
+    C("curve-model-def-form", ("curve", "--out", "{tmp}/o", "--model-def", "nonsense"),
+      ("--model-def must be FILE.py:Name or module:Name", "'nonsense'")),
+    C("curve-model-def-name", ("curve", "--out", "{tmp}/o", "--model-def", "{tmp}/net.py:Nope"),
+      ("--model-def", "'Nope'")),
+    C("curve-model-args-json", ("curve", "--out", "{tmp}/o", "--model-def", "{tmp}/net.py:Net",
+                                "--model-args", "{bad"),
+      ("--model-args must be a JSON object", "'{bad'")),
+    C("curve-model-args-unknown", ("curve", "--out", "{tmp}/o", "--model-def",
+                                   "{tmp}/net.py:Net", "--model-args", '{"depth": 3}'),
+      ("--model-args", "'depth'")),
+    C("curve-layers-unknown", ("curve", "--out", "{tmp}/o", "--layers", "nope") + FAST,
+      ("--layers", "'nope'")),
+    C("curve-data-missing", ("curve", "--out", "{tmp}/o", "--data", "{tmp}/nodata"),
+      ("--data", "nodata")),
+    C("curve-eval-data-alone", ("curve", "--out", "{tmp}/o", "--eval-data", "{tmp}"),
+      ("--eval-data needs --data",)),
+    C("curve-normalize", ("curve", "--out", "{tmp}/o", "--normalize", "foo"),
+      ("--normalize", "'foo'")),
+    C("curve-spill-dir-file", ("curve", "--out", "{tmp}/o", "--spill-dir", "{tmp}/garbage.pt",
+                               "--repeats", "1", "--null", "0") + FAST,
+      ("--spill-dir", "garbage.pt")),
+    C("curve-out-file", ("curve", "--out", "{tmp}/garbage.pt", "--repeats", "1", "--null", "0")
+      + FAST, ("--out", "garbage.pt")),
+    C("curve-unknown-option", ("curve", "--out", "{tmp}/o", "--bogus"),
+      ("unrecognized arguments: --bogus",)),
+    C("unknown-command", ("bogus",), ("invalid choice: 'bogus'",)),
+    C("compare-archs-one-model", ("compare", "--out", "{tmp}/o", "--archs", "cnn"),
+      ("compare needs two or more models",)),
+    C("compare-permutations", ("compare", "--out", "{tmp}/o") + MODELS + ("--permutations", "-1"),
+      ("--permutations", "-1")),
+    C("compare-measure", ("compare", "--out", "{tmp}/o", "--archs", "cnn", "mlp", "--measures",
+                          "ckx"), ("--measures", "'ckx'")),
+    C("compare-modularity-k", ("compare", "--out", "{tmp}/o") + MODELS + ("--modularity-k", "0"),
+      ("--modularity-k must be >= 1", "--modularity-k=0")),
+    C("compare-models-state-dict-no-def", ("compare", "--out", "{tmp}/o", "--models", "{tmp}/a.pt",
+                                 "{tmp}/b.pt"), ("--models", "a.pt", "state_dict", "--model-def")),
+    C("compare-models-not-torch", ("compare", "--out", "{tmp}/o", "--models", "{tmp}/garbage.pt",
+                                   "{tmp}/garbage.pt"),
+      ("--models", "garbage.pt")),
+    C("neurons-clusters-zero", ("neurons", "--out", "{tmp}/o", "--clusters", "0") + FAST,
+      ("--clusters", "0")),
+    C("neurons-clusters-one", ("neurons", "--out", "{tmp}/o", "--clusters", "1", "--shuffles",
+                               "0", "--random-groups", "0") + FAST,
+      ("--clusters", "1")),
+    C("neurons-shuffles", ("neurons", "--out", "{tmp}/o", "--shuffles", "-1") + FAST,
+      ("--shuffles", "-1")),
+    C("neurons-random-groups", ("neurons", "--out", "{tmp}/o", "--random-groups", "5") + FAST,
+      ("--random-groups", "5")),
+    C("neurons-alpha", ("neurons", "--out", "{tmp}/o", "--alpha", "1.5") + FAST,
+      ("--alpha", "1.5")),
+    C("neurons-top-k", ("neurons", "--out", "{tmp}/o", "--top-k", "0") + FAST,
+      ("--top-k must be >= 1", "--top-k=0")),
+    C("neurons-weights-missing", ("neurons", "--out", "{tmp}/o", "--weights",
+                                  "{tmp}/missing.pt"), ("--weights", "does not exist")),
+    C("neurons-coherence", ("neurons", "--out", "{tmp}/o", "--coherence", "smell"),
+      ("--coherence", "'smell'")),
+    C("prune-rule", ("prune", "--out", "{tmp}/o", "--rule", "foo"), ("--rule", "'foo'")),
+    C("prune-threads", ("prune", "--out", "{tmp}/o", "--threads", "0"),
+      ("--threads must be >= 1", "0")),
+    C("prune-n-remove", ("prune", "--out", "{tmp}/o", "--n-remove", "0") + FAST_PRUNE,
+      ("--n-remove must be >= 1", "--n-remove=0")),
+    C("prune-threshold-nan", ("prune", "--out", "{tmp}/o", "--threshold", "nan") + FAST_PRUNE,
+      ("--threshold", "nan")),
+    C("prune-pool-per-class", ("prune", "--out", "{tmp}/o") + FAST_PRUNE
+      + ("--pool-per-class", "0"), ("--pool-per-class", "0")),
+]
+
+
+# ------------------------------------------------------------------------------ the document
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _says(says: Tuple[str, ...]) -> str:
+    return " … ".join(f"`{s}`" if "`" not in s else s for s in says)
+
+
+def render() -> str:
+    """``docs/bad_inputs.md``, from the rows above."""
+    api_open = [c for c in API_CASES if c.owner]
+    cli_open = [c for c in CLI_CASES if c.owner]
+    lines = [
+        "# Bad inputs",
+        "",
+        "What dyngraph does with bad input: a clear `TypeError` or `ValueError` (or `KeyError`, "
+        "`IndexError`, `FileNotFoundError` where Python's own meaning fits) whose message names "
+        "the argument and quotes the value, raised before any work starts where it can be; on "
+        "the command line one `dyngraph: error: ...` line naming the option, exit status 2, "
+        "never a traceback.",
+        "",
+        f"Every row below is one test: `{TEST}::test_api[<id>]` or "
+        f"`{TEST}::test_cli[<id>]`. A test asserts the exception type and that the message "
+        f"holds every quoted fragment of the *message* column. This page is generated from "
+        f"`tests/bad_inputs/catalogue.py` (`python -m tests.bad_inputs.catalogue --write`) and "
+        f"a test fails when the two differ.",
+        "",
+        f"**{len(API_CASES)} API inputs and {len(CLI_CASES)} command lines**; "
+        f"{len(api_open) + len(cli_open)} of them are still open (status *open*: the test is "
+        f"`xfail(strict=True)` and names the file that must change).",
+        "",
+        "## API",
+        "",
+        "| area | bad input | error | message holds | test id | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in API_CASES:
+        lines.append(f"| {c.area} | {_cell(c.given)} | `{c.error.__name__}` | "
+                     f"{_cell(_says(c.says))} | `test_api[{c.id}]` | "
+                     f"{'open: ' + c.owner if c.owner else 'ok'} |")
+    lines += [
+        "",
+        "## Command line",
+        "",
+        "Each runs `dyngraph.cli._main.main([...])` in the test process (`{tmp}` is a fresh "
+        "folder holding `garbage.pt`, a file that is not a torch file, `net.py`, a model "
+        "definition, and `a.pt`, `b.pt`, two state_dicts of it); `test_cli_subprocess` runs one through `python -m dyngraph` to check the "
+        "real exit status. Every one must exit with 2 and print `dyngraph: error: ...` naming "
+        "the option.",
+        "",
+        "| command line | message holds | test id | status |",
+        "|---|---|---|---|",
+    ]
+    for c in CLI_CASES:
+        argv = " ".join(a if " " not in a else f"'{a}'" for a in c.argv)
+        lines.append(f"| `dyngraph {_cell(argv)}` | {_cell(_says(c.says))} | "
+                     f"`test_cli[{c.id}]` | {'open: ' + c.owner if c.owner else 'ok'} |")
+    owners = sorted({c.owner for c in API_CASES + CLI_CASES if c.owner})  # type: ignore[misc]
+    lines += ["", "## Open rows by file", ""]
+    for o in owners:
+        ids = [c.id for c in API_CASES + CLI_CASES if c.owner == o]
+        lines.append(f"- `{o}`: {', '.join(ids)}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    text = render()
+    if "--write" in sys.argv:
+        DOC.write_text(text)
+        print(f"wrote {DOC} ({len(API_CASES)} API rows, {len(CLI_CASES)} CLI rows)")
+    else:
+        print(text)
