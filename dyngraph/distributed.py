@@ -65,7 +65,14 @@ from torch_geometric.utils import coalesce
 from ._io import run_environment
 from ._json import jsonable
 from ._progress import progress_counter
-from ._validate import check_choice, check_features, check_flag, check_labels, check_positive_int
+from ._validate import (
+    check_choice,
+    check_features,
+    check_flag,
+    check_labels,
+    check_positive_int,
+    compact_labels,
+)
 from .capture._extract import balanced_indices, dataset_labels, extract_features
 from .capture._features import LayerFeatures
 from .graphs._graph import symmetrize as _symmetrize
@@ -97,6 +104,7 @@ __all__ = [
     "distributed_modularity",
     "distributed_depth_profile",
     "shard_ids",
+    "token_ids",
 ]
 
 
@@ -194,6 +202,10 @@ def shard_ids(meta: Mapping) -> Optional[Tensor]:
     shard = meta.get("shard")
     if not shard:
         return None
+    if isinstance(shard, Mapping) and shard.get("rows") == "tokens":
+        raise ValueError("meta['shard'] describes a shard of token rows (pool='tokens'): their "
+                         "global ids depend on every rank's token counts; get them with "
+                         "token_ids(features) on every rank (distributed_depth_profile does)")
     keys = ("rank", "world_size", "n_global")
     if not isinstance(shard, Mapping) or any(
             isinstance(shard.get(k), bool) or not isinstance(shard.get(k), int) for k in keys) \
@@ -212,7 +224,8 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
                                  device: Optional[Union[str, torch.device]] = None,
                                  spill_dir: Optional[str] = None, spill_dtype: str = "float32",
                                  batch_fn: Optional[Callable] = None, num_workers: int = 0,
-                                 progress: bool = True, group: Group = None) -> LayerFeatures:
+                                 progress: bool = True, group: Group = None,
+                                 layout: Optional[str] = None) -> LayerFeatures:
     """Each rank extracts its shard of the (class-balanced) sample with
     :func:`dyngraph.extract_features`.
 
@@ -220,12 +233,17 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
     labels), so the union of the shards, ordered by global id, is exactly what
     ``extract_features(model, loader, per_class=..., seed=...)`` returns in one process.
 
+    With ``pool='tokens'`` every real token of a rank's inputs is a row, as in
+    :func:`dyngraph.extract_features`: ``indices`` is the dataset index of each token's input and
+    ``positions`` its position in it; ordered by ``(indices, positions)`` (the global ids of
+    :func:`token_ids`), the union of the shards is the single-process result.
+
     Args:
         model: The network (on ``device``).
         data: A ``Dataset`` or a ``DataLoader`` (its dataset, batch size and collate function are
             used). Balanced sampling needs labels the dataset exposes (``TensorDataset``,
             ``.targets``, ``Subset``).
-        layers, pool, spill_dir, spill_dtype, batch_fn, progress: As in
+        layers, pool, spill_dir, spill_dtype, batch_fn, progress, layout: As in
             :func:`dyngraph.extract_features` (progress on rank 0 only).
         per_class, n_samples, seed: The sample, as in :func:`dyngraph.extract_features`.
         batch_size: Default: the loader's, else 64.
@@ -235,7 +253,9 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
 
     Returns:
         This rank's :class:`~dyngraph.LayerFeatures`: ``indices`` are dataset indices, and
-        ``meta['shard'] = {'rank', 'world_size', 'n_global'}`` (see :func:`shard_ids`).
+        ``meta['shard'] = {'rank', 'world_size', 'n_global'}`` (see :func:`shard_ids`); with
+        ``pool='tokens'`` also ``positions``, ``meta['shard']['rows'] = 'tokens'``,
+        ``meta['n_samples']`` the tokens and ``meta['n_inputs']`` the inputs of all ranks.
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -276,11 +296,60 @@ def distributed_extract_features(model: torch.nn.Module, data: Union[Dataset, Da
                               collate_fn=getattr(loader, "collate_fn", None))
     feats = extract_features(model, shard_loader, layers, pool=pool, device=device, seed=seed,
                              spill_dir=spill_dir, spill_dtype=spill_dtype, batch_fn=batch_fn,
-                             progress=progress and rank == 0)
+                             progress=progress and rank == 0, layout=layout)
     ids = torch.arange(rank, n_global, world)
     meta = {**feats.meta, "shard": {"rank": rank, "world_size": world, "n_global": n_global},
             "per_class": per_class, "seed": seed, "n_samples": n_global}
-    return LayerFeatures(dict(feats._layers), feats.y, indices[ids], meta)
+    if pool != "tokens":
+        return LayerFeatures(dict(feats._layers), feats.y, indices[ids], meta)
+    # Every real token is a row; extract_features numbered each token's input in the order of
+    # this shard (its sampler is not sequential): shard position -> global position -> dataset.
+    assert feats.indices is not None and feats.positions is not None
+    sources = indices[ids[feats.indices]]
+    comm = _comm_device(group, torch.device("cpu"))
+    n_rows = int(_all_gather_int([feats.n_samples], group, comm).sum())
+    meta.update(n_samples=n_rows, n_inputs=n_global, indices="dataset")
+    meta["shard"]["rows"] = "tokens"
+    return LayerFeatures(dict(feats._layers), feats.y, sources, meta, feats.positions)
+
+
+def token_ids(features: LayerFeatures, group: Group = None) -> Tensor:
+    """Global row ids of a shard of token rows (:func:`distributed_extract_features` with
+    ``pool='tokens'``): the rank of each row's ``(indices, positions)`` among those of every
+    rank, which is its row in the single-process ``extract_features`` result (inputs in dataset
+    order, tokens in position order). A collective: call it on every rank.
+
+    Args:
+        features: This rank's token rows, with ``indices`` and ``positions``.
+        group: Process group (default: the world).
+
+    Returns:
+        ``[n_r]`` global ids (increasing on each rank for the shards that
+        :func:`distributed_extract_features` makes).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> f = dg.LayerFeatures({'h': torch.zeros(4, 2)}, torch.tensor([0, 0, 1, 1]),
+        ...                      torch.tensor([7, 7, 3, 3]), positions=torch.tensor([0, 1, 0, 1]))
+        >>> dg.distributed.token_ids(f).tolist()   # one process: input 3's tokens come first
+        [2, 3, 0, 1]
+    """
+    if not isinstance(features, LayerFeatures) or features.indices is None \
+            or features.positions is None:
+        raise ValueError(f"token_ids needs LayerFeatures with indices and positions (pool="
+                         f"'tokens'), got {type(features).__name__}"
+                         f"{'' if not isinstance(features, LayerFeatures) else ' without them'}")
+    idx, pos = features.indices.long().cpu(), features.positions.long().cpu()
+    comm = _comm_device(group, torch.device("cpu"))
+    sizes = _all_gather_int([idx.numel()], group, comm)[:, 0].tolist()
+    top = int(_all_gather_int([int(pos.max()) + 1 if pos.numel() else 1], group, comm).max())
+    key = idx * top + pos
+    every = torch.cat([k.cpu() for k in _all_gather_rows(key.to(comm), sizes, group, comm)])
+    order = every.sort().values
+    if bool((order[1:] == order[:-1]).any()):
+        raise ValueError("token_ids: two rows have the same (indices, positions): the shards "
+                         "overlap")
+    return torch.searchsorted(order, key)
 
 
 # ---------------------------------------------------------------------------- kNN
@@ -659,7 +728,8 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
         measure_options: ``{'modularity': {'resolution': γ}}``, as in
             :func:`dyngraph.depth_profile`.
         global_ids: ``[n_r]`` global ids of the local rows (default: from
-            ``features.meta['shard']`` when present, else rank-ordered contiguous blocks).
+            ``features.meta['shard']`` when present, :func:`token_ids` for a shard of token
+            rows, else rank-ordered contiguous blocks).
         progress: A progress bar over repeats × layers, on rank 0.
         group: Process group (default: the world).
 
@@ -702,7 +772,10 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
                          f"backend={graph.backend!r}, out_of_core={graph.out_of_core!r}")
     feats = as_layer_features(features, y)
     if global_ids is None:
-        global_ids = shard_ids(feats.meta)
+        shard = feats.meta.get("shard")
+        tokens = isinstance(shard, Mapping) and shard.get("rows") == "tokens"
+        global_ids = (token_ids(cast(LayerFeatures, features), group) if tokens
+                      else shard_ids(feats.meta))
     names, n_local = feats.names, feats.n_samples
     rank, world = _rank_world(group)
     comm = _comm_device(group, feats.y.device)
@@ -719,6 +792,9 @@ def distributed_depth_profile(features: Union[LayerFeatures, Mapping[str, Tensor
     y_full[g_ids] = torch.cat([t.cpu() for t in _all_gather_rows(feats.y.to(comm), sizes, group,
                                                                    comm)])
     check_labels(y_full, n, "y", min_classes=2)
+    # class ids, not sizes: {0, 1, 10**9} are three communities (the order, hence every seeded
+    # sample, is kept)
+    y_full = compact_labels(y_full)[0]
     out = torch.empty(repeats, len(names), dtype=torch.float64)
     n_used = n
     bar = progress_counter(repeats * len(names), desc="profile",

@@ -9,6 +9,8 @@ a transformer against a different architecture, on the same texts.
    checkpoints read the same held-out words; ``dg.layer_matrix(..., ['cka'])`` compares every
    layer of one with every layer of the other (mean-pooled over the real tokens,
    ``pool='mean'``). The diagonal says which layers fine-tuning changed.
+   ``dg.compare.compare_models`` does the same in one call (here also with the minibatch CKA
+   streamed over every batch, ``'cka_minibatch'``), from Hugging Face batches padded per batch.
 2. **Two architectures.** A character-level CNN trained here on the same task reads the same
    held-out words (as one-hot character sequences); ``dg.layer_matrix`` compares its convolutions
    with MiniLM's blocks. The rows align because both extractions read the words in the same order
@@ -116,6 +118,12 @@ def main() -> None:
     fa = dg.extract_features(pretrained, test_loader, layers=layers, pool="mean", progress=False)
     fb = dg.extract_features(tuned_enc, test_loader, layers=layers, pool="mean", progress=False)
     m_ft = dg.layer_matrix(fa, fb, ["cka"])
+    # the same comparison in one call, plus the minibatch CKA streamed over the test batches
+    res = dg.compare.compare_models({"pretrained": pretrained, "fine-tuned": tuned_enc},
+                                    test_loader, measures=["cka", "cka_minibatch"], layers=layers,
+                                    pool="mean", within=False, progress=False)
+    m_both = res.matrix("pretrained", "fine-tuned")
+    assert torch.allclose(m_both["cka"], m_ft["cka"], atol=1e-12)
     dg.plot(m_ft, out / "cka_finetuned.png", title="CKA: MiniLM pretrained (rows) vs fine-tuned "
                                                    "(columns)")
     curves = {name: dg.depth_profile(f, ["modularity"], null_permutations=20, progress=False)
@@ -140,6 +148,8 @@ def main() -> None:
         "char_cnn_accuracy": round(cnn_acc, 3), "layers": fa.names,
         "cka_pretrained_vs_finetuned_diagonal": [
             round(float(m_ft["cka"][i, i]), 3) for i in range(len(layers))],
+        "cka_minibatch_pretrained_vs_finetuned_diagonal": [
+            round(float(m_both["cka_minibatch"][i, i]), 3) for i in range(len(layers))],
         "cka_cnn_vs_minilm": [[round(float(v), 3) for v in row]
                               for row in m_cnn["cka"].tolist()],
         "modularity": {k: [round(v, 3) for v in c["modularity"].values.tolist()]

@@ -28,7 +28,14 @@ from .._json import JsonFile, jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_flag, check_labels, check_positive_int
 from ..capture._features import LayerFeatures
-from ..capture._taps import LayerTaps, split_batch, to_device
+from ..capture._taps import (
+    LayerTaps,
+    Pool,
+    check_layout,
+    check_pool,
+    split_batch,
+    to_device,
+)
 from ..measures._registry import Measure, resolve
 from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary
 from ..profiles._profile import DepthProfile, LayerMatrix, check_out_path
@@ -264,6 +271,26 @@ def _same_inputs(feats: Dict[str, LayerFeatures], labels: Optional[Tensor]) -> T
     return first.y if labels is None else check_labels(labels, n, "labels")
 
 
+def _same_tokens(first: Optional[Tuple[Tensor, Tensor]], tokens: Optional[Tuple[Tensor, Tensor]],
+                 name: str, first_name: str) -> Tuple[Tensor, Tensor]:
+    """The ``(rows, positions)`` of a batch's real tokens (``pool='tokens'``), which every model
+    must share: row ``i`` of every model's layers is then the same token."""
+    if tokens is None:
+        raise ValueError(f"pool='tokens': model {name!r} recorded no tokens (no tapped layer "
+                         f"returned a token sequence [B, T, H])")
+    if first is None:
+        return tokens
+    same = all(a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+               for a, b in zip(first, tokens))
+    if not same:
+        raise ValueError(f"pool='tokens': model {name!r} has {tokens[0].numel()} tokens in a "
+                         f"batch where model {first_name!r} has {first[0].numel()} (or at other "
+                         f"positions): token rows compare only between models that read the same "
+                         f"tokens; use pool='mean', 'cls' or 'last' for models with different "
+                         f"tokenizers")
+    return first
+
+
 def _pairs(names: Sequence[str], within: bool) -> List[Pair]:
     """Every pair ``(a, b)``, ``a`` before ``b`` in ``names``, and ``(a, a)`` with ``within``."""
     return [(a, b) for i, a in enumerate(names) for b in names[i if within else i + 1:]]
@@ -280,18 +307,26 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
                layers: Any = None, unbiased: bool = True,
                device: Optional[Union[str, torch.device]] = None,
                max_batches: Optional[int] = None, batch_fn: Optional[Callable[..., Any]] = None,
-               within: bool = True, progress: bool = True) -> Dict[Pair, LayerMatrix]:
+               within: bool = True, progress: bool = True, pool: Pool = None,
+               layout: Optional[str] = None) -> Dict[Pair, LayerMatrix]:
     """Minibatch CKA (Nguyen et al. 2021) between every pair of models, streamed from a loader.
 
-    Every model runs on each batch once (:class:`dyngraph.capture.LayerTaps`, flattened
-    outputs); each layer's ``B × B`` Gram matrix updates one
+    Every model runs on each batch once (:class:`dyngraph.capture.LayerTaps`, outputs
+    flattened or pooled by ``pool``); each layer's ``B × B`` Gram matrix updates one
     :class:`dyngraph.measures.MinibatchCKA` over all layers of all models; then the features are
     dropped. Memory is ``O((Σ L)·B²)``, independent of the number of samples.
 
+    Transformers: token sequences ``[B, T, H]`` padded per batch need a token pool
+    (``pool='mean'``, ``'cls'``, ``'last'``: one row per input from its real tokens, by the
+    ``attention_mask``; ``'tokens'``: one row per real token, and every model must then see the
+    same tokens). Hugging Face batches (a dict or ``BatchEncoding`` with ``input_ids``,
+    ``attention_mask`` and ``labels``/``label``) run as ``model(**inputs)``.
+
     Args:
         models: Models (a list, or ``{name: model}``), already on ``device``.
-        loader: Batches ``(inputs, labels)`` (labels unused). Batches with fewer than 4 rows are
-            skipped for the unbiased estimator (counted in ``meta['skipped_batches']``).
+        loader: Batches ``(inputs, labels)`` or dict batches (labels unused). Batches with fewer
+            than 4 rows are skipped for the unbiased estimator (counted in
+            ``meta['skipped_batches']``).
         layers: Per-model layer spec as in :func:`dyngraph.extract_features` (``None``:
             :func:`dyngraph.default_layers`), one spec for all or ``{name: spec}``.
         unbiased: Unbiased HSIC per batch (the paper's choice).
@@ -300,6 +335,11 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
         batch_fn: ``batch -> (inputs, labels)``.
         within: Also return each model with itself.
         progress: Progress bar.
+        pool: How each layer's output becomes rows, as in :func:`dyngraph.extract_features`:
+            ``None`` (flattened), ``'avg'``, ``'max'`` or an int for conv maps; ``'mean'``,
+            ``'cls'``, ``'last'`` or ``'tokens'`` for token sequences.
+        layout: ``None`` (detected per layer), ``'channels_first'`` or ``'channels_last'``, as
+            in :class:`dyngraph.capture.LayerTaps`.
 
     Returns:
         ``{(a, b): LayerMatrix}`` with the one metric ``'cka_minibatch'`` (values
@@ -330,10 +370,13 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
     _check_layer_keys(layers, [n for n, _ in named])
     if max_batches is not None:
         check_positive_int(max_batches, "max_batches")
+    check_layout(layout, check_pool(pool))
     acc = MinibatchCKA(unbiased=unbiased)
     skipped = seen = 0
+    least = 4 if unbiased else 2
     with contextlib.ExitStack() as stack:
-        taps = [stack.enter_context(LayerTaps(m, _layers_for(layers, n, i)))
+        taps = [stack.enter_context(LayerTaps(m, _layers_for(layers, n, i), pool=pool,
+                                              layout=layout))
                 for i, (n, m) in enumerate(named)]
         devices = [torch.device(device) if device is not None else
                    next(iter(m.parameters()), torch.empty(0)).device for _, m in named]
@@ -344,14 +387,21 @@ def stream_cka(models: Union[Sequence[nn.Module], Mapping[str, nn.Module]], load
                 break
             inputs, targets = split_batch(batch, batch_fn)
             b = inputs.shape[0] if isinstance(inputs, Tensor) else len(targets)
-            if b < (4 if unbiased else 2):
+            if b < least:
                 skipped += 1
                 continue
             feats: List[Tensor] = []
-            for t, dev in zip(taps, devices):
+            tokens: Optional[Tuple[Tensor, Tensor]] = None
+            for (n, _), t, dev in zip(named, taps, devices):
                 feats.extend(t(to_device(inputs, dev)).values())
+                if pool == "tokens":
+                    tokens = _same_tokens(tokens, t.tokens, n, named[0][0])
+            rows = int(feats[0].shape[0])   # the inputs, or their real tokens (pool='tokens')
+            if rows < least:
+                skipped += 1
+                continue
             acc.update([f.to(feats[0].device) for f in feats])
-            seen += b
+            seen += rows
     if acc.n_batches == 0:
         raise ValueError("stream_cka: the loader produced no usable batch")
     full = acc.compute().cpu()
@@ -428,12 +478,13 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
                    n_samples: Optional[int] = None, seed: int = 0, k: int = 10,
                    metric: str = "cosine", symmetrize: Optional[str] = "mean",
                    modularity_k: int = 3, backend: str = "auto", permutations: int = 0,
-                   within: bool = True, pool: Any = None,
+                   within: bool = True, pool: Pool = None,
                    device: Optional[Union[str, torch.device]] = None,
                    spill_dir: Optional[str] = None,
                    info: Optional[Mapping[str, Dict[str, Any]]] = None,
                    measure_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                   progress: bool = True) -> Comparison:
+                   progress: bool = True, layout: Optional[str] = None,
+                   batch_fn: Optional[Callable[[Any], Tuple[Any, Any]]] = None) -> Comparison:
     """Compares two or more models (or feature sets) layer by layer on the same inputs.
 
     Per model, once: extract the representations of the chosen layers (for ``nn.Module`` items,
@@ -441,6 +492,15 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
     for every model) and prepare each layer for every measure. Then every pair is scored from the
     prepared states, each cell exactly as :func:`dyngraph.layer_matrix` scores it (same
     permutation seeds, so the same p-values).
+
+    Transformers (the recipe for a pretrained against a fine-tuned checkpoint, or two
+    architectures on the same texts): give a loader of Hugging Face batches (dicts or
+    ``BatchEncoding`` with ``input_ids``, ``attention_mask`` and ``labels``/``label``, padded per
+    batch) and a token pool: ``pool='mean'`` averages each text's real tokens (the attention
+    mask), ``'cls'`` takes its first token, ``'last'`` its last real token, and ``'tokens'`` makes
+    every real token a row (then every model must read the same tokens). The pool applies to the
+    extraction and to the streamed ``'cka_minibatch'`` alike; ``layers=None`` taps the embedding
+    output and every block (:func:`dyngraph.default_layers`).
 
     Args:
         models_or_feature_sets: A list, or ``{name: item}``, of ``nn.Module`` (needs ``loader``),
@@ -463,11 +523,18 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         permutations: When ``> 0``, a permutation p-value for every cell (costly: ``P`` times the
             pairwise work), as metric ``'<measure>:p'``.
         within: Also compute each model against itself (layer × layer within a model).
-        pool, device, spill_dir: Passed to :func:`dyngraph.extract_features`.
+        pool: How each layer's output becomes rows (for the extraction and ``'cka_minibatch'``):
+            ``None`` (flattened), ``'avg'``, ``'max'`` or an int for conv maps; ``'mean'``,
+            ``'cls'``, ``'last'`` or ``'tokens'`` for token sequences ``[B, T, H]``.
+        device, spill_dir: Passed to :func:`dyngraph.extract_features`.
         info: Extra per-model information to carry into the report (e.g. accuracy).
         measure_options: ``{measure: {option: value}}`` for the measures' ``prepare`` (merged
             over the settings above for the built-in measures).
         progress: Progress bars.
+        layout: ``None`` (detected per layer), ``'channels_first'`` or ``'channels_last'``, as
+            in :class:`dyngraph.capture.LayerTaps`.
+        batch_fn: ``batch -> (inputs, labels)`` for batches of another shape (default: tuples
+            ``(inputs, labels)`` and dicts, see :func:`dyngraph.extract_features`).
 
     Returns:
         A :class:`Comparison` (``.matrix(a, b)``, ``.table``, ``.summary()``, ``.to_json``);
@@ -510,6 +577,10 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
     check_choice(backend, "backend", BACKENDS)
     check_flag(within, "within")
     check_flag(progress, "progress")
+    check_layout(layout, check_pool(pool))
+    if batch_fn is not None and not callable(batch_fn):
+        raise TypeError(f"batch_fn must be callable (batch -> (inputs, labels)), got "
+                        f"{type(batch_fn).__name__}: {batch_fn!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
     if info is not None and not isinstance(info, Mapping):
@@ -548,7 +619,8 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         t = time.perf_counter()
         feats[name] = _as_features(name, item, loader, layers, i, labels, progress,
                                    per_class=per_class, n_samples=n_samples, seed=seed,
-                                   pool=pool, device=device, spill_dir=spill_dir)
+                                   pool=pool, layout=layout, device=device,
+                                   spill_dir=spill_dir, batch_fn=batch_fn)
         timings[f"extract:{name}"] = round(time.perf_counter() - t, 3)
     has_labels = labels is not None or any(isinstance(v, (nn.Module, LayerFeatures))
                                            for _, v in items)
@@ -588,14 +660,16 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
     if STREAMED in measures:
         t = time.perf_counter()
         streamed = stream_cka(models, loader, layers=layers, device=device, within=within,
-                              progress=progress)
+                              progress=progress, pool=pool, layout=layout, batch_fn=batch_fn)
         distance[STREAMED] = False
         timings[STREAMED] = round(time.perf_counter() - t, 3)
     settings = {"k": k, "metric": metric, "symmetrize": symmetrize,
                 "modularity_k": modularity_k, "n_samples": next(iter(feats.values())).n_samples,
                 "per_class": per_class, "seed": seed, "permutations": permutations,
                 "p_resolution": 1.0 / (permutations + 1) if permutations else None,
-                "measure_options": jsonable(opts)}
+                "measure_options": jsonable(opts), "pool": pool}
+    if layout is not None:
+        settings["layout"] = layout
     matrices: Dict[Pair, LayerMatrix] = {}
     for a, b in pairs:
         extra = dict(settings)

@@ -41,10 +41,17 @@ from torch_geometric.data import Data
 from .._io import PathLike
 from .._json import JsonFile, jsonable
 from .._progress import progress_bar
-from .._validate import check_choice, check_features, check_labels, check_positive_int, check_tensor
+from .._validate import (
+    check_choice,
+    check_features,
+    check_labels,
+    check_positive_int,
+    check_tensor,
+    compact_labels,
+)
 from ..capture._features import LayerFeatures
 from ..capture._layers import LayerSpec, default_layers
-from ..capture._taps import LayerTaps, split_batch, to_device
+from ..capture._taps import LayerTaps, check_layout, check_pool, split_batch, to_device
 from ..profiles._profile import DepthProfile
 from ._registry import register
 
@@ -203,6 +210,8 @@ def simplex_etf(num_classes: int, dim: Optional[int] = None, seed: Optional[int]
 
 # ============================================================================ input handling
 def _check_num_classes(num_classes: Optional[int], labels: Tensor) -> int:
+    """``C``: ``num_classes`` checked against the labels, or (``None``) the number of distinct
+    labels, which must then be compact (``0..C-1``: see :func:`_features_labels`)."""
     if num_classes is None:
         if labels.numel() == 0:
             raise ValueError("labels is empty")
@@ -272,9 +281,16 @@ def _flat(x: Tensor, name: str) -> Tensor:
 
 def _features_labels(features: Tensor, labels: Tensor, num_classes: Optional[int], name: str
                      ) -> Tuple[Tensor, Tensor, int]:
-    """``(x [N, D], labels on x's device, C)``, checked."""
+    """``(x [N, D], labels on x's device, C)``, checked.
+
+    Without ``num_classes`` the labels are class ids, not sizes: ``{0, 1, 10**9}`` are three
+    classes, renumbered ``0, 1, 2`` in sorted order (:func:`~dyngraph._validate.compact_labels`;
+    labels ``0..C-1`` come back unchanged), so no tensor is sized by the largest label. With
+    ``num_classes`` they must lie in ``[0, num_classes)`` (classifier row ``c`` is class ``c``)."""
     x = _flat(features, name)
     y = check_labels(labels, x.shape[0], "labels").to(x.device)
+    if num_classes is None and y.numel():
+        y = compact_labels(y)[0]
     return x, y, _check_num_classes(num_classes, y)
 
 
@@ -529,8 +545,9 @@ def class_means(features: Tensor, labels: Tensor, num_classes: Optional[int] = N
 
     Args:
         features: ``[N, D]`` (or ``[N, ...]``, flattened).
-        labels: ``[N]`` integer labels in ``[0, C)``.
-        num_classes: ``C``; default ``max(labels) + 1``.
+        labels: ``[N]`` integer labels in ``[0, C)``; without ``num_classes``, any class ids
+            (``{0, 1, 10**9}`` are three classes, rows ``0, 1, 2`` in sorted order).
+        num_classes: ``C``; default: the number of distinct labels.
 
     Returns:
         ``(means [C, D] float64, counts [C] float64)``.
@@ -586,9 +603,12 @@ def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping[str, Tensor],
         features: ``[N, D]`` (``[N, ...]`` is flattened), a :class:`LayerFeatures`, or a dict
             ``{layer: Tensor}`` (then ``labels`` is needed).
         labels: ``[N]`` integer labels in ``[0, C)``; taken from ``features.y`` for LayerFeatures.
-        classifier: ``nn.Linear``, weight ``[C, D]`` or ``(weight, bias)`` of the last layer. With
-            several layers it applies to ``classifier_layer``.
-        num_classes: ``C``; default ``max(labels) + 1``. Every class needs a sample.
+            Without ``num_classes`` any class ids do: they are renumbered ``0..C-1`` in sorted
+            order (``{0, 1, 10**9}`` gives the result of ``{0, 1, 2}``, in bounded memory).
+        classifier: ``nn.Linear``, weight ``[C, D]`` or ``(weight, bias)`` of the last layer; row
+            ``c`` is class ``c`` (the ``c``-th smallest label). With several layers it applies
+            to ``classifier_layer``.
+        num_classes: ``C``; default: the number of distinct labels. Every class needs a sample.
         layer: With several layers, compute only this one and return its flat dict.
         classifier_layer: The layer that feeds the classifier (default: the last one).
         method: ``'subspace'`` (exact, O(C·D) besides the data; ``'auto'``) or ``'full'`` (the
@@ -966,11 +986,27 @@ def _model_layers(model: nn.Module, layers: LayerSpec, clf_name: Optional[str]) 
     return names
 
 
+def _class_codes(labels: Tensor, classes: Optional[Tensor]) -> Tensor:
+    """``labels`` renumbered by their position in the sorted ``classes`` (``None``: as they
+    are); a label that is not one of ``classes`` is an error."""
+    if classes is None:
+        return labels
+    pos = torch.searchsorted(classes, labels).clamp_max_(classes.numel() - 1)
+    bad = classes[pos] != labels
+    if bool(bad.any()):
+        raise ValueError(f"labels: the loader gives label {int(labels[bad][0])}, which is not "
+                         f"among the {classes.numel()} labels of its dataset")
+    return pos
+
+
 def _stream_pass(taps: LayerTaps, loader: Iterable[Any],
                  accs: Mapping[str, "NeuralCollapseAccumulator"],
                  device: torch.device, batch_fn: Optional[Callable[[Any], Any]],
-                 max_batches: Optional[int], progress: bool, desc: str) -> None:
-    """One pass of ``loader`` through the (entered) taps into the accumulators."""
+                 max_batches: Optional[int], progress: bool, desc: str,
+                 classes: Optional[Tensor] = None) -> None:
+    """One pass of ``loader`` through the (entered) taps into the accumulators. With
+    ``pool='tokens'`` every token row gets the label of its input (``taps.tokens``); with
+    ``classes`` the labels are renumbered by their position among them."""
     total = len(loader) if isinstance(loader, Sized) else None
     if max_batches is not None and total is not None:
         total = min(total, max_batches)
@@ -980,7 +1016,10 @@ def _stream_pass(taps: LayerTaps, loader: Iterable[Any],
             break
         inputs, yb = split_batch(batch, batch_fn)
         feats = taps(to_device(inputs, device))
-        labels = torch.as_tensor(yb).reshape(-1).long()
+        labels = check_labels(yb, torch.as_tensor(yb).numel(), "labels").cpu()
+        if taps.pool == "tokens" and taps.tokens is not None:
+            labels = labels[taps.tokens[0].cpu()]   # each token row: its input's label
+        labels = _class_codes(labels, classes)
         for alias, acc in accs.items():
             acc.update(feats[alias], labels.to(feats[alias].device))
 
@@ -993,7 +1032,8 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
                           batch_fn: Optional[Callable[[Any], Any]] = None,
                           max_batches: Optional[int] = None, progress: bool = True,
                           on_error: str = "raise",
-                          conventions: Optional[CollapseConventions] = None, **kw: Any
+                          conventions: Optional[CollapseConventions] = None,
+                          layout: Optional[str] = None, **kw: Any
                           ) -> "OrderedDict[str, Dict[str, Any]]":
     """Streams a model over a loader and returns the neural-collapse metrics of every layer,
     without storing any features (one :class:`NeuralCollapseAccumulator` per layer).
@@ -1010,9 +1050,16 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
             (``'<fc>:input'``, the penultimate features).
         classifier: ``'auto'`` (the model's last ``nn.Linear``), a layer name, an ``nn.Linear`` of
             the model, or ``None``. NC2-W, NC3 and NC4 are reported at its input.
-        num_classes: ``C``; default: the classifier's ``out_features`` or the dataset's labels.
+        num_classes: ``C``; default: the classifier's ``out_features``, or the number of
+            distinct labels of the dataset (then any class ids do: ``{0, 1, 10**9}`` are three
+            classes, renumbered ``0, 1, 2`` in sorted order). With ``num_classes`` or a
+            classifier the labels must lie in ``[0, C)``.
         method, max_dense_dim: Per layer, as in :class:`NeuralCollapseAccumulator`.
-        pool: ``None`` (flatten), ``'avg'``, ``'max'`` or an int, as in ``extract_features``.
+        pool: ``None`` (flatten), ``'avg'``, ``'max'`` or an int for conv maps; ``'mean'``,
+            ``'cls'``, ``'last'`` or ``'tokens'`` for token sequences, as in
+            ``extract_features``. With ``'tokens'`` every real token is a sample with its input's
+            label (tap layers that return ``[B, T, H]``; ``classifier=None`` unless the
+            classifier reads every token).
         device: Where to run the model (default: where its parameters are).
         batch_fn: ``batch -> (inputs, labels)``.
         max_batches: Use only the first batches of each pass.
@@ -1020,6 +1067,8 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
         on_error: ``'raise'``, or ``'warn'``: a layer whose metrics are undefined (e.g. a dead
             ReLU layer whose class means coincide) gets ``{'error': message}`` and a warning.
         conventions, **kw: As in :func:`neural_collapse`.
+        layout: ``None`` (detected per layer), ``'channels_first'`` or ``'channels_last'``, as
+            in :class:`dg.capture.LayerTaps <dyngraph.capture.LayerTaps>`.
 
     Returns:
         ``{layer: metric dict}`` in depth order (:func:`collapse_curves` turns it into a
@@ -1045,17 +1094,21 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
     check_choice(on_error, "on_error", ("raise", "warn"))
     found = _find_classifier(model, classifier)
     clf_name, clf_mod = found if found else (None, None)
-    taps = LayerTaps(model, _model_layers(model, layers, clf_name), pool)
+    taps = LayerTaps(model, _model_layers(model, layers, clf_name), pool, layout=layout)
+    classes: Optional[Tensor] = None       # the dataset's labels, when they are not 0..C-1
     if num_classes is None:
         if clf_mod is not None:
             num_classes = clf_mod.out_features
         else:
             dataset = getattr(loader, "dataset", None)
             known = dataset_labels(dataset) if dataset is not None else None
-            if known is None:
+            if known is None or known.numel() == 0:
                 raise ValueError("num_classes is needed: no classifier and the dataset does not "
                                  "expose its labels")
-            num_classes = int(known.max()) + 1
+            classes = compact_labels(known)[1]
+            num_classes = int(classes.numel())
+            if int(classes[-1]) == num_classes - 1:
+                classes = None                 # already 0..C-1: the labels are the codes
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -1066,12 +1119,13 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
         accs[alias] = NeuralCollapseAccumulator(num_classes, clf, method=method,
                                                 max_dense_dim=max_dense_dim, conventions=cv)
     with taps:
-        _stream_pass(taps, loader, accs, dev, batch_fn, max_batches, progress, "collapse pass 1")
+        _stream_pass(taps, loader, accs, dev, batch_fn, max_batches, progress, "collapse pass 1",
+                     classes)
         if any(a.needs_second_pass for a in accs.values()):
             for a in accs.values():
                 a.next_pass()
             _stream_pass(taps, loader, accs, dev, batch_fn, max_batches, progress,
-                         "collapse pass 2")
+                         "collapse pass 2", classes)
     out: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
     for alias, acc in accs.items():
         try:
@@ -1217,7 +1271,9 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
         features, labels: Last-layer features ``[N, D]`` and labels, for the class-mean metrics.
         minority: The minority class ids; or
         n_majority: ``K_A``: classes ``0..K_A−1`` are the majority, the rest the minority (the
-            layout of Fang et al.).
+            layout of Fang et al.). From labels alone (no classifier, no ``num_classes``) any
+            class ids do: ``minority`` names label values, and ``n_majority`` the ``K_A``
+            smallest labels.
         num_classes: ``K`` (default from the classifier or the labels).
         center_classifier: Subtract the mean classifier row first.
         global_mean: ``'samples'`` or ``'classes'``, for centring the class means.
@@ -1241,9 +1297,15 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
     k = clf[0].shape[0] if clf is not None else None
     means: Optional[Tensor] = None
     counts: Optional[Tensor] = None
+    ids: Optional[Tensor] = None   # the label of each class-mean row, when not 0..K-1
     if features is not None:
         if labels is None:
             raise ValueError("labels is required with features")
+        if clf is None and num_classes is None:  # class_means renumbers them in sorted order
+            lab = check_labels(labels, torch.as_tensor(labels).numel(), "labels")
+            classes = compact_labels(lab)[1].cpu() if lab.numel() else None
+            if classes is not None and int(classes[-1]) != classes.numel() - 1:
+                ids = classes
         means, counts = class_means(features, labels, num_classes if num_classes is not None else k)
         k = means.shape[0] if k is None else k
         if means.shape[0] != k:
@@ -1260,6 +1322,13 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
         if n_majority > k - 2:
             raise ValueError(f"n_majority={n_majority} leaves fewer than 2 minority classes out of "
                              f"{k}")
+    if n_majority is None and ids is not None:
+        given = sorted({int(m) for m in minority or ()})
+        pos = torch.searchsorted(ids, torch.tensor(given, dtype=torch.long)).clamp_max_(k - 1)
+        if bool((ids[pos] != torch.tensor(given, dtype=torch.long)).any()):
+            raise ValueError(f"minority must hold labels of the data ({ids[:10].tolist()}"
+                             f"{', ...' if k > 10 else ''}), got {given}")
+        minority = pos.tolist()
     minority = sorted({int(m) for m in (range(n_majority, k) if n_majority is not None
                                         else minority or ())})
     if not minority or minority[0] < 0 or minority[-1] >= k:
@@ -1442,7 +1511,7 @@ class CollapseCallback:
     Args:
         loader: Default loader (deterministic; e.g. the training set without augmentation).
         layers, classifier, pool, method, max_dense_dim, device, batch_fn, max_batches,
-            num_classes: As in :func:`neural_collapse_model`.
+            num_classes, layout: As in :func:`neural_collapse_model`.
         every: Record every ``every``-th call only.
         writer: A TensorBoard ``SummaryWriter``: after each record, ``dg.log(writer, history,
             prefix=tag, figure=False, epochs=[epoch])`` writes the scalars
@@ -1479,8 +1548,9 @@ class CollapseCallback:
                  batch_fn: Optional[Callable[[Any], Any]] = None,
                  max_batches: Optional[int] = None, progress: bool = False,
                  on_error: str = "warn", conventions: Optional[CollapseConventions] = None,
-                 **kw: Any) -> None:
+                 layout: Optional[str] = None, **kw: Any) -> None:
         check_positive_int(every, "every")
+        check_layout(layout, check_pool(pool))   # now, not at the end of the first epoch
         if writer is not None and not all(callable(getattr(writer, f, None))
                                           for f in ("add_scalar", "add_text")):
             raise TypeError(f"writer must be a SummaryWriter-like object with add_scalar() and "
@@ -1491,7 +1561,8 @@ class CollapseCallback:
         self.kwargs: Dict[str, Any] = dict(
             num_classes=num_classes, method=_check_method(method), max_dense_dim=max_dense_dim,
             pool=pool, device=device, batch_fn=batch_fn, max_batches=max_batches,
-            progress=progress, on_error=check_choice(on_error, "on_error", ("raise", "warn")))
+            progress=progress, on_error=check_choice(on_error, "on_error", ("raise", "warn")),
+            layout=layout)
         self.cv = _conventions(conventions, kw)
         self.history = CollapseHistory(meta={"conventions": asdict(self.cv)})
         self._calls = 0

@@ -66,7 +66,7 @@ from .._validate import (
 from ..graphs._graph import SYMMETRIZE
 from ..graphs._graph import symmetrize as _symmetrize
 from ..graphs._knn import edges_from_knn, nearest_neighbors, normalize_rows
-from ._modularity import modularity as _modularity
+from ._modularity import _q
 from ._registry import register
 
 MEASURES = ("cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
@@ -740,7 +740,9 @@ def _snapshot_q(x: Tensor, labels: Tensor, k: int, metric: str, symmetrize: str,
                 resolution: float, name: str = "x"):
     vals, idx = _knn_lists(x, k, metric, backend, name)
     ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
-    return _modularity(ei, labels, w, num_nodes=x.shape[0], resolution=resolution)
+    # A symmetrised graph built here is undirected by construction: the O(E) contract check
+    # is skipped; a directed one (symmetrize=None) is checked, and refused.
+    return _q(ei, labels, w, x.shape[0], None, resolution, check=symmetrize is None)
 
 
 def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric: str = "cosine",
@@ -852,8 +854,9 @@ class RepresentationSummary:
             mk = modularity_k
             ei, w = _graph_from_knn(vals[:, :mk], idx[:, :mk], metric, symmetrize or "mean")
             self.q_graph = (ei, w)
-            self.q = float(_modularity(ei, self.labels.to(ei.device), w, num_nodes=n,
-                                       resolution=resolution))
+            # (undirected by construction: no O(E) contract check)
+            self.q = float(_q(ei, self.labels.to(ei.device), w, n, None, resolution,
+                              check=False))
         # Only the kNN lists the measures use are kept.
         if any(m in ("knn_overlap", "mutual_knn") for m in measures):
             self.knn_vals, self.knn_idx = vals[:, :k], idx[:, :k]
@@ -995,8 +998,9 @@ def _null_modularity(qa: float, b: RepresentationSummary, permutations: int,
         comm = labels[torch.argsort(perms, dim=1)].reshape(-1)
         off = (torch.arange(c, device=device) * n).repeat_interleave(e)
         batch = torch.arange(c, device=device).repeat_interleave(n)
-        q = torch.as_tensor(_modularity(ei.repeat(1, c) + off.unsqueeze(0), comm, w.repeat(c),
-                                        num_nodes=c * n, batch=batch, resolution=b.resolution))
+        # c disjoint copies of b's undirected graph: no O(E) contract check per block
+        q = torch.as_tensor(_q(ei.repeat(1, c) + off.unsqueeze(0), comm, w.repeat(c), c * n,
+                               batch, b.resolution, check=False))
         out.append((qa - q).abs())
     return out
 

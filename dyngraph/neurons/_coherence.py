@@ -34,6 +34,7 @@ from .._validate import (
     check_features,
     check_labels,
     check_positive_int,
+    compact_labels,
     model_device,
 )
 from ..capture._taps import LayerTaps
@@ -54,7 +55,8 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
         scores: ``[N, M]`` one score per sample for each of ``M`` groups.
         y: ``[N]`` labels.
         top_k: Samples kept per group.
-        num_classes: ``K`` (default ``max(y) + 1``).
+        num_classes: ``K``, checked to exceed every label (default: any label values; they are
+            class ids, so ``{0, 1, 10**9}`` gives the entropies of ``{0, 1, 2}``).
 
     Returns:
         ``[M]`` entropies in ``[0, ln min(K, top_k)]``.
@@ -72,15 +74,17 @@ def label_entropy(scores: Tensor, y: Tensor, top_k: int, num_classes: Optional[i
     check_positive_int(top_k, "top_k")
     if top_k > n:
         raise ValueError(f"top_k={top_k} exceeds the number of samples N={n}")
-    k = int(y.max()) + 1
     if num_classes is not None:
         check_positive_int(num_classes, "num_classes")
-        if num_classes < k:
-            raise ValueError(f"y holds labels up to {k - 1}, so num_classes={num_classes} is too "
-                             f"small")
-        k = num_classes
+        if num_classes <= int(y.max()):
+            raise ValueError(f"y holds labels up to {int(y.max())}, so num_classes={num_classes} "
+                             f"is too small")
+    # The entropy depends on which samples share a label, not on its value: count over the
+    # distinct labels only (absent classes add 0), never over max(y) + 1 slots.
+    codes, classes = compact_labels(y)
+    k = int(classes.numel())
     top = scores.topk(top_k, dim=0).indices  # [top_k, M]
-    labels = y[top]
+    labels = codes[top]
     counts = torch.zeros(scores.shape[1], k, dtype=torch.float64, device=scores.device)
     counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=torch.float64))
     p = counts / top_k

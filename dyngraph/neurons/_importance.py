@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from .._json import JsonFile
-from .._validate import check_labels, check_positive_int, model_device
+from .._validate import check_labels, check_positive_int, compact_labels, model_device
 from ..capture._taps import Edit, LayerTaps
 from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
@@ -67,10 +67,15 @@ class LesionRunner:
 
     Args:
         model: The network (left unchanged).
-        loader: Batches ``(inputs, labels)``; read once and kept.
+        loader: Batches ``(inputs, labels)``; read once and kept. A label is the index of its
+            class's logit (a label beyond the model's logits is a ``ValueError``).
         device: Where to run.
         max_rows: Largest batch (masks × samples) per forward pass.
         batch_fn: ``batch -> (inputs, labels)`` for batches of another shape.
+
+    Attributes:
+        classes: ``[K]`` the labels present in the data, sorted: the per-class axis of
+            :meth:`accuracy` (sized by the classes present, not by the largest label).
 
     Example:
         >>> import torch, torch.nn as nn, dyngraph as dg
@@ -108,9 +113,15 @@ class LesionRunner:
             raise ValueError("the loader produced no samples")
         y_all = torch.cat([y for _, y in self.batches])
         check_labels(y_all, y_all.numel(), "labels")
-        self.num_classes = int(y_all.max()) + 1
-        self.class_counts = torch.bincount(y_all, minlength=self.num_classes).double().to(
+        # The per-class axis holds the classes present, in sorted order (never max(y) + 1
+        # slots): labels are compared with the logits' argmax, and counted by class position.
+        codes, classes = compact_labels(y_all)
+        self.classes: Tensor = classes.cpu()
+        self.num_classes = int(classes.numel())
+        self.class_counts = torch.bincount(codes, minlength=self.num_classes).double().to(
             self.device)
+        # each batch's class positions, for the per-class counts
+        self._codes: List[Tensor] = list(codes.split([y.numel() for _, y in self.batches]))
         self.n = int(y_all.numel())
         self._modes: Dict[str, str] = {}
 
@@ -124,8 +135,8 @@ class LesionRunner:
         lesion = _Lesion(module, expand)
         edits: Dict[str, Edit] = {module: lesion} if module is not None else {}
         with LayerTaps(self.model, [], edits=edits) as taps:
-            for x, y in self.batches:
-                x, y = _to(x, dev), y.to(dev)
+            for (x, y), codes in zip(self.batches, self._codes):
+                x, y, codes = _to(x, dev), y.to(dev), codes.to(dev)
                 b = x.shape[0]
                 step = max(1, self.max_rows // max(b, 1)) if module is not None else 1
                 for s in range(0, m_total, step):
@@ -137,8 +148,13 @@ class LesionRunner:
                     if logits.shape[0] != m * b:
                         raise ValueError(f"the model returned {logits.shape[0]} rows for "
                                          f"{m} masks x {b} samples")
+                    if int(self.classes[-1]) >= logits.shape[-1]:
+                        raise ValueError(f"labels: the loader holds label "
+                                         f"{int(self.classes[-1])}, but the model gives "
+                                         f"{logits.shape[-1]} logits; a label is the index of "
+                                         f"its class's logit (relabel them 0..K-1)")
                     hits = (logits.argmax(-1).view(m, b) == y.unsqueeze(0)).double()
-                    out[s:s + m].index_add_(1, y, hits)
+                    out[s:s + m].index_add_(1, codes, hits)
         return out
 
     def _expand_mode(self, module: str, size: int) -> str:
@@ -177,7 +193,8 @@ class LesionRunner:
 
     def accuracy(self, module: Optional[str] = None, masks: Optional[Tensor] = None
                  ) -> Tuple[Tensor, Tensor]:
-        """``(overall [M], per class [M, K])`` accuracy; classes absent from the data give 0."""
+        """``(overall [M], per class [M, K])`` accuracy; the ``K`` classes are those present
+        in the data, in sorted order (:attr:`classes`)."""
         c = self.correct(module, masks)
         return c.sum(1) / self.n, c / self.class_counts.clamp_min(1)
 
@@ -194,7 +211,8 @@ class ImportanceResult(JsonFile):
             random_drop_mean, percentile, p_value, q_value, important, class_drop_max,
             class_drops, class_percentile, class_p_value, class_q_value, important_class.
         base_accuracy: Accuracy of the intact model.
-        base_class_accuracy: ``[K]`` per-class accuracy of the intact model.
+        base_class_accuracy: ``[K]`` per-class accuracy of the intact model, for the ``K``
+            classes present in the data (their labels, sorted, in ``meta['classes']``).
         fisher_p: Fisher's combination of the groups' p-values (overall drop).
         fisher_p_class: The same for the largest per-class drop.
         drops: ``[G]``; random_drops ``[G, n]``; class_drops ``[G, K]``; random_class_drops
@@ -302,9 +320,9 @@ def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader: An
         dc = (base_cls.unsqueeze(0) - acc_cls).view(len(idx), 1 + n_random, k).cpu()
         drops[idx], rnd[idx] = d[:, 0], d[:, 1:]
         cdrops[idx], rcdrops[idx] = dc[:, 0], dc[:, 1:]
-    pres = (runner.class_counts > 0).cpu()
-    cmax = cdrops[:, pres].amax(1) if g_n else torch.zeros(0, dtype=torch.float64)
-    rcmax = rcdrops[:, :, pres].amax(2) if g_n else torch.zeros(0, n_random, dtype=torch.float64)
+    # every class of the per-class axis is present in the data (runner.classes)
+    cmax = cdrops.amax(1) if g_n else torch.zeros(0, dtype=torch.float64)
+    rcmax = rcdrops.amax(2) if g_n else torch.zeros(0, n_random, dtype=torch.float64)
     rows: List[Dict[str, Any]] = []
     fisher: Optional[float] = None
     fisher_c: Optional[float] = None
@@ -317,10 +335,11 @@ def lesion_importance(model: nn.Module, data: Data, clusters: Tensor, loader: An
                 "acc_drop": float(drops[i]), "random_drop_mean": float(rnd[i].mean()),
                 "percentile": float(pct[i]), "p_value": float(p[i]), "q_value": float(q[i]),
                 "important": bool(q[i] <= alpha), "class_drop_max": float(cmax[i]),
-                "class_drop_argmax": int(pres.nonzero().flatten()[cdrops[i, pres].argmax()]),
+                "class_drop_argmax": int(runner.classes[cdrops[i].argmax()]),
                 "class_drops": [round(v, 6) for v in cdrops[i].tolist()],
                 "class_percentile": float(pctc[i]), "class_p_value": float(pc[i]),
                 "class_q_value": float(qc[i]), "important_class": bool(qc[i] <= alpha)})
-    meta = {"seed": seed, "min_size": min_size, "max_fraction": max_fraction, "n_samples": runner.n}
+    meta = {"seed": seed, "min_size": min_size, "max_fraction": max_fraction, "n_samples": runner.n,
+            "classes": runner.classes.tolist()}
     return ImportanceResult(rows, float(base), base_cls.cpu().tolist(), fisher, fisher_c,
                             n_random, alpha, drops, rnd, cdrops, rcdrops, meta)

@@ -68,7 +68,7 @@ class NeuronReport(JsonFile):
         out: Dict[str, Any] = {"source": g.source, "n_nodes": int(g.num_nodes),
                                "n_edges": int(g.edge_index.shape[1] // 2),
                                "n_removed": int(getattr(g, "n_removed", 0)),
-                               "n_clusters": int(self.clusters.max()) + 1, "ncut": self.ncut}
+                               "n_clusters": int(self.clusters.unique().numel()), "ncut": self.ncut}
         if self.clusterability is not None:
             c = self.clusterability
             out.update({"ncut_shuffled_mean": c.shuffled_mean, "ncut_shuffled_std": c.shuffled_std,

@@ -30,6 +30,7 @@ from torch_geometric.utils import coalesce, scatter
 
 from .._validate import (
     check_choice,
+    check_class_axis,
     check_edge_index,
     check_edge_weight,
     check_features,
@@ -38,6 +39,7 @@ from .._validate import (
     check_positive_int,
     check_same_device,
     check_tensor,
+    compact_labels,
 )
 
 SOLVERS = ("auto", "dense", "scipy", "lobpcg")
@@ -312,10 +314,13 @@ def ncut(edge_index: Tensor, clusters: Tensor, edge_weight: Optional[Tensor] = N
 
     Args:
         edge_index: ``[2, E]`` edges.
-        clusters: ``[N]`` integer cluster of each node (values >= 0; unused values are skipped).
+        clusters: ``[N]`` integer cluster of each node (values >= 0, any ids: the sums run over
+            the clusters present, never over ``max(clusters) + 1`` slots).
         edge_weight: ``[E]`` weights >= 0 (default 1).
         num_nodes: ``N`` (default ``clusters.numel()``).
-        per_cluster: Return the ``[C]`` terms ``cut/vol`` (0 for unused labels) instead of the sum.
+        per_cluster: Return the ``[C]`` terms ``cut/vol`` indexed by cluster id (0 for unused
+            ids) instead of the sum; ids that would make a large, mostly empty ``C`` (e.g.
+            ``{0, 1, 10**9}``) are a ``ValueError``.
 
     Returns:
         The n-cut (float), in ``[0, number of clusters]``.
@@ -351,17 +356,22 @@ def ncut(edge_index: Tensor, clusters: Tensor, edge_weight: Optional[Tensor] = N
         raise ValueError("ncut of an empty graph (num_nodes=0) is undefined")
     w = edge_weight.double()
     row, col = edge_index
-    k = int(clusters.max()) + 1
+    if per_cluster:  # the result is indexed by cluster id: refuse a huge, mostly empty one
+        check_class_axis(clusters, int(clusters.max()) + 1, "clusters")
+    codes, ids = compact_labels(clusters)   # sums over the clusters present only
+    k = int(ids.numel())
     deg = scatter(torch.where(row == col, 2.0 * w, w), row, dim=0, dim_size=num_nodes,
                   reduce="sum")
-    vol = scatter(deg, clusters, dim=0, dim_size=k, reduce="sum")
-    cross = clusters[row] != clusters[col]
-    cut = scatter(w[cross], clusters[row[cross]], dim=0, dim_size=k, reduce="sum")
-    present = torch.bincount(clusters, minlength=k) > 0
-    empty = present & (vol <= 0)
+    vol = scatter(deg, codes, dim=0, dim_size=k, reduce="sum")
+    cross = codes[row] != codes[col]
+    cut = scatter(w[cross], codes[row[cross]], dim=0, dim_size=k, reduce="sum")
+    empty = vol <= 0
     if bool(empty.any()):
-        raise ValueError(f"clusters {empty.nonzero().flatten()[:10].tolist()} have zero volume "
-                         f"(their nodes have no edges), so the n-cut is undefined; remove isolated "
-                         f"nodes first")
-    terms = torch.where(present, cut / vol.clamp_min(1e-300), torch.zeros_like(vol))
-    return terms if per_cluster else float(terms.sum())
+        raise ValueError(f"clusters {ids[empty][:10].tolist()} have zero volume (their nodes "
+                         f"have no edges), so the n-cut is undefined; remove isolated nodes "
+                         f"first")
+    terms = cut / vol
+    if not per_cluster:
+        return float(terms.sum())
+    out = torch.zeros(int(ids[-1]) + 1, dtype=terms.dtype, device=terms.device)
+    return out.index_copy_(0, ids, terms)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .._validate import check_labels, check_positive_int
+from .._validate import check_labels, check_positive_int, compact_labels
 from ..neurons._clusterability import ClusterabilityResult
 from ..neurons._report import NeuronReport
 from ._dispatch import register_log, register_plot
@@ -24,12 +24,14 @@ def _draw_partition(data: Data, clusters: Tensor, ax: Any, max_edges: int, title
     Layers run left to right; within a layer the neurons are sorted by cluster, so a cluster shows
     as a coloured band. The ``max_edges`` heaviest edges are drawn, with opacity ∝ weight, in the
     cluster's colour when both ends share a cluster and grey otherwise; ``highlight``
-    ``[num_nodes]`` (bool) nodes are circled in black.
+    ``[num_nodes]`` (bool) nodes are circled in black. Cluster ids only name clusters: the
+    ``c``-th smallest id gets colour ``c`` (``{0, 1, 10**9}`` draws as ``{0, 1, 2}``).
     """
     import matplotlib
     from matplotlib.collections import LineCollection
     check_positive_int(max_edges, "max_edges")
-    clusters = check_labels(clusters, data.num_nodes, "clusters").cpu()
+    # ids, not sizes: the colours and the sort key run over the clusters present
+    clusters = compact_labels(check_labels(clusters, data.num_nodes, "clusters").cpu())[0]
     if highlight is not None and (not isinstance(highlight, Tensor)
                                   or highlight.shape != (data.num_nodes,)):
         raise ValueError(f"highlight must be a bool tensor [num_nodes={data.num_nodes}], got "

@@ -213,6 +213,30 @@ def test_distributed_modularity_of_a_split_graph(ranks):
         assert abs(r["split_q"] - nx_q) < 1e-9
 
 
+def test_token_rows_are_sharded_by_input_and_equal_single_process(ranks):
+    from ._tokens import TokenEncoder, token_loader
+    single = dg.extract_features(TokenEncoder().eval(), token_loader(), ["emb", "block"],
+                                 pool="tokens", per_class=6, seed=2, progress=False)
+    toks = [r["tokens"] for r in ranks]
+    ids = torch.cat([t["ids"] for t in toks])
+    assert torch.equal(ids.sort().values, torch.arange(single.n_samples))
+    order = ids.argsort()
+    for key in ("indices", "positions", "y"):
+        assert torch.equal(torch.cat([t[key] for t in toks])[order], getattr(single, key))
+    for name in single.names:  # (other batches, other padding: equal to float rounding)
+        torch.testing.assert_close(torch.cat([t["features"][name] for t in toks])[order],
+                                   single[name], rtol=1e-5, atol=1e-5)
+    inputs = single.indices.unique()                      # 18 inputs, interleaved over ranks
+    for r, t in enumerate(toks):
+        assert torch.equal(t["indices"].unique(), inputs[r::WORLD])
+        assert t["meta"]["n_samples"] == single.n_samples and t["meta"]["n_inputs"] == 18
+        assert t["meta"]["shard"]["rows"] == "tokens"
+    ref = dg.depth_profile(single, ["modularity"], graph=dg.GraphSpec(k=3, backend="matmul"),
+                           per_class=8, repeats=2, seed=1, progress=False)
+    for t in toks:
+        assert torch.allclose(t["profile"].samples, ref.samples, rtol=0, atol=1e-6)
+
+
 def test_mismatched_shapes_raise_on_every_rank(ranks):
     for r in ranks:
         assert "same number of columns" in r["mismatch_error"]
@@ -303,6 +327,14 @@ def _rank_main(out: str) -> None:
         res["spilled"] = {n: spilled[n] for n in spilled.names}
     spec = dg.GraphSpec(k=3)
     res["profile"] = dg.distributed.distributed_depth_profile(feats, graph=spec, progress=False)
+    from tests.distributed._tokens import TokenEncoder, token_loader  # (run as a script)
+    tok = dg.distributed.distributed_extract_features(
+        TokenEncoder().eval(), token_loader(), ["emb", "block"], pool="tokens", per_class=6,
+        seed=2, progress=False)
+    res["tokens"] = {"ids": D.token_ids(tok), "indices": tok.indices, "positions": tok.positions,
+                     "y": tok.y, "features": {n: tok[n] for n in tok.names}, "meta": tok.meta,
+                     "profile": dg.distributed.distributed_depth_profile(
+                         tok, graph=spec, per_class=8, repeats=2, seed=1, progress=False)}
     res["profile_rep"] = dg.distributed.distributed_depth_profile(
         feats, graph=spec, per_class=10, repeats=2, seed=1, progress=False)
     x, _ = _synthetic()

@@ -323,8 +323,10 @@ def test_bad_inputs():
         neural_collapse(X, y.float())
     with pytest.raises(ValueError, match="labels is required"):
         neural_collapse(X)
-    with pytest.raises(ValueError, match=r"classes \[2\]"):
-        neural_collapse(X[y != 2], torch.where(y[y != 2] > 2, y[y != 2], y[y != 2]))
+    with pytest.raises(ValueError, match=r"classes \[2\]"):   # C given: every class needs one
+        neural_collapse(X[y != 2], y[y != 2], num_classes=5)
+    with pytest.raises(ValueError, match="classifier weight has 5 rows but there are 4 classes"):
+        neural_collapse(X[y != 2], y[y != 2], torch.randn(5, 4))
     with pytest.raises(ValueError, match="at least 2 classes"):
         neural_collapse(X, torch.zeros(len(y), dtype=torch.long))
     with pytest.raises(ValueError, match="classifier weight"):
