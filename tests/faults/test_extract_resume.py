@@ -10,7 +10,6 @@ in the final selection of tokens, so the fault lands at the same place every tim
 import json
 import os
 import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import dyngraph as dg
 import dyngraph.capture._extract as E
 
-ROOT = Path(__file__).resolve().parents[2]
+from ._children import killed, spawn
+
 EVERY = 2  # a progress record every 2 batches
 
 
@@ -121,27 +121,8 @@ KILLS = {"known": 6,    # in the 6th of 10 batches: the record of batch 4 is the
 
 @pytest.fixture(scope="module")
 def children(tmp_path_factory):
-    """The killed runs, started together (most of a child's time is importing torch)."""
-    procs = {}
-    for scenario, step in KILLS.items():
-        folder = tmp_path_factory.mktemp(scenario)
-        procs[scenario] = (folder, subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.test_extract_resume", scenario, str(folder),
-             str(step)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    yield procs
-    for _, proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None and not proc.stderr.closed:
-            proc.stderr.close()
-
-
-def killed(children, scenario: str) -> Path:
-    folder, proc = children[scenario]
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
-    return folder
+    """The killed runs, started together."""
+    yield from spawn(tmp_path_factory, "tests.faults.test_extract_resume", KILLS)
 
 
 def record(folder: Path) -> dict:

@@ -5,10 +5,6 @@ removed by clean_spill (and only it). The child process kills itself at a fixed 
 import importlib
 import json
 import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +13,8 @@ import dyngraph as dg
 from dyngraph.capture._features import clean_spill, read_spill_marker
 
 from . import _scenarios as S
+from ._children import killed, spawn
 
-ROOT = Path(__file__).resolve().parents[2]
 runner = importlib.import_module("dyngraph.profiles._runner")
 
 
@@ -30,27 +26,8 @@ KILLS = {"profile": 5,     # while renaming the 5th checkpoint into place
 
 @pytest.fixture(scope="module")
 def children(tmp_path_factory):
-    """The three killed runs, started together (most of a child's time is importing torch)."""
-    procs = {}
-    for scenario, step in KILLS.items():
-        folder = tmp_path_factory.mktemp(scenario)
-        procs[scenario] = (folder, subprocess.Popen(
-            [sys.executable, "-m", "tests.faults._scenarios", scenario, str(folder), str(step)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    yield procs
-    for _, proc in procs.values():  # a test that failed early leaves its child to end here
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None and not proc.stderr.closed:
-            proc.stderr.close()
-
-
-def killed(children, scenario: str) -> Path:
-    folder, proc = children[scenario]
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, err[-3000:])
-    return folder
+    """The killed runs, started together."""
+    yield from spawn(tmp_path_factory, "tests.faults._scenarios", KILLS)
 
 
 def test_sigkill_while_writing_a_profile_checkpoint_then_resume_is_bitwise(children,
