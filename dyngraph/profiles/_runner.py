@@ -326,17 +326,17 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                 x = x.reshape(x.shape[0], -1)
                 if device is not None:
                     x = x.to(device)
-                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-                    bad = int((~torch.isfinite(x)).sum())
-                    raise ValueError(f"layer {name!r} holds {bad} NaN or inf values (of "
-                                     f"{x.numel()}): clean them or drop the layer before "
-                                     f"building graphs")
                 yy = yy.to(x.device)
                 g = None
                 if need_graph:
                     src = stored if graph.out_of_core and is_row_source(stored) else x
-                    g = graph.build(src, yy, layer_name=name, layer_index=li,
-                                    progress=progress and repeats == 1)
+                    try:  # (the finite check is the kNN's own, on the row norms: no extra pass)
+                        g = graph.build(src, yy, layer_name=name, layer_index=li,
+                                        progress=progress and repeats == 1)
+                    except ValueError as exc:
+                        if f"layer {name!r}" in str(exc):
+                            raise
+                        raise type(exc)(f"layer {name!r}: {exc}") from exc
                 col = 0
                 for m in ms:
                     for v in _call(m, name, x, yy, g, opts.get(m.name, {})):
