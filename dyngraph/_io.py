@@ -61,6 +61,27 @@ class CorruptFileError(ValueError):
 
 
 # ------------------------------------------------------------------------------ atomic writes
+def file_in(folder: PathLike, name: Any, suffix: str = "", what: str = "a name") -> Path:
+    """``folder / (name + suffix)`` for a ``name`` that came from a file (a report's row, an
+    index entry): only a plain file name is accepted, so no such name reaches outside ``folder``
+    (``'../x'``, ``'/etc/x'``, ``'a/b'``, ``'..'`` are refused).
+
+    Example:
+        >>> from dyngraph._io import file_in
+        >>> file_in('/out/models', 'random0', '.pt').as_posix()
+        '/out/models/random0.pt'
+        >>> file_in('/out/models', '../../x', '.pt')
+        Traceback (most recent call last):
+        ...
+        ValueError: a name '../../x' is not a plain file name: refusing a path outside '/out/models'
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or \
+            Path(name).name != name or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"{what} {name!r} is not a plain file name: refusing a path outside "
+                         f"{str(folder)!r}")
+    return Path(folder) / f"{name}{suffix}"
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_path)`` then renames the temporary file over ``path`` in one step."""
     path = Path(path)

@@ -26,6 +26,7 @@ from .._io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    file_in,
     read_json_file,
     run_environment,
     sha256_file,
@@ -318,7 +319,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                                         return_log=True)
         acc_pruned = evaluate(pruned, test_loader, dev)
         costs = cost_report(pruned, example_input, latency=False)
-        ckpt = out / "checkpoints" / f"{name}.pt"
+        ckpt = file_in(out / "checkpoints", name, ".pt", "a study row")
         gen = getattr(train_loader, "generator", None)
         if gen is not None:  # every row sees the same batch order, whatever ran before it
             gen.manual_seed(seed)
@@ -327,7 +328,8 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
                         progress=progress, desc=f"finetune {name}")
         acc_ft = evaluate(pruned, test_loader, dev)
         # weights only: the architecture is rebuilt from the model and the row's selection
-        weights = atomic_torch_save(pruned.state_dict(), out / "models" / f"{name}.pt")
+        weights = atomic_torch_save(pruned.state_dict(),
+                                    file_in(out / "models", name, ".pt", "a study row"))
         row = {"removed": removed, "n_removed": len(removed), "replaced": plog["replaced"],
                "acc_pruned": acc_pruned, "acc_finetuned": acc_ft,
                **costs, "params_reduction": 1 - costs["params"] / base["params"],
@@ -357,7 +359,7 @@ def prune_study(model: nn.Module, train_loader: Iterable[Any], test_loader: Iter
     if latency:
         models = {"baseline": model}
         for name in report["rows"]:
-            f = out / "models" / f"{name}.pt"
+            f = file_in(out / "models", name, ".pt", "a row of the saved report")
             if f.exists():
                 verify_file(f, report["rows"][name].get("weights_sha256"),
                             f"delete it and {REPORT} and rerun (every row is recomputed, "

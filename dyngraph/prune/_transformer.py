@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text
+from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_text, file_in
 from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._layers import BlockStack, block_stack
@@ -1236,7 +1236,7 @@ def transformer_prune_study(
         t0 = time.perf_counter()
         pruned = remove_blocks(net, blocks, stack=path) if blocks else copy.deepcopy(net)
         ev0 = evaluate_model(pruned)
-        ckpt = out / "checkpoints" / f"{name}.pt"
+        ckpt = file_in(out / "checkpoints", name, ".pt", "a selection of the saved report")
         hist = _heal_model(pruned, heals, mode=heal, last_k=heal_last_k, steps=heal_steps,
                            lr=heal_lr, task=task, seed=seed, device=dev, stack=path,
                            checkpoint=ckpt, progress=progress)
