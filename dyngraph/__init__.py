@@ -6,17 +6,8 @@ graph per layer, :class:`GraphSpec`) → **measures** (a registry of pure functi
 model comparison, neuron-level modularity, the Layer-Peeled Model, distributed runs and the
 bundled models and data build on it, in the subpackages of the same names.
 """
-import warnings as _warnings
-
-with _warnings.catch_warnings():
-    # PyG warns at import time about its own optional backends (torch.jit.script's deprecation,
-    # torch-cluster being ignored): nothing the user can act on, printed on every command.
-    _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                             category=FutureWarning)
-    _warnings.filterwarnings("ignore", message=r".*'torch-cluster' is no longer necessary",
-                             category=DeprecationWarning)
-    import torch_geometric  # noqa: F401
-
+# torch_geometric, matplotlib, tensorboard, scipy and transformers are imported where they are
+# first used (PyG through dyngraph._pyg), never here: tests/test_import_time.py checks it.
 from . import (
     capture,
     compare,
@@ -40,7 +31,6 @@ from .outputs import log, plot
 from .profiles import DepthProfile, LayerMatrix, depth_profile, layer_matrix
 
 __version__ = "0.2.0"
-del _warnings
 
 __all__ = [
     # the names a user types first

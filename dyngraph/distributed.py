@@ -60,11 +60,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from torch_geometric.utils import coalesce
 
 from ._io import run_environment
 from ._json import jsonable
 from ._progress import progress_counter
+from ._pyg import coalesce
 from ._validate import (
     check_choice,
     check_features,

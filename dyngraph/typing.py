@@ -1,8 +1,9 @@
 """Optional compiled extensions and shared type aliases.
 
-The compiled PyG extensions are imported here and nowhere else. A missing extension sets its
-``WITH_*`` flag to ``False``; a broken binary (for example one built against another torch) gives a
-warning instead of a failed ``import dyngraph``.
+The compiled PyG extensions are imported here and nowhere else, when a ``WITH_*`` flag (or the
+module handle) is first read: ``torch_cluster`` imports scipy, so ``import dyngraph`` does not
+import them. A missing extension sets its ``WITH_*`` flag to ``False``; a broken binary (for
+example one built against another torch) gives a warning instead of an error.
 
 Example:
     >>> import dyngraph as dg
@@ -12,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ def _try_import(name: str):
         return None
     except Exception as exc:  # a binary that does not load (ABI mismatch, missing symbol)
         warnings.warn(f"dyngraph: the optional extension '{name}' is installed but failed to load "
-                      f"({type(exc).__name__}: {exc}); continuing without it", stacklevel=2)
+                      f"({type(exc).__name__}: {exc}); continuing without it", stacklevel=3)
         return None
 
 
@@ -35,15 +36,29 @@ def _try_import(name: str):
 __all__ = ["WITH_TORCH_CLUSTER", "WITH_TORCH_SCATTER", "FeatureDict", "Device",
            "extensions_summary"]
 
-torch_cluster = _try_import("torch_cluster")
+# Declared here, set by ``__getattr__`` below on first access (the import costs scipy's).
+torch_cluster: Any
 """The ``torch_cluster`` module when it is installed and loads, else ``None``."""
-WITH_TORCH_CLUSTER: bool = torch_cluster is not None
+WITH_TORCH_CLUSTER: bool
 """Whether ``torch_cluster`` is available: only ``backend='torch_cluster'`` of the kNN needs it."""
 
-torch_scatter = _try_import("torch_scatter")
+torch_scatter: Any
 """The ``torch_scatter`` module when it is installed and loads, else ``None``."""
-WITH_TORCH_SCATTER: bool = torch_scatter is not None
+WITH_TORCH_SCATTER: bool
 """Whether ``torch_scatter`` is available (reported only: dyngraph scatters with torch)."""
+
+_FLAGS = {"torch_cluster": "WITH_TORCH_CLUSTER", "torch_scatter": "WITH_TORCH_SCATTER"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an extension when its handle or its ``WITH_*`` flag is first read."""
+    for module, flag in _FLAGS.items():
+        if name in (module, flag):
+            handle = _try_import(module)
+            globals().update({module: handle, flag: handle is not None})
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FeatureDict = Mapping[str, Tensor]
 """Features per layer: ``{layer name: Tensor [N, D]}``, rows aligned across layers."""
@@ -63,5 +78,7 @@ def extensions_summary() -> str:
         >>> ('torch-cluster=yes' in summary) == dg.typing.WITH_TORCH_CLUSTER
         True
     """
-    return (f"torch-cluster={'yes' if WITH_TORCH_CLUSTER else 'no'}, "
-            f"torch-scatter={'yes' if WITH_TORCH_SCATTER else 'no'}")
+    cluster, scatter = (globals()[f] if f in globals() else __getattr__(f)
+                        for f in ("WITH_TORCH_CLUSTER", "WITH_TORCH_SCATTER"))
+    return (f"torch-cluster={'yes' if cluster else 'no'}, "
+            f"torch-scatter={'yes' if scatter else 'no'}")

@@ -18,11 +18,11 @@ from typing import (
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
-from torch_geometric.utils import coalesce, to_undirected
 
+from .. import _pyg
 from .._io import PathLike, atomic_torch_save
 from .._progress import progress_bar
+from .._pyg import coalesce, to_undirected
 from .._threads import small_op
 from .._validate import (
     check_choice,
@@ -43,6 +43,8 @@ from ..measures._modularity import check_undirected, community_terms
 from ._knn import is_row_source, knn_edges, row_source_info
 
 if TYPE_CHECKING:
+    from torch_geometric.data import Batch, Data
+
     from ..profiles._profile import DepthProfile
 
 SYMMETRIZE = ("mean", "max", "add", "mutual")
@@ -165,8 +167,8 @@ def build_snapshot(x: Tensor, y: Optional[Tensor] = None, k: int = 3, metric: st
                       f"variance): every kNN score ties, so the graph and its modularity are "
                       f"decided by the tie rule and the order of the samples, not by the "
                       f"representation", DegenerateLayerWarning, stacklevel=2)
-    data = Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n,
-                layer_name=layer_name, layer_index=int(layer_index))
+    data = _pyg.Data(edge_index=edge_index, edge_weight=edge_weight, y=y, num_nodes=n,
+                     layer_name=layer_name, layer_index=int(layer_index))
     if keep_x:
         data.x = x
     return data
@@ -246,7 +248,7 @@ class DynamicGraph:
     def __init__(self, snapshots: Sequence[Data], meta: Optional[Dict[str, Any]] = None):
         snapshots = list(snapshots)
         for i, s in enumerate(snapshots):
-            if not isinstance(s, Data):
+            if not _pyg.is_data(s):
                 raise TypeError(f"snapshots[{i}] must be a torch_geometric.data.Data, got "
                                 f"{type(s).__name__}")
             if s.edge_index is None:
@@ -347,7 +349,7 @@ class DynamicGraph:
 
     def to_batch(self) -> Batch:
         """All snapshots as one disconnected PyG ``Batch`` (``batch`` = layer index)."""
-        return Batch.from_data_list(self.snapshots)
+        return _pyg.Batch.from_data_list(self.snapshots)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: PathLike) -> None:
@@ -362,7 +364,7 @@ class DynamicGraph:
         state = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(state, dict) or state.get("format") != "dyngraph.DynamicGraph/1":
             raise ValueError(f"{path} is not a file written by DynamicGraph.save")
-        return cls([Data.from_dict(d) for d in state["snapshots"]], state["meta"])
+        return cls([_pyg.Data.from_dict(d) for d in state["snapshots"]], state["meta"])
 
     # ------------------------------------------------------------------ metrics
     def _labels(self, communities: Optional[Sequence[Tensor]] = None) -> List[Tensor]:

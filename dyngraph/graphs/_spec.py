@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from torch import Tensor
-from torch_geometric.data import Data
 
 from .._validate import check_choice, check_flag
 from ._graph import SYMMETRIZE, build_snapshot
 from ._knn import check_knn_options
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,21 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sized
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from .._io import PathLike
 from .._json import JsonFile, jsonable
@@ -54,6 +64,9 @@ from ..capture._layers import LayerSpec, default_layers
 from ..capture._taps import LayerTaps, check_layout, check_pool, split_batch, to_device
 from ..profiles._profile import DepthProfile
 from ._registry import register
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 __all__ = [
     "CLASSIFIER_METRICS",

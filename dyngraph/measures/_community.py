@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
-from torch_geometric.utils import scatter
 
 from .._json import JsonFile, float_tensor, jsonable
+from .._pyg import scatter
 from .._validate import (
     check_choice,
     check_class_axis,
@@ -54,6 +53,8 @@ from ._modularity import _q, check_within_graphs, require_graph
 from ._registry import register
 
 if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
     from ..profiles._profile import DepthProfile
 
 #: Community detection methods. ``'leiden'``: igraph's C Leiden (modularity objective), the

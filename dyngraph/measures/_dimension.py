@@ -42,13 +42,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
 from .._validate import check_choice, check_choices, check_features, check_positive_int, layer_names
 from ..graphs._knn import BACKENDS, DEFAULT_BLOCK_ELEMENTS, BlockTopK, nearest_neighbors, sort_rows
 from ._registry import get, register
 
 if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
     from ..profiles._profile import DepthProfile
 
 __all__ = ["ESTIMATORS", "IDEstimate", "IDPhases", "BlockAnalysis", "neighbor_distances", "twonn",

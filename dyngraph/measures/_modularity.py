@@ -23,13 +23,12 @@ from __future__ import annotations
 import collections
 import math
 import weakref
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
-from torch_geometric.utils import coalesce
 
+from .._pyg import coalesce
 from .._threads import one_thread_if_small
 from .._validate import (
     check_class_axis,
@@ -43,6 +42,9 @@ from .._validate import (
     compact_labels,
 )
 from ._registry import register
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 #: Largest ``graphs × C²`` mixing matrix that :func:`community_sums` scatters into; above it, it
 #: scatters into ``graphs × C × 2`` (strength, inside) slots with one extra compare per entry.

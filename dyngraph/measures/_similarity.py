@@ -50,8 +50,8 @@ from typing import (
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import coalesce, scatter
 
+from .._pyg import coalesce, scatter
 from .._validate import (
     check_choice,
     check_edge_index,

@@ -18,11 +18,10 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_json
 from .._json import JsonFile
@@ -31,6 +30,9 @@ from .._validate import check_choice, check_flag, check_positive_int
 from ._chain import weight_chain
 from ._graph import neuron_graph
 from ._spectral import SOLVERS, ncut, spectral_partition
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 SHUFFLES = ("all", "nonzero")
 

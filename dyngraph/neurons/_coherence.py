@@ -21,11 +21,10 @@ Methods:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from .._json import JsonFile
 from .._validate import (
@@ -41,6 +40,9 @@ from ..capture._taps import LayerTaps
 from ._chain import NeuronLayer, layer_activations, weight_chain
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
 from ._stats import compare
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 METHODS = ("labels", "pixels", "feature_vis")
 # Whether a larger score means more coherent.

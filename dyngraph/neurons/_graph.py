@@ -19,13 +19,13 @@ are removed and listed in ``data.removed``.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
-from torch_geometric.utils import coalesce, scatter, subgraph
 
+from .. import _pyg
+from .._pyg import coalesce, scatter, subgraph
 from .._validate import check_choice, check_features, check_flag, check_positive_int
 from ._chain import (
     NORMS,
@@ -38,6 +38,9 @@ from ._chain import (
     spatial_shapes,
     weight_chain,
 )
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 SOURCES = ("weights", "activations")
 PAIRS = ("all", "within", "across", "adjacent")
@@ -223,13 +226,14 @@ def neuron_graph(model: nn.Module, source: str = "weights", loader=None, *,
         sl = slice(int(offsets[i]), int(offsets[i + 1]))
         removed[lay.name] = {"dead": neuron_of[sl][dead[sl]].tolist(),
                              "isolated": neuron_of[sl][isolated[sl]].tolist()}
-    return Data(edge_index=edge_index, edge_weight=edge_weight.float(), num_nodes=n_kept,
-                layer=layer_of[keep], neuron=neuron_of[keep],
-                layer_names=[lay.name for lay in chosen], layer_sizes=sizes,
-                unit_modules=[lay.unit for lay in chosen],
-                act_modules=[(lay.act if point == "post" else None) or lay.unit for lay in chosen],
-                removed=removed, n_removed=n - n_kept, source=source,
-                norm=norm if source == "weights" else None, points=points)
+    return _pyg.Data(edge_index=edge_index, edge_weight=edge_weight.float(), num_nodes=n_kept,
+                     layer=layer_of[keep], neuron=neuron_of[keep],
+                     layer_names=[lay.name for lay in chosen], layer_sizes=sizes,
+                     unit_modules=[lay.unit for lay in chosen],
+                     act_modules=[(lay.act if point == "post" else None) or lay.unit
+                                  for lay in chosen],
+                     removed=removed, n_removed=n - n_kept, source=source,
+                     norm=norm if source == "weights" else None, points=points)
 
 
 def _weight_edges(chain: List[NeuronLayer], pos: List[int], offsets: Tensor, norm: str,

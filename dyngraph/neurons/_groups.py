@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
+from .. import _pyg
 from .._progress import progress_bar
 from .._validate import check_flag, check_labels, check_positive_int, check_tensor
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 _REQUIRED = ("layer", "neuron", "layer_names", "unit_modules", "act_modules")
 MIN_RANDOM = 19
@@ -52,7 +55,7 @@ class NeuronGroup:
 
 def check_neuron_data(data: Any, name: str = "data") -> Data:
     """``data`` itself when it is a neuron graph from :func:`dyngraph.neurons.neuron_graph`."""
-    if not isinstance(data, Data):
+    if not _pyg.is_data(data):
         raise TypeError(f"{name} must be the torch_geometric Data returned by "
                         f"dg.neurons.neuron_graph, got {type(data).__name__}")
     missing = [a for a in _REQUIRED if getattr(data, a, None) is None]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from .._json import JsonFile
 from .._validate import check_labels, check_positive_int, compact_labels, model_device
@@ -30,6 +29,9 @@ from ..capture._taps import split_batch as _split_batch
 from ..capture._taps import to_device as _to
 from ._groups import NeuronGroup, group_row, groups_to_test, layer_masks
 from ._stats import compare
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 class _Lesion:

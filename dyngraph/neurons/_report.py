@@ -7,11 +7,10 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from .._io import PathLike, atomic_write_text
 from .._json import JsonFile
@@ -22,6 +21,9 @@ from ._graph import SOURCES
 from ._groups import MIN_RANDOM, group_row, neuron_groups
 from ._importance import ImportanceResult, lesion_importance
 from ._spectral import SOLVERS
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 _SKIP_CSV = ("neurons", "class_drops")
 

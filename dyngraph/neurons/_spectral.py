@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
-from torch_geometric.utils import coalesce, scatter
 
+from .. import _pyg
+from .._pyg import coalesce, scatter
 from .._validate import (
     check_choice,
     check_class_axis,
@@ -42,6 +42,9 @@ from .._validate import (
     compact_labels,
 )
 
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
 SOLVERS = ("auto", "dense", "scipy", "lobpcg")
 DENSE_LIMIT = 3000
 
@@ -49,7 +52,7 @@ DENSE_LIMIT = 3000
 # ----------------------------------------------------------------------------- inputs
 def _graph_arrays(data) -> Tuple[Tensor, Tensor, int]:
     """``(edge_index, edge_weight float64, num_nodes)`` of a ``Data`` or a square adjacency."""
-    if isinstance(data, Data):
+    if _pyg.is_data(data):
         if data.edge_index is None:
             raise ValueError("data has no edge_index")
         ei = check_edge_index(data.edge_index, "data.edge_index")

@@ -4,17 +4,19 @@ drawn as the spectral partition of their neuron graph."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
 
 from .._validate import check_labels, check_positive_int, compact_labels
 from ..neurons._clusterability import ClusterabilityResult
 from ..neurons._report import NeuronReport
 from ._dispatch import register_log, register_plot
 from ._plot import new_figure
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 def _draw_partition(data: Data, clusters: Tensor, ax: Any, max_edges: int, title: str,
