@@ -424,8 +424,39 @@ def require_graph(graph: Optional[Data], name: str) -> Data:
     return graph
 
 
+#: Edge slots (permutations × edges) per scatter pass of the batched modularity null.
+NULL_SLOTS = 1 << 22
+
+
+def _modularity_null(x: Tensor, ys: Tensor, graph: Optional[Data], resolution: float = 1.0
+                     ) -> Tensor:
+    """Q of the layer's graph under each row of ``ys`` ``[P, N]`` (permuted labels), float64
+    ``[P]``: the permutations are graphs of one batch that share the edges, so a chunk of them is
+    one scatter pass; every value equals :func:`_modularity` on that row, bit for bit (the same
+    per-slot sums, in the same order)."""
+    g = require_graph(graph, "modularity")
+    n = int(g.num_nodes)
+    if ys.dim() != 2 or ys.shape[1] != n:
+        raise ValueError(f"ys must be [P, {n}] permuted labels, got {tuple(ys.shape)}")
+    codes = compact_labels(check_labels(ys.reshape(-1), ys.numel(), "y"))[0].view_as(ys)
+    ei, w = g.edge_index, g.edge_weight
+    n_edges = int(ei.shape[1])
+    chunk = max(1, NULL_SLOTS // max(n_edges, 1))
+    out = []
+    for s in range(0, ys.shape[0], chunk):
+        yb = codes[s:s + chunk]
+        p = int(yb.shape[0])
+        steps = torch.arange(p, device=ei.device)
+        eib = ei.repeat(1, p) + (steps * n).repeat_interleave(n_edges)
+        batch = steps.repeat_interleave(n)
+        contrib = _contributions(eib, yb.reshape(-1), w.repeat(p), p * n, batch, resolution,
+                                 check=False)
+        out.append(contrib.sum(-1))
+    return torch.cat(out).to(torch.float64)
+
+
 @register("modularity", graph=True, description="Newman modularity Q of the kNN graph, the "
-          "classes as communities (Lu et al. 2022)")
+          "classes as communities (Lu et al. 2022)", null=_modularity_null)
 def _modularity(x: Tensor, y: Tensor, graph: Optional[Data], resolution: float = 1.0) -> float:
     g = require_graph(graph, "modularity")
     y = compact_labels(check_labels(y, int(g.num_nodes), "y"))[0]  # (0..C-1 kept as they are)

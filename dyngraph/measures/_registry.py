@@ -38,6 +38,10 @@ class Measure:
         prepare: For a pair measure, ``prepare(x, y) -> state`` (default: ``x`` itself).
         distance: For a pair measure, ``True`` when smaller means more similar.
         description: One line for :func:`describe`.
+        null: Optional batched form for label-permutation nulls: ``null(x, ys, graph, **opts)``
+            with ``ys`` ``[P, N]`` (one permutation of the labels per row) returns ``[P]`` or
+            ``[P, outputs]``, equal to ``fn`` on each row; the runner calls it instead of ``P``
+            separate calls.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Measure:
     prepare: Optional[Callable[[Tensor, Optional[Tensor]], Any]] = None
     distance: bool = False
     description: str = ""
+    null: Optional[Callable[..., Any]] = None
 
     @property
     def metrics(self) -> Tuple[str, ...]:
@@ -71,7 +76,8 @@ def _check_name(name: object, what: str = "name") -> str:
 def register(name: str, *, kind: str = "layer", graph: bool = True, labels: bool = True,
              outputs: Optional[Tuple[str, ...]] = None,
              prepare: Optional[Callable[[Tensor, Optional[Tensor]], Any]] = None,
-             distance: bool = False, description: str = "", overwrite: bool = False
+             distance: bool = False, description: str = "", overwrite: bool = False,
+             null: Optional[Callable[..., Any]] = None
              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator that adds a measure to the registry, so that it works in
     :func:`~dyngraph.depth_profile` (layer measures) or :func:`~dyngraph.layer_matrix` (pair
@@ -88,6 +94,8 @@ def register(name: str, *, kind: str = "layer", graph: bool = True, labels: bool
         distance: Pair measures: smaller values mean more similar.
         description: One line shown by :func:`describe`.
         overwrite: Replace a measure of the same name instead of raising.
+        null: Layer measures that read the labels: a batched form of ``fn`` for the
+            label-permutation null (see :class:`Measure`).
 
     Returns:
         The decorator; it returns ``fn`` unchanged.
@@ -117,6 +125,9 @@ def register(name: str, *, kind: str = "layer", graph: bool = True, labels: bool
         outs = tuple(_check_name(o, "output name") for o in outputs)
     if prepare is not None and (kind != "pair" or not callable(prepare)):
         raise ValueError("prepare= is a callable, and only for kind='pair' measures")
+    if null is not None and (kind != "layer" or not labels or not callable(null)):
+        raise ValueError("null= is a callable, and only for kind='layer' measures that read "
+                         "the labels")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
@@ -125,7 +136,8 @@ def register(name: str, *, kind: str = "layer", graph: bool = True, labels: bool
             raise ValueError(f"a measure named {name!r} is already registered; pass "
                              f"overwrite=True to replace it")
         _REGISTRY[name] = Measure(name, fn, kind, graph if kind == "layer" else False, labels,
-                                  outs, prepare, distance, description or _first_line(fn))
+                                  outs, prepare, distance, description or _first_line(fn),
+                                  null)
         return fn
     return deco
 

@@ -175,6 +175,17 @@ def _call(m: Measure, layer: str, x: Tensor, y: Tensor, g: Any, opts: Dict[str, 
         raise type(exc)(f"layer {layer!r}, measure {m.name!r}: {exc}") from exc
 
 
+def _call_null(m: Measure, layer: str, x: Tensor, ys: Tensor, g: Any, opts: Dict[str, Any]
+               ) -> Tensor:
+    """A measure's batched null ``[P, outputs]``; its errors name the layer and the measure."""
+    assert m.null is not None
+    try:
+        v = torch.as_tensor(m.null(x, ys, g, **opts), dtype=torch.float64).cpu()
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"layer {layer!r}, measure {m.name!r}: {exc}") from exc
+    return v.reshape(ys.shape[0], len(m.metrics))
+
+
 def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modularity",), *,
                   y: Optional[Tensor] = None, graph: Optional[GraphSpec] = None,
                   repeats: int = 1, per_class: Optional[int] = None,
@@ -343,6 +354,11 @@ def depth_profile(features: Any, measures: Union[str, Sequence[str]] = ("modular
                         out[r, li, col] = v
                         col += 1
                 for m in null_ms:  # [P, outputs] per measure, stats once the repeat is done
+                    if m.null is not None:  # the measure's batched form: one pass, same values
+                        ys = torch.stack([yy[p] for p in perms])
+                        nulls[m.name][:, li] = _call_null(m, name, x, ys, g,
+                                                          opts.get(m.name, {}))
+                        continue
                     nulls[m.name][:, li] = torch.tensor(
                         [_call(m, name, x, yy[p], g, opts.get(m.name, {})) for p in perms],
                         dtype=torch.float64)
