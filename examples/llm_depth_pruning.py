@@ -13,7 +13,8 @@
    criterion (Block Influence, angular distance, reverse order, random x3, adjacent CKA,
    modularity with the source labels) at 25% and 50% of the blocks, each pruned model healed
    the same way (the last blocks and the head, "partial-layer"), perplexity on the held-out
-   documents before and after healing, parameters, FLOPs and latency.
+   documents before and after healing, parameters, FLOPs and latency; ``perplexity.png`` draws
+   every row's perplexity before and after healing.
 
 Run:  python examples/llm_depth_pruning.py [--out runs/llm_pruning] [--quick]
       python examples/llm_depth_pruning.py --model-dir /path/to/llama --device cuda \
@@ -123,6 +124,52 @@ def balanced(texts, labels, per_class: int, seed: int = 0):
     return out_t, out_y
 
 
+def figure(report, path: Path) -> None:
+    """Every row's held-out perplexity straight after pruning (red) and after healing (blue), one
+    panel per fraction; the unpruned model and the control (the unpruned model healed alike) as
+    vertical lines."""
+    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
+
+    from dyngraph.outputs import new_figure, save_figure
+    cfg, rows = report["config"], report["rows"]
+    per = max(sum(r.get("fraction") == f for r in rows.values()) for f in cfg["fractions"])
+    fig, axes = new_figure((7.0, 0.8 + len(cfg["fractions"]) * (0.6 + 0.25 * per)),
+                           nrows=len(cfg["fractions"]))
+    axes = list(getattr(axes, "flat", [axes]))
+    for ax, f, n in zip(axes, cfg["fractions"], cfg["budgets"]):
+        names = [k for k, r in rows.items() if r.get("fraction") == f]
+        for y, k in enumerate(names):
+            a, b = rows[k]["perplexity_pruned"], rows[k]["perplexity_healed"]
+            ax.plot([a, b], [y, y], color="0.6", lw=1, zorder=1)
+            ax.scatter([a], [y], color="tab:red", s=18, zorder=2,
+                       label="after pruning" if y == 0 else None)
+            ax.scatter([b], [y], color="tab:blue", s=18, zorder=2,
+                       label="after healing" if y == 0 else None)
+        ax.set_yticks(range(len(names)), [k.rsplit("@", 1)[0] for k in names], fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.axvline(report["baseline"]["perplexity"], color="k", lw=1, label="unpruned")
+        if "control" in rows:
+            ax.axvline(rows["control"]["perplexity_healed"], color="k", lw=1, ls="--",
+                       label="unpruned, healed alike")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"{n} of {cfg['blocks']} blocks removed", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    lo = min(min(r.get("perplexity_healed") or 1e9, r.get("perplexity_pruned") or 1e9)
+             for r in rows.values())
+    hi = max(max(r.get("perplexity_healed") or 0, r.get("perplexity_pruned") or 0)
+             for r in rows.values())
+    for ax in axes:
+        ax.set_xlim(lo / 1.08, hi * 1.08)
+    axes[-1].set_xlabel("held-out perplexity (log scale; lower is better)")
+    axes[0].legend(fontsize=7, loc="center")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/llm_pruning")
@@ -195,6 +242,8 @@ def main() -> None:
         dtype=getattr(torch, args.dtype) if args.dtype else None, progress=False)
     print(report["table"])
     print(json.dumps(report["summary"], indent=1))
+    figure(report, out / "perplexity.png")
+    print(f"wrote {out / 'study'} and {out / 'perplexity.png'}")
 
 
 if __name__ == "__main__":
