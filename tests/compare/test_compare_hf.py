@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import dyngraph as dg
+from tests._padding import pad_batch
 
 transformers = pytest.importorskip("transformers")
 compare = dg.compare.compare_models
@@ -85,13 +86,7 @@ class Texts(Dataset):
 
 def encode(items):
     """A ``BatchEncoding`` padded to the batch's longest text, with a ``'label'`` key."""
-    t = max(len(s) for s, _ in items)
-    ids = torch.zeros(len(items), t, dtype=torch.long)
-    mask = torch.zeros(len(items), t, dtype=torch.long)
-    for i, (s, _) in enumerate(items):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
-    return transformers.BatchEncoding({"input_ids": ids, "attention_mask": mask,
-                                       "label": torch.tensor([y for _, y in items])})
+    return transformers.BatchEncoding(pad_batch(items, "label"))
 
 
 def perturbed(model, blocks, scale, seed=1):

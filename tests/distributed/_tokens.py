@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tests._padding import pad_batch
+
 
 class TokenEncoder(nn.Module):
     """Embedding and one batch-first transformer layer that ignores the padded keys."""
@@ -40,13 +42,7 @@ class TokenTexts(Dataset):
 
 def pad_collate(items):
     """A Hugging Face-style dict batch, padded to its own longest sequence."""
-    t = max(len(s) for s, _ in items)
-    ids = torch.zeros(len(items), t, dtype=torch.long)
-    mask = torch.zeros(len(items), t, dtype=torch.long)
-    for i, (s, _) in enumerate(items):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
-    return {"input_ids": ids, "attention_mask": mask,
-            "labels": torch.tensor([y for _, y in items])}
+    return pad_batch(items)
 
 
 def token_loader(batch_size=4):

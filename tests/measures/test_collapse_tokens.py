@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import dyngraph as dg
+from tests._padding import pad_batch
 
 scipy_linalg = pytest.importorskip("scipy.sparse.linalg")
 from scipy.spatial.distance import cdist  # noqa: E402
@@ -82,13 +83,7 @@ class Sentences(Dataset):
 
 def collate(items):
     """A Hugging Face-style dict batch padded to its longest sequence."""
-    t = max(len(s) for s, _ in items)
-    ids = torch.zeros(len(items), t, dtype=torch.long)
-    mask = torch.zeros(len(items), t, dtype=torch.long)
-    for i, (s, _) in enumerate(items):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
-    return {"input_ids": ids, "attention_mask": mask,
-            "labels": torch.tensor([y for _, y in items])}
+    return pad_batch(items)
 
 
 def loader_of(values=(0, 1, 2)):
