@@ -195,7 +195,26 @@ def _all_reduce(t: Tensor, group: Group, op: str = "SUM") -> Tensor:
 
 def shard_ids(meta: Mapping) -> Optional[Tensor]:
     """Global row ids of a shard made by :func:`distributed_extract_features` (``None`` when
-    ``meta`` has no shard record): rank ``r`` of ``W`` holds positions ``r, r+W, r+2W, ...``."""
+    ``meta`` has no shard record): rank ``r`` of ``W`` holds positions ``r, r+W, r+2W, ...``.
+
+    Args:
+        meta: A :class:`~dyngraph.LayerFeatures`' ``.meta``; its ``'shard'`` entry is
+            ``{'rank', 'world_size', 'n_global'}``.
+
+    Returns:
+        ``[n_local]`` long ids ``r, r+W, ... < n_global``, or ``None``.
+
+    Raises:
+        ValueError: for a malformed record, or a shard of token rows (``pool='tokens'``: use
+            :func:`token_ids`).
+
+    Example:
+        >>> import dyngraph as dg
+        >>> dg.distributed.shard_ids({'shard': {'rank': 1, 'world_size': 3, 'n_global': 10}})
+        tensor([1, 4, 7])
+        >>> dg.distributed.shard_ids({}) is None
+        True
+    """
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a dict (a LayerFeatures' .meta), got "
                         f"{type(meta).__name__}")

@@ -68,7 +68,25 @@ def _is_block(mod: nn.Module) -> bool:
 
 def residual_blocks(model: nn.Module) -> List[str]:
     """Names of residual blocks: block-like modules that sit directly in an ``nn.Sequential`` stage
-    (torchvision ResNets, CIFAR ResNet20/56/110, and user classes built the same way)."""
+    (torchvision ResNets, CIFAR ResNet20/56/110, and user classes built the same way).
+
+    A block is a module with children, a conv or linear layer inside, and a block-like class name
+    (containing ``block``, ``bottleneck``, ``residual`` or ``resunit``) or a ``downsample``,
+    ``shortcut``, ``skip`` or ``residual`` attribute. Only the outermost blocks are listed.
+
+    Args:
+        model: Any ``nn.Module``.
+
+    Returns:
+        Dotted module names in registration order (``[]`` when there are none), usable in
+        ``extract_features(layers=...)`` and ``dg.prune.prune_layers``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> blocks = dg.capture.residual_blocks(dg.zoo.resnet20())
+        >>> len(blocks), blocks[:2], blocks[-1]
+        (9, ['layer1.0', 'layer1.1'], 'layer3.2')
+    """
     blocks = []
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Sequential, nn.ModuleList)):

@@ -53,7 +53,22 @@ SYMMETRIZE = ("mean", "max", "add", "mutual")
 class DegenerateLayerWarning(UserWarning):
     """A layer whose rows are all identical (zero variance; for cosine, all parallel): every kNN
     score ties, so its graph, and any modularity of it, is decided by the tie rule and the order
-    of the samples rather than by the representation."""
+    of the samples rather than by the representation.
+
+    Issued by :func:`build_snapshot` (and so by every graph and profile built from features); the
+    graph is still returned. Filter it with :mod:`warnings` (``'error'`` to stop at such a layer,
+    ``'ignore'`` to silence it). Also exported as ``dyngraph.errors.DegenerateLayerWarning``.
+
+    Example:
+        >>> import warnings, torch, dyngraph as dg
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter('always')
+        ...     g = dg.graphs.build_snapshot(torch.ones(6, 4), torch.arange(6) % 2, k=2)
+        >>> [w.category.__name__ for w in caught], g.num_nodes
+        (['DegenerateLayerWarning'], 6)
+        >>> issubclass(dg.errors.DegenerateLayerWarning, UserWarning)
+        True
+    """
 
 
 @small_op(lambda edge_index, *a, **k: int(getattr(edge_index, "shape", (0, 0))[-1]))

@@ -121,6 +121,26 @@ class CollapseConventions:
         nc4_bias: The classifier's prediction in NC4 includes its bias (paper: the network's
             output).
         center_classifier: Subtract the mean classifier row before NC2/NC3 (paper: no).
+
+    Defaults: ``global_mean='samples'``, ``within='samples'``, ``ddof=0``,
+    ``nc1_over_classes=True``, ``sb_rank=None``, ``rtol=None``, ``std_ddof=1``,
+    ``nc3_squared=True``, ``nc4_bias=True``, ``center_classifier=False``
+    (:data:`PAPYAN_CONVENTIONS`). Pass one as ``conventions=`` to :func:`neural_collapse` (and its
+    stream and model forms), or give single fields there as keywords.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> cv = dg.measures.CollapseConventions(within='classes', ddof=1)
+        >>> cv.within, cv.ddof, cv.sb_rank, cv == dg.measures.PAPYAN_CONVENTIONS
+        ('classes', 1, None, False)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.tensor([0] * 30 + [1] * 10 + [2] * 20)            # unbalanced classes
+        >>> x = dg.measures.simplex_etf(3, dim=4)[y].float() + 0.3 * torch.randn(60, 4, generator=g)
+        >>> paper = dg.measures.neural_collapse(x, y)['nc1']
+        >>> mine = dg.measures.neural_collapse(x, y, conventions=cv)['nc1']
+        >>> same = dg.measures.neural_collapse(x, y, within='classes', ddof=1)['nc1']
+        >>> mine == same, mine != paper
+        (True, True)
     """
 
     global_mean: str = "samples"

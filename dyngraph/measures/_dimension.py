@@ -97,14 +97,29 @@ class IDEstimate:
 
     ``float(estimate)`` gives the dimension.
 
+    Returned by :func:`twonn` and :func:`mle_id` with ``return_details=True``.
+
     Attributes:
         dimension: The estimate.
         estimator: ``'twonn'``, ``'twonn_mle'``, ``'mle'``, ...
         n_points: Rows given.
         n_used: Points that entered the estimate (after dropping).
-        dropped: ``{'duplicates': …, 'ties': …, 'degenerate': …}`` counts of dropped points.
-        fit: Estimator internals: for TwoNN ``log_mu`` and ``neg_log_survival`` (the points of the
-            fit, ``[n_fit]``); for MLE the ``local`` estimates ``[n_used]``.
+        dropped: ``{'duplicates': …, 'ties': …, 'degenerate': …}`` counts of dropped points
+            (default ``{}``).
+        fit: Estimator internals (default ``{}``): for TwoNN ``log_mu`` and ``neg_log_survival``
+            (the points of the fit, ``[n_fit]``); for MLE the ``local`` estimates ``[n_used]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.rand(500, 2, generator=g, dtype=torch.float64) @ torch.randn(
+        ...     2, 10, generator=g, dtype=torch.float64)
+        >>> x = torch.cat([x, x[:5]])     # 5 points twice: r1 = 0 for 10, r1 = r2 for a few more
+        >>> e = dg.measures.twonn(x, return_details=True)
+        >>> e.estimator, e.n_points, e.n_used, e.dropped, round(float(e), 1)
+        ('twonn', 505, 490, {'duplicates': 10, 'ties': 5}, 2.0)
+        >>> e.fit['log_mu'].shape           # the largest 10% of the 490 ratios are discarded
+        torch.Size([441])
     """
 
     dimension: float
@@ -738,12 +753,23 @@ class BlockAnalysis:
     """Estimates on disjoint blocks of decreasing size (Facco et al.'s decimation test); drawn by
     :func:`dyngraph.plot` (ID against block size) and logged by :func:`dyngraph.log`.
 
+    Returned by :func:`block_analysis`; one *level* per entry of its ``n_blocks``.
+
     Attributes:
         estimator: The estimator.
         n_blocks: Number of blocks per level ``[L]``.
         block_size: Points per block ``[L]``.
         mean, std: Mean and std over the blocks of each level ``[L]`` (std 0 for one block).
-        samples: Each level's per-block estimates.
+        samples: Each level's per-block estimates (``samples[l]`` has ``n_blocks[l]`` floats).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.rand(400, 3, generator=torch.Generator().manual_seed(0))
+        >>> b = dg.measures.block_analysis(x, n_blocks=(1, 2, 4))
+        >>> b.estimator, b.n_blocks, b.block_size, [len(s) for s in b.samples]
+        ('twonn', [1, 2, 4], [400, 200, 100], [1, 2, 4])
+        >>> round(b.mean[0]), b.std[0], abs(b.relative_change()) < 0.5
+        (3, 0.0, True)
     """
 
     estimator: str
@@ -895,6 +921,17 @@ class IDPhases:
             curve has repeats, ``n_sigma`` combined standard deviations.
         estimator: The metric the phases were read from.
         profile: That metric's one-metric :class:`~dyngraph.DepthProfile`.
+
+    Returned by :func:`id_phases`.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> p = dg.DepthProfile(['in', 'c1', 'c2', 'fc'], 'twonn', torch.tensor([4., 9., 7., 3.]))
+        >>> ph = dg.measures.id_phases(p)
+        >>> ph.shape, ph.peak_layer, ph.peak_value, ph.rise, ph.fall, ph.compression
+        ('hunchback', 'c1', 9.0, 5.0, 6.0, ['c1', 'c2', 'fc'])
+        >>> ph.summary().split('; ')[0]
+        "hunchback: peak 9.00 at 'c1' (layer 1)"
     """
 
     layers: List[str]

@@ -42,6 +42,18 @@ class Measure:
             with ``ys`` ``[P, N]`` (one permutation of the labels per row) returns ``[P]`` or
             ``[P, outputs]``, equal to ``fn`` on each row; the runner calls it instead of ``P``
             separate calls.
+
+    Defaults: ``kind='layer'``, ``graph=False``, ``labels=True``, ``outputs=()``,
+    ``prepare=None``, ``distance=False``, ``description=''``, ``null=None``. Made by
+    :func:`register` (whose own defaults differ: ``graph=True``) and read back with :func:`get`.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> m = dg.measures.get('modularity')
+        >>> m.name, m.kind, m.graph, m.labels, m.metrics
+        ('modularity', 'layer', True, True, ('modularity',))
+        >>> dg.measures.get('cka').kind, dg.measures.get('cka').distance
+        ('pair', False)
     """
 
     name: str
@@ -148,13 +160,51 @@ def _first_line(fn: Callable[..., Any]) -> str:
 
 
 def unregister(name: str) -> None:
-    """Removes a measure (a user's own, typically)."""
+    """Removes a measure (a user's own, typically).
+
+    Args:
+        name: A registered name.
+
+    Raises:
+        ValueError: when no measure has that name.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> @dg.measures.register('row_count', graph=False, labels=False, overwrite=True)
+        ... def row_count(x, y, graph):
+        ...     return float(x.shape[0])
+        >>> 'row_count' in dg.measures.available()
+        True
+        >>> dg.measures.unregister('row_count')
+        >>> 'row_count' in dg.measures.available()
+        False
+    """
     get(name)
     del _REGISTRY[name]
 
 
 def get(name: str, kind: Optional[str] = None) -> Measure:
-    """The registered :class:`Measure` named ``name`` (close matches in the error otherwise)."""
+    """The registered :class:`Measure` named ``name`` (close matches in the error otherwise).
+
+    Args:
+        name: A registered name (:func:`available` lists them).
+        kind: ``None`` (default: any) or ``'layer'`` / ``'pair'``: the measure must be of that
+            kind.
+
+    Raises:
+        ValueError: for an unknown name, or one of another ``kind``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> m = dg.measures.get('twonn', kind='layer')
+        >>> m.name, m.kind, m.labels
+        ('twonn', 'layer', False)
+        >>> try:
+        ...     dg.measures.get('modularty')
+        ... except ValueError as err:
+        ...     print(err)
+        unknown measure 'modularty'. Did you mean ['modularity', ...]? ...
+    """
     if not isinstance(name, str):
         raise TypeError(f"measure names are strings, got {type(name).__name__}: {name!r}")
     m = _REGISTRY.get(name)
@@ -185,7 +235,22 @@ def available(kind: Optional[str] = None) -> List[str]:
 
 
 def describe(kind: Optional[str] = None) -> Dict[str, str]:
-    """``{name: one-line description}`` of the registered measures."""
+    """``{name: one-line description}`` of the registered measures.
+
+    Args:
+        kind: ``None`` (default: every measure), ``'layer'`` or ``'pair'``.
+
+    Returns:
+        One entry per name of :func:`available`, sorted by name.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> d = dg.measures.describe('pair')
+        >>> list(d) == dg.measures.available('pair'), all(isinstance(v, str) for v in d.values())
+        (True, True)
+        >>> 'cka' in d, 'modularity' in d
+        (True, False)
+    """
     return {n: _REGISTRY[n].description for n in available(kind)}
 
 

@@ -47,11 +47,24 @@ class ClusterabilityResult(JsonFile):
         p_value: ``(r + 1) / (n + 1)`` with ``r = #{shuffled <= ncut}``.
         z_score: ``(ncut − mean(shuffled)) / std(shuffled)``; ``±inf`` when the shuffles all
             give one value different from ``ncut``, ``0`` when it is the same.
+        n_clusters: Clusters of the partition.
         clusters: ``[num_nodes]`` the network's partition.
         graph: The network's neuron graph.
+        meta: Settings (default ``{}``).
 
-    ``dg.plot(result)`` draws the partition on the layer graph; ``dg.log(writer, result)`` logs
-    the n-cut, the shuffle statistics and the figure.
+    Returned by :func:`clusterability`. ``dg.plot(result)`` draws the partition on the layer graph;
+    ``dg.log(writer, result)`` logs the n-cut, the shuffle statistics and the figure.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+        ...                   nn.Linear(6, 2))
+        >>> r = dg.neurons.clusterability(m, n_clusters=2, n_shuffles=4, progress=False)
+        >>> r.shuffled.shape, r.clusters.shape, r.n_clusters, r.graph.num_nodes  # 6 + 6 hidden
+        (torch.Size([4]), torch.Size([12]), 2, 12)
+        >>> r.p_value == (int((r.shuffled <= r.ncut).sum()) + 1) / 5
+        True
     """
 
     ncut: float

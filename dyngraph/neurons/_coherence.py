@@ -108,8 +108,28 @@ class CoherenceResult(JsonFile):
         groups: One row per group: layer, cluster, size, layer_size, and for each method ``m``:
             ``m_score``, ``m_random_mean``, ``m_percentile`` (high = more coherent than random),
             ``m_p_value``, ``m_q_value``, ``m_coherent``; plus ``coherent`` (any method).
+        methods: The methods run (``'labels'``, ``'pixels'``, ``'feature_vis'``).
         fisher_p: ``{method: Fisher's combined p over the groups}``.
+        n_random: ``n``, random groups per group.
+        alpha: The q-value threshold of ``coherent``.
         scores, random_scores: ``{method: [G]}`` and ``{method: [G, n]}``.
+        meta: Settings (default ``{}``).
+
+    Returned by :func:`coherence` (and kept in :attr:`NeuronReport.coherence`).
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> dl = DataLoader(TensorDataset(torch.randn(40, 4), torch.arange(40) % 2), batch_size=20)
+        >>> g = dg.neurons.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.neurons.coherence(m, g, torch.arange(10) % 2, dl, methods=['labels'],
+        ...                          n_random=19, top_k=5, progress=False)
+        >>> len(r.groups), r.groups[0]['size'], r.scores['labels'].shape
+        (2, 4, torch.Size([2]))
+        >>> r.random_scores['labels'].shape, r.n_coherent() == r.summary()['n_coherent']
+        (torch.Size([2, 19]), True)
     """
 
     groups: List[Dict[str, Any]]

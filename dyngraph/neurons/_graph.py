@@ -69,7 +69,20 @@ def spearman_matrix(x: Tensor) -> Tensor:
 
 
 def rank_average(x: Tensor) -> Tensor:
-    """1-based ranks of each column of ``x`` ``[N, D]``, ties given their average rank (float64)."""
+    """1-based ranks of each column of ``x`` ``[N, D]``, ties given their average rank (float64).
+
+    Args:
+        x: ``[N, D]``.
+
+    Returns:
+        ``[N, D]`` float64 ranks in ``[1, N]`` (``scipy.stats.rankdata(x, axis=0)``).
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> x = torch.tensor([[10., 1.], [20., 1.], [20., 5.], [5., 1.]])
+        >>> dg.neurons.rank_average(x).tolist()
+        [[2.0, 2.0], [3.5, 2.0], [3.5, 4.0], [1.0, 2.0]]
+    """
     n, d = x.shape
     sv, si = x.sort(dim=0, stable=True)
     new = torch.ones_like(sv, dtype=torch.bool)

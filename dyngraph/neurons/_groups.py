@@ -29,6 +29,21 @@ class NeuronGroup:
         neurons: ``[s]`` indices of the group's neurons within the layer (the model's own order).
         nodes: ``[s]`` node ids in the graph.
         pool: ``[m]`` neurons of the layer present in the graph, from which random groups are drawn.
+        extra: Free-form annotations (default ``{}``).
+
+    Made by :func:`neuron_groups`; ``size`` is ``s``.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> g = dg.neurons.neuron_graph(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4),
+        ...                                           nn.ReLU(), nn.Linear(4, 2)))
+        >>> grp = dg.neurons.neuron_groups(g, torch.tensor([0, 0, 1, 1] * 2))[0]
+        >>> grp
+        NeuronGroup(layer='0', cluster=0, size=2, layer_size=4)
+        >>> grp.neurons.tolist(), grp.pool.tolist()
+        ([0, 1], [0, 1, 2, 3])
+        >>> grp.random_groups(5, torch.Generator().manual_seed(0)).shape
+        torch.Size([5, 2])
     """
 
     layer: str

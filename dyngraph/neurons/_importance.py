@@ -217,8 +217,27 @@ class ImportanceResult(JsonFile):
             classes present in the data (their labels, sorted, in ``meta['classes']``).
         fisher_p: Fisher's combination of the groups' p-values (overall drop).
         fisher_p_class: The same for the largest per-class drop.
+        n_random: ``n``, random groups per group.
+        alpha: The q-value threshold of ``important``.
         drops: ``[G]``; random_drops ``[G, n]``; class_drops ``[G, K]``; random_class_drops
             ``[G, n, K]``.
+        meta: Settings (default ``{}``).
+
+    Returned by :func:`lesion_importance` (and kept in :attr:`NeuronReport.importance`).
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> dl = DataLoader(TensorDataset(torch.randn(40, 4), torch.arange(40) % 2), batch_size=20)
+        >>> g = dg.neurons.neuron_graph(m, include_output=True)     # 8 hidden + 2 output neurons
+        >>> r = dg.neurons.lesion_importance(m, g, torch.arange(10) % 2, dl, n_random=19,
+        ...                                  progress=False)
+        >>> r.drops.shape, r.random_drops.shape, r.class_drops.shape, len(r.base_class_accuracy)
+        (torch.Size([2]), torch.Size([2, 19]), torch.Size([2, 2]), 2)
+        >>> r.n_important == r.summary()['n_important']
+        True
     """
 
     groups: List[Dict[str, Any]]

@@ -40,6 +40,23 @@ class NeuronReport(JsonFile):
         importance: The lesion test, or ``None``.
         coherence: The coherence test, or ``None``.
         meta: Settings, model info, timings.
+
+    Returned by :func:`neuron_report`; ``dg.plot(report)`` and ``dg.log(writer, report)`` draw and
+    log it.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> _ = torch.manual_seed(0)
+        >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+        ...                   nn.Linear(8, 2))
+        >>> dl = DataLoader(TensorDataset(torch.randn(40, 4), torch.arange(40) % 2), batch_size=20)
+        >>> r = dg.neurons.neuron_report(m, dl, n_clusters=2, n_shuffles=2, n_random=19, top_k=5,
+        ...                              progress=False)
+        >>> r.clusters.shape, r.clusterability.shuffled.shape, r.importance is not None
+        (torch.Size([16]), torch.Size([2]), True)
+        >>> len(r.groups()) == len(r.importance.groups)
+        True
     """
 
     graph: Data

