@@ -373,6 +373,9 @@ class BlockTopK:
         self.tf32 = precision == "tf32"
         approx = self.low is not None or self.tf32
         self.refine = (approx or not self.cosine) if refine is None else refine
+        # cosine among the queries themselves: rows that are bitwise copies of each other (see
+        # _find_twins) get one canonical score, whatever tile computes it
+        self._twins: Optional[Tuple[Tensor, Tensor]] = None
         if approx and self.refine:
             self.n_cand = candidates if candidates is not None else default_candidates(self.k)
         else:
@@ -412,6 +415,48 @@ class BlockTopK:
         hit = kid[pos] == qid
         rows = torch.arange(r, device=s.device)
         s[rows, pos] = torch.where(hit, torch.full_like(s[rows, pos], self.worst), s[rows, pos])
+
+    def _find_twins(self) -> None:
+        """Groups bitwise-identical query rows (cosine only), for :meth:`_tie_twins`.
+
+        A GEMM's rounding depends on the tile's shape, so two exact copies of a row can score
+        1.0 against it in one tile and 1 − 2⁻⁵³ in another, and which copy wins the tie would
+        depend on ``chunk_size``. With twins present, every score between two copies is set to
+        one value per group (the row's own ``q·q``, summed in one fixed order), so copies tie
+        exactly and the smaller index wins in every tiling. Cost without twins: one hash pass
+        and one sort of ``N`` hashes."""
+        q = self.q
+        n, d = q.shape
+        if not self.cosine or n < 2 or d == 0:
+            return
+        # 1. a hash of about 16 evenly spaced columns (a strided view): copies always share it
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[q.element_size()]
+        words = q[:, ::max(1, d // 16)].contiguous().view(bits).to(torch.int64)
+        gen = torch.Generator().manual_seed(0)
+        mult = torch.randint(1, 2**62, (words.shape[1],), generator=gen)
+        h = (words * mult.to(q.device)).sum(1)  # (never in place: words may alias q's memory)
+        _, inverse, counts = torch.unique(h, return_inverse=True, return_counts=True)
+        maybe = (counts[inverse] > 1).nonzero().flatten()
+        if maybe.numel() == 0:
+            return
+        # 2. exact groups among the rows whose hash is shared (whole rows compared)
+        _, exact = torch.unique(q[maybe], dim=0, return_inverse=True)
+        first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=q.device)
+        first = first.scatter_reduce(0, exact, maybe, "amin")
+        group = torch.arange(n, device=q.device)
+        group[maybe] = first[exact]
+        if bool((group == torch.arange(n, device=q.device)).all()):
+            return
+        self._twins = (group, (q * q).sum(1))
+
+    def _tie_twins(self, s: Tensor, q0: int, q1: int, k0: int, k1: int) -> None:
+        """Tile ``s`` = queries ``q0:q1`` × queries ``k0:k1``: scores between copies of one row
+        set to that row's canonical score (see :meth:`_find_twins`)."""
+        if self._twins is None:
+            return
+        group, own = self._twins
+        twin = group[q0:q1].unsqueeze(1) == group[k0:k1].unsqueeze(0)
+        s.copy_(torch.where(twin, own[q0:q1].unsqueeze(1).to(s.dtype), s))
 
     # ------------------------------------------------------------------ the tile loops
     def _side(self, rows: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -502,6 +547,8 @@ class BlockTopK:
         for start in range(0, nq, chunk):
             stop = min(nq, start + chunk)
             s = self._scores(*self._query(slice(start, stop)), keys, k_low, sq_k)
+            if keys is self.q and not isinstance(key_ids, Tensor) and int(key_ids) == 0:
+                self._tie_twins(s, start, stop, 0, n_keys)
             if self.exclude_self:
                 self._mask_self(s, start, key_ids, n_keys)
             v, i = topk_rows(s, kk, self.largest, sorted=False)
@@ -580,6 +627,8 @@ class BlockTopK:
                 j1 = min(n, j0 + block)
                 kj = qi if j0 == i0 else side(j0, j1)
                 s = self._scores(*qi, *kj)
+                if rows is None:
+                    self._tie_twins(s, i0, i1, j0, j1)
                 if i0 == j0:
                     self._mask_self(s, i0, i0, j1 - j0)
                 v, i = topk_rows(s, min(self.n_cand, j1 - j0), self.largest, sorted=False)
@@ -608,6 +657,7 @@ class BlockTopK:
             ``self``.
         """
         n = self.q.shape[0]
+        self._find_twins()
         block = self_block(n, chunk_size, col_chunk_size)
         return self.update_self(block, progress=progress) if block < n else self.update(self.q, 0)
 

@@ -147,3 +147,35 @@ def test_column_blocks_do_not_change_result(rows, cols):
         ref_v, ref_i = brute_force(x.numpy(), 4, metric)
         assert torch.equal(base[1], got[1]) and np.array_equal(got[1].numpy(), ref_i)
         np.testing.assert_allclose(got[0].numpy(), ref_v, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cosine_copies_tie_exactly_in_every_tiling(dtype):
+    """Bitwise copies of a row score one canonical value against each other, so the smaller
+    index wins whatever the tile shape (a GEMM's rounding depends on it); the rows themselves
+    are left untouched by the copy detection."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 7, generator=g, dtype=dtype)
+    x = base[torch.tensor([0, 1, 0, 2, 0, 1, 0, 0, 2, 0, 1, 0])]
+    before = x.clone()
+    ref = None
+    for chunk in (None, 1, 2, 3, 4, 5, 7, 11):
+        vals, idx = dg.graphs.nearest_neighbors(x, 3, chunk_size=chunk)
+        if ref is None:
+            ref = (vals, idx)
+        # (other scores may move in the last bit with the tile: only the choice is exact)
+        assert torch.equal(idx, ref[1]), chunk
+        torch.testing.assert_close(vals, ref[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(x, before)
+    # row 2 is a copy of rows 0, 4, 6, 7, 9, 11: its neighbours are the three smallest of those
+    assert ref[1][2].tolist() == [0, 4, 6]
+
+
+@pytest.mark.parametrize("chunk", [None, 2, 3, 4, 7])
+def test_ten_equal_rows_pick_the_smallest_index(chunk):
+    """The case the property tests found: with chunk_size=4, rows 8 and 9 of ten equal rows used
+    to pick each other (the edge tile rounded their score up to 1.0, the others to 1 - 2^-53)."""
+    vals, idx = dg.graphs.nearest_neighbors(torch.full((10, 3), 0.1875, dtype=torch.float64), 1,
+                                            chunk_size=chunk)
+    assert idx.flatten().tolist() == [1] + [0] * 9
+    assert len(set(vals.flatten().tolist())) == 1

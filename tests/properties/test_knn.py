@@ -2,7 +2,6 @@
 brute-force oracle: every score computed elementwise in float64, then a full stable sort of each
 row (best first, ties to the smaller index)."""
 import numpy as np
-import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -152,11 +151,6 @@ def duplicated_rows(draw):
     return base[which]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cosine kNN scores are read from the GEMM tile, whose "
-                   "rounding depends on the tile's shape: bitwise-identical rows score 1.0 in one "
-                   "tile and 1 - 2^-53 in another, so among exact duplicates the neighbour chosen "
-                   "depends on chunk_size (10 equal rows, chunk_size=4: rows 8, 9 pick each "
-                   "other, every other row picks row 0 or 1)")
 @given(duplicated_rows(), st.integers(1, 6), st.integers(2, 24), st.sampled_from(sorted(DTYPES)))
 @example(np.full((10, 3), 0.1875), 1, 4, "float64").via("ten equal rows")
 def test_cosine_duplicates_any_tiling(x64, k, rows, dtype):
