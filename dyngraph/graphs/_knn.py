@@ -152,6 +152,20 @@ def sort_rows(vals: Tensor, idx: Tensor, largest: bool) -> Tuple[Tensor, Tensor]
     return vals.gather(1, order), idx.gather(1, order)
 
 
+def _first_k_at_threshold(vals: Tensor, kth: Tensor, k: int, largest: bool
+                          ) -> Tuple[Tensor, Tensor]:
+    """Each row's top-k when its k-th best value ``kth`` ``[R]`` is known: every entry better
+    than it, then the entries equal to it in column order until there are ``k``; ``([R, k],
+    [R, k])`` in column order. One elementwise pass instead of a stable sort of the rows."""
+    t = kth.unsqueeze(1)
+    better = vals > t if largest else vals < t
+    equal = vals == t
+    need = k - better.sum(1, keepdim=True)
+    chosen = better | (equal & (equal.cumsum(1) <= need))
+    cols = chosen.nonzero()[:, 1].view(vals.shape[0], k)
+    return vals.gather(1, cols), cols
+
+
 def _select(vals: Tensor, idx: Optional[Tensor], k: int, largest: bool,
             ordered: bool = True) -> Tuple[Tensor, Tensor]:
     """Exact, deterministic top-k of each row of ``vals`` (ties at the k-th place → smaller id),
@@ -167,11 +181,11 @@ def _select(vals: Tensor, idx: Optional[Tensor], k: int, largest: bool,
         v, i = v[:, :k], i[:, :k]
         if bool(tied.any()):
             rows = tied.nonzero().flatten()
-            if idx is None:
-                s_v, s_i = vals[rows].sort(dim=1, descending=largest, stable=True)
+            if idx is None:  # ids are the columns: no sort, one pass (many rows tie with copies)
+                v[rows], i[rows] = _first_k_at_threshold(vals[rows], v[rows, k - 1], k, largest)
             else:
                 s_v, s_i = sort_rows(vals[rows], idx[rows], largest)
-            v[rows], i[rows] = s_v[:, :k], s_i[:, :k]
+                v[rows], i[rows] = s_v[:, :k], s_i[:, :k]
     return sort_rows(v, i, largest) if ordered else (v, i)
 
 
@@ -375,7 +389,7 @@ class BlockTopK:
         self.refine = (approx or not self.cosine) if refine is None else refine
         # cosine among the queries themselves: rows that are bitwise copies of each other (see
         # _find_twins) get one canonical score, whatever tile computes it
-        self._twins: Optional[Tuple[Tensor, Tensor]] = None
+        self._twins: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         if approx and self.refine:
             self.n_cand = candidates if candidates is not None else default_candidates(self.k)
         else:
@@ -447,16 +461,24 @@ class BlockTopK:
         group[maybe] = first[exact]
         if bool((group == torch.arange(n, device=q.device)).all()):
             return
-        self._twins = (group, (q * q).sum(1))
+        has = torch.zeros(n, dtype=torch.long, device=q.device).index_add_(
+            0, group, torch.ones(n, dtype=torch.long, device=q.device))[group] > 1
+        self._twins = (group, (q * q).sum(1), has.nonzero().flatten())
 
     def _tie_twins(self, s: Tensor, q0: int, q1: int, k0: int, k1: int) -> None:
         """Tile ``s`` = queries ``q0:q1`` × queries ``k0:k1``: scores between copies of one row
         set to that row's canonical score (see :meth:`_find_twins`)."""
         if self._twins is None:
             return
-        group, own = self._twins
-        twin = group[q0:q1].unsqueeze(1) == group[k0:k1].unsqueeze(0)
-        s.copy_(torch.where(twin, own[q0:q1].unsqueeze(1).to(s.dtype), s))
+        group, own, rows = self._twins
+        r = rows[(rows >= q0) & (rows < q1)]  # only rows with copies (usually few) are touched
+        c = rows[(rows >= k0) & (rows < k1)]
+        if r.numel() == 0 or c.numel() == 0:
+            return
+        twin = group[r].unsqueeze(1) == group[c].unsqueeze(0)
+        sub = s[(r - q0).unsqueeze(1), (c - k0).unsqueeze(0)]
+        s[(r - q0).unsqueeze(1), (c - k0).unsqueeze(0)] = torch.where(
+            twin, own[r].unsqueeze(1).to(s.dtype), sub)
 
     # ------------------------------------------------------------------ the tile loops
     def _side(self, rows: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:

@@ -441,12 +441,31 @@ def _modularity_null(x: Tensor, ys: Tensor, graph: Optional[Data], resolution: f
     codes = compact_labels(check_labels(ys.reshape(-1), ys.numel(), "y"))[0].view_as(ys)
     ei, w = g.edge_index, g.edge_weight
     n_edges = int(ei.shape[1])
+    n_comm = int(codes.max()) + 1 if codes.numel() else 1
+    resolution = check_resolution(resolution)
     chunk = max(1, NULL_SLOTS // max(n_edges, 1))
+    w64 = w.double()
+    row, col = ei[0], ei[1]
+    loops = row == col  # self-loops count twice, as in community_sums
+    if w64.device.type != "cpu" or int(loops.count_nonzero()):
+        w64 = w64 + w64 * loops
     out = []
     for s in range(0, ys.shape[0], chunk):
         yb = codes[s:s + chunk]
         p = int(yb.shape[0])
         steps = torch.arange(p, device=ei.device)
+        if p * n_comm * n_comm <= MIXING_SLOTS:
+            # community_sums' batched mixing-matrix pass, written out: the same slot index
+            # (graph·C + c_src)·C + c_dst for every (permutation, edge) in the same order, so the
+            # same sums; without building the repeated edge list and batch vector.
+            src = yb[:, row] + (steps * n_comm).unsqueeze(1)
+            slot = torch.add(yb[:, col], src, alpha=n_comm).reshape(-1)
+            mix = w64.new_zeros(p * n_comm * n_comm).scatter_add_(0, slot, w64.repeat(p))
+            inside = mix.view(p, n_comm, n_comm).diagonal(dim1=1, dim2=2)
+            terms, _ = terms_from_sums(mix.view(p, n_comm, n_comm).sum(2), inside, resolution,
+                                       w64)
+            out.append(terms.sum(-1))
+            continue
         eib = ei.repeat(1, p) + (steps * n).repeat_interleave(n_edges)
         batch = steps.repeat_interleave(n)
         contrib = _contributions(eib, yb.reshape(-1), w.repeat(p), p * n, batch, resolution,

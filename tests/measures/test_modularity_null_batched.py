@@ -23,8 +23,10 @@ def _graph(n=60, d=5, k=4, seed=0, loops=False):
 @pytest.mark.parametrize("loops", [False, True])
 @pytest.mark.parametrize("slots", [M.NULL_SLOTS, 1000, 1])
 @pytest.mark.parametrize("values", [(0, 1, 2), (4, 10**9, 7)])
-def test_batched_null_equals_one_call_per_permutation(monkeypatch, loops, slots, values):
+@pytest.mark.parametrize("mixing", [M.MIXING_SLOTS, 8])  # the mixing-matrix pass, and not
+def test_batched_null_equals_one_call_per_permutation(monkeypatch, loops, slots, values, mixing):
     monkeypatch.setattr(M, "NULL_SLOTS", slots)
+    monkeypatch.setattr(M, "MIXING_SLOTS", mixing)
     x, y, snap = _graph(loops=loops)
     y = torch.tensor(values)[y]
     gen = torch.Generator().manual_seed(1)
