@@ -437,29 +437,42 @@ class BlockTopK:
         1.0 against it in one tile and 1 − 2⁻⁵³ in another, and which copy wins the tie would
         depend on ``chunk_size``. With twins present, every score between two copies is set to
         one value per group (the row's own ``q·q``, summed in one fixed order), so copies tie
-        exactly and the smaller index wins in every tiling. Cost without twins: one hash pass
-        and one sort of ``N`` hashes."""
+        exactly and the smaller index wins in every tiling. Cost: a hash of 64 columns and a sort
+        of ``N`` hashes; rows whose hashes collide are compared whole."""
         q = self.q
         n, d = q.shape
         if not self.cosine or n < 2 or d == 0:
             return
-        # 1. a hash of about 16 evenly spaced columns (a strided view): copies always share it
+        # 1. a hash of (at most) 64 scattered columns: copies always share it
+        dev = q.device
+        cols = torch.unique((torch.arange(min(d, 64), dtype=torch.int64) * 2654435761) % d)
+        sub = q.index_select(1, cols.to(dev)) if cols.numel() < d else q
         bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[q.element_size()]
-        words = q[:, ::max(1, d // 16)].contiguous().view(bits).to(torch.int64)
+        words = sub.contiguous().view(bits).to(torch.int64)
         gen = torch.Generator().manual_seed(0)
         mult = torch.randint(1, 2**62, (words.shape[1],), generator=gen)
-        h = (words * mult.to(q.device)).sum(1)  # (never in place: words may alias q's memory)
-        _, inverse, counts = torch.unique(h, return_inverse=True, return_counts=True)
-        maybe = (counts[inverse] > 1).nonzero().flatten()
-        if maybe.numel() == 0:
+        h = (words * mult.to(dev)).sum(1)  # (never in place: words may alias q's memory)
+        _, key, counts = torch.unique(h, return_inverse=True, return_counts=True)
+        todo = (counts[key] > 1).nonzero().flatten()
+        if todo.numel() == 0:
             return
-        # 2. exact groups among the rows whose hash is shared (whole rows compared)
-        _, exact = torch.unique(q[maybe], dim=0, return_inverse=True)
-        first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=q.device)
-        first = first.scatter_reduce(0, exact, maybe, "amin")
-        group = torch.arange(n, device=q.device)
-        group[maybe] = first[exact]
-        if bool((group == torch.arange(n, device=q.device)).all()):
+        # 2. exact groups: each candidate against the first unresolved row of its hash group,
+        # whole rows compared in bounded chunks; rows that differ try again among themselves
+        group = torch.arange(n, device=dev)
+        for _ in range(8):
+            first = torch.full((counts.numel(),), n, dtype=torch.long, device=dev)
+            rep = first.scatter_reduce(0, key[todo], todo, "amin")[key[todo]]
+            same = torch.cat([(q[todo[a:a + 64]] == q[rep[a:a + 64]]).all(1)
+                              for a in range(0, todo.numel(), 64)])
+            group[todo[same]] = rep[same]
+            todo = todo[~same]
+            if todo.numel() == 0:
+                break
+        else:  # many different rows behind one hash: sort the rest out exactly
+            _, exact = torch.unique(q[todo], dim=0, return_inverse=True)
+            first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=dev)
+            group[todo] = first.scatter_reduce(0, exact, todo, "amin")[exact]
+        if bool((group == torch.arange(n, device=dev)).all()):
             return
         has = torch.zeros(n, dtype=torch.long, device=q.device).index_add_(
             0, group, torch.ones(n, dtype=torch.long, device=q.device))[group] > 1
