@@ -160,8 +160,8 @@ def _first_k_at_threshold(vals: Tensor, kth: Tensor, k: int, largest: bool
     t = kth.unsqueeze(1)
     better = vals > t if largest else vals < t
     equal = vals == t
-    need = k - better.sum(1, keepdim=True)
-    chosen = better | (equal & (equal.cumsum(1) <= need))
+    need = k - better.sum(1, keepdim=True, dtype=torch.int32)
+    chosen = better | (equal & (equal.cumsum(1, dtype=torch.int32) <= need))
     cols = chosen.nonzero()[:, 1].view(vals.shape[0], k)
     return vals.gather(1, cols), cols
 
@@ -182,7 +182,10 @@ def _select(vals: Tensor, idx: Optional[Tensor], k: int, largest: bool,
         if bool(tied.any()):
             rows = tied.nonzero().flatten()
             if idx is None:  # ids are the columns: no sort, one pass (many rows tie with copies)
-                v[rows], i[rows] = _first_k_at_threshold(vals[rows], v[rows, k - 1], k, largest)
+                step = max(1, (1 << 22) // max(vals.shape[1], 1))  # bounded [rows, C] temporaries
+                for a in range(0, rows.numel(), step):
+                    r = rows[a:a + step]
+                    v[r], i[r] = _first_k_at_threshold(vals[r], v[r, k - 1], k, largest)
             else:
                 s_v, s_i = sort_rows(vals[rows], idx[rows], largest)
                 v[rows], i[rows] = s_v[:, :k], s_i[:, :k]
