@@ -221,10 +221,7 @@ def community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor,
     """
     n_edges = edge_index.shape[1]
     row, col = edge_index[0], edge_index[1]
-    w = edge_weight
-    loops = row == col  # self-loops count twice (networkx's convention)
-    if w.device.type != "cpu" or int(loops.count_nonzero()):  # (no host sync on accelerators)
-        w = w + w * loops
+    w = _loops_twice(row, col, edge_weight)
     n_nodes = communities.numel()
     if batch is None:
         lab = _gather(communities, edge_index.reshape(-1), n_nodes)
@@ -232,13 +229,29 @@ def community_sums(edge_index: Tensor, communities: Tensor, edge_weight: Tensor,
     else:
         src = _gather(batch * n_comm + communities, row, n_nodes)
         dst = _gather(communities, col, n_nodes)
+    return _slot_sums(src, dst, w, n_comm, n_graphs, batched=batch is not None)
+
+
+def _loops_twice(row: Tensor, col: Tensor, w: Tensor) -> Tensor:
+    """Edge weights with self-loops counted twice (networkx's convention)."""
+    loops = row == col
+    if w.device.type != "cpu" or int(loops.count_nonzero()):  # (no host sync on accelerators)
+        w = w + w * loops
+    return w
+
+
+def _slot_sums(src: Tensor, dst: Tensor, w: Tensor, n_comm: int, n_graphs: int, batched: bool
+               ) -> Tuple[Tensor, Tensor]:
+    """:func:`community_sums` from the endpoints' slots: ``src`` = graph·C + the source's
+    community (``batched``) or the community, ``dst`` the target's community, ``w`` the weights
+    (loops already doubled); flat ``(S_c, 2·w_in(c))`` ``[n_graphs · C]``."""
     size = n_graphs * n_comm
     if size * n_comm <= MIXING_SLOTS:
         mix = w.new_zeros(size * n_comm).scatter_add_(0, torch.add(dst, src, alpha=n_comm), w)
         mix = mix.view(size, n_comm)
         inside = mix.view(n_graphs, n_comm, n_comm).diagonal(dim1=1, dim2=2).reshape(size)
         return mix.sum(1), inside
-    slot = torch.add((src % n_comm == dst) if batch is not None else (src == dst), src, alpha=2)
+    slot = torch.add((src % n_comm == dst) if batched else (src == dst), src, alpha=2)
     pair = w.new_zeros(2 * size).scatter_add_(0, slot, w).view(size, 2)
     return pair.sum(1), pair[:, 1]
 
@@ -444,33 +457,19 @@ def _modularity_null(x: Tensor, ys: Tensor, graph: Optional[Data], resolution: f
     n_comm = int(codes.max()) + 1 if codes.numel() else 1
     resolution = check_resolution(resolution)
     chunk = max(1, NULL_SLOTS // max(n_edges, 1))
-    w64 = w.double()
     row, col = ei[0], ei[1]
-    loops = row == col  # self-loops count twice, as in community_sums
-    if w64.device.type != "cpu" or int(loops.count_nonzero()):
-        w64 = w64 + w64 * loops
+    w64 = _loops_twice(row, col, w.double())
     out = []
     for s in range(0, ys.shape[0], chunk):
+        # the permutations of a chunk are graphs of one batch sharing the edges: community_sums'
+        # slots for every (permutation, edge), in the order the batched edge list would have
         yb = codes[s:s + chunk]
         p = int(yb.shape[0])
-        steps = torch.arange(p, device=ei.device)
-        if p * n_comm * n_comm <= MIXING_SLOTS:
-            # community_sums' batched mixing-matrix pass, written out: the same slot index
-            # (graph·C + c_src)·C + c_dst for every (permutation, edge) in the same order, so the
-            # same sums; without building the repeated edge list and batch vector.
-            src = yb[:, row] + (steps * n_comm).unsqueeze(1)
-            slot = torch.add(yb[:, col], src, alpha=n_comm).reshape(-1)
-            mix = w64.new_zeros(p * n_comm * n_comm).scatter_add_(0, slot, w64.repeat(p))
-            inside = mix.view(p, n_comm, n_comm).diagonal(dim1=1, dim2=2)
-            terms, _ = terms_from_sums(mix.view(p, n_comm, n_comm).sum(2), inside, resolution,
-                                       w64)
-            out.append(terms.sum(-1))
-            continue
-        eib = ei.repeat(1, p) + (steps * n).repeat_interleave(n_edges)
-        batch = steps.repeat_interleave(n)
-        contrib = _contributions(eib, yb.reshape(-1), w.repeat(p), p * n, batch, resolution,
-                                 check=False)
-        out.append(contrib.sum(-1))
+        src = (yb[:, row] + (torch.arange(p, device=ei.device) * n_comm).unsqueeze(1))
+        s_c, inside = _slot_sums(src.reshape(-1), yb[:, col].reshape(-1), w64.repeat(p), n_comm,
+                                 p, batched=True)
+        terms, _ = terms_from_sums(s_c.view(p, n_comm), inside.view(p, n_comm), resolution, w64)
+        out.append(terms.sum(-1))
     return torch.cat(out).to(torch.float64)
 
 
