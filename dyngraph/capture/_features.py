@@ -676,8 +676,13 @@ class LayerFeatures(Mapping):
                                           f"LayerFeatures.save; refusing to replace it")
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
                 os.replace(path, old / path.name)  # then the new folder takes its place
-                os.replace(tmp, path)
-                shutil.rmtree(old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:  # the saved folder goes back where it was
+                    os.replace(old / path.name, path)
+                    old.rmdir()
+                    raise
+                shutil.rmtree(old)  # (our mkdtemp, holding only the checked folder we replaced)
             else:
                 os.replace(tmp, path)
         except BaseException:
