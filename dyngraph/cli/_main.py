@@ -16,6 +16,7 @@ from typing import List, NoReturn, Optional
 
 import torch
 
+from .._validate import check_device
 from . import commands as _commands
 
 #: ``--threads`` default: the same on every machine, so two runs of a command agree bit for bit.
@@ -65,10 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = str(getattr(args, "device", "") or "")
     if device:
         try:
-            torch.device(device)
-        except (RuntimeError, ValueError):
-            print(f"dyngraph: error: --device {device!r} is not a torch device (cpu, cuda, "
-                  f"cuda:1, mps, ...)", file=sys.stderr)
+            check_device(device, "--device")
+        except ValueError as exc:
+            print(f"dyngraph: error: {exc}", file=sys.stderr)
             return 2
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"dyngraph: error: --device {device}: no CUDA device is available here "
