@@ -1,12 +1,13 @@
 """The one runner: resampling, graphs, nulls and progress for every measure at once."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -166,23 +167,28 @@ def _save_checkpoint(path: Path, fingerprint: str, samples: Tensor, done: Tensor
                              "digest": _digest(samples)})
 
 
-def _call(m: Measure, layer: str, x: Tensor, y: Tensor, g: Any, opts: Dict[str, Any]
-          ) -> List[float]:
-    """One measure on one layer; its errors name the layer and the measure."""
+@contextlib.contextmanager
+def _naming(m: Measure, layer: str) -> Iterator[None]:
+    """A measure's ``ValueError``/``TypeError`` name the layer and the measure."""
     try:
-        return _as_floats(m, m.fn(x, y, g, **opts))
+        yield
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"layer {layer!r}, measure {m.name!r}: {exc}") from exc
+
+
+def _call(m: Measure, layer: str, x: Tensor, y: Tensor, g: Any, opts: Dict[str, Any]
+          ) -> List[float]:
+    """One measure on one layer."""
+    with _naming(m, layer):
+        return _as_floats(m, m.fn(x, y, g, **opts))
 
 
 def _call_null(m: Measure, layer: str, x: Tensor, ys: Tensor, g: Any, opts: Dict[str, Any]
                ) -> Tensor:
-    """A measure's batched null ``[P, outputs]``; its errors name the layer and the measure."""
+    """A measure's batched null ``[P, outputs]``."""
     assert m.null is not None
-    try:
+    with _naming(m, layer):
         v = torch.as_tensor(m.null(x, ys, g, **opts), dtype=torch.float64).cpu()
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(f"layer {layer!r}, measure {m.name!r}: {exc}") from exc
     return v.reshape(ys.shape[0], len(m.metrics))
 
 
