@@ -327,10 +327,6 @@ def _features_labels(features: Tensor, labels: Tensor, num_classes: Optional[int
     return x, y, _check_num_classes(num_classes, y)
 
 
-def _default_chunk(dim: int) -> int:
-    return max(1, (1 << 23) // max(dim, 1))  # ≈ 64 MiB of float64 per chunk
-
-
 # ============================================================================ statistics
 @dataclass
 class _Stats:
@@ -360,17 +356,18 @@ def _rank(sq: Tensor, num_classes: int, dim: int, cv: CollapseConventions) -> in
         raise ValueError("all class means coincide (Σ_B = 0): NC1 is undefined for this layer")
     r_max = min(cv.sb_rank or num_classes - 1, dim, sq.numel())
     rtol = cv.rtol if cv.rtol is not None else max(num_classes, dim) * _EPS64
-    keep = sq[:r_max] > rtol * sq[0]
-    return int(keep.sum())
+    return int((sq[:r_max] > rtol * sq[0]).sum())
 
 
 def _subspace_basis(counts: Tensor, means: Tensor, cv: CollapseConventions
-                    ) -> Tuple[Tensor, Tensor]:
-    """``(V [D, r], s [r])``: the top right singular pairs of ``M̃ = means − μ_G``."""
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(V [D, r], s [r], zeros [C, r])``: the top right singular pairs of ``M̃ = means − μ_G``
+    and an empty projected scatter (like ``means``)."""
     mt = means - _global_mean(counts, means, cv.global_mean)
     _, s, vh = torch.linalg.svd(mt, full_matrices=False)
     r = _rank(s * s, means.shape[0], means.shape[1], cv)
-    return vh[:r].T.contiguous(), s[:r].clone()
+    proj = torch.zeros(means.shape[0], r, dtype=means.dtype, device=means.device)
+    return vh[:r].T.contiguous(), s[:r].clone(), proj
 
 
 def _within_weights(counts: Tensor, cv: CollapseConventions) -> Tensor:
@@ -383,8 +380,8 @@ def _within_weights(counts: Tensor, cv: CollapseConventions) -> Tensor:
                              f"samples in C={c} classes")
         return torch.full_like(counts, 1.0) / denom
     denom = counts - cv.ddof
-    if not bool((denom > 0).all()):
-        small = (denom <= 0).nonzero().flatten().tolist()
+    small = (denom <= 0).nonzero().flatten().tolist()
+    if small:
         raise ValueError(f"ddof={cv.ddof} with within='classes' needs more than {cv.ddof} samples "
                          f"in every class; classes {small[:10]} are too small")
     return 1.0 / (c * denom)
@@ -450,14 +447,13 @@ def _stats_in_memory(x: Tensor, y: Tensor, num_classes: int, method: str,
     float64 on the features' device)."""
     n, d = x.shape
     dev, f64 = x.device, torch.float64
-    chunk = chunk_size or _default_chunk(d)
+    chunk = chunk_size or max(1, (1 << 23) // max(d, 1))  # ≈ 64 MiB of float64 per chunk
     counts, means = _class_means(x, y, num_classes, f64, chunk)
     _check_nonempty(counts)
     scatter = _zero_scatter(cv, num_classes, d, f64, dev) if method == "full" else None
     st = _Stats(counts, means, torch.zeros(num_classes, dtype=f64, device=dev), scatter, n_pass2=n)
     if method == "subspace":
-        st.basis, st.sing = _subspace_basis(counts, means, cv)
-        st.proj = torch.zeros(num_classes, st.basis.shape[1], dtype=f64, device=dev)
+        st.basis, st.sing, st.proj = _subspace_basis(counts, means, cv)
     for s in range(0, n, chunk):
         xb, yb = x[s:s + chunk].to(f64), y[s:s + chunk]
         _add_scatter(xb - means[yb], yb, st.trace, st.scatter)
@@ -476,6 +472,12 @@ def _clf64(clf: Optional[Tuple[Tensor, Optional[Tensor]]], device: Union[str, to
             None if b is None else b.to(device, torch.float64))
 
 
+def _classifier_rows(w: Tensor, center: bool) -> Tensor:
+    """The classifier weight in float64, less its mean row with ``center``."""
+    w = w.to(torch.float64)
+    return w - w.mean(0, keepdim=True) if center else w
+
+
 # ---------------------------------------------------------------------------- NC2 pieces
 def _std(v: Tensor, ddof: int) -> float:
     if v.numel() - ddof <= 0:
@@ -487,8 +489,8 @@ def _nc2(rows: Tensor, cv: CollapseConventions, what: str) -> Dict[str, float]:
     """Equinorm, equiangularity, max-angle and ETF-Gram distance of ``rows`` ``[C, D]``."""
     c = rows.shape[0]
     norms = rows.norm(dim=1)
-    if bool((norms <= 0).any()):
-        bad = (norms <= 0).nonzero().flatten().tolist()
+    bad = (norms <= 0).nonzero().flatten().tolist()
+    if bad:
         raise ValueError(f"{what} of classes {bad[:10]} have zero norm; their angles (NC2) are "
                          f"undefined")
     unit = rows / norms.unsqueeze(1)
@@ -509,8 +511,7 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
               cv: CollapseConventions) -> Dict[str, float]:
     counts, means = st.counts, st.means
     c, d = means.shape
-    mu_g = _global_mean(counts, means, cv.global_mean)
-    mt = means - mu_g
+    mt = means - _global_mean(counts, means, cv.global_mean)
     wc = _within_weights(counts, cv)
     out: Dict[str, float] = {}
     # ---- NC1
@@ -553,9 +554,7 @@ def _finalize(st: _Stats, clf: Optional[Tuple[Tensor, Optional[Tensor]]],
         out["ncc_accuracy"] = st.ncc_correct / st.n_pass2
     # ---- classifier
     if clf is not None:
-        w = clf[0].to(means.device, torch.float64)
-        if cv.center_classifier:
-            w = w - w.mean(0, keepdim=True)
+        w = _classifier_rows(clf[0].to(means.device), cv.center_classifier)
         out.update({f"nc2_{k}_w": v for k, v in _nc2(w, cv, "classifier rows").items()})
         if float(w.norm()) == 0.0:
             raise ValueError("the classifier weight is all zeros: NC3 is undefined")
@@ -673,12 +672,10 @@ def neural_collapse(features: Union[Tensor, LayerFeatures, Mapping[str, Tensor],
                                "features")
     feats = _as_layer_features(features, labels)
     names = feats.names
-    if layer is not None and layer not in names:
-        raise ValueError(f"layer={layer!r} is not among the layers {names}")
-    if classifier_layer is None:
-        classifier_layer = names[-1]
-    elif classifier_layer not in names:
-        raise ValueError(f"classifier_layer={classifier_layer!r} is not among the layers {names}")
+    for arg, value in (("layer", layer), ("classifier_layer", classifier_layer)):
+        if value is not None and value not in names:
+            raise ValueError(f"{arg}={value!r} is not among the layers {names}")
+    classifier_layer = names[-1] if classifier_layer is None else classifier_layer
     out: Dict[str, Any] = OrderedDict()
     for name in ([layer] if layer is not None else names):
         clf = classifier if name == classifier_layer else None
@@ -806,10 +803,8 @@ class NeuralCollapseAccumulator:
         self.dim = dim
         self.clf = parse_classifier(self._classifier, dim, c)
         dense_entries = dim * dim * (c if self.cv.within == "classes" else 1)
-        if self.method_arg == "auto":
-            self.method = "full" if dense_entries <= self.max_dense_dim ** 2 else "subspace"
-        else:
-            self.method = self.method_arg
+        auto = "full" if dense_entries <= self.max_dense_dim ** 2 else "subspace"
+        self.method = auto if self.method_arg == "auto" else self.method_arg
         self.counts = torch.zeros(c, dtype=self.dtype, device=device)
         self.means = torch.zeros(c, dim, dtype=self.dtype, device=device)
         self.trace = torch.zeros(c, dtype=self.dtype, device=device)
@@ -910,9 +905,7 @@ class NeuralCollapseAccumulator:
         counts, means, _ = self._moments()
         _check_nonempty(counts, "the first pass")
         if self.method == "subspace":
-            self.basis, self.sing = _subspace_basis(counts, means, self.cv)
-            self.proj = torch.zeros(self.num_classes, self.basis.shape[1], dtype=self.dtype,
-                                    device=means.device)
+            self.basis, self.sing, self.proj = _subspace_basis(counts, means, self.cv)
         self.counts2 = torch.zeros_like(counts)
         self.ncc_correct = self.nc4_mismatch = 0
         self.phase = 2
@@ -1116,7 +1109,7 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
         >>> list(r), 'nc4' in r['2:input']
         (['0', '2:input', '2'], True)
     """
-    from .._validate import check_model
+    from .._validate import check_model, model_device
     from ..capture._extract import dataset_labels
     check_model(model)
     if not hasattr(loader, "__iter__") or isinstance(loader, Iterator):
@@ -1142,10 +1135,7 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
             num_classes = int(classes.numel())
             if int(classes[-1]) == num_classes - 1:
                 classes = None                 # already 0..C-1: the labels are the codes
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    dev = torch.device(device)
+    dev = torch.device(device) if device is not None else model_device(model)
     accs: "OrderedDict[str, NeuralCollapseAccumulator]" = OrderedDict()
     for alias, point in taps.spec.items():
         clf = clf_mod if point == (clf_name, "input") else None
@@ -1251,10 +1241,8 @@ def collapse_curves(features: Any, y: Optional[Tensor] = None, *,
     from ..profiles._runner import depth_profile
     _check_method(method)
     options: Dict[str, Any] = {"method": method, **asdict(_conventions(conventions, kw))}
-    if num_classes is not None:
-        options["num_classes"] = num_classes
-    if chunk_size is not None:
-        options["chunk_size"] = chunk_size
+    options.update({k: v for k, v in (("num_classes", num_classes), ("chunk_size", chunk_size))
+                    if v is not None})
     return depth_profile(_as_layer_features(features, y), chosen, repeats=repeats,
                          per_class=per_class, n_samples=n_samples, seed=seed,
                          measure_options={m: options for m in chosen}, progress=progress)
@@ -1386,10 +1374,7 @@ def minority_collapse(classifier: Any = None, features: Optional[Tensor] = None,
         out[f"minority_norm_ratio_{suffix}"] = float(rows[mi].norm(dim=1).mean()) / maj_norm
 
     if clf is not None:
-        w = clf[0].to(torch.float64)
-        if center_classifier:
-            w = w - w.mean(0, keepdim=True)
-        block(w, "w")
+        block(_classifier_rows(clf[0], center_classifier), "w")
     if means is not None and counts is not None:
         block(means - _global_mean(counts, means, global_mean), "means")
     return out

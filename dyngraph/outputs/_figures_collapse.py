@@ -112,21 +112,18 @@ def plot_layer_peeled(solution: LayerPeeledSolution, ax: Any = None, classifier:
     if classifier is not None:
         w = parse_classifier(classifier, None, k)
         assert w is not None
-        panels += [("trained W", _cosine_gram(w[0])), ("Layer-Peeled W", _cosine_gram(solution.W))]
+        panels += [("trained W", w[0]), ("Layer-Peeled W", solution.W)]
     if means is not None:
         if not isinstance(means, Tensor) or means.dim() != 2 or means.shape[0] != k:
             raise ValueError(f"means must be the class means [K={k}, D], got "
                              f"{tuple(means.shape) if isinstance(means, Tensor) else means!r}")
-        panels += [("trained class means", _cosine_gram(means)),
-                   ("Layer-Peeled H", _cosine_gram(solution.H))]
-    if not panels:
-        panels = [("Layer-Peeled W", _cosine_gram(solution.W)),
-                  ("Layer-Peeled H", _cosine_gram(solution.H))]
+        panels += [("trained class means", means), ("Layer-Peeled H", solution.H)]
+    panels = panels or [("Layer-Peeled W", solution.W), ("Layer-Peeled H", solution.H)]
     fig, axes = new_figure((3.1 * len(panels) + 0.8, 3.0), ncols=len(panels))
     axes = _axes_list(axes)
     im = None
-    for a, (name, g) in zip(axes, panels):
-        im = a.imshow(g.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+    for a, (name, m) in zip(axes, panels):
+        im = a.imshow(_cosine_gram(m).numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
         a.set_title(name, fontsize=9)
         a.set_xticks(range(k))
         a.set_yticks(range(k))
