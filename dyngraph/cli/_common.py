@@ -345,18 +345,16 @@ def get_model(args, train_loader, test_loader, num_classes: int) -> Tuple[nn.Mod
             model = model.to(device)
             info["arch"] = arch
         _check_output_size(model, test_loader, num_classes, device)
-        info["test_acc"] = evaluate(model, test_loader)
-        return model, info
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, args.example, num_classes=num_classes).to(device)
-    info = {"example": args.example, "arch": args.arch, "trained": not args.untrained,
-            "seed": args.seed}
-    if args.untrained:
-        info["test_acc"] = evaluate(model, test_loader)
-        return model, info
-    ckpt = Path(args.out) / f"model_{args.example}_{args.arch}_seed{args.seed}_ep{args.epochs}.pt"
-    info = train_cached(model, train_loader, ckpt, args.epochs, seed=args.seed,
-                        progress=not args.quiet, info=info, device=device)
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(args.arch, args.example, num_classes=num_classes).to(device)
+        info = {"example": args.example, "arch": args.arch, "trained": not args.untrained,
+                "seed": args.seed}
+        if not args.untrained:
+            ckpt = (Path(args.out)
+                    / f"model_{args.example}_{args.arch}_seed{args.seed}_ep{args.epochs}.pt")
+            info = train_cached(model, train_loader, ckpt, args.epochs, seed=args.seed,
+                                progress=not args.quiet, info=info, device=device)
     info["test_acc"] = evaluate(model, test_loader)
     return model, info
 

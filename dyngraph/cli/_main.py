@@ -40,10 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dyngraph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        mod = importlib.import_module(f"{_commands.__name__}.{info.name}")
-        mod.register(sub)
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{_commands.__name__}.{info.name}").register(sub)
     for name, p in sub.choices.items():
         if name != "plot":
             p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
@@ -63,33 +61,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if getattr(args, "quiet", False):
         os.environ["DYNGRAPH_QUIET"] = "1"
-    device = str(getattr(args, "device", "") or "")
-    if device:
-        try:
-            check_device(device, "--device")
-        except ValueError as exc:
-            print(f"dyngraph: error: {exc}", file=sys.stderr)
-            return 2
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"dyngraph: error: --device {device}: no CUDA device is available here "
-              f"(use --device cpu)", file=sys.stderr)
+    error = _usage_error(args)
+    if error:
+        print(f"dyngraph: error: {error}", file=sys.stderr)
         return 2
-    for flag in ("data", "eval_data"):
-        folder = getattr(args, flag, None)
-        if isinstance(folder, str) and not os.path.exists(folder):
-            print(f"dyngraph: error: --{flag.replace('_', '-')} {folder!r} does not exist (a "
-                  f"folder of class subfolders)", file=sys.stderr)
-            return 2
-    out = getattr(args, "out", None)
-    if out and os.path.exists(out) and not os.path.isdir(out):
-        print(f"dyngraph: error: --out {out!r} is a file, not a folder", file=sys.stderr)
-        return 2
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        if isinstance(threads, bool) or threads < 1:
-            print(f"dyngraph: error: --threads must be >= 1, got {threads}", file=sys.stderr)
-            return 2
     before = torch.get_num_threads()
+    threads = getattr(args, "threads", None)
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -99,6 +76,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:  # an in-process caller (a test, a notebook) gets its own setting back
         torch.set_num_threads(before)
+
+
+def _usage_error(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with --device, --data, --eval-data, --out or --threads, checked before the
+    command runs; ``None`` when nothing is."""
+    device = str(getattr(args, "device", "") or "")
+    if device:
+        try:
+            check_device(device, "--device")
+        except ValueError as exc:
+            return str(exc)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"--device {device}: no CUDA device is available here (use --device cpu)"
+    for flag in ("data", "eval_data"):
+        folder = getattr(args, flag, None)
+        if isinstance(folder, str) and not os.path.exists(folder):
+            return (f"--{flag.replace('_', '-')} {folder!r} does not exist (a folder of class "
+                    f"subfolders)")
+    out = getattr(args, "out", None)
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out!r} is a file, not a folder"
+    threads = getattr(args, "threads", None)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        return f"--threads must be >= 1, got {threads}"
+    return None
 
 
 def _flags(message: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

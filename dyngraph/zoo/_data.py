@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -11,14 +12,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from .._validate import check_choice
 
 EXAMPLES = ("digits", "mnist1d")
-
-
-def _require_sklearn():
-    try:
-        import sklearn.datasets  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("the bundled 'digits' data comes from scikit-learn: "
-                          "pip install 'dyngraph[examples]'") from exc
 
 
 def digits_dataset(split: str = "train", test_size: float = 0.3, seed: int = 0,
@@ -45,8 +38,11 @@ def digits_dataset(split: str = "train", test_size: float = 0.3, seed: int = 0,
     check_choice(split, "split", ("train", "test", "all"))
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
-    _require_sklearn()
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the bundled 'digits' data comes from scikit-learn: "
+                          "pip install 'dyngraph[examples]'") from exc
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
@@ -180,11 +176,6 @@ def parse_normalize(spec: str) -> Optional[Tuple[Tuple[float, ...], Tuple[float,
     return tuple(vals[:half]), tuple(vals[half:])
 
 
-def _class_dirs(path: str) -> list:
-    import os
-    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-
-
 def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
     """Where the training and the held-out images are, stated, never guessed silently.
 
@@ -214,7 +205,6 @@ def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
         >>> dg.zoo.folder_layout(os.path.join(root, 'train'))['layout']
         'train/ with its sibling val/'
     """
-    import os
     if not os.path.isdir(root):
         raise ValueError(f"data folder {root!r} does not exist")
     root = os.path.abspath(root)
@@ -223,7 +213,7 @@ def folder_layout(root: str, eval_root: Optional[str] = None) -> Dict[str, str]:
             raise ValueError(f"eval data folder {eval_root!r} does not exist")
         return {"train": root, "eval": os.path.abspath(eval_root),
                 "layout": "explicit training and held-out folders"}
-    subs = _class_dirs(root)
+    subs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     held = [d for d in EVAL_SPLITS if d in subs]
     if "train" in subs and held:
         return {"train": os.path.join(root, "train"), "eval": os.path.join(root, held[0]),

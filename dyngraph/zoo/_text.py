@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -107,15 +108,10 @@ def wordfreq_words(languages: Sequence[str] = DEFAULT_LANGUAGES, per_class: int 
     per_class = check_positive_int(per_class, "per_class")
     top_n = check_positive_int(top_n, "top_n")
     min_length = check_positive_int(min_length, "min_length")
-    pools: Dict[str, List[str]] = {}
-    for lang in languages:
-        words = [w for w in wordfreq.top_n_list(lang, top_n)
-                 if w.isalpha() and len(w) >= min_length]
-        pools[lang] = list(dict.fromkeys(words))
-    seen: Dict[str, int] = {}
-    for words in pools.values():
-        for w in words:
-            seen[w] = seen.get(w, 0) + 1
+    pools = {lang: list(dict.fromkeys(w for w in wordfreq.top_n_list(lang, top_n)
+                                      if w.isalpha() and len(w) >= min_length))
+             for lang in languages}
+    seen = Counter(w for words in pools.values() for w in words)
     gen = torch.Generator().manual_seed(int(seed))
     texts: List[str] = []
     labels: List[int] = []
@@ -189,11 +185,9 @@ def text_file_dataset(path: PathLike, text_column: str = "text",
                              f"(it has {keys})")
     texts = [str(r[text_column]) for r in rows]
     raw = [r[label_column] for r in rows]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
-        names = sorted(set(raw))
-    else:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
         raw = [str(v) for v in raw]
-        names = sorted(set(raw))
+    names = sorted(set(raw))
     index = {v: i for i, v in enumerate(names)}
     return TextDataset(texts, [index[v] for v in raw], [str(v) for v in names])
 

@@ -61,10 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ...outputs import log, plot
     from ...profiles import depth_profile
     # Check the cheap arguments before any training starts.
-    check_positive_int(args.k, "k")
-    check_positive_int(args.per_class, "per_class")
-    check_positive_int(args.repeats, "repeats")
-    check_positive_int(args.epochs, "epochs")
+    for name in ("k", "per_class", "repeats", "epochs"):
+        check_positive_int(getattr(args, name), name)
     if args.null < 0:
         raise ValueError(f"--null must be >= 0, got {args.null}")
     spec = GraphSpec(k=args.k, metric=args.metric, symmetrize=args.symmetrize)

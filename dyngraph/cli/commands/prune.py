@@ -21,7 +21,6 @@ from .._common import (
 def register(sub) -> None:
     from ...prune import RULES
     from ...prune._study import METHODS
-    from ...zoo._models import ARCHITECTURES
     p = sub.add_parser(
         "prune", help="find redundant layers on the modularity curve, prune, fine-tune, compare",
         description="Trains (or loads) a network, computes its modularity curve over the stem "
@@ -32,12 +31,11 @@ def register(sub) -> None:
                     "prune_report.json (finished rows are skipped on a rerun), prune_table.md, "
                     "curve.json and curves.png to --out.")
     add_common(p)
-    archs = sorted({a for per in ARCHITECTURES.values() for a in per})
-    for action in p._actions:  # the over-deep reference networks live in ARCHITECTURES
+    for action in p._actions:  # the over-deep reference networks are among add_common's choices
         if action.dest == "arch":
-            action.choices = archs
-            action.help = (f"reference architecture for --example, one of {archs} (default: "
-                           f"resnet, 12 residual blocks); with --data: resnet = CIFAR ResNet56")
+            action.help = (f"reference architecture for --example, one of {action.choices} "
+                           f"(default: resnet, 12 residual blocks); with --data: resnet = CIFAR "
+                           f"ResNet56")
     p.set_defaults(arch="resnet", epochs=15)
     g = p.add_argument_group("detection")
     g.add_argument("--rule", default="delta", choices=list(RULES) + ["reference"],
@@ -171,12 +169,12 @@ def run_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loaders(args):
+def _loaders(args, augment: bool = True):
     from ...zoo._data import example_loaders, image_folder_loaders
     if args.data:
         return image_folder_loaders(args.data, image_size=args.image_size,
                                     batch_size=args.batch_size, eval_root=args.eval_data,
-                                    normalize=args.normalize)
+                                    normalize=args.normalize, augment=augment)
     train, test = example_loaders(args.example, batch_size=args.batch_size, seed=args.seed)
     return train, test, 10
 
@@ -217,10 +215,7 @@ def run(args: argparse.Namespace) -> int:
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
     curve_loader = train if args.curve_split == "train" else test
     if args.data and args.curve_split == "train":  # the curve never sees augmented images
-        from ...zoo._data import image_folder_loaders
-        curve_loader = image_folder_loaders(args.data, image_size=args.image_size,
-                                            batch_size=args.batch_size, eval_root=args.eval_data,
-                                            normalize=args.normalize, augment=False)[0]
+        curve_loader = _loaders(args, augment=False)[0]
     report = prune_study(
         model, train, test, out, layers=args.layers, curve_loader=curve_loader,
         per_class=args.per_class, pool_per_class=args.pool_per_class, repeats=args.repeats,
