@@ -207,9 +207,7 @@ class Comparison(JsonFile):
 # ================================================================================== helpers
 def _named_items(items: Any) -> List[Tuple[str, Item]]:
     pairs: List[Tuple[Optional[str], Any]]
-    if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and not items:
-        raise ValueError("models_or_feature_sets is empty")
-    if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and items and \
+    if isinstance(items, Mapping) and not isinstance(items, LayerFeatures) and \
             all(isinstance(v, (nn.Module, LayerFeatures, Mapping)) for v in items.values()):
         pairs = [(str(k), v) for k, v in items.items()]
     elif isinstance(items, (list, tuple)):
@@ -599,10 +597,11 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         items = [(n, v) for n, (_, v) in zip(names, items)]
     if len(items) < 2 and not within:
         raise ValueError("compare needs two or more models (or within=True)")
-    if any(isinstance(v, nn.Module) for _, v in items) and loader is None:
-        raise ValueError("models need a loader: compare_models(models, loader, ...)")
-    _check_layer_keys(layers, [n for n, _ in items])
     models = {n: v for n, v in items if isinstance(v, nn.Module)}
+    if models and loader is None:
+        raise ValueError("models need a loader: compare_models(models, loader, ...)")
+    names_ = [n for n, _ in items]
+    _check_layer_keys(layers, names_)
     if STREAMED in measures and len(models) != len(items):
         raise ValueError(f"measure {STREAMED!r} streams the models over the loader; every item "
                          f"must then be an nn.Module")
@@ -642,7 +641,6 @@ def compare_models(models_or_feature_sets: Any, loader: Any = None,
         timings[f"prepare:{name}"] = round(time.perf_counter() - t, 3)
 
     # ---- pairwise fill
-    names_ = [n for n, _ in items]
     pairs = _pairs(names_, within)
     distance = {m.name: m.distance for m in ms}
     blocks: Dict[Pair, Dict[str, Tensor]] = {pair: {} for pair in pairs}

@@ -190,7 +190,6 @@ class _CKAState:
         self.n, self.unbiased, self.name = n, bool(unbiased), name
         if form == "auto":
             form = "features" if d <= n else "gram"
-        self.form = form
         xc = _centered(x)
         self.row_sq = (xc * xc).sum(1)                      # diag of K, [N]
         self.trace = self.row_sq.sum()                      # tr(K)
@@ -513,8 +512,7 @@ def _knn_lists(x: Tensor, k: int, metric: str, backend: str, name: str = "x"
 def _overlap_counts(ia: Tensor, ib: Tensor) -> Tensor:
     """``|row_i(ia) ∩ row_i(ib)|`` for index lists ``[..., N, ka]``, ``[..., N, kb]`` (blocked)."""
     ka, kb = ia.shape[-1], ib.shape[-1]
-    flat_a = ia.reshape(-1, ka)
-    flat_b = ib.reshape(-1, kb)
+    flat_a, flat_b = ia.reshape(-1, ka), ib.reshape(-1, kb)
     step = _step(ka * kb)
     out = torch.empty(flat_a.shape[0], dtype=torch.long, device=ia.device)
     for s in range(0, flat_a.shape[0], step):
@@ -724,27 +722,15 @@ def graph_similarity(x: Tensor, y: Tensor, k: Optional[int] = 10, metric: str = 
     check_k(k, x.shape[0])
     if symmetrize is not None:
         check_choice(symmetrize, "symmetrize", SYMMETRIZE)
-    ra = _rows_for(x, k, metric, symmetrize, weighted, backend, "x")
-    rb = _rows_for(y, k, metric, symmetrize, weighted, backend, "y")
-    return float(_row_cosine(ra, rb).mean())
-
-
-def _rows_for(x, k, metric, symmetrize, weighted, backend, name) -> _SparseRows:
-    vals, idx = _knn_lists(x, k, metric, backend, name)
-    ei, w = _graph_from_knn(vals, idx, metric, symmetrize, weighted)
-    return _SparseRows(ei, w, x.shape[0], name)
+    rows = []
+    for v, name in ((x, "x"), (y, "y")):
+        vals, idx = _knn_lists(v, k, metric, backend, name)
+        ei, w = _graph_from_knn(vals, idx, metric, symmetrize, weighted)
+        rows.append(_SparseRows(ei, w, v.shape[0], name))
+    return float(_row_cosine(rows[0], rows[1]).mean())
 
 
 # ================================================================================== modularity
-def _snapshot_q(x: Tensor, labels: Tensor, k: int, metric: str, symmetrize: str, backend: str,
-                resolution: float, name: str = "x"):
-    vals, idx = _knn_lists(x, k, metric, backend, name)
-    ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
-    # A symmetrised graph built here is undirected by construction: the O(E) contract check
-    # is skipped; a directed one (symmetrize=None) is checked, and refused.
-    return _q(ei, labels, w, x.shape[0], None, resolution, check=symmetrize is None)
-
-
 def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric: str = "cosine",
                         symmetrize: str = "mean", backend: str = "auto",
                         resolution: float = 1.0) -> float:
@@ -778,9 +764,14 @@ def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric
     labels = check_labels(labels, x.shape[0], "labels")
     check_same_device(x=x, labels=labels)
     check_k(k, x.shape[0])
-    qx = _snapshot_q(x, labels, k, metric, symmetrize, backend, resolution)
-    qy = _snapshot_q(y, labels, k, metric, symmetrize, backend, resolution, "y")
-    return abs(qx - qy)
+    q: List[Any] = []
+    for v, name in ((x, "x"), (y, "y")):
+        vals, idx = _knn_lists(v, k, metric, backend, name)
+        ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
+        # A symmetrised graph built here is undirected by construction: the O(E) contract check
+        # is skipped; a directed one (symmetrize=None) is checked, and refused.
+        q.append(_q(ei, labels, w, v.shape[0], None, resolution, check=symmetrize is None))
+    return abs(q[0] - q[1])
 
 
 # ================================================================================== summaries
@@ -877,16 +868,13 @@ def _states(a: RepresentationSummary, b: RepresentationSummary, measure: str) ->
     if a.n != b.n:
         raise ValueError(f"{a.name!r} and {b.name!r} summarise different numbers of inputs "
                          f"({a.n} and {b.n})")
-    states = []
     for s in (a, b):
-        state = getattr(s, _STATE[measure]) if measure in s.measures else None
-        if state is None:
+        if measure not in s.measures or getattr(s, _STATE[measure]) is None:
             raise ValueError(f"measure {measure!r} was not prepared for {s.name!r} (prepared: "
                              f"{s.measures})")
-        states.append(state)
     if measure in _KNN_MEASURES and a.k != b.k:
         raise ValueError(f"{a.name!r} and {b.name!r} use different k ({a.k} and {b.k})")
-    return states[0], states[1]
+    return getattr(a, _STATE[measure]), getattr(b, _STATE[measure])
 
 
 def summary_similarity(a: RepresentationSummary, b: RepresentationSummary, measure: str) -> float:

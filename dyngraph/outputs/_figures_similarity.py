@@ -19,32 +19,9 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
-def _measure(c: Comparison, metric: Optional[str]) -> str:
-    if metric is None:
-        return c.measures[0]
-    if metric not in c.measures:
-        raise ValueError(f"metric: {metric!r} was not computed; the comparison has {c.measures}")
-    return metric
-
-
-def _pair_heatmap(c: Comparison, measure: str, pair: Sequence[str], ax: Any,
-                  title: Optional[str], annotate: Optional[bool], cmap: Optional[str]) -> Any:
-    if isinstance(pair, str) or len(pair) != 2:
-        raise ValueError(f"pair must be two model names (a, b), got {pair!r}")
-    a, b = str(pair[0]), str(pair[1])
-    try:
-        m = c.matrix(a, b)
-    except KeyError as exc:
-        raise ValueError(f"pair: {exc.args[0]}") from None
-    return plot_matrix(m, ax=ax, metrics=[measure], annotate=annotate, cmap=cmap,
-                       title=title or f"{LABELS.get(measure, measure)}: {a} vs {b}",
-                       xlabel=f"{b} layers", ylabel=f"{a} layers")
-
-
 def _grid(c: Comparison, measure: str, ax: Any, title: Optional[str],
           cmap: Optional[str]) -> Any:
-    names = c.names
-    n = len(names)
+    n = len(c.names)
     if ax is not None and n > 1:
         raise ValueError(f"ax= draws one panel; the grid of {n} models has {n * n} (draw one "
                          f"pair with pair=(a, b))")
@@ -58,8 +35,8 @@ def _grid(c: Comparison, measure: str, ax: Any, title: Optional[str],
     fig, grid = new_figure((1.9 * n + 1.2, 1.8 * n + 0.8), ax=ax, nrows=n, ncols=n)
     axes: List[List[Any]] = [[grid]] if n == 1 else [list(row) for row in grid]
     im = None
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
+    for i, a in enumerate(c.names):
+        for j, b in enumerate(c.names):
             cell = axes[i][j]
             if (a, b) not in c.matrices:
                 cell.axis("off")
@@ -76,8 +53,7 @@ def _grid(c: Comparison, measure: str, ax: Any, title: Optional[str],
     label = LABELS.get(measure, measure)
     if im is not None:
         if n > 1:   # the bottom-left cell is never a computed pair: it holds the colour bar
-            host = axes[-1][0]
-            fig.colorbar(im, cax=host.inset_axes([0.45, 0.05, 0.1, 0.9]), label=label)
+            fig.colorbar(im, cax=axes[-1][0].inset_axes([0.45, 0.05, 0.1, 0.9]), label=label)
         else:
             fig.colorbar(im, ax=axes[0][0], fraction=0.046, pad=0.04, label=label)
     fig.suptitle(title or f"{label}: layer × layer, every pair of models (rows: first model's "
@@ -112,10 +88,21 @@ def plot_comparison(c: Comparison, ax: Any = None, metric: Optional[str] = None,
         >>> dg.plot(res, pair=('features_0', 'features_1')).axes[0].get_xlabel()
         'features_1 layers'
     """
-    measure = _measure(c, metric)
-    if pair is not None:
-        return _pair_heatmap(c, measure, pair, ax, title, annotate, cmap)
-    return _grid(c, measure, ax, title, cmap)
+    measure = c.measures[0] if metric is None else metric
+    if measure not in c.measures:
+        raise ValueError(f"metric: {metric!r} was not computed; the comparison has {c.measures}")
+    if pair is None:
+        return _grid(c, measure, ax, title, cmap)
+    if isinstance(pair, str) or len(pair) != 2:
+        raise ValueError(f"pair must be two model names (a, b), got {pair!r}")
+    a, b = str(pair[0]), str(pair[1])
+    try:
+        m = c.matrix(a, b)
+    except KeyError as exc:
+        raise ValueError(f"pair: {exc.args[0]}") from None
+    return plot_matrix(m, ax=ax, metrics=[measure], annotate=annotate, cmap=cmap,
+                       title=title or f"{LABELS.get(measure, measure)}: {a} vs {b}",
+                       xlabel=f"{b} layers", ylabel=f"{a} layers")
 
 
 @register_log(Comparison)
