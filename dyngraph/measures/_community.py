@@ -43,7 +43,6 @@ from .._validate import (
     check_labels,
     check_num_nodes,
     check_number,
-    check_resolution,
     check_same_device,
     check_tensor,
     compact_labels,
@@ -105,11 +104,6 @@ def _batch_info(batch, num_nodes, device, edge_index: Optional[Tensor] = None
     if edge_index is not None:
         check_within_graphs(edge_index, batch)
     return batch, b
-
-
-def _present_codes(y: Tensor) -> Tensor:
-    """Labels as ``0..K-1`` codes of the distinct values (unchanged when already so)."""
-    return compact_labels(y)[0]
 
 
 # ================================================================================== class mixing
@@ -228,9 +222,10 @@ def mixing_ratio(mixing: Tensor) -> Tensor:
     return torch.where(exp > 0, m / exp.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
 
 
-def _check_threshold(threshold: Any, name: str = "threshold") -> float:
+def _check_positive(value: Any, name: str) -> float:
+    """A finite number ``> 0`` (a ``ValueError`` otherwise, whatever was passed)."""
     try:
-        return check_number(threshold, name, minimum=0.0, strict=True)
+        return check_number(value, name, minimum=0.0, strict=True)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -257,7 +252,7 @@ def separation_depth(mixing: Tensor, threshold: float = 0.1) -> Tensor:
         >>> dg.measures.separation_depth(mix, threshold=0.3).tolist()
         [[-1, 1], [1, -1]]
     """
-    _check_threshold(threshold)
+    _check_positive(threshold, "threshold")
     r = mixing_ratio(mixing)
     if r.dim() != 3:
         raise ValueError(f"mixing must be [L, C, C] (one matrix per layer), got {tuple(r.shape)}")
@@ -424,7 +419,7 @@ def detect_communities(edge_index: Tensor, edge_weight: Optional[Tensor] = None,
     ei, w, n = _edges(edge_index, edge_weight, num_nodes, what="detect_communities")
     if n == 0:
         raise ValueError("detect_communities: the graph has no nodes")
-    resolution = _check_resolution(resolution)
+    resolution = _check_positive(resolution, "resolution")
     _check_seed(seed)
     if isinstance(n_iterations, bool) or not isinstance(n_iterations, int) \
             or not (n_iterations == -1 or n_iterations >= 1):
@@ -682,14 +677,6 @@ def _check_graph(graph: Any) -> None:
         raise ValueError("graph has no snapshots")
 
 
-def _check_resolution(resolution: Any) -> float:
-    """A finite ``γ > 0`` (a ``ValueError`` otherwise, whatever was passed)."""
-    try:
-        return check_resolution(resolution, strict=True)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
@@ -725,7 +712,7 @@ def class_contribution_profile(graph: Any, resolution: float = 1.0,
         True
     """
     _check_graph(graph)
-    _check_resolution(resolution)
+    _check_positive(resolution, "resolution")
     return _contribution_profile(graph, graph.class_contributions(resolution=resolution),
                                  resolution, class_names)
 
@@ -742,14 +729,6 @@ def _contribution_profile(graph: Any, contrib: Tensor, resolution: float,
 
 
 # ================================================================================== evolution
-def _snapshot_tensors(s: Data, i: int, name: str) -> Tuple[Tensor, Tensor, Tensor, int]:
-    if s.y is None:
-        raise ValueError(f"snapshot {i} ({name!r}) has no labels y")
-    w = s.edge_weight if s.edge_weight is not None else \
-        torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
-    return s.edge_index, w, s.y, int(s.num_nodes)
-
-
 def _detected(ei: Tensor, w: Optional[Tensor], y: Tensor, n: int, method: str,
               resolution: float, seed: int) -> Tuple[Tensor, Dict[str, float]]:
     """Communities of one graph and their scores (the ``'detected_communities'`` measure)."""
@@ -905,20 +884,24 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
     from ..profiles._profile import DepthProfile
     _check_graph(graph)
     check_choice(method, "method", METHODS)
-    _check_resolution(resolution)
+    _check_positive(resolution, "resolution")
     _check_seed(seed)
-    _check_threshold(separation_threshold, "separation_threshold")
+    _check_positive(separation_threshold, "separation_threshold")
     check_flag(progress, "progress")
     layers = graph.layers
     snaps: List[Tuple[Tensor, Tensor, Tensor, int]] = []
     ys = []
     for i, s in enumerate(graph.snapshots):
-        ei, w, y, n = _snapshot_tensors(s, i, layers[i])
+        if s.y is None:
+            raise ValueError(f"snapshot {i} ({layers[i]!r}) has no labels y")
+        n = int(s.num_nodes)
         if snaps and n != snaps[0][3]:
             raise ValueError(f"snapshot {i} has {n} nodes, snapshot 0 has {snaps[0][3]}: "
                              f"community transitions need the same samples in every layer")
-        snaps.append((ei, w, y, n))
-        ys.append(check_labels(y, n, f"y of snapshot {i}"))
+        w = s.edge_weight if s.edge_weight is not None else \
+            torch.ones(s.edge_index.shape[1], device=s.edge_index.device)
+        snaps.append((s.edge_index, w, s.y, n))
+        ys.append(check_labels(s.y, n, f"y of snapshot {i}"))
     # all snapshots as one graph of L·N nodes, node l·N + i being sample i in layer l
     ei_all = torch.cat([ei + i * n for i, (ei, _, _, _) in enumerate(snaps)], 1)
     w_all, y_all = torch.cat([w.to(torch.float64) for _, w, _, _ in snaps]), torch.cat(ys)
@@ -930,17 +913,15 @@ def community_evolution(graph: Any, method: str = DEFAULT_METHOD, resolution: fl
                           num_classes=c).cpu()
     purity = cast(Tensor, graph_purity(ei_all, y_all, w_all, num_nodes=y_all.numel(),
                                        batch=b_all))
-    comms, scores = [], []
-    for ei, w, y, n in progress_bar(snaps, desc="communities", disable=not progress):
-        comm, score = _detected(ei, w, y, n, method, resolution, seed)
-        comms.append(comm.cpu())
-        scores.append(score)
+    found = [_detected(ei, w, y, n, method, resolution, seed)
+             for ei, w, y, n in progress_bar(snaps, desc="communities", disable=not progress)]
+    comms = [comm.cpu() for comm, _ in found]
     trans = community_transitions(comms, "row") if len(comms) > 1 else []
     stab = torch.tensor([normalized_mutual_info(comms[i], comms[i + 1])
                          for i in range(len(comms) - 1)], dtype=torch.float64)
     ratio, separated, sep = _mixing_series(mixing, separation_threshold)
-    detected = {k: torch.tensor([s[k] for s in scores], dtype=torch.float64)
-                for k in scores[0]}
+    detected = {k: torch.tensor([s[k] for _, s in found], dtype=torch.float64)
+                for k in found[0][1]}
     series = {"modularity": contrib.sum(1).cpu(), "graph_purity": purity.cpu(),
               "mixing_ratio": ratio, "separated_pairs": separated, **detected}
     meta = {k: v for k, v in graph.meta.items() if k in ("k", "metric", "symmetrize", "n_samples")}
@@ -979,7 +960,8 @@ def _knn_purity(x: Tensor, y: Tensor, graph: Optional[Data], k: int = 10,
           "between two distinct classes (1: classes ignored, 0: classes separated)")
 def _mixing_ratio(x: Tensor, y: Tensor, graph: Optional[Data]) -> float:
     g = require_graph(graph, "mixing_ratio")
-    y = _present_codes(check_labels(y, int(g.num_nodes), "y"))  # (a scalar: label values unused)
+    # labels as 0..K-1 codes of the distinct values (a scalar: label values unused)
+    y = compact_labels(check_labels(y, int(g.num_nodes), "y"))[0]
     return float(mean_mixing_ratio(class_mixing(g.edge_index, y, g.edge_weight,
                                                 num_nodes=g.num_nodes)))
 

@@ -155,16 +155,6 @@ def _mixing(mixing: Tensor, names: Sequence[str], ax: Any, normalize: str,
                      title or "class mixing per layer", vmin=0, vmax=vmax, cmap="viridis")
 
 
-def _ordered_communities(comm: Tensor, labels: Tensor
-                         ) -> Tuple[List[int], Dict[int, int], Dict[int, int]]:
-    """Community ids in drawing order (by majority label, then size), each one's majority label
-    and each one's size."""
-    ids, counts = torch.unique(comm, return_counts=True)
-    major = {c: int(torch.bincount(labels[comm == c]).argmax()) for c in ids.tolist()}
-    size = dict(zip(ids.tolist(), counts.tolist()))
-    return sorted(size, key=lambda c: (major[c], -size[c], c)), major, size
-
-
 def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], ax: Any,
           title: Optional[str], gap: float) -> Any:
     from matplotlib import colormaps
@@ -181,7 +171,11 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
     pos: List[Dict[int, Tuple[float, float]]] = []
     majors = []
     for l, c in enumerate(comms):
-        order, major, size = _ordered_communities(c, lab)
+        # each community's majority label and size; drawn by majority label, then size
+        ids, counts = torch.unique(c, return_counts=True)
+        major = {cid: int(torch.bincount(lab[c == cid]).argmax()) for cid in ids.tolist()}
+        size = dict(zip(ids.tolist(), counts.tolist()))
+        order = sorted(size, key=lambda cid: (major[cid], -size[cid], cid))
         majors.append(major)
         k = len(order)
         usable = 1.0 - gap * max(k - 1, 0)
@@ -199,24 +193,23 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
                 ax.text(l, 1 - y0 - h / 2, str(cid), ha="center", va="center", fontsize=6)
             y0 += h + g
         pos.append(p)
+    rank = [{cid: i for i, cid in enumerate(p)} for p in pos]
+    used = [sum(h for _, h in p.values()) for p in pos]
     t = torch.linspace(0, 1, 30)
     s = (3 * t ** 2 - 2 * t ** 3).numpy()              # smoothstep
     for l in range(L - 1):
         kb = int(comms[l + 1].max()) + 1
         pairs, cnt = torch.unique(comms[l] * kb + comms[l + 1], return_counts=True)
         flows = [(p // kb, p % kb, c) for p, c in zip(pairs.tolist(), cnt.tolist())]
-        order_a = {cid: i for i, cid in enumerate(pos[l])}
-        order_b = {cid: i for i, cid in enumerate(pos[l + 1])}
         out_off, in_off = dict.fromkeys(pos[l], 0.0), dict.fromkeys(pos[l + 1], 0.0)
-        usable_a = sum(h for _, h in pos[l].values())
-        usable_b = sum(h for _, h in pos[l + 1].values())
+        usable_a, usable_b = used[l], used[l + 1]
         # outflows sorted by target position, inflows by source position: fewer crossings
         out_start = {}
         xs = (l + width / 2) + (1 - width) * t.numpy()
-        for src, dst, c_ in sorted(flows, key=lambda f: (order_a[f[0]], order_b[f[1]])):
+        for src, dst, c_ in sorted(flows, key=lambda f: (rank[l][f[0]], rank[l + 1][f[1]])):
             out_start[(src, dst)] = out_off[src]
             out_off[src] += usable_a * c_ / n
-        for src, dst, c_ in sorted(flows, key=lambda f: (order_b[f[1]], order_a[f[0]])):
+        for src, dst, c_ in sorted(flows, key=lambda f: (rank[l + 1][f[1]], rank[l][f[0]])):
             h_a, h_b = usable_a * c_ / n, usable_b * c_ / n
             ya = 1 - pos[l][src][0] - out_start[(src, dst)]
             yb = 1 - pos[l + 1][dst][0] - in_off[dst]
