@@ -50,6 +50,19 @@ def read_checkpoint(path: PathLike, device: Optional[Union[str, torch.device]] =
     return verify_payload(state, path, fix)
 
 
+def check_rates(grad_clip: Optional[float], **rates: Any) -> None:
+    """Training rates: finite numbers ``>= 0`` (``lr`` also ``> 0``); ``grad_clip`` ``> 0`` or
+    ``None``."""
+    for name, val in rates.items():
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or \
+                not math.isfinite(val) or val < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {name}={val!r}")
+    if rates["lr"] == 0:
+        raise ValueError("lr must be > 0, got lr=0")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip!r}")
+
+
 def settings_changed(saved: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     """``{setting: (saved, now)}`` for every setting that differs."""
     return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
@@ -87,13 +100,12 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     try:
-        with torch.no_grad():
-            for batch in loader:
-                xb, yb = split_batch(batch, batch_fn)
-                yb = yb.to(device)
-                logits = logits_of(call_model(model, to_device(xb, device)))
-                correct += (logits.argmax(1) == yb).sum()
-                total += yb.numel()
+        for batch in loader:
+            xb, yb = split_batch(batch, batch_fn)
+            yb = yb.to(device)
+            logits = logits_of(call_model(model, to_device(xb, device)))
+            correct += (logits.argmax(1) == yb).sum()
+            total += yb.numel()
     finally:
         model.train(was)
     if total == 0:
@@ -160,15 +172,8 @@ def fit(model: nn.Module, train_loader: Iterable[Any], val_loader: Optional[Iter
     check_choice(schedule, "schedule", SCHEDULES)
     if lr is None:
         lr = 0.01 if optimizer == "sgd" else 1e-3
-    for name, val in (("lr", lr), ("weight_decay", weight_decay), ("min_lr", min_lr),
-                      ("momentum", momentum), ("label_smoothing", label_smoothing)):
-        if not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val) \
-                or val < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {name}={val!r}")
-    if lr == 0:
-        raise ValueError("lr must be > 0, got lr=0")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip!r}")
+    check_rates(grad_clip, lr=lr, weight_decay=weight_decay, min_lr=min_lr, momentum=momentum,
+                label_smoothing=label_smoothing)
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -47,6 +47,7 @@ from .._validate import check_choice, check_model, check_positive_int, model_dev
 from ..capture._layers import BlockStack, block_stack
 from ..capture._taps import first_tensor, logits_of, to_device
 from ..measures._criteria import _angles, cosine_sum, last_token
+from ._finetune import check_rates, evaluate, settings_changed
 
 __all__ = ["CRITERIA", "BlockSelection", "BlockStates", "block_states", "heal",
            "lm_batches", "perplexity", "remove_blocks", "select_blocks", "transformer_blocks",
@@ -213,11 +214,8 @@ def remove_blocks(model: nn.Module, blocks: Union[int, str, Sequence[Union[int, 
         path, container = transformer_blocks(model, path)
     kept = [i for i in range(n) if i not in set(drop)]
     items = list(container)
-    new: BlockStack
-    if isinstance(container, nn.Sequential):
-        new = _rename_sequential(container, kept)
-    else:
-        new = nn.ModuleList([items[i] for i in kept])
+    new: BlockStack = (_rename_sequential(container, kept) if isinstance(container, nn.Sequential)
+                       else nn.ModuleList([items[i] for i in kept]))
     parent_name, _, attr = path.rpartition(".")
     if path == "":
         raise ValueError("the model is itself the block list; remove items from it directly")
@@ -266,14 +264,6 @@ def _encode(tokenizer: Any, text: str) -> List[int]:
     if ids and not all(isinstance(i, int) for i in ids):
         raise TypeError("the tokenizer must return token ids (ints) or a dict with 'input_ids'")
     return ids
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for key in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, key, None)
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
@@ -332,7 +322,8 @@ def lm_batches(tokenizer: Any, texts: Sequence[str], *, max_length: int = 128,
         windows = windows[:check_positive_int(max_windows, "max_windows")]
     if not windows:
         raise ValueError(f"no text has {min_tokens} tokens or more")
-    pad = _pad_id(tokenizer)
+    pad_ids = (getattr(tokenizer, key, None) for key in ("pad_token_id", "eos_token_id"))
+    pad = next((v for v in pad_ids if isinstance(v, int)), 0)
     out = []
     for s in range(0, len(windows), batch_size):
         part = windows[s:s + batch_size]
@@ -366,20 +357,21 @@ def _check_batches(batches: Any, name: str = "batches") -> List[Batch]:
     return out
 
 
-def _accepts(model: nn.Module, kw: str) -> bool:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return kw in params
-
-
 def _inputs(model: nn.Module, batch: Batch, device: torch.device) -> Dict[str, Any]:
     """The model's keyword inputs of a batch (without labels), on ``device``; no KV cache."""
     inp: Dict[str, Any] = {k: v for k, v in batch.items() if k != "labels"}
-    if _accepts(model, "use_cache"):
-        inp["use_cache"] = False
+    try:
+        if "use_cache" in inspect.signature(model.forward).parameters:
+            inp["use_cache"] = False
+    except (TypeError, ValueError):
+        pass
     return to_device(inp, device)
+
+
+def _attention_mask(batch: Batch, ids: Tensor) -> Tensor:
+    """The batch's attention mask as bool, on the device of ``ids`` (all ones when absent)."""
+    mask = batch.get("attention_mask")
+    return torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(ids.device).bool()
 
 
 # ============================================================================ hidden states
@@ -539,8 +531,7 @@ def block_states(model: nn.Module, batches: Iterable[Batch], *, stack: Optional[
     try:
         for batch in progress_bar(batches, desc="block states", disable=not progress):
             ids = batch["input_ids"]
-            mask = batch.get("attention_mask")
-            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+            mask = _attention_mask(batch, ids)
             if not bool(mask.any(1).all()):
                 raise ValueError("a window in batches has no tokens (attention_mask all 0)")
             state.update(ids=ids, mask=mask.to(dev), last=[None] * (n_blocks + 1),
@@ -716,9 +707,12 @@ def select_blocks(states: BlockStates, criterion: str, n: int, *, seed: int = 0,
 
 
 # ============================================================================ evaluation
-def _lm_loss_terms(logits: Tensor, ids: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
-    """Summed next-token NLL (float64) and the number of predicted tokens: position ``t``
-    predicts token ``t + 1`` when both are real tokens."""
+def _lm_loss_terms(out: Any, batch: Batch, dev: torch.device) -> Tuple[Tensor, Tensor]:
+    """Summed next-token NLL (float64) and the number of predicted tokens of a causal LM's
+    output on ``batch``: position ``t`` predicts token ``t + 1`` when both are real tokens."""
+    logits = _lm_logits(out)
+    ids = batch["input_ids"].to(dev)
+    mask = _attention_mask(batch, ids)
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
         raise ValueError(f"a causal LM's logits must be [B, T, V] for input_ids "
                          f"{tuple(ids.shape)}, got {tuple(logits.shape)}")
@@ -779,10 +773,7 @@ def perplexity(model: nn.Module, batches: Iterable[Batch],
     count = torch.zeros((), dtype=torch.long, device=dev)
     try:
         for b in batches:
-            ids = b["input_ids"].to(dev)
-            mask = b.get("attention_mask")
-            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(dev).bool()
-            s, c = _lm_loss_terms(_lm_logits(model(**_inputs(model, b, dev))), ids, mask)
+            s, c = _lm_loss_terms(model(**_inputs(model, b, dev)), b, dev)
             total += s
             count += c
     finally:
@@ -795,7 +786,6 @@ def perplexity(model: nn.Module, batches: Iterable[Batch],
 
 
 def _accuracy(model: nn.Module, batches: List[Batch], dev: torch.device) -> float:
-    from ._finetune import evaluate
     if any("labels" not in b for b in batches):
         raise ValueError("task='classify' needs batches with 'labels'")
     return evaluate(model, batches, dev, batch_fn=lambda b: (
@@ -815,11 +805,9 @@ def head_modules(model: nn.Module, stack: Optional[str] = None) -> List[str]:
         parent_name = ".".join(parts[:depth - 1])
         parent = model.get_submodule(parent_name) if parent_name else model
         names = [n for n, _ in parent.named_children()]
-        after = names[names.index(parts[depth - 1]) + 1:]
-        for n in after:
-            full = f"{parent_name}.{n}" if parent_name else n
-            if any(True for _ in parent.get_submodule(n).parameters()):
-                out.append(full)
+        out += [f"{parent_name}.{n}" if parent_name else n
+                for n in names[names.index(parts[depth - 1]) + 1:]
+                if any(True for _ in parent.get_submodule(n).parameters())]
     return out
 
 
@@ -906,14 +894,7 @@ def heal(model: nn.Module, batches: Sequence[Batch], *, mode: str = "partial",
     batches = _check_batches(batches)
     check_positive_int(steps, "steps")
     check_positive_int(checkpoint_every, "checkpoint_every")
-    for name, val in (("lr", lr), ("weight_decay", weight_decay)):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or \
-                not math.isfinite(val) or val < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {name}={val!r}")
-    if lr == 0:
-        raise ValueError("lr must be > 0, got lr=0")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip!r}")
+    check_rates(grad_clip, lr=lr, weight_decay=weight_decay)
     if mode == "none":
         return {"loss": [], "trainable_params": 0, "modules": [], "steps": 0,
                 "resumed_from": 0, "seconds": 0.0}
@@ -938,15 +919,14 @@ def heal(model: nn.Module, batches: Sequence[Batch], *, mode: str = "partial",
         start = 0
         ckpt = Path(checkpoint) if checkpoint is not None else None
         if ckpt is not None and resume and ckpt.exists():
+            not_ours = f"checkpoint {str(ckpt)!r} is not a dyngraph healing checkpoint"
             try:
                 saved = torch.load(ckpt, map_location=dev, weights_only=True)
             except Exception as exc:
-                raise ValueError(f"checkpoint {str(ckpt)!r} is not a dyngraph healing "
-                                 f"checkpoint ({type(exc).__name__}); delete it or pass "
+                raise ValueError(f"{not_ours} ({type(exc).__name__}); delete it or pass "
                                  f"resume=False") from exc
             if not isinstance(saved, dict) or saved.get("format") != _HEAL_FORMAT:
-                raise ValueError(f"checkpoint {str(ckpt)!r} is not a dyngraph healing "
-                                 f"checkpoint; delete it or pass resume=False")
+                raise ValueError(f"{not_ours}; delete it or pass resume=False")
             if saved["config"] != config:
                 diff = {k: (saved["config"].get(k), v) for k, v in config.items()
                         if saved["config"].get(k) != v and k != "trainable"}
@@ -978,10 +958,7 @@ def heal(model: nn.Module, batches: Sequence[Batch], *, mode: str = "partial",
             b = batches[perm[pos]]
             out = model(**_inputs(model, b, dev))
             if task == "lm":
-                ids = b["input_ids"].to(dev)
-                m = b.get("attention_mask")
-                m = torch.ones_like(ids, dtype=torch.bool) if m is None else m.to(dev).bool()
-                s, c = _lm_loss_terms(_lm_logits(out), ids, m)
+                s, c = _lm_loss_terms(out, b, dev)
                 loss = (s / c.clamp_min(1)).float()
             else:
                 loss = nn.functional.cross_entropy(logits_of(out), b["labels"].to(dev))
@@ -1164,9 +1141,7 @@ def transformer_prune_study(
     say = log or (lambda *a, **kw: None)
     check_choice(task, "task", TASKS)
     check_choice(heal, "heal", HEAL_MODES)
-    if isinstance(criteria, str):
-        criteria = [criteria]
-    criteria = list(criteria)
+    criteria = [criteria] if isinstance(criteria, str) else list(criteria)
     for c in criteria:
         check_choice(c, "criteria", CRITERIA)
     if not criteria:
@@ -1194,11 +1169,10 @@ def transformer_prune_study(
     batch_kw: Dict[str, Any] = dict(max_length=max_length, batch_size=batch_size,
                                     max_windows=max_windows, chunk=task == "lm",
                                     min_tokens=2 if task == "lm" else 1)
-    calib = lm_batches(tokenizer, texts, labels=labels, **batch_kw)
-    evals = lm_batches(tokenizer, eval_texts if eval_texts is not None else texts,
-                       labels=eval_labels if eval_texts is not None else labels, **batch_kw)
-    heals = lm_batches(tokenizer, heal_texts if heal_texts is not None else texts,
-                       labels=heal_labels if heal_texts is not None else labels, **batch_kw)
+    calib, evals, heals = [
+        lm_batches(tokenizer, texts if t is None else t, labels=labels if t is None else lab,
+                   **batch_kw)
+        for t, lab in ((texts, labels), (eval_texts, eval_labels), (heal_texts, heal_labels))]
 
     def evaluate_model(m: nn.Module) -> Dict[str, Any]:
         if task == "lm":
@@ -1214,9 +1188,8 @@ def transformer_prune_study(
               "heal_lr": heal_lr, "control": control, "task": task, "max_length": max_length,
               "batch_size": batch_size, "max_windows": max_windows, "modularity_k": modularity_k,
               "modularity_metric": modularity_metric, "seed": seed,
-              "windows": {"calibration": sum(len(b["input_ids"]) for b in calib),
-                          "eval": sum(len(b["input_ids"]) for b in evals),
-                          "heal": sum(len(b["input_ids"]) for b in heals)}}
+              "windows": {key: sum(len(b["input_ids"]) for b in bs) for key, bs in
+                          (("calibration", calib), ("eval", evals), ("heal", heals))}}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rpath = out / REPORT
@@ -1225,7 +1198,6 @@ def transformer_prune_study(
         import json
         report = json.loads(rpath.read_text(encoding="utf-8"))
         if report.get("config") != config:
-            from ._finetune import settings_changed
             raise ValueError(f"{str(out)!r} holds a study with other settings (saved, now): "
                              f"{settings_changed(report.get('config', {}), config)}; use "
                              f"another folder or delete {rpath}")
@@ -1339,11 +1311,9 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
             cand = {c: r[key] for c, r in named.items()}
             if rand:
                 cand["random (mean)"] = s[f"random_{stage}"]["mean"]
-            best = None
-            for c, v in cand.items():
-                if best is None or better(v, cand[best]):
-                    best = c
-            s[f"best_{stage}"] = best
+            # the first of the best (min and max keep the first of equal values, as better does)
+            pick = min if metric == "perplexity" else max
+            s[f"best_{stage}"] = pick(cand, key=cand.__getitem__, default=None)
             if "reverse" in named:
                 s[f"beats_reverse_{stage}"] = {c: better(r[key], named["reverse"][key])
                                                for c, r in named.items() if c != "reverse"}
@@ -1397,12 +1367,10 @@ def format_table(report: Dict[str, Any]) -> str:
         if len(rand) > 1:
             p = _mean_std([r[f"{metric}_pruned"] for r in rand])
             h = _mean_std([r[f"{metric}_healed"] for r in rand])
-            avg = {key: statistics.fmean(r[key] for r in rand) for key in
-                   ("params", "flops", "params_reduction", "flops_reduction")}
+            keys = ("params", "flops", "params_reduction", "flops_reduction") + (
+                ("latency_ms", "speedup") if lat else ())
+            avg = {key: statistics.fmean(r[key] for r in rand) for key in keys}
             avg["params"], avg["flops"] = round(avg["params"]), round(avg["flops"])
-            if lat:
-                avg["latency_ms"] = statistics.fmean(r["latency_ms"] for r in rand)
-                avg["speedup"] = statistics.fmean(r["speedup"] for r in rand)
             lines.append(line(f"random, mean ± std ({len(rand)} seeds)", {**avg, "blocks": "—"},
                               f"{n}/{cfg['blocks']}", f"{p['mean']:.3f} ± {p['std']:.3f}",
                               f"{h['mean']:.3f} ± {h['std']:.3f}"))
