@@ -1574,8 +1574,7 @@ class CollapseCallback:
             raise TypeError(f"writer must be a SummaryWriter-like object with add_scalar() and "
                             f"add_text(), got {type(writer).__name__}")
         self.loader, self.layers, self.classifier = loader, layers, classifier
-        self.every, self.writer, self.tag = every, writer, tag
-        self.path = path
+        self.every, self.writer, self.tag, self.path = every, writer, tag, path
         self.kwargs: Dict[str, Any] = dict(
             num_classes=num_classes, method=_check_method(method), max_dense_dim=max_dense_dim,
             pool=pool, device=device, batch_fn=batch_fn, max_batches=max_batches,
