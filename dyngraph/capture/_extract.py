@@ -38,7 +38,7 @@ from .._io import (
     verify_payload,
 )
 from .._progress import progress_bar
-from .._validate import check_labels, check_model, check_positive_int
+from .._validate import check_labels, check_model, check_positive_int, model_device
 from ._features import (
     LayerFeatures,
     SpilledArray,
@@ -122,15 +122,12 @@ def balanced_indices(labels: Tensor, per_class: Optional[int] = None,
         if n_samples > labels.numel():
             raise ValueError(f"n_samples={n_samples} exceeds the {labels.numel()} samples "
                              f"available")
-        base, extra = divmod(n_samples, classes.numel())
+        base = n_samples // classes.numel()
         order = torch.randperm(classes.numel(), generator=gen)
-        want = {int(c): base for c in classes}
         # Classes too small for an even share give their remainder to the others.
-        budget = n_samples
         avail = {int(c): int(k) for c, k in zip(classes, counts)}
-        for c in want:
-            want[c] = min(want[c], avail[c])
-        budget -= sum(want.values())
+        want = {c: min(base, avail[c]) for c in avail}
+        budget = n_samples - sum(want.values())
         i = 0
         while budget > 0:
             c = int(classes[order[i % classes.numel()]])
@@ -315,10 +312,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
         if spill_dtype not in ("float32", "float16"):
             raise ValueError(f"spill dtype must be one of ['float32', 'float16'], got "
                              f"{spill_dtype!r}")
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     asked = {"per_class": per_class, "n_samples": n_samples}
 
     # Up-front selection when the labels are known.
@@ -369,9 +363,7 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
             return ck.result()
 
     store: Dict[str, Any] = {}
-    tmp_dir = None
-    if spill_dir is not None:
-        tmp_dir = str(make_spill_dir(spill_dir))
+    tmp_dir = str(make_spill_dir(spill_dir)) if spill_dir is not None else None
     gen = torch.Generator().manual_seed(int(seed))
     counts: Dict[int, int] = {}
     dims: Dict[str, int] = {}
@@ -410,10 +402,8 @@ def extract_features(model: nn.Module, loader, layers: LayerSpec = None, *,
             raise ValueError(f"the model failed on a batch of inputs of shape "
                              f"{_shapes(inputs)}: {exc}") from exc
         n_batch = yb.numel()
-        if indices is not None:
-            src = indices[n_inputs:n_inputs + n_batch]
-        else:
-            src = torch.arange(n_inputs, n_inputs + n_batch)
+        src = (indices[n_inputs:n_inputs + n_batch] if indices is not None
+               else torch.arange(n_inputs, n_inputs + n_batch))
         n_inputs += n_batch
         if pool == "tokens":
             assert taps.tokens is not None
@@ -625,17 +615,11 @@ def _skip_batches(loader: Any, done: int) -> Tuple[Any, Optional[int]]:
     return itertools.islice(loader, done, None), total
 
 
-class _MemColumn:
+class _MemColumn(List[Tensor]):
     """Integer labels (or token sources, positions) of the batches, in memory."""
 
-    def __init__(self) -> None:
-        self.parts: List[Tensor] = []
-
-    def append(self, values: Tensor) -> None:
-        self.parts.append(values)
-
     def read(self) -> Tensor:
-        return torch.cat(self.parts)
+        return torch.cat(self)
 
 
 class _Column:
@@ -873,11 +857,10 @@ class _Checkpoint:
         meta = json.loads(json.dumps(meta))
         atomic_torch_save({"y": y, "indices": indices, "positions": positions},
                           self.folder / RESULT_FILE, checksum=True)
-        layers = []
-        for alias, a in feats.items():
+        for a in feats.values():
             a.close()
-            layers.append([alias, {"file": a.path.name, "rows": a.rows, "dim": a.dim,
-                                   "sha256": a.sha256}])
+        layers = [[alias, {"file": a.path.name, "rows": a.rows, "dim": a.dim, "sha256": a.sha256}]
+                  for alias, a in feats.items()]
         self._write({"state": "done", "layers": layers, "meta": meta,
                      "result": sha256_file(self.folder / RESULT_FILE)})
         return self.result()

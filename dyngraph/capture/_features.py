@@ -100,9 +100,8 @@ def read_spill_marker(folder: PathLike) -> Optional[Dict[str, Any]]:
 def _owned_spill_dir(folder: Path) -> bool:
     """``folder`` is a spill folder dyngraph made (its name, its marker) holding nothing but
     what dyngraph writes there."""
-    if not folder.name.startswith(SPILL_PREFIX) or folder.is_symlink() or not folder.is_dir():
-        return False
-    if read_spill_marker(folder) is None:
+    if not folder.name.startswith(SPILL_PREFIX) or folder.is_symlink() or not folder.is_dir() \
+            or read_spill_marker(folder) is None:
         return False
     return all(p.name == SPILL_MARKER or (_SPILL_FILES.fullmatch(p.name) and p.is_file()
                                           and not p.is_symlink()) for p in folder.iterdir())
@@ -515,9 +514,7 @@ class LayerFeatures(Mapping):
 
     # Mapping protocol
     def __getitem__(self, name: str) -> Tensor:
-        if name not in self._layers:
-            raise KeyError(f"no layer {name!r}; layers are {list(self._layers)}")
-        v = self._layers[name]
+        v = self.stored(name)
         return v.load() if isinstance(v, SpilledArray) else v
 
     def __iter__(self) -> Iterator[str]:
@@ -569,9 +566,8 @@ class LayerFeatures(Mapping):
             raise ValueError(f"index holds {bad[:5].tolist()} outside the {n} rows of these "
                              f"features")
         idx = torch.where(idx < 0, idx + n, idx)
-        feats = {}
-        for k, v in self._layers.items():
-            feats[k] = v.load(idx.numpy()) if isinstance(v, SpilledArray) else v[idx]
+        feats = {k: v.load(idx.numpy()) if isinstance(v, SpilledArray) else v[idx]
+                 for k, v in self._layers.items()}
         return LayerFeatures(feats, self.y[idx],
                              None if self.indices is None else self.indices[idx], self.meta,
                              None if self.positions is None else self.positions[idx])
@@ -656,16 +652,12 @@ class LayerFeatures(Mapping):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            files = {}
-            sums = {}
-            for i, name in enumerate(self._layers):
-                fname = f"layer_{i:03d}.npy"
+            files = {name: f"layer_{i:03d}.npy" for i, name in enumerate(self._layers)}
+            for name, fname in files.items():
                 np.save(tmp / fname, self[name].float().cpu().numpy())
-                files[name] = fname
-                sums[fname] = sha256_file(tmp / fname)
             torch.save({"y": self.y.cpu(), "indices": self.indices, "positions": self.positions},
                        tmp / "labels.pt")
-            sums["labels.pt"] = sha256_file(tmp / "labels.pt")
+            sums = {fname: sha256_file(tmp / fname) for fname in [*files.values(), "labels.pt"]}
             meta = json.loads(json.dumps(self.meta, default=str))
             (tmp / "index.json").write_text(json_text({
                 "format": "dyngraph.LayerFeatures/1", "layers": files, "meta": meta,
@@ -725,10 +717,9 @@ class LayerFeatures(Mapping):
                           f"entries are used unverified", UserWarning, stacklevel=2)
         if sums is not None and not isinstance(sums, dict):
             raise CorruptFileError(path / "index.json", "its 'checksums' entry is not a dict", fix)
-        legacy = sums is None
 
         def expected(fname: str) -> Optional[str]:
-            if legacy:
+            if sums is None:
                 return None
             assert isinstance(sums, dict)
             if not isinstance(sums.get(fname), str):

@@ -45,16 +45,9 @@ def list_layers(model: nn.Module, types: Optional[Union[type, Tuple[type, ...]]]
         ['0', '2']
     """
     check_model(model)
-    names = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-        if leaves_only and next(mod.children(), None) is not None:
-            continue
-        if types is not None and not isinstance(mod, types):
-            continue
-        names.append(name)
-    return names
+    return [name for name, mod in model.named_modules()
+            if name and not (leaves_only and next(mod.children(), None) is not None)
+            and (types is None or isinstance(mod, types))]
 
 
 def _is_block(mod: nn.Module) -> bool:
@@ -94,7 +87,7 @@ def residual_blocks(model: nn.Module) -> List[str]:
                 if _is_block(child):
                     blocks.append(f"{name}.{child_name}" if name else child_name)
     # Outermost blocks only (a block nested in another block's Sequential is part of it).
-    return [b for b in blocks if not any(b.startswith(o + ".") for o in blocks if o != b)]
+    return _outermost(blocks)
 
 
 def _activation_after(model: nn.Module, name: str) -> Optional[str]:
@@ -103,14 +96,12 @@ def _activation_after(model: nn.Module, name: str) -> Optional[str]:
     pos = next((i for i, (n, _) in enumerate(leaves) if n == name), None)
     if pos is None:  # a container (e.g. a block): its output is already what it returns
         return None
-    found = None
     for n, m in leaves[pos + 1:]:
         if isinstance(m, ACTIVATIONS):
-            found = n
-            break
+            return n
         if not isinstance(m, PASSTHROUGH):
             break
-    return found
+    return None
 
 
 # Names of the block list in common libraries; they only break ties between equally long stacks
@@ -217,10 +208,8 @@ def _cnn_blocks(model: nn.Module) -> List[str]:
     and the residual blocks of :func:`residual_blocks`. Auxiliary heads (a name part starting
     with ``aux``) are left out: they do not feed the network's output."""
     found = set(residual_blocks(model))
-    names = []
-    for name, mod in model.named_modules():
-        if name and (name in found or type(mod).__name__ in KNOWN_BLOCKS or _is_branchy(mod)):
-            names.append(name)
+    names = [name for name, mod in model.named_modules()
+             if name and (name in found or type(mod).__name__ in KNOWN_BLOCKS or _is_branchy(mod))]
     return [n for n in _outermost(names) if not _AUX.search(n)]
 
 
@@ -365,11 +354,8 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = Fals
     if not isinstance(layers, (dict, list, tuple)):
         raise TypeError(f"layers must be a layer name, a list of names, a {{name: label}} dict, "
                         f"a module type or None, got {type(layers).__name__} {layers!r}")
-    pairs: List[Tuple[Any, Any]]
-    if isinstance(layers, dict):
-        pairs = list(layers.items())
-    else:
-        pairs = [(n, n) for n in layers]
+    pairs: List[Tuple[Any, Any]] = (list(layers.items()) if isinstance(layers, dict)
+                                    else [(n, n) for n in layers])
     if not pairs and not allow_empty:
         raise ValueError("layers is empty: choose at least one layer (see dg.list_layers(model) "
                          "or dg.default_layers(model))")
@@ -390,7 +376,6 @@ def resolve_layers(model: nn.Module, layers: LayerSpec, allow_empty: bool = Fals
             hint = f" Did you mean one of {close}?" if close else ""
             raise ValueError(f"unknown layer {name!r} in layers.{hint} See dg.list_layers(model) "
                              f"for the {len(modules) - 1} available names.")
-        alias = alias if isinstance(layers, dict) else spec
         if alias in out:
             raise ValueError(f"layer {alias!r} is listed twice")
         out[alias] = (name, where)

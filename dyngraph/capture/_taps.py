@@ -221,11 +221,7 @@ def module_layout(mod: nn.Module) -> Optional[str]:
                 return "channels_first"
         return None
     if isinstance(mod, nn.Sequential):
-        for child in reversed(list(mod)):
-            found = module_layout(child)
-            if found is not None:
-                return found
-        return None
+        return next(filter(None, map(module_layout, reversed(list(mod)))), None)
     subs = list(mod.modules())[1:]
     attn = any(_attention_like(m) for m in subs)
     conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in subs)
@@ -254,11 +250,7 @@ def module_input_layout(mod: nn.Module) -> Optional[str]:
         found = module_layout(mod)
         return None if found is None else flip[found]
     if isinstance(mod, nn.Sequential):
-        for child in mod:
-            found = module_input_layout(child)
-            if found is not None:
-                return found
-        return None
+        return next(filter(None, map(module_input_layout, mod)), None)
     return module_layout(mod)
 
 
@@ -354,8 +346,8 @@ def pool_tokens(seq: Tensor, mask: Optional[Tensor], pool: str
         return total / counts.unsqueeze(-1).to(seq.dtype), None
     if pool in ("cls", "last"):
         # padding positions before the first (after the last) real token
-        lead = (mask.cumsum(1) == 0).sum(1) if pool == "cls" else None
-        idx = lead if lead is not None else T - 1 - (mask.flip(1).cumsum(1) == 0).sum(1)
+        idx = ((mask.cumsum(1) == 0).sum(1) if pool == "cls"
+               else T - 1 - (mask.flip(1).cumsum(1) == 0).sum(1))
         return seq[torch.arange(B, device=seq.device), idx], None
     rows, pos = mask.nonzero(as_tuple=True)
     return seq[rows, pos], (rows, pos)
@@ -496,19 +488,23 @@ class LayerTaps:
         self._order_problem: Dict[str, Optional[str]] = {
             alias: _batch_first_problem(modules[name]) if where == "output" else None
             for alias, (name, where) in self.spec.items()}
+        self.clear()
+        self._signature: Optional[inspect.Signature] = None
+        self._handles: List[Any] = []
+        self._was_training: Optional[bool] = None
+        self._active = False
+
+    def clear(self) -> None:
+        """Forgets the last forward pass's outputs."""
         self.outputs: Dict[str, Tensor] = {}
         self.calls: Dict[str, List[Tensor]] = {}
         self.empty: Set[str] = set()
         self.order: List[str] = []
         self.tokens: Optional[Tuple[Tensor, Tensor]] = None
+        self._tokens_from: Optional[str] = None
         self.attention_mask: Optional[Tensor] = None
         self._mask: Optional[Tensor] = None
-        self._tokens_from: Optional[str] = None
-        self._signature: Optional[inspect.Signature] = None
         self._calls: Dict[str, int] = {}
-        self._handles: List[Any] = []
-        self._was_training: Optional[bool] = None
-        self._active = False
 
     @property
     def names(self) -> List[str]:
@@ -615,9 +611,8 @@ class LayerTaps:
         if self.tokens is None:
             self.tokens, self._tokens_from = tok, alias
             return
-        same = all(a.shape == b.shape and bool(torch.equal(a, b.to(a.device)))
-                   for a, b in zip(self.tokens, tok))
-        if not same:
+        if not all(a.shape == b.shape and bool(torch.equal(a, b.to(a.device)))
+                   for a, b in zip(self.tokens, tok)):
             raise ValueError(f"pool='tokens': layer {alias!r} has {tok[0].numel()} tokens, not "
                              f"the {self.tokens[0].numel()} tokens at the positions of layer "
                              f"{self._tokens_from!r}; every tapped layer must have the same "
@@ -625,16 +620,15 @@ class LayerTaps:
 
     def _capture(self, alias: str, mod: nn.Module, value: Any) -> None:
         val = first_tensor(value)
-        if val is None and not self.strict:
-            self._calls[alias] = self._calls.get(alias, 0) + 1
-            self.order.append(alias)
-            self.empty.add(alias)
-            return
-        if val is None:
+        if val is None and self.strict:
             raise ValueError(f"layer {alias!r} ({type(mod).__name__}) returned "
                              f"{type(value).__name__} with no tensor in it; hook one of its "
                              f"submodules instead (see dg.list_layers(model))")
         self._calls[alias] = self._calls.get(alias, 0) + 1
+        if val is None:
+            self.order.append(alias)
+            self.empty.add(alias)
+            return
         if self._calls[alias] > 1 and not self.allow_repeat:
             raise ValueError(f"layer {alias!r} ran {self._calls[alias]} times in one forward pass "
                              f"(a module reused in forward); hook a module that runs once, or "
@@ -706,16 +700,6 @@ class LayerTaps:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
-
-    def clear(self) -> None:
-        """Forgets the last forward pass's outputs."""
-        self.outputs = {}
-        self.calls = {}
-        self.empty = set()
-        self.order = []
-        self.tokens, self._tokens_from = None, None
-        self.attention_mask, self._mask = None, None
-        self._calls = {}
 
     def check_complete(self) -> None:
         """Raises when a tapped layer did not run in the last forward pass."""
