@@ -13,8 +13,6 @@ Nguyen et al. (2021) for all layer pairs of all models at once, without keeping 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -23,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._io import PathLike, atomic_write_text
+from .._io import PathLike
 from .._json import JsonFile, jsonable
 from .._progress import progress_bar
 from .._validate import check_choice, check_flag, check_labels, check_positive_int
@@ -38,7 +36,7 @@ from ..capture._taps import (
 )
 from ..measures._registry import Measure, resolve
 from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary
-from ..profiles._profile import DepthProfile, LayerMatrix, check_out_path
+from ..profiles._profile import DepthProfile, LayerMatrix, _csv, _require
 from ..profiles._runner import check_measure_options, prepare_layers, score_layers
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
@@ -142,20 +140,11 @@ class Comparison(JsonFile):
 
     def to_csv(self, path: Optional[PathLike] = None) -> str:
         """The tidy table as CSV text, written atomically to ``path`` when given."""
-        check_out_path(path)
-        buf = io.StringIO()
         cols = ["measure", "model_a", "model_b", "layer_a", "layer_b", "index_a", "index_b",
                 "value", "p_value"]
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        for r in self.table:
-            r["value"] = f"{r['value']:.10g}"
-            r["p_value"] = "" if r["p_value"] is None else f"{r['p_value']:.6g}"
-            w.writerow(r)
-        text = buf.getvalue()
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        rows = ([*(r[c] for c in cols[:-2]), f"{r['value']:.10g}",
+                 "" if r["p_value"] is None else f"{r['p_value']:.6g}"] for r in self.table)
+        return _csv(cols, rows, path)
 
     def summary(self) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
         """Per measure and pair ``'a|b'``: the mean, the mean best match per row of ``a`` and, for
@@ -193,10 +182,7 @@ class Comparison(JsonFile):
     def from_dict(cls, d: Dict[str, Any]) -> "Comparison":
         """The inverse of :meth:`to_dict`."""
         cls._check_format(d)
-        missing = [k for k in ("names", "layers", "measures", "matrices") if k not in d]
-        if missing:
-            raise ValueError(f"not a complete Comparison dict: missing {missing} (the file was "
-                             f"cut short or edited)")
+        _require(d, ("names", "layers", "measures", "matrices"), "Comparison")
         mats = {(str(e["pair"][0]), str(e["pair"][1])): LayerMatrix.from_dict(e["matrix"])
                 for e in d["matrices"]}
         profiles = {n: DepthProfile.from_dict(p) for n, p in d.get("profiles", {}).items()}
