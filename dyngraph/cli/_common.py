@@ -244,16 +244,15 @@ def load_user_model(args: Any, num_classes: int, device: torch.device) -> Tuple[
         torch.manual_seed(getattr(args, "seed", 0))  # a model without --model weights is seeded
         cls = _model_class(args.model_def)
         try:
-            built = cls(**kwargs)
+            model = cls(**kwargs)
         except TypeError as exc:
             if "argument" not in str(exc):  # a TypeError from inside the user's __init__
                 raise
             raise ValueError(f"--model-args {json.dumps(kwargs)!r} do not fit --model-def "
                              f"{args.model_def!r}: {exc}") from None
-        if not isinstance(built, nn.Module):
-            raise TypeError(f"--model-def {args.model_def!r} returned {type(built).__name__}, "
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model-def {args.model_def!r} returned {type(model).__name__}, "
                             f"not an nn.Module")
-        model = built
     if path is None:
         if model is None:
             raise ValueError("--model-args needs --model-def")

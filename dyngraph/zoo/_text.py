@@ -180,9 +180,8 @@ def text_file_dataset(path: PathLike, text_column: str = "text",
     for col, what in ((text_column, "text_column"), (label_column, "label_column")):
         missing = next((i for i, r in enumerate(rows) if col not in r or r[col] is None), None)
         if missing is not None:
-            keys = sorted(rows[missing])
             raise ValueError(f"{what}={col!r}: row {missing + 1} of {path} has no such column "
-                             f"(it has {keys})")
+                             f"(it has {sorted(rows[missing])})")
     texts = [str(r[text_column]) for r in rows]
     raw = [r[label_column] for r in rows]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):

@@ -19,7 +19,7 @@ from .._common import (
 
 
 def register(sub) -> None:
-    from ...prune import RULES
+    from ...prune import RULES, TRANSFORMER_CRITERIA
     from ...prune._study import METHODS
     p = sub.add_parser(
         "prune", help="find redundant layers on the modularity curve, prune, fine-tune, compare",
@@ -71,7 +71,6 @@ def register(sub) -> None:
                    help="skip fine-tuning the unpruned model as a control")
     f.add_argument("--batch-size", type=int, default=128, help="training batch size (--example)")
     f.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
-    from ...prune import TRANSFORMER_CRITERIA
     h = p.add_argument_group(
         "transformers (--hf): depth pruning of a stack's blocks",
         "Every criterion at every budget in one report (transformer_prune.json / .md): blocks "
