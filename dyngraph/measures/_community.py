@@ -69,10 +69,10 @@ EVOLUTION_FORMAT = "dyngraph.CommunityEvolution/1"
 
 
 # ================================================================================== helpers
-def _edges(edge_index, edge_weight, num_nodes, y=None, *, what: Optional[str] = None):
+def _edges(edge_index, edge_weight, num_nodes, y=None, *, what: str):
     """Checked ``(edge_index, float64 weights, N)``; ``N`` defaults to ``y.numel()`` (a tensor),
-    else to ``max(edge_index) + 1``. Node ids must lie in ``[0, N)``, weights be finite (and
-    ``>= 0`` when ``what`` names the function that needs it)."""
+    else to ``max(edge_index) + 1``. Node ids must lie in ``[0, N)``, weights be finite and
+    ``>= 0`` (``what`` names the function that needs it in the error)."""
     ei = check_edge_index(edge_index)
     lo, hi = (int(v) for v in ei.aminmax()) if ei.numel() else (0, -1)
     if num_nodes is None:
@@ -86,23 +86,21 @@ def _edges(edge_index, edge_weight, num_nodes, y=None, *, what: Optional[str] = 
         edge_weight = torch.ones(ei.shape[1], device=ei.device)
     w = check_edge_weight(edge_weight, ei.shape[1]).to(torch.float64)
     check_same_device(edge_index=ei, edge_weight=w)
-    if what is not None and ei.numel() and bool((w < 0).any()):
+    if ei.numel() and bool((w < 0).any()):
         raise ValueError(f"{what} needs non-negative edge weights; {int((w < 0).sum())} are "
                          f"negative. Clamp them, or build the graph with metric='euclidean' "
                          f"(unit weights)")
     return ei, w, num_nodes
 
 
-def _batch_info(batch, num_nodes, device, edge_index: Optional[Tensor] = None
-                ) -> Tuple[Optional[Tensor], int]:
+def _batch_info(batch, num_nodes, edge_index: Tensor) -> Tuple[Optional[Tensor], int]:
     """Checked ``batch`` and the number of graphs; no edge of ``edge_index`` may join two."""
     if batch is None:
         return None, 1
-    batch = check_labels(batch, num_nodes, "batch").to(device)
+    batch = check_labels(batch, num_nodes, "batch").to(edge_index.device)
     b = int(batch.max()) + 1 if num_nodes else 0
     check_class_axis(batch, b, "batch")
-    if edge_index is not None:
-        check_within_graphs(edge_index, batch)
+    check_within_graphs(edge_index, batch)
     return batch, b
 
 
@@ -150,7 +148,7 @@ def class_mixing(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
                              f"{num_classes!r}")
         c = num_classes
     check_class_axis(y, c, "y", power=2)
-    batch, b = _batch_info(batch, n, ei.device, ei)
+    batch, b = _batch_info(batch, n, ei)
     row, col = ei
     key = y[row] * c + y[col]
     if batch is not None:
@@ -337,7 +335,7 @@ def graph_purity(edge_index: Tensor, y: Tensor, edge_weight: Optional[Tensor] = 
     y = check_labels(y, n, "y").to(ei.device)
     if per_class:
         check_class_axis(y, int(y.max()) + 1, "y")
-    batch, b = _batch_info(batch, n, ei.device, ei)
+    batch, b = _batch_info(batch, n, ei)
     row, col = ei
     same = scatter(w * (y[row] == y[col]).to(w.dtype), col, dim=0, dim_size=n, reduce="sum")
     tot = scatter(w, col, dim=0, dim_size=n, reduce="sum")
@@ -677,10 +675,9 @@ def _check_graph(graph: Any) -> None:
         raise ValueError("graph has no snapshots")
 
 
-def _check_seed(seed: Any) -> int:
+def _check_seed(seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r}")
-    return seed
 
 
 def class_contribution_profile(graph: Any, resolution: float = 1.0,

@@ -83,11 +83,10 @@ def _check_fraction(value, name: str, interval: str = "[)") -> float:
     return value
 
 
-def _check_k(k, n: int, minimum: int) -> int:
+def _check_k(k, n: int, minimum: int) -> None:
     check_positive_int(k, "k", minimum=minimum)
     if k >= n:
         raise ValueError(f"k must be smaller than the number of points N={n}, got k={k}")
-    return k
 
 
 # =============================================================================== results

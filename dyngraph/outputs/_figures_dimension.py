@@ -48,8 +48,7 @@ def plot_id_phases(phases: IDPhases, ax: Any = None, profiles: Profiles = None,
                          f"add {len(series) - 1} panels)")
     if labels is not None and len(labels) != len(series):
         raise ValueError(f"labels has {len(labels)} entries for {len(series)} panels")
-    longest = max((p for p, _ in series), key=len)
-    width = max(6.0, min(16.0, 0.45 * len(longest) + 3))
+    width = max(6.0, min(16.0, 0.45 * max(len(p) for p, _ in series) + 3))
     fig, axes = new_figure((width, 2.2 * len(series) + 1.0), ax=ax, nrows=len(series))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     marked = phases.expansion + phases.compression + [phases.peak_layer]
