@@ -1122,19 +1122,18 @@ def neural_collapse_model(model: nn.Module, loader: Iterable[Any], layers: Layer
     clf_name, clf_mod = found if found else (None, None)
     taps = LayerTaps(model, _model_layers(model, layers, clf_name), pool, layout=layout)
     classes: Optional[Tensor] = None       # the dataset's labels, when they are not 0..C-1
-    if num_classes is None:
-        if clf_mod is not None:
-            num_classes = clf_mod.out_features
-        else:
-            dataset = getattr(loader, "dataset", None)
-            known = dataset_labels(dataset) if dataset is not None else None
-            if known is None or known.numel() == 0:
-                raise ValueError("num_classes is needed: no classifier and the dataset does not "
-                                 "expose its labels")
-            classes = compact_labels(known)[1]
-            num_classes = int(classes.numel())
-            if int(classes[-1]) == num_classes - 1:
-                classes = None                 # already 0..C-1: the labels are the codes
+    if num_classes is None and clf_mod is not None:
+        num_classes = clf_mod.out_features
+    elif num_classes is None:
+        dataset = getattr(loader, "dataset", None)
+        known = dataset_labels(dataset) if dataset is not None else None
+        if known is None or known.numel() == 0:
+            raise ValueError("num_classes is needed: no classifier and the dataset does not "
+                             "expose its labels")
+        classes = compact_labels(known)[1]
+        num_classes = int(classes.numel())
+        if int(classes[-1]) == num_classes - 1:
+            classes = None                     # already 0..C-1: the labels are the codes
     dev = torch.device(device) if device is not None else model_device(model)
     accs: "OrderedDict[str, NeuralCollapseAccumulator]" = OrderedDict()
     for alias, point in taps.spec.items():
