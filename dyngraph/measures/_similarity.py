@@ -627,12 +627,12 @@ def _row_cosine(a: _SparseRows, b: _SparseRows) -> Tensor:
     return dot / (a.norm * b.norm)
 
 
-def _dense_row_cosine(x: Tensor, y: Tensor, chunk_size: Optional[int] = None) -> Tensor:
+def _dense_row_cosine(x: Tensor, y: Tensor) -> Tensor:
     """Row cosine between full cosine-similarity graphs (no self-loops), blocked in rows."""
     xn = normalize_rows(x.to(torch.float64), "x")
     yn = normalize_rows(y.to(torch.float64), "y")
     n = x.shape[0]
-    step = chunk_size or _step(n)
+    step = _step(n)
     out = torch.empty(n, dtype=torch.float64, device=x.device)
     for s in range(0, n, step):
         sx, sy = xn[s:s + step] @ xn.T, yn[s:s + step] @ yn.T
@@ -1010,22 +1010,6 @@ def _null_modularity(qa: float, b: RepresentationSummary, permutations: int,
     return out
 
 
-def _null_values(a: RepresentationSummary, b: RepresentationSummary, measure: str,
-                 permutations: int, seed: int) -> Tensor:
-    """The measure between ``a`` and ``b`` with ``b``'s rows shuffled, ``permutations`` times."""
-    gen = torch.Generator().manual_seed(int(seed))
-    sa, sb = _states(a, b, measure)
-    if measure in ("cka", "cka_unbiased"):
-        out = _null_cka(sa, sb, permutations, gen)
-    elif measure in ("knn_overlap", "mutual_knn"):
-        out = _null_knn(sa, sb, a.k, measure, permutations, gen)
-    elif measure == "graph":
-        out = _null_graph(sa, sb, permutations, gen)
-    else:
-        out = _null_modularity(sa, b, permutations, gen)
-    return torch.cat(out).cpu()
-
-
 def _p_value(value: float, null: Tensor, measure: str) -> float:
     # A tolerance so that exact ties (e.g. equal Q) count as "as extreme".
     tol = 1e-12 * max(1.0, abs(value))
@@ -1045,10 +1029,20 @@ def summary_permutation_test(a: RepresentationSummary, b: RepresentationSummary,
         0.05
     """
     check_choice(measure, "measure", MEASURES)
-    _states(a, b, measure)
+    sa, sb = _states(a, b, measure)
     check_positive_int(permutations, "permutations")
     value = summary_similarity(a, b, measure)
-    null = _null_values(a, b, measure, permutations, seed).to(torch.float64)
+    # The null: the measure between a and b with b's rows shuffled, `permutations` times.
+    gen = torch.Generator().manual_seed(int(seed))
+    if measure in ("cka", "cka_unbiased"):
+        out = _null_cka(sa, sb, permutations, gen)
+    elif measure in ("knn_overlap", "mutual_knn"):
+        out = _null_knn(sa, sb, a.k, measure, permutations, gen)
+    elif measure == "graph":
+        out = _null_graph(sa, sb, permutations, gen)
+    else:
+        out = _null_modularity(sa, b, permutations, gen)
+    null = torch.cat(out).cpu().to(torch.float64)
     return PermutationResult(value, _p_value(value, null, measure), null, permutations, measure)
 
 
