@@ -147,9 +147,8 @@ def adjacent_cka(features: LayerFeatures, per_class: Optional[int] = None, repea
         raise ValueError(f"repeats={repeats} needs per_class (each repeat resamples)")
     samples = torch.empty(repeats, len(features) - 1, dtype=torch.float64)
     for r in range(repeats):
-        sub = features
-        if per_class is not None:
-            sub = features.subset(balanced_indices(features.y, per_class=per_class, seed=seed + r))
+        sub = features if per_class is None else features.subset(
+            balanced_indices(features.y, per_class=per_class, seed=seed + r))
         for i in range(1, len(sub)):
             samples[r, i - 1] = linear_cka(sub[sub.names[i - 1]], sub[sub.names[i]])
     return DepthProfile(features.names[1:], "adjacent_cka", samples,

@@ -133,11 +133,9 @@ class Redundancy(Sequence):
     def table(self) -> str:
         """Markdown table of the removals and of the flagged layers that were kept."""
         rows = ["| layer | module | Q | ΔQ | decision |", "|---|---|---|---|---|"]
-        for r in self.removals:
-            rows.append(f"| {r.layer} | {r.module} | {r.value:.4f} | {r.delta:+.4f} | remove: "
-                        f"{r.reason} |")
-        for layer, why in self.kept.items():
-            rows.append(f"| {layer} | | | | keep: {why} |")
+        rows += [f"| {r.layer} | {r.module} | {r.value:.4f} | {r.delta:+.4f} | remove: {r.reason} |"
+                 for r in self.removals]
+        rows += [f"| {layer} | | | | keep: {why} |" for layer, why in self.kept.items()]
         return "\n".join(rows)
 
 

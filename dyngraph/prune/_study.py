@@ -445,10 +445,8 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
             why = (f"random baseline removed the same layers in {len(identical)} of "
                    f"{len(rand)} draws")
             if not distinct:
-                s["beats_random"] = None
-                s["beats_random_reason"] = why
-                s["margin_over_random_in_std"] = None
-                s["beats_random_before_finetune"] = None
+                s.update(beats_random=None, beats_random_reason=why,
+                         margin_over_random_in_std=None, beats_random_before_finetune=None)
             else:
                 r = _mean_std([d["acc_finetuned"] for d in distinct])
                 rp = _mean_std([d["acc_pruned"] for d in distinct])

@@ -72,19 +72,15 @@ def check_example_input(example_input: Any, name: str = "example_input") -> None
                         f"{type(example_input).__name__}: {example_input!r}"[:240])
 
 
-def _describe_input(inputs: Any) -> str:
-    t = first_tensor(inputs)
-    if isinstance(inputs, Tensor):
-        return f"of shape {list(inputs.shape)}"
-    return f"({type(inputs).__name__}, first tensor of shape " \
-           f"{None if t is None else list(t.shape)})"
-
-
 def input_error(model: nn.Module, inputs: Any, exc: BaseException,
                 name: str = "example_input") -> ValueError:
     """The error for an input batch that does not run through ``model``."""
     why = (str(exc).splitlines() or [""])[0][:200]
-    return ValueError(f"{name} {_describe_input(inputs)} does not run through "
+    t = first_tensor(inputs)
+    described = (f"of shape {list(inputs.shape)}" if isinstance(inputs, Tensor) else
+                 f"({type(inputs).__name__}, first tensor of shape "
+                 f"{None if t is None else list(t.shape)})")
+    return ValueError(f"{name} {described} does not run through "
                       f"{type(model).__name__}: {type(exc).__name__}: {why}; pass an input the "
                       f"model accepts")
 
@@ -138,9 +134,11 @@ def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:
     def shape(t: Optional[Tensor]) -> Optional[Shape]:
         return tuple(t.shape[1:]) if t is not None else None
 
-    if not points:  # a leaf module: the root is all there is
-        out = run_example(model, example_input)
+    def root(out: Any) -> Dict[str, CallInfo]:
         return {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
+
+    if not points:  # a leaf module: the root is all there is
+        return root(run_example(model, example_input))
     # grad=True only means "no copies": shapes are all that is read, under no_grad.
     with LayerTaps(model, points, reduce=False, allow_repeat=True, grad=True) as taps, \
             torch.no_grad():
@@ -148,7 +146,7 @@ def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:
             out = call_model(model, example_input)
         except (RuntimeError, TypeError, IndexError, AssertionError) as exc:
             raise input_error(model, example_input, exc) from exc
-    seen = {"": CallInfo(0, shape(first_tensor(example_input)), shape(first_tensor(out)))}
+    seen = root(out)
     for alias in taps.order:
         if alias.endswith(":input"):
             name = alias[:-len(":input")]
@@ -560,14 +558,10 @@ def prune_layers(model: nn.Module, layers: Union[str, Iterable[Any]], *,
         parent = modules[parent_name]
         if isinstance(parent, nn.Sequential):
             # A unit's members go; its replacement, if any, takes the place of its first member.
-            drop = {split_name(m)[1]: rep if i == 0 else None
-                    for u, rep in items for i, m in enumerate(u.members)}
-            kept: List[Tuple[str, nn.Module]] = []
-            for key, child in parent._modules.items():
-                if key not in drop:
-                    kept.append((key, child))
-                elif (rep := drop[key]) is not None:
-                    kept.append((key, rep))
+            gone = {split_name(m)[1] for u, _ in items for m in u.members}
+            reps = {split_name(u.members[0])[1]: rep for u, rep in items if rep is not None}
+            kept = [(key, reps.get(key, child)) for key, child in parent._modules.items()
+                    if key not in gone or key in reps]
             renumber = all(k.isdigit() for k in parent._modules)
             new_items = OrderedDict()
             for i, (key, child) in enumerate(kept):

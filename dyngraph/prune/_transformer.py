@@ -46,7 +46,12 @@ from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._layers import BlockStack, block_stack
 from ..capture._taps import first_tensor, logits_of, to_device
+from ..graphs._spec import GraphSpec
 from ..measures._criteria import _angles, cosine_sum, last_token
+from ..profiles._runner import depth_profile
+from ._baselines import adjacent_cka
+from ._cost import count_flops, count_params, measure_latency
+from ._detect import redundant_layers
 from ._finetune import check_rates, evaluate, settings_changed
 
 __all__ = ["CRITERIA", "BlockSelection", "BlockStates", "block_states", "heal",
@@ -675,7 +680,6 @@ def select_blocks(states: BlockStates, criterion: str, n: int, *, seed: int = 0,
         blocks = sorted(torch.randperm(L, generator=gen)[:n].tolist())
         return BlockSelection(criterion, blocks, [], f"{n} blocks drawn at random (seed {seed})",
                               {"seed": int(seed)})
-    from ._baselines import adjacent_cka
     feats = states.features("mean")
     if criterion == "cka":
         cka = adjacent_cka(feats).values.double()
@@ -684,9 +688,6 @@ def select_blocks(states: BlockStates, criterion: str, n: int, *, seed: int = 0,
                               f"the {n} highest CKA(input, output): " + ", ".join(
                                   f"{i}: {float(cka[i]):.4f}" for i in blocks))
     # modularity
-    from ..graphs._spec import GraphSpec
-    from ..profiles._runner import depth_profile
-    from ._detect import redundant_layers
     if states.y is None:
         raise ValueError("criterion 'modularity' needs labelled texts (labels= in the study, "
                          "'labels' in the batches)")
@@ -1038,19 +1039,7 @@ def _n_remove(fraction: Any, L: int) -> int:
     return min(L - 1, max(1, int(round(fraction * L))))
 
 
-def _latency(models: Dict[str, nn.Module], x: Tensor, rounds: int = 3,
-             repeats: int = 3) -> Dict[str, float]:
-    """Minimum forward time (ms) of each model on ``x``, in interleaved rounds."""
-    from ._cost import measure_latency
-    best = {k: float("inf") for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            best[k] = min(best[k], measure_latency(m, x, repeats=repeats, warmup=1)["min_ms"])
-    return best
-
-
 def _flops(model: nn.Module, x: Tensor) -> int:
-    from ._cost import count_flops
     total = count_flops(model, x)
     return int(total[0] if isinstance(total, tuple) else total)
 
@@ -1206,7 +1195,6 @@ def transformer_prune_study(
     report["notes"] = notes
     report.setdefault("rows", {})
 
-    from ._cost import count_params
     if "baseline" not in report:
         t0 = time.perf_counter()
         ev = evaluate_model(net)
@@ -1261,8 +1249,12 @@ def transformer_prune_study(
             "flops": _flops(pruned, fl_input)}
         row["params_reduction"] = 1 - row["params"] / base["params"]
         row["flops_reduction"] = 1 - row["flops"] / base["flops"] if base["flops"] else 0.0
-        if latency:
-            t = _latency({"base": net, "pruned": pruned}, lat_input)
+        if latency:  # the minimum forward time (ms) over 3 interleaved rounds of 3 runs
+            t = {"base": float("inf"), "pruned": float("inf")}
+            for _ in range(3):
+                for key, m in (("base", net), ("pruned", pruned)):
+                    t[key] = min(t[key], measure_latency(m, lat_input, repeats=3,
+                                                         warmup=1)["min_ms"])
             row["latency_ms"], row["baseline_latency_ms"] = t["pruned"], t["base"]
             row["speedup"] = t["base"] / t["pruned"]
         row["heal"] = {"trainable_params": hist["trainable_params"], "modules": hist["modules"],
