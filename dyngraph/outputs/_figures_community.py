@@ -51,6 +51,8 @@ def plot_evolution(ev: CommunityEvolution, ax: Any = None, kind: str = "flow",
         3
     """
     check_choice(kind, "kind", KINDS)
+    if kind in ("flow", "transitions") and len(ev.communities) < 2:
+        raise ValueError(f"kind={kind!r} needs at least 2 layers, got {len(ev.communities)}")
     if kind == "flow":
         return _flow(ev.communities, ev.labels, ev.layers, ax, title, gap)
     if kind == "transitions":
@@ -128,8 +130,6 @@ def _heatmaps(mats: Sequence[Tensor], ax: Any, size: Tuple[float, float], kind: 
 
 def _transitions(comms: Sequence[Tensor], names: Sequence[str], ax: Any,
                  title: Optional[str]) -> Any:
-    if len(comms) < 2:
-        raise ValueError(f"kind='transitions' needs at least 2 layers, got {len(comms)}")
     labels = [(f"{a} → {b}", f"community at {b}", f"community at {a}")
               for a, b in zip(names, names[1:])]
     return _heatmaps(community_transitions(list(comms), normalize="row"), ax, (3.4, 3.0),
@@ -161,8 +161,6 @@ def _flow(communities: Sequence[Tensor], labels: Tensor, names: Sequence[str], a
     from matplotlib.patches import Patch, Rectangle
     comms = [c.long().cpu().reshape(-1) for c in communities]
     L = len(comms)
-    if L < 2:
-        raise ValueError(f"kind='flow' needs at least 2 layers, got {L}")
     n = comms[0].numel()
     lab = labels.long().cpu()
     cmap = colormaps["tab10" if int(lab.max()) < 10 else "tab20"]
