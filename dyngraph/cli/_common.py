@@ -107,10 +107,7 @@ def hf_model_and_text(args: Any) -> Tuple[nn.Module, Any, dict]:
             raise ValueError("--languages is for --text wordfreq")
         data = text_file_dataset(args.text, args.text_column, args.label_column)
         source = {"text": str(args.text), "classes": data.classes}
-    folder = minilm_path() if args.hf == "minilm" else Path(args.hf)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"--hf {args.hf!r}: no config.json in {str(folder)!r} (pass a "
-                                f"local Hugging Face model folder)")
+    folder = hf_folder(args, minilm_path() if args.hf == "minilm" else Path(args.hf))
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     if getattr(args, "quiet", False):
@@ -129,6 +126,14 @@ def hf_model_and_text(args: Any) -> Tuple[nn.Module, Any, dict]:
     info = {"hf": str(folder), "class": type(model).__name__, "trained": not args.untrained,
             "seed": args.seed, "test_acc": None, **source}
     return model, loader, info
+
+
+def hf_folder(args: Any, folder: Path) -> Path:
+    """``folder``, the --hf model folder, once it is known to hold a config.json."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--hf {args.hf!r}: no config.json in {str(folder)!r} (pass a "
+                                f"local Hugging Face model folder)")
+    return folder
 
 
 def check_positive_int_flag(value: Any, flag: str) -> int:

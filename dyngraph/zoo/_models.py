@@ -129,11 +129,9 @@ class PadShortcut(nn.Module):
         self.c_in, self.c_out, self.stride = c_in, c_out, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stride
-        x = x[(slice(None), slice(None)) + (slice(None, None, s),) * (x.dim() - 2)]
+        x = x[(slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)]
         extra = self.c_out - self.c_in
-        pad = [0, 0] * (x.dim() - 2) + [extra // 2, extra - extra // 2]
-        return F.pad(x, pad)
+        return F.pad(x, [0, 0] * (x.dim() - 2) + [extra // 2, extra - extra // 2])
 
     def extra_repr(self) -> str:
         return f"{self.c_in}, {self.c_out}, stride={self.stride}"

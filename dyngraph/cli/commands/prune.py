@@ -14,6 +14,7 @@ from .._common import (
     add_hf_args,
     check_positive_int_flag,
     get_model,
+    hf_folder,
     print_json,
 )
 
@@ -126,10 +127,7 @@ def run_hf(args: argparse.Namespace) -> int:
     from ...prune import transformer_prune_study
     if args.text is None:
         raise ValueError("--hf needs --text FILE: the calibration (and healing) texts")
-    folder = Path(args.hf)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"--hf {args.hf!r}: no config.json in {str(folder)!r} (pass a "
-                                f"local Hugging Face model folder)")
+    folder = hf_folder(args, Path(args.hf))
     check_positive_int_flag(args.heal_steps, "--heal-steps")
     check_positive_int_flag(args.max_length, "--max-length")
     if args.heal_last_k is not None:
