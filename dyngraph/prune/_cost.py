@@ -14,6 +14,7 @@ from ._surgery import (
     ExampleInput,
     check_example_input,
     check_surgery_model,
+    eval_mode,
     infer_example_input,
     input_error,
     run_example,
@@ -108,14 +109,12 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
     if first is None:
         raise TypeError("example_input holds no tensor to time")
     old_threads = torch.get_num_threads()
-    was = model.training
-    model.eval()
     times: list = []
     warmed = 0
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for _ in range(warmup):
                 call_model(model, example_input)
                 warmed += 1
@@ -133,7 +132,6 @@ def measure_latency(model: nn.Module, example_input: Optional[ExampleInput] = No
         raise input_error(model, example_input, exc) from exc
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was)
     return {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times),
             "std_ms": statistics.stdev(times) if len(times) > 1 else 0.0, "min_ms": min(times),
             "repeats": repeats, "threads": threads or old_threads,

@@ -22,6 +22,7 @@ from .._io import CorruptFileError, PathLike, atomic_torch_save, run_environment
 from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._taps import call_model, logits_of, split_batch, to_device
+from ._surgery import eval_mode
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -95,19 +96,15 @@ def evaluate(model: nn.Module, loader: Iterable[Any],
     """
     check_model(model)
     device = torch.device(device) if device is not None else model_device(model)
-    was = model.training
-    model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             xb, yb = split_batch(batch, batch_fn)
             yb = yb.to(device)
             logits = logits_of(call_model(model, to_device(xb, device)))
             correct += (logits.argmax(1) == yb).sum()
             total += yb.numel()
-    finally:
-        model.train(was)
     if total == 0:
         raise ValueError("evaluate: the loader produced no samples")
     return int(correct) / total

@@ -19,9 +19,10 @@ given), which also checks that the pruned model still runs and returns the same 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
@@ -95,15 +96,21 @@ def run_example(model: nn.Module, inputs: ExampleInput, name: str = "example_inp
         raise input_error(model, inputs, exc, name) from exc
 
 
-def eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
-    """``model(inputs)`` in eval mode under ``torch.no_grad()``; the training mode is restored."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Runs the block with ``model`` in eval mode; its training mode is restored after."""
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            return call_model(model, inputs)
+        yield
     finally:
         model.train(was)
+
+
+def eval_forward(model: nn.Module, inputs: ExampleInput) -> Any:
+    """``model(inputs)`` in eval mode under ``torch.no_grad()``; the training mode is restored."""
+    with eval_mode(model), torch.no_grad():
+        return call_model(model, inputs)
 
 
 def probe(model: nn.Module, example_input: ExampleInput) -> Dict[str, CallInfo]:

@@ -53,6 +53,7 @@ from ._baselines import adjacent_cka
 from ._cost import count_flops, count_params, measure_latency
 from ._detect import redundant_layers
 from ._finetune import check_rates, evaluate, settings_changed
+from ._surgery import eval_mode
 
 __all__ = ["CRITERIA", "BlockSelection", "BlockStates", "block_states", "heal",
            "lm_batches", "perplexity", "remove_blocks", "select_blocks", "transformer_blocks",
@@ -531,29 +532,28 @@ def block_states(model: nn.Module, batches: Iterable[Batch], *, stack: Optional[
         def post(mod: nn.Module, args: Any, out: Any, i: int = i) -> None:
             record(i + 1, take(out, f"block {i} of {path!r}"))
         handles.append(blk.register_forward_hook(post))
-    was = model.training
-    model.eval()
     try:
-        for batch in progress_bar(batches, desc="block states", disable=not progress):
-            ids = batch["input_ids"]
-            mask = _attention_mask(batch, ids)
-            if not bool(mask.any(1).all()):
-                raise ValueError("a window in batches has no tokens (attention_mask all 0)")
-            state.update(ids=ids, mask=mask.to(dev), last=[None] * (n_blocks + 1),
-                         mean=[None] * (n_blocks + 1), prev=None)
-            model(**_inputs(model, batch, dev))
-            if any(v is None for v in state["last"]):
-                missing = [i - 1 for i, v in enumerate(state["last"]) if v is None and i]
-                raise ValueError(f"blocks {missing} of {path!r} did not run in the forward pass")
-            tokens += state["mask"].sum()
-            lasts.append(torch.stack(state["last"], 1).cpu())
-            means.append(torch.stack(state["mean"], 1).cpu())
-            if "labels" in batch:
-                ys.append(batch["labels"].reshape(-1).cpu().long())
+        with eval_mode(model):
+            for batch in progress_bar(batches, desc="block states", disable=not progress):
+                ids = batch["input_ids"]
+                mask = _attention_mask(batch, ids)
+                if not bool(mask.any(1).all()):
+                    raise ValueError("a window in batches has no tokens (attention_mask all 0)")
+                state.update(ids=ids, mask=mask.to(dev), last=[None] * (n_blocks + 1),
+                             mean=[None] * (n_blocks + 1), prev=None)
+                model(**_inputs(model, batch, dev))
+                if any(v is None for v in state["last"]):
+                    missing = [i - 1 for i, v in enumerate(state["last"]) if v is None and i]
+                    raise ValueError(f"blocks {missing} of {path!r} did not run in the forward "
+                                     f"pass")
+                tokens += state["mask"].sum()
+                lasts.append(torch.stack(state["last"], 1).cpu())
+                means.append(torch.stack(state["mean"], 1).cpu())
+                if "labels" in batch:
+                    ys.append(batch["labels"].reshape(-1).cpu().long())
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
         state.clear()
     n_tok = int(tokens)
     layers = ["embeddings"] + [f"{path}.{i}" for i in range(n_blocks)]
@@ -768,17 +768,13 @@ def perplexity(model: nn.Module, batches: Iterable[Batch],
     check_model(model)
     batches = _check_batches(batches)
     dev = torch.device(device) if device is not None else model_device(model)
-    was = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev)
     count = torch.zeros((), dtype=torch.long, device=dev)
-    try:
+    with eval_mode(model):
         for b in batches:
             s, c = _lm_loss_terms(model(**_inputs(model, b, dev)), b, dev)
             total += s
             count += c
-    finally:
-        model.train(was)
     n = int(count)
     if n == 0:
         raise ValueError("perplexity: the batches have no token to predict")
