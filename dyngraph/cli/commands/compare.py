@@ -101,10 +101,8 @@ def _load_models(args, train, test, num_classes) -> Tuple[Dict[str, torch.nn.Mod
             name += "_"
         models[name], infos[name] = model, {**info, "kind": "file"}
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    runs = [(s, False) for s in seeds] + ([(seeds[0], True)] if args.include_untrained else [])
     for arch in args.archs:
-        runs = [(s, False) for s in seeds]
-        if args.include_untrained:
-            runs.append((seeds[0], True))
         for s, untrained in runs:
             ns = copy.copy(args)
             ns.model, ns.model_def, ns.arch, ns.seed, ns.untrained = None, None, arch, s, untrained
