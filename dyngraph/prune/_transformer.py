@@ -90,8 +90,7 @@ def transformer_blocks(model: nn.Module, stack: Optional[str] = None) -> Tuple[s
         return block_stack(model)
     if not isinstance(stack, str):
         raise TypeError(f"stack must be a dotted module name (str), got {type(stack).__name__}")
-    mods = dict(model.named_modules())
-    mod = mods.get(stack)
+    mod = dict(model.named_modules()).get(stack)
     if not isinstance(mod, (nn.ModuleList, nn.Sequential)):
         what = "no module" if mod is None else f"a {type(mod).__name__}"
         raise ValueError(f"stack={stack!r} names {what} in {type(model).__name__}; it must name "
