@@ -79,10 +79,13 @@ from .graphs._graph import symmetrize as _symmetrize
 from .graphs._knn import (
     DEFAULT_COL_BLOCK,
     BlockTopK,
+    canonical_copies,
     check_knn_options,
+    copy_groups,
     edges_from_knn,
     even_blocks,
     prepare_features,
+    row_hashes,
     topk_cols,
     topk_rows,
     unit_scale,
@@ -394,6 +397,46 @@ def _gather_ids(ids: Tensor, sizes: Sequence[int], group: Group, comm: torch.dev
     return gathered
 
 
+def _global_copy_groups(x: Tensor, my_ids: Union[int, Tensor], ids_all: Sequence[Any],
+                        sizes: Sequence[int], group: Group, comm: torch.device) -> Tensor:
+    """``[N]`` (on ``x``'s device) the smallest global id among the bitwise copies of every row,
+    on any rank (a row's own id when it has none), for :func:`canonical_copies`.
+
+    Each rank groups its own rows (:func:`copy_groups`); only the local representatives whose
+    :func:`row_hashes` meet another rank's are sent (their bits), and every rank groups those
+    exactly with the same ``unique``. Traffic: ``N`` hashes and group ids, plus the rows that
+    may have copies elsewhere."""
+    rank, _ = _rank_world(group)
+    n_loc, dev = x.shape[0], x.device
+    local = torch.arange(n_loc, device=dev)
+    gid = local + my_ids if isinstance(my_ids, int) else my_ids
+    lg = copy_groups(x) if n_loc > 1 else None
+    lg = local if lg is None else lg
+    reps = (lg == local).nonzero().flatten()
+    counts = _all_gather_int([reps.numel()], group, comm)[:, 0].tolist()
+    hashes = torch.cat(_all_gather_rows(row_hashes(x[reps]).to(comm), counts, group, comm))
+    _, inv, cnt = torch.unique(hashes, return_inverse=True, return_counts=True)
+    lo = sum(counts[:rank])
+    cand = reps[(cnt[inv[lo:lo + reps.numel()]] > 1).to(dev)]
+    rep_group = gid.clone()
+    n_cand = _all_gather_int([cand.numel()], group, comm)[:, 0].tolist()
+    if sum(n_cand):
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+        rows = torch.cat(_all_gather_rows(x[cand].contiguous().view(bits).to(comm), n_cand,
+                                          group, comm))
+        ids = torch.cat(_all_gather_rows(gid[cand].to(comm), n_cand, group, comm))
+        _, cls = torch.unique(rows, dim=0, return_inverse=True)
+        first = torch.full((int(cls.max()) + 1,), int(sum(sizes)), dtype=torch.long,
+                           device=comm)
+        low = first.scatter_reduce(0, cls, ids, "amin")[cls]
+        lo = sum(n_cand[:rank])
+        rep_group[cand] = low[lo:lo + cand.numel()].to(dev)
+    every = torch.cat(_all_gather_rows(rep_group[lg].to(comm), sizes, group, comm)).to(dev)
+    where = torch.cat([torch.arange(i, i + n_r, device=dev) if isinstance(i, int) else i.to(dev)
+                       for i, n_r in zip(ids_all, sizes)])
+    return torch.empty_like(every).index_put_((where,), every)
+
+
 def _stream_plan(sizes: Sequence[int], block: int) -> List[Tuple[int, int, int]]:
     plan = []
     for src, n in enumerate(sizes):
@@ -525,6 +568,7 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         return BlockTopK(rows, k, metric, query_ids=ids, precision=precision,
                          candidates=candidates, chunk_size=chunk_size, scale=scale)
 
+    copies = _global_copy_groups(x, my_ids, ids_all, sizes, group, comm)
     acc = _local_self_search(accumulator(x, 0), my_ids, chunk_size, col_chunk_size)
     plan = _stream_plan(sizes, col_chunk_size or DEFAULT_COL_BLOCK)
     half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
@@ -568,7 +612,9 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
             parts = [(gv.to(x.device), gi.to(x.device)) for r, (gv, gi)
                      in enumerate(zip(*got)) if r != rank]
             acc._merge(0, x.shape[0], parts, False)
-    return acc.result()
+    vals, idx = acc.result()
+    qids = torch.arange(x.shape[0], device=x.device) + my_ids if isinstance(my_ids, int) else my_ids
+    return canonical_copies(vals, idx, copies, qids, acc.largest)
 
 
 def distributed_knn_edges(x: Tensor, k: int, metric: str = "cosine", *,

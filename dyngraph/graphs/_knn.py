@@ -342,6 +342,133 @@ def _exact_scores(q: Tensor, keys: Tensor, local_idx: Tensor, metric: str) -> Te
     return out
 
 
+def exact_sqrt(t: Tensor) -> Tensor:
+    """Square roots rounded correctly (IEEE), as distances must be: torch's vectorised CPU kernel
+    is 1 ulp off for about one float32 value in six on some CPUs (seen with AVX-512, torch 2.14);
+    NumPy's ``sqrt`` is the hardware's exact one. Other devices use ``torch.sqrt``."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.requires_grad:
+        return t.sqrt()
+    return torch.from_numpy(np.sqrt(t.contiguous().numpy()))
+
+
+def row_hashes(x: Tensor) -> Tensor:
+    """``[N]`` int64 hash of the bits of each row in (at most) 64 scattered columns: bitwise
+    copies always share it; rows that differ only outside those columns share it too."""
+    n, d = x.shape
+    dev = x.device
+    if d == 0:
+        return torch.zeros(n, dtype=torch.int64, device=dev)
+    cols = torch.unique((torch.arange(min(d, 64), dtype=torch.int64) * 2654435761) % d)
+    sub = x.index_select(1, cols.to(dev)) if cols.numel() < d else x
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    words = sub.contiguous().view(bits).to(torch.int64)
+    gen = torch.Generator().manual_seed(0)
+    mult = torch.randint(1, 2**62, (words.shape[1],), generator=gen)
+    return (words * mult.to(dev)).sum(1)  # (never in place: words may alias x's memory)
+
+
+def copy_groups(x: Tensor) -> Optional[Tensor]:
+    """Bitwise-identical rows of ``x`` ``[N, D]``: ``[N]`` the smallest index among each row's
+    copies (the row's own index when it has none), or ``None`` when no row has a copy.
+
+    Cost: :func:`row_hashes` and a sort of ``N`` hashes; only rows whose hashes collide are
+    compared, whole, in bounded chunks.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.graphs._knn import copy_groups
+        >>> copy_groups(torch.tensor([[1., 2.], [0., 1.], [1., 2.], [0., 1.], [5., 5.]])).tolist()
+        [0, 1, 0, 1, 4]
+    """
+    n, d = x.shape
+    if n < 2 or d == 0:
+        return None
+    dev = x.device
+    _, key, counts = torch.unique(row_hashes(x), return_inverse=True, return_counts=True)
+    todo = (counts[key] > 1).nonzero().flatten()
+    if todo.numel() == 0:
+        return None
+    # each candidate against the first unresolved row of its hash group, whole rows compared in
+    # bounded chunks; rows that differ try again among themselves
+    group = torch.arange(n, device=dev)
+    for _ in range(8):
+        first = torch.full((counts.numel(),), n, dtype=torch.long, device=dev)
+        rep = first.scatter_reduce(0, key[todo], todo, "amin")[key[todo]]
+        same = torch.cat([(x[todo[a:a + 64]] == x[rep[a:a + 64]]).all(1)
+                          for a in range(0, todo.numel(), 64)])
+        group[todo[same]] = rep[same]
+        todo = todo[~same]
+        if todo.numel() == 0:
+            break
+    else:  # many different rows behind one hash: sort the rest out exactly
+        _, exact = torch.unique(x[todo], dim=0, return_inverse=True)
+        first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=dev)
+        group[todo] = first.scatter_reduce(0, exact, todo, "amin")[exact]
+    if bool((group == torch.arange(n, device=dev)).all()):
+        return None
+    return group
+
+
+def canonical_copies(vals: Tensor, idx: Tensor, group: Tensor, query_ids: Tensor,
+                     largest: bool, rows_per_pass: int = 8192) -> Tuple[Tensor, Tensor]:
+    """Neighbour lists in which copies of one row are the smallest ids of their copy group.
+
+    Bitwise copies of a key score the same in exact arithmetic, so by the tie rule a query takes
+    the smallest ids of each copy group it reaches (never itself). A tile's rounding can score
+    one copy a last bit above another, and which copy that is depends on the tiling (and, in a
+    distributed search, on the ranks). So the ``m`` neighbours of a row that come from one copy
+    group become that group's ``m`` smallest members other than the query, all with the best of
+    their values, and the row is ordered again (value, then id).
+
+    Args:
+        vals, idx: ``[n, k]`` neighbour values and global ids, best first.
+        group: ``[N]`` the copy group of every global row, labelled in ``0..N-1`` (equal labels:
+            bitwise copies; see :func:`copy_groups`).
+        query_ids: ``[n]`` global ids of the query rows.
+        largest: Whether larger values are better (cosine).
+        rows_per_pass: Query rows per pass (bounds the ``[rows, k, k]`` comparison).
+
+    Returns:
+        ``(vals, idx)`` ``[n, k]``; unchanged rows are the same tensors' rows.
+
+    Example:
+        >>> import torch
+        >>> from dyngraph.graphs._knn import canonical_copies
+        >>> group = torch.tensor([0, 1, 1, 1])  # rows 1, 2 and 3 are copies
+        >>> v, i = canonical_copies(torch.tensor([[0.5, 0.4]]), torch.tensor([[3, 1]]), group,
+        ...                         torch.tensor([0]), largest=True)
+        >>> i.tolist(), v.tolist()
+        ([[1, 2]], [[0.5, 0.5]])
+    """
+    n_all = group.numel()
+    size = torch.bincount(group, minlength=n_all)
+    multi = size[group[idx]] > 1
+    rows = multi.any(1).nonzero().flatten()
+    if rows.numel() == 0:
+        return vals, idx
+    order = torch.argsort(group, stable=True)  # the members of each group, ascending
+    start = torch.cumsum(size, 0) - size
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(n_all, device=group.device) - start[group[order]]
+    k = idx.shape[1]
+    before = torch.ones(k, k, dtype=torch.bool, device=idx.device).tril(-1)  # [slot, earlier]
+    worst = -math.inf if largest else math.inf
+    vals, idx = vals.clone(), idx.clone()
+    for a in range(0, rows.numel(), rows_per_pass):
+        r = rows[a:a + rows_per_pass]
+        v, i, m = vals[r], idx[r], multi[r]
+        g = group[i]
+        same = (g.unsqueeze(2) == g.unsqueeze(1)) & m.unsqueeze(2) & m.unsqueeze(1)
+        rank = (same & before).sum(2)  # earlier slots of the same group
+        pick = torch.where(same, v.unsqueeze(1), torch.full_like(v, worst).unsqueeze(1))
+        best = pick.amax(2) if largest else pick.amin(2)
+        q = query_ids[r]
+        own = (g == group[q].unsqueeze(1)) & (pos[q].unsqueeze(1) <= rank)  # skip the query
+        new = order[start[g] + rank + own.long()]
+        vals[r], idx[r] = sort_rows(torch.where(m, best, v), torch.where(m, new, i), largest)
+    return vals, idx
+
+
 class BlockTopK:
     """Running exact top-k of a set of query rows against key blocks streamed in any order.
 
@@ -440,43 +567,14 @@ class BlockTopK:
         1.0 against it in one tile and 1 − 2⁻⁵³ in another, and which copy wins the tie would
         depend on ``chunk_size``. With twins present, every score between two copies is set to
         one value per group (the row's own ``q·q``, summed in one fixed order), so copies tie
-        exactly and the smaller index wins in every tiling. Cost: a hash of 64 columns and a sort
-        of ``N`` hashes; rows whose hashes collide are compared whole."""
+        exactly and the smaller index wins in every tiling (groups: :func:`copy_groups`)."""
         q = self.q
-        n, d = q.shape
-        if not self.cosine or n < 2 or d == 0:
+        if not self.cosine:
             return
-        # 1. a hash of (at most) 64 scattered columns: copies always share it
-        dev = q.device
-        cols = torch.unique((torch.arange(min(d, 64), dtype=torch.int64) * 2654435761) % d)
-        sub = q.index_select(1, cols.to(dev)) if cols.numel() < d else q
-        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[q.element_size()]
-        words = sub.contiguous().view(bits).to(torch.int64)
-        gen = torch.Generator().manual_seed(0)
-        mult = torch.randint(1, 2**62, (words.shape[1],), generator=gen)
-        h = (words * mult.to(dev)).sum(1)  # (never in place: words may alias q's memory)
-        _, key, counts = torch.unique(h, return_inverse=True, return_counts=True)
-        todo = (counts[key] > 1).nonzero().flatten()
-        if todo.numel() == 0:
+        group = copy_groups(q)
+        if group is None:
             return
-        # 2. exact groups: each candidate against the first unresolved row of its hash group,
-        # whole rows compared in bounded chunks; rows that differ try again among themselves
-        group = torch.arange(n, device=dev)
-        for _ in range(8):
-            first = torch.full((counts.numel(),), n, dtype=torch.long, device=dev)
-            rep = first.scatter_reduce(0, key[todo], todo, "amin")[key[todo]]
-            same = torch.cat([(q[todo[a:a + 64]] == q[rep[a:a + 64]]).all(1)
-                              for a in range(0, todo.numel(), 64)])
-            group[todo[same]] = rep[same]
-            todo = todo[~same]
-            if todo.numel() == 0:
-                break
-        else:  # many different rows behind one hash: sort the rest out exactly
-            _, exact = torch.unique(q[todo], dim=0, return_inverse=True)
-            first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=dev)
-            group[todo] = first.scatter_reduce(0, exact, todo, "amin")[exact]
-        if bool((group == torch.arange(n, device=dev)).all()):
-            return
+        n = q.shape[0]
         has = torch.zeros(n, dtype=torch.long, device=q.device).index_add_(
             0, group, torch.ones(n, dtype=torch.long, device=q.device))[group] > 1
         self._twins = (group, (q * q).sum(1), has.nonzero().flatten())
@@ -705,7 +803,7 @@ class BlockTopK:
         if bool(torch.isinf(self.vals).any()):
             raise ValueError(f"BlockTopK saw fewer than k={self.k} keys (other than the query "
                              f"itself) for some queries; stream every key block before result()")
-        vals = self.vals if self.cosine else self.vals.clamp_min(0).sqrt()
+        vals = self.vals if self.cosine else exact_sqrt(self.vals.clamp_min(0))
         return vals, self.idx
 
 
@@ -718,7 +816,13 @@ def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
     chunk = chunk_size or default_chunk_size(n, default_col_chunk_size(n, col_chunk_size),
                                              DEFAULT_TILE_ELEMENTS)
     acc = BlockTopK(x, k, metric, precision=precision, candidates=candidates, chunk_size=chunk)
-    return acc.search_self(chunk_size, col_chunk_size, progress).result()
+    vals, idx = acc.search_self(chunk_size, col_chunk_size, progress).result()
+    # copies of a key tie exactly: the smallest ids, whatever tile scored them
+    group = acc._twins[0] if acc._twins is not None else \
+        None if acc.cosine else copy_groups(x)
+    if group is None:
+        return vals, idx
+    return canonical_copies(vals, idx, group, torch.arange(n, device=x.device), acc.largest)
 
 
 def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
@@ -745,7 +849,7 @@ def _cluster_knn(x: Tensor, k: int, metric: str) -> Tuple[Tensor, Tensor]:
     pos = start.unsqueeze(1) + torch.arange(k, device=x.device)
     vals, idx = val[pos], nb[pos]
     if metric == "euclidean":
-        vals = vals.sqrt()
+        vals = exact_sqrt(vals)
     return vals.to(x.dtype), idx
 
 

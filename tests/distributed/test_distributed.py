@@ -197,6 +197,28 @@ def test_symmetric_schedule_equals_knn_graph_on_three_ranks(ranks3, key, kw):
         assert r[key][0][1].min() == rows.start and r[key][0][1].max() == rows.stop - 1
 
 
+def _copies():
+    """90 rows drawn with repetition from 12: every row has bitwise copies, on several ranks."""
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(12, 9, generator=g)[torch.randint(0, 12, (90,), generator=g)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_copies_on_other_ranks_take_the_smallest_ids(ranks3, metric):
+    """Copies of a key tie exactly, wherever they live: each row's neighbours are those of the
+    float64 brute force (ties to the smaller id) and of the single-process search."""
+    from tests.properties.strategies import brute_knn
+    x = _copies()
+    ref_v, ref_i = brute_knn(x, 4, metric)
+    single_v, single_i = dg.graphs.nearest_neighbors(x, 4, metric, backend="matmul")
+    assert torch.equal(single_i, ref_i)
+    got_v, got_i = torch.empty_like(single_v), torch.empty_like(single_i)
+    for r, res in enumerate(ranks3):
+        got_v[r::3], got_i[r::3] = res[f"copies_{metric}"]
+    assert torch.equal(got_i, ref_i)
+    torch.testing.assert_close(got_v.double(), ref_v, rtol=0, atol=1e-6)
+
+
 def test_distributed_modularity_of_a_split_graph(ranks):
     import networkx as nx
     ei, w, comm = _split_graph()
@@ -361,6 +383,11 @@ def _rank_main_knn(out: str) -> None:
     x, _ = _synthetic()
     rows = _shards(world)[rank]
     res = {key: dg.distributed.distributed_knn_edges(x[rows], 4, **kw) for key, kw in _knn_cases()}
+    xc = _copies()  # interleaved global ids: rank r holds rows r, r + W, ...
+    for metric in ("cosine", "euclidean"):
+        res[f"copies_{metric}"] = dg.distributed.distributed_nearest_neighbors(
+            xc[rank::world], 4, metric, global_ids=torch.arange(rank, xc.shape[0], world),
+            col_chunk_size=7)
     torch.save(res, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

@@ -179,3 +179,87 @@ def test_ten_equal_rows_pick_the_smallest_index(chunk):
                                             chunk_size=chunk)
     assert idx.flatten().tolist() == [1] + [0] * 9
     assert len(set(vals.flatten().tolist())) == 1
+
+
+# ---------------------------------------------------------------- copies of rows, exact sqrt
+def _with_copies(seed, n=300, distinct=30, d=37):
+    """Rows drawn with repetition from ``distinct`` Gaussian rows: every row has bitwise copies."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(distinct, d, generator=g)[torch.randint(0, distinct, (n,), generator=g)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_copies_of_a_key_take_the_smallest_ids_in_every_tiling(metric):
+    """A query ties exactly with every copy of a key, so it takes the copies with the smallest
+    ids, however the tiles round their scores. The oracle: float64 scores, elementwise, then a
+    stable sort of each row."""
+    from tests.properties.strategies import brute_knn
+    for seed in range(4):
+        x = _with_copies(seed)
+        ref_v, ref_i = brute_knn(x, 4, metric)
+        for chunk, cols in [(None, None), (5, None), (None, 7), (16, 40), (64, 7)]:
+            v, i = dg.graphs.nearest_neighbors(x, 4, metric, backend="matmul", chunk_size=chunk,
+                                               col_chunk_size=cols)
+            assert torch.equal(i, ref_i), (seed, chunk, cols)
+            torch.testing.assert_close(v.double(), ref_v, rtol=0, atol=1e-6)
+
+
+def test_copy_groups_equal_grouping_by_whole_rows():
+    from dyngraph.graphs._knn import copy_groups
+    g = torch.Generator().manual_seed(0)
+    x = _with_copies(1, n=200, distinct=20, d=300)
+    # rows equal on every hashed column but one unhashed column: same hash, different rows
+    x[150:160] = x[0]
+    x[150:160, 299] = torch.arange(10, dtype=x.dtype) + 100
+    x[160:] = torch.randn(40, 300, generator=g)  # rows without copies
+    first = {}
+    want = [first.setdefault(tuple(row.tolist()), i) for i, row in enumerate(x)]
+    assert copy_groups(x).tolist() == want
+    assert copy_groups(torch.randn(50, 8, generator=g)) is None
+
+
+def test_canonical_copies_against_a_loop():
+    from dyngraph.graphs._knn import canonical_copies
+    g = torch.Generator().manual_seed(3)
+    n, k = 60, 5
+    group = torch.randint(0, 12, (n,), generator=g)
+    group = torch.tensor([int((group == group[i]).nonzero()[0]) for i in range(n)])  # min id
+    qids = torch.arange(n)
+    idx = torch.stack([torch.randperm(n, generator=g)[:k + 1] for _ in range(n)])
+    idx = torch.stack([r[r != q][:k] for r, q in zip(idx, qids)])  # never the query itself
+    for largest in (True, False):
+        vals = torch.rand(n, k, generator=g, dtype=torch.float64).sort(1, descending=largest)[0]
+        v, i = canonical_copies(vals, idx, group, qids, largest)
+        for q in range(n):
+            want = {}
+            for slot in range(k):
+                gr = int(group[idx[q, slot]])
+                want.setdefault(gr, []).append(float(vals[q, slot]))
+            pairs = []
+            for gr, vs in want.items():
+                members = [m for m in range(n) if int(group[m]) == gr and m != q][:len(vs)]
+                best = max(vs) if largest else min(vs)
+                pairs += [(best, m) for m in members]
+            pairs.sort(key=lambda p: (-p[0] if largest else p[0], p[1]))
+            assert i[q].tolist() == [m for _, m in pairs]
+            assert v[q].tolist() == [b for b, _ in pairs]
+
+
+def test_euclidean_distances_are_correctly_rounded():
+    """sqrt rounded once (IEEE): float64 values against math.sqrt, float32 against the correctly
+    rounded float64 root rounded to float32 (exact: 53 >= 2 * 24 + 2)."""
+    import math
+
+    from dyngraph.graphs._knn import exact_sqrt
+    g = torch.Generator().manual_seed(0)
+    t64 = torch.rand(20000, generator=g, dtype=torch.float64) * 1000
+    assert exact_sqrt(t64).tolist() == [math.sqrt(v) for v in t64.tolist()]
+    t32 = torch.arange(0, 20000, dtype=torch.float32)
+    want = torch.tensor([math.sqrt(v) for v in t32.tolist()], dtype=torch.float64).float()
+    assert torch.equal(exact_sqrt(t32), want)
+    # through the search: points at integer squared distances
+    x = torch.tensor([[0.0, 0.0], [3.0, 3.0], [3.0, 4.0], [1.0, 3.0]])
+    v, i = dg.graphs.nearest_neighbors(x, 1, "euclidean")
+    d2 = ((x[:, None].double() - x[None].double()) ** 2).sum(-1)
+    want = torch.tensor([math.sqrt(float(d2[r, int(i[r])])) for r in range(4)]).float()
+    assert torch.equal(v.flatten(), want)
