@@ -409,6 +409,31 @@ def copy_groups(x: Tensor) -> Optional[Tensor]:
     return group
 
 
+def merge_copies(group: Tensor, a: Tensor, a0: int, b: Optional[Tensor] = None,
+                 b0: int = 0) -> None:
+    """Lowers ``group`` (``[N]`` global ids, in place) to the smallest id among the bitwise
+    copies found between rows ``a`` (ids ``a0, a0+1, ...``) and rows ``b`` (ids ``b0, ...``;
+    ``None``: among ``a`` itself). Over every pair of blocks of a matrix, starting from
+    ``arange(N)``, this gives :func:`copy_groups`'s labels without holding the matrix: the
+    out-of-core search calls it on the two blocks of each tile."""
+    ha = row_hashes(a)
+    if b is None:
+        _, inv, cnt = torch.unique(ha, return_inverse=True, return_counts=True)
+        pick = (cnt[inv] > 1).nonzero().flatten()
+        rows, ids = a[pick], pick + a0
+    else:
+        hb = row_hashes(b)
+        pa, pb = torch.isin(ha, hb).nonzero().flatten(), torch.isin(hb, ha).nonzero().flatten()
+        rows, ids = torch.cat([a[pa], b[pb]]), torch.cat([pa + a0, pb + b0])
+    if ids.numel() == 0:
+        return
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[rows.element_size()]
+    _, cls = torch.unique(rows.contiguous().view(bits), dim=0, return_inverse=True)
+    low = torch.full((int(cls.max()) + 1,), group.numel(), dtype=torch.long,
+                     device=group.device).scatter_reduce(0, cls, group[ids], "amin")
+    group[ids] = torch.minimum(group[ids], low[cls])
+
+
 def canonical_copies(vals: Tensor, idx: Tensor, group: Tensor, query_ids: Tensor,
                      largest: bool, rows_per_pass: int = 8192) -> Tuple[Tensor, Tensor]:
     """Neighbour lists in which copies of one row are the smallest ids of their copy group.
@@ -694,7 +719,7 @@ class BlockTopK:
         return self
 
     def update_self(self, block: int, rows: Optional[Callable[[int, int], Tensor]] = None,
-                    progress: bool = False) -> "BlockTopK":
+                    progress: bool = False, groups: Optional[Tensor] = None) -> "BlockTopK":
         """Searches the queries among themselves (keys = queries, ids ``0..N−1``; needs
         ``query_ids=0`` and ``exclude_self``), computing each score once.
 
@@ -712,6 +737,9 @@ class BlockTopK:
                 a time; the accumulator then only needs ``query`` for its shape, dtype and
                 device (a ``[N, 0]`` tensor will do). Block ``i`` is fetched once per ``j >= i``.
             progress: Show a progress bar over the tiles (when there is more than one).
+            groups: Out-of-core mode: an ``[N]`` ``arange`` lowered in place to each row's copy
+                group (:func:`merge_copies` on the two blocks of every tile), for
+                :func:`canonical_copies`.
 
         Returns:
             ``self``.
@@ -765,6 +793,8 @@ class BlockTopK:
                 s = self._scores(*qi, *kj)
                 if rows is None:
                     self._tie_twins(s, i0, i1, j0, j1)
+                elif groups is not None:
+                    merge_copies(groups, qi[0], i0, None if j0 == i0 else kj[0], j0)
                 if i0 == j0:
                     self._mask_self(s, i0, i0, j1 - j0)
                 v, i = topk_rows(s, min(self.n_cand, j1 - j0), self.largest, sorted=False)
@@ -974,7 +1004,12 @@ def _stream_knn(source, k: int, metric: str, chunk_size: Optional[int],
     dtype = torch.float64 if np_dtype == np.float64 else torch.float32
     acc = BlockTopK(torch.empty(n, 0, dtype=dtype, device=dev), k, metric, precision=precision,
                     candidates=candidates, scale=scale)
-    return acc.update_self(block, rows=fetch, progress=progress).result()
+    ids = torch.arange(n, device=dev)
+    group = ids.clone()
+    vals, idx = acc.update_self(block, rows=fetch, progress=progress, groups=group).result()
+    if torch.equal(group, ids):
+        return vals, idx
+    return canonical_copies(vals, idx, group, ids, acc.largest)  # as in memory (_matmul_knn)
 
 
 def nearest_neighbors(x: Union[Tensor, np.ndarray], k: int, metric: str = "cosine",

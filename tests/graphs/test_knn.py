@@ -198,10 +198,11 @@ def test_copies_of_a_key_take_the_smallest_ids_in_every_tiling(metric):
         x = _with_copies(seed)
         ref_v, ref_i = brute_knn(x, 4, metric)
         for chunk, cols in [(None, None), (5, None), (None, 7), (16, 40), (64, 7)]:
-            v, i = dg.graphs.nearest_neighbors(x, 4, metric, backend="matmul", chunk_size=chunk,
-                                               col_chunk_size=cols)
-            assert torch.equal(i, ref_i), (seed, chunk, cols)
-            torch.testing.assert_close(v.double(), ref_v, rtol=0, atol=1e-6)
+            for src in (x, x.numpy()):  # in memory and out of core
+                v, i = dg.graphs.nearest_neighbors(src, 4, metric, chunk_size=chunk,
+                                                   col_chunk_size=cols)
+                assert torch.equal(i, ref_i), (seed, chunk, cols, type(src))
+                torch.testing.assert_close(v.double(), ref_v, rtol=0, atol=1e-6)
 
 
 def test_copy_groups_equal_grouping_by_whole_rows():
@@ -216,6 +217,14 @@ def test_copy_groups_equal_grouping_by_whole_rows():
     want = [first.setdefault(tuple(row.tolist()), i) for i, row in enumerate(x)]
     assert copy_groups(x).tolist() == want
     assert copy_groups(torch.randn(50, 8, generator=g)) is None
+    # the out-of-core way: merge_copies over every pair of blocks (i <= j)
+    from dyngraph.graphs._knn import merge_copies
+    for block in (7, 64, 200):
+        group = torch.arange(200)
+        for a in range(0, 200, block):
+            for b in range(a, 200, block):
+                merge_copies(group, x[a:a + block], a, None if a == b else x[b:b + block], b)
+        assert group.tolist() == want
 
 
 def test_canonical_copies_against_a_loop():
