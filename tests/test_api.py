@@ -45,6 +45,34 @@ def test_no_module_is_shadowed_and_private_modules_are_underscored():
     assert "dyngraph.capture._taps" in seen
 
 
+def test_no_private_name_is_imported_across_modules():
+    """A helper that another module needs is named publicly inside its private module
+    (``from ._modularity import modularity_q``, not ``_q``); aliases such as ``import x as _x``
+    and the private modules themselves are fine."""
+    import ast
+    from pathlib import Path
+    root = Path(dg.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or "dyngraph" in (node.module or "")):
+                found += [f"{path.relative_to(root)}: {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")
+                          and not _is_module(path, node, a.name)]
+    assert not found, found
+
+
+def _is_module(path, node, name):
+    """Whether ``from <node.module> import <name>`` names a module (``from . import _pyg``)."""
+    base = path.parent
+    for _ in range(max(node.level - 1, 0)):
+        base = base.parent
+    for part in (node.module or "").split("."):
+        if part and part != "dyngraph":
+            base = base / part
+    return (base / f"{name}.py").exists() or (base / name / "__init__.py").exists()
+
+
 def test_public_functions_have_docstrings_and_type_hints():
     missing = []
     for sub in ["capture", "graphs", "profiles", "outputs"]:

@@ -36,7 +36,7 @@ from ..capture._taps import (
 )
 from ..measures._registry import Measure, resolve
 from ..measures._similarity import MEASURES, MinibatchCKA, RepresentationSummary
-from ..profiles._profile import DepthProfile, LayerMatrix, _csv, _require
+from ..profiles._profile import DepthProfile, LayerMatrix, require_keys, write_csv
 from ..profiles._runner import check_measure_options, prepare_layers, score_layers
 
 #: Measures computed by default (all but the two CKA variants' duplicate).
@@ -144,7 +144,7 @@ class Comparison(JsonFile):
                 "value", "p_value"]
         rows = ([*(r[c] for c in cols[:-2]), f"{r['value']:.10g}",
                  "" if r["p_value"] is None else f"{r['p_value']:.6g}"] for r in self.table)
-        return _csv(cols, rows, path)
+        return write_csv(cols, rows, path)
 
     def summary(self) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
         """Per measure and pair ``'a|b'``: the mean, the mean best match per row of ``a`` and, for
@@ -182,7 +182,7 @@ class Comparison(JsonFile):
     def from_dict(cls, d: Dict[str, Any]) -> "Comparison":
         """The inverse of :meth:`to_dict`."""
         cls._check_format(d)
-        _require(d, ("names", "layers", "measures", "matrices"), "Comparison")
+        require_keys(d, ("names", "layers", "measures", "matrices"), "Comparison")
         mats = {(str(e["pair"][0]), str(e["pair"][1])): LayerMatrix.from_dict(e["matrix"])
                 for e in d["matrices"]}
         profiles = {n: DepthProfile.from_dict(p) for n, p in d.get("profiles", {}).items()}

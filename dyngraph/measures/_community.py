@@ -48,7 +48,7 @@ from .._validate import (
     compact_labels,
 )
 from ..graphs._knn import nearest_neighbors
-from ._modularity import _q, check_within_graphs, require_graph
+from ._modularity import check_within_graphs, modularity_q, require_graph
 from ._registry import register
 
 if TYPE_CHECKING:
@@ -731,8 +731,8 @@ def _detected(ei: Tensor, w: Optional[Tensor], y: Tensor, n: int, method: str,
     """Communities of one graph and their scores (the ``'detected_communities'`` measure)."""
     comm = detect_communities(ei, w, n, method=method, resolution=resolution, seed=seed)
     # (the graph is a snapshot already checked undirected, or the runner's own: no O(E) check)
-    return comm, {"detected_modularity": float(_q(ei, comm, w, n, None, resolution,
-                                                  check=False)),
+    return comm, {"detected_modularity": float(modularity_q(ei, comm, w, n, None, resolution,
+                                                            check=False)),
                   "n_communities": float(int(comm.max()) + 1),
                   "nmi": normalized_mutual_info(comm, y), "ari": adjusted_rand_index(comm, y)}
 

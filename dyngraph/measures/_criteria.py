@@ -144,7 +144,7 @@ def last_token(h: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     return h[torch.arange(h.shape[0], device=h.device), last]
 
 
-def _angles(a: Tensor, b: Tensor) -> Tensor:
+def row_angles(a: Tensor, b: Tensor) -> Tensor:
     return torch.arccos(_row_cosine(a, b).double().clamp(-1.0, 1.0)) / math.pi
 
 
@@ -173,7 +173,7 @@ def angular_distance(h_a: Tensor, h_b: Tensor, mask: Optional[Tensor] = None) ->
     a, b = last_token(h_a, mask), last_token(h_b, mask)
     if a.shape[0] == 0:
         raise ValueError("angular_distance needs at least one sample")
-    return float(_angles(a, b).mean())
+    return float(row_angles(a, b).mean())
 
 
 # ============================================================================ registered measures

@@ -324,8 +324,8 @@ def _check_contract(edge_index: Tensor, edge_weight: Optional[Tensor], batch: Op
         _CHECKED.popitem(last=False)
 
 
-def _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, *, check: bool,
-       what: str = "modularity") -> Union[float, Tensor]:
+def modularity_q(edge_index, communities, edge_weight, num_nodes, batch, resolution, *,
+                 check: bool, what: str = "modularity") -> Union[float, Tensor]:
     """:func:`modularity`; ``check=False`` skips the ``O(E)`` contract checks (undirected, no
     edge across graphs) for graphs that dyngraph built itself. Small graphs run on one thread
     (see :mod:`dyngraph._threads`)."""
@@ -389,7 +389,8 @@ def modularity(edge_index: Tensor, communities: Tensor, edge_weight: Optional[Te
         >>> round(dg.modularity(ei, ids), 4)
         0.3571
     """
-    return _q(edge_index, communities, edge_weight, num_nodes, batch, resolution, check=True)
+    return modularity_q(edge_index, communities, edge_weight, num_nodes, batch, resolution,
+                        check=True)
 
 
 def _contributions(edge_index, communities, edge_weight, num_nodes, batch, resolution, *,

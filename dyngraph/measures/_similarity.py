@@ -66,7 +66,7 @@ from .._validate import (
 from ..graphs._graph import SYMMETRIZE
 from ..graphs._graph import symmetrize as _symmetrize
 from ..graphs._knn import edges_from_knn, nearest_neighbors, normalize_rows
-from ._modularity import _q
+from ._modularity import modularity_q
 from ._registry import register
 
 MEASURES = ("cka", "cka_unbiased", "knn_overlap", "mutual_knn", "graph", "modularity_distance")
@@ -770,7 +770,8 @@ def modularity_distance(x: Tensor, y: Tensor, labels: Tensor, k: int = 3, metric
         ei, w = _graph_from_knn(vals, idx, metric, symmetrize)
         # A symmetrised graph built here is undirected by construction: the O(E) contract check
         # is skipped; a directed one (symmetrize=None) is checked, and refused.
-        q.append(_q(ei, labels, w, v.shape[0], None, resolution, check=symmetrize is None))
+        q.append(modularity_q(ei, labels, w, v.shape[0], None, resolution,
+                              check=symmetrize is None))
     return abs(q[0] - q[1])
 
 
@@ -846,8 +847,8 @@ class RepresentationSummary:
             ei, w = _graph_from_knn(vals[:, :mk], idx[:, :mk], metric, symmetrize or "mean")
             self.q_graph = (ei, w)
             # (undirected by construction: no O(E) contract check)
-            self.q = float(_q(ei, self.labels.to(ei.device), w, n, None, resolution,
-                              check=False))
+            self.q = float(modularity_q(ei, self.labels.to(ei.device), w, n, None, resolution,
+                                        check=False))
         # Only the kNN lists the measures use are kept.
         if any(m in ("knn_overlap", "mutual_knn") for m in measures):
             self.knn_vals, self.knn_idx = vals[:, :k], idx[:, :k]
@@ -1004,8 +1005,8 @@ def _null_modularity(qa: float, b: RepresentationSummary, permutations: int,
         off = (torch.arange(c, device=device) * n).repeat_interleave(e)
         batch = torch.arange(c, device=device).repeat_interleave(n)
         # c disjoint copies of b's undirected graph: no O(E) contract check per block
-        q = torch.as_tensor(_q(ei.repeat(1, c) + off.unsqueeze(0), comm, w.repeat(c), c * n,
-                               batch, b.resolution, check=False))
+        q = torch.as_tensor(modularity_q(ei.repeat(1, c) + off.unsqueeze(0), comm, w.repeat(c),
+                                         c * n, batch, b.resolution, check=False))
         out.append((qa - q).abs())
     return out
 

@@ -73,7 +73,7 @@ def check_out_path(path: Any, name: str = "path") -> Optional[PathLike]:
     return path
 
 
-def _csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
+def write_csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
     path = check_out_path(path)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -88,7 +88,7 @@ def _csv(header: List[str], rows: Any, path: Optional[PathLike]) -> str:
 RESERVED_KEYS = ("format", "layers", "metrics", "samples", "mean", "std", "meta", "checksum")
 
 
-def _require(d: Dict[str, Any], keys: Sequence[str], what: str) -> None:
+def require_keys(d: Dict[str, Any], keys: Sequence[str], what: str) -> None:
     missing = [k for k in keys if k not in d]
     if missing:
         raise ValueError(f"not a complete {what} dict: missing {missing} (the file was cut "
@@ -294,7 +294,7 @@ class DepthProfile(_Result):
         """Inverse of :meth:`to_dict`. The stored means, standard deviations and per-metric lists
         must agree with the samples (to the last bit)."""
         cls._check_format(d)
-        _require(d, ("layers", "metrics", "samples"), "DepthProfile")
+        require_keys(d, ("layers", "metrics", "samples"), "DepthProfile")
         prof = cls(d["layers"], d["metrics"], float_tensor(d["samples"], "samples"),
                    _meta_of(d))
         derived = {"mean": prof.mean, "std": prof.std}
@@ -323,7 +323,7 @@ class DepthProfile(_Result):
         rows = ([i, name, m, repr(float(mean[i, j])), repr(float(std[i, j]))]
                 + [repr(float(v)) for v in self.samples[:, i, j].tolist()]
                 for i, name in enumerate(self.layers) for j, m in enumerate(self.metrics))
-        return _csv(["layer_index", "layer", "metric", "mean", "std"]
+        return write_csv(["layer_index", "layer", "metric", "mean", "std"]
                     + [f"repeat_{r}" for r in range(self.repeats)], rows, path)
 
 
@@ -405,7 +405,7 @@ class LayerMatrix(_Result):
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LayerMatrix":
         cls._check_format(d)
-        _require(d, ("rows", "cols", "metrics", "values"), "LayerMatrix")
+        require_keys(d, ("rows", "cols", "metrics", "values"), "LayerMatrix")
         return cls(d["rows"], d["cols"], d["metrics"], float_tensor(d["values"], "values"),
                    _meta_of(d))
 
@@ -414,4 +414,4 @@ class LayerMatrix(_Result):
         rows = ([r, c, m, repr(float(self.values[i, j, k]))]
                 for i, r in enumerate(self.rows) for j, c in enumerate(self.cols)
                 for k, m in enumerate(self.metrics))
-        return _csv(["row", "col", "metric", "value"], rows, path)
+        return write_csv(["row", "col", "metric", "value"], rows, path)

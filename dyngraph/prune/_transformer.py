@@ -47,7 +47,7 @@ from .._validate import check_choice, check_model, check_positive_int, model_dev
 from ..capture._layers import BlockStack, block_stack
 from ..capture._taps import first_tensor, logits_of, to_device
 from ..graphs._spec import GraphSpec
-from ..measures._criteria import _angles, cosine_sum, last_token
+from ..measures._criteria import cosine_sum, last_token, row_angles
 from ..profiles._runner import depth_profile
 from ._baselines import adjacent_cka
 from ._cost import count_flops, count_params, measure_latency
@@ -611,7 +611,7 @@ def angular_starts(states: BlockStates, n: int) -> Tensor:
     """``[L − n + 1]``: for each start ``ℓ``, the angular distance between the last-token states
     before block ``ℓ`` and after block ``ℓ + n − 1`` (Gromov et al.'s ``d(h_ℓ, h_{ℓ+n})``)."""
     last = states.last
-    return torch.tensor([float(_angles(last[:, s], last[:, s + n]).mean())
+    return torch.tensor([float(row_angles(last[:, s], last[:, s + n]).mean())
                          for s in range(states.n_blocks - n + 1)], dtype=torch.float64)
 
 
