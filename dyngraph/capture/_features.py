@@ -611,10 +611,11 @@ class LayerFeatures(Mapping):
         Example:
             >>> import tempfile, torch, dyngraph as dg
             >>> from torch.utils.data import DataLoader, TensorDataset
+            >>> _ = torch.manual_seed(0)
             >>> ds = TensorDataset(torch.randn(20, 4), torch.arange(20) % 2)
-            >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3))
+            >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())  # '1': >= 0
             >>> spill = tempfile.mkdtemp()
-            >>> with dg.extract_features(m, DataLoader(ds), spill_dir=spill,
+            >>> with dg.extract_features(m, DataLoader(ds), layers=['1'], spill_dir=spill,
             ...                          progress=False) as f:
             ...     q = float(dg.depth_profile(f, 'modularity', progress=False).values[0])
             >>> import os; os.listdir(spill)

@@ -418,6 +418,10 @@ class LayerTaps:
         layout: ``None`` detects each layer's layout from its module type and the attention
             mask; ``'channels_first'`` or ``'channels_last'`` states it for every tapped output
             of three or more axes (it must agree with ``pool``).
+        sink: ``sink(alias, value)`` is called with each captured value as the layer runs,
+            instead of keeping it in :attr:`outputs` (streaming statistics over many layers with
+            one layer's output in memory; the value is not copied, so use it before returning).
+            Every tapped layer must still run (:meth:`check_complete`).
 
     Attributes:
         tokens: With ``pool='tokens'``, ``(rows, positions)`` of the last forward: the input
@@ -459,7 +463,8 @@ class LayerTaps:
                  eval: bool = True, grad: bool = False,
                  edits: Optional[Dict[str, Edit]] = None, reduce: bool = True,
                  allow_repeat: bool = False, strict: bool = True,
-                 layout: Optional[str] = None) -> None:
+                 layout: Optional[str] = None,
+                 sink: Optional[Callable[[str, Tensor], None]] = None) -> None:
         check_model(model)
         self.model = model
         self.pool = check_pool(pool)
@@ -472,6 +477,9 @@ class LayerTaps:
                                 f"{value!r}")
         self.eval, self.grad, self.reduce, self.allow_repeat = eval, grad, reduce, allow_repeat
         self.strict = strict
+        if sink is not None and not callable(sink):
+            raise TypeError(f"sink must be callable sink(alias, value), got {type(sink).__name__}")
+        self.sink = sink
         modules = dict(model.named_modules())
         self.edits: Dict[str, Edit] = {}
         for name, fn in (edits or {}).items():
@@ -640,6 +648,9 @@ class LayerTaps:
             val, tok = self._pool(alias, mod, val)
             if tok is not None:
                 self._record_tokens(alias, tok)
+        if self.sink is not None:
+            self.sink(alias, val)
+            return
         # Copy now: a later in-place op (ReLU(inplace=True)) would overwrite the output.
         val = val if self.grad else val.clone()
         self.outputs[alias] = val
@@ -661,8 +672,9 @@ class LayerTaps:
             mod = modules[name]
             if where == "input":
                 def pre(m: nn.Module, args: Any, kwargs: Any, alias: str = alias) -> None:
-                    # the first positional argument, or (keyword-only calls) the first kwarg
-                    self._capture(alias, m, args[0] if args else list((kwargs or {}).values()))
+                    # the first positional argument, or (keyword-only calls) the kwargs:
+                    # ``hidden_states`` when there is one, else the first tensor
+                    self._capture(alias, m, args[0] if args else dict(kwargs or {}))
                 self._handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(m: nn.Module, args: Any, out: Any, alias: str = alias) -> None:
@@ -703,7 +715,7 @@ class LayerTaps:
 
     def check_complete(self) -> None:
         """Raises when a tapped layer did not run in the last forward pass."""
-        missing = [a for a in self.spec if a not in self.outputs and a not in self.empty]
+        missing = [a for a in self.spec if a not in self._calls]
         if missing:
             raise ValueError(f"layers {missing} did not run in the forward pass (not used by "
                              f"{type(self.model).__name__}.forward?)")

@@ -45,7 +45,7 @@ from .._io import PathLike, atomic_torch_save, atomic_write_json, atomic_write_t
 from .._progress import progress_bar
 from .._validate import check_choice, check_model, check_positive_int, model_device
 from ..capture._layers import BlockStack, block_stack
-from ..capture._taps import first_tensor, logits_of, to_device
+from ..capture._taps import LayerTaps, first_tensor, logits_of, to_device
 from ..graphs._spec import GraphSpec
 from ..measures._criteria import cosine_sum, last_token, row_angles
 from ..profiles._runner import depth_profile
@@ -521,41 +521,31 @@ def block_states(model: nn.Module, batches: Iterable[Batch], *, stack: Optional[
             bi_sum[pos - 1] += s
         state["prev"] = h
 
-    def pre_hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
-        h = args[0] if args else kwargs.get("hidden_states", kwargs.get("src",
-                                                                         kwargs.get("input")))
-        record(0, take(h, f"the input of block 0 of {path!r}"))
-
-    handles = [container[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    for i, blk in enumerate(container):
-        def post(mod: nn.Module, args: Any, out: Any, i: int = i) -> None:
-            record(i + 1, take(out, f"block {i} of {path!r}"))
-        handles.append(blk.register_forward_hook(post))
-    try:
-        with eval_mode(model):
-            for batch in progress_bar(batches, desc="block states", disable=not progress):
-                ids = batch["input_ids"]
-                mask = _attention_mask(batch, ids)
-                if not bool(mask.any(1).all()):
-                    raise ValueError("a window in batches has no tokens (attention_mask all 0)")
-                state.update(ids=ids, mask=mask.to(dev), last=[None] * (n_blocks + 1),
-                             mean=[None] * (n_blocks + 1), prev=None)
-                model(**_inputs(model, batch, dev))
-                if any(v is None for v in state["last"]):
-                    missing = [i - 1 for i, v in enumerate(state["last"]) if v is None and i]
-                    raise ValueError(f"blocks {missing} of {path!r} did not run in the forward "
-                                     f"pass")
-                tokens += state["mask"].sum()
-                lasts.append(torch.stack(state["last"], 1).cpu())
-                means.append(torch.stack(state["mean"], 1).cpu())
-                if "labels" in batch:
-                    ys.append(batch["labels"].reshape(-1).cpu().long())
-    finally:
-        for h in handles:
-            h.remove()
-        state.clear()
-    n_tok = int(tokens)
+    # the input of block 0 and every block's output, streamed into record() as the blocks run
     layers = ["embeddings"] + [f"{path}.{i}" for i in range(n_blocks)]
+    points = dict(zip([f"{path}.0:input"] + layers[1:], layers))
+
+    def sink(alias: str, h: Tensor) -> None:
+        pos = layers.index(alias)
+        record(pos, take(h, f"block {pos - 1} of {path!r}" if pos else
+                         f"the input of block 0 of {path!r}"))
+
+    with LayerTaps(model, points, reduce=False, sink=sink) as taps:
+        for batch in progress_bar(batches, desc="block states", disable=not progress):
+            ids = batch["input_ids"]
+            mask = _attention_mask(batch, ids)
+            if not bool(mask.any(1).all()):
+                raise ValueError("a window in batches has no tokens (attention_mask all 0)")
+            state.update(ids=ids, mask=mask.to(dev), last=[None] * (n_blocks + 1),
+                         mean=[None] * (n_blocks + 1), prev=None)
+            taps.run(_inputs(model, batch, dev))
+            tokens += state["mask"].sum()
+            lasts.append(torch.stack(state["last"], 1).cpu())
+            means.append(torch.stack(state["mean"], 1).cpu())
+            if "labels" in batch:
+                ys.append(batch["labels"].reshape(-1).cpu().long())
+    state.clear()
+    n_tok = int(tokens)
     y = torch.cat(ys) if ys and len(ys) == len(batches) else None
     return BlockStates(layers, 1.0 - bi_sum.cpu() / n_tok, torch.cat(lasts), torch.cat(means),
                        y, n_tok, path)

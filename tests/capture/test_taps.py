@@ -225,3 +225,49 @@ def test_taps_during_a_training_loop_start_afresh_each_forward():
             opt.step()
         assert m.training and taps.order == ["1"]
     assert no_hooks(m)
+
+
+def test_a_sink_takes_each_capture_as_the_layer_runs():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    with dg.LayerTaps(m, ["0", "2", "2:input"]) as taps:
+        want = taps(x)
+    seen = []
+    with dg.LayerTaps(m, ["0", "2", "2:input"], sink=lambda a, v: seen.append((a, v.clone()))) \
+            as taps:
+        taps.run(x)
+        assert taps.outputs == {}  # nothing kept
+    assert [a for a, _ in seen] == ["0", "2:input", "2"]  # in the order the layers ran
+    for a, v in seen:
+        assert torch.equal(v, want[a])
+    with pytest.raises(TypeError, match="sink must be callable"):
+        dg.LayerTaps(m, ["0"], sink="print")
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.a(x)
+    with pytest.raises(ValueError, match=r"layers \['b'\] did not run"):
+        with dg.LayerTaps(Skips(), ["a", "b"], sink=lambda a, v: None) as taps:
+            taps.run(torch.randn(2, 2))
+
+
+def test_the_input_of_a_keyword_only_call_is_its_hidden_states():
+    class Inner(nn.Module):
+        def forward(self, *, attention_bias=None, hidden_states=None):
+            return hidden_states * 2
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            return self.inner(attention_bias=torch.zeros(1), hidden_states=x)
+    x = torch.randn(3, 4)
+    with dg.LayerTaps(Outer(), ["inner:input"]) as taps:
+        assert torch.equal(taps(x)["inner:input"], x)
