@@ -81,11 +81,12 @@ from .graphs._knn import (
     BlockTopK,
     canonical_copies,
     check_knn_options,
-    copy_groups,
     edges_from_knn,
     even_blocks,
     prepare_features,
+    row_bits,
     row_hashes,
+    smallest_copy_ids,
     topk_cols,
     topk_rows,
     unit_scale,
@@ -397,20 +398,20 @@ def _gather_ids(ids: Tensor, sizes: Sequence[int], group: Group, comm: torch.dev
     return gathered
 
 
-def _global_copy_groups(x: Tensor, my_ids: Union[int, Tensor], ids_all: Sequence[Any],
-                        sizes: Sequence[int], group: Group, comm: torch.device) -> Tensor:
+def _global_copy_groups(x: Tensor, lg: Optional[Tensor], my_ids: Union[int, Tensor],
+                        ids_all: Sequence[Any], sizes: Sequence[int], group: Group,
+                        comm: torch.device) -> Tensor:
     """``[N]`` (on ``x``'s device) the smallest global id among the bitwise copies of every row,
     on any rank (a row's own id when it has none), for :func:`canonical_copies`.
 
-    Each rank groups its own rows (:func:`copy_groups`); only the local representatives whose
-    :func:`row_hashes` meet another rank's are sent (their bits), and every rank groups those
-    exactly with the same ``unique``. Traffic: ``N`` hashes and group ids, plus the rows that
-    may have copies elsewhere."""
+    ``lg``: this rank's own groups (:func:`copy_groups`, ``None``: no copies). Only the local
+    representatives whose :func:`row_hashes` meet another rank's are sent (their bits), and
+    every rank groups those exactly with the same ``unique``. Traffic: ``N`` hashes and group
+    ids, plus the rows that may have copies elsewhere."""
     rank, _ = _rank_world(group)
     n_loc, dev = x.shape[0], x.device
     local = torch.arange(n_loc, device=dev)
     gid = local + my_ids if isinstance(my_ids, int) else my_ids
-    lg = copy_groups(x) if n_loc > 1 else None
     lg = local if lg is None else lg
     reps = (lg == local).nonzero().flatten()
     counts = _all_gather_int([reps.numel()], group, comm)[:, 0].tolist()
@@ -421,14 +422,9 @@ def _global_copy_groups(x: Tensor, my_ids: Union[int, Tensor], ids_all: Sequence
     rep_group = gid.clone()
     n_cand = _all_gather_int([cand.numel()], group, comm)[:, 0].tolist()
     if sum(n_cand):
-        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-        rows = torch.cat(_all_gather_rows(x[cand].contiguous().view(bits).to(comm), n_cand,
-                                          group, comm))
+        rows = torch.cat(_all_gather_rows(row_bits(x[cand]).to(comm), n_cand, group, comm))
         ids = torch.cat(_all_gather_rows(gid[cand].to(comm), n_cand, group, comm))
-        _, cls = torch.unique(rows, dim=0, return_inverse=True)
-        first = torch.full((int(cls.max()) + 1,), int(sum(sizes)), dtype=torch.long,
-                           device=comm)
-        low = first.scatter_reduce(0, cls, ids, "amin")[cls]
+        low = smallest_copy_ids(rows, ids)
         lo = sum(n_cand[:rank])
         rep_group[cand] = low[lo:lo + cand.numel()].to(dev)
     every = torch.cat(_all_gather_rows(rep_group[lg].to(comm), sizes, group, comm)).to(dev)
@@ -568,8 +564,8 @@ def distributed_nearest_neighbors(x: Tensor, k: int, metric: str = "cosine", *,
         return BlockTopK(rows, k, metric, query_ids=ids, precision=precision,
                          candidates=candidates, chunk_size=chunk_size, scale=scale)
 
-    copies = _global_copy_groups(x, my_ids, ids_all, sizes, group, comm)
     acc = _local_self_search(accumulator(x, 0), my_ids, chunk_size, col_chunk_size)
+    copies = _global_copy_groups(x, acc.query_copies(), my_ids, ids_all, sizes, group, comm)
     plan = _stream_plan(sizes, col_chunk_size or DEFAULT_COL_BLOCK)
     half = [n_src // 2 for n_src in sizes]  # opposite ranks split their pairs at these rows
     others = {src: accumulator(x.new_empty(sizes[src], 0), ids_all[src])

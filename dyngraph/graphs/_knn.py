@@ -351,6 +351,21 @@ def exact_sqrt(t: Tensor) -> Tensor:
     return torch.from_numpy(np.sqrt(t.contiguous().numpy()))
 
 
+def row_bits(x: Tensor) -> Tensor:
+    """``x`` viewed as integers of its element size: equal rows are bitwise copies."""
+    return x.contiguous().view({1: torch.uint8, 2: torch.int16, 4: torch.int32,
+                                8: torch.int64}[x.element_size()])
+
+
+def smallest_copy_ids(rows: Tensor, ids: Tensor) -> Tensor:
+    """``[R]``: for each of ``rows`` ``[R, D]`` (ids ``ids`` ``[R]``), the smallest id among the
+    rows that are its bitwise copies (itself included)."""
+    _, cls = torch.unique(row_bits(rows), dim=0, return_inverse=True)
+    first = torch.full((int(cls.max()) + 1,), torch.iinfo(torch.long).max, dtype=torch.long,
+                       device=ids.device)
+    return first.scatter_reduce(0, cls.to(ids.device), ids, "amin")[cls.to(ids.device)]
+
+
 def row_hashes(x: Tensor) -> Tensor:
     """``[N]`` int64 hash of the bits of each row in (at most) 64 scattered columns: bitwise
     copies always share it; rows that differ only outside those columns share it too."""
@@ -360,8 +375,7 @@ def row_hashes(x: Tensor) -> Tensor:
         return torch.zeros(n, dtype=torch.int64, device=dev)
     cols = torch.unique((torch.arange(min(d, 64), dtype=torch.int64) * 2654435761) % d)
     sub = x.index_select(1, cols.to(dev)) if cols.numel() < d else x
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-    words = sub.contiguous().view(bits).to(torch.int64)
+    words = row_bits(sub).to(torch.int64)
     gen = torch.Generator().manual_seed(0)
     mult = torch.randint(1, 2**62, (words.shape[1],), generator=gen)
     return (words * mult.to(dev)).sum(1)  # (never in place: words may alias x's memory)
@@ -401,9 +415,7 @@ def copy_groups(x: Tensor) -> Optional[Tensor]:
         if todo.numel() == 0:
             break
     else:  # many different rows behind one hash: sort the rest out exactly
-        _, exact = torch.unique(x[todo], dim=0, return_inverse=True)
-        first = torch.full((int(exact.max()) + 1,), n, dtype=torch.long, device=dev)
-        group[todo] = first.scatter_reduce(0, exact, todo, "amin")[exact]
+        group[todo] = smallest_copy_ids(x[todo], todo)
     if bool((group == torch.arange(n, device=dev)).all()):
         return None
     return group
@@ -425,13 +437,8 @@ def merge_copies(group: Tensor, a: Tensor, a0: int, b: Optional[Tensor] = None,
         hb = row_hashes(b)
         pa, pb = torch.isin(ha, hb).nonzero().flatten(), torch.isin(hb, ha).nonzero().flatten()
         rows, ids = torch.cat([a[pa], b[pb]]), torch.cat([pa + a0, pb + b0])
-    if ids.numel() == 0:
-        return
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[rows.element_size()]
-    _, cls = torch.unique(rows.contiguous().view(bits), dim=0, return_inverse=True)
-    low = torch.full((int(cls.max()) + 1,), group.numel(), dtype=torch.long,
-                     device=group.device).scatter_reduce(0, cls, group[ids], "amin")
-    group[ids] = torch.minimum(group[ids], low[cls])
+    if ids.numel() > 0:
+        group[ids] = smallest_copy_ids(rows, group[ids])
 
 
 def canonical_copies(vals: Tensor, idx: Tensor, group: Tensor, query_ids: Tensor,
@@ -603,6 +610,13 @@ class BlockTopK:
         has = torch.zeros(n, dtype=torch.long, device=q.device).index_add_(
             0, group, torch.ones(n, dtype=torch.long, device=q.device))[group] > 1
         self._twins = (group, (q * q).sum(1), has.nonzero().flatten())
+
+    def query_copies(self) -> Optional[Tensor]:
+        """:func:`copy_groups` of the queries (``None``: no copies); under cosine the groups
+        :meth:`search_self` already found."""
+        if self.cosine:
+            return None if self._twins is None else self._twins[0]
+        return copy_groups(self.q)
 
     def _tie_twins(self, s: Tensor, q0: int, q1: int, k0: int, k1: int) -> None:
         """Tile ``s`` = queries ``q0:q1`` × queries ``k0:k1``: scores between copies of one row
@@ -848,8 +862,7 @@ def _matmul_knn(x: Tensor, k: int, metric: str, chunk_size: Optional[int],
     acc = BlockTopK(x, k, metric, precision=precision, candidates=candidates, chunk_size=chunk)
     vals, idx = acc.search_self(chunk_size, col_chunk_size, progress).result()
     # copies of a key tie exactly: the smallest ids, whatever tile scored them
-    group = acc._twins[0] if acc._twins is not None else \
-        None if acc.cosine else copy_groups(x)
+    group = acc.query_copies()
     if group is None:
         return vals, idx
     return canonical_copies(vals, idx, group, torch.arange(n, device=x.device), acc.largest)

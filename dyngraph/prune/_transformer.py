@@ -525,8 +525,10 @@ def block_states(model: nn.Module, batches: Iterable[Batch], *, stack: Optional[
     layers = ["embeddings"] + [f"{path}.{i}" for i in range(n_blocks)]
     points = dict(zip([f"{path}.0:input"] + layers[1:], layers))
 
+    index = {alias: pos for pos, alias in enumerate(layers)}
+
     def sink(alias: str, h: Tensor) -> None:
-        pos = layers.index(alias)
+        pos = index[alias]
         record(pos, take(h, f"block {pos - 1} of {path!r}" if pos else
                          f"the input of block 0 of {path!r}"))
 
